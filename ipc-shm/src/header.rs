@@ -1,0 +1,178 @@
+//! The header at the start of every segment, and the type tag that says what follows it.
+//!
+//! ## Protocol
+//!
+//! | `state`     | meaning                                       | who moves it           |
+//! |-------------|-----------------------------------------------|------------------------|
+//! | 0 (`EMPTY`) | fresh zeroed object, header being written     | `ftruncate` zero-fills |
+//! | `READY`     | header and payload initialised; open may map  | creator, once, release |
+//! | `ABANDONED` | the creator's initialisation failed           | creator, once, release |
+//!
+//! The creator writes every other field first, then stores `state` with `Release`. An opener
+//! loads `state` with `Acquire` and reads the other fields only after it sees `READY`, so it
+//! never sees a half-written header. While `state` is `EMPTY` but the magic is already wrong,
+//! the object is foreign: the opener fails at once instead of waiting.
+//!
+//! ## Memory ordering
+//!
+//! One release store (creator) pairs with one acquire load (opener). All other header fields
+//! are written before the release and are read-only afterwards, so they use `Relaxed`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Magic number at offset 0 of every segment: the bytes `ipcshm\0\x01` read little-endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"ipcshm\x00\x01");
+/// The header layout this crate writes and understands.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Where the payload starts, in bytes from the start of the object.
+///
+/// Two cache lines (128 bytes, the unit of adjacent-line prefetch on x86-64), so that the
+/// payload never shares a line with the header.
+pub const PAYLOAD_OFFSET: usize = 128;
+/// The alignment every payload is guaranteed (the mapping is page aligned, the header is 128).
+pub const PAYLOAD_ALIGN: usize = 128;
+
+pub(crate) const STATE_EMPTY: u32 = 0;
+pub(crate) const STATE_READY: u32 = u32::from_le_bytes(*b"REDY");
+pub(crate) const STATE_ABANDONED: u32 = u32::from_le_bytes(*b"DEAD");
+
+/// A caller-chosen 64-bit value naming what lies after a segment's header.
+///
+/// Openers pass the tag they expect and get [`SegmentOpenError::TagMismatch`] for anything else,
+/// so a queue is never opened as a lock. Build one from a name with [`TypeTag::from_name`]
+/// (a 64-bit FNV-1a hash, usable in `const`), and put a version in the name when the layout
+/// behind it changes.
+///
+/// [`SegmentOpenError::TagMismatch`]: crate::SegmentOpenError::TagMismatch
+///
+/// ```
+/// use ipc_shm::TypeTag;
+/// const QUEUE_V1: TypeTag = TypeTag::from_name("my-app/queue/v1");
+/// assert_ne!(QUEUE_V1, TypeTag::from_name("my-app/queue/v2"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TypeTag(pub u64);
+
+impl TypeTag {
+    /// The tag of a segment whose creator did not choose one.
+    pub const UNTYPED: TypeTag = TypeTag(0);
+
+    /// A tag derived from a name (64-bit FNV-1a; stable across builds and versions).
+    pub const fn from_name(name: &str) -> TypeTag {
+        let bytes = name.as_bytes();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut i = 0;
+        while i < bytes.len() {
+            hash ^= bytes[i] as u64;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            i += 1;
+        }
+        TypeTag(hash)
+    }
+}
+
+impl fmt::Debug for TypeTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TypeTag({:#018x})", self.0)
+    }
+}
+
+impl fmt::Display for TypeTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "type tag {:#018x}", self.0)
+    }
+}
+
+/// The first bytes of every segment.
+///
+/// It lives in shared memory, so it holds only atomics; read it through [`Segment::header`]
+/// (already validated) rather than trusting a raw mapping.
+///
+/// [`Segment::header`]: crate::Segment::header
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct SegmentHeader {
+    magic: AtomicU64,
+    layout_version: AtomicU32,
+    state: AtomicU32,
+    total_size: AtomicU64,
+    type_tag: AtomicU64,
+    payload_offset: AtomicU32,
+    creator_pid: AtomicU32,
+    _reserved: [AtomicU64; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<SegmentHeader>() == 64);
+const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= PAYLOAD_OFFSET);
+
+/// What a header says, read once after initialisation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeaderSnapshot {
+    pub(crate) magic: u64,
+    pub(crate) layout_version: u32,
+    pub(crate) total_size: u64,
+    pub(crate) type_tag: TypeTag,
+    pub(crate) payload_offset: u32,
+}
+
+impl SegmentHeader {
+    /// Writes every field but `state`; [`SegmentHeader::publish`] finishes.
+    pub(crate) fn write(&self, total_size: u64, tag: TypeTag, creator_pid: u32) {
+        self.magic.store(MAGIC, Ordering::Relaxed);
+        self.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        self.total_size.store(total_size, Ordering::Relaxed);
+        self.type_tag.store(tag.0, Ordering::Relaxed);
+        self.payload_offset
+            .store(PAYLOAD_OFFSET as u32, Ordering::Relaxed);
+        self.creator_pid.store(creator_pid, Ordering::Relaxed);
+    }
+
+    /// Publishes the header and payload: openers may now use the segment.
+    pub(crate) fn publish(&self) {
+        self.state.store(STATE_READY, Ordering::Release);
+    }
+
+    /// Marks the segment as abandoned so openers fail fast.
+    pub(crate) fn abandon(&self) {
+        self.state.store(STATE_ABANDONED, Ordering::Release);
+    }
+
+    pub(crate) fn state(&self) -> u32 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn raw_magic(&self) -> u64 {
+        self.magic.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn snapshot(&self) -> HeaderSnapshot {
+        HeaderSnapshot {
+            magic: self.magic.load(Ordering::Relaxed),
+            layout_version: self.layout_version.load(Ordering::Relaxed),
+            total_size: self.total_size.load(Ordering::Relaxed),
+            type_tag: TypeTag(self.type_tag.load(Ordering::Relaxed)),
+            payload_offset: self.payload_offset.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The tag the creator chose.
+    pub fn type_tag(&self) -> TypeTag {
+        TypeTag(self.type_tag.load(Ordering::Relaxed))
+    }
+
+    /// The object's total size in bytes, header included, as the creator recorded it.
+    pub fn total_size(&self) -> u64 {
+        self.total_size.load(Ordering::Relaxed)
+    }
+
+    /// The layout version the creator wrote.
+    pub fn layout_version(&self) -> u32 {
+        self.layout_version.load(Ordering::Relaxed)
+    }
+
+    /// The process id of the creator (informational: the process may be gone, the id reused).
+    pub fn creator_pid(&self) -> u32 {
+        self.creator_pid.load(Ordering::Relaxed)
+    }
+}

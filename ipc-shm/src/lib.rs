@@ -1,0 +1,83 @@
+//! Shared-memory segments for cross-process programs, with a validated header and typed views.
+//!
+//! `ipc-shm` is the foundation of the workspace: every other crate (locks, queues, pipes, the
+//! pool) puts its control blocks and rings in a [`Segment`]. It gives you:
+//!
+//! - [`Segment`]: a mapping of a named POSIX shared-memory object (`shm_open`) or of an anonymous
+//!   `memfd`, built by [`SegmentBuilder`] and opened by name or from an inherited descriptor with
+//!   [`OpenOptions`].
+//! - A [`SegmentHeader`] at the start of every segment (magic, layout version, size, a caller-chosen
+//!   [`TypeTag`], and an initialised flag published last), checked by every opener *before* it
+//!   touches the payload, so a foreign, truncated, half-initialised or corrupted object is a typed
+//!   error and never a crash.
+//! - [`ShmSafe`]: the one `unsafe trait` that marks types allowed to live in shared memory.
+//! - [`Layout`], [`Offset`] and [`SliceOffset`]: place several objects in one segment at aligned
+//!   offsets (offsets, never pointers, because each process maps the segment at its own address).
+//! - [`SharedValue`] and [`SharedSlice`]: owned typed views like Python's `multiprocessing.Value`
+//!   and `Array`.
+//! - [`pass_fd_to_command`] and [`take_inherited_fd`]: hand a descriptor to an exec'ed child
+//!   without leaking it into unrelated children.
+//!
+//! # What is safe to share, and why offsets
+//!
+//! Another process may write the shared bytes at any moment, and it may be buggy, hostile or dead
+//! halfway through a write. So a type stored in shared memory must be valid for *any* bit pattern
+//! (no `bool`, no enums, no references), must do its concurrent mutation through atomics (a plain
+//! `u64` that another process writes while you read it is a data race), and must hold no pointers:
+//! each process maps the segment at a different address, so a pointer written by one is garbage in
+//! the other. Store offsets from the start of the payload instead, and bounds-check them on every
+//! use with [`Segment::get`] or [`Segment::slice`]. [`ShmSafe`] states these rules as a contract.
+//!
+//! # Example: two processes share a counter
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use ipc_shm::{Layout, SegmentBuilder, TypeTag};
+//!
+//! const TAG: TypeTag = TypeTag::from_name("example/counter");
+//! let mut layout = Layout::new();
+//! let counter = layout.add::<AtomicU64>()?;
+//! let segment = SegmentBuilder::new(layout.size()).type_tag(TAG).create()?; // anonymous memfd
+//!
+//! // A forked child (or an exec'ed one that opened the segment by name or fd) sees the same memory.
+//! segment.get(counter)?.fetch_add(1, Ordering::Relaxed);
+//! assert_eq!(segment.get(counter)?.load(Ordering::Relaxed), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Lifetime
+//!
+//! The process that creates a named segment unlinks the name when the [`Segment`] drops, unless
+//! told to persist it ([`SegmentBuilder::unlink_on_drop`]); a forked child's copy never unlinks.
+//! Anonymous (memfd) segments have no name at all, so nothing can leak after a crash: prefer them
+//! whenever the other processes are your own children.
+//!
+//! # Dependencies
+//!
+//! - `memmap2`: the mapping itself (`MmapRaw`, which hands out a raw pointer and never a `&mut`
+//!   to memory another process writes).
+//! - `nix`: `shm_open`, `memfd_create`, `ftruncate`, `fstat`, seals and `fcntl`, all behind the
+//!   private `os` module so that another OS can be added in one place.
+//! - `thiserror`: the `Display` and `source` of the error enums.
+//!
+//! `bytemuck` was considered as the basis of [`ShmSafe`], but its `Pod` requires `Copy`, which
+//! atomics are not, and atomics are exactly what shared memory needs.
+#![deny(unsafe_code)]
+
+mod error;
+mod header;
+mod inherit;
+mod layout;
+mod map;
+mod os;
+mod segment;
+mod shm_safe;
+mod value;
+
+pub use error::{InheritError, LayoutError, NameError, SegmentCreateError, SegmentOpenError};
+pub use header::{LAYOUT_VERSION, MAGIC, PAYLOAD_ALIGN, PAYLOAD_OFFSET, SegmentHeader, TypeTag};
+pub use inherit::{pass_fd_to_command, take_inherited_fd};
+pub use layout::{Layout, Offset, SliceOffset};
+pub use segment::{OpenOptions, Segment, SegmentBuilder, max_name_len};
+pub use shm_safe::ShmSafe;
+pub use value::{SharedSlice, SharedValue};

@@ -1,0 +1,167 @@
+//! The workspace's one futex wrapper: shared (never private) futex wait and wake.
+//!
+//! Every crate of the workspace that sleeps on shared memory (the primitives here, the queue,
+//! the pipe, the pool) goes through [`wait`] and [`wake`], so the rules live in one place:
+//!
+//! - **Shared futexes only.** `FUTEX_PRIVATE_FLAG` is never set: a private futex is keyed by the
+//!   address in *this* process's address space and would never meet a waiter in another process.
+//! - **Absolute monotonic deadlines.** A timed wait uses `FUTEX_WAIT_BITSET`, whose timeout is an
+//!   absolute `CLOCK_MONOTONIC` time ([`Deadline`]). A wait interrupted by a signal and retried
+//!   keeps the same deadline, so retries never stretch a timeout, and the kernel never returns
+//!   `ETIMEDOUT` before the deadline, so timeouts never end early.
+//! - **Outcomes, not errors.** `EAGAIN` (the word no longer held the expected value), `EINTR` (a
+//!   signal) and `ETIMEDOUT` are ordinary results ([`WaitOutcome`]); callers re-check their
+//!   condition and loop.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use ipc_sync::futex::{self, Deadline, WaitOutcome};
+//!
+//! let word = AtomicU32::new(0);
+//! // The word is not 1, so the kernel refuses to sleep.
+//! assert_eq!(futex::wait(&word, 1, None), WaitOutcome::Mismatch);
+//! // Nobody wakes us: the wait ends at the deadline, never before it.
+//! let deadline = Deadline::after(Duration::from_millis(5));
+//! assert_eq!(futex::wait(&word, 0, Some(deadline)), WaitOutcome::TimedOut);
+//! assert!(deadline.has_passed());
+//! word.store(1, Ordering::Release);
+//! assert_eq!(futex::wake(&word, u32::MAX), 0); // nobody was waiting
+//! ```
+
+use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::thread::futex as sys;
+use rustix::time::{ClockId, Timespec, clock_gettime};
+
+/// How a [`wait`] ended. Every outcome means "re-check the condition".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// Woken by a [`wake`] (or spuriously: the kernel allows it).
+    Woken,
+    /// The word did not hold the expected value when the wait began (`EAGAIN`).
+    Mismatch,
+    /// A signal arrived (`EINTR`).
+    Interrupted,
+    /// The deadline passed (`ETIMEDOUT`).
+    TimedOut,
+}
+
+/// An absolute point on the `CLOCK_MONOTONIC` clock, shared by all processes on the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    ts: Timespec,
+}
+
+const NANOS: i64 = 1_000_000_000;
+
+fn monotonic_now() -> Timespec {
+    clock_gettime(ClockId::Monotonic)
+}
+
+impl Deadline {
+    /// The deadline `timeout` from now (saturating far in the future).
+    pub fn after(timeout: Duration) -> Deadline {
+        let now = monotonic_now();
+        let secs = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX / 2);
+        let mut tv_sec = now.tv_sec.saturating_add(secs);
+        let mut tv_nsec = now.tv_nsec + i64::from(timeout.subsec_nanos());
+        if tv_nsec >= NANOS {
+            tv_nsec -= NANOS;
+            tv_sec = tv_sec.saturating_add(1);
+        }
+        Deadline {
+            ts: Timespec { tv_sec, tv_nsec },
+        }
+    }
+
+    /// The current time, as a deadline that has just passed.
+    pub fn now() -> Deadline {
+        Deadline {
+            ts: monotonic_now(),
+        }
+    }
+
+    /// Whether the deadline has passed.
+    pub fn has_passed(&self) -> bool {
+        self.remaining().is_zero()
+    }
+
+    /// The time left until the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        let now = monotonic_now();
+        let secs = self.ts.tv_sec.saturating_sub(now.tv_sec);
+        let nanos = self.ts.tv_nsec - now.tv_nsec;
+        let total = i128::from(secs) * i128::from(NANOS) + i128::from(nanos);
+        if total <= 0 {
+            Duration::ZERO
+        } else {
+            let total = u128::try_from(total).unwrap_or(0);
+            Duration::new(
+                (total / NANOS as u128) as u64,
+                (total % NANOS as u128) as u32,
+            )
+        }
+    }
+
+    /// The earlier of two deadlines.
+    pub fn min(self, other: Deadline) -> Deadline {
+        if (self.ts.tv_sec, self.ts.tv_nsec) <= (other.ts.tv_sec, other.ts.tv_nsec) {
+            self
+        } else {
+            other
+        }
+    }
+
+    /// The earlier of `deadline` (if any) and `timeout` from now.
+    pub fn min_with(deadline: Option<Deadline>, timeout: Duration) -> Deadline {
+        let slice = Deadline::after(timeout);
+        deadline.map_or(slice, |d| d.min(slice))
+    }
+}
+
+/// Sleeps while `word` holds `expected`, until woken or `deadline` passes.
+///
+/// Returns at once with [`WaitOutcome::Mismatch`] if the word holds another value: the kernel
+/// compares and sleeps atomically with respect to [`wake`], so a wake-up that follows a change
+/// of the word is never lost. The wait may also end spuriously; callers always loop.
+#[inline]
+pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Deadline>) -> WaitOutcome {
+    // FUTEX_WAIT_BITSET with all bits set behaves as FUTEX_WAIT but takes an absolute
+    // CLOCK_MONOTONIC timeout. Flags are empty: a shared futex.
+    let r = sys::wait_bitset(
+        word,
+        sys::Flags::empty(),
+        expected,
+        deadline.as_ref().map(|d| &d.ts),
+        NonZeroU32::MAX,
+    );
+    match r {
+        Ok(()) => WaitOutcome::Woken,
+        Err(Errno::AGAIN) => WaitOutcome::Mismatch,
+        Err(Errno::INTR) => WaitOutcome::Interrupted,
+        Err(Errno::TIMEDOUT) => WaitOutcome::TimedOut,
+        // EFAULT/EINVAL/ENOSYS cannot happen for a valid, aligned &AtomicU32 on Linux >= 2.6.25;
+        // treat anything else as a spurious wake-up so callers re-check rather than hang.
+        Err(_) => WaitOutcome::Woken,
+    }
+}
+
+/// Wakes up to `n` processes or threads sleeping in [`wait`] on `word`; returns how many woke.
+///
+/// A wake costs a system call (~70 ns even with nobody waiting): callers track whether anybody
+/// waits and skip it otherwise.
+#[inline]
+pub fn wake(word: &AtomicU32, n: u32) -> usize {
+    let n = n.min(i32::MAX as u32);
+    sys::wake(word, sys::Flags::empty(), n).unwrap_or(0)
+}
+
+/// Wakes every waiter on `word`.
+#[inline]
+pub fn wake_all(word: &AtomicU32) -> usize {
+    wake(word, u32::MAX)
+}

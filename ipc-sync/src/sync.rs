@@ -1,0 +1,20 @@
+//! The one place this crate imports atomics from: `std`'s normally, loom's under `--cfg loom`.
+#![allow(dead_code, unused_imports)] // Filled in as the primitives land.
+//!
+//! Every algorithm in this crate uses these names, so the loom build model-checks exactly the
+//! code that runs in production (tokio's `loom` module pattern).
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+/// A hint that we are spinning (`PAUSE` on x86-64); a yield to the model checker under loom.
+#[inline]
+pub(crate) fn spin_hint() {
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
