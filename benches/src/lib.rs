@@ -1,0 +1,2 @@
+//! Shared workloads of the criterion benchmarks and the comparison runner.
+#![deny(unsafe_code)]
