@@ -41,6 +41,23 @@ impl Waiter for Futex {
 #[cfg(loom)]
 pub use model::LoomFutex;
 
+/// Under loom: whether timed waits of the modelled [`Futex`] time out at once (`true`, to
+/// explore timeout and liveness-check paths) or behave as untimed waits (`false`, the default).
+/// Call it at the start of each `loom::model` run.
+#[cfg(loom)]
+pub fn loom_timeouts_fire(fire: bool) {
+    model::GLOBAL
+        .timeouts_fire
+        .store(fire, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Under loom: models time passing for the modelled [`Futex`] (see [`LoomFutex::time_passes`]),
+/// for example after a modelled owner died, so sliced waits notice it without spinning.
+#[cfg(loom)]
+pub fn loom_time_passes() {
+    model::GLOBAL.time_passes();
+}
+
 #[cfg(loom)]
 impl Waiter for Futex {
     fn wait(&self, word: &AtomicU32, expected: u32, deadline: Option<Deadline>) -> WaitOutcome {
@@ -64,19 +81,29 @@ mod model {
     use crate::sync::{AtomicU32, Ordering};
     use loom::sync::{Condvar, Mutex};
 
-    /// A modelled futex. Timed waits either time out at once (`timeouts_fire`), exploring the
-    /// timeout paths, or behave as untimed waits, exploring the woken paths.
+    /// A modelled futex. A timed wait whose deadline has passed times out at once. Otherwise
+    /// timed waits either time out at once (`timeouts_fire`), exploring the timeout paths, or
+    /// sleep as untimed waits until [`LoomFutex::time_passes`] ends them (and then each thread's
+    /// next timed wait times out once), which lets sliced waits notice a modelled death without
+    /// spinning.
     #[derive(Debug)]
     pub struct LoomFutex {
         queue: Mutex<Queue>,
         cv: Condvar,
-        timeouts_fire: bool,
+        /// A configuration switch, not modelled state (hence a std atomic).
+        pub(super) timeouts_fire: std::sync::atomic::AtomicBool,
     }
 
     #[derive(Debug, Default)]
     struct Queue {
         next_ticket: u64,
-        sleeping: Vec<(usize, u64)>,
+        /// (word address, ticket, timed)
+        sleeping: Vec<(usize, u64, bool)>,
+        /// Tickets whose timed wait was ended by [`LoomFutex::time_passes`].
+        timed_out: Vec<u64>,
+        /// How many times time has passed, and how many of those each thread has seen.
+        epoch: u64,
+        seen: Vec<(loom::thread::ThreadId, u64)>,
     }
 
     loom::lazy_static! {
@@ -89,7 +116,27 @@ mod model {
             LoomFutex {
                 queue: Mutex::new(Queue::default()),
                 cv: Condvar::new(),
-                timeouts_fire,
+                timeouts_fire: std::sync::atomic::AtomicBool::new(timeouts_fire),
+            }
+        }
+    }
+
+    impl LoomFutex {
+        /// Models time passing (long enough for every timed wait to expire): every timed
+        /// sleeper wakes with `TimedOut`, and each thread's next timed wait times out once.
+        pub fn time_passes(&self) {
+            let mut q = self.queue.lock().unwrap();
+            q.epoch += 1;
+            let mut ended = Vec::new();
+            q.sleeping.retain(|&(_, t, timed)| {
+                if timed {
+                    ended.push(t);
+                }
+                !timed
+            });
+            if !ended.is_empty() {
+                q.timed_out.extend(ended);
+                self.cv.notify_all();
             }
         }
     }
@@ -101,15 +148,46 @@ mod model {
             if word.load(Ordering::SeqCst) != expected {
                 return WaitOutcome::Mismatch;
             }
-            if deadline.is_some() && self.timeouts_fire {
-                return WaitOutcome::TimedOut;
+            if let Some(d) = deadline {
+                if d.has_passed()
+                    || self
+                        .timeouts_fire
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return WaitOutcome::TimedOut;
+                }
+                // Time passed since this thread last timed out: this wait times out.
+                let me = loom::thread::current().id();
+                let epoch = q.epoch;
+                match q.seen.iter_mut().find(|(t, _)| *t == me) {
+                    Some((_, seen)) if *seen < epoch => {
+                        *seen = epoch;
+                        return WaitOutcome::TimedOut;
+                    }
+                    Some(_) => {}
+                    None if epoch > 0 => {
+                        q.seen.push((me, epoch));
+                        return WaitOutcome::TimedOut;
+                    }
+                    None => {}
+                }
             }
             let ticket = q.next_ticket;
             q.next_ticket += 1;
-            q.sleeping.push((addr, ticket));
+            q.sleeping.push((addr, ticket, deadline.is_some()));
             loop {
                 q = self.cv.wait(q).unwrap();
-                if !q.sleeping.iter().any(|&(_, t)| t == ticket) {
+                if !q.sleeping.iter().any(|&(_, t, _)| t == ticket) {
+                    if let Some(i) = q.timed_out.iter().position(|&t| t == ticket) {
+                        q.timed_out.swap_remove(i);
+                        let me = loom::thread::current().id();
+                        let epoch = q.epoch;
+                        match q.seen.iter_mut().find(|(t, _)| *t == me) {
+                            Some((_, seen)) => *seen = epoch,
+                            None => q.seen.push((me, epoch)),
+                        }
+                        return WaitOutcome::TimedOut;
+                    }
                     return WaitOutcome::Woken;
                 }
             }
@@ -119,7 +197,7 @@ mod model {
             let addr = word as *const AtomicU32 as usize;
             let mut q = self.queue.lock().unwrap();
             let mut woken = 0usize;
-            q.sleeping.retain(|&(a, _)| {
+            q.sleeping.retain(|&(a, _, _)| {
                 if a == addr && woken < n as usize {
                     woken += 1;
                     false

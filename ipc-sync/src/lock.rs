@@ -1,0 +1,781 @@
+//! [`Lock`]: a futex mutex for shared memory that survives its owner's death.
+//!
+//! # Algorithm
+//!
+//! The lock word (the futex) holds the owner's kernel thread id in its low 30 bits (0 =
+//! unlocked) and a `WAITERS` bit (bit 31) that says "somebody may sleep on this word".
+//!
+//! - **Lock, fast path**: one `compare_exchange(0, tid)`. No system call.
+//! - **Lock, slow path**: spin a bounded number of polls while the owner is running its
+//!   critical section (skipped once `WAITERS` is set: others already sleep, the owner is slow),
+//!   then set `WAITERS` and `FUTEX_WAIT` on the word. After having slept, a thread acquires
+//!   with `tid | WAITERS` (it cannot know whether others still sleep), as in Drepper's
+//!   "Futexes are tricky", mutex 3.
+//! - **Unlock**: `swap(0)`; `FUTEX_WAKE(1)` only if the old value had `WAITERS`. No system call
+//!   when nobody waits.
+//!
+//! Next to the word the owner keeps a record `{tid, pid, start time}` of itself, written after
+//! it acquires and cleared (`tid = 0`) before it releases. A waiter trusts the record only if
+//! its `tid` equals the word's owner both before and after reading the rest (a seqlock-like
+//! read), so a record being rewritten is never mixed up with the owner's.
+//!
+//! # Owner death
+//!
+//! Waiters sleep in slices of [`LIVENESS_SLICE`] (a timed futex wait). When a slice ends
+//! without a wake-up, the waiter checks the owner in procfs: the owner is dead if its
+//! `/proc/<pid>/task/<tid>/stat` is gone, if it is a zombie (a SIGKILLed process stays one
+//! until reaped), or if the thread there started at another time than recorded (the tid was
+//! reused). A dead owner's lock is taken over by a `compare_exchange` from the exact word the
+//! waiter observed, so only one waiter takes it and a live new owner is never robbed. The taker
+//! gets [`LockError::OwnerDied`] carrying the guard, as pthread's robust mutexes give
+//! `EOWNERDEAD`. It repairs the protected data and calls [`LockGuard::mark_consistent`]; if it
+//! drops the guard without doing so, the lock becomes *not recoverable*: every later attempt
+//! fails with `NotRecoverable` (`ENOTRECOVERABLE`).
+//!
+//! A thread that exits while holding the lock counts as dead too (its process may live on).
+//! If the owner died in the few instructions between taking the word and writing its record,
+//! the waiter checks the thread id alone (a reused id would then look alive: this window is a
+//! handful of instructions wide).
+//!
+//! [`Lock::try_lock`] checks the owner's liveness too when the lock is held, so a polling loop
+//! also recovers a dead owner's lock. That check reads a procfs file (a few microseconds), so a
+//! failed `try_lock` costs that much more than a successful one.
+//!
+//! # State table
+//!
+//! | word | state | meaning |
+//! |---|---|---|
+//! | `0` | `CONSISTENT` | unlocked (all-zero memory is this state) |
+//! | `tid` | `CONSISTENT` | held by thread `tid`, nobody sleeps |
+//! | `tid \| WAITERS` | `CONSISTENT` | held, somebody may sleep: unlock wakes one |
+//! | `tid [\| WAITERS]` | `INCONSISTENT` | held by `tid`, which took it over from a dead owner and has not yet called `mark_consistent` |
+//! | any | `NOT_RECOVERABLE` | a taker dropped its guard without `mark_consistent`: every lock attempt fails |
+//!
+//! Transitions: `0 -> tid` (lock), `tid -> tid|WAITERS` (a waiter before sleeping),
+//! `0 -> tid|WAITERS` (acquire after sleeping), `x -> 0` (unlock), `dead|.. -> tid|WAITERS`
+//! (takeover, with `state -> INCONSISTENT`), `INCONSISTENT -> CONSISTENT` (mark_consistent),
+//! `INCONSISTENT -> NOT_RECOVERABLE` (guard dropped unrepaired; then unlock and wake everybody).
+//!
+//! ## Memory ordering
+//!
+//! Acquiring CASes are `Acquire` and the unlocking swap is `Release`: the critical sections are
+//! ordered by the word alone. The record fields are written with `Release` and read with
+//! `Acquire`: a waiter that reads a new owner's record field also sees the previous owner's
+//! `tid = 0` (which happened before the unlock, hence before the new owner's acquisition), so
+//! its second read of `tid` cannot return the previous owner's id for a mixed record. `state`
+//! is written by the lock holder only and read under the lock, except `NOT_RECOVERABLE`, which
+//! is stored `Release` before the unlocking swap and re-read by every waiter after each wake.
+//! Lost wake-ups are excluded by the futex: a waiter sleeps only if the word still holds the
+//! `WAITERS` value it saw, and an unlock changes the word before it wakes.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::futex::{Deadline, WaitOutcome};
+use crate::owner::{Env, Me, OwnerRecord, Sys};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, spin_hint};
+use crate::waiter::{Futex, Waiter};
+
+/// How long a waiter sleeps before it checks whether the owner is still alive. This bounds how
+/// long a dead owner goes unnoticed (plus one procfs read per slice, only while waiting).
+pub const LIVENESS_SLICE: Duration = Duration::from_millis(20);
+
+pub(crate) const WAITERS: u32 = 1 << 31;
+pub(crate) const TID_MASK: u32 = (1 << 30) - 1;
+
+const CONSISTENT: u32 = 0;
+const INCONSISTENT: u32 = 1;
+const NOT_RECOVERABLE: u32 = 2;
+
+/// Polls of the word before sleeping, while its owner runs and nobody sleeps yet.
+#[cfg(not(loom))]
+const SPIN_LIMIT: u32 = 100;
+#[cfg(loom)]
+const SPIN_LIMIT: u32 = 0;
+
+/// A mutual-exclusion lock that lives in shared memory, robust to the death of its owner.
+///
+/// Python's `multiprocessing.Lock`, plus pthread's robust-mutex semantics: if the holder dies
+/// (its process is killed, or its thread exits), the next acquirer gets
+/// [`LockError::OwnerDied`] with the guard, repairs what the lock protects, and calls
+/// [`LockGuard::mark_consistent`]. See the [module docs](self) for the algorithm.
+///
+/// All-zero bytes are an unlocked lock, so a lock in a fresh (zero-filled) segment needs no
+/// initialisation; [`Lock::new`] makes one on the heap or on the stack.
+///
+/// A guard belongs to the thread that locked (it is `!Send`): the lock records the owning
+/// thread to detect its death.
+///
+/// ```
+/// use ipc_sync::Lock;
+///
+/// let lock = Lock::new();
+/// {
+///     let _guard = lock.lock().expect("nobody died holding it");
+///     assert!(lock.is_locked());
+///     assert!(lock.try_lock().is_err());
+/// }
+/// assert!(!lock.is_locked());
+/// ```
+#[repr(C)]
+pub struct Lock {
+    /// The futex word: owner tid | WAITERS.
+    word: AtomicU32,
+    /// CONSISTENT / INCONSISTENT / NOT_RECOVERABLE.
+    state: AtomicU32,
+    /// The owner record: tid (0 while being rewritten or unlocked), pid, start time.
+    owner_tid: AtomicU32,
+    owner_pid: AtomicU32,
+    owner_start: AtomicU64,
+}
+
+impl Default for Lock {
+    fn default() -> Self {
+        Lock::new()
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.word.load(Ordering::Relaxed);
+        f.debug_struct("Lock")
+            .field("owner_tid", &(w & TID_MASK))
+            .field("waiters", &(w & WAITERS != 0))
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Why [`Lock::lock`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError<G> {
+    /// The previous owner died holding the lock. You now hold it (the guard is inside): repair
+    /// the protected state and call `mark_consistent`, or the lock becomes not recoverable.
+    #[error("the previous owner of the lock died while holding it")]
+    OwnerDied(G),
+    /// An earlier taker of a dead owner's lock released it without marking it consistent.
+    #[error("the lock is not recoverable: its owner died and nobody repaired it")]
+    NotRecoverable,
+}
+
+/// Why [`Lock::try_lock`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryLockError<G> {
+    /// Another live thread holds the lock.
+    #[error("the lock is held")]
+    WouldBlock,
+    /// See [`LockError::OwnerDied`].
+    #[error("the previous owner of the lock died while holding it")]
+    OwnerDied(G),
+    /// See [`LockError::NotRecoverable`].
+    #[error("the lock is not recoverable: its owner died and nobody repaired it")]
+    NotRecoverable,
+}
+
+/// Why [`Lock::lock_timeout`] or [`Lock::lock_deadline`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockTimeoutError<G> {
+    /// The deadline passed while another live thread held the lock.
+    #[error("timed out waiting for the lock")]
+    Timeout,
+    /// See [`LockError::OwnerDied`].
+    #[error("the previous owner of the lock died while holding it")]
+    OwnerDied(G),
+    /// See [`LockError::NotRecoverable`].
+    #[error("the lock is not recoverable: its owner died and nobody repaired it")]
+    NotRecoverable,
+}
+
+impl<G> LockError<G> {
+    /// The guard of an `OwnerDied` error (the caller holds the lock), else `None`.
+    pub fn into_guard(self) -> Option<G> {
+        match self {
+            LockError::OwnerDied(g) => Some(g),
+            LockError::NotRecoverable => None,
+        }
+    }
+}
+
+impl<G> TryLockError<G> {
+    /// The guard of an `OwnerDied` error (the caller holds the lock), else `None`.
+    pub fn into_guard(self) -> Option<G> {
+        match self {
+            TryLockError::OwnerDied(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+impl<G> LockTimeoutError<G> {
+    /// The guard of an `OwnerDied` error (the caller holds the lock), else `None`.
+    pub fn into_guard(self) -> Option<G> {
+        match self {
+            LockTimeoutError::OwnerDied(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+/// Holds a [`Lock`]; unlocks when dropped.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+    /// Taken over from a dead owner and not yet marked consistent.
+    inconsistent: bool,
+    /// `!Send`: the lock records the owning thread.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("inconsistent", &self.inconsistent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a raw acquisition ended (internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// Acquired normally.
+    Clean,
+    /// Acquired, but the protected state may be inconsistent (owner died).
+    OwnerDied,
+}
+
+/// Why a raw acquisition failed (internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RawError {
+    WouldBlock,
+    Timeout,
+    NotRecoverable,
+}
+
+/// How long to wait (internal).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// `try_lock`: never sleep.
+    No,
+    /// Until the deadline, or forever.
+    Until(Option<Deadline>),
+}
+
+impl Lock {
+    /// An unlocked lock (the same as all-zero bytes).
+    #[cfg(not(loom))]
+    pub const fn new() -> Lock {
+        Lock {
+            word: AtomicU32::new(0),
+            state: AtomicU32::new(CONSISTENT),
+            owner_tid: AtomicU32::new(0),
+            owner_pid: AtomicU32::new(0),
+            owner_start: AtomicU64::new(0),
+        }
+    }
+
+    /// An unlocked lock (loom's atomics have no `const fn new`).
+    #[cfg(loom)]
+    pub fn new() -> Lock {
+        Lock {
+            word: AtomicU32::new(0),
+            state: AtomicU32::new(CONSISTENT),
+            owner_tid: AtomicU32::new(0),
+            owner_pid: AtomicU32::new(0),
+            owner_start: AtomicU64::new(0),
+        }
+    }
+
+    /// Acquires the lock, sleeping while another thread or process holds it.
+    ///
+    /// Errors: [`LockError::OwnerDied`] if the holder died (you now hold the lock), or
+    /// [`LockError::NotRecoverable`].
+    #[inline]
+    pub fn lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        match self.raw_lock(&Sys, Wait::Until(None)) {
+            Ok(Acquired::Clean) => Ok(self.guard(false)),
+            Ok(Acquired::OwnerDied) => Err(LockError::OwnerDied(self.guard(true))),
+            Err(_) => Err(LockError::NotRecoverable),
+        }
+    }
+
+    /// Acquires the lock if it is free right now.
+    ///
+    /// When the lock is held, checks whether its owner is alive (one procfs read, a few
+    /// microseconds), so that polling with `try_lock` also recovers a dead owner's lock.
+    #[inline]
+    pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
+        match self.raw_lock(&Sys, Wait::No) {
+            Ok(Acquired::Clean) => Ok(self.guard(false)),
+            Ok(Acquired::OwnerDied) => Err(TryLockError::OwnerDied(self.guard(true))),
+            Err(RawError::NotRecoverable) => Err(TryLockError::NotRecoverable),
+            Err(_) => Err(TryLockError::WouldBlock),
+        }
+    }
+
+    /// Acquires the lock, waiting at most `timeout` (never returning earlier on timeout).
+    #[inline]
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<LockGuard<'_>, LockTimeoutError<LockGuard<'_>>> {
+        self.lock_deadline(Deadline::after(timeout))
+    }
+
+    /// Acquires the lock, waiting at most until `deadline`.
+    #[inline]
+    pub fn lock_deadline(
+        &self,
+        deadline: Deadline,
+    ) -> Result<LockGuard<'_>, LockTimeoutError<LockGuard<'_>>> {
+        match self.raw_lock(&Sys, Wait::Until(Some(deadline))) {
+            Ok(Acquired::Clean) => Ok(self.guard(false)),
+            Ok(Acquired::OwnerDied) => Err(LockTimeoutError::OwnerDied(self.guard(true))),
+            Err(RawError::NotRecoverable) => Err(LockTimeoutError::NotRecoverable),
+            Err(_) => Err(LockTimeoutError::Timeout),
+        }
+    }
+
+    /// Whether some thread holds the lock right now (a snapshot).
+    pub fn is_locked(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & TID_MASK != 0
+    }
+
+    /// Whether the lock has become not recoverable (see [`LockError::NotRecoverable`]).
+    pub fn is_not_recoverable(&self) -> bool {
+        self.state.load(Ordering::Acquire) == NOT_RECOVERABLE
+    }
+
+    fn guard(&self, inconsistent: bool) -> LockGuard<'_> {
+        LockGuard {
+            lock: self,
+            inconsistent,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The thread id of the current holder (0 if unlocked).
+    #[allow(dead_code)] // Used by RLock.
+    pub(crate) fn holder_tid(&self) -> u32 {
+        self.word.load(Ordering::Relaxed) & TID_MASK
+    }
+
+    /// Acquires the lock word (internal; the algorithm under test in loom).
+    #[inline]
+    pub(crate) fn raw_lock(&self, env: &impl Env, wait: Wait) -> Result<Acquired, RawError> {
+        let me = env.me();
+        if self
+            .word
+            .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return self.acquired(me, false);
+        }
+        self.raw_lock_slow(env, me, wait)
+    }
+
+    #[cold]
+    fn raw_lock_slow(&self, env: &impl Env, me: Me, wait: Wait) -> Result<Acquired, RawError> {
+        let mut spins = 0;
+        let mut slept = false;
+        loop {
+            if self.state.load(Ordering::Acquire) == NOT_RECOVERABLE {
+                return Err(RawError::NotRecoverable);
+            }
+            let w = self.word.load(Ordering::Relaxed);
+            if w & TID_MASK == 0 {
+                let new = if slept { me.tid | WAITERS } else { me.tid };
+                if self
+                    .word
+                    .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return self.acquired(me, false);
+                }
+                continue;
+            }
+            let deadline = match wait {
+                Wait::No => {
+                    if !self.owner_alive(env, w) && self.take_over(me, w) {
+                        return self.acquired(me, true);
+                    }
+                    return Err(RawError::WouldBlock);
+                }
+                Wait::Until(d) => d,
+            };
+            if spins < SPIN_LIMIT && w & WAITERS == 0 {
+                spins += 1;
+                spin_hint();
+                continue;
+            }
+            if deadline.is_some_and(|d| d.has_passed()) {
+                if !self.owner_alive(env, w) && self.take_over(me, w) {
+                    return self.acquired(me, true);
+                }
+                return Err(RawError::Timeout);
+            }
+            if w & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(w, w | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            slept = true;
+            let slice = Deadline::min_with(deadline, LIVENESS_SLICE);
+            if Futex.wait(&self.word, w | WAITERS, Some(slice)) == WaitOutcome::TimedOut {
+                if !self.owner_alive(env, w) && self.take_over(me, w | WAITERS) {
+                    return self.acquired(me, true);
+                }
+                spin_hint();
+            }
+        }
+    }
+
+    /// Takes over a dead owner's word, exactly as observed.
+    fn take_over(&self, me: Me, observed: u32) -> bool {
+        self.word
+            .compare_exchange(
+                observed,
+                me.tid | WAITERS,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Records the new owner and checks the consistency state, once the word is ours.
+    #[inline]
+    fn acquired(&self, me: Me, took_over: bool) -> Result<Acquired, RawError> {
+        self.owner_pid.store(me.pid, Ordering::Release);
+        self.owner_start.store(me.start, Ordering::Release);
+        self.owner_tid.store(me.tid, Ordering::Release);
+        match self.state.load(Ordering::Relaxed) {
+            CONSISTENT if !took_over => Ok(Acquired::Clean),
+            NOT_RECOVERABLE => {
+                self.raw_unlock();
+                Err(RawError::NotRecoverable)
+            }
+            _ => {
+                self.state.store(INCONSISTENT, Ordering::Relaxed);
+                Ok(Acquired::OwnerDied)
+            }
+        }
+    }
+
+    /// Whether the owner in word `w` still runs (asks `env`, with the record if it matches).
+    fn owner_alive(&self, env: &impl Env, w: u32) -> bool {
+        let tid = w & TID_MASK;
+        let first = self.owner_tid.load(Ordering::Acquire);
+        let pid = self.owner_pid.load(Ordering::Acquire);
+        let start = self.owner_start.load(Ordering::Acquire);
+        let second = self.owner_tid.load(Ordering::Acquire);
+        let detail = (first == tid && second == tid).then_some((pid, start));
+        env.alive(OwnerRecord { tid, detail })
+    }
+
+    /// Releases the word (internal): clear the record, swap 0, wake one if needed.
+    #[inline]
+    pub(crate) fn raw_unlock(&self) {
+        self.owner_tid.store(0, Ordering::Relaxed);
+        if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
+            Futex.wake(&self.word, 1);
+        }
+    }
+
+    /// Releases after a taker failed to repair: not recoverable, everybody wakes to see it.
+    #[cold]
+    pub(crate) fn raw_unlock_unrecoverable(&self) {
+        self.state.store(NOT_RECOVERABLE, Ordering::Release);
+        self.owner_tid.store(0, Ordering::Relaxed);
+        self.word.swap(0, Ordering::Release);
+        Futex.wake(&self.word, u32::MAX);
+    }
+
+    /// Marks the protected state repaired (internal).
+    pub(crate) fn raw_mark_consistent(&self) {
+        self.state.store(CONSISTENT, Ordering::Relaxed);
+    }
+}
+
+impl<'a> LockGuard<'a> {
+    /// Declares the protected state repaired after [`LockError::OwnerDied`], so the lock stays
+    /// usable. Without it, dropping the guard makes the lock not recoverable. A no-op on a
+    /// guard from a normal acquisition.
+    pub fn mark_consistent(&mut self) {
+        if self.inconsistent {
+            self.lock.raw_mark_consistent();
+            self.inconsistent = false;
+        }
+    }
+
+    /// Whether this guard came from a dead owner and is not yet marked consistent.
+    pub fn is_inconsistent(&self) -> bool {
+        self.inconsistent
+    }
+
+    /// The lock this guard holds.
+    pub fn lock(&self) -> &Lock {
+        self.lock
+    }
+
+    /// Releases the lock without running the guard's drop logic for `inconsistent` (internal,
+    /// for `Condition::wait`): returns whether the guard was inconsistent.
+    #[allow(dead_code)] // Used by Condition.
+    pub(crate) fn into_raw(self) -> (&'a Lock, bool) {
+        let parts = (self.lock, self.inconsistent);
+        std::mem::forget(self);
+        parts
+    }
+
+    /// Rebuilds a guard for a held lock (internal).
+    #[allow(dead_code)] // Used by Condition.
+    pub(crate) fn from_raw(lock: &Lock, inconsistent: bool) -> LockGuard<'_> {
+        lock.guard(inconsistent)
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.inconsistent {
+            self.lock.raw_unlock_unrecoverable();
+        } else {
+            self.lock.raw_unlock();
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64 as StdU64;
+    use std::time::Instant;
+
+    #[test]
+    fn zeroed_is_unlocked_and_layout_is_fixed() {
+        assert_eq!(std::mem::size_of::<Lock>(), 24);
+        let lock = Lock::new();
+        assert!(!lock.is_locked());
+        drop(lock.lock().unwrap());
+        assert!(!lock.is_locked());
+    }
+
+    #[test]
+    fn threads_exclude_each_other() {
+        let lock = Arc::new(Lock::new());
+        let counter = Arc::new(StdU64::new(0));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (lock, counter) = (lock.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let _g = lock.lock().unwrap();
+                        // A non-atomic read-modify-write: lost updates if exclusion fails.
+                        let v = counter.load(Ordering::Relaxed);
+                        counter.store(v + 1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(counter.load(Ordering::Relaxed), 80_000);
+        assert!(!lock.is_locked());
+    }
+
+    #[test]
+    fn timeout_does_not_return_early() {
+        let lock = Arc::new(Lock::new());
+        let g = lock.lock().unwrap();
+        let l2 = lock.clone();
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            let r = l2.lock_timeout(Duration::from_millis(60));
+            assert!(matches!(r, Err(LockTimeoutError::Timeout)));
+            assert!(start.elapsed() >= Duration::from_millis(60));
+            assert!(matches!(l2.try_lock(), Err(TryLockError::WouldBlock)));
+        });
+        t.join().unwrap();
+        drop(g);
+        assert!(lock.lock_timeout(Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn thread_exit_while_holding_gives_owner_died_then_not_recoverable() {
+        let lock = Arc::new(Lock::new());
+        let l2 = lock.clone();
+        std::thread::spawn(move || std::mem::forget(l2.lock().unwrap()))
+            .join()
+            .unwrap();
+        assert!(lock.is_locked());
+        // Blocking lock notices within a slice.
+        let guard = match lock.lock() {
+            Err(LockError::OwnerDied(g)) => g,
+            other => panic!("expected OwnerDied, got {other:?}"),
+        };
+        assert!(guard.is_inconsistent());
+        drop(guard); // not repaired
+        assert!(lock.is_not_recoverable());
+        assert!(matches!(lock.lock(), Err(LockError::NotRecoverable)));
+        assert!(matches!(lock.try_lock(), Err(TryLockError::NotRecoverable)));
+    }
+
+    #[test]
+    fn repaired_lock_stays_usable() {
+        let lock = Arc::new(Lock::new());
+        let l2 = lock.clone();
+        std::thread::spawn(move || std::mem::forget(l2.lock().unwrap()))
+            .join()
+            .unwrap();
+        let mut guard = lock.try_lock().unwrap_err().into_guard().unwrap();
+        guard.mark_consistent();
+        drop(guard);
+        assert!(!lock.is_locked());
+        assert!(lock.lock().is_ok());
+    }
+
+    #[test]
+    fn waiter_sleeping_on_a_dying_owner_takes_over() {
+        let lock = Arc::new(Lock::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l2 = lock.clone();
+        let owner = std::thread::spawn(move || {
+            let g = l2.lock().unwrap();
+            tx.send(()).unwrap();
+            // Not synchronisation: makes it likely (not required) that the waiter sleeps first.
+            std::thread::sleep(Duration::from_millis(50));
+            std::mem::forget(g);
+        });
+        rx.recv().unwrap();
+        let r = lock.lock_timeout(Duration::from_secs(20));
+        assert!(matches!(r, Err(LockTimeoutError::OwnerDied(_))), "{r:?}");
+        owner.join().unwrap();
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::owner::model::TestEnv;
+    use loom::sync::Arc;
+
+    #[test]
+    fn mutual_exclusion() {
+        loom::model(|| {
+            crate::waiter::loom_timeouts_fire(false);
+            let lock = Arc::new(Lock::new());
+            let data = Arc::new(AtomicU32::new(0));
+            let dead = Arc::new(AtomicU32::new(0));
+            let handles: Vec<_> = (1..=2)
+                .map(|tid| {
+                    let (lock, data, env) = (lock.clone(), data.clone(), TestEnv::new(tid, &dead));
+                    loom::thread::spawn(move || {
+                        assert_eq!(lock.raw_lock(&env, Wait::Until(None)), Ok(Acquired::Clean));
+                        // A split read-modify-write: loom finds the lost update if both
+                        // threads were ever inside at once.
+                        let v = data.load(Ordering::Relaxed);
+                        data.store(v + 1, Ordering::Relaxed);
+                        lock.raw_unlock();
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(data.load(Ordering::Relaxed), 2);
+            assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn dead_owner_is_taken_over_once() {
+        loom::model(|| {
+            crate::waiter::loom_timeouts_fire(false);
+            let lock = Arc::new(Lock::new());
+            let dead = Arc::new(AtomicU32::new(0));
+            let owner = TestEnv::new(1, &dead);
+            assert_eq!(
+                lock.raw_lock(&owner, Wait::Until(None)),
+                Ok(Acquired::Clean)
+            );
+            let handles: Vec<_> = (2..=3)
+                .map(|tid| {
+                    let (lock, env) = (lock.clone(), TestEnv::new(tid, &dead));
+                    loom::thread::spawn(move || {
+                        let r = lock.raw_lock(&env, Wait::Until(None));
+                        let died = r == Ok(Acquired::OwnerDied);
+                        assert!(r.is_ok());
+                        if died {
+                            lock.raw_mark_consistent();
+                        }
+                        lock.raw_unlock();
+                        died
+                    })
+                })
+                .collect();
+            owner.die(); // dies holding the lock
+            let died: u32 = handles.into_iter().map(|h| h.join().unwrap() as u32).sum();
+            assert_eq!(died, 1, "exactly one acquirer sees OwnerDied");
+            assert_eq!(lock.state.load(Ordering::Relaxed), CONSISTENT);
+        });
+    }
+
+    #[test]
+    fn unrepaired_takeover_is_not_recoverable() {
+        loom::model(|| {
+            crate::waiter::loom_timeouts_fire(false);
+            let lock = Arc::new(Lock::new());
+            let dead = Arc::new(AtomicU32::new(0));
+            let owner = TestEnv::new(1, &dead);
+            lock.raw_lock(&owner, Wait::Until(None)).unwrap();
+            owner.die();
+            let l2 = lock.clone();
+            let env2 = TestEnv::new(2, &dead);
+            let settle = |lock: &Lock, r: Result<Acquired, RawError>| match r {
+                // The taker does not repair: dropping its guard does this.
+                Ok(Acquired::OwnerDied) => {
+                    lock.raw_unlock_unrecoverable();
+                    1
+                }
+                Ok(Acquired::Clean) => panic!("a dead owner's lock was acquired cleanly"),
+                Err(e) => {
+                    assert_eq!(e, RawError::NotRecoverable);
+                    0
+                }
+            };
+            let waiter = loom::thread::spawn(move || {
+                let r = l2.raw_lock(&env2, Wait::Until(None));
+                settle(&l2, r)
+            });
+            let env3 = TestEnv::new(3, &dead);
+            let mine = settle(&lock, lock.raw_lock(&env3, Wait::Until(None)));
+            assert_eq!(mine + waiter.join().unwrap(), 1, "exactly one taker");
+            assert!(lock.is_not_recoverable());
+        });
+    }
+
+    #[test]
+    fn timeout_with_live_owner() {
+        loom::model(|| {
+            crate::waiter::loom_timeouts_fire(false);
+            let lock = Arc::new(Lock::new());
+            let dead = Arc::new(AtomicU32::new(0));
+            let owner = TestEnv::new(1, &dead);
+            lock.raw_lock(&owner, Wait::Until(None)).unwrap();
+            let l2 = lock.clone();
+            let env2 = TestEnv::new(2, &dead);
+            let t =
+                loom::thread::spawn(move || l2.raw_lock(&env2, Wait::Until(Some(Deadline::now()))));
+            let r = t.join().unwrap();
+            assert_eq!(r, Err(RawError::Timeout));
+            lock.raw_unlock();
+        });
+    }
+}

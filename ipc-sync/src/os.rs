@@ -1,0 +1,36 @@
+//! The crate's only FFI: registering a `pthread_atfork` child handler.
+//!
+//! A forked child's thread has a new thread id, but it inherits the parent's thread-locals, so
+//! the cached identity of [`crate::owner`] would be stale. The child handler bumps a generation
+//! counter that the cache compares against.
+#![allow(unsafe_code)]
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Bumped in every forked child (by the `pthread_atfork` child handler).
+pub(crate) static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Set if the handler could not be registered: then every identity lookup checks the pid.
+pub(crate) static ATFORK_MISSING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn in_child_after_fork() {
+    // Async-signal-safe: one atomic add, no allocation, no lock.
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Registers the fork handler once per process (a forked child inherits the registration).
+pub(crate) fn register_fork_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `pthread_atfork` only stores the three handler pointers. `None` is allowed for
+        // the prepare and parent handlers; the child handler is a valid `extern "C" fn()` with
+        // 'static lifetime that only performs an atomic add, which is async-signal-safe, as
+        // handlers run in the child of a multi-threaded fork must be. Its return value
+        // (ENOMEM) is checked: without the handler, the identity cache compares pids instead.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child_after_fork)) };
+        if rc != 0 {
+            ATFORK_MISSING.store(true, Ordering::Relaxed);
+        }
+    });
+}

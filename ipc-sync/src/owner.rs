@@ -1,0 +1,264 @@
+//! Who owns a lock, and whether that owner is still alive.
+//!
+//! An owner is a kernel thread: its thread id (`gettid`, unique machine-wide while the thread
+//! lives), its process id, and its start time (field 22 of `/proc/<pid>/task/<tid>/stat`, in
+//! clock ticks since boot). Thread ids are reused after a thread dies, so liveness compares the
+//! start time too: a thread with the recorded id but another start time is a new thread and the
+//! recorded owner is dead.
+//!
+//! The calling thread's identity is cached in a thread-local. A forked child inherits that cache
+//! but runs on a new thread id, so the cache is tagged with a fork generation that a
+//! `pthread_atfork` child handler bumps (see `os`).
+//!
+//! The algorithms reach identity and liveness through the [`Env`] trait, so the loom model
+//! checks can give each modelled thread its own id and declare owners dead at will.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+
+use crate::os;
+
+/// The identity of a (would-be) lock owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Me {
+    /// Kernel thread id; never 0, and below 2^30 (Linux's `PID_MAX_LIMIT` is 2^22).
+    pub(crate) tid: u32,
+    /// Process id.
+    pub(crate) pid: u32,
+    /// Thread start time in clock ticks since boot (0 if unknown).
+    pub(crate) start: u64,
+}
+
+/// What a waiter knows about a lock's owner: its thread id, and the rest of its record when
+/// the record was complete and matched that thread id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OwnerRecord {
+    pub(crate) tid: u32,
+    /// `(pid, start time)`, if a consistent record was read.
+    pub(crate) detail: Option<(u32, u64)>,
+}
+
+/// Identity of the caller and liveness of others: the OS in production, a model under loom.
+pub(crate) trait Env {
+    /// The calling thread's identity.
+    fn me(&self) -> Me;
+    /// Whether `owner` still runs. Must answer `true` when unsure: a wrong `false` hands a
+    /// live owner's lock to someone else.
+    fn alive(&self, owner: OwnerRecord) -> bool;
+}
+
+/// The real environment: `gettid`, `getpid`, procfs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sys;
+
+impl Env for Sys {
+    #[inline]
+    fn me(&self) -> Me {
+        current()
+    }
+
+    fn alive(&self, owner: OwnerRecord) -> bool {
+        thread_alive(owner)
+    }
+}
+
+thread_local! {
+    static CACHED: Cell<Option<(u64, Me)>> = const { Cell::new(None) };
+}
+
+/// The calling thread's identity, from the thread-local cache.
+#[inline]
+pub(crate) fn current() -> Me {
+    let generation = os::FORK_GENERATION.load(Ordering::Relaxed);
+    if let Some((g, me)) = CACHED.with(Cell::get)
+        && g == generation
+        && !os::ATFORK_MISSING.load(Ordering::Relaxed)
+    {
+        return me;
+    }
+    current_slow(generation)
+}
+
+#[cold]
+fn current_slow(generation: u64) -> Me {
+    os::register_fork_handler();
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    if let Some((_, me)) = CACHED.with(Cell::get) {
+        // Only reachable without the fork handler, or after a fork: a same pid is still us.
+        if me.pid == pid && generation == os::FORK_GENERATION.load(Ordering::Relaxed) {
+            return me;
+        }
+    }
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+    let start = read_stat("/proc/thread-self/stat")
+        .and_then(|s| s.start)
+        .unwrap_or(0);
+    let me = Me { tid, pid, start };
+    CACHED.with(|c| c.set(Some((generation, me))));
+    me
+}
+
+/// The parts of a `/proc/.../stat` line we use.
+struct Stat {
+    /// Field 3: R, S, D, Z, X, ...
+    state: u8,
+    /// Field 22: start time in clock ticks since boot.
+    start: Option<u64>,
+}
+
+/// Reads and parses a stat file; `None` if it does not exist (or cannot be read).
+fn read_stat(path: &str) -> Option<Stat> {
+    let text = std::fs::read(path).ok()?;
+    parse_stat(&text)
+}
+
+/// Parses a stat line. The command name (field 2) is in parentheses and may itself contain
+/// spaces and parentheses, so the fields are counted from the *last* `)`.
+fn parse_stat(text: &[u8]) -> Option<Stat> {
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = *fields.next()?.as_bytes().first()?;
+    // Field 3 was consumed; field 22 is 19 fields further on.
+    let start = fields.nth(18).and_then(|f| f.parse().ok());
+    Some(Stat { state, start })
+}
+
+/// Whether the owner thread still runs, by procfs.
+///
+/// - The stat file is gone: the thread (or its whole process) has exited: dead.
+/// - State `Z` (zombie) or `X`: the process was killed or exited and awaits its parent's
+///   `waitpid`: dead (it can never unlock).
+/// - A start time different from the recorded one: the thread id was reused: dead.
+/// - Anything unclear (no record, an unreadable start time, procfs not mounted): alive.
+pub(crate) fn thread_alive(owner: OwnerRecord) -> bool {
+    let path = match owner.detail {
+        Some((pid, _)) => format!("/proc/{pid}/task/{}/stat", owner.tid),
+        None => format!("/proc/{}/stat", owner.tid),
+    };
+    match std::fs::read(&path) {
+        Ok(text) => match parse_stat(&text) {
+            Some(stat) => {
+                if matches!(stat.state, b'Z' | b'X' | b'x') {
+                    return false;
+                }
+                match (owner.detail, stat.start) {
+                    (Some((_, recorded)), Some(actual)) if recorded != 0 => recorded == actual,
+                    _ => true,
+                }
+            }
+            None => true,
+        },
+        Err(e) => {
+            // ENOENT/ESRCH: gone. Without procfs at all we cannot tell: assume alive.
+            !(e.kind() == std::io::ErrorKind::NotFound
+                && std::path::Path::new("/proc/self").exists())
+        }
+    }
+}
+
+/// Whether a process (not a thread) still runs, guarding against pid reuse with `start`
+/// (the start time of its main thread; 0 = unknown).
+#[allow(dead_code)] // Used by the barrier.
+pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
+    thread_alive(OwnerRecord {
+        tid: pid,
+        detail: Some((pid, start)),
+    })
+}
+
+/// This process's id and the start time of its main thread.
+#[allow(dead_code)] // Used by the barrier.
+pub(crate) fn current_process() -> (u32, u64) {
+    let me = current();
+    let start = if me.tid == me.pid {
+        me.start
+    } else {
+        read_stat("/proc/self/stat")
+            .and_then(|s| s.start)
+            .unwrap_or(0)
+    };
+    (me.pid, start)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_awkward_command_names() {
+        let line = b"1234 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21\n";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat.state, b'S');
+        assert_eq!(stat.start, Some(424242));
+    }
+
+    #[test]
+    fn identity_is_per_thread_and_alive() {
+        let me = current();
+        assert_eq!(me, current());
+        assert_ne!(me.start, 0);
+        let rec = OwnerRecord {
+            tid: me.tid,
+            detail: Some((me.pid, me.start)),
+        };
+        assert!(thread_alive(rec));
+        assert!(!thread_alive(OwnerRecord {
+            tid: me.tid,
+            detail: Some((me.pid, me.start + 1)),
+        }));
+        let other = std::thread::spawn(current).join().unwrap();
+        assert_ne!(other.tid, me.tid);
+        assert_eq!(other.pid, me.pid);
+        // That thread has exited.
+        assert!(!thread_alive(OwnerRecord {
+            tid: other.tid,
+            detail: Some((other.pid, other.start)),
+        }));
+    }
+}
+
+/// The loom environment: modelled threads get ids from the test, and "dead" is a bit set.
+#[cfg(all(test, loom))]
+pub(crate) mod model {
+    use super::{Env, Me, OwnerRecord};
+    use crate::sync::{AtomicU32, Ordering};
+    use loom::sync::Arc;
+
+    /// One modelled thread's view: its id and the shared set of dead ids.
+    #[derive(Debug, Clone)]
+    pub(crate) struct TestEnv {
+        pub(crate) tid: u32,
+        pub(crate) dead: Arc<AtomicU32>,
+    }
+
+    impl TestEnv {
+        /// Thread `tid` (1..=31) over a shared dead set.
+        pub(crate) fn new(tid: u32, dead: &Arc<AtomicU32>) -> TestEnv {
+            TestEnv {
+                tid,
+                dead: dead.clone(),
+            }
+        }
+
+        /// Declares this thread dead (it must not touch the primitive afterwards).
+        pub(crate) fn die(&self) {
+            self.dead.fetch_or(1 << self.tid, Ordering::SeqCst);
+            crate::waiter::loom_time_passes();
+        }
+    }
+
+    impl Env for TestEnv {
+        fn me(&self) -> Me {
+            Me {
+                tid: self.tid,
+                pid: 1,
+                start: 1,
+            }
+        }
+
+        fn alive(&self, owner: OwnerRecord) -> bool {
+            owner.tid >= 32 || self.dead.load(Ordering::SeqCst) & (1 << owner.tid) == 0
+        }
+    }
+}
