@@ -1,0 +1,752 @@
+//! The queue's algorithm: a byte ring with two robust locks and two commit words.
+//!
+//! # Layout
+//!
+//! One segment holds a [`Control`] block and then a ring of `cap` bytes (`cap` a power of two).
+//! Messages are *frames*: an 8-byte header (`len: u32` little-endian, then `len ^ FRAME_CHECK`)
+//! and `len` payload bytes, padded with zeros to a multiple of 8. A frame may wrap around the end
+//! of the ring; its header never does (positions are multiples of 8 and `cap` is too).
+//!
+//! The queue's whole state is two 64-bit *commit words*:
+//!
+//! - `tail = (items put) << 32 | (bytes put)` — written only by the holder of the put lock;
+//! - `head = (items got) << 32 | (bytes got)` — written only by the holder of the get lock.
+//!
+//! Both halves count modulo 2^32; a position modulo `cap` is a ring offset. The ring holds
+//! `tail.bytes - head.bytes` bytes in `tail.items - head.items` frames, starting at `head`.
+//!
+//! # Operations
+//!
+//! - **put** (one frame or a batch): encode outside any lock; take the put lock; check that the
+//!   queue is open, that the frames fit (bytes and, with a maximum, items); copy them to the ring
+//!   at `tail`; *then* publish them all at once with one release store of `tail`; unlock; wake
+//!   sleeping getters if the getter count says there are any.
+//! - **get** (one frame or up to N): take the get lock; read `tail`; validate each header
+//!   between `head` and `tail`; copy the frames out to a private buffer; *then* remove them
+//!   with one release store of `head`; unlock; wake sleeping putters if any; decode outside the
+//!   lock.
+//!
+//! Producers serialise among themselves and consumers among themselves, but a producer and a
+//! consumer never wait for each other's lock: they touch disjoint bytes, so a 64 KiB message
+//! is copied in by one process while another copies a different one out.
+//!
+//! # State table and process death
+//!
+//! A frame is in exactly one of these states, and every transition is one atomic store made by
+//! the holder of a lock:
+//!
+//! | state | bytes | who may touch them | entered by | a death here means |
+//! |---|---|---|---|---|
+//! | free | beyond `tail` (up to `head + cap`) | the put-lock holder, writing | a consumer's `head` store | nothing: the space is free |
+//! | being written | `tail ..` written, `tail` not yet moved | the put-lock holder | a producer copying | the lock reports `OwnerDied`; `tail` never moved, so the partial frame is free space again and is overwritten by the next put; the message was never acknowledged (its `put` had not returned) |
+//! | committed | `head .. tail` | the get-lock holder, reading | the producer's `tail` store | nothing: it stays until got |
+//! | being read | `head ..` copied out, `head` not yet moved | the get-lock holder | a consumer copying | `OwnerDied`; `head` never moved, so the message is still queued and the next consumer gets it |
+//! | delivered | behind `head` | nobody | the consumer's `head` store | a consumer killed after this store and before `get` returns has taken the message with it, exactly as if it had been killed just after `get` returned |
+//!
+//! So the recovery after `OwnerDied` is empty: the commit words are single atomic stores and are
+//! therefore always consistent; the new holder just marks the lock consistent. No message is
+//! ever half-written in `head .. tail`, no message is delivered twice (only the `head` store
+//! removes it, under the lock), and none from a live producer is lost (only the get-lock holder
+//! moves `head`, and only past frames it copied). Per-producer FIFO: one producer's puts commit in
+//! program order under the put lock, and the ring is read in commit order.
+//!
+//! Every value read from shared memory is validated before use ([`Snapshot::new`], the header
+//! check in [`Core::pop`]): a scribbled commit word or header is [`Fail::Corrupted`], never an
+//! out-of-bounds copy or a panic.
+//!
+//! # Sleeping
+//!
+//! Getters on an empty queue spin briefly (an adaptive budget), then announce themselves in
+//! `get_waiters`, read `data_seq`, re-check `tail` and sleep on `data_seq`. A producer, after its
+//! `tail` store, reads `get_waiters`; only if it is non-zero does it bump `data_seq` and wake
+//! (so no system call when nobody sleeps). Putters on a full queue do the same with
+//! `put_waiters`, `space_seq` and `head`; `task_done` and `join` with `join_waiters`, `join_seq`
+//! and `done`. A waiter killed while asleep leaves its count raised, which only costs the other
+//! side a useless wake-up call per commit.
+//!
+//! # Memory ordering
+//!
+//! - The `tail` store is `Release` and consumers load it with `Acquire`: a consumer that sees a
+//!   frame committed sees all its bytes. Symmetrically the `head` store is `Release` and
+//!   producers load `head` with `Acquire`: a producer reuses space only after the consumer's
+//!   copy-out of it happened-before.
+//! - The lock orders the commit words among holders of the same side (a new holder, also after
+//!   `OwnerDied`, sees the last holder's store).
+//! - Sleep/wake is a store-buffering pattern (writer: store the commit word, read the waiter
+//!   count; sleeper: raise the count, read the commit word). Plain loads could both miss; so
+//!   both reads are read-modify-writes (`fetch_add(0, AcqRel)`), which always read the latest
+//!   value in the word's modification order: either the writer's read of the count sees the
+//!   sleeper (and wakes it), or the sleeper's `fetch_add(1)` synchronises with the writer's
+//!   read and its own read of the commit word sees the new value. The sleeper reads the sequence
+//!   word before the re-check, so a bump between the re-check and the futex wait makes the wait
+//!   return at once (`Mismatch`). Loom models exactly this code (see the tests below).
+//! - `close` stores `closed` with `Release` while holding the put lock; a getter that loads it
+//!   with `Acquire` and then finds the ring empty knows every put committed before the close is
+//!   visible, so "closed and empty" is final.
+
+use ipc_sync::{Deadline, WaitOutcome, Waiter};
+
+use crate::lock::{LockFail, QLock, RawGuard, RawLock};
+use crate::mem::RingMem;
+use crate::sync::{AtomicU32, AtomicU64, Ordering, spin_hint};
+
+/// The size of a frame header.
+pub(crate) const HDR: usize = 8;
+/// Frames start at multiples of this.
+pub(crate) const ALIGN: usize = 8;
+/// XORed with the length to make the header's check word.
+pub(crate) const FRAME_CHECK: u32 = 0x9e37_79b9;
+/// The value of [`Config::magic`].
+pub(crate) const CONTROL_MAGIC: u64 = 0x7175_6575_6531_0001; // "queue1" v1
+/// The largest ring.
+pub(crate) const MAX_CAP: usize = 1 << 30;
+/// The smallest ring.
+pub(crate) const MIN_CAP: usize = 64;
+
+/// The size of a frame carrying `len` payload bytes.
+#[inline]
+pub(crate) const fn frame_len(len: usize) -> usize {
+    HDR + (len + ALIGN - 1) / ALIGN * ALIGN
+}
+
+/// The header of a frame carrying `len` bytes.
+#[inline]
+pub(crate) fn header(len: u32) -> [u8; HDR] {
+    let mut h = [0u8; HDR];
+    h[..4].copy_from_slice(&len.to_le_bytes());
+    h[4..].copy_from_slice(&(len ^ FRAME_CHECK).to_le_bytes());
+    h
+}
+
+/// The payload length a header announces, if its check word matches.
+#[inline]
+pub(crate) fn parse_header(h: [u8; HDR]) -> Option<u32> {
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let check = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    (check == len ^ FRAME_CHECK).then_some(len)
+}
+
+/// Settings written once by the creator before the segment is published.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// [`CONTROL_MAGIC`].
+    pub(crate) magic: AtomicU64,
+    /// The ring's size in bytes.
+    pub(crate) cap: AtomicU64,
+    /// The most items the queue holds (`u32::MAX`: no limit but the bytes).
+    pub(crate) max_items: AtomicU64,
+    /// Non-zero once the queue is closed.
+    pub(crate) closed: AtomicU32,
+    _pad: AtomicU32,
+}
+
+/// The producers' side: written by every put.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub(crate) struct PutSide {
+    /// Serialises producers (and `close`).
+    pub(crate) lock: QLock,
+    /// The tail commit word.
+    pub(crate) tail: AtomicU64,
+    /// Getters asleep or about to sleep.
+    pub(crate) get_waiters: AtomicU32,
+    /// Bumped to wake getters.
+    pub(crate) data_seq: AtomicU32,
+}
+
+/// The consumers' side: written by every get.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub(crate) struct GetSide {
+    /// Serialises consumers.
+    pub(crate) lock: QLock,
+    /// The head commit word.
+    pub(crate) head: AtomicU64,
+    /// Putters asleep or about to sleep.
+    pub(crate) put_waiters: AtomicU32,
+    /// Bumped to wake putters.
+    pub(crate) space_seq: AtomicU32,
+}
+
+/// `JoinableQueue`'s counters.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub(crate) struct JoinSide {
+    /// Number of `task_done` calls (mod 2^32); unfinished tasks are `tail.items - done`.
+    pub(crate) done: AtomicU32,
+    /// Joiners asleep or about to sleep.
+    pub(crate) join_waiters: AtomicU32,
+    /// Bumped to wake joiners.
+    pub(crate) join_seq: AtomicU32,
+    _pad: AtomicU32,
+}
+
+/// The control block at the start of a queue's segment. All-zero bytes plus the [`Config`] is a
+/// valid empty, open queue.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub(crate) config: Config,
+    pub(crate) put: PutSide,
+    pub(crate) get: GetSide,
+    pub(crate) join: JoinSide,
+}
+
+
+#[cfg(loom)]
+impl Control {
+    /// A fresh control block on the heap, for the model checker.
+    pub(crate) fn new_model(cap: usize, max_items: u32) -> Control {
+        Control {
+            config: Config {
+                magic: AtomicU64::new(CONTROL_MAGIC),
+                cap: AtomicU64::new(cap as u64),
+                max_items: AtomicU64::new(u64::from(max_items)),
+                closed: AtomicU32::new(0),
+                _pad: AtomicU32::new(0),
+            },
+            put: PutSide {
+                lock: QLock::default(),
+                tail: AtomicU64::new(0),
+                get_waiters: AtomicU32::new(0),
+                data_seq: AtomicU32::new(0),
+            },
+            get: GetSide {
+                lock: QLock::default(),
+                head: AtomicU64::new(0),
+                put_waiters: AtomicU32::new(0),
+                space_seq: AtomicU32::new(0),
+            },
+            join: JoinSide {
+                done: AtomicU32::new(0),
+                join_waiters: AtomicU32::new(0),
+                join_seq: AtomicU32::new(0),
+                _pad: AtomicU32::new(0),
+            },
+        }
+    }
+}
+
+/// Why an operation of the core did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fail {
+    /// No room (try-put).
+    Full,
+    /// Nothing queued (try-get).
+    Empty,
+    /// The queue is closed (put), or closed and drained (get).
+    Closed,
+    /// The deadline passed.
+    Timeout,
+    /// The message can never fit.
+    TooLarge,
+    /// The caller's buffer is smaller than the next message (its length).
+    BufferTooSmall(usize),
+    /// Shared memory holds an impossible value.
+    Corrupted(&'static str),
+    /// A lock holder died and the lock was left unrecoverable.
+    Broken,
+    /// `task_done` called more often than items were put.
+    NoUnfinished,
+}
+
+impl From<LockFail> for Fail {
+    fn from(e: LockFail) -> Fail {
+        match e {
+            LockFail::Timeout => Fail::Timeout,
+            LockFail::NotRecoverable => Fail::Broken,
+        }
+    }
+}
+
+/// How long an operation may wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Not at all.
+    No,
+    /// Until the deadline (forever if `None`).
+    Until(Option<Deadline>),
+}
+
+/// A validated pair of commit words.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Snapshot {
+    pub(crate) tail_pos: u32,
+    pub(crate) tail_items: u32,
+    pub(crate) head_pos: u32,
+    pub(crate) head_items: u32,
+    /// Bytes queued.
+    pub(crate) used: u32,
+    /// Frames queued.
+    pub(crate) items: u32,
+}
+
+impl Snapshot {
+    /// Splits and checks the words against a ring of `cap` bytes.
+    #[inline]
+    pub(crate) fn new(tail: u64, head: u64, cap: u32) -> Result<Snapshot, Fail> {
+        let (tail_pos, tail_items) = (tail as u32, (tail >> 32) as u32);
+        let (head_pos, head_items) = (head as u32, (head >> 32) as u32);
+        let used = tail_pos.wrapping_sub(head_pos);
+        let items = tail_items.wrapping_sub(head_items);
+        if used > cap
+            || tail_pos % ALIGN as u32 != 0
+            || head_pos % ALIGN as u32 != 0
+            || items > used / HDR as u32
+            || (items == 0) != (used == 0)
+        {
+            return Err(Fail::Corrupted("commit words"));
+        }
+        Ok(Snapshot {
+            tail_pos,
+            tail_items,
+            head_pos,
+            head_items,
+            used,
+            items,
+        })
+    }
+}
+
+#[inline]
+fn word(items: u32, pos: u32) -> u64 {
+    (u64::from(items) << 32) | u64::from(pos)
+}
+
+/// What a put carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Src<'b> {
+    /// One message: its payload (the header and padding are added).
+    One(&'b [u8]),
+    /// Complete frames in a private buffer; as many whole frames as fit are put.
+    Frames(&'b [u8]),
+}
+
+/// Where a get puts what it takes.
+#[derive(Debug)]
+pub(crate) enum Sink<'b> {
+    /// Append whole frames (headers included), at most this many.
+    Frames(&'b mut Vec<u8>, u32),
+    /// The payload of exactly one message, into a caller's buffer.
+    Slice(&'b mut [u8]),
+}
+
+/// The adaptive spin budget of a handle: doubled when spinning found work, halved when the
+/// spinner had to sleep anyway.
+#[derive(Debug)]
+pub(crate) struct Spin(std::sync::atomic::AtomicU32);
+
+const SPIN_MIN: u32 = 16;
+const SPIN_MAX: u32 = if cfg!(loom) { 0 } else { 4096 };
+
+impl Spin {
+    pub(crate) fn new() -> Spin {
+        Spin(std::sync::atomic::AtomicU32::new(SPIN_MAX.min(256)))
+    }
+
+    /// Spins up to the budget until `ready()`; adjusts the budget.
+    #[inline]
+    fn spin(&self, mut ready: impl FnMut() -> bool) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let budget = self.0.load(Relaxed).min(SPIN_MAX);
+        for i in 0..budget {
+            if ready() {
+                if i > 0 {
+                    self.0.store((budget * 2).clamp(SPIN_MIN, SPIN_MAX), Relaxed);
+                }
+                return true;
+            }
+            spin_hint();
+        }
+        self.0.store((budget / 2).max(SPIN_MIN).min(SPIN_MAX), Relaxed);
+        false
+    }
+}
+
+/// The algorithm over one control block and one ring.
+#[derive(Debug)]
+pub(crate) struct Core<'a, M, W> {
+    pub(crate) ctl: &'a Control,
+    pub(crate) mem: M,
+    pub(crate) waiter: W,
+    pub(crate) spin: &'a Spin,
+    /// The ring's size (validated, a power of two).
+    pub(crate) cap: u32,
+    /// The most items the queue may hold.
+    pub(crate) max_items: u32,
+}
+
+impl<M: RingMem, W: Waiter> Core<'_, M, W> {
+    /// The current, validated commit words (lock-free; approximate while others run).
+    #[inline]
+    pub(crate) fn snapshot(&self) -> Result<Snapshot, Fail> {
+        let head = self.ctl.get.head.load(Ordering::Acquire);
+        let tail = self.ctl.put.tail.load(Ordering::Acquire);
+        Snapshot::new(tail, head, self.cap)
+    }
+
+    /// Whether `close` was called.
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.ctl.config.closed.load(Ordering::Acquire) != 0
+    }
+
+    /// Takes a lock, repairing (trivially: see the module docs) after an owner death.
+    #[inline]
+    fn lock<'l>(
+        lock: &'l QLock,
+        wait: Wait,
+    ) -> Result<<QLock as RawLock>::Guard<'l>, Fail> {
+        // A try-operation still waits for the lock: holders keep it only for a copy, never
+        // across a sleep, and a dead holder is recovered. "Try" means "do not wait for room or
+        // for data".
+        let (mut guard, died) = match wait {
+            Wait::No => lock.acquire(None, false)?,
+            Wait::Until(d) => lock.acquire(d, false)?,
+        };
+        if died {
+            // The commit words are single atomic stores, always consistent: nothing to undo.
+            RawGuard::mark_consistent(&mut guard);
+        }
+        Ok(guard)
+    }
+
+    /// Puts `src`, waiting as `wait` allows. Returns the bytes and items put.
+    pub(crate) fn push(&self, src: Src<'_>, wait: Wait) -> Result<(usize, u32), Fail> {
+        // The least that must fit for progress.
+        let first = match src {
+            Src::One(p) => frame_len(p.len()),
+            Src::Frames(f) => match first_frame(f) {
+                Some(n) => n,
+                None => return Ok((0, 0)),
+            },
+        };
+        if first > self.cap as usize || self.max_items == 0 {
+            return Err(Fail::TooLarge);
+        }
+        loop {
+            match self.try_push(src, wait) {
+                Err(Fail::Full) => match wait {
+                    Wait::No => return Err(Fail::Full),
+                    Wait::Until(deadline) => self.wait_space(first as u32, deadline)?,
+                },
+                r => return r,
+            }
+        }
+    }
+
+    /// One attempt under the put lock.
+    fn try_push(&self, src: Src<'_>, wait: Wait) -> Result<(usize, u32), Fail> {
+        let guard = Self::lock(&self.ctl.put.lock, wait)?;
+        if self.is_closed() {
+            return Err(Fail::Closed);
+        }
+        let tail = self.ctl.put.tail.load(Ordering::Relaxed);
+        let head = self.ctl.get.head.load(Ordering::Acquire);
+        let s = Snapshot::new(tail, head, self.cap)?;
+        let free_bytes = (self.cap - s.used) as usize;
+        let free_items = self.max_items.saturating_sub(s.items);
+        let (bytes, items) = match src {
+            Src::One(payload) => {
+                let n = frame_len(payload.len());
+                if n > free_bytes || free_items == 0 {
+                    return Err(Fail::Full);
+                }
+                let len = payload.len() as u32;
+                self.mem.write(s.tail_pos, &header(len));
+                self.mem.write(s.tail_pos.wrapping_add(HDR as u32), payload);
+                let pad = n - HDR - payload.len();
+                if pad > 0 {
+                    let at = s.tail_pos.wrapping_add((HDR + payload.len()) as u32);
+                    self.mem.write(at, &[0u8; ALIGN][..pad]);
+                }
+                (n, 1)
+            }
+            Src::Frames(frames) => {
+                let (n, items) = fitting_prefix(frames, free_bytes, free_items);
+                if items == 0 {
+                    return Err(Fail::Full);
+                }
+                self.mem.write(s.tail_pos, &frames[..n]);
+                (n, items)
+            }
+        };
+        let new_tail = word(
+            s.tail_items.wrapping_add(items),
+            s.tail_pos.wrapping_add(bytes as u32),
+        );
+        self.ctl.put.tail.store(new_tail, Ordering::Release);
+        drop(guard);
+        // Read-modify-write: see "Memory ordering".
+        if self.ctl.put.get_waiters.fetch_add(0, Ordering::AcqRel) != 0 {
+            self.wake_getters();
+        }
+        Ok((bytes, items))
+    }
+
+    #[cold]
+    fn wake_getters(&self) {
+        self.ctl.put.data_seq.fetch_add(1, Ordering::Release);
+        self.waiter.wake(&self.ctl.put.data_seq, u32::MAX);
+    }
+
+    #[cold]
+    fn wake_putters(&self) {
+        self.ctl.get.space_seq.fetch_add(1, Ordering::Release);
+        self.waiter.wake(&self.ctl.get.space_seq, u32::MAX);
+    }
+
+    /// Whether a frame of `need` bytes (and one item) would fit now.
+    #[inline]
+    fn has_space(&self, tail: u64, head: u64, need: u32) -> Result<bool, Fail> {
+        let s = Snapshot::new(tail, head, self.cap)?;
+        Ok(self.cap - s.used >= need && s.items < self.max_items)
+    }
+
+    /// Waits until a frame of `need` bytes may fit, the queue is closed, or `deadline`.
+    #[cold]
+    fn wait_space(&self, need: u32, deadline: Option<Deadline>) -> Result<(), Fail> {
+        let ctl = self.ctl;
+        let ready = || {
+            self.is_closed()
+                || self
+                    .has_space(
+                        ctl.put.tail.load(Ordering::Relaxed),
+                        ctl.get.head.load(Ordering::Acquire),
+                        need,
+                    )
+                    .unwrap_or(true)
+        };
+        if self.spin.spin(ready) {
+            return Ok(());
+        }
+        ctl.get.put_waiters.fetch_add(1, Ordering::AcqRel);
+        let seq = ctl.get.space_seq.load(Ordering::Acquire);
+        let head = ctl.get.head.fetch_add(0, Ordering::AcqRel);
+        let tail = ctl.put.tail.load(Ordering::Acquire);
+        let go = self.is_closed() || self.has_space(tail, head, need).unwrap_or(true);
+        let r = if go {
+            Ok(())
+        } else {
+            self.sleep(&ctl.get.space_seq, seq, deadline)
+        };
+        ctl.get.put_waiters.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    /// Sleeps on `word` while it holds `seq`, unless `deadline` has passed.
+    fn sleep(&self, word: &AtomicU32, seq: u32, deadline: Option<Deadline>) -> Result<(), Fail> {
+        if deadline.is_some_and(|d| d.has_passed()) {
+            return Err(Fail::Timeout);
+        }
+        match self.waiter.wait(word, seq, deadline) {
+            WaitOutcome::TimedOut => Err(Fail::Timeout),
+            _ => Ok(()),
+        }
+    }
+
+    /// Gets into `sink`, waiting as `wait` allows. Returns the items got and the payload
+    /// length of the last one.
+    pub(crate) fn pop(&self, sink: &mut Sink<'_>, wait: Wait) -> Result<(u32, usize), Fail> {
+        loop {
+            match self.try_pop(sink, wait) {
+                Err(Fail::Empty) => match wait {
+                    Wait::No => return Err(Fail::Empty),
+                    Wait::Until(deadline) => self.wait_data(deadline)?,
+                },
+                r => return r,
+            }
+        }
+    }
+
+    /// One attempt under the get lock.
+    fn try_pop(&self, sink: &mut Sink<'_>, wait: Wait) -> Result<(u32, usize), Fail> {
+        let guard = Self::lock(&self.ctl.get.lock, wait)?;
+        let head = self.ctl.get.head.load(Ordering::Relaxed);
+        let mut tail = self.ctl.put.tail.load(Ordering::Acquire);
+        let mut s = Snapshot::new(tail, head, self.cap)?;
+        if s.items == 0 {
+            if !self.is_closed() {
+                return Err(Fail::Empty);
+            }
+            // Closed: every put committed before the close is visible now.
+            tail = self.ctl.put.tail.load(Ordering::Acquire);
+            s = Snapshot::new(tail, head, self.cap)?;
+            if s.items == 0 {
+                return Err(Fail::Closed);
+            }
+        }
+        let max = match sink {
+            Sink::Frames(_, max) => (*max).max(1),
+            Sink::Slice(_) => 1,
+        };
+        let mut pos = s.head_pos;
+        let mut n = 0u32;
+        let mut last_len = 0usize;
+        while n < max.min(s.items) {
+            let mut h = [0u8; HDR];
+            self.mem.read(pos, &mut h);
+            let len = parse_header(h).ok_or(Fail::Corrupted("frame header"))? as usize;
+            let flen = frame_len(len);
+            if flen > s.tail_pos.wrapping_sub(pos) as usize {
+                return Err(Fail::Corrupted("frame length"));
+            }
+            pos = pos.wrapping_add(flen as u32);
+            n += 1;
+            last_len = len;
+        }
+        // A frame count that disagrees with the bytes is corruption too.
+        if n == s.items && pos != s.tail_pos {
+            return Err(Fail::Corrupted("frame count"));
+        }
+        match sink {
+            Sink::Frames(out, _) => {
+                self.mem
+                    .append(s.head_pos, pos.wrapping_sub(s.head_pos) as usize, out);
+            }
+            Sink::Slice(buf) => {
+                let Some(dst) = buf.get_mut(..last_len) else {
+                    return Err(Fail::BufferTooSmall(last_len));
+                };
+                self.mem.read(s.head_pos.wrapping_add(HDR as u32), dst);
+            }
+        }
+        let new_head = word(s.head_items.wrapping_add(n), pos);
+        self.ctl.get.head.store(new_head, Ordering::Release);
+        drop(guard);
+        if self.ctl.get.put_waiters.fetch_add(0, Ordering::AcqRel) != 0 {
+            self.wake_putters();
+        }
+        Ok((n, last_len))
+    }
+
+    /// Waits until the queue looks non-empty or closed, or `deadline`.
+    #[cold]
+    fn wait_data(&self, deadline: Option<Deadline>) -> Result<(), Fail> {
+        let ctl = self.ctl;
+        let nonempty = |tail: u64, head: u64| tail as u32 != head as u32;
+        let ready = || {
+            nonempty(
+                ctl.put.tail.load(Ordering::Acquire),
+                ctl.get.head.load(Ordering::Relaxed),
+            ) || self.is_closed()
+        };
+        if self.spin.spin(ready) {
+            return Ok(());
+        }
+        ctl.put.get_waiters.fetch_add(1, Ordering::AcqRel);
+        let seq = ctl.put.data_seq.load(Ordering::Acquire);
+        let tail = ctl.put.tail.fetch_add(0, Ordering::AcqRel);
+        let head = ctl.get.head.load(Ordering::Acquire);
+        let r = if nonempty(tail, head) || self.is_closed() {
+            Ok(())
+        } else {
+            self.sleep(&ctl.put.data_seq, seq, deadline)
+        };
+        ctl.put.get_waiters.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    /// Closes the queue: later puts fail, gets drain and then fail.
+    pub(crate) fn close(&self) -> Result<(), Fail> {
+        let guard = Self::lock(&self.ctl.put.lock, Wait::Until(None))?;
+        self.ctl.config.closed.store(1, Ordering::Release);
+        drop(guard);
+        self.wake_getters();
+        self.wake_putters();
+        Ok(())
+    }
+
+    /// The number of unfinished tasks (`JoinableQueue`).
+    pub(crate) fn unfinished(&self) -> u32 {
+        let tail = self.ctl.put.tail.load(Ordering::Acquire);
+        let done = self.ctl.join.done.load(Ordering::Acquire);
+        ((tail >> 32) as u32).wrapping_sub(done)
+    }
+
+    /// Marks one task done.
+    pub(crate) fn task_done(&self) -> Result<(), Fail> {
+        let join = &self.ctl.join;
+        let mut done = join.done.load(Ordering::Acquire);
+        let put = loop {
+            let put = (self.ctl.put.tail.load(Ordering::Acquire) >> 32) as u32;
+            if done == put {
+                return Err(Fail::NoUnfinished);
+            }
+            match join.done.compare_exchange_weak(
+                done,
+                done.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break put,
+                Err(d) => done = d,
+            }
+        };
+        if done.wrapping_add(1) == put && join.join_waiters.fetch_add(0, Ordering::AcqRel) != 0 {
+            join.join_seq.fetch_add(1, Ordering::Release);
+            self.waiter.wake(&join.join_seq, u32::MAX);
+        }
+        Ok(())
+    }
+
+    /// Waits until every task put has been marked done, or `deadline`.
+    pub(crate) fn join(&self, deadline: Option<Deadline>) -> Result<(), Fail> {
+        let ctl = self.ctl;
+        loop {
+            if self.unfinished() == 0 {
+                return Ok(());
+            }
+            if self.spin.spin(|| self.unfinished() == 0) {
+                return Ok(());
+            }
+            ctl.join.join_waiters.fetch_add(1, Ordering::AcqRel);
+            let seq = ctl.join.join_seq.load(Ordering::Acquire);
+            let put = (ctl.put.tail.fetch_add(0, Ordering::AcqRel) >> 32) as u32;
+            let done = ctl.join.done.fetch_add(0, Ordering::AcqRel);
+            let r = if put == done {
+                Ok(())
+            } else {
+                self.sleep(&ctl.join.join_seq, seq, deadline)
+            };
+            ctl.join.join_waiters.fetch_sub(1, Ordering::AcqRel);
+            r?;
+        }
+    }
+}
+
+/// The size of the first frame of a private frame buffer.
+fn first_frame(frames: &[u8]) -> Option<usize> {
+    let h: [u8; HDR] = frames.get(..HDR)?.try_into().ok()?;
+    Some(frame_len(parse_header(h)? as usize))
+}
+
+/// The bytes and count of the longest run of whole frames at the start of `frames` that fits in
+/// `bytes` and `items`.
+fn fitting_prefix(frames: &[u8], bytes: usize, items: u32) -> (usize, u32) {
+    let (mut at, mut n) = (0usize, 0u32);
+    while n < items {
+        let Some(len) = first_frame(&frames[at..]) else {
+            break;
+        };
+        if at + len > bytes || at + len > frames.len() {
+            break;
+        }
+        at += len;
+        n += 1;
+    }
+    (at, n)
+}
+
+/// Iterates over the payloads of a private buffer of frames (as filled by [`Sink::Frames`]).
+pub(crate) fn frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let h: [u8; HDR] = rest.get(..HDR)?.try_into().ok()?;
+        let len = parse_header(h)? as usize;
+        let payload = rest.get(HDR..HDR + len)?;
+        rest = rest.get(frame_len(len)..).unwrap_or(&[]);
+        Some(payload)
+    })
+}

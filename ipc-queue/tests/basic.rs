@@ -1,0 +1,239 @@
+//! Single-process semantics of the queue (the cross-process behaviour is in `processes.rs`).
+
+use std::time::Duration;
+
+use ipc_queue::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Msg {
+    id: u64,
+    text: String,
+}
+
+#[test]
+fn fifo_put_get_and_len() {
+    let q: Queue<Msg> = QueueBuilder::new().capacity(4096).build().unwrap();
+    assert!(q.is_empty());
+    for id in 0..10 {
+        q.put(Msg { id, text: format!("m{id}") }).unwrap();
+    }
+    assert_eq!(q.len(), 10);
+    for id in 0..10 {
+        assert_eq!(q.get().unwrap(), Msg { id, text: format!("m{id}") });
+    }
+    assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(5)),
+        Err(GetTimeoutError::Timeout)
+    ));
+}
+
+#[test]
+fn wraps_around_many_times() {
+    let q: Queue<Vec<u8>> = QueueBuilder::new().capacity(256).build().unwrap();
+    for i in 0..5000usize {
+        let v = vec![i as u8; i % 100];
+        q.put(v.clone()).unwrap();
+        assert_eq!(q.get().unwrap(), v);
+    }
+}
+
+#[test]
+fn full_queue_and_max_items() {
+    let q: Queue<u32> = QueueBuilder::new().max_items(3).build().unwrap();
+    assert_eq!(q.max_items(), Some(3));
+    for i in 0..3 {
+        q.try_put(i).unwrap();
+    }
+    assert!(q.is_full());
+    assert!(matches!(q.try_put(9), Err(TryPutError::Full(9))));
+    assert!(matches!(
+        q.put_timeout(9, Duration::from_millis(5)),
+        Err(PutTimeoutError::Timeout(9))
+    ));
+    assert_eq!(q.get().unwrap(), 0);
+    q.try_put(3).unwrap();
+
+    let small: Queue<Vec<u8>> = QueueBuilder::new().capacity(64).build().unwrap();
+    assert!(matches!(small.try_put(vec![0; 40]), Ok(())));
+    assert!(matches!(small.try_put(vec![0; 40]), Err(TryPutError::Full(v)) if v.len() == 40));
+}
+
+#[test]
+fn too_large_hands_the_value_back() {
+    let q: Queue<Vec<u8>> = QueueBuilder::new().capacity(128).build().unwrap();
+    let big = vec![7u8; 1000];
+    match q.put(big) {
+        Err(PutError::TooLarge(v)) => assert_eq!(v.len(), 1000),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        q.put_bytes(&[0; 121]),
+        Err(PutBytesError::TooLarge { len: 121, max: 120 })
+    ));
+    q.put_bytes(&[1; 120]).unwrap();
+}
+
+#[test]
+fn close_fails_puts_and_drains_gets() {
+    let q: Queue<String> = QueueBuilder::new().build().unwrap();
+    q.put("a".into()).unwrap();
+    q.put("b".into()).unwrap();
+    q.close().unwrap();
+    assert!(q.is_closed());
+    match q.put("c".into()) {
+        Err(PutError::Closed(v)) => assert_eq!(v, "c"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(q.get().unwrap(), "a");
+    assert_eq!(q.try_get().unwrap(), "b");
+    assert!(matches!(q.get(), Err(GetError::Closed)));
+    assert!(matches!(q.try_get(), Err(TryGetError::Closed)));
+}
+
+#[test]
+fn close_wakes_a_blocked_getter() {
+    let q: Queue<u8> = QueueBuilder::new().build().unwrap();
+    let q2 = q.clone();
+    let t = std::thread::spawn(move || q2.get());
+    // The getter may or may not be asleep yet; either way close must end it.
+    q.close().unwrap();
+    assert!(matches!(t.join().unwrap(), Err(GetError::Closed)));
+}
+
+#[test]
+fn batch_put_and_get() {
+    let q: Queue<u64> = QueueBuilder::new().capacity(1024).build().unwrap();
+    let items: Vec<u64> = (0..10_000).collect();
+    let q2 = q.clone();
+    let producer = std::thread::spawn(move || q2.put_many(&items));
+    let mut got = Vec::new();
+    while got.len() < 10_000 {
+        q.get_many(&mut got, 64).unwrap();
+    }
+    producer.join().unwrap().unwrap();
+    assert_eq!(got, (0..10_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn bytes_api_and_small_buffer() {
+    let q: Queue<()> = QueueBuilder::new().build().unwrap();
+    q.put_bytes(b"hello world").unwrap();
+    let mut small = [0u8; 4];
+    assert_eq!(
+        q.try_get_bytes(&mut small),
+        Err(GetBytesError::BufferTooSmall { needed: 11 })
+    );
+    let mut buf = [0u8; 64];
+    let n = q.get_bytes(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello world");
+    q.put_bytes(b"").unwrap();
+    assert_eq!(q.get_bytes(&mut buf).unwrap(), 0);
+    q.put_bytes(b"vec").unwrap();
+    assert_eq!(q.get_bytes_vec().unwrap(), b"vec");
+}
+
+#[test]
+fn undecodable_message_is_an_error_for_that_message_only() {
+    let q: Queue<Msg> = QueueBuilder::new().build().unwrap();
+    q.put_bytes(&[0xff, 0xff, 0xff]).unwrap();
+    q.put(Msg { id: 1, text: "ok".into() }).unwrap();
+    assert!(matches!(q.get(), Err(GetError::Decode(_))));
+    assert_eq!(q.get().unwrap().id, 1);
+    q.put_bytes(&[0xff]).unwrap();
+    q.put(Msg { id: 2, text: "ok".into() }).unwrap();
+    let mut out = Vec::new();
+    match q.get_many(&mut out, 10) {
+        Err(GetManyError::Decode { delivered: 1, failed: 1, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out[0].id, 2);
+}
+
+#[test]
+fn joinable_queue_counts_tasks() {
+    let q: JoinableQueue<u32> = QueueBuilder::new().build_joinable().unwrap();
+    assert_eq!(q.task_done(), Err(TaskDoneError::TooManyCalls));
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert_eq!(q.unfinished_tasks(), 2);
+    assert!(matches!(
+        q.join_timeout(Duration::from_millis(5)),
+        Err(JoinError::Timeout { unfinished: 2 })
+    ));
+    let worker = q.clone();
+    let t = std::thread::spawn(move || {
+        for _ in 0..2 {
+            worker.get().unwrap();
+            worker.task_done().unwrap();
+        }
+    });
+    q.join();
+    assert_eq!(q.unfinished_tasks(), 0);
+    t.join().unwrap();
+}
+
+#[test]
+fn named_open_and_errors() {
+    let name = ipc_tests::ShmName::new("q-open");
+    let q: Queue<u32> = QueueBuilder::new().name(&name).capacity(100).build().unwrap();
+    assert_eq!(q.capacity(), 128);
+    let other: Queue<u32> = Queue::open(&name).unwrap();
+    other.put(5).unwrap();
+    assert_eq!(q.get().unwrap(), 5);
+    assert!(matches!(Queue::<u32>::open("ipct-no-such-queue"), Err(OpenError::Segment(_))));
+    assert!(matches!(
+        QueueBuilder::new().max_items(0).build::<u8>(),
+        Err(CreateError::ZeroMaxItems)
+    ));
+    assert!(matches!(
+        QueueBuilder::new().capacity(usize::MAX / 2).build::<u8>(),
+        Err(CreateError::InvalidCapacity { .. })
+    ));
+}
+
+#[test]
+fn threads_mpmc_exactly_once() {
+    let q: Queue<(u32, u32)> = QueueBuilder::new().capacity(512).build().unwrap();
+    const N: u32 = 20_000;
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    q.put((p, i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let consumers: Vec<_> = (0..3)
+        .map(|_| {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let mut last = [None::<u32>; 3];
+                let mut got = Vec::new();
+                loop {
+                    match q.get() {
+                        Ok((p, i)) => {
+                            assert!(last[p as usize].is_none_or(|l| l < i), "FIFO per producer");
+                            last[p as usize] = Some(i);
+                            got.push((p, i));
+                        }
+                        Err(GetError::Closed) => return got,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    q.close().unwrap();
+    let mut all: Vec<_> = consumers.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    all.sort();
+    assert_eq!(all.len(), 3 * N as usize);
+    all.dedup();
+    assert_eq!(all.len(), 3 * N as usize);
+}
