@@ -72,14 +72,17 @@
 //!   copy-out of it happened-before.
 //! - The lock orders the commit words among holders of the same side (a new holder, also after
 //!   `OwnerDied`, sees the last holder's store).
-//! - Sleep/wake is a store-buffering pattern (writer: store the commit word, read the waiter
-//!   count; sleeper: raise the count, read the commit word). Plain loads could both miss; so
-//!   both reads are read-modify-writes (`fetch_add(0, AcqRel)`), which always read the latest
-//!   value in the word's modification order: either the writer's read of the count sees the
-//!   sleeper (and wakes it), or the sleeper's `fetch_add(1)` synchronises with the writer's
-//!   read and its own read of the commit word sees the new value. The sleeper reads the sequence
-//!   word before the re-check, so a bump between the re-check and the futex wait makes the wait
-//!   return at once (`Mismatch`). Loom models exactly this code (see the tests below).
+//! - Sleep/wake is a store-buffering pattern (writer: store the commit word, then read the
+//!   waiter count; sleeper: raise the count, then read the commit word), where two plain loads
+//!   could both miss. Both sides therefore access the *count* with read-modify-writes (the
+//!   writer with `fetch_add(0, AcqRel)`, the sleeper with `fetch_add(1, AcqRel)`), which are
+//!   totally ordered on that one word: if the writer's comes first, the sleeper's reads from it
+//!   and synchronises with it, so the writer's earlier commit store happens-before the sleeper's
+//!   `Acquire` load of the commit word, which must then see it; if the sleeper's comes first, the
+//!   writer reads a non-zero count and wakes. The sleeper reads the sequence word before the
+//!   re-check, so a bump between the re-check and the futex wait makes the wait return at once
+//!   (`Mismatch`). No `SeqCst` fence is needed (loom models `SeqCst` fences only partially; it
+//!   models this exactly: see the tests below).
 //! - `close` stores `closed` with `Release` while holding the put lock; a getter that loads it
 //!   with `Acquire` and then finds the ring empty knows every put committed before the close is
 //!   visible, so "closed and empty" is final.
@@ -523,7 +526,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
         }
         ctl.get.put_waiters.fetch_add(1, Ordering::AcqRel);
         let seq = ctl.get.space_seq.load(Ordering::Acquire);
-        let head = ctl.get.head.fetch_add(0, Ordering::AcqRel);
+        let head = ctl.get.head.load(Ordering::Acquire);
         let tail = ctl.put.tail.load(Ordering::Acquire);
         let go = self.is_closed() || self.has_space(tail, head, need).unwrap_or(true);
         let r = if go {
@@ -637,7 +640,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
         }
         ctl.put.get_waiters.fetch_add(1, Ordering::AcqRel);
         let seq = ctl.put.data_seq.load(Ordering::Acquire);
-        let tail = ctl.put.tail.fetch_add(0, Ordering::AcqRel);
+        let tail = ctl.put.tail.load(Ordering::Acquire);
         let head = ctl.get.head.load(Ordering::Acquire);
         let r = if nonempty(tail, head) || self.is_closed() {
             Ok(())
@@ -703,8 +706,8 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
             }
             ctl.join.join_waiters.fetch_add(1, Ordering::AcqRel);
             let seq = ctl.join.join_seq.load(Ordering::Acquire);
-            let put = (ctl.put.tail.fetch_add(0, Ordering::AcqRel) >> 32) as u32;
-            let done = ctl.join.done.fetch_add(0, Ordering::AcqRel);
+            let put = (ctl.put.tail.load(Ordering::Acquire) >> 32) as u32;
+            let done = ctl.join.done.load(Ordering::Acquire);
             let r = if put == done {
                 Ok(())
             } else {
@@ -749,4 +752,228 @@ pub(crate) fn frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
         rest = rest.get(frame_len(len)..).unwrap_or(&[]);
         Some(payload)
     })
+}
+
+#[cfg(loom)]
+impl<W: Waiter> Core<'_, &crate::mem::ModelRing, W> {
+    /// A producer killed mid-put: takes the put lock, writes a frame of `payload` at the tail,
+    /// and "dies" holding the lock, before its commit store.
+    fn put_and_die(&self, payload: &[u8]) {
+        let (guard, _) = self.ctl.put.lock.acquire(None, false).unwrap();
+        let tail = self.ctl.put.tail.load(Ordering::Relaxed);
+        let head = self.ctl.get.head.load(Ordering::Acquire);
+        let s = Snapshot::new(tail, head, self.cap).unwrap();
+        if (self.cap - s.used) as usize >= frame_len(payload.len()) {
+            self.mem.write(s.tail_pos, &header(payload.len() as u32));
+            self.mem.write(s.tail_pos.wrapping_add(HDR as u32), payload);
+        }
+        guard.die();
+    }
+
+    /// A consumer killed mid-get: takes the get lock, copies the first frame out, and "dies"
+    /// holding the lock, before its commit store.
+    fn get_and_die(&self) {
+        let (guard, _) = self.ctl.get.lock.acquire(None, false).unwrap();
+        let head = self.ctl.get.head.load(Ordering::Relaxed);
+        let tail = self.ctl.put.tail.load(Ordering::Acquire);
+        let s = Snapshot::new(tail, head, self.cap).unwrap();
+        if s.items > 0 {
+            let mut h = [0u8; HDR];
+            self.mem.read(s.head_pos, &mut h);
+            let len = parse_header(h).unwrap() as usize;
+            let mut out = Vec::new();
+            self.mem.append(s.head_pos, frame_len(len), &mut out);
+        }
+        guard.die();
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::mem::ModelRing;
+    use ipc_sync::Futex;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    struct Model {
+        ctl: Control,
+        ring: ModelRing,
+        spin: Spin,
+        cap: u32,
+        max_items: u32,
+    }
+
+    impl Model {
+        fn new(cap: usize, max_items: u32) -> Arc<Model> {
+            Arc::new(Model {
+                ctl: Control::new_model(cap, max_items),
+                ring: ModelRing::new(cap),
+                spin: Spin::new(),
+                cap: cap as u32,
+                max_items,
+            })
+        }
+
+        fn core(&self) -> Core<'_, &ModelRing, Futex> {
+            Core {
+                ctl: &self.ctl,
+                mem: &self.ring,
+                waiter: Futex,
+                spin: &self.spin,
+                cap: self.cap,
+                max_items: self.max_items,
+            }
+        }
+    }
+
+    fn get_one(core: &Core<'_, &ModelRing, Futex>) -> Result<Vec<u8>, Fail> {
+        let mut out = Vec::new();
+        core.pop(&mut Sink::Frames(&mut out, 1), Wait::Until(None))?;
+        Ok(frames(&out).next().unwrap().to_vec())
+    }
+
+    /// One frame fits at a time, so both sides must sleep and wake each other.
+    #[test]
+    fn spsc_blocking_both_ways() {
+        loom::model(|| {
+            let m = Model::new(16, u32::MAX);
+            let p = Arc::clone(&m);
+            let producer = thread::spawn(move || {
+                let core = p.core();
+                core.push(Src::One(&[1]), Wait::Until(None)).unwrap();
+                core.push(Src::One(&[2]), Wait::Until(None)).unwrap();
+            });
+            let core = m.core();
+            assert_eq!(get_one(&core).unwrap(), [1]);
+            assert_eq!(get_one(&core).unwrap(), [2]);
+            producer.join().unwrap();
+        });
+    }
+
+    /// A producer dies mid-put while another puts: the consumer gets exactly the live
+    /// producer's message, whole, and nothing of the dead one's.
+    #[test]
+    fn dead_producer_leaves_nothing_behind() {
+        loom::model(|| {
+            let m = Model::new(32, u32::MAX);
+            let d = Arc::clone(&m);
+            let dead = thread::spawn(move || d.core().put_and_die(&[0xde, 0xad]));
+            let p = Arc::clone(&m);
+            let live = thread::spawn(move || {
+                p.core().push(Src::One(&[7, 7, 7]), Wait::Until(None)).unwrap();
+            });
+            let core = m.core();
+            assert_eq!(get_one(&core).unwrap(), [7, 7, 7]);
+            dead.join().unwrap();
+            live.join().unwrap();
+            let mut out = Vec::new();
+            assert_eq!(core.pop(&mut Sink::Frames(&mut out, 4), Wait::No), Err(Fail::Empty));
+        });
+    }
+
+    /// A consumer dies mid-get: the message stays for the next consumer.
+    #[test]
+    fn dead_consumer_loses_nothing() {
+        loom::model(|| {
+            let m = Model::new(32, u32::MAX);
+            m.core().push(Src::One(&[5]), Wait::No).unwrap();
+            let d = Arc::clone(&m);
+            let dead = thread::spawn(move || d.core().get_and_die());
+            let core = m.core();
+            assert_eq!(get_one(&core).unwrap(), [5]);
+            dead.join().unwrap();
+        });
+    }
+
+    /// Close racing a put and a sleeping getter: the getter gets the message if the put won,
+    /// then `Closed`; it never sleeps forever.
+    #[test]
+    fn close_wakes_getter_and_drains() {
+        loom::model(|| {
+            let m = Model::new(32, u32::MAX);
+            let p = Arc::clone(&m);
+            let producer = thread::spawn(move || {
+                let core = p.core();
+                let put = core.push(Src::One(&[9]), Wait::Until(None)).is_ok();
+                core.close().unwrap();
+                put
+            });
+            let core = m.core();
+            let mut got = 0;
+            loop {
+                match get_one(&core) {
+                    Ok(v) => {
+                        assert_eq!(v, [9]);
+                        got += 1;
+                    }
+                    Err(Fail::Closed) => break,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            let put = producer.join().unwrap();
+            assert_eq!(got, usize::from(put));
+        });
+    }
+
+    /// join returns only after task_done, and task_done's wake-up is never lost.
+    #[test]
+    fn join_waits_for_task_done() {
+        loom::model(|| {
+            let m = Model::new(32, u32::MAX);
+            m.core().push(Src::One(&[1]), Wait::No).unwrap();
+            let w = Arc::clone(&m);
+            let worker = thread::spawn(move || {
+                let core = w.core();
+                get_one(&core).unwrap();
+                core.task_done().unwrap();
+            });
+            m.core().join(None).unwrap();
+            assert_eq!(m.core().unfinished(), 0);
+            assert_eq!(m.core().task_done(), Err(Fail::NoUnfinished));
+            worker.join().unwrap();
+        });
+    }
+
+    /// Item limit: a second put waits for the first get.
+    #[test]
+    fn max_items_blocks_and_wakes() {
+        loom::model(|| {
+            let m = Model::new(64, 1);
+            let p = Arc::clone(&m);
+            let producer = thread::spawn(move || {
+                let core = p.core();
+                core.push(Src::One(&[1]), Wait::Until(None)).unwrap();
+                core.push(Src::One(&[2]), Wait::Until(None)).unwrap();
+            });
+            let core = m.core();
+            assert_eq!(get_one(&core).unwrap(), [1]);
+            assert_eq!(get_one(&core).unwrap(), [2]);
+            producer.join().unwrap();
+        });
+    }
+
+    /// Two producers and two consumers, one message each: each got exactly once.
+    #[test]
+    fn mpmc_exactly_once() {
+        loom::model(|| {
+            let m = Model::new(64, u32::MAX);
+            let producers: Vec<_> = (0..2u8)
+                .map(|i| {
+                    let p = Arc::clone(&m);
+                    thread::spawn(move || {
+                        p.core().push(Src::One(&[i]), Wait::Until(None)).unwrap();
+                    })
+                })
+                .collect();
+            let c = Arc::clone(&m);
+            let other = thread::spawn(move || get_one(&c.core()).unwrap()[0]);
+            let mine = get_one(&m.core()).unwrap()[0];
+            let theirs = other.join().unwrap();
+            for p in producers {
+                p.join().unwrap();
+            }
+            assert_eq!(mine ^ theirs, 1, "each message exactly once");
+        });
+    }
 }
