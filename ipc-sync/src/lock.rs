@@ -357,10 +357,19 @@ impl Lock {
         }
     }
 
-    /// The thread id of the current holder (0 if unlocked).
-    #[allow(dead_code)] // Used by RLock.
-    pub(crate) fn holder_tid(&self) -> u32 {
-        self.word.load(Ordering::Relaxed) & TID_MASK
+    /// Whether `me` holds the lock: the word and the record both name it (internal, RLock).
+    /// Only `me` itself writes its id there, so a stale read can only answer `false`.
+    pub(crate) fn is_held_by(&self, me: Me) -> bool {
+        self.word.load(Ordering::Relaxed) & TID_MASK == me.tid
+            && self.owner_tid.load(Ordering::Relaxed) == me.tid
+            && self.owner_start.load(Ordering::Relaxed) == me.start
+            && self.owner_pid.load(Ordering::Relaxed) == me.pid
+    }
+
+    /// Whether the holder took the lock over and has not repaired it yet (internal; call
+    /// only while holding the lock).
+    pub(crate) fn raw_is_inconsistent(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == INCONSISTENT
     }
 
     /// Acquires the lock word (internal; the algorithm under test in loom).
@@ -525,7 +534,6 @@ impl<'a> LockGuard<'a> {
 
     /// Releases the lock without running the guard's drop logic for `inconsistent` (internal,
     /// for `Condition::wait`): returns whether the guard was inconsistent.
-    #[allow(dead_code)] // Used by Condition.
     pub(crate) fn into_raw(self) -> (&'a Lock, bool) {
         let parts = (self.lock, self.inconsistent);
         std::mem::forget(self);
@@ -533,7 +541,6 @@ impl<'a> LockGuard<'a> {
     }
 
     /// Rebuilds a guard for a held lock (internal).
-    #[allow(dead_code)] // Used by Condition.
     pub(crate) fn from_raw(lock: &Lock, inconsistent: bool) -> LockGuard<'_> {
         lock.guard(inconsistent)
     }

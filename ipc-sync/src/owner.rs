@@ -159,7 +159,7 @@ pub(crate) fn thread_alive(owner: OwnerRecord) -> bool {
 
 /// Whether a process (not a thread) still runs, guarding against pid reuse with `start`
 /// (the start time of its main thread; 0 = unknown).
-#[allow(dead_code)] // Used by the barrier.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
     thread_alive(OwnerRecord {
         tid: pid,
@@ -167,10 +167,18 @@ pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
     })
 }
 
-/// This process's id and the start time of its main thread.
-#[allow(dead_code)] // Used by the barrier.
+/// This process's id and the start time of its main thread (cached per process).
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn current_process() -> (u32, u64) {
+    use std::sync::atomic::AtomicU64;
+    // Two words: a mismatch (after a fork, or before any thread filled them) recomputes;
+    // racing threads compute the same values.
+    static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static START: AtomicU64 = AtomicU64::new(0);
     let me = current();
+    if PID.load(Ordering::Acquire) == me.pid {
+        return (me.pid, START.load(Ordering::Acquire));
+    }
     let start = if me.tid == me.pid {
         me.start
     } else {
@@ -178,6 +186,8 @@ pub(crate) fn current_process() -> (u32, u64) {
             .and_then(|s| s.start)
             .unwrap_or(0)
     };
+    START.store(start, Ordering::Release);
+    PID.store(me.pid, Ordering::Release);
     (me.pid, start)
 }
 

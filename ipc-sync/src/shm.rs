@@ -4,7 +4,12 @@
 
 use ipc_shm::ShmSafe;
 
+use crate::barrier::Barrier;
+use crate::condition::Condition;
+use crate::event::Event;
 use crate::lock::Lock;
+use crate::rlock::RLock;
+use crate::semaphore::{BoundedSemaphore, Semaphore};
 
 // SAFETY: (1) `#[repr(C)]`; (2) only atomics, no pointers; (3) every bit pattern is a valid
 // state: any word is "held by that tid" (a bogus tid is found dead and taken over), any
@@ -12,3 +17,33 @@ use crate::lock::Lock;
 // OwnerDied); all zeros is
 // unlocked; (4) all fields are atomics; (5) no Drop.
 unsafe impl ShmSafe for Lock {}
+
+// SAFETY: (1) `#[repr(C)]`; (2) a `Lock` (see above) and two `u32`-sized fields, no pointers;
+// (3) any bytes are valid: any count with an unowned or foreign-owned lock is ignored (the
+// count is reset on acquisition), all zeros is unlocked; (4) the count is an atomic (only the
+// owner writes it) and `_pad` is never written after construction; (5) no Drop.
+unsafe impl ShmSafe for RLock {}
+
+// SAFETY: (1) `#[repr(C)]`; (2) two atomics, no pointers; (3) any `seq` and `waiters` are
+// valid (a too-high `waiters` only costs a wake call), all zeros is "no waiters"; (4) atomics;
+// (5) no Drop.
+unsafe impl ShmSafe for Condition {}
+
+// SAFETY: (1) `#[repr(C)]`; (2) one atomic; (3) every word is a valid (set or clear, some
+// generation) event, all zeros is clear; (4) atomic; (5) no Drop.
+unsafe impl ShmSafe for Event {}
+
+// SAFETY: (1) `#[repr(C)]`; (2) two atomics; (3) any count and waiter count are valid, all
+// zeros is value 0; (4) atomics; (5) no Drop.
+unsafe impl ShmSafe for Semaphore {}
+
+// SAFETY: (1) `#[repr(C)]` of a `Semaphore` and an atomic bound; (2) no pointers; (3) any
+// bound is valid (releases above it fail), all zeros is value and bound 0; (4) atomics;
+// (5) no Drop.
+unsafe impl ShmSafe for BoundedSemaphore {}
+
+// SAFETY: (1) `#[repr(C)]`, the slot array too; (2) atomics only; (3) any word is a valid
+// state (an out-of-range count only makes `wait` trip or break), any parties value is checked
+// on use (0 or too many: `NoParties`), any slot pid is checked with procfs before use; all
+// zeros is an unconfigured barrier; (4) atomics; (5) no Drop.
+unsafe impl ShmSafe for Barrier {}

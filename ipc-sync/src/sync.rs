@@ -1,14 +1,13 @@
 //! The one place this crate imports atomics from: `std`'s normally, loom's under `--cfg loom`.
-#![allow(dead_code, unused_imports)] // Filled in as the primitives land.
 //!
 //! Every algorithm in this crate uses these names, so the loom build model-checks exactly the
 //! code that runs in production (tokio's `loom` module pattern).
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A hint that we are spinning (`PAUSE` on x86-64); a yield to the model checker under loom.
 #[inline]
@@ -17,4 +16,14 @@ pub(crate) fn spin_hint() {
     std::hint::spin_loop();
     #[cfg(loom)]
     loom::thread::yield_now();
+}
+
+/// Between the two `SeqCst` operations of one side of a Dekker pair (store my flag, then read
+/// yours). In the C++/Rust model `SeqCst` operations are totally ordered, so production code
+/// needs nothing more; loom models `SeqCst` accesses as `AcqRel` (its documented limitation)
+/// but supports `fence(SeqCst)`, so under loom this is that fence.
+#[inline(always)]
+pub(crate) fn dekker_fence() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
 }
