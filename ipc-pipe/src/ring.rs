@@ -1,0 +1,288 @@
+//! The shared control block and the single-producer single-consumer byte-ring protocol.
+//!
+//! One segment holds a [`Control`] block followed by two byte rings, one per direction. Ring
+//! `i` is written by end `i` and read by end `1 - i`. Each ring has two monotonic `u64` byte
+//! counters, `tail` (bytes ever published by the producer) and `head` (bytes ever consumed by
+//! the consumer), on separate cache lines; a byte at counter `p` lives at `p % cap` in the data
+//! area. Each side keeps its own counter in private memory (the shared copy is only a
+//! publication) and caches the other side's, reloading it only when the cached value says the
+//! ring is empty (consumer) or full (producer).
+//!
+//! Messages are framed as `[len: u64 little-endian][len bytes]`, wrapping freely. A message
+//! longer than the free space is streamed: the producer publishes what fits, sleeps until the
+//! consumer frees space, and goes on, while the consumer copies out what is published.
+//!
+//! Every counter read from shared memory is validated against the private one before use
+//! (`0 <= tail - head <= cap`, see [`validate_avail`] and [`validate_used`]): a corrupted or
+//! hostile peer produces a [`Corruption`] error, never an out-of-bounds access (positions are
+//! reduced modulo `cap` in `slots.rs`, so even a wrong-but-plausible counter only yields wrong
+//! bytes, which the framing rejects).
+//!
+//! # Sleeping and waking (no lost wake-ups, no needless system calls)
+//!
+//! Each ring has two 32-bit wait words that double as futex words:
+//!
+//! | word      | set by (bit)                                   | cleared by                     |
+//! |-----------|------------------------------------------------|--------------------------------|
+//! | `rx_wait` | consumer: `SLEEP` before a futex wait,         | producer: `swap(0)` after it   |
+//! |           | `ARMED` when its readiness fd is in use        | published bytes, then it wakes |
+//! |           | producer end dropping: `GONE`                  | the futex and/or writes a byte |
+//! | `tx_wait` | producer: `SLEEP` before waiting for space     | consumer: `swap(0)` after it   |
+//! |           | consumer end dropping: `GONE`                  | freed space, then futex wake   |
+//!
+//! Consumer waiting for data: `rx_wait.fetch_or(SLEEP)`, re-load `tail`; only if still empty
+//! `futex_wait(rx_wait, value_with_SLEEP)`. Producer: publish `tail`, load `rx_wait`; only if
+//! non-zero `swap(0)` and wake. The same pattern, mirrored, for the producer waiting for space.
+//! A hot consumer that never sleeps leaves `rx_wait == 0`, so the producer's extra cost per
+//! message is one load of a line it already owns.
+//!
+//! ## Memory ordering
+//!
+//! - Data: the producer copies bytes in, then publishes `tail` with a `SeqCst` swap (a release
+//!   for the bytes); the consumer loads `tail` with `Acquire` (or `SeqCst`) before copying the
+//!   bytes out. Symmetrically the consumer publishes `head` with a `SeqCst` swap after copying
+//!   out, and the producer loads `head` with `Acquire` before overwriting the freed bytes.
+//! - Wake-ups (Dekker): the sleeper does `SeqCst` RMW of its wait word then a `SeqCst` load of
+//!   the counter; the waker does a `SeqCst` RMW of the counter (the publishing swap) then a
+//!   `SeqCst` load of the wait word. All four are in the single total order of `SeqCst`
+//!   operations, so at least one side sees the other: either the sleeper sees the new counter
+//!   and does not sleep, or the waker sees the flag and wakes. The futex itself compares the
+//!   word with the expected value atomically with respect to wakes, so a `swap(0)` between the
+//!   sleeper's flag-set and its futex call turns the futex call into an immediate return.
+//! - On x86-64 the `SeqCst` swaps are single locked instructions (no separate `mfence`), and
+//!   `SeqCst` loads are plain loads.
+//!
+//! # States of one ring (as the consumer sees it)
+//!
+//! | state        | condition                        | consumer does                                |
+//! |--------------|----------------------------------|----------------------------------------------|
+//! | empty        | `tail == head`                   | spin (adaptive), then sleep as above         |
+//! | header part  | `0 < tail - head < 8`            | wait for the rest of the header              |
+//! | message      | header complete, `len` validated | copy out what is published, free, repeat     |
+//! | corrupt      | `tail - head > cap` or bad `len` | error; the end is unusable from then on      |
+//! | disconnected | empty and peer hung up / closed  | `Disconnected` (after all complete messages) |
+
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// `rx_wait`/`tx_wait` bit: the waiter is (about to be) asleep on the futex.
+pub(crate) const SLEEP: u32 = 1;
+/// `rx_wait` bit: the consumer waits through its readiness fd; the producer writes one byte to
+/// the socket after publishing.
+pub(crate) const ARMED: u32 = 2;
+/// Either word: the other end's handle was dropped in some process; re-check for hang-up.
+pub(crate) const GONE: u32 = 4;
+
+/// Magic number of the control block ("ipcpipe1").
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"ipcpipe1");
+/// Version of the control block layout.
+pub(crate) const VERSION: u64 = 1;
+/// Size of a frame header.
+pub(crate) const HEADER: usize = 8;
+/// The smallest ring.
+pub(crate) const MIN_CAP: usize = 64;
+
+/// One ring's shared counters and wait words, each side on its own cache line pair.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub(crate) struct RingCtl {
+    /// Bytes ever published by the producer (written by the producer only).
+    pub(crate) tail: AtomicU64,
+    /// The consumer's wait word (see the module docs).
+    pub(crate) rx_wait: AtomicU32,
+    _pad0: [u8; 128 - 12],
+    /// Bytes ever consumed by the consumer (written by the consumer only).
+    pub(crate) head: AtomicU64,
+    /// The producer's wait word.
+    pub(crate) tx_wait: AtomicU32,
+    _pad1: [u8; 128 - 12],
+}
+
+/// The control block at the start of the segment's payload.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub(crate) struct Control {
+    /// [`MAGIC`], written before the segment is published.
+    pub(crate) magic: AtomicU64,
+    /// [`VERSION`].
+    pub(crate) version: AtomicU64,
+    /// Capacity of ring 0 and ring 1 in bytes (powers of two).
+    pub(crate) cap: [AtomicU64; 2],
+    /// Set to 1 by [`crate::Connection::close`] of end `i`: closed for every process.
+    pub(crate) closed: [AtomicU32; 2],
+    /// The process currently using end `i` (misuse detection, see `Connection`).
+    pub(crate) user_pid: [AtomicU32; 2],
+    _pad: [u8; 128 - 48],
+    /// Ring `i` carries messages from end `i` to end `1 - i`.
+    pub(crate) rings: [RingCtl; 2],
+}
+
+// `ShmSafe` for both types is implemented in `slots.rs`, the crate's one unsafe module.
+
+impl RingCtl {
+    /// A ring with both counters at zero (for loom models and tests).
+    #[cfg(any(test, loom))]
+    pub(crate) fn new() -> RingCtl {
+        RingCtl {
+            tail: AtomicU64::new(0),
+            rx_wait: AtomicU32::new(0),
+            _pad0: [0; 128 - 12],
+            head: AtomicU64::new(0),
+            tx_wait: AtomicU32::new(0),
+            _pad1: [0; 128 - 12],
+        }
+    }
+}
+
+/// A value read from shared memory that no correct peer could have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shared memory corrupted: {what} = {value}")]
+pub struct Corruption {
+    /// Which field.
+    pub what: &'static str,
+    /// The value found.
+    pub value: u64,
+}
+
+/// Bytes published and not yet consumed, given the consumer's private `head` and a `tail` read
+/// from shared memory: must lie in `0..=cap`.
+#[inline]
+pub(crate) fn validate_avail(tail: u64, head: u64, cap: usize) -> Result<u64, Corruption> {
+    let avail = tail.wrapping_sub(head);
+    if avail > cap as u64 {
+        return Err(Corruption {
+            what: "ring tail",
+            value: tail,
+        });
+    }
+    Ok(avail)
+}
+
+/// Bytes in use, given the producer's private `tail` and a `head` read from shared memory:
+/// must lie in `0..=cap` (the consumer can neither pass the producer nor fall behind by more
+/// than the ring).
+#[inline]
+pub(crate) fn validate_used(tail: u64, head: u64, cap: usize) -> Result<u64, Corruption> {
+    let used = tail.wrapping_sub(head);
+    if used > cap as u64 {
+        return Err(Corruption {
+            what: "ring head",
+            value: head,
+        });
+    }
+    Ok(used)
+}
+
+/// Producer: publishes `tail`; returns the consumer's wait bits that need action (0 when the
+/// consumer is awake and not using its fd: the fast path).
+#[inline]
+pub(crate) fn publish_tail(ring: &RingCtl, tail: u64) -> u32 {
+    ring.tail.swap(tail, Ordering::SeqCst);
+    if ring.rx_wait.load(Ordering::SeqCst) == 0 {
+        0
+    } else {
+        ring.rx_wait.swap(0, Ordering::SeqCst)
+    }
+}
+
+/// Consumer: publishes `head`; returns the producer's wait bits that need action.
+#[inline]
+pub(crate) fn publish_head(ring: &RingCtl, head: u64) -> u32 {
+    ring.head.swap(head, Ordering::SeqCst);
+    if ring.tx_wait.load(Ordering::SeqCst) == 0 {
+        0
+    } else {
+        ring.tx_wait.swap(0, Ordering::SeqCst)
+    }
+}
+
+/// Consumer about to sleep: sets `bits` in `rx_wait` and returns the word's new value (the
+/// futex's expected value). The caller must re-load `tail` (with [`load_tail`]) afterwards.
+#[inline]
+pub(crate) fn arm_rx(ring: &RingCtl, bits: u32) -> u32 {
+    ring.rx_wait.fetch_or(bits, Ordering::SeqCst) | bits
+}
+
+/// Producer about to sleep for space: sets `SLEEP` in `tx_wait`, returns the expected value.
+#[inline]
+pub(crate) fn arm_tx(ring: &RingCtl) -> u32 {
+    ring.tx_wait.fetch_or(SLEEP, Ordering::SeqCst) | SLEEP
+}
+
+/// Loads `tail` (the `SeqCst` half of the Dekker pair with [`publish_tail`]).
+#[inline]
+pub(crate) fn load_tail(ring: &RingCtl) -> u64 {
+    ring.tail.load(Ordering::SeqCst)
+}
+
+/// Loads `head` (the `SeqCst` half of the Dekker pair with [`publish_head`]).
+#[inline]
+pub(crate) fn load_head(ring: &RingCtl) -> u64 {
+    ring.head.load(Ordering::SeqCst)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_cache_line_separated() {
+        assert_eq!(std::mem::size_of::<RingCtl>(), 256);
+        assert_eq!(std::mem::offset_of!(RingCtl, head), 128);
+        assert_eq!(std::mem::offset_of!(Control, rings), 128);
+    }
+
+    #[test]
+    fn validation_rejects_impossible_counters() {
+        assert_eq!(validate_avail(10, 10, 64), Ok(0));
+        assert_eq!(validate_avail(74, 10, 64), Ok(64));
+        assert!(validate_avail(75, 10, 64).is_err());
+        assert!(validate_avail(9, 10, 64).is_err(), "tail behind head");
+        assert_eq!(validate_avail(3, u64::MAX - 2, 64), Ok(6), "wraps");
+        assert!(validate_used(10, 11, 64).is_err(), "head ahead of tail");
+    }
+
+    #[test]
+    fn publish_skips_wake_when_nobody_waits() {
+        let ring = RingCtl::new();
+        assert_eq!(publish_tail(&ring, 5), 0);
+        assert_eq!(arm_rx(&ring, SLEEP), SLEEP);
+        assert_eq!(publish_tail(&ring, 6), SLEEP);
+        assert_eq!(ring.rx_wait.load(Ordering::Relaxed), 0);
+    }
+}
+
+#[cfg(loom)]
+mod loom_tests {
+    //! The wake-up protocol under loom: a consumer that sleeps on `rx_wait` is always woken by
+    //! a producer that publishes (a lost wake-up shows up as a deadlock).
+    use super::*;
+    use ipc_sync::futex::WaitOutcome;
+    use ipc_sync::{Futex, Waiter};
+    use loom::sync::Arc;
+
+    #[test]
+    fn loom_no_lost_wakeup() {
+        loom::model(|| {
+            let ring = Arc::new(RingCtl::new());
+            let producer = {
+                let ring = ring.clone();
+                loom::thread::spawn(move || {
+                    if publish_tail(&ring, 1) & SLEEP != 0 {
+                        Futex.wake(&ring.rx_wait, 1);
+                    }
+                })
+            };
+            loop {
+                if load_tail(&ring) == 1 {
+                    break;
+                }
+                let expected = arm_rx(&ring, SLEEP);
+                if load_tail(&ring) == 1 {
+                    break;
+                }
+                let _: WaitOutcome = Futex.wait(&ring.rx_wait, expected, None);
+            }
+            producer.join().unwrap();
+        });
+    }
+}
