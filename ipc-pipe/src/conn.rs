@@ -154,8 +154,8 @@ impl PipeBuilder {
             let ctl = seg.get(Offset::<Control>::from_raw(0))?;
             ctl.magic.store(MAGIC, Ordering::Relaxed);
             ctl.version.store(VERSION, Ordering::Relaxed);
-            for i in 0..2 {
-                ctl.cap[i].store(caps[i] as u64, Ordering::Relaxed);
+            for (i, cap) in caps.iter().enumerate() {
+                ctl.cap[i].store(*cap as u64, Ordering::Relaxed);
                 ctl.user_pid[i].store(pid, Ordering::Relaxed);
             }
             Ok::<(), ipc_shm::LayoutError>(())

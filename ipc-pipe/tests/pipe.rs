@@ -54,11 +54,10 @@ fn fork_with(
     theirs: Connection,
     body: impl FnOnce(Connection) -> i32,
 ) -> ipc_tests::ChildProcess {
-    let child = fork_child(WATCHDOG, || {
+    fork_child(WATCHDOG, || {
         drop(mine.take());
         body(theirs)
-    });
-    child
+    })
 }
 
 #[test]
