@@ -37,7 +37,7 @@
 //!
 //! Each process that calls `wait` records its pid and start time in a table of
 //! [`PARTY_SLOTS`] slots in the barrier. Waiters sleep in slices of
-//! [`LIVENESS_SLICE`](crate::lock::LIVENESS_SLICE) and, after each slice, check the recorded
+//! [`LIVENESS_SLICE`] and, after each slice, check the recorded
 //! processes: if one has died (gone, zombie, or its pid reused), the waiter breaks the barrier
 //! and every waiter returns `Broken`. So:
 //!

@@ -1,4 +1,4 @@
-//! [`Condition`]: a condition variable for shared memory, used with a [`Lock`] or [`Mutex`]
+//! [`Condition`]: a condition variable for shared memory, used with a [`Lock`] or [`Mutex`](crate::Mutex)
 //! guard.
 //!
 //! # Algorithm

@@ -1,5 +1,76 @@
 //! Python's synchronisation primitives for processes: Lock, RLock, Condition, Event, Semaphore,
 //! BoundedSemaphore and Barrier that live in shared memory, built on shared futexes.
+//!
+//! Every type is `#[repr(C)]`, made of atomics only, and [`ipc_shm::ShmSafe`]: put it in an
+//! ipc-shm segment (or any shared mapping) and use it from every process that maps it, at any
+//! address. The same types work on the heap between threads (`new()`).
+//!
+//! | type | Python | all-zero bytes are | a participant's death |
+//! |---|---|---|---|
+//! | [`Lock`], [`Mutex<T>`] | `Lock` (+ data) | unlocked | next acquirer gets `OwnerDied(guard)` |
+//! | [`RLock`] | `RLock` | unlocked | as `Lock` |
+//! | [`Condition`] | `Condition` (lock kept apart) | no waiters | the lock reports it; a silent notifier needs timeouts |
+//! | [`Event`] | `Event` | clear | no owner: use timeouts |
+//! | [`Semaphore`] | `Semaphore` | value 0 | permits have no owner: use timeouts |
+//! | [`BoundedSemaphore`] | `BoundedSemaphore` | value and bound 0 (call `configure`) | as `Semaphore` |
+//! | [`Barrier`] | `Barrier` | no parties (call `configure`) | a dead registered process breaks it |
+//!
+//! # Owner death
+//!
+//! [`Lock`], [`Mutex`] and [`RLock`] record their owner (thread id, process id, thread start
+//! time). Waiters sleep in slices of [`lock::LIVENESS_SLICE`] and check the owner in procfs
+//! after each: a dead owner (gone, zombie, or its id reused) is detected within a slice, and the
+//! next acquirer gets [`LockError::OwnerDied`] with the guard, as pthread's robust mutexes give
+//! `EOWNERDEAD`. It repairs the data and calls `mark_consistent`; otherwise the lock reports
+//! `NotRecoverable` from then on. Each module documents its algorithm with a state table, its
+//! memory ordering, and what a participant's death means.
+//!
+//! # Waiting
+//!
+//! Uncontended operations make no system call; unlock, set, release and notify wake only when
+//! somebody sleeps; waiters spin briefly (bounded) and then sleep in the kernel. Every blocking
+//! call has a timeout form taking an absolute [`Deadline`] on the monotonic clock, so signals
+//! (`EINTR`) never stretch or shorten a wait. [`futex`] is the workspace's one futex wrapper
+//! (shared futexes only), and [`Waiter`] the trait the algorithms sleep through.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use ipc_shm::{Layout, SegmentBuilder};
+//! use ipc_sync::{Lock, LockError};
+//!
+//! let mut layout = Layout::new();
+//! let lock = layout.add::<Lock>()?;
+//! let total = layout.add::<AtomicU64>()?;
+//! let seg = SegmentBuilder::new(layout.size()).create()?; // zero-filled: the lock is unlocked
+//! // ... fork, or pass `seg` to a child; every process does:
+//! let guard = match seg.get(lock)?.lock() {
+//!     Ok(g) => g,
+//!     Err(LockError::OwnerDied(mut g)) => {
+//!         // A holder died mid-update: repair `total` here, then
+//!         g.mark_consistent();
+//!         g
+//!     }
+//!     Err(_) => return Err("the lock is not recoverable".into()),
+//! };
+//! seg.get(total)?.fetch_add(1, Ordering::Relaxed);
+//! drop(guard);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Model checking
+//!
+//! The algorithms use atomics from one internal `sync` module and sleep through [`Futex`];
+//! under `--cfg loom` both become loom's models, so
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p ipc-sync --release --lib`
+//! checks mutual exclusion, owner-death hand-over, lost wake-ups and barrier generations.
+//!
+//! # Dependencies
+//!
+//! - `ipc-shm`: the [`ShmSafe`](ipc_shm::ShmSafe) contract the types implement.
+//! - `rustix`: safe `futex`, `clock_gettime(CLOCK_MONOTONIC)`, `gettid` and `getpid`.
+//! - `libc`: only `pthread_atfork`, to invalidate the cached thread id in a forked child.
+//! - `thiserror`: `Display` for the error enums.
+//! - `loom` (only under `--cfg loom`): the model checker.
 #![deny(unsafe_code)]
 
 pub mod barrier;

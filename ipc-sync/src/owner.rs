@@ -72,7 +72,6 @@ pub(crate) fn current() -> Me {
     let generation = os::FORK_GENERATION.load(Ordering::Relaxed);
     if let Some((g, me)) = CACHED.with(Cell::get)
         && g == generation
-        && !os::ATFORK_MISSING.load(Ordering::Relaxed)
     {
         return me;
     }
@@ -85,7 +84,7 @@ fn current_slow(generation: u64) -> Me {
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
     if let Some((_, me)) = CACHED.with(Cell::get) {
         // Only reachable without the fork handler, or after a fork: a same pid is still us.
-        if me.pid == pid && generation == os::FORK_GENERATION.load(Ordering::Relaxed) {
+        if me.pid == pid && os::ATFORK_MISSING.load(Ordering::Relaxed) {
             return me;
         }
     }
@@ -94,7 +93,14 @@ fn current_slow(generation: u64) -> Me {
         .and_then(|s| s.start)
         .unwrap_or(0);
     let me = Me { tid, pid, start };
-    CACHED.with(|c| c.set(Some((generation, me))));
+    // Without the fork handler the cache is stored under a generation that never matches, so
+    // every lookup takes this path and re-checks the pid above.
+    let tag = if os::ATFORK_MISSING.load(Ordering::Relaxed) {
+        !generation
+    } else {
+        generation
+    };
+    CACHED.with(|c| c.set(Some((tag, me))));
     me
 }
 

@@ -56,7 +56,11 @@ fn await_count(word: &AtomicU32, n: u32) {
             return;
         }
         assert!(!deadline.has_passed(), "watchdog: count stuck at {v} < {n}");
-        ipc_sync::futex::wait(word, v, Some(ipc_sync::Deadline::after(Duration::from_millis(50))));
+        ipc_sync::futex::wait(
+            word,
+            v,
+            Some(ipc_sync::Deadline::after(Duration::from_millis(50))),
+        );
     }
 }
 
@@ -261,7 +265,10 @@ fn signals_during_event_and_semaphore_waits_do_not_end_them_early() {
             // Not synchronisation: spaces the signals so some land while the child sleeps.
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(child.wait_timeout(Duration::from_millis(30)).is_none(), "woke early");
+        assert!(
+            child.wait_timeout(Duration::from_millis(30)).is_none(),
+            "woke early"
+        );
         value.store(step, Ordering::Release);
         if step == 1 {
             event.set();
