@@ -274,6 +274,8 @@ pub struct Connection {
     /// framed, every later receive fails with this.
     broken: Cell<Option<BrokenKind>>,
     scratch: Cell<Vec<u8>>,
+    /// Set by `release`: drop closes descriptors only.
+    released: bool,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -361,6 +363,7 @@ impl Connection {
             pid: Cell::new(pid),
             broken: Cell::new(None),
             scratch: Cell::new(Vec::new()),
+            released: false,
             _not_sync: PhantomData,
         })
     }
@@ -843,6 +846,14 @@ impl Connection {
         Ok(self.recv_value(None, true)??)
     }
 
+    /// Like [`recv_bytes`](Connection::recv_bytes), but gives up with
+    /// [`RecvTimeoutError::Timeout`] if no message has begun to arrive within `timeout`.
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
+        let mut buf = Vec::new();
+        self.recv_into_vec(&mut buf, Some(Deadline::after(timeout)), false)?;
+        Ok(buf)
+    }
+
     /// Receives the next message as bytes (any message: one sent by
     /// [`send_bytes`](Connection::send_bytes) gives back exactly its bytes).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
@@ -943,6 +954,48 @@ impl Connection {
         Ok(Connection::attach(Arc::new(seg), side, sock, settings)?)
     }
 
+    /// Takes this end apart into its descriptors (the shared segment's and the socket's, both
+    /// close-on-exec) and its side, to hand it to another process by some other means (a fork
+    /// server, `SCM_RIGHTS`); rebuild it there with [`Connection::from_raw_parts`]. The peer is
+    /// not disturbed.
+    pub fn into_raw_parts(mut self) -> std::io::Result<(OwnedFd, OwnedFd, usize)> {
+        let shm = self.seg.fd().try_clone_to_owned()?;
+        let sock = self.sock.take().expect("the socket is only taken in drop");
+        let side = self.side;
+        self.release();
+        Ok((shm, sock, side))
+    }
+
+    /// Rebuilds an end from [`Connection::into_raw_parts`] (or from descriptors received any
+    /// other way), with default settings. The segment and the control block are validated.
+    pub fn from_raw_parts(
+        shm: OwnedFd,
+        sock: OwnedFd,
+        side: usize,
+    ) -> Result<Connection, OpenError> {
+        if side > 1 {
+            return Err(OpenError::Corrupted(Corruption {
+                what: "side",
+                value: side as u64,
+            }));
+        }
+        let seg = OpenOptions::new(TAG).min_len(control_size()).from_fd(shm)?;
+        let settings = Settings {
+            spin: SPIN_DEFAULT,
+            max_message: MAX_MESSAGE_DEFAULT,
+        };
+        Ok(Connection::attach(Arc::new(seg), side, sock, settings)?)
+    }
+
+    /// Gives up this process's copy of an end that another process now uses (after `fork`, or
+    /// after passing it to a child): closes this process's descriptors and mapping without
+    /// waking or otherwise disturbing the peer. (Dropping also works, but wakes the peer so that
+    /// it re-checks for hang-up.)
+    pub fn release(mut self) {
+        drop(self.sock.take());
+        self.released = true;
+    }
+
     /// Test hook: writes `value` over the shared `tail` counter of the ring this end reads,
     /// as a hostile or buggy peer could.
     #[doc(hidden)]
@@ -966,6 +1019,9 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // Close our socket first, so that a woken peer that checks for hang-up sees it.
         drop(self.sock.take());
+        if self.released {
+            return;
+        }
         let ctl = self.ctl();
         // The peer as consumer of our outgoing ring, and as producer into our incoming ring.
         let peer_rx = &ctl.rings[self.side].rx_wait;

@@ -31,26 +31,34 @@
 //! |           | consumer end dropping: `GONE`                  | freed space, then futex wake   |
 //!
 //! Consumer waiting for data: `rx_wait.fetch_or(SLEEP)`, re-load `tail`; only if still empty
-//! `futex_wait(rx_wait, value_with_SLEEP)`. Producer: publish `tail`, load `rx_wait`; only if
-//! non-zero `swap(0)` and wake. The same pattern, mirrored, for the producer waiting for space.
-//! A hot consumer that never sleeps leaves `rx_wait == 0`, so the producer's extra cost per
-//! message is one load of a line it already owns.
+//! `futex_wait(rx_wait, value_with_SLEEP)`. Producer: publish `tail`, `rx_wait.swap(0)`; only
+//! if that returned `SLEEP` a futex wake (and only if `ARMED` a socket byte). The same pattern,
+//! mirrored, for the producer waiting for space. A hot consumer that never sleeps leaves
+//! `rx_wait == 0`, so the producer makes no system call.
 //!
 //! ## Memory ordering
 //!
-//! - Data: the producer copies bytes in, then publishes `tail` with a `SeqCst` swap (a release
-//!   for the bytes); the consumer loads `tail` with `Acquire` (or `SeqCst`) before copying the
-//!   bytes out. Symmetrically the consumer publishes `head` with a `SeqCst` swap after copying
-//!   out, and the producer loads `head` with `Acquire` before overwriting the freed bytes.
-//! - Wake-ups (Dekker): the sleeper does `SeqCst` RMW of its wait word then a `SeqCst` load of
-//!   the counter; the waker does a `SeqCst` RMW of the counter (the publishing swap) then a
-//!   `SeqCst` load of the wait word. All four are in the single total order of `SeqCst`
-//!   operations, so at least one side sees the other: either the sleeper sees the new counter
-//!   and does not sleep, or the waker sees the flag and wakes. The futex itself compares the
-//!   word with the expected value atomically with respect to wakes, so a `swap(0)` between the
-//!   sleeper's flag-set and its futex call turns the futex call into an immediate return.
-//! - On x86-64 the `SeqCst` swaps are single locked instructions (no separate `mfence`), and
-//!   `SeqCst` loads are plain loads.
+//! - Data: the producer copies bytes in, then publishes `tail` with a `Release` store; the
+//!   consumer loads `tail` with `Acquire` before copying the bytes out. Symmetrically the
+//!   consumer publishes `head` with `Release` after copying out, and the producer loads `head`
+//!   with `Acquire` before overwriting the freed bytes.
+//! - Wake-ups: both sides touch the wait word with read-modify-writes, which are totally
+//!   ordered in that word's modification order and always read its latest value. The waker
+//!   stores the counter, then `swap(0, AcqRel)`s the wait word; the sleeper `fetch_or`s its bit
+//!   (`AcqRel`), then loads the counter (`Acquire`). Either the waker's swap comes after the
+//!   sleeper's `fetch_or` in the word's modification order, so it returns the bit and the waker
+//!   wakes; or it comes before, so the sleeper's `fetch_or` reads from it (an acquire RMW reading
+//!   a release RMW synchronises with it), the waker's counter store happens-before the
+//!   sleeper's load, and the sleeper sees the new counter and does not sleep. No lost wake-up,
+//!   with no `SeqCst` and no fence; `loom_no_lost_wakeup` model-checks exactly this code.
+//!   (A `SeqCst` store-then-load version is also correct in C++20 but loom, which models
+//!   `SeqCst` accesses as acquire/release, cannot verify it.)
+//! - The futex compares the word with the expected value atomically with respect to wakes, so
+//!   a `swap(0)` between the sleeper's `fetch_or` and its futex call turns the futex call into
+//!   an immediate return.
+//! - Cost: the waker's swap is one locked instruction per publication, on a cache line the
+//!   waker owns anyway (the wait word shares the line of the counter it publishes), so a hot
+//!   peer that never sleeps pays no coherence traffic for it.
 //!
 //! # States of one ring (as the consumer sees it)
 //!
@@ -176,48 +184,40 @@ pub(crate) fn validate_used(tail: u64, head: u64, cap: usize) -> Result<u64, Cor
 /// consumer is awake and not using its fd: the fast path).
 #[inline]
 pub(crate) fn publish_tail(ring: &RingCtl, tail: u64) -> u32 {
-    ring.tail.swap(tail, Ordering::SeqCst);
-    if ring.rx_wait.load(Ordering::SeqCst) == 0 {
-        0
-    } else {
-        ring.rx_wait.swap(0, Ordering::SeqCst)
-    }
+    ring.tail.store(tail, Ordering::Release);
+    ring.rx_wait.swap(0, Ordering::AcqRel)
 }
 
 /// Consumer: publishes `head`; returns the producer's wait bits that need action.
 #[inline]
 pub(crate) fn publish_head(ring: &RingCtl, head: u64) -> u32 {
-    ring.head.swap(head, Ordering::SeqCst);
-    if ring.tx_wait.load(Ordering::SeqCst) == 0 {
-        0
-    } else {
-        ring.tx_wait.swap(0, Ordering::SeqCst)
-    }
+    ring.head.store(head, Ordering::Release);
+    ring.tx_wait.swap(0, Ordering::AcqRel)
 }
 
 /// Consumer about to sleep: sets `bits` in `rx_wait` and returns the word's new value (the
 /// futex's expected value). The caller must re-load `tail` (with [`load_tail`]) afterwards.
 #[inline]
 pub(crate) fn arm_rx(ring: &RingCtl, bits: u32) -> u32 {
-    ring.rx_wait.fetch_or(bits, Ordering::SeqCst) | bits
+    ring.rx_wait.fetch_or(bits, Ordering::AcqRel) | bits
 }
 
 /// Producer about to sleep for space: sets `SLEEP` in `tx_wait`, returns the expected value.
 #[inline]
 pub(crate) fn arm_tx(ring: &RingCtl) -> u32 {
-    ring.tx_wait.fetch_or(SLEEP, Ordering::SeqCst) | SLEEP
+    ring.tx_wait.fetch_or(SLEEP, Ordering::AcqRel) | SLEEP
 }
 
-/// Loads `tail` (the `SeqCst` half of the Dekker pair with [`publish_tail`]).
+/// Loads `tail` after [`arm_rx`] (see "Memory ordering").
 #[inline]
 pub(crate) fn load_tail(ring: &RingCtl) -> u64 {
-    ring.tail.load(Ordering::SeqCst)
+    ring.tail.load(Ordering::Acquire)
 }
 
-/// Loads `head` (the `SeqCst` half of the Dekker pair with [`publish_head`]).
+/// Loads `head` after [`arm_tx`].
 #[inline]
 pub(crate) fn load_head(ring: &RingCtl) -> u64 {
-    ring.head.load(Ordering::SeqCst)
+    ring.head.load(Ordering::Acquire)
 }
 
 #[cfg(all(test, not(loom)))]
@@ -259,6 +259,32 @@ mod loom_tests {
     use ipc_sync::futex::WaitOutcome;
     use ipc_sync::{Futex, Waiter};
     use loom::sync::Arc;
+
+    #[test]
+    fn loom_no_lost_wakeup_for_space() {
+        loom::model(|| {
+            let ring = Arc::new(RingCtl::new());
+            let consumer = {
+                let ring = ring.clone();
+                loom::thread::spawn(move || {
+                    if publish_head(&ring, 1) & SLEEP != 0 {
+                        Futex.wake(&ring.tx_wait, 1);
+                    }
+                })
+            };
+            loop {
+                if load_head(&ring) == 1 {
+                    break;
+                }
+                let expected = arm_tx(&ring);
+                if load_head(&ring) == 1 {
+                    break;
+                }
+                let _: WaitOutcome = Futex.wait(&ring.tx_wait, expected, None);
+            }
+            consumer.join().unwrap();
+        });
+    }
 
     #[test]
     fn loom_no_lost_wakeup() {
