@@ -1,0 +1,148 @@
+//! Lazy maps: [`Imap`], with a bounded number of tasks in flight.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::TaskError;
+use crate::pool::Pool;
+use crate::result::{Sink, StreamSink};
+use crate::task::TaskRef;
+
+/// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`].
+///
+/// It pulls arguments from its input only as results are consumed, keeping at most the pool's
+/// `max_in_flight` tasks submitted ahead, so an endless input works and memory stays bounded.
+/// Ordered (`imap`) iterators yield `Result<R, TaskError>` in argument order; unordered ones
+/// yield them as they complete.
+///
+/// ```
+/// fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+///
+/// let pool = pool::PoolBuilder::new().processes(2).build()?;
+/// // An endless input: only what `take` consumes (plus a bounded look-ahead) is computed.
+/// let firsts: Vec<u64> = pool.imap(double, 0..).take(5).map(Result::unwrap).collect();
+/// assert_eq!(firsts, vec![0, 2, 4, 6, 8]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Imap<'p, A, R, I> {
+    pool: &'p Pool,
+    task: TaskRef,
+    input: I,
+    input_done: bool,
+    ordered: bool,
+    chunksize: usize,
+    next_index: u64,
+    next_yield: u64,
+    in_flight: usize,
+    results: Receiver<(u64, Result<R, TaskError>)>,
+    sink: Arc<dyn Sink>,
+    pending: BTreeMap<u64, Result<R, TaskError>>,
+    _arg: std::marker::PhantomData<fn(A)>,
+}
+
+impl<A, R, I> std::fmt::Debug for Imap<'_, A, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("ordered", &self.ordered)
+            .field("submitted", &self.next_index)
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl<'p, A, R, I> Imap<'p, A, R, I>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    pub(crate) fn new(
+        pool: &'p Pool,
+        f: fn(A) -> R,
+        input: I,
+        ordered: bool,
+        chunksize: usize,
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Imap {
+            pool,
+            task: TaskRef::one(f),
+            input,
+            input_done: false,
+            ordered,
+            chunksize: chunksize.max(1),
+            next_index: 0,
+            next_yield: 0,
+            in_flight: 0,
+            results: rx,
+            sink: Arc::new(StreamSink(tx)),
+            pending: BTreeMap::new(),
+            _arg: std::marker::PhantomData,
+        }
+    }
+
+    /// Submits chunks until the in-flight limit or the end of the input.
+    fn fill(&mut self) -> Option<TaskError> {
+        // Results held back for ordering count too, so memory stays bounded.
+        let limit = self.pool.max_in_flight().max(self.chunksize);
+        while !self.input_done && self.in_flight + self.pending.len() + self.chunksize <= limit {
+            let chunk: Vec<A> = self.input.by_ref().take(self.chunksize).collect();
+            if chunk.is_empty() {
+                self.input_done = true;
+                break;
+            }
+            let n = chunk.len();
+            if let Err(e) =
+                self.pool
+                    .submit_chunk(self.task, chunk, self.next_index, self.sink.clone())
+            {
+                self.input_done = true;
+                return Some(e);
+            }
+            self.next_index += n as u64;
+            self.in_flight += n;
+            if n < self.chunksize {
+                self.input_done = true;
+            }
+        }
+        None
+    }
+}
+
+impl<A, R, I> Iterator for Imap<'_, A, R, I>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.fill() {
+                return Some(Err(e));
+            }
+            if self.ordered
+                && let Some(r) = self.pending.remove(&self.next_yield)
+            {
+                self.next_yield += 1;
+                return Some(r);
+            }
+            if self.in_flight == 0 {
+                return None;
+            }
+            let (index, result) = self.results.recv().ok()?;
+            self.in_flight -= 1;
+            if !self.ordered {
+                return Some(result);
+            }
+            self.pending.insert(index, result);
+        }
+    }
+}

@@ -1,0 +1,1143 @@
+//! The worker pool: a job queue in the parent, one driver thread per worker, and workers that
+//! are replaced whenever they die, hang or grow too old.
+//!
+//! ## Design
+//!
+//! Every submission becomes a *job*: a chunk of encoded arguments for one task function, plus a
+//! sink that receives each argument's outcome by index. Jobs wait in one queue in the parent.
+//! Each worker process has a *driver* thread in the parent that takes a job, sends it to its
+//! worker over the worker's own pipe, and receives the outcomes. Because the parent always knows
+//! which job each worker holds, and the worker's progress slot (shared memory) tells which
+//! argument it was running, a worker's death fails exactly that argument:
+//!
+//! | event while a job runs         | the argument running          | finished, reported | not started |
+//! |--------------------------------|-------------------------------|--------------------|-------------|
+//! | the task panics                | `Panicked`; the worker lives  | delivered          | run on      |
+//! | the worker dies (signal, exit) | `WorkerLost`                  | delivered          | requeued    |
+//! | `task_timeout` passes          | `Timeout`; the worker is killed | delivered        | requeued    |
+//!
+//! Arguments that finished but whose outcomes were not yet sent when the worker died are run
+//! again on another worker (so such a task may run twice; workers report at least every
+//! millisecond, so this is rare and only concerns the last moments before a death). The dead worker is reaped and replaced by the same driver;
+//! workers that keep failing at start-up trip the restart-loop breaker.
+//!
+//! No shared queue is touched by workers, so a worker killed at any instant cannot corrupt or
+//! wedge the pool (Python's Pool hangs in that case, gh-66587, gh-96062).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{self, SeqReader, SeqWriter};
+use crate::error::{Exit, PoolError, TaskError};
+use crate::protocol::{self, FromWorker, LinkError, OUTCOME_FAILED, OUTCOME_OK, ToWorker};
+use crate::result::{AsyncResult, Callback, Cell, ErrorCallback, MapSink, OneSink, Progress, Sink};
+use crate::spawn::{self, StartMethod, Worker};
+use crate::stats::{PoolStats, WorkerState, WorkerStats};
+use crate::task::{Failure, TaskRef};
+
+/// A job: one task function over a chunk of arguments.
+pub(crate) struct Job {
+    id: u64,
+    task: TaskRef,
+    args: Vec<u8>,
+    first: u64,
+    count: u64,
+    attempts: u32,
+    sink: Arc<dyn Sink>,
+}
+
+impl Job {
+    fn fail_all(&self, error: &TaskError) {
+        for i in 0..self.count {
+            self.sink.deliver(self.first + i, Err(error.clone()));
+        }
+    }
+
+    /// The job made of this job's arguments from global index `from` on.
+    fn rest_from(&self, from: u64) -> Option<Job> {
+        self.slice(from, self.first + self.count)
+    }
+
+    /// The job made of this job's arguments with global indexes `from..to`.
+    fn slice(&self, from: u64, to: u64) -> Option<Job> {
+        let skip = from.checked_sub(self.first)?;
+        let end = to.checked_sub(self.first)?.min(self.count);
+        if skip >= end {
+            return None;
+        }
+        let mut reader = SeqReader::new(&self.args).ok()?;
+        let mut args = Vec::new();
+        let mut writer = SeqWriter::new(&mut args);
+        let mut i = 0;
+        while let Some(item) = reader.next_item() {
+            let item = item.ok()?;
+            if i >= skip && i < end {
+                writer.push_with(|out| out.extend_from_slice(item)).ok()?;
+            }
+            i += 1;
+        }
+        writer.finish();
+        Some(Job {
+            id: self.id,
+            task: self.task,
+            args,
+            first: from,
+            count: end - skip,
+            attempts: self.attempts,
+            sink: self.sink.clone(),
+        })
+    }
+}
+
+/// How the pool sizes itself and treats its workers.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) max_workers: usize,
+    pub(crate) min_idle: usize,
+    pub(crate) max_idle: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) max_memory_per_child: Option<u64>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) start_method: StartMethod,
+    pub(crate) initializer: Option<(TaskRef, Vec<u8>)>,
+    pub(crate) restart_limit: (u32, Duration),
+    pub(crate) max_in_flight: usize,
+}
+
+/// What the drivers and the handle share.
+pub(crate) struct Shared {
+    config: Config,
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    closed: AtomicBool,
+    stop_tx: Mutex<Option<Sender<()>>>,
+    stop_rx: Receiver<()>,
+    next_job: AtomicU64,
+    next_driver: AtomicUsize,
+    workers: AtomicUsize,
+    idle: AtomicUsize,
+    terminated: AtomicBool,
+    broken: Mutex<Option<PoolError>>,
+    failures: Mutex<Vec<Instant>>,
+    drivers: Mutex<Vec<JoinHandle<()>>>,
+    table: Mutex<HashMap<usize, WorkerStats>>,
+    submitted: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A pool of worker processes, like Python's `multiprocessing.Pool`.
+///
+/// Build one with [`PoolBuilder`](crate::PoolBuilder). All methods take `&self`, so one pool
+/// serves many threads of the parent at once.
+///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = pool::Pool::new(2)?;
+/// assert_eq!(pool.apply(square, 7)?, 49);
+/// assert_eq!(pool.map(square, 1..=4u64)?, vec![1, 4, 9, 16]);
+/// let pending = pool.apply_async(square, 8);
+/// assert_eq!(pending.get()?, 64);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Dropping
+///
+/// Dropping a pool terminates it, as Python's `with Pool() as p:` does on exit: workers are
+/// killed, tasks not yet finished fail with [`TaskError::Terminated`], and every worker is
+/// reaped before `drop` returns, so nothing is orphaned. Call [`close`](Pool::close) and
+/// [`join`](Pool::join) first to let queued tasks finish.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.shared.workers.load(Ordering::Relaxed))
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers with default settings (see [`PoolBuilder`](crate::PoolBuilder)).
+    pub fn new(processes: usize) -> Result<Pool, PoolError> {
+        crate::PoolBuilder::new().processes(processes).build()
+    }
+
+    pub(crate) fn start(config: Config) -> Result<Pool, PoolError> {
+        spawn::check_start_method(config.start_method)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
+        let shared = Arc::new(Shared {
+            tx,
+            rx,
+            closed: AtomicBool::new(false),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
+            next_job: AtomicU64::new(1),
+            next_driver: AtomicUsize::new(0),
+            workers: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            terminated: AtomicBool::new(false),
+            broken: Mutex::new(None),
+            failures: Mutex::new(Vec::new()),
+            drivers: Mutex::new(Vec::new()),
+            table: Mutex::new(HashMap::new()),
+            submitted: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            config,
+        });
+        let pool = Pool { shared };
+        // Start the initial workers and wait until each has greeted us (and run the
+        // initializer), so a broken initializer or start method is reported here.
+        let mut ready = Vec::new();
+        for _ in 0..pool.shared.config.processes {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            Shared::add_driver(&pool.shared, Some(tx))?;
+            ready.push(rx);
+        }
+        for rx in ready {
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(PoolError::Spawn("a worker driver ended at start".into())),
+            }
+        }
+        Ok(pool)
+    }
+
+    fn submit(&self, job: Job) -> Result<(), PoolError> {
+        if let Some(e) = lock(&self.shared.broken).clone() {
+            return Err(e);
+        }
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(PoolError::Closed);
+        }
+        let count = job.count;
+        self.shared.submitted.fetch_add(count, Ordering::Relaxed);
+        self.shared.in_flight.fetch_add(count, Ordering::Relaxed);
+        if self.shared.tx.send(job).is_err() {
+            return Err(PoolError::Closed);
+        }
+        Shared::maybe_grow(&self.shared);
+        Ok(())
+    }
+
+    fn new_job<A: Serialize>(
+        &self,
+        task: TaskRef,
+        args: impl IntoIterator<Item = A>,
+        first: u64,
+        sink: Arc<dyn Sink>,
+    ) -> Result<Job, TaskError> {
+        let mut buf = Vec::new();
+        let mut writer = SeqWriter::new(&mut buf);
+        for a in args {
+            writer
+                .push(&a)
+                .map_err(|e| TaskError::Argument(e.to_string()))?;
+        }
+        let count = u64::from(writer.count());
+        writer.finish();
+        Ok(Job {
+            id: self.shared.next_job.fetch_add(1, Ordering::Relaxed),
+            task,
+            args: buf,
+            first,
+            count,
+            attempts: 0,
+            sink,
+        })
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result (Python's `apply`).
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, arg).get()
+    }
+
+    /// Runs `f(arg)` in a worker; the result comes later through the [`AsyncResult`].
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async_inner(f, arg, None, None)
+    }
+
+    /// Like [`apply_async`](Pool::apply_async), and runs `callback` with the result, or
+    /// `error_callback` with the error, on a pool thread in the parent before the result is
+    /// made available (Python's `callback` and `error_callback`). Keep callbacks short: they
+    /// delay the worker's next job.
+    pub fn apply_async_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        callback: impl FnOnce(&R) + Send + 'static,
+        error_callback: impl FnOnce(&TaskError) + Send + 'static,
+    ) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async_inner(
+            f,
+            arg,
+            Some(Box::new(callback)),
+            Some(Box::new(error_callback)),
+        )
+    }
+
+    fn apply_async_inner<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        callback: Option<Callback<R>>,
+        error_callback: Option<ErrorCallback>,
+    ) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let cell = Cell::new(callback, error_callback);
+        let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
+        match self.new_job(TaskRef::one(f), [arg], 0, sink) {
+            Ok(job) => {
+                if let Err(e) = self.submit(job) {
+                    cell.complete(Err(e.into()));
+                }
+            }
+            Err(e) => cell.complete(Err(e)),
+        }
+        AsyncResult::new(cell)
+    }
+
+    /// Applies `f` to every argument in workers and returns the results in order (Python's
+    /// `map`). The arguments are sent in chunks of `chunksize` (see
+    /// [`map_chunked`](Pool::map_chunked)); here the size is chosen automatically. The first
+    /// failed task fails the whole map.
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, args, None).get()
+    }
+
+    /// [`map`](Pool::map), calling `progress(done, total)` on a pool thread after each task
+    /// (see `progress_bar()` with the `progress` feature).
+    pub fn map_with_progress<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_inner(f, args, None, Some(Box::new(progress)))
+            .get()
+    }
+
+    /// [`map`](Pool::map) with an explicit chunk size.
+    pub fn map_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: usize,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, args, Some(chunksize)).get()
+    }
+
+    /// Python's `starmap`: `f` takes its arguments as one tuple.
+    pub fn starmap<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map(f, args)
+    }
+
+    /// Starts a map; the results come later, in order, through the [`AsyncResult`]. `chunksize`
+    /// `None` picks one automatically (as Python: about four chunks per worker).
+    pub fn map_async<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_inner(f, args, chunksize, None)
+    }
+
+    fn map_async_inner<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+        progress: Option<Progress>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let args: Vec<A> = args.into_iter().collect();
+        let cell = Cell::new(None, None);
+        let len = args.len();
+        let sink: Arc<dyn Sink> = Arc::new(MapSink::new(cell.clone(), len, progress));
+        let chunk = chunksize.unwrap_or_else(|| self.auto_chunksize(len)).max(1);
+        let task = TaskRef::one(f);
+        let mut first = 0u64;
+        let mut args = args.into_iter().peekable();
+        while args.peek().is_some() {
+            let chunk_args: Vec<A> = args.by_ref().take(chunk).collect();
+            let n = chunk_args.len() as u64;
+            match self.new_job(task, chunk_args, first, sink.clone()) {
+                Ok(job) => {
+                    if let Err(e) = self.submit(job) {
+                        cell.complete(Err(e.into()));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    cell.complete(Err(e));
+                    break;
+                }
+            }
+            first += n;
+        }
+        AsyncResult::new(cell)
+    }
+
+    /// Python's heuristic: about four chunks per worker; one per task when a task timeout is
+    /// set (a timeout is per task).
+    pub(crate) fn auto_chunksize(&self, len: usize) -> usize {
+        if self.shared.config.task_timeout.is_some() {
+            return 1;
+        }
+        let workers = self.shared.config.max_workers.max(1);
+        len.div_ceil(workers * 4).max(1)
+    }
+
+    /// Lazily applies `f` to the arguments, yielding results in argument order (Python's
+    /// `imap`). At most `max_in_flight` tasks (a builder setting) are sent ahead, so an endless
+    /// iterator works and memory stays bounded.
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, args: I) -> crate::Imap<'_, A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        crate::imap::Imap::new(self, f, args.into_iter(), true, 1)
+    }
+
+    /// Like [`imap`](Pool::imap), in chunks of `chunksize`.
+    pub fn imap_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: usize,
+    ) -> crate::Imap<'_, A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        crate::imap::Imap::new(self, f, args.into_iter(), true, chunksize)
+    }
+
+    /// Like [`imap`](Pool::imap), but yields results as they complete (Python's
+    /// `imap_unordered`), each with its argument's index.
+    pub fn imap_unordered<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+    ) -> crate::Imap<'_, A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        crate::imap::Imap::new(self, f, args.into_iter(), false, 1)
+    }
+
+    pub(crate) fn submit_chunk<A: Serialize>(
+        &self,
+        task: TaskRef,
+        args: Vec<A>,
+        first: u64,
+        sink: Arc<dyn Sink>,
+    ) -> Result<(), TaskError> {
+        let job = self.new_job(task, args, first, sink)?;
+        self.submit(job).map_err(TaskError::from)
+    }
+
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.shared.config.max_in_flight
+    }
+
+    /// Stops accepting tasks; queued ones still run. Workers exit once the queue is empty.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Kills every worker now. Unfinished tasks fail with [`TaskError::Terminated`].
+    pub fn terminate(&self) {
+        self.close();
+        self.shared.terminated.store(true, Ordering::SeqCst);
+        for stats in lock(&self.shared.table).values() {
+            let _ = crate::os::kill(stats.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        while let Ok(job) = self.shared.rx.try_recv() {
+            self.shared.finish_job_error(&job, &TaskError::Terminated);
+        }
+    }
+
+    /// Waits for every worker to exit (after [`close`](Pool::close) or
+    /// [`terminate`](Pool::terminate)); Python's `join`.
+    pub fn join(&self) {
+        loop {
+            let handles: Vec<_> = std::mem::take(&mut *lock(&self.shared.drivers));
+            if handles.is_empty() {
+                break;
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// [`join`](Pool::join) with a limit; returns whether every worker exited in time.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.shared.workers.load(Ordering::SeqCst) == 0 {
+                self.join();
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A snapshot of the pool's counters and of every worker.
+    pub fn stats(&self) -> PoolStats {
+        let mut workers: Vec<WorkerStats> = lock(&self.shared.table).values().cloned().collect();
+        workers.sort_by_key(|w| w.pid);
+        for w in &mut workers {
+            if let Some((rss, cpu)) = crate::os::usage(w.pid) {
+                w.rss_bytes = rss;
+                w.cpu_time = cpu;
+            }
+            if let Some(since) = w.busy_since {
+                w.current_task_runtime = Some(since.elapsed());
+            }
+        }
+        PoolStats {
+            submitted: self.shared.submitted.load(Ordering::Relaxed),
+            done: self.shared.done.load(Ordering::Relaxed),
+            failed: self.shared.failed.load(Ordering::Relaxed),
+            in_flight: self.shared.in_flight.load(Ordering::Relaxed),
+            queued: self.shared.rx.len() as u64,
+            workers,
+        }
+    }
+
+    /// The number of live workers.
+    pub fn workers(&self) -> usize {
+        self.shared.workers.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+        self.join();
+    }
+}
+
+/// Sending and receiving on a worker, and reacting to its failures.
+impl Shared {
+    fn add_driver(
+        this: &Arc<Shared>,
+        ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>,
+    ) -> Result<(), PoolError> {
+        this.workers.fetch_add(1, Ordering::SeqCst);
+        Shared::spawn_driver(this, ready)
+    }
+
+    /// Starts a driver thread for a worker already counted in `workers`.
+    fn spawn_driver(
+        this: &Arc<Shared>,
+        ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>,
+    ) -> Result<(), PoolError> {
+        let id = this.next_driver.fetch_add(1, Ordering::Relaxed);
+        let shared = this.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("pool-driver-{id}"))
+            .spawn(move || Driver::new(shared, id).run(ready))
+            .map_err(|e| {
+                this.workers.fetch_sub(1, Ordering::SeqCst);
+                PoolError::os("spawning a driver thread", e)
+            })?;
+        lock(&this.drivers).push(handle);
+        Ok(())
+    }
+
+    /// Starts another worker if jobs wait, nobody is idle and the pool may grow.
+    fn maybe_grow(this: &Arc<Shared>) {
+        let c = &this.config;
+        if this.workers.load(Ordering::SeqCst) >= c.max_workers
+            || this.terminated.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        let idle = this.idle.load(Ordering::SeqCst);
+        let waiting = !this.rx.is_empty();
+        if !((waiting && idle == 0) || idle < c.min_idle) {
+            return;
+        }
+        // Reserve a place below the limit, so racing callers never exceed it.
+        let reserved = this
+            .workers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w < c.max_workers).then_some(w + 1)
+            })
+            .is_ok();
+        if reserved {
+            let _ = Shared::spawn_driver(this, None);
+        }
+    }
+
+    fn finish_job_error(&self, job: &Job, error: &TaskError) {
+        self.failed.fetch_add(job.count, Ordering::Relaxed);
+        self.in_flight.fetch_sub(
+            job.count.min(self.in_flight.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        job.fail_all(error);
+    }
+
+    fn deliver(&self, job: &Job, index: u64, outcome: Result<&[u8], TaskError>) {
+        if outcome.is_ok() {
+            self.done.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        job.sink.deliver(index, outcome);
+    }
+
+    /// Records a worker start-up failure; trips the breaker past the limit.
+    fn record_failure(&self, error: &PoolError) -> bool {
+        let (limit, window) = self.config.restart_limit;
+        let mut f = lock(&self.failures);
+        let now = Instant::now();
+        f.retain(|t| now.duration_since(*t) < window);
+        f.push(now);
+        if f.len() as u32 >= limit {
+            let broken = match error {
+                PoolError::InitializerFailed { .. } | PoolError::BuildMismatch { .. } => {
+                    error.clone()
+                }
+                _ => PoolError::RestartLimit {
+                    failures: f.len() as u32,
+                    window,
+                },
+            };
+            *lock(&self.broken) = Some(broken.clone());
+            drop(f);
+            self.close_with(&broken.into());
+            return true;
+        }
+        false
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        lock(&self.stop_tx).take();
+    }
+
+    fn close_with(&self, error: &TaskError) {
+        self.close();
+        while let Ok(job) = self.rx.try_recv() {
+            self.finish_job_error(&job, error);
+        }
+    }
+}
+
+/// The outcome of running one job on a worker.
+enum Ran {
+    /// Every argument has an outcome; the worker is fine.
+    Done,
+    /// The worker is gone (died, or killed for a timeout); the job was settled.
+    WorkerGone,
+}
+
+/// A parent thread that owns one worker.
+struct Driver {
+    shared: Arc<Shared>,
+    id: usize,
+    worker: Option<Worker>,
+    frame: Vec<u8>,
+    buf: Vec<u8>,
+    tasks_limit: Option<u64>,
+}
+
+impl Driver {
+    fn new(shared: Arc<Shared>, id: usize) -> Driver {
+        Driver {
+            shared,
+            id,
+            worker: None,
+            frame: Vec::new(),
+            buf: Vec::new(),
+            tasks_limit: None,
+        }
+    }
+
+    fn run(mut self, ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>) {
+        let first = self.ensure_worker();
+        if let Some(ready) = ready {
+            let _ = ready.send(first.clone());
+        }
+        let shared = self.shared.clone();
+        loop {
+            if shared.terminated.load(Ordering::SeqCst) {
+                break;
+            }
+            if self.worker.is_none()
+                && let Err(e) = self.ensure_worker()
+            {
+                if shared.record_failure(&e) {
+                    break;
+                }
+                // Back off a little before trying again (a rate limit, as httpd's spawn rate).
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            let idle_limit = self.idle_limit();
+            shared.idle.fetch_add(1, Ordering::SeqCst);
+            self.set_state(WorkerState::Idle);
+            let next = shared.next_job(idle_limit);
+            shared.idle.fetch_sub(1, Ordering::SeqCst);
+            match next {
+                Some(Ok(job)) => {
+                    if shared.terminated.load(Ordering::SeqCst) {
+                        shared.finish_job_error(&job, &TaskError::Terminated);
+                        continue;
+                    }
+                    self.set_state(WorkerState::Busy);
+                    // Jobs still waiting and nobody idle: time to grow (if allowed).
+                    Shared::maybe_grow(&shared);
+                    match self.run_job(job) {
+                        Ran::Done => self.after_task(),
+                        Ran::WorkerGone => {}
+                    }
+                }
+                Some(Err(())) => {
+                    if idle_limit.is_some() && self.may_shrink() {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        self.retire();
+        lock(&shared.table).remove(&self.id);
+        shared.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// How long this driver may wait idle before it considers shrinking the pool.
+    fn idle_limit(&self) -> Option<Duration> {
+        let c = &self.shared.config;
+        if c.max_workers <= c.processes && c.max_idle >= c.max_workers {
+            return None;
+        }
+        let idle = self.shared.idle.load(Ordering::SeqCst);
+        if idle >= c.max_idle {
+            Some(Duration::from_millis(10))
+        } else {
+            c.idle_timeout
+        }
+    }
+
+    fn may_shrink(&self) -> bool {
+        let c = &self.shared.config;
+        let workers = self.shared.workers.load(Ordering::SeqCst);
+        let idle = self.shared.idle.load(Ordering::SeqCst);
+        workers > c.processes && idle + 1 > c.min_idle
+    }
+
+    fn set_state(&self, state: WorkerState) {
+        if let Some(w) = lock(&self.shared.table).get_mut(&self.id) {
+            w.state = state;
+            if state == WorkerState::Idle {
+                w.busy_since = None;
+                w.current_task = None;
+            } else if state == WorkerState::Busy {
+                w.busy_since = Some(Instant::now());
+            }
+        }
+    }
+
+    fn ensure_worker(&mut self) -> Result<(), PoolError> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        let was_replacement = lock(&self.shared.table).contains_key(&self.id);
+        let mut worker = spawn::start(self.shared.config.start_method)?;
+        let pid = worker.pid;
+        let initializer = self.shared.config.initializer.as_ref();
+        if let Err(e) = spawn::handshake(&mut worker, initializer, &mut self.buf, &mut self.frame) {
+            worker.kill();
+            let _ = worker.reap();
+            return Err(e);
+        }
+        let mut table = lock(&self.shared.table);
+        let restarts = table
+            .get(&self.id)
+            .map_or(0, |w| w.restarts + u64::from(was_replacement));
+        let tasks_failed = table.get(&self.id).map_or(0, |w| w.tasks_failed);
+        table.insert(
+            self.id,
+            WorkerStats {
+                pid,
+                state: WorkerState::Idle,
+                current_task: None,
+                busy_since: None,
+                current_task_runtime: None,
+                tasks_done: 0,
+                tasks_failed,
+                restarts,
+                rss_bytes: 0,
+                cpu_time: Duration::ZERO,
+                started: Instant::now(),
+            },
+        );
+        drop(table);
+        self.tasks_limit = self
+            .shared
+            .config
+            .max_tasks_per_child
+            .map(|n| jitter(n, pid));
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    /// Sends `job` to the worker and collects its outcomes, handling death and timeouts.
+    fn run_job(&mut self, mut job: Job) -> Ran {
+        let shared = self.shared.clone();
+        let Some(worker) = self.worker.as_mut() else {
+            let _ = shared.tx_requeue(job);
+            return Ran::WorkerGone;
+        };
+        if let Err(e) = protocol::frame(
+            &ToWorker::Run {
+                job: job.id,
+                task: job.task,
+                first: job.first,
+            },
+            &job.args,
+            &mut self.frame,
+        ) {
+            shared.finish_job_error(&job, &TaskError::Argument(e.to_string()));
+            return Ran::Done;
+        }
+        let mut reported = job.first; // every index below this has an outcome
+        let end = job.first + job.count;
+        if worker.link.send(&self.frame).is_err() {
+            return self.lost(job, reported, None);
+        }
+        let timeout = shared.config.task_timeout;
+        let slice = timeout.map_or(Duration::from_millis(100), |t| {
+            (t / 4).clamp(Duration::from_millis(1), Duration::from_millis(100))
+        });
+        let mut watched: Option<(u64, Instant)> = None;
+        loop {
+            let Some(worker) = self.worker.as_mut() else {
+                return Ran::WorkerGone;
+            };
+            match worker.link.recv(&mut self.buf, Some(slice)) {
+                Ok(()) => {
+                    let Ok((
+                        FromWorker::Results {
+                            job: id,
+                            first,
+                            done,
+                        },
+                        payload,
+                    )) = protocol::unframe::<FromWorker>(&self.buf)
+                    else {
+                        // A worker that speaks nonsense is as good as dead.
+                        self.kill_worker();
+                        return self.lost(job, reported, None);
+                    };
+                    if id != job.id {
+                        continue;
+                    }
+                    let mut index = first;
+                    if let Ok(mut items) = SeqReader::new(payload) {
+                        while let Some(item) = items.next_item() {
+                            let outcome = match item {
+                                Ok(bytes) => decode_outcome(bytes),
+                                Err(e) => Err(TaskError::Result(e.to_string())),
+                            };
+                            if index >= reported && index < end {
+                                shared.deliver(&job, index, outcome);
+                                reported = index + 1;
+                            }
+                            index += 1;
+                        }
+                    }
+                    if let Some(w) = lock(&shared.table).get_mut(&self.id) {
+                        w.tasks_done = w.tasks_done.saturating_add(index.saturating_sub(first));
+                    }
+                    if done {
+                        if reported < end {
+                            // The worker skipped arguments (an undecodable payload): fail them.
+                            for i in reported..end {
+                                shared.deliver(
+                                    &job,
+                                    i,
+                                    Err(TaskError::Argument(
+                                        "the worker could not read the argument".into(),
+                                    )),
+                                );
+                            }
+                        }
+                        return Ran::Done;
+                    }
+                }
+                Err(LinkError::Timeout) => {
+                    if shared.terminated.load(Ordering::SeqCst) {
+                        self.kill_worker();
+                        job.first = reported;
+                        job.count = end - reported;
+                        shared.finish_job_error(&job, &TaskError::Terminated);
+                        return Ran::WorkerGone;
+                    }
+                    let current = worker.slot.current_item();
+                    if let Some(w) = lock(&shared.table).get_mut(&self.id) {
+                        w.current_task = current;
+                    }
+                    if let (Some(limit), Some(item)) = (timeout, current) {
+                        match watched {
+                            Some((seen, since)) if seen == item => {
+                                if since.elapsed() >= limit {
+                                    self.kill_worker();
+                                    return self.lost(
+                                        job,
+                                        reported,
+                                        Some(TaskError::Timeout { limit }),
+                                    );
+                                }
+                            }
+                            _ => watched = Some((item, Instant::now())),
+                        }
+                    }
+                }
+                Err(LinkError::Disconnected) | Err(LinkError::Broken) => {
+                    return self.lost(job, reported, None);
+                }
+            }
+        }
+    }
+
+    fn kill_worker(&mut self) {
+        if let Some(w) = &self.worker {
+            let _ = crate::os::kill(w.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    /// The worker is gone while holding `job`: settle the job and drop the worker.
+    /// `cause` is the error for the running argument (default: `WorkerLost` with its exit).
+    fn lost(&mut self, job: Job, reported: u64, cause: Option<TaskError>) -> Ran {
+        let shared = self.shared.clone();
+        let Some(mut worker) = self.worker.take() else {
+            let _ = shared.tx_requeue(job);
+            return Ran::WorkerGone;
+        };
+        let pid = worker.pid;
+        let exit = worker.reap().unwrap_or(Exit::Code(-1));
+        let cause = cause.unwrap_or(TaskError::WorkerLost { pid, exit });
+        if let Some(w) = lock(&shared.table).get_mut(&self.id) {
+            w.state = WorkerState::Starting;
+        }
+        let end = job.first + job.count;
+        let words = worker.slot.words();
+        let running = if words.job.load(Ordering::Acquire) == job.id {
+            worker.slot.current_item()
+        } else {
+            None
+        };
+        match running {
+            Some(item) if item >= reported && item < end => {
+                // Arguments that finished but whose results were not sent yet run again
+                // elsewhere: only the running one fails.
+                if let Some(again) = job.slice(reported, item) {
+                    let _ = shared.tx_requeue(again);
+                }
+                shared.deliver(&job, item, Err(cause));
+                if let Some(w) = lock(&shared.table).get_mut(&self.id) {
+                    w.tasks_failed += 1;
+                }
+                if let Some(rest) = job.rest_from(item + 1) {
+                    let _ = shared.tx_requeue(rest);
+                }
+            }
+            _ => {
+                // Nothing of the job started: run it again elsewhere, a few times at most.
+                let mut rest = match job.rest_from(reported) {
+                    Some(rest) => rest,
+                    None => return Ran::WorkerGone,
+                };
+                rest.attempts += 1;
+                if rest.attempts >= 3 {
+                    shared.finish_job_error(&rest, &cause);
+                } else {
+                    let _ = shared.tx_requeue(rest);
+                }
+            }
+        }
+        Ran::WorkerGone
+    }
+
+    /// Recycles the worker after a task if it reached its task or memory limit.
+    fn after_task(&mut self) {
+        let Some(worker) = &self.worker else { return };
+        let done = worker.slot.words().done.load(Ordering::Relaxed);
+        let too_old = self.tasks_limit.is_some_and(|limit| done >= limit);
+        let too_big = self
+            .shared
+            .config
+            .max_memory_per_child
+            .is_some_and(|max| crate::os::rss(worker.pid).is_some_and(|rss| rss > max));
+        if too_old || too_big {
+            self.set_state(WorkerState::Retiring);
+            self.retire();
+            if let Some(w) = lock(&self.shared.table).get_mut(&self.id) {
+                w.restarts += 1;
+            }
+            // Replacement happens at the top of the driver loop, before the next job.
+            let _ = self.ensure_worker_counting_restart();
+        }
+    }
+
+    fn ensure_worker_counting_restart(&mut self) -> Result<(), PoolError> {
+        let restarts = lock(&self.shared.table)
+            .get(&self.id)
+            .map_or(0, |w| w.restarts);
+        let r = self.ensure_worker();
+        if let Some(w) = lock(&self.shared.table).get_mut(&self.id) {
+            w.restarts = restarts;
+        }
+        r
+    }
+
+    /// Asks the worker to exit and reaps it (killing it if it does not go in time).
+    fn retire(&mut self) {
+        let Some(mut worker) = self.worker.take() else {
+            return;
+        };
+        if protocol::frame(&ToWorker::Exit, &[], &mut self.frame).is_ok() {
+            let _ = worker.link.send(&self.frame);
+        }
+        if !worker.wait_exit(Duration::from_secs(2)) {
+            let _ = crate::os::kill(worker.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = worker.reap();
+    }
+}
+
+impl Shared {
+    /// Puts a job back in the queue (also after close: it was accepted before).
+    fn tx_requeue(&self, job: Job) -> Result<(), ()> {
+        if self.terminated.load(Ordering::SeqCst) {
+            self.finish_job_error(&job, &TaskError::Terminated);
+            return Err(());
+        }
+        self.tx.send(job).map_err(|e| {
+            self.finish_job_error(&e.0, &TaskError::Terminated);
+        })
+    }
+
+    /// The next job for an idle driver; `None` when the driver should stop (closed and
+    /// drained), `Some(Err(()))` after `idle` passed with no job.
+    fn next_job(&self, idle: Option<Duration>) -> Option<Result<Job, ()>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return self.rx.try_recv().ok().map(Ok);
+        }
+        let wait = idle.unwrap_or(Duration::from_secs(3600));
+        crossbeam_channel::select! {
+            recv(self.rx) -> job => job.ok().map(Ok),
+            recv(self.stop_rx) -> _ => self.rx.try_recv().ok().map(Ok),
+            default(wait) => Some(Err(())),
+        }
+    }
+}
+
+pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<&[u8], TaskError> {
+    match bytes.split_first() {
+        Some((&OUTCOME_OK, rest)) => Ok(rest),
+        Some((&OUTCOME_FAILED, rest)) => Err(match codec::decode::<Failure>(rest) {
+            Ok(Failure::Panicked(message)) => TaskError::Panicked { message },
+            Ok(Failure::DecodeArgument(m)) => TaskError::Argument(m),
+            Ok(Failure::EncodeResult(m)) => TaskError::Result(m),
+            Err(e) => TaskError::Result(e.to_string()),
+        }),
+        _ => Err(TaskError::Result("an outcome with an unknown tag".into())),
+    }
+}
+
+/// `n` give or take 10%, different per worker, so workers do not all restart at once.
+fn jitter(n: u64, seed: u32) -> u64 {
+    let spread = n / 10;
+    if spread == 0 {
+        return n.max(1);
+    }
+    let x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33;
+    (n - spread + x % (2 * spread + 1)).max(1)
+}

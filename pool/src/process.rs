@@ -1,0 +1,268 @@
+//! One function in one child process: [`Process`], like Python's `multiprocessing.Process`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{self, SeqReader, SeqWriter};
+use crate::error::{Exit, PoolError, TaskError};
+use crate::protocol::{self, FromWorker, LinkError, ToWorker};
+use crate::spawn::{self, StartMethod, Worker};
+use crate::task::TaskRef;
+
+/// Builds a [`Process`].
+///
+/// ```
+/// fn shout(s: String) -> String {
+///     s.to_uppercase()
+/// }
+///
+/// let child = pool::ProcessBuilder::new().name("shouter").spawn(shout, "hi".to_string())?;
+/// let finished = child.join();
+/// assert_eq!(finished.result?, "HI");
+/// assert!(finished.exit.success());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `spawn` is called"]
+pub struct ProcessBuilder {
+    name: Option<String>,
+    daemon: bool,
+    start_method: Option<StartMethod>,
+}
+
+impl Default for ProcessBuilder {
+    fn default() -> Self {
+        ProcessBuilder::new()
+    }
+}
+
+impl ProcessBuilder {
+    /// A builder with default settings: not a daemon, the default start method.
+    pub fn new() -> ProcessBuilder {
+        ProcessBuilder {
+            name: None,
+            daemon: false,
+            start_method: None,
+        }
+    }
+
+    /// A name, for messages and [`Process::name`].
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// A daemon is killed when its `Process` handle is dropped unjoined; a non-daemon is waited
+    /// for. Either way a child never outlives its parent process (it gets SIGKILL when the
+    /// parent dies).
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// How the child is created (default: [`crate::default_start_method`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = Some(method);
+        self
+    }
+
+    /// Starts a child process running `f(arg)`.
+    pub fn spawn<A, R>(self, f: fn(A) -> R, arg: A) -> Result<Process<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let method = self
+            .start_method
+            .unwrap_or_else(crate::default_start_method);
+        spawn::check_start_method(method)?;
+        let mut args = Vec::new();
+        let mut w = SeqWriter::new(&mut args);
+        w.push(&arg)
+            .map_err(|e| PoolError::Config(format!("the argument does not encode: {e}")))?;
+        w.finish();
+        let mut worker = spawn::start(method)?;
+        let mut buf = Vec::new();
+        let mut frame = Vec::new();
+        if let Err(e) = spawn::handshake(&mut worker, None, &mut buf, &mut frame) {
+            worker.kill();
+            let _ = worker.reap();
+            return Err(e);
+        }
+        protocol::frame(
+            &ToWorker::Run {
+                job: 1,
+                task: TaskRef::one(f),
+                first: 0,
+            },
+            &args,
+            &mut frame,
+        )
+        .map_err(|e| PoolError::Config(e.to_string()))?;
+        // A send failure means the child is already gone; `join` reports how it ended.
+        let _ = worker.link.send(&frame);
+        let pid = worker.pid;
+        Ok(Process {
+            name: self.name.unwrap_or_else(|| format!("Process-{pid}")),
+            daemon: self.daemon,
+            worker: Some(worker),
+            buf,
+            frame,
+            _result: PhantomData,
+        })
+    }
+}
+
+/// A child process running one function; its return value (or panic) comes back to the parent.
+pub struct Process<R> {
+    name: String,
+    daemon: bool,
+    worker: Option<Worker>,
+    buf: Vec<u8>,
+    frame: Vec<u8>,
+    _result: PhantomData<fn() -> R>,
+}
+
+/// A finished [`Process`]: the function's outcome and how the process ended.
+#[derive(Debug)]
+pub struct Finished<R> {
+    /// The return value, or why there is none (`Panicked`, `WorkerLost` with the exit status).
+    pub result: Result<R, TaskError>,
+    /// How the process ended.
+    pub exit: Exit,
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("pid", &self.pid())
+            .field("daemon", &self.daemon)
+            .finish()
+    }
+}
+
+impl<R> Process<R> {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.worker.as_ref().map_or(0, |w| w.pid)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the child is still running.
+    pub fn is_alive(&mut self) -> bool {
+        self.worker
+            .as_mut()
+            .is_some_and(|w| !w.wait_exit(Duration::ZERO))
+    }
+
+    /// How the child ended, if it has (without waiting).
+    pub fn exit_status(&mut self) -> Option<Exit> {
+        let w = self.worker.as_mut()?;
+        if w.wait_exit(Duration::ZERO) {
+            w.reap().ok()
+        } else {
+            None
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        if let Some(w) = &self.worker {
+            let _ = crate::os::kill(w.pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill(&self) {
+        if let Some(w) = &self.worker {
+            w.kill();
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Waits for the function's result and for the process to end.
+    pub fn join(mut self) -> Finished<R> {
+        self.wait(None)
+            .unwrap_or_else(|_| unreachable!("an unlimited wait cannot time out"))
+    }
+
+    /// Like [`join`](Process::join), but gives the process back if it has not finished within
+    /// `timeout`.
+    pub fn join_timeout(mut self, timeout: Duration) -> Result<Finished<R>, Process<R>> {
+        match self.wait(Some(timeout)) {
+            Ok(f) => Ok(f),
+            Err(()) => Err(self),
+        }
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<Finished<R>, ()> {
+        let Some(worker) = self.worker.as_mut() else {
+            return Ok(Finished {
+                result: Err(TaskError::Terminated),
+                exit: Exit::Code(-1),
+            });
+        };
+        let result = match worker.link.recv(&mut self.buf, timeout) {
+            Err(LinkError::Timeout) => return Err(()),
+            Ok(()) => decode_single(&self.buf),
+            Err(_) => None,
+        };
+        let mut worker = self
+            .worker
+            .take()
+            .unwrap_or_else(|| unreachable!("checked above"));
+        if result.is_some() && protocol::frame(&ToWorker::Exit, &[], &mut self.frame).is_ok() {
+            let _ = worker.link.send(&self.frame);
+        }
+        if !worker.wait_exit(Duration::from_secs(5)) {
+            worker.kill();
+        }
+        let exit = worker.reap().unwrap_or(Exit::Code(-1));
+        let result = result.unwrap_or(Err(TaskError::WorkerLost {
+            pid: worker.pid,
+            exit,
+        }));
+        Ok(Finished { result, exit })
+    }
+}
+
+fn decode_single<R: DeserializeOwned>(frame: &[u8]) -> Option<Result<R, TaskError>> {
+    let (header, payload) = protocol::unframe::<FromWorker>(frame).ok()?;
+    let FromWorker::Results { .. } = header else {
+        return None;
+    };
+    let mut items = SeqReader::new(payload).ok()?;
+    let item = items.next_item()?.ok()?;
+    Some(
+        crate::pool::decode_outcome(item).and_then(|bytes| {
+            codec::decode::<R>(bytes).map_err(|e| TaskError::Result(e.to_string()))
+        }),
+    )
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            if self.daemon {
+                w.kill();
+            } else {
+                // Let it finish its function: send nothing, wait for it to report and exit.
+                let _ = w.link.recv(&mut self.buf, None);
+                if protocol::frame(&ToWorker::Exit, &[], &mut self.frame).is_ok() {
+                    let _ = w.link.send(&self.frame);
+                }
+            }
+            let _ = w.reap();
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! What the pool and a worker say to each other, and the one boundary a transport must cross.
+//!
+//! A frame is `[header length: u32 LE][bincode header][payload]`. The payload of `Run` is a
+//! [`codec::SeqWriter`] sequence of encoded arguments; the payload of `Results` is a sequence of
+//! outcomes, each `[0][encoded result]` or `[1][encoded Failure]`.
+//!
+//! ## The transport boundary
+//!
+//! Everything the pool needs from a transport is [`Link`]: send a frame, receive a frame with a
+//! timeout, and learn that the other side is gone. Today a link is an `ipc_pipe::Connection` to a
+//! local worker process; a distributed backend (MPI, a message broker) would implement the same
+//! trait, and find tasks by registered name rather than by offset.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::task::{Failure, TaskRef};
+
+/// Pool → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// Run the task on every argument of the payload; argument `i` has index `first + i`.
+    Run { job: u64, task: TaskRef, first: u64 },
+    /// Run the initializer on the payload's single argument.
+    Init { task: TaskRef },
+    /// Finish and exit with status 0.
+    Exit,
+}
+
+/// Worker → pool.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The first message: who the worker is and which executable it runs.
+    Hello { pid: u32, exe: (u64, u64, u64, i64) },
+    /// Outcomes of arguments `first..` of `job`; `done` once the job's last one is included.
+    Results { job: u64, first: u64, done: bool },
+    /// The initializer returned.
+    InitDone,
+    /// The initializer failed (the worker exits after sending this).
+    InitFailed { failure: Failure },
+}
+
+/// The outcome tag of one item in a `Results` payload.
+pub(crate) const OUTCOME_OK: u8 = 0;
+/// The outcome tag of a failed item.
+pub(crate) const OUTCOME_FAILED: u8 = 1;
+
+/// Why a link could not carry a frame.
+#[derive(Debug)]
+pub(crate) enum LinkError {
+    /// The other side is gone (closed, exited or killed).
+    Disconnected,
+    /// Nothing arrived in time.
+    Timeout,
+    /// Anything else (a corrupted transport, a system error).
+    Broken,
+}
+
+/// A bidirectional, message-framed link to one worker (or, in the worker, to the pool).
+pub(crate) trait Link: Send {
+    /// Sends one frame.
+    fn send(&mut self, frame: &[u8]) -> Result<(), LinkError>;
+    /// Receives one frame into `buf` (replacing its contents), waiting at most `timeout`.
+    fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), LinkError>;
+}
+
+/// Builds a frame: header, then payload.
+pub(crate) fn frame<H: Serialize>(
+    header: &H,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    out.clear();
+    out.extend_from_slice(&[0; 4]);
+    codec::encode_into(header, out)?;
+    let len = u32::try_from(out.len() - 4).map_err(|_| CodecError("header too large".into()))?;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Splits a frame into its decoded header and its payload.
+pub(crate) fn unframe<H: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(H, &[u8]), CodecError> {
+    let (len, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or_else(|| CodecError("truncated frame".into()))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err(CodecError("frame header longer than the frame".into()));
+    }
+    let (header, payload) = rest.split_at(len);
+    Ok((codec::decode(header)?, payload))
+}

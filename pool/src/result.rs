@@ -1,0 +1,297 @@
+//! Results that arrive later: [`AsyncResult`], and the sinks that fill them.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::error::TaskError;
+
+/// A callback run with a task's result, on a pool thread in the parent.
+pub(crate) type Callback<T> = Box<dyn FnOnce(&T) + Send>;
+/// A callback run with a task's error, on a pool thread in the parent.
+pub(crate) type ErrorCallback = Box<dyn FnOnce(&TaskError) + Send>;
+
+struct State<T> {
+    value: Option<Result<T, TaskError>>,
+    ready: bool,
+    success: bool,
+    waker: Option<Waker>,
+    callback: Option<Callback<T>>,
+    error_callback: Option<ErrorCallback>,
+}
+
+pub(crate) struct Cell<T> {
+    state: Mutex<State<T>>,
+    ready: Condvar,
+}
+
+impl<T> Cell<T> {
+    pub(crate) fn new(
+        callback: Option<Callback<T>>,
+        error_callback: Option<ErrorCallback>,
+    ) -> Arc<Cell<T>> {
+        Arc::new(Cell {
+            state: Mutex::new(State {
+                value: None,
+                ready: false,
+                success: false,
+                waker: None,
+                callback,
+                error_callback,
+            }),
+            ready: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the result once (later calls are ignored): runs the callback, then wakes waiters.
+    pub(crate) fn complete(&self, result: Result<T, TaskError>) {
+        let (callback, error_callback) = {
+            let mut s = self.lock();
+            if s.ready || s.value.is_some() {
+                return;
+            }
+            (s.callback.take(), s.error_callback.take())
+        };
+        // Callbacks run before the result becomes visible, as in Python, and outside the lock.
+        match &result {
+            Ok(v) => {
+                if let Some(cb) = callback {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(v)));
+                }
+            }
+            Err(e) => {
+                if let Some(cb) = error_callback {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(e)));
+                }
+            }
+        }
+        let waker = {
+            let mut s = self.lock();
+            if s.ready {
+                return;
+            }
+            s.success = result.is_ok();
+            s.value = Some(result);
+            s.ready = true;
+            s.waker.take()
+        };
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.lock().ready
+    }
+}
+
+/// The result of a task submitted with `apply_async` or `map_async`, available later.
+///
+/// Wait for it with [`get`](AsyncResult::get) (blocking), [`get_timeout`](AsyncResult::get_timeout),
+/// or `.await` (it is a `Future`). Like Python's `AsyncResult`, with `ready` and `successful`.
+pub struct AsyncResult<T> {
+    cell: Arc<Cell<T>>,
+}
+
+impl<T> fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl<T> AsyncResult<T> {
+    pub(crate) fn new(cell: Arc<Cell<T>>) -> AsyncResult<T> {
+        AsyncResult { cell }
+    }
+
+    /// Waits for the result and returns it.
+    pub fn get(self) -> Result<T, TaskError> {
+        let mut s = self.cell.lock();
+        while !s.ready {
+            s = self.cell.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.value.take().unwrap_or(Err(TaskError::Terminated))
+    }
+
+    /// Waits at most `timeout`; on timeout the handle is given back, to wait again later.
+    pub fn get_timeout(self, timeout: Duration) -> Result<Result<T, TaskError>, AsyncResult<T>> {
+        if self.wait_timeout(timeout) {
+            Ok(self.get())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// Waits until the result is available.
+    pub fn wait(&self) {
+        let mut s = self.cell.lock();
+        while !s.ready {
+            s = self.cell.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits at most `timeout`; returns whether the result is available.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.cell.lock();
+        while !s.ready {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .cell
+                .ready
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Whether the result is available.
+    pub fn ready(&self) -> bool {
+        self.cell.is_ready()
+    }
+
+    /// Whether the task succeeded; `None` while it is not finished.
+    pub fn successful(&self) -> Option<bool> {
+        let s = self.cell.lock();
+        s.ready.then_some(s.success)
+    }
+}
+
+impl<T> Future for AsyncResult<T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self.cell.lock();
+        if s.ready {
+            Poll::Ready(s.value.take().unwrap_or(Err(TaskError::Terminated)))
+        } else {
+            s.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// Where a job's outcomes go: one call per argument, by global index.
+pub(crate) trait Sink: Send + Sync {
+    /// The outcome of argument `index`: its encoded result, or why it has none.
+    fn deliver(&self, index: u64, outcome: Result<&[u8], TaskError>);
+}
+
+fn decode<R: DeserializeOwned>(outcome: Result<&[u8], TaskError>) -> Result<R, TaskError> {
+    outcome.and_then(|bytes| codec::decode(bytes).map_err(|e| TaskError::Result(e.to_string())))
+}
+
+/// One task's result into an [`AsyncResult`].
+pub(crate) struct OneSink<R>(pub(crate) Arc<Cell<R>>);
+
+impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
+    fn deliver(&self, _index: u64, outcome: Result<&[u8], TaskError>) {
+        self.0.complete(decode(outcome));
+    }
+}
+
+/// All results of a map, in order, into an [`AsyncResult`] of a `Vec`; the first error (by
+/// arrival) fails the whole map at once, as in Python.
+pub(crate) struct MapSink<R> {
+    cell: Arc<Cell<Vec<R>>>,
+    slots: Mutex<MapSlots<R>>,
+    progress: Option<Progress>,
+    total: u64,
+}
+
+/// A progress hook: called with (tasks finished, tasks in all) after each task.
+pub(crate) type Progress = Box<dyn Fn(u64, u64) + Send + Sync>;
+
+struct MapSlots<R> {
+    values: Vec<Option<R>>,
+    missing: usize,
+    failed: bool,
+}
+
+impl<R> MapSink<R> {
+    pub(crate) fn new(
+        cell: Arc<Cell<Vec<R>>>,
+        len: usize,
+        progress: Option<Progress>,
+    ) -> MapSink<R> {
+        let mut values = Vec::with_capacity(len);
+        values.resize_with(len, || None);
+        if len == 0 {
+            cell.complete(Ok(Vec::new()));
+        }
+        MapSink {
+            cell,
+            slots: Mutex::new(MapSlots {
+                values,
+                missing: len,
+                failed: false,
+            }),
+            progress,
+            total: len as u64,
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
+    fn deliver(&self, index: u64, outcome: Result<&[u8], TaskError>) {
+        let outcome = decode::<R>(outcome);
+        let finished = {
+            let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if s.failed {
+                return;
+            }
+            match outcome {
+                Err(e) => {
+                    s.failed = true;
+                    Err(e)
+                }
+                Ok(v) => {
+                    let Some(slot) = s.values.get_mut(index as usize) else {
+                        return;
+                    };
+                    if slot.is_none() {
+                        *slot = Some(v);
+                        s.missing -= 1;
+                    }
+                    if let Some(progress) = &self.progress {
+                        progress(self.total - s.missing as u64, self.total);
+                    }
+                    if s.missing > 0 {
+                        return;
+                    }
+                    Ok(std::mem::take(&mut s.values)
+                        .into_iter()
+                        .flatten()
+                        .collect())
+                }
+            }
+        };
+        self.cell.complete(finished);
+    }
+}
+
+/// Results as they arrive, into a channel (for `imap` and `imap_unordered`).
+pub(crate) struct StreamSink<R>(pub(crate) crossbeam_channel::Sender<(u64, Result<R, TaskError>)>);
+
+impl<R: DeserializeOwned + Send> Sink for StreamSink<R> {
+    fn deliver(&self, index: u64, outcome: Result<&[u8], TaskError>) {
+        let _ = self.0.send((index, decode(outcome)));
+    }
+}

@@ -1,0 +1,81 @@
+//! A worker's progress slot: a few words of shared memory the worker writes and the pool reads.
+//!
+//! | word   | written by | meaning                                                        |
+//! |--------|------------|----------------------------------------------------------------|
+//! | `job`  | worker     | id of the job being run (0 before the first)                   |
+//! | `item` | worker     | 1 + global index of the argument being run; 0 between jobs     |
+//! | `done` | worker     | arguments finished since the worker started                   |
+//!
+//! After a worker dies, `item` names the argument it was running: that task alone fails with
+//! `WorkerLost`; arguments of the job that had not started, and those finished but not yet
+//! reported (their results are gone), are run again elsewhere. While a worker
+//! lives, the pool reads `item` to enforce `task_timeout` and to report the current task.
+//!
+//! ## Memory ordering
+//!
+//! The worker stores with `Release` and the pool loads with `Acquire`; nothing else depends on
+//! the order, since after a death the pool reads the words only once the worker's pipe has
+//! reported it gone.
+#![allow(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipc_shm::{Offset, Segment, SegmentBuilder, SegmentCreateError, ShmSafe, TypeTag};
+
+/// The tag of a worker slot segment.
+pub(crate) const SLOT_TAG: TypeTag = TypeTag::from_name("pool/worker-slot/v1");
+
+/// The words of one worker's slot.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub(crate) struct WorkerSlot {
+    pub(crate) job: AtomicU64,
+    pub(crate) item: AtomicU64,
+    pub(crate) done: AtomicU64,
+}
+
+// SAFETY: (1) repr(C); (2) no pointers; (3) three AtomicU64, valid for any bit pattern and zero;
+// (4) all mutation is through the atomics; (5) no Drop.
+unsafe impl ShmSafe for WorkerSlot {}
+
+/// A slot in its own small anonymous segment.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    segment: Arc<Segment>,
+}
+
+const AT: Offset<WorkerSlot> = Offset::from_raw(0);
+
+impl Slot {
+    pub(crate) fn new() -> Result<Slot, SegmentCreateError> {
+        let segment = SegmentBuilder::new(std::mem::size_of::<WorkerSlot>())
+            .type_tag(SLOT_TAG)
+            .create()?;
+        Ok(Slot {
+            segment: Arc::new(segment),
+        })
+    }
+
+    pub(crate) fn from_segment(segment: Segment) -> Option<Slot> {
+        segment.get(AT).ok()?;
+        Some(Slot {
+            segment: Arc::new(segment),
+        })
+    }
+
+    pub(crate) fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    pub(crate) fn words(&self) -> &WorkerSlot {
+        self.segment
+            .get(AT)
+            .unwrap_or_else(|_| unreachable!("checked when the slot was made"))
+    }
+
+    /// The global index of the argument being run, if any.
+    pub(crate) fn current_item(&self) -> Option<u64> {
+        self.words().item.load(Ordering::Acquire).checked_sub(1)
+    }
+}

@@ -1,0 +1,282 @@
+//! Starting worker processes: the start methods.
+//!
+//! | method       | how                                                       | cost (ref. machine) | caveat |
+//! |--------------|-----------------------------------------------------------|---------------------|--------|
+//! | `Fork`       | `fork()` of the calling (driver) thread                    | ~40 us              | the parent has threads: a lock another thread held at the fork stays held in the child |
+//! | `ForkServer` | a single-threaded server, forked by `init()` before any thread, forks each worker | ~100 us | needs `init()` (or the `ctor` feature) |
+//! | `Spawn`      | `exec` of `/proc/self/exe`, which becomes a worker in `init()` | ~1 ms + program start-up | needs `init()` (or the `ctor` feature) |
+//!
+//! Every worker gets `PR_SET_PDEATHSIG(SIGKILL)`: if the pool's process dies, even by SIGKILL,
+//! its workers die too. A worker also exits when its pipe reports the pool gone.
+
+use std::io;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::{Exit, PoolError};
+use crate::protocol::{self, FromWorker, Link, LinkError, ToWorker};
+use crate::slot::Slot;
+use crate::task::TaskRef;
+use crate::transport::{self, PipeLink};
+
+/// How worker processes are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StartMethod {
+    /// `fork()` the parent. Fastest, and works anywhere (inside `cargo test` too) with no
+    /// set-up. But the parent of a pool has threads, and `fork` copies only the calling one: a
+    /// lock held by another thread at that instant (in a library, in the allocator) stays held
+    /// forever in the child. Workers of this crate only run your task functions; avoid this
+    /// method if those take locks that other threads of the parent may hold.
+    Fork,
+    /// A fork server: `init()` (or the `ctor` feature, before `main`) starts a single-threaded
+    /// server process; each worker is forked from it on request. As safe as `Spawn`, nearly as
+    /// fast as `Fork`. The default where available.
+    #[default]
+    ForkServer,
+    /// Re-execute the current program (`/proc/self/exe`); it becomes a worker in `init()` (or
+    /// in the `ctor` constructor) before `main` runs. Safest and slowest.
+    Spawn,
+}
+
+impl StartMethod {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::ForkServer => "forkserver",
+            StartMethod::Spawn => "spawn",
+        }
+    }
+}
+
+/// Fails with `NeedsInit` when the method needs `init()` and it has not run.
+pub(crate) fn check_start_method(method: StartMethod) -> Result<(), PoolError> {
+    match method {
+        StartMethod::Fork => Ok(()),
+        StartMethod::Spawn | StartMethod::ForkServer => {
+            if crate::init::initialised() {
+                Ok(())
+            } else {
+                Err(PoolError::NeedsInit {
+                    method: method.name(),
+                })
+            }
+        }
+    }
+}
+
+/// A started worker, seen from the pool.
+pub(crate) struct Worker {
+    pub(crate) pid: u32,
+    pub(crate) link: Box<dyn Link>,
+    pub(crate) slot: Slot,
+    exit: Option<Exit>,
+    reaper: Reaper,
+}
+
+enum Reaper {
+    /// Our own child: `waitpid`.
+    Child,
+    /// A child of the fork server: it reports the status.
+    Server,
+}
+
+impl Worker {
+    /// Waits for the worker to end and returns how it ended (once; later calls repeat it).
+    pub(crate) fn reap(&mut self) -> io::Result<Exit> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let exit = match self.reaper {
+            Reaper::Child => crate::os::reap(self.pid)?,
+            Reaper::Server => crate::init::server_reap(self.pid)?,
+        };
+        self.exit = Some(exit);
+        Ok(exit)
+    }
+
+    /// Sends SIGKILL.
+    pub(crate) fn kill(&self) {
+        if self.exit.is_none() {
+            let _ = crate::os::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    /// Waits up to `timeout` for the worker to end; returns whether it did.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> bool {
+        if self.exit.is_some() {
+            return true;
+        }
+        match crate::os::pidfd(self.pid) {
+            Ok(fd) => crate::os::wait_readable(&[crate::os::borrow(&fd)], Some(timeout))
+                .map(|r| r[0])
+                .unwrap_or(true),
+            Err(_) => true,
+        }
+    }
+}
+
+/// Serialises pipe creation with forking, so that a worker forked by one driver never inherits
+/// the worker-side end of another worker's pipe (it would hide that worker's death).
+static FORK_LOCK: Mutex<()> = Mutex::new(());
+
+/// Starts one worker with `method` (the caller then runs [`handshake`]).
+pub(crate) fn start(method: StartMethod) -> Result<Worker, PoolError> {
+    let slot = Slot::new().map_err(|e| PoolError::Spawn(format!("progress slot: {e}")))?;
+    match method {
+        StartMethod::Fork => start_fork(slot),
+        StartMethod::Spawn => start_spawn(slot),
+        StartMethod::ForkServer => start_forkserver(slot),
+    }
+}
+
+fn start_fork(slot: Slot) -> Result<Worker, PoolError> {
+    let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let (ours, theirs) = transport::pair()?;
+    // The closure runs only in the child; the parent keeps both ends (the closure borrows them).
+    let (mut ours, mut theirs) = (Some(ours), Some(theirs));
+    let pid = crate::os::fork_then(|| {
+        // The child: the pool's end is not ours to use here.
+        if let Some(ours) = ours.take() {
+            ours.forget_in_child();
+        }
+        match theirs.take() {
+            Some(mut link) => crate::worker::run(&mut link, &slot),
+            None => crate::worker::code::LINK,
+        }
+    })
+    .map_err(|e| PoolError::os("fork", e))?;
+    let (Some(ours), Some(theirs)) = (ours, theirs) else {
+        unreachable!("the fork closure runs only in the child")
+    };
+    theirs_handed_over(theirs);
+    drop(guard);
+    Ok(Worker {
+        pid,
+        link: Box::new(ours),
+        slot,
+        exit: None,
+        reaper: Reaper::Child,
+    })
+}
+
+/// The pool's copy of a worker-side end, after the worker took it over.
+fn theirs_handed_over(theirs: PipeLink) {
+    theirs.handed_over();
+}
+
+/// Environment variables of a spawned worker.
+pub(crate) const ENV_ROLE: &str = "IPC_POOL_WORKER";
+pub(crate) const ENV_LINK: &str = "IPC_POOL_LINK";
+pub(crate) const ENV_SLOT: &str = "IPC_POOL_SLOT";
+
+fn start_spawn(slot: Slot) -> Result<Worker, PoolError> {
+    let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let (ours, theirs) = transport::pair()?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.env(ENV_ROLE, "spawn");
+    theirs.pass_to_command(&mut cmd, ENV_LINK)?;
+    slot.segment()
+        .pass_to_command(&mut cmd, ENV_SLOT)
+        .map_err(|e| PoolError::os("passing the progress slot", e))?;
+    crate::os::command_dies_with_parent(&mut cmd);
+    let child = cmd
+        .spawn()
+        .map_err(|e| PoolError::os("spawning a worker", e))?;
+    drop(cmd);
+    theirs_handed_over(theirs);
+    drop(guard);
+    let pid = child.id();
+    // The pool reaps the worker itself (waitpid by pid); std's handle is not needed.
+    drop(child);
+    Ok(Worker {
+        pid,
+        link: Box::new(ours),
+        slot,
+        exit: None,
+        reaper: Reaper::Child,
+    })
+}
+
+fn start_forkserver(slot: Slot) -> Result<Worker, PoolError> {
+    let (ours, theirs) = transport::pair()?;
+    let pid = crate::init::server_fork(theirs, &slot)?;
+    Ok(Worker {
+        pid,
+        link: Box::new(ours),
+        slot,
+        exit: None,
+        reaper: Reaper::Server,
+    })
+}
+
+/// How long a new worker may take to greet the pool (and to run its initializer).
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// Receives the worker's greeting, checks it runs this very executable, and runs the
+/// initializer if there is one.
+pub(crate) fn handshake(
+    worker: &mut Worker,
+    initializer: Option<&(TaskRef, Vec<u8>)>,
+    buf: &mut Vec<u8>,
+    frame: &mut Vec<u8>,
+) -> Result<(), PoolError> {
+    match worker.link.recv(buf, Some(STARTUP)) {
+        Ok(()) => {}
+        Err(LinkError::Timeout) => {
+            return Err(PoolError::Spawn(format!(
+                "the worker did not start within {STARTUP:?}"
+            )));
+        }
+        Err(_) => {
+            let exit = worker.reap().ok();
+            return Err(PoolError::Spawn(format!(
+                "the worker exited at start-up ({})",
+                exit.map_or("unknown status".into(), |e| e.to_string())
+            )));
+        }
+    }
+    match protocol::unframe::<FromWorker>(buf) {
+        Ok((FromWorker::Hello { exe, .. }, _)) => {
+            let mine = crate::os::exe_identity().unwrap_or_default();
+            if exe != mine {
+                return Err(PoolError::BuildMismatch {
+                    detail: format!("worker executable {exe:?}, pool executable {mine:?}"),
+                });
+            }
+        }
+        _ => {
+            return Err(PoolError::Spawn(
+                "the worker's greeting did not decode".into(),
+            ));
+        }
+    }
+    let Some((task, arg)) = initializer else {
+        return Ok(());
+    };
+    protocol::frame(&ToWorker::Init { task: *task }, arg, frame)
+        .map_err(|e| PoolError::Spawn(e.to_string()))?;
+    if worker.link.send(frame).is_err() {
+        return Err(PoolError::Spawn(
+            "the worker died before its initializer".into(),
+        ));
+    }
+    match worker.link.recv(buf, Some(STARTUP)) {
+        Ok(()) => match protocol::unframe::<FromWorker>(buf) {
+            Ok((FromWorker::InitDone, _)) => Ok(()),
+            Ok((FromWorker::InitFailed { failure }, _)) => Err(PoolError::InitializerFailed {
+                message: failure.to_string(),
+            }),
+            _ => Err(PoolError::Spawn("unexpected answer to Init".into())),
+        },
+        Err(_) => {
+            let exit = worker.reap().ok();
+            Err(PoolError::InitializerFailed {
+                message: format!(
+                    "the worker died in its initializer ({})",
+                    exit.map_or("unknown status".into(), |e| e.to_string())
+                ),
+            })
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The link to a worker: an `ipc_pipe::Connection` behind the [`Link`] boundary.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ipc_pipe::{Connection, PipeBuilder};
+
+use crate::error::PoolError;
+use crate::protocol::{Link, LinkError};
+
+/// The largest frame a worker link carries (arguments and results of one chunk).
+const MAX_FRAME: usize = 1 << 30;
+
+/// One end of a worker's pipe.
+#[derive(Debug)]
+pub(crate) struct PipeLink(Connection);
+
+/// A new pipe: the pool's end, the worker's end.
+pub(crate) fn pair() -> Result<(PipeLink, PipeLink), PoolError> {
+    let (a, b) = PipeBuilder::new()
+        .max_message_size(MAX_FRAME)
+        .duplex()
+        .map_err(|e| PoolError::Spawn(format!("creating the worker pipe: {e}")))?;
+    Ok((PipeLink(a), PipeLink(b)))
+}
+
+impl PipeLink {
+    /// Gives up this process's copy of an end that another process now uses (after `fork`, or
+    /// after passing it to a spawned child): closes its descriptors without telling the peer.
+    pub(crate) fn handed_over(self) {
+        self.0.release();
+    }
+
+    /// In a forked worker: drop the copy of the pool's end without disturbing the pool.
+    pub(crate) fn forget_in_child(self) {
+        self.0.release();
+    }
+
+    pub(crate) fn pass_to_command(&self, cmd: &mut Command, key: &str) -> Result<(), PoolError> {
+        self.0
+            .pass_to_command(cmd, key)
+            .map_err(|e| PoolError::Spawn(format!("passing the worker pipe: {e}")))
+    }
+
+    pub(crate) fn from_inherited(key: &str) -> Result<PipeLink, PoolError> {
+        Connection::from_inherited(key)
+            .map(PipeLink)
+            .map_err(|e| PoolError::Spawn(format!("opening the inherited worker pipe: {e}")))
+    }
+
+    /// The descriptors and side of this end, for handing it to a fork server.
+    pub(crate) fn into_raw_parts(
+        self,
+    ) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd, usize)> {
+        self.0.into_raw_parts()
+    }
+
+    pub(crate) fn from_connection(conn: Connection) -> PipeLink {
+        PipeLink(conn)
+    }
+}
+
+impl Link for PipeLink {
+    fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        self.0.send_bytes(frame).map_err(|e| match e {
+            ipc_pipe::SendError::Disconnected => LinkError::Disconnected,
+            _ => LinkError::Broken,
+        })
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), LinkError> {
+        let received = match timeout {
+            Some(t) => self.0.recv_bytes_timeout(t).map_err(|e| match e {
+                ipc_pipe::RecvTimeoutError::Timeout => LinkError::Timeout,
+                ipc_pipe::RecvTimeoutError::Disconnected => LinkError::Disconnected,
+                _ => LinkError::Broken,
+            })?,
+            None => self.0.recv_bytes().map_err(|e| match e {
+                ipc_pipe::RecvError::Disconnected => LinkError::Disconnected,
+                _ => LinkError::Broken,
+            })?,
+        };
+        *buf = received;
+        Ok(())
+    }
+}

@@ -1,0 +1,444 @@
+//! Python's Pool semantics under every start method, and failure containment with real crashes.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pool::{Exit, Pool, PoolBuilder, PoolError, StartMethod, TaskError, WorkerState};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn add(pair: (u64, u64)) -> u64 {
+    pair.0 + pair.1
+}
+
+fn my_pid(_: u64) -> u32 {
+    std::process::id()
+}
+
+fn explode(msg: String) -> u64 {
+    panic!("{msg}");
+}
+
+fn crash(how: String) -> u64 {
+    match how.as_str() {
+        "abort" => std::process::abort(),
+        "exit3" => std::process::exit(3),
+        "segv" => loop {
+            // The first SIGSEGV may meet std's stack-overflow handler, which restores the
+            // default action and returns; the next one kills.
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGSEGV).unwrap();
+        },
+        "kill" => {
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+            unreachable!()
+        }
+        _ => 7,
+    }
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn build(method: StartMethod, processes: usize) -> Pool {
+    PoolBuilder::new()
+        .processes(processes)
+        .start_method(method)
+        .build()
+        .expect("pool")
+}
+
+/// One copy of each semantic test per start method.
+macro_rules! per_method {
+    ($($test:ident),* $(,)?) => {
+        mod fork {
+            $( #[test] fn $test() { super::$test(pool::StartMethod::Fork) } )*
+        }
+        mod forkserver {
+            $( #[test] fn $test() { super::$test(pool::StartMethod::ForkServer) } )*
+        }
+        mod spawn {
+            $( #[test] fn $test() { super::$test(pool::StartMethod::Spawn) } )*
+        }
+    };
+}
+
+per_method!(
+    apply_map_and_async,
+    callbacks_run_in_the_parent,
+    imap_is_lazy_and_ordered,
+    panics_fail_one_task_and_the_worker_lives,
+    crashes_fail_one_task_and_the_worker_is_replaced,
+    timeouts_kill_and_replace_the_worker,
+    recycling_changes_pids,
+    close_join_and_terminate,
+);
+
+fn apply_map_and_async(method: StartMethod) {
+    let pool = build(method, 2);
+    assert_eq!(pool.apply(square, 12).unwrap(), 144);
+    assert_eq!(
+        pool.map(square, 0..10u64).unwrap(),
+        (0..10u64).map(|x| x * x).collect::<Vec<_>>()
+    );
+    assert_eq!(pool.starmap(add, vec![(1, 2), (3, 4)]).unwrap(), vec![3, 7]);
+    assert_eq!(pool.map_chunked(square, 0..7u64, 3).unwrap().len(), 7);
+    let pending: Vec<_> = (0..20u64).map(|x| pool.apply_async(square, x)).collect();
+    let got: Vec<u64> = pending.into_iter().map(|r| r.get().unwrap()).collect();
+    assert_eq!(got, (0..20u64).map(|x| x * x).collect::<Vec<_>>());
+    let r = pool.map_async(square, vec![3u64, 4], None);
+    r.wait();
+    assert!(r.ready());
+    assert_eq!(r.successful(), Some(true));
+    assert_eq!(r.get().unwrap(), vec![9, 16]);
+    assert_eq!(
+        pool.map(square, Vec::<u64>::new()).unwrap(),
+        Vec::<u64>::new()
+    );
+    // A non-capturing closure is a plain function too.
+    assert_eq!(pool.apply(|s: String| s.len(), "four".into()).unwrap(), 4);
+}
+
+fn callbacks_run_in_the_parent(method: StartMethod) {
+    let pool = build(method, 1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    let parent = std::process::id();
+    let ok = pool.apply_async_with(
+        square,
+        5,
+        move |v| tx.send(("ok", *v, std::process::id())).unwrap(),
+        |_| panic!("no error expected"),
+    );
+    assert_eq!(ok.get().unwrap(), 25);
+    assert_eq!(rx.recv().unwrap(), ("ok", 25, parent));
+    let err = pool.apply_async_with(
+        explode,
+        "bang".to_string(),
+        |_| panic!("no result expected"),
+        move |e| {
+            tx2.send((
+                "err",
+                matches!(e, TaskError::Panicked { .. }) as u64,
+                std::process::id(),
+            ))
+            .unwrap()
+        },
+    );
+    assert!(err.get().is_err());
+    assert_eq!(rx.recv().unwrap(), ("err", 1, parent));
+}
+
+fn imap_is_lazy_and_ordered(method: StartMethod) {
+    let pool = PoolBuilder::new()
+        .processes(2)
+        .start_method(method)
+        .max_in_flight(8)
+        .build()
+        .unwrap();
+    // An endless input: only a bounded look-ahead is ever submitted.
+    let first: Vec<u64> = pool
+        .imap(square, 0u64..)
+        .take(50)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    let stats = pool.stats();
+    assert!(stats.submitted <= 50 + 8, "submitted {}", stats.submitted);
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..100u64)
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort();
+    assert_eq!(unordered, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    let chunked: Vec<u64> = pool
+        .imap_chunked(square, 0..30u64, 7)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(chunked, (0..30u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+fn panics_fail_one_task_and_the_worker_lives(method: StartMethod) {
+    let pool = build(method, 1);
+    let before = pool.apply(my_pid, 0).unwrap();
+    match pool.apply(explode, "deliberate".to_string()) {
+        Err(TaskError::Panicked { message }) => assert!(message.contains("deliberate")),
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    assert_eq!(
+        pool.apply(my_pid, 0).unwrap(),
+        before,
+        "the worker was not replaced"
+    );
+    // In a map, the panic fails the map, as in Python; imap reports it per item.
+    assert!(pool.map(explode, vec!["x".to_string()]).is_err());
+    let items: Vec<_> = pool
+        .imap(crash, vec!["fine".to_string(), "fine".to_string()])
+        .collect();
+    assert_eq!(items.len(), 2);
+}
+
+fn crashes_fail_one_task_and_the_worker_is_replaced(method: StartMethod) {
+    let pool = build(method, 2);
+    for how in ["abort", "exit3", "segv", "kill"] {
+        let lost = match pool.apply(crash, how.to_string()) {
+            Err(TaskError::WorkerLost { exit, pid }) => {
+                let expected = match how {
+                    "abort" => Exit::Signal(6),
+                    "exit3" => Exit::Code(3),
+                    "segv" => Exit::Signal(11),
+                    _ => Exit::Signal(9),
+                };
+                assert_eq!(exit, expected, "{how}");
+                pid
+            }
+            other => panic!("{how}: expected WorkerLost, got {other:?}"),
+        };
+        // The pool runs on, and the lost worker is replaced.
+        assert_eq!(pool.map(square, 0..20u64).unwrap()[19], 361);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let pids: HashSet<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
+            if pids.len() == 2 && !pids.contains(&lost) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{how}: worker {lost} was not replaced"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // A crash inside a chunk fails that task only; the others of the chunk still run.
+    let mut args: Vec<String> = (0..10).map(|_| "fine".to_string()).collect();
+    args[4] = "exit3".to_string();
+    let results: Vec<Result<u64, TaskError>> = pool.imap_chunked(crash, args, 10).collect();
+    assert_eq!(results.len(), 10);
+    for (i, r) in results.iter().enumerate() {
+        if i == 4 {
+            assert!(matches!(r, Err(TaskError::WorkerLost { .. })), "{r:?}");
+        } else {
+            assert_eq!(r.as_ref().ok(), Some(&7), "item {i}: {r:?}");
+        }
+    }
+    let stats = pool.stats();
+    assert!(stats.failed >= 5, "{stats:?}");
+}
+
+fn timeouts_kill_and_replace_the_worker(method: StartMethod) {
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .start_method(method)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let before = pool.apply(my_pid, 0).unwrap();
+    match pool.apply(sleep_ms, 60_000) {
+        Err(TaskError::Timeout { limit }) => assert_eq!(limit, Duration::from_millis(300)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let after = pool.apply(my_pid, 0).unwrap();
+    assert_ne!(before, after);
+    assert_eq!(pool.apply(sleep_ms, 1).unwrap(), 1);
+}
+
+fn recycling_changes_pids(method: StartMethod) {
+    let pool = PoolBuilder::new()
+        .processes(2)
+        .start_method(method)
+        .max_tasks_per_child(5)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = pool.map_chunked(my_pid, 0..60u64, 1).unwrap();
+    let distinct: HashSet<u32> = pids.iter().copied().collect();
+    assert!(
+        distinct.len() >= 6,
+        "only {} distinct worker pids",
+        distinct.len()
+    );
+    assert!(pool.stats().workers.iter().all(|w| w.restarts > 0));
+}
+
+fn close_join_and_terminate(method: StartMethod) {
+    let pool = build(method, 2);
+    let pending = pool.apply_async(sleep_ms, 50);
+    pool.close();
+    assert!(matches!(
+        pool.apply(square, 1),
+        Err(TaskError::Pool(PoolError::Closed))
+    ));
+    pool.join();
+    assert_eq!(
+        pending.get().unwrap(),
+        50,
+        "queued work finishes after close"
+    );
+    assert_eq!(pool.workers(), 0);
+
+    let pool = build(method, 2);
+    let long = pool.apply_async(sleep_ms, 60_000);
+    let pids: Vec<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
+    pool.terminate();
+    pool.join();
+    assert!(matches!(
+        long.get(),
+        Err(TaskError::Terminated) | Err(TaskError::WorkerLost { .. })
+    ));
+    for pid in pids {
+        assert!(
+            !ipc_tests::process_is_running(pid),
+            "worker {pid} outlived terminate"
+        );
+    }
+}
+
+#[test]
+fn a_large_map_is_exact_and_ordered() {
+    let pool = build(StartMethod::Fork, 2);
+    let n = 100_000u64;
+    let out = pool.map(square, 0..n).unwrap();
+    assert_eq!(out.len(), n as usize);
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, &v)| v == (i as u64) * (i as u64))
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.done, n);
+    assert_eq!(stats.in_flight, 0);
+}
+
+#[test]
+fn many_threads_share_one_pool() {
+    let pool = build(StartMethod::Fork, 2);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let pool = &pool;
+            s.spawn(move || {
+                for i in 0..50u64 {
+                    let x = t * 1000 + i;
+                    assert_eq!(pool.apply(square, x).unwrap(), x * x);
+                }
+                let m = pool.map(square, 0..100u64).unwrap();
+                assert_eq!(m[99], 99 * 99);
+            });
+        }
+    });
+    assert_eq!(pool.stats().done, 4 * (50 + 100));
+}
+
+fn init_ok(level: u32) {
+    assert_eq!(level, 3);
+}
+
+fn init_fails(_: u32) {
+    panic!("initializer refuses");
+}
+
+#[test]
+fn initializer_runs_and_failures_are_reported() {
+    let pool = PoolBuilder::new()
+        .processes(2)
+        .initializer(init_ok, 3)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    let err = PoolBuilder::new()
+        .processes(1)
+        .initializer(init_fails, 0)
+        .build()
+        .unwrap_err();
+    match err {
+        PoolError::InitializerFailed { message } => {
+            assert!(message.contains("initializer refuses"), "{message}")
+        }
+        other => panic!("expected InitializerFailed, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_pool_grows_and_shrinks() {
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .max_workers(3)
+        .idle_timeout(Duration::from_millis(100))
+        .start_method(StartMethod::Fork)
+        .build()
+        .unwrap();
+    assert_eq!(pool.workers(), 1);
+    let pending: Vec<_> = (0..3).map(|_| pool.apply_async(sleep_ms, 300)).collect();
+    // The pool grows as the tasks wait; all three run at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pool
+        .stats()
+        .workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Busy)
+        .count()
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool did not grow: {:?}",
+            pool.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for p in pending {
+        assert_eq!(p.get().unwrap(), 300);
+    }
+    // Idle workers beyond `processes` retire after the idle timeout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pool.workers() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool did not shrink"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pool.apply(square, 2).unwrap(), 4);
+}
+
+#[test]
+fn processes_return_results_panics_and_exit_statuses() {
+    let child = pool::ProcessBuilder::new()
+        .name("squarer")
+        .spawn(square, 9)
+        .unwrap();
+    assert_eq!(child.name(), "squarer");
+    let done = child.join();
+    assert_eq!(done.result.unwrap(), 81);
+    assert_eq!(done.exit, Exit::Code(0));
+
+    let child = pool::ProcessBuilder::new()
+        .spawn(explode, "boom".to_string())
+        .unwrap();
+    assert!(matches!(
+        child.join().result,
+        Err(TaskError::Panicked { .. })
+    ));
+
+    let child = pool::ProcessBuilder::new()
+        .spawn(crash, "exit3".to_string())
+        .unwrap();
+    let done = child.join();
+    assert_eq!(done.exit, Exit::Code(3));
+    assert!(matches!(done.result, Err(TaskError::WorkerLost { .. })));
+
+    let mut child = pool::ProcessBuilder::new()
+        .daemon(true)
+        .spawn(sleep_ms, 60_000)
+        .unwrap();
+    assert!(child.is_alive());
+    child.kill();
+    let done = child.join();
+    assert_eq!(done.exit, Exit::Signal(9));
+
+    let child = pool::ProcessBuilder::new().spawn(sleep_ms, 60_000).unwrap();
+    let child = child.join_timeout(Duration::from_millis(20)).unwrap_err();
+    child.terminate();
+    assert_eq!(child.join().exit, Exit::Signal(15));
+}
