@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,7 @@ pub(crate) struct Shared {
     broken: Mutex<Option<PoolError>>,
     failures: Mutex<Vec<Instant>>,
     drivers: Mutex<Vec<JoinHandle<()>>>,
+    seats: RwLock<Vec<Seat>>,
     table: Mutex<HashMap<usize, WorkerStats>>,
     submitted: AtomicU64,
     done: AtomicU64,
@@ -201,6 +202,7 @@ impl Pool {
             broken: Mutex::new(None),
             failures: Mutex::new(Vec::new()),
             drivers: Mutex::new(Vec::new()),
+            seats: RwLock::new(Vec::new()),
             table: Mutex::new(HashMap::new()),
             submitted: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -272,12 +274,21 @@ impl Pool {
     }
 
     /// Runs `f(arg)` in a worker and waits for the result (Python's `apply`).
+    ///
+    /// When a worker is idle, the calling thread runs the task on it directly (no hand-off to a
+    /// pool thread), so a round trip to a hot worker costs about one pipe round trip.
     pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.apply_async(f, arg).get()
+        let cell = Cell::new(None, None);
+        let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
+        let job = self.new_job(TaskRef::one(f), [arg], 0, sink)?;
+        if let Err(job) = self.shared.run_here(job) {
+            self.submit(job)?;
+        }
+        AsyncResult::new(cell).get()
     }
 
     /// Runs `f(arg)` in a worker; the result comes later through the [`AsyncResult`].
@@ -613,9 +624,14 @@ impl Shared {
     ) -> Result<(), PoolError> {
         let id = this.next_driver.fetch_add(1, Ordering::Relaxed);
         let shared = this.clone();
+        let seat: Seat = Arc::new(Mutex::new(Driver::new(this.clone(), id)));
+        this.seats
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(seat.clone());
         let handle = std::thread::Builder::new()
             .name(format!("pool-driver-{id}"))
-            .spawn(move || Driver::new(shared, id).run(ready))
+            .spawn(move || drive(seat, shared, ready))
             .map_err(|e| {
                 this.workers.fetch_sub(1, Ordering::SeqCst);
                 PoolError::os("spawning a driver thread", e)
@@ -650,24 +666,57 @@ impl Shared {
     }
 
     fn finish_job_error(&self, job: &Job, error: &TaskError) {
-        self.failed.fetch_add(job.count, Ordering::Relaxed);
-        self.in_flight.fetch_sub(
-            job.count.min(self.in_flight.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
         job.fail_all(error);
+        self.tally(0, job.count);
     }
 
     fn deliver(&self, job: &Job, index: u64, outcome: Result<&[u8], TaskError>) {
-        if outcome.is_ok() {
-            self.done.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.failed.fetch_add(1, Ordering::Relaxed);
+        let ok = outcome.is_ok();
+        job.sink.deliver(index, outcome);
+        self.tally(u64::from(ok), u64::from(!ok));
+    }
+
+    /// Runs `job` on an idle worker from the calling thread; gives the job back if no worker is
+    /// idle (or the pool cannot take work).
+    fn run_here(&self, job: Job) -> Result<(), Job> {
+        if self.closed.load(Ordering::SeqCst) || lock(&self.broken).is_some() {
+            return Err(job);
+        }
+        let seats = self.seats.read().unwrap_or_else(|p| p.into_inner());
+        for seat in seats.iter() {
+            let Ok(mut d) = seat.try_lock() else { continue };
+            if d.worker.is_none() {
+                continue;
+            }
+            self.submitted.fetch_add(job.count, Ordering::Relaxed);
+            self.in_flight.fetch_add(job.count, Ordering::Relaxed);
+            d.set_state(WorkerState::Busy);
+            match d.run_job(job) {
+                Ran::Done => d.after_task(),
+                // Replace the worker now rather than when its driver next wakes up.
+                Ran::WorkerGone => {
+                    let _ = d.ensure_worker();
+                }
+            }
+            d.set_state(WorkerState::Idle);
+            return Ok(());
+        }
+        Err(job)
+    }
+
+    /// Counts outcomes once per batch (the counters are shared by every driver).
+    fn tally(&self, ok: u64, failed: u64) {
+        if ok > 0 {
+            self.done.fetch_add(ok, Ordering::Relaxed);
+        }
+        if failed > 0 {
+            self.failed.fetch_add(failed, Ordering::Relaxed);
         }
         let _ = self
             .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
-        job.sink.deliver(index, outcome);
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(ok + failed))
+            });
     }
 
     /// Records a worker start-up failure; trips the breaker past the limit.
@@ -708,6 +757,86 @@ impl Shared {
     }
 }
 
+/// A worker seat: the driver's state behind a mutex. The driver thread holds it only while it
+/// starts a worker or runs a job, so a thread calling [`Pool::apply`] can take an idle seat and
+/// run its task on that worker directly, with no hand-off between threads.
+type Seat = Arc<Mutex<Driver>>;
+
+/// The driver thread of one seat: take jobs, run them, replace the worker when it goes.
+fn drive(
+    seat: Seat,
+    shared: Arc<Shared>,
+    ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>,
+) {
+    let first = lock(&seat).ensure_worker();
+    if let Some(ready) = ready {
+        let _ = ready.send(first.clone());
+    }
+    loop {
+        if shared.terminated.load(Ordering::SeqCst) {
+            break;
+        }
+        let started = {
+            let mut d = lock(&seat);
+            if d.worker.is_none() {
+                d.ensure_worker()
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(e) = started {
+            if shared.record_failure(&e) {
+                break;
+            }
+            // Back off a little before trying again (a rate limit, as httpd's spawn rate).
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let idle_limit = {
+            let d = lock(&seat);
+            d.set_state(WorkerState::Idle);
+            d.idle_limit()
+        };
+        shared.idle.fetch_add(1, Ordering::SeqCst);
+        let next = shared.next_job(idle_limit);
+        shared.idle.fetch_sub(1, Ordering::SeqCst);
+        match next {
+            Some(Ok(job)) => {
+                if shared.terminated.load(Ordering::SeqCst) {
+                    shared.finish_job_error(&job, &TaskError::Terminated);
+                    continue;
+                }
+                let mut d = lock(&seat);
+                d.set_state(WorkerState::Busy);
+                // Jobs still waiting and nobody idle: time to grow (if allowed).
+                Shared::maybe_grow(&shared);
+                match d.run_job(job) {
+                    Ran::Done => d.after_task(),
+                    Ran::WorkerGone => {}
+                }
+            }
+            Some(Err(())) => {
+                if idle_limit.is_some() && lock(&seat).may_shrink() {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    let id = {
+        let mut d = lock(&seat);
+        d.retire();
+        d.id
+    };
+    lock(&shared.table).remove(&id);
+    shared
+        .seats
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|s| !Arc::ptr_eq(s, &seat));
+    shared.workers.fetch_sub(1, Ordering::SeqCst);
+}
+
 /// The outcome of running one job on a worker.
 enum Ran {
     /// Every argument has an outcome; the worker is fine.
@@ -736,58 +865,6 @@ impl Driver {
             buf: Vec::new(),
             tasks_limit: None,
         }
-    }
-
-    fn run(mut self, ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>) {
-        let first = self.ensure_worker();
-        if let Some(ready) = ready {
-            let _ = ready.send(first.clone());
-        }
-        let shared = self.shared.clone();
-        loop {
-            if shared.terminated.load(Ordering::SeqCst) {
-                break;
-            }
-            if self.worker.is_none()
-                && let Err(e) = self.ensure_worker()
-            {
-                if shared.record_failure(&e) {
-                    break;
-                }
-                // Back off a little before trying again (a rate limit, as httpd's spawn rate).
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            let idle_limit = self.idle_limit();
-            shared.idle.fetch_add(1, Ordering::SeqCst);
-            self.set_state(WorkerState::Idle);
-            let next = shared.next_job(idle_limit);
-            shared.idle.fetch_sub(1, Ordering::SeqCst);
-            match next {
-                Some(Ok(job)) => {
-                    if shared.terminated.load(Ordering::SeqCst) {
-                        shared.finish_job_error(&job, &TaskError::Terminated);
-                        continue;
-                    }
-                    self.set_state(WorkerState::Busy);
-                    // Jobs still waiting and nobody idle: time to grow (if allowed).
-                    Shared::maybe_grow(&shared);
-                    match self.run_job(job) {
-                        Ran::Done => self.after_task(),
-                        Ran::WorkerGone => {}
-                    }
-                }
-                Some(Err(())) => {
-                    if idle_limit.is_some() && self.may_shrink() {
-                        break;
-                    }
-                }
-                None => break,
-            }
-        }
-        self.retire();
-        lock(&shared.table).remove(&self.id);
-        shared.workers.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// How long this driver may wait idle before it considers shrinking the pool.
@@ -918,22 +995,37 @@ impl Driver {
                     if id != job.id {
                         continue;
                     }
-                    let mut index = first;
                     if let Ok(mut items) = SeqReader::new(payload) {
-                        while let Some(item) = items.next_item() {
-                            let outcome = match item {
-                                Ok(bytes) => decode_outcome(bytes),
-                                Err(e) => Err(TaskError::Result(e.to_string())),
-                            };
-                            if index >= reported && index < end {
-                                shared.deliver(&job, index, outcome);
-                                reported = index + 1;
-                            }
-                            index += 1;
+                        // Skip outcomes already delivered (never expected), keep those in range.
+                        let start = first.max(reported);
+                        for _ in first..start {
+                            items.next_item();
                         }
-                    }
-                    if let Some(w) = lock(&shared.table).get_mut(&self.id) {
-                        w.tasks_done = w.tasks_done.saturating_add(index.saturating_sub(first));
+                        let n = (items.remaining() as u64).min(end.saturating_sub(start));
+                        if start == reported && n > 0 {
+                            let (mut ok, mut failed) = (0u64, 0u64);
+                            let mut outcomes = (0..n).map(|_| {
+                                let outcome = match items.next_item() {
+                                    Some(Ok(bytes)) => decode_outcome(bytes),
+                                    Some(Err(e)) => Err(TaskError::Result(e.to_string())),
+                                    None => Err(TaskError::Result("missing outcome".into())),
+                                };
+                                if outcome.is_ok() {
+                                    ok += 1;
+                                } else {
+                                    failed += 1;
+                                }
+                                outcome
+                            });
+                            job.sink.deliver_run(start, &mut outcomes);
+                            drop(outcomes);
+                            shared.tally(ok, failed);
+                            reported = start + n;
+                            if let Some(w) = lock(&shared.table).get_mut(&self.id) {
+                                w.tasks_done += ok;
+                                w.tasks_failed += failed;
+                            }
+                        }
                     }
                     if done {
                         if reported < end {

@@ -192,6 +192,18 @@ impl<T> Future for AsyncResult<T> {
 pub(crate) trait Sink: Send + Sync {
     /// The outcome of argument `index`: its encoded result, or why it has none.
     fn deliver(&self, index: u64, outcome: Result<&[u8], TaskError>);
+
+    /// The outcomes of consecutive arguments from `first` on (one lock for many, where the sink
+    /// has one).
+    fn deliver_run(
+        &self,
+        first: u64,
+        outcomes: &mut dyn Iterator<Item = Result<&[u8], TaskError>>,
+    ) {
+        for (i, outcome) in outcomes.enumerate() {
+            self.deliver(first + i as u64, outcome);
+        }
+    }
 }
 
 fn decode<R: DeserializeOwned>(outcome: Result<&[u8], TaskError>) -> Result<R, TaskError> {
@@ -251,36 +263,54 @@ impl<R> MapSink<R> {
 
 impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
     fn deliver(&self, index: u64, outcome: Result<&[u8], TaskError>) {
-        let outcome = decode::<R>(outcome);
+        self.deliver_run(index, &mut std::iter::once(outcome));
+    }
+
+    fn deliver_run(
+        &self,
+        first: u64,
+        outcomes: &mut dyn Iterator<Item = Result<&[u8], TaskError>>,
+    ) {
+        // Decode outside the lock; the first error fails the map.
+        let mut decoded: Vec<R> = Vec::new();
+        let mut error = None;
+        for outcome in outcomes {
+            match decode::<R>(outcome) {
+                Ok(v) => decoded.push(v),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
         let finished = {
             let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             if s.failed {
                 return;
             }
-            match outcome {
-                Err(e) => {
-                    s.failed = true;
-                    Err(e)
-                }
-                Ok(v) => {
-                    let Some(slot) = s.values.get_mut(index as usize) else {
-                        return;
+            if let Some(e) = error {
+                s.failed = true;
+                Err(e)
+            } else {
+                for (i, v) in decoded.into_iter().enumerate() {
+                    let Some(slot) = s.values.get_mut(first as usize + i) else {
+                        break;
                     };
                     if slot.is_none() {
                         *slot = Some(v);
                         s.missing -= 1;
                     }
-                    if let Some(progress) = &self.progress {
-                        progress(self.total - s.missing as u64, self.total);
-                    }
-                    if s.missing > 0 {
-                        return;
-                    }
-                    Ok(std::mem::take(&mut s.values)
-                        .into_iter()
-                        .flatten()
-                        .collect())
                 }
+                if let Some(progress) = &self.progress {
+                    progress(self.total - s.missing as u64, self.total);
+                }
+                if s.missing > 0 {
+                    return;
+                }
+                Ok(std::mem::take(&mut s.values)
+                    .into_iter()
+                    .flatten()
+                    .collect())
             }
         };
         self.cell.complete(finished);

@@ -127,6 +127,7 @@ fn run_job(
     results.clear();
     let mut writer = SeqWriter::new(results);
     let mut last_flush = Instant::now();
+    let mut done = words.done.load(Ordering::Relaxed);
     while let Some(item) = items.next_item() {
         words.item.store(index + 1, Ordering::Release);
         let _ = writer.push_with(|out| {
@@ -144,7 +145,8 @@ fn run_job(
             }
         });
         index += 1;
-        words.done.fetch_add(1, Ordering::Release);
+        done += 1;
+        words.done.store(done, Ordering::Release);
         let count = writer.count();
         let more = items.remaining() > 0;
         if more && (count.is_multiple_of(16) || count == 1) {
