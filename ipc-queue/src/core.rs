@@ -109,7 +109,7 @@ pub(crate) const MIN_CAP: usize = 64;
 /// The size of a frame carrying `len` payload bytes.
 #[inline]
 pub(crate) const fn frame_len(len: usize) -> usize {
-    HDR + (len + ALIGN - 1) / ALIGN * ALIGN
+    HDR + len.div_ceil(ALIGN) * ALIGN
 }
 
 /// The header of a frame carrying `len` bytes.
@@ -195,7 +195,6 @@ pub(crate) struct Control {
     pub(crate) get: GetSide,
     pub(crate) join: JoinSide,
 }
-
 
 #[cfg(loom)]
 impl Control {
@@ -340,7 +339,7 @@ pub(crate) enum Sink<'b> {
 #[derive(Debug)]
 pub(crate) struct Spin(std::sync::atomic::AtomicU32);
 
-const SPIN_MIN: u32 = 16;
+const SPIN_MIN: u32 = if cfg!(loom) { 0 } else { 16 };
 const SPIN_MAX: u32 = if cfg!(loom) { 0 } else { 4096 };
 
 impl Spin {
@@ -356,13 +355,15 @@ impl Spin {
         for i in 0..budget {
             if ready() {
                 if i > 0 {
-                    self.0.store((budget * 2).clamp(SPIN_MIN, SPIN_MAX), Relaxed);
+                    self.0
+                        .store((budget * 2).clamp(SPIN_MIN, SPIN_MAX), Relaxed);
                 }
                 return true;
             }
             spin_hint();
         }
-        self.0.store((budget / 2).max(SPIN_MIN).min(SPIN_MAX), Relaxed);
+        self.0
+            .store((budget / 2).clamp(SPIN_MIN, SPIN_MAX), Relaxed);
         false
     }
 }
@@ -397,10 +398,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
 
     /// Takes a lock, repairing (trivially: see the module docs) after an owner death.
     #[inline]
-    fn lock<'l>(
-        lock: &'l QLock,
-        wait: Wait,
-    ) -> Result<<QLock as RawLock>::Guard<'l>, Fail> {
+    fn lock<'l>(lock: &'l QLock, wait: Wait) -> Result<<QLock as RawLock>::Guard<'l>, Fail> {
         // A try-operation still waits for the lock: holders keep it only for a copy, never
         // across a sleep, and a dead holder is recovered. "Try" means "do not wait for room or
         // for data".
@@ -861,14 +859,19 @@ mod loom_tests {
             let dead = thread::spawn(move || d.core().put_and_die(&[0xde, 0xad]));
             let p = Arc::clone(&m);
             let live = thread::spawn(move || {
-                p.core().push(Src::One(&[7, 7, 7]), Wait::Until(None)).unwrap();
+                p.core()
+                    .push(Src::One(&[7, 7, 7]), Wait::Until(None))
+                    .unwrap();
             });
             let core = m.core();
             assert_eq!(get_one(&core).unwrap(), [7, 7, 7]);
             dead.join().unwrap();
             live.join().unwrap();
             let mut out = Vec::new();
-            assert_eq!(core.pop(&mut Sink::Frames(&mut out, 4), Wait::No), Err(Fail::Empty));
+            assert_eq!(
+                core.pop(&mut Sink::Frames(&mut out, 4), Wait::No),
+                Err(Fail::Empty)
+            );
         });
     }
 

@@ -79,7 +79,10 @@ impl<'a> ShmRing<'a> {
         // raw pointers below, so no `&mut` is ever formed to memory another process may write.
         let bytes = unsafe {
             std::slice::from_raw_parts(
-                segment.as_ptr().add(off).cast::<std::cell::UnsafeCell<u8>>(),
+                segment
+                    .as_ptr()
+                    .add(off)
+                    .cast::<std::cell::UnsafeCell<u8>>(),
                 cap,
             )
         };
@@ -104,7 +107,13 @@ impl RingMem for ShmRing<'_> {
         // overlap. The queue's protocol gives this process the only access to these bytes while
         // it copies (module docs); a misbehaving peer can at worst make the bytes garbage, which
         // readers validate.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr().cast_mut().cast::<u8>(), src.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                dst.as_ptr().cast_mut().cast::<u8>(),
+                src.len(),
+            )
+        }
     }
 
     #[inline]
@@ -114,7 +123,9 @@ impl RingMem for ShmRing<'_> {
         };
         // SAFETY: `src` is `dst.len()` cells inside the ring, valid for reads; `dst` is the
         // caller's exclusive buffer, distinct from the mapping. Any byte values are valid `u8`s.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), dst.as_mut_ptr(), dst.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), dst.as_mut_ptr(), dst.len())
+        }
     }
 
     #[inline]
@@ -128,7 +139,11 @@ impl RingMem for ShmRing<'_> {
         // the vector's own spare capacity (reserved above), valid for writes and distinct from
         // the mapping.
         unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), spare.as_mut_ptr().cast::<u8>(), n)
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr().cast::<u8>(),
+                spare.as_mut_ptr().cast::<u8>(),
+                n,
+            )
         };
         let len = out.len() + n;
         // SAFETY: the `n` bytes after the old length were just initialised by the copy, and

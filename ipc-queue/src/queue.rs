@@ -211,7 +211,9 @@ impl QueueBuilder {
         let segment = builder.create_with(|seg| {
             let c = seg.get(ctl)?;
             c.config.cap.store(cap as u64, Ordering::Relaxed);
-            c.config.max_items.store(u64::from(max_items), Ordering::Relaxed);
+            c.config
+                .max_items
+                .store(u64::from(max_items), Ordering::Relaxed);
             c.config.magic.store(CONTROL_MAGIC, Ordering::Relaxed);
             Ok::<_, ipc_shm::LayoutError>(())
         })?;
@@ -257,7 +259,9 @@ impl Shared {
     fn open(segment: Segment) -> Result<Shared, OpenError> {
         let corrupted = |what| OpenError::Corrupted { what };
         let (ctl, _, _) = layout(MIN_CAP).ok_or(corrupted("layout"))?;
-        let c = segment.get(ctl).map_err(|_| corrupted("segment too small"))?;
+        let c = segment
+            .get(ctl)
+            .map_err(|_| corrupted("segment too small"))?;
         if c.config.magic.load(Ordering::Acquire) != CONTROL_MAGIC {
             return Err(corrupted("control block magic"));
         }
@@ -443,7 +447,9 @@ impl<T> Queue<T> {
         self.shared
             .core()
             .and_then(|c| c.snapshot())
-            .is_ok_and(|s| s.items >= self.shared.max_items || s.used as usize + HDR > self.capacity())
+            .is_ok_and(|s| {
+                s.items >= self.shared.max_items || s.used as usize + HDR > self.capacity()
+            })
     }
 
     /// Whether the queue was closed.
@@ -463,23 +469,28 @@ impl<T> Queue<T> {
     // ---- bytes ----
 
     fn push_bytes(&self, bytes: &[u8], wait: Wait) -> Result<(), PutBytesError> {
-        let core = self.shared.core().map_err(|f| PutBytesError::Corrupted(broken(f)))?;
+        let core = self
+            .shared
+            .core()
+            .map_err(|f| PutBytesError::Corrupted(broken(f)))?;
         if u32::try_from(bytes.len()).is_err() || frame_len(bytes.len()) > self.capacity() {
             return Err(PutBytesError::TooLarge {
                 len: bytes.len(),
                 max: self.max_message_len(),
             });
         }
-        core.push(Src::One(bytes), wait).map(|_| ()).map_err(|f| match f {
-            Fail::Full => PutBytesError::Full,
-            Fail::Timeout => PutBytesError::Timeout,
-            Fail::Closed => PutBytesError::Closed,
-            Fail::TooLarge => PutBytesError::TooLarge {
-                len: bytes.len(),
-                max: self.max_message_len(),
-            },
-            f => PutBytesError::Corrupted(broken(f)),
-        })
+        core.push(Src::One(bytes), wait)
+            .map(|_| ())
+            .map_err(|f| match f {
+                Fail::Full => PutBytesError::Full,
+                Fail::Timeout => PutBytesError::Timeout,
+                Fail::Closed => PutBytesError::Closed,
+                Fail::TooLarge => PutBytesError::TooLarge {
+                    len: bytes.len(),
+                    max: self.max_message_len(),
+                },
+                f => PutBytesError::Corrupted(broken(f)),
+            })
     }
 
     /// Puts one message of raw bytes (for users with their own encoding), waiting for room.
@@ -508,7 +519,10 @@ impl<T> Queue<T> {
     }
 
     fn pop_bytes(&self, buf: &mut [u8], wait: Wait) -> Result<usize, GetBytesError> {
-        let core = self.shared.core().map_err(|f| GetBytesError::Corrupted(broken(f)))?;
+        let core = self
+            .shared
+            .core()
+            .map_err(|f| GetBytesError::Corrupted(broken(f)))?;
         match core.pop(&mut Sink::Slice(buf), wait) {
             Ok((_, len)) => Ok(len),
             Err(f) => Err(match f {
@@ -543,7 +557,10 @@ impl<T> Queue<T> {
 
     /// Gets one message's bytes as a new vector, waiting for one.
     pub fn get_bytes_vec(&self) -> Result<Vec<u8>, GetBytesError> {
-        let core = self.shared.core().map_err(|f| GetBytesError::Corrupted(broken(f)))?;
+        let core = self
+            .shared
+            .core()
+            .map_err(|f| GetBytesError::Corrupted(broken(f)))?;
         let mut buf = Vec::new();
         core.pop(&mut Sink::Frames(&mut buf, 1), FOREVER)
             .map_err(|f| match f {
@@ -553,6 +570,9 @@ impl<T> Queue<T> {
         Ok(frames(&buf).next().map(<[u8]>::to_vec).unwrap_or_default())
     }
 }
+
+/// Messages decoded, messages that failed, and the first error.
+type DecodeFailures = (usize, usize, DecodeError);
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Encodes `value` into this thread's scratch buffer and runs `push` on the frame.
@@ -682,11 +702,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Pops up to `max` frames into the decode scratch and decodes them into `out`.
-    fn pop_values(&self, out: &mut Vec<T>, max: usize, wait: Wait) -> Result<usize, (Fail, Option<(usize, usize, DecodeError)>)> {
+    fn pop_values(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        wait: Wait,
+    ) -> Result<usize, (Fail, Option<DecodeFailures>)> {
         let core = self.shared.core().map_err(|f| (f, None))?;
         with_scratch(&DECODE, |buf| {
             let max = u32::try_from(max).unwrap_or(u32::MAX).max(1);
-            core.pop(&mut Sink::Frames(buf, max), wait).map_err(|f| (f, None))?;
+            core.pop(&mut Sink::Frames(buf, max), wait)
+                .map_err(|f| (f, None))?;
             let (mut delivered, mut failed, mut first) = (0, 0, None);
             for payload in frames(buf) {
                 match decode::<T>(payload) {
@@ -749,17 +775,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn many(&self, out: &mut Vec<T>, max: usize, wait: Wait) -> Result<usize, GetManyError> {
-        self.pop_values(out, max, wait).map_err(|(f, d)| match (f, d) {
-            (_, Some((delivered, failed, error))) => GetManyError::Decode {
-                delivered,
-                failed,
-                error,
-            },
-            (Fail::Empty, None) => GetManyError::Empty,
-            (Fail::Timeout, None) => GetManyError::Timeout,
-            (Fail::Closed, None) => GetManyError::Closed,
-            (f, None) => GetManyError::Corrupted(broken(f)),
-        })
+        self.pop_values(out, max, wait)
+            .map_err(|(f, d)| match (f, d) {
+                (_, Some((delivered, failed, error))) => GetManyError::Decode {
+                    delivered,
+                    failed,
+                    error,
+                },
+                (Fail::Empty, None) => GetManyError::Empty,
+                (Fail::Timeout, None) => GetManyError::Timeout,
+                (Fail::Closed, None) => GetManyError::Closed,
+                (f, None) => GetManyError::Corrupted(broken(f)),
+            })
     }
 
     /// Waits for at least one message, then takes up to `max` with one lock acquisition and

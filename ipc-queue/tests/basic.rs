@@ -16,11 +16,21 @@ fn fifo_put_get_and_len() {
     let q: Queue<Msg> = QueueBuilder::new().capacity(4096).build().unwrap();
     assert!(q.is_empty());
     for id in 0..10 {
-        q.put(Msg { id, text: format!("m{id}") }).unwrap();
+        q.put(Msg {
+            id,
+            text: format!("m{id}"),
+        })
+        .unwrap();
     }
     assert_eq!(q.len(), 10);
     for id in 0..10 {
-        assert_eq!(q.get().unwrap(), Msg { id, text: format!("m{id}") });
+        assert_eq!(
+            q.get().unwrap(),
+            Msg {
+                id,
+                text: format!("m{id}")
+            }
+        );
     }
     assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
     assert!(matches!(
@@ -138,14 +148,26 @@ fn bytes_api_and_small_buffer() {
 fn undecodable_message_is_an_error_for_that_message_only() {
     let q: Queue<Msg> = QueueBuilder::new().build().unwrap();
     q.put_bytes(&[0xff, 0xff, 0xff]).unwrap();
-    q.put(Msg { id: 1, text: "ok".into() }).unwrap();
+    q.put(Msg {
+        id: 1,
+        text: "ok".into(),
+    })
+    .unwrap();
     assert!(matches!(q.get(), Err(GetError::Decode(_))));
     assert_eq!(q.get().unwrap().id, 1);
     q.put_bytes(&[0xff]).unwrap();
-    q.put(Msg { id: 2, text: "ok".into() }).unwrap();
+    q.put(Msg {
+        id: 2,
+        text: "ok".into(),
+    })
+    .unwrap();
     let mut out = Vec::new();
     match q.get_many(&mut out, 10) {
-        Err(GetManyError::Decode { delivered: 1, failed: 1, .. }) => {}
+        Err(GetManyError::Decode {
+            delivered: 1,
+            failed: 1,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(out[0].id, 2);
@@ -177,12 +199,19 @@ fn joinable_queue_counts_tasks() {
 #[test]
 fn named_open_and_errors() {
     let name = ipc_tests::ShmName::new("q-open");
-    let q: Queue<u32> = QueueBuilder::new().name(&name).capacity(100).build().unwrap();
+    let q: Queue<u32> = QueueBuilder::new()
+        .name(&name)
+        .capacity(100)
+        .build()
+        .unwrap();
     assert_eq!(q.capacity(), 128);
     let other: Queue<u32> = Queue::open(&name).unwrap();
     other.put(5).unwrap();
     assert_eq!(q.get().unwrap(), 5);
-    assert!(matches!(Queue::<u32>::open("ipct-no-such-queue"), Err(OpenError::Segment(_))));
+    assert!(matches!(
+        Queue::<u32>::open("ipct-no-such-queue"),
+        Err(OpenError::Segment(_))
+    ));
     assert!(matches!(
         QueueBuilder::new().max_items(0).build::<u8>(),
         Err(CreateError::ZeroMaxItems)
@@ -231,7 +260,10 @@ fn threads_mpmc_exactly_once() {
         p.join().unwrap();
     }
     q.close().unwrap();
-    let mut all: Vec<_> = consumers.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let mut all: Vec<_> = consumers
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     all.sort();
     assert_eq!(all.len(), 3 * N as usize);
     all.dedup();

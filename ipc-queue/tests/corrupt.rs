@@ -13,9 +13,8 @@ fn scribble(seg: &Segment, writes: &[(usize, Vec<u8>)]) {
     for (off, bytes) in writes {
         let off = off % len;
         let n = bytes.len().min(len - off);
-        let slice: &[std::sync::atomic::AtomicU8] = seg
-            .slice(ipc_shm::SliceOffset::from_raw(off, n))
-            .unwrap();
+        let slice: &[std::sync::atomic::AtomicU8] =
+            seg.slice(ipc_shm::SliceOffset::from_raw(off, n)).unwrap();
         for (cell, b) in slice.iter().zip(bytes) {
             cell.store(*b, std::sync::atomic::Ordering::Relaxed);
         }
@@ -80,14 +79,26 @@ fn corrupted_commit_word_is_an_error() {
         .find(|w| w.load(std::sync::atomic::Ordering::Relaxed) == (1 << 32) | 16)
         .expect("the tail word");
     tail.store((1 << 32) | 4096, std::sync::atomic::Ordering::Relaxed);
-    assert!(matches!(q.try_get(), Err(ipc_queue::TryGetError::Corrupted(_))));
-    assert!(matches!(q.try_put(2), Err(ipc_queue::TryPutError::Corrupted(2, _))));
+    assert!(matches!(
+        q.try_get(),
+        Err(ipc_queue::TryGetError::Corrupted(_))
+    ));
+    assert!(matches!(
+        q.try_put(2),
+        Err(ipc_queue::TryPutError::Corrupted(2, _))
+    ));
 }
 
 #[test]
 fn foreign_segment_is_refused() {
-    let seg = SegmentBuilder::new(4096).type_tag(ipc_queue::QUEUE_TAG).create().unwrap();
+    let seg = SegmentBuilder::new(4096)
+        .type_tag(ipc_queue::QUEUE_TAG)
+        .create()
+        .unwrap();
     // Right tag, but no queue was ever initialised in it.
     let r = Queue::<u8>::from_fd(seg.fd().try_clone_to_owned().unwrap());
-    assert!(matches!(r, Err(ipc_queue::OpenError::Corrupted { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(ipc_queue::OpenError::Corrupted { .. })),
+        "{r:?}"
+    );
 }

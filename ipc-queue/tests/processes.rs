@@ -61,8 +61,16 @@ fn make_msg(producer: u32, seq: u32) -> Msg {
 }
 
 fn check_msg(m: &Msg) {
-    assert_eq!(m.payload.len(), size_of_msg(m.producer, m.seq), "length of {m:?}");
-    assert_eq!(m.checksum, checksum(m.producer, m.seq, &m.payload), "corrupt message");
+    assert_eq!(
+        m.payload.len(),
+        size_of_msg(m.producer, m.seq),
+        "length of {m:?}"
+    );
+    assert_eq!(
+        m.checksum,
+        checksum(m.producer, m.seq, &m.payload),
+        "corrupt message"
+    );
 }
 
 /// The accounting segment: `[stop, progress, acked[P], counts[P * per]]` as `AtomicU32`s.
@@ -80,7 +88,11 @@ impl Book {
             .type_tag(BOOK_TAG)
             .create()
             .unwrap();
-        Book { seg, per, producers }
+        Book {
+            seg,
+            per,
+            producers,
+        }
     }
 
     fn open() -> Book {
@@ -115,7 +127,13 @@ impl Book {
     fn record(&self, m: &Msg) {
         check_msg(m);
         let c = self.count(m.producer as usize, m.seq as usize);
-        assert_eq!(c.fetch_add(1, Ordering::AcqRel), 0, "message delivered twice: {}/{}", m.producer, m.seq);
+        assert_eq!(
+            c.fetch_add(1, Ordering::AcqRel),
+            0,
+            "message delivered twice: {}/{}",
+            m.producer,
+            m.seq
+        );
         self.progress().fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -205,7 +223,15 @@ child_entry! {
     }
 }
 
-fn spawn(entry: &str, qname: &str, book: &str, producers: usize, per: usize, me: usize, batch: usize) -> ChildProcess {
+fn spawn(
+    entry: &str,
+    qname: &str,
+    book: &str,
+    producers: usize,
+    per: usize,
+    me: usize,
+    batch: usize,
+) -> ChildProcess {
     let cmd = match entry {
         "producer" => child!(producer),
         "consumer" => child!(consumer),
@@ -230,11 +256,39 @@ fn four_by_four_mixed_sizes_exactly_once() {
     let per = 62_500;
     let qname = ShmName::new("q-stress");
     let bname = ShmName::new("q-stress-book");
-    let q: Queue<Msg> = QueueBuilder::new().name(&qname).capacity(1 << 20).build().unwrap();
+    let q: Queue<Msg> = QueueBuilder::new()
+        .name(&qname)
+        .capacity(1 << 20)
+        .build()
+        .unwrap();
     let book = Book::create(&bname, 4, per);
     // Half the processes use batches, half single messages.
-    let producers: Vec<_> = (0..4).map(|p| spawn("producer", &qname, &bname, 4, per, p, if p % 2 == 0 { 32 } else { 1 })).collect();
-    let consumers: Vec<_> = (0..4).map(|c| spawn("consumer", &qname, &bname, 4, per, c, if c % 2 == 0 { 64 } else { 1 })).collect();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            spawn(
+                "producer",
+                &qname,
+                &bname,
+                4,
+                per,
+                p,
+                if p % 2 == 0 { 32 } else { 1 },
+            )
+        })
+        .collect();
+    let consumers: Vec<_> = (0..4)
+        .map(|c| {
+            spawn(
+                "consumer",
+                &qname,
+                &bname,
+                4,
+                per,
+                c,
+                if c % 2 == 0 { 64 } else { 1 },
+            )
+        })
+        .collect();
     for p in producers {
         p.wait().assert_success();
     }
@@ -244,7 +298,11 @@ fn four_by_four_mixed_sizes_exactly_once() {
     }
     for p in 0..4 {
         for s in 0..per {
-            assert_eq!(book.count(p, s).load(Ordering::Acquire), 1, "message {p}/{s}");
+            assert_eq!(
+                book.count(p, s).load(Ordering::Acquire),
+                1,
+                "message {p}/{s}"
+            );
         }
     }
     assert!(q.is_empty());
@@ -255,10 +313,20 @@ fn close_wakes_blocked_getters_and_putters_in_other_processes() {
     let gname = ShmName::new("q-close-get");
     let qname = ShmName::new("q-close-put");
     let empty: Queue<u32> = QueueBuilder::new().name(&gname).build().unwrap();
-    let q: Queue<u32> = QueueBuilder::new().name(&qname).max_items(1).build().unwrap();
+    let q: Queue<u32> = QueueBuilder::new()
+        .name(&qname)
+        .max_items(1)
+        .build()
+        .unwrap();
     // The getter blocks on an empty queue; the putter fills its queue, then blocks.
-    let getter = child!(blocked_getter).env("QUEUE", &*gname).watchdog(WATCHDOG).spawn();
-    let putter = child!(blocked_putter).env("QUEUE", &*qname).watchdog(WATCHDOG).spawn();
+    let getter = child!(blocked_getter)
+        .env("QUEUE", &*gname)
+        .watchdog(WATCHDOG)
+        .spawn();
+    let putter = child!(blocked_putter)
+        .env("QUEUE", &*qname)
+        .watchdog(WATCHDOG)
+        .spawn();
     // Wait (without sleeping) until the putter's first message is queued.
     while q.is_empty() {
         std::thread::yield_now();
@@ -277,9 +345,15 @@ fn joinable_queue_join_across_processes() {
     const TASKS: usize = 2000;
     let qname = ShmName::new("q-join");
     let bname = ShmName::new("q-join-book");
-    let q: JoinableQueue<u64> = QueueBuilder::new().name(&qname).capacity(4096).build_joinable().unwrap();
+    let q: JoinableQueue<u64> = QueueBuilder::new()
+        .name(&qname)
+        .capacity(4096)
+        .build_joinable()
+        .unwrap();
     let book = Book::create(&bname, 1, TASKS);
-    let workers: Vec<_> = (0..2).map(|w| spawn("join_worker", &qname, &bname, 1, TASKS, w, 1)).collect();
+    let workers: Vec<_> = (0..2)
+        .map(|w| spawn("join_worker", &qname, &bname, 1, TASKS, w, 1))
+        .collect();
     for t in 0..TASKS as u64 {
         q.put(t).unwrap();
     }
@@ -315,13 +389,23 @@ fn await_progress(book: &Book, target: u32, procs: &mut [(bool, ChildProcess)]) 
         if now >= target {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "no progress: stuck at {now} < {target}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress: stuck at {now} < {target}"
+        );
         for (_, p) in procs.iter_mut() {
             if let Some(out) = p.wait_timeout(Duration::ZERO) {
-                assert!(out.success() || out.signal().is_some(), "a child failed: {out:?}");
+                assert!(
+                    out.success() || out.signal().is_some(),
+                    "a child failed: {out:?}"
+                );
             }
         }
-        futex::wait(book.progress(), now, Some(Deadline::after(Duration::from_millis(2))));
+        futex::wait(
+            book.progress(),
+            now,
+            Some(Deadline::after(Duration::from_millis(2))),
+        );
     }
 }
 
@@ -337,14 +421,40 @@ fn chaos_sigkill_producers_and_consumers() {
     let per = 100_000;
     let qname = ShmName::new("q-chaos");
     let bname = ShmName::new("q-chaos-book");
-    let q: Queue<Msg> = QueueBuilder::new().name(&qname).capacity(256 << 10).build().unwrap();
+    let q: Queue<Msg> = QueueBuilder::new()
+        .name(&qname)
+        .capacity(256 << 10)
+        .build()
+        .unwrap();
     let book = Book::create(&bname, slots, per);
     let mut next_producer = 0usize;
     let mut procs: Vec<(bool, ChildProcess)> = Vec::new();
     for i in 0..3 {
-        procs.push((true, spawn("producer", &qname, &bname, slots, per, next_producer, if i == 0 { 16 } else { 1 })));
+        procs.push((
+            true,
+            spawn(
+                "producer",
+                &qname,
+                &bname,
+                slots,
+                per,
+                next_producer,
+                if i == 0 { 16 } else { 1 },
+            ),
+        ));
         next_producer += 1;
-        procs.push((false, spawn("consumer", &qname, &bname, slots, per, 0, if i == 0 { 16 } else { 1 })));
+        procs.push((
+            false,
+            spawn(
+                "consumer",
+                &qname,
+                &bname,
+                slots,
+                per,
+                0,
+                if i == 0 { 16 } else { 1 },
+            ),
+        ));
     }
     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id()));
     let mut killed_consumers = 0u32;
@@ -362,12 +472,18 @@ fn chaos_sigkill_producers_and_consumers() {
         } else if !is_producer {
             killed_consumers += 1;
         }
-        let batch = if rng.next() % 2 == 0 { 1 } else { 16 };
+        let batch = if rng.next() & 1 == 0 { 1 } else { 16 };
         if is_producer {
-            procs.push((true, spawn("producer", &qname, &bname, slots, per, next_producer, batch)));
+            procs.push((
+                true,
+                spawn("producer", &qname, &bname, slots, per, next_producer, batch),
+            ));
             next_producer += 1;
         } else {
-            procs.push((false, spawn("consumer", &qname, &bname, slots, per, 0, batch)));
+            procs.push((
+                false,
+                spawn("consumer", &qname, &bname, slots, per, 0, batch),
+            ));
         }
     }
     // Stop the producers, then close so the consumers drain and exit.
