@@ -72,7 +72,7 @@ where
         let (tx, rx) = crossbeam_channel::unbounded();
         Imap {
             pool,
-            task: TaskRef::one(f),
+            task: TaskRef::new(f),
             input,
             input_done: false,
             ordered,
@@ -100,7 +100,7 @@ where
             let n = chunk.len();
             if let Err(e) =
                 self.pool
-                    .submit_chunk(self.task, chunk, self.next_index, self.sink.clone())
+                    .submit_chunk(self.task, &chunk, self.next_index, self.sink.clone())
             {
                 self.input_done = true;
                 return Some(e);

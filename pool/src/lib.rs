@@ -182,13 +182,8 @@ impl PoolBuilder {
     /// Runs `f(arg)` in every worker when it starts (Python's `initializer`/`initargs`). A panic
     /// there is reported as [`PoolError::InitializerFailed`].
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
-        let mut buf = Vec::new();
-        let mut w = codec::SeqWriter::new(&mut buf);
-        match w.push(&arg) {
-            Ok(()) => {
-                w.finish();
-                self.initializer = Some((task::TaskRef::one(f), buf));
-            }
+        match codec::encode(std::slice::from_ref(&arg)) {
+            Ok(buf) => self.initializer = Some((task::TaskRef::new(f), buf)),
             Err(e) => self.initializer_error = Some(e.to_string()),
         }
         self

@@ -34,29 +34,46 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{self, SeqReader, SeqWriter};
+use crate::codec;
 use crate::error::{Exit, PoolError, TaskError};
-use crate::protocol::{self, FromWorker, LinkError, OUTCOME_FAILED, OUTCOME_OK, ToWorker};
-use crate::result::{AsyncResult, Callback, Cell, ErrorCallback, MapSink, OneSink, Progress, Sink};
+use crate::protocol::{self, FromWorker, LinkError, ToWorker};
+use crate::result::{
+    AsyncResult, Callback, Cell, ErrorCallback, MapSink, OneSink, Progress, Sink, failure_to_error,
+};
 use crate::spawn::{self, StartMethod, Worker};
 use crate::stats::{PoolStats, WorkerState, WorkerStats};
-use crate::task::{Failure, TaskRef};
+use crate::task::TaskRef;
 
 /// A job: one task function over a chunk of arguments.
 pub(crate) struct Job {
     id: u64,
     task: TaskRef,
+    /// The arguments, one bincode sequence (`Vec<A>`).
     args: Vec<u8>,
+    /// The global index of the first argument.
     first: u64,
     count: u64,
     attempts: u32,
+    /// Re-encodes arguments `skip..skip + take` of `args` (monomorphised for `A`), for the
+    /// rare job that must be split after a worker died.
+    reslice: fn(&[u8], usize, usize) -> Option<Vec<u8>>,
     sink: Arc<dyn Sink>,
+}
+
+fn reslice<A: Serialize + DeserializeOwned>(
+    args: &[u8],
+    skip: usize,
+    take: usize,
+) -> Option<Vec<u8>> {
+    let args: Vec<A> = codec::decode(args).ok()?;
+    let part = args.get(skip..skip.checked_add(take)?)?;
+    codec::encode(part).ok()
 }
 
 impl Job {
     fn fail_all(&self, error: &TaskError) {
         for i in 0..self.count {
-            self.sink.deliver(self.first + i, Err(error.clone()));
+            self.sink.fail(self.first + i, error.clone());
         }
     }
 
@@ -72,18 +89,7 @@ impl Job {
         if skip >= end {
             return None;
         }
-        let mut reader = SeqReader::new(&self.args).ok()?;
-        let mut args = Vec::new();
-        let mut writer = SeqWriter::new(&mut args);
-        let mut i = 0;
-        while let Some(item) = reader.next_item() {
-            let item = item.ok()?;
-            if i >= skip && i < end {
-                writer.push_with(|out| out.extend_from_slice(item)).ok()?;
-            }
-            i += 1;
-        }
-        writer.finish();
+        let args = (self.reslice)(&self.args, skip as usize, (end - skip) as usize)?;
         Some(Job {
             id: self.id,
             task: self.task,
@@ -91,6 +97,7 @@ impl Job {
             first: from,
             count: end - skip,
             attempts: self.attempts,
+            reslice: self.reslice,
             sink: self.sink.clone(),
         })
     }
@@ -246,29 +253,22 @@ impl Pool {
         Ok(())
     }
 
-    fn new_job<A: Serialize>(
+    fn new_job<A: Serialize + DeserializeOwned>(
         &self,
         task: TaskRef,
-        args: impl IntoIterator<Item = A>,
+        args: &[A],
         first: u64,
         sink: Arc<dyn Sink>,
     ) -> Result<Job, TaskError> {
-        let mut buf = Vec::new();
-        let mut writer = SeqWriter::new(&mut buf);
-        for a in args {
-            writer
-                .push(&a)
-                .map_err(|e| TaskError::Argument(e.to_string()))?;
-        }
-        let count = u64::from(writer.count());
-        writer.finish();
+        let bytes = codec::encode(args).map_err(|e| TaskError::Argument(e.to_string()))?;
         Ok(Job {
             id: self.shared.next_job.fetch_add(1, Ordering::Relaxed),
             task,
-            args: buf,
+            args: bytes,
             first,
-            count,
+            count: args.len() as u64,
             attempts: 0,
+            reslice: reslice::<A>,
             sink,
         })
     }
@@ -284,7 +284,7 @@ impl Pool {
     {
         let cell = Cell::new(None, None);
         let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
-        let job = self.new_job(TaskRef::one(f), [arg], 0, sink)?;
+        let job = self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink)?;
         if let Err(job) = self.shared.run_here(job) {
             self.submit(job)?;
         }
@@ -336,7 +336,7 @@ impl Pool {
     {
         let cell = Cell::new(callback, error_callback);
         let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
-        match self.new_job(TaskRef::one(f), [arg], 0, sink) {
+        match self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink) {
             Ok(job) => {
                 if let Err(e) = self.submit(job) {
                     cell.complete(Err(e.into()));
@@ -435,11 +435,9 @@ impl Pool {
         let len = args.len();
         let sink: Arc<dyn Sink> = Arc::new(MapSink::new(cell.clone(), len, progress));
         let chunk = chunksize.unwrap_or_else(|| self.auto_chunksize(len)).max(1);
-        let task = TaskRef::one(f);
+        let task = TaskRef::new(f);
         let mut first = 0u64;
-        let mut args = args.into_iter().peekable();
-        while args.peek().is_some() {
-            let chunk_args: Vec<A> = args.by_ref().take(chunk).collect();
+        for chunk_args in args.chunks(chunk) {
             let n = chunk_args.len() as u64;
             match self.new_job(task, chunk_args, first, sink.clone()) {
                 Ok(job) => {
@@ -510,10 +508,10 @@ impl Pool {
         crate::imap::Imap::new(self, f, args.into_iter(), false, 1)
     }
 
-    pub(crate) fn submit_chunk<A: Serialize>(
+    pub(crate) fn submit_chunk<A: Serialize + DeserializeOwned>(
         &self,
         task: TaskRef,
-        args: Vec<A>,
+        args: &[A],
         first: u64,
         sink: Arc<dyn Sink>,
     ) -> Result<(), TaskError> {
@@ -666,14 +664,13 @@ impl Shared {
     }
 
     fn finish_job_error(&self, job: &Job, error: &TaskError) {
-        job.fail_all(error);
         self.tally(0, job.count);
+        job.fail_all(error);
     }
 
-    fn deliver(&self, job: &Job, index: u64, outcome: Result<&[u8], TaskError>) {
-        let ok = outcome.is_ok();
-        job.sink.deliver(index, outcome);
-        self.tally(u64::from(ok), u64::from(!ok));
+    fn deliver_error(&self, job: &Job, index: u64, error: TaskError) {
+        self.tally(0, 1);
+        job.sink.fail(index, error);
     }
 
     /// Runs `job` on an idle worker from the calling thread; gives the job back if no worker is
@@ -955,7 +952,6 @@ impl Driver {
             &ToWorker::Run {
                 job: job.id,
                 task: job.task,
-                first: job.first,
             },
             &job.args,
             &mut self.frame,
@@ -979,68 +975,53 @@ impl Driver {
             };
             match worker.link.recv(&mut self.buf, Some(slice)) {
                 Ok(()) => {
-                    let Ok((
+                    let (header, payload) = match protocol::unframe::<FromWorker>(&self.buf) {
+                        Ok(frame) => frame,
+                        Err(_) => {
+                            // A worker that speaks nonsense is as good as dead.
+                            self.kill_worker();
+                            return self.lost(job, reported, None);
+                        }
+                    };
+                    match header {
                         FromWorker::Results {
                             job: id,
                             first,
+                            count,
                             done,
-                        },
-                        payload,
-                    )) = protocol::unframe::<FromWorker>(&self.buf)
-                    else {
-                        // A worker that speaks nonsense is as good as dead.
-                        self.kill_worker();
-                        return self.lost(job, reported, None);
-                    };
-                    if id != job.id {
-                        continue;
-                    }
-                    if let Ok(mut items) = SeqReader::new(payload) {
-                        // Skip outcomes already delivered (never expected), keep those in range.
-                        let start = first.max(reported);
-                        for _ in first..start {
-                            items.next_item();
-                        }
-                        let n = (items.remaining() as u64).min(end.saturating_sub(start));
-                        if start == reported && n > 0 {
-                            let (mut ok, mut failed) = (0u64, 0u64);
-                            let mut outcomes = (0..n).map(|_| {
-                                let outcome = match items.next_item() {
-                                    Some(Ok(bytes)) => decode_outcome(bytes),
-                                    Some(Err(e)) => Err(TaskError::Result(e.to_string())),
-                                    None => Err(TaskError::Result("missing outcome".into())),
-                                };
-                                if outcome.is_ok() {
-                                    ok += 1;
-                                } else {
-                                    failed += 1;
+                        } if id == job.id => {
+                            let start = job.first + first;
+                            let n = count.min(end.saturating_sub(start));
+                            if start == reported && n > 0 {
+                                let id = self.id;
+                                job.sink.deliver_encoded(start, n, payload, &|ok, failed| {
+                                    shared.tally(ok, failed);
+                                    if let Some(w) = lock(&shared.table).get_mut(&id) {
+                                        w.tasks_done += ok;
+                                        w.tasks_failed += failed;
+                                    }
+                                });
+                                reported = start + n;
+                            }
+                            if done {
+                                for i in reported..end {
+                                    shared.deliver_error(
+                                        &job,
+                                        i,
+                                        TaskError::Result("the worker sent no outcome".into()),
+                                    );
                                 }
-                                outcome
-                            });
-                            job.sink.deliver_run(start, &mut outcomes);
-                            drop(outcomes);
-                            shared.tally(ok, failed);
-                            reported = start + n;
-                            if let Some(w) = lock(&shared.table).get_mut(&self.id) {
-                                w.tasks_done += ok;
-                                w.tasks_failed += failed;
+                                return Ran::Done;
                             }
                         }
-                    }
-                    if done {
-                        if reported < end {
-                            // The worker skipped arguments (an undecodable payload): fail them.
+                        FromWorker::ChunkFailed { job: id, failure } if id == job.id => {
+                            let error = failure_to_error(failure);
                             for i in reported..end {
-                                shared.deliver(
-                                    &job,
-                                    i,
-                                    Err(TaskError::Argument(
-                                        "the worker could not read the argument".into(),
-                                    )),
-                                );
+                                shared.deliver_error(&job, i, error.clone());
                             }
+                            return Ran::Done;
                         }
-                        return Ran::Done;
+                        _ => continue,
                     }
                 }
                 Err(LinkError::Timeout) => {
@@ -1101,7 +1082,7 @@ impl Driver {
         let end = job.first + job.count;
         let words = worker.slot.words();
         let running = if words.job.load(Ordering::Acquire) == job.id {
-            worker.slot.current_item()
+            worker.slot.current_item().map(|i| job.first + i)
         } else {
             None
         };
@@ -1112,7 +1093,7 @@ impl Driver {
                 if let Some(again) = job.slice(reported, item) {
                     let _ = shared.tx_requeue(again);
                 }
-                shared.deliver(&job, item, Err(cause));
+                shared.deliver_error(&job, item, cause);
                 if let Some(w) = lock(&shared.table).get_mut(&self.id) {
                     w.tasks_failed += 1;
                 }
@@ -1208,19 +1189,6 @@ impl Shared {
             recv(self.stop_rx) -> _ => self.rx.try_recv().ok().map(Ok),
             default(wait) => Some(Err(())),
         }
-    }
-}
-
-pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<&[u8], TaskError> {
-    match bytes.split_first() {
-        Some((&OUTCOME_OK, rest)) => Ok(rest),
-        Some((&OUTCOME_FAILED, rest)) => Err(match codec::decode::<Failure>(rest) {
-            Ok(Failure::Panicked(message)) => TaskError::Panicked { message },
-            Ok(Failure::DecodeArgument(m)) => TaskError::Argument(m),
-            Ok(Failure::EncodeResult(m)) => TaskError::Result(m),
-            Err(e) => TaskError::Result(e.to_string()),
-        }),
-        _ => Err(TaskError::Result("an outcome with an unknown tag".into())),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{self, SeqReader, SeqWriter};
+use crate::codec;
 use crate::error::{Exit, PoolError, TaskError};
 use crate::protocol::{self, FromWorker, LinkError, ToWorker};
 use crate::spawn::{self, StartMethod, Worker};
@@ -80,11 +80,8 @@ impl ProcessBuilder {
             .start_method
             .unwrap_or_else(crate::default_start_method);
         spawn::check_start_method(method)?;
-        let mut args = Vec::new();
-        let mut w = SeqWriter::new(&mut args);
-        w.push(&arg)
+        let args = codec::encode(std::slice::from_ref(&arg))
             .map_err(|e| PoolError::Config(format!("the argument does not encode: {e}")))?;
-        w.finish();
         let mut worker = spawn::start(method)?;
         let mut buf = Vec::new();
         let mut frame = Vec::new();
@@ -96,8 +93,7 @@ impl ProcessBuilder {
         protocol::frame(
             &ToWorker::Run {
                 job: 1,
-                task: TaskRef::one(f),
-                first: 0,
+                task: TaskRef::new(f),
             },
             &args,
             &mut frame,
@@ -237,17 +233,17 @@ impl<R: DeserializeOwned> Process<R> {
 }
 
 fn decode_single<R: DeserializeOwned>(frame: &[u8]) -> Option<Result<R, TaskError>> {
-    let (header, payload) = protocol::unframe::<FromWorker>(frame).ok()?;
-    let FromWorker::Results { .. } = header else {
-        return None;
-    };
-    let mut items = SeqReader::new(payload).ok()?;
-    let item = items.next_item()?.ok()?;
-    Some(
-        crate::pool::decode_outcome(item).and_then(|bytes| {
-            codec::decode::<R>(bytes).map_err(|e| TaskError::Result(e.to_string()))
-        }),
-    )
+    match protocol::unframe::<FromWorker>(frame).ok()? {
+        (FromWorker::Results { count: 1, .. }, payload) => {
+            crate::result::decode_outcomes::<R>(1, payload)
+                .into_iter()
+                .next()
+        }
+        (FromWorker::ChunkFailed { failure, .. }, _) => {
+            Some(Err(crate::result::failure_to_error(failure)))
+        }
+        _ => None,
+    }
 }
 
 impl<R> Drop for Process<R> {

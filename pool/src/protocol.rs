@@ -1,8 +1,9 @@
 //! What the pool and a worker say to each other, and the one boundary a transport must cross.
 //!
-//! A frame is `[header length: u32 LE][bincode header][payload]`. The payload of `Run` is a
-//! [`codec::SeqWriter`] sequence of encoded arguments; the payload of `Results` is a sequence of
-//! outcomes, each `[0][encoded result]` or `[1][encoded Failure]`.
+//! A frame is `[header length: u32 LE][bincode header][payload]`. The payload of `Run` and
+//! `Init` is one bincode sequence of arguments (`Vec<A>`); the payload of `Results` is one
+//! bincode sequence of outcomes (`Vec<Result<R, Failure>>`). The `Err` variant's encoding does
+//! not depend on `R`, so the pool can fabricate failures without knowing the type.
 //!
 //! ## The transport boundary
 //!
@@ -21,8 +22,8 @@ use crate::task::{Failure, TaskRef};
 /// Pool → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// Run the task on every argument of the payload; argument `i` has index `first + i`.
-    Run { job: u64, task: TaskRef, first: u64 },
+    /// Run the task on every argument of the payload.
+    Run { job: u64, task: TaskRef },
     /// Run the initializer on the payload's single argument.
     Init { task: TaskRef },
     /// Finish and exit with status 0.
@@ -34,18 +35,21 @@ pub(crate) enum ToWorker {
 pub(crate) enum FromWorker {
     /// The first message: who the worker is and which executable it runs.
     Hello { pid: u32, exe: (u64, u64, u64, i64) },
-    /// Outcomes of arguments `first..` of `job`; `done` once the job's last one is included.
-    Results { job: u64, first: u64, done: bool },
+    /// Outcomes of arguments `first..first + count` (chunk-relative) of `job`; `done` once the
+    /// job's last one is included.
+    Results {
+        job: u64,
+        first: u64,
+        count: u64,
+        done: bool,
+    },
+    /// The job's arguments could not be decoded; none ran.
+    ChunkFailed { job: u64, failure: Failure },
     /// The initializer returned.
     InitDone,
     /// The initializer failed (the worker exits after sending this).
     InitFailed { failure: Failure },
 }
-
-/// The outcome tag of one item in a `Results` payload.
-pub(crate) const OUTCOME_OK: u8 = 0;
-/// The outcome tag of a failed item.
-pub(crate) const OUTCOME_FAILED: u8 = 1;
 
 /// Why a link could not carry a frame.
 #[derive(Debug)]

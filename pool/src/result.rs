@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::TaskError;
+use crate::task::Failure;
 
 /// A callback run with a task's result, on a pool thread in the parent.
 pub(crate) type Callback<T> = Box<dyn FnOnce(&T) + Send>;
@@ -188,34 +189,69 @@ impl<T> Future for AsyncResult<T> {
     }
 }
 
-/// Where a job's outcomes go: one call per argument, by global index.
+/// Where a job's outcomes go, by global argument index.
 pub(crate) trait Sink: Send + Sync {
-    /// The outcome of argument `index`: its encoded result, or why it has none.
-    fn deliver(&self, index: u64, outcome: Result<&[u8], TaskError>);
+    /// Argument `index` has no result: `error` says why.
+    fn fail(&self, index: u64, error: TaskError);
 
-    /// The outcomes of consecutive arguments from `first` on (one lock for many, where the sink
-    /// has one).
-    fn deliver_run(
-        &self,
-        first: u64,
-        outcomes: &mut dyn Iterator<Item = Result<&[u8], TaskError>>,
-    ) {
-        for (i, outcome) in outcomes.enumerate() {
-            self.deliver(first + i as u64, outcome);
-        }
+    /// The outcomes of arguments `first..first + count`, encoded as one
+    /// `Vec<Result<R, Failure>>`. `tally(succeeded, failed)` is called before any of them
+    /// becomes visible to the caller, so counters are never behind a result.
+    fn deliver_encoded(&self, first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64));
+}
+
+/// A worker-side failure as the caller sees it.
+pub(crate) fn failure_to_error(failure: Failure) -> TaskError {
+    match failure {
+        Failure::Panicked(message) => TaskError::Panicked { message },
+        Failure::DecodeArgument(m) => TaskError::Argument(m),
+        Failure::EncodeResult(m) => TaskError::Result(m),
     }
 }
 
-fn decode<R: DeserializeOwned>(outcome: Result<&[u8], TaskError>) -> Result<R, TaskError> {
-    outcome.and_then(|bytes| codec::decode(bytes).map_err(|e| TaskError::Result(e.to_string())))
+/// Decodes a results payload into per-argument outcomes (exactly `count` of them).
+pub(crate) fn decode_outcomes<R: DeserializeOwned>(
+    count: u64,
+    payload: &[u8],
+) -> Vec<Result<R, TaskError>> {
+    match codec::decode::<Vec<Result<R, Failure>>>(payload) {
+        Ok(v) if v.len() as u64 == count => {
+            v.into_iter().map(|o| o.map_err(failure_to_error)).collect()
+        }
+        Ok(v) => (0..count)
+            .map(|_| {
+                Err(TaskError::Result(format!(
+                    "expected {count} outcomes, got {}",
+                    v.len()
+                )))
+            })
+            .collect(),
+        Err(e) => (0..count)
+            .map(|_| Err(TaskError::Result(e.to_string())))
+            .collect(),
+    }
+}
+
+fn counts<R>(outcomes: &[Result<R, TaskError>]) -> (u64, u64) {
+    let ok = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+    (ok, outcomes.len() as u64 - ok)
 }
 
 /// One task's result into an [`AsyncResult`].
 pub(crate) struct OneSink<R>(pub(crate) Arc<Cell<R>>);
 
 impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
-    fn deliver(&self, _index: u64, outcome: Result<&[u8], TaskError>) {
-        self.0.complete(decode(outcome));
+    fn fail(&self, _index: u64, error: TaskError) {
+        self.0.complete(Err(error));
+    }
+
+    fn deliver_encoded(&self, _first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64)) {
+        let outcomes = decode_outcomes::<R>(count, payload);
+        let (ok, failed) = counts(&outcomes);
+        tally(ok, failed);
+        if let Some(outcome) = outcomes.into_iter().next() {
+            self.0.complete(outcome);
+        }
     }
 }
 
@@ -228,7 +264,7 @@ pub(crate) struct MapSink<R> {
     total: u64,
 }
 
-/// A progress hook: called with (tasks finished, tasks in all) after each task.
+/// A progress hook: called with (tasks finished, tasks in all) after each batch of results.
 pub(crate) type Progress = Box<dyn Fn(u64, u64) + Send + Sync>;
 
 struct MapSlots<R> {
@@ -259,48 +295,35 @@ impl<R> MapSink<R> {
             total: len as u64,
         }
     }
-}
 
-impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
-    fn deliver(&self, index: u64, outcome: Result<&[u8], TaskError>) {
-        self.deliver_run(index, &mut std::iter::once(outcome));
-    }
-
-    fn deliver_run(
-        &self,
-        first: u64,
-        outcomes: &mut dyn Iterator<Item = Result<&[u8], TaskError>>,
-    ) {
-        // Decode outside the lock; the first error fails the map.
-        let mut decoded: Vec<R> = Vec::new();
-        let mut error = None;
-        for outcome in outcomes {
-            match decode::<R>(outcome) {
-                Ok(v) => decoded.push(v),
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
-        }
+    fn store(&self, first: u64, outcomes: Vec<Result<R, TaskError>>) {
         let finished = {
             let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             if s.failed {
                 return;
             }
+            let mut error = None;
+            for (i, outcome) in outcomes.into_iter().enumerate() {
+                match outcome {
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                    Ok(v) => {
+                        let Some(slot) = s.values.get_mut(first as usize + i) else {
+                            break;
+                        };
+                        if slot.is_none() {
+                            *slot = Some(v);
+                            s.missing -= 1;
+                        }
+                    }
+                }
+            }
             if let Some(e) = error {
                 s.failed = true;
                 Err(e)
             } else {
-                for (i, v) in decoded.into_iter().enumerate() {
-                    let Some(slot) = s.values.get_mut(first as usize + i) else {
-                        break;
-                    };
-                    if slot.is_none() {
-                        *slot = Some(v);
-                        s.missing -= 1;
-                    }
-                }
                 if let Some(progress) = &self.progress {
                     progress(self.total - s.missing as u64, self.total);
                 }
@@ -317,11 +340,33 @@ impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
     }
 }
 
+impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
+    fn fail(&self, index: u64, error: TaskError) {
+        self.store(index, vec![Err(error)]);
+    }
+
+    fn deliver_encoded(&self, first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64)) {
+        let outcomes = decode_outcomes::<R>(count, payload);
+        let (ok, failed) = counts(&outcomes);
+        tally(ok, failed);
+        self.store(first, outcomes);
+    }
+}
+
 /// Results as they arrive, into a channel (for `imap` and `imap_unordered`).
 pub(crate) struct StreamSink<R>(pub(crate) crossbeam_channel::Sender<(u64, Result<R, TaskError>)>);
 
 impl<R: DeserializeOwned + Send> Sink for StreamSink<R> {
-    fn deliver(&self, index: u64, outcome: Result<&[u8], TaskError>) {
-        let _ = self.0.send((index, decode(outcome)));
+    fn fail(&self, index: u64, error: TaskError) {
+        let _ = self.0.send((index, Err(error)));
+    }
+
+    fn deliver_encoded(&self, first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64)) {
+        let outcomes = decode_outcomes::<R>(count, payload);
+        let (ok, failed) = counts(&outcomes);
+        tally(ok, failed);
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let _ = self.0.send((first + i as u64, outcome));
+        }
     }
 }

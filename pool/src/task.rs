@@ -2,10 +2,14 @@
 //!
 //! A task is a plain `fn(A) -> R`. Its address means nothing in another process (ASLR places
 //! the binary elsewhere), but its *offset* from a known symbol of the same binary does. So the
-//! parent sends two offsets from [`anchor`]: the user's function, and a monomorphised
-//! *trampoline* (`call_one::<A, R>` or `call_batch::<A, R>`) that knows how to decode an `A`,
-//! call the function, and encode the `R`. The worker adds its own anchor address back and calls
-//! the trampoline.
+//! parent sends two offsets from the anchor: the user's function, and a monomorphised
+//! *trampoline* (`call_chunk::<A, R>`) that decodes a chunk of `A`s (one bincode sequence),
+//! calls the function on each (catching panics), and encodes runs of `Result<R, Failure>`. The
+//! worker adds its own anchor address back and calls the trampoline.
+//!
+//! Encoding whole chunks, rather than argument by argument, is what makes `map` over millions of
+//! tiny tasks cheap: one decode call per chunk in the worker, one per results message in the
+//! parent.
 //!
 //! That is only sound if the worker runs the very same build. Workers started by `fork` share
 //! the parent's memory image; a spawned worker executes `/proc/self/exe` of the parent. Every
@@ -56,8 +60,21 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Calls `func` (an `fn(A) -> R` at that address) on one encoded `A`, appending the encoded `R`.
-type Trampoline = fn(func: usize, input: &[u8], out: &mut Vec<u8>) -> Result<(), Failure>;
+/// What a chunk trampoline needs from the worker around it.
+pub(crate) trait ChunkCtx {
+    /// Argument `index` (within the chunk) is about to run.
+    fn started(&mut self, index: usize);
+    /// Whether enough time or data has accumulated to send what is ready.
+    fn flush_due(&mut self, pending_bytes_hint: usize) -> bool;
+    /// Sends the outcomes of arguments `first..first + count` (an encoded sequence of
+    /// `Result<R, Failure>`); `done` on the chunk's last call. `Err` if the pool is gone.
+    fn flush(&mut self, first: usize, count: usize, outcomes: &[u8], done: bool) -> Result<(), ()>;
+    /// The chunk's arguments could not be decoded at all.
+    fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()>;
+}
+
+/// Runs the function at `func` over an encoded chunk of arguments.
+type Trampoline = fn(func: usize, input: &[u8], ctx: &mut dyn ChunkCtx) -> Result<(), ()>;
 
 /// A function located by offsets from the anchor: what the parent sends the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,28 +84,24 @@ pub(crate) struct TaskRef {
 }
 
 impl TaskRef {
-    /// The reference for running `f` on one argument at a time.
-    pub(crate) fn one<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> TaskRef {
-        let trampoline: Trampoline = call_one::<A, R>;
-        TaskRef::new(trampoline, f as *const () as usize)
-    }
-
-    fn new(trampoline: Trampoline, func: usize) -> TaskRef {
+    /// The reference for running `f` over chunks of arguments.
+    pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> TaskRef {
+        let trampoline: Trampoline = call_chunk::<A, R>;
         let base = anchor() as i64;
         TaskRef {
             trampoline: trampoline as *const () as usize as i64 - base,
-            func: func as i64 - base,
+            func: f as *const () as usize as i64 - base,
         }
     }
 
-    /// Runs the referenced function in this (worker) process.
+    /// Runs the referenced function over `input` in this (worker) process.
     ///
     /// # Safety
     ///
-    /// `self` must have been made by [`TaskRef::one`] or [`TaskRef::batch`] in a process running
-    /// the same executable as this one (the pool checks the executable's identity when the
-    /// worker starts), so that both offsets land on the functions they were taken from.
-    pub(crate) unsafe fn run(&self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Failure> {
+    /// `self` must have been made by [`TaskRef::new`] in a process running the same executable
+    /// as this one (the pool checks the executable's identity when the worker starts), so that
+    /// both offsets land on the functions they were taken from.
+    pub(crate) unsafe fn run(&self, input: &[u8], ctx: &mut dyn ChunkCtx) -> Result<(), ()> {
         let base = anchor() as i64;
         let trampoline_addr = (base + self.trampoline) as usize;
         let func_addr = (base + self.func) as usize;
@@ -97,7 +110,7 @@ impl TaskRef {
         // parent; a function pointer and a `usize` have the same size on this target.
         let trampoline: Trampoline =
             unsafe { std::mem::transmute::<usize, Trampoline>(trampoline_addr) };
-        trampoline(func_addr, input, out)
+        trampoline(func_addr, input, ctx)
     }
 }
 
@@ -115,19 +128,60 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// Calls one function on one argument, catching its panic.
 fn invoke<A, R>(func: usize, arg: A) -> Result<R, Failure> {
     // SAFETY: `func` is `base + offset` of an `fn(A) -> R` of this same executable, paired with
-    // this very monomorphisation of the trampoline by `TaskRef::one`/`batch` (see
-    // `TaskRef::run`'s contract); fn pointers and usize have the same size.
+    // this very monomorphisation of the trampoline by `TaskRef::new` (see `TaskRef::run`'s
+    // contract); fn pointers and usize have the same size.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
     catch_unwind(AssertUnwindSafe(|| f(arg)))
         .map_err(|payload| Failure::Panicked(panic_message(&*payload)))
 }
 
-fn call_one<A: DeserializeOwned, R: Serialize>(
+/// Encodes a run of outcomes as one sequence; an `R` that does not encode becomes an
+/// `EncodeResult` failure for that argument only.
+fn encode_outcomes<R: Serialize>(outcomes: &[Result<R, Failure>]) -> Vec<u8> {
+    if let Ok(bytes) = codec::encode(outcomes) {
+        return bytes;
+    }
+    let mut bytes = codec::encode(&(outcomes.len() as u64)).unwrap_or_default();
+    for outcome in outcomes {
+        let mark = bytes.len();
+        if let Err(e) = codec::encode_into(outcome, &mut bytes) {
+            bytes.truncate(mark);
+            let failed: Result<(), Failure> = Err(Failure::EncodeResult(e.to_string()));
+            let _ = codec::encode_into(&failed, &mut bytes);
+        }
+    }
+    bytes
+}
+
+/// Flush-check granularity: the clock is read once per this many arguments.
+const CHECK_EVERY: usize = 16;
+
+fn call_chunk<A: DeserializeOwned, R: Serialize>(
     func: usize,
     input: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), Failure> {
-    let arg: A = codec::decode(input).map_err(|e| Failure::DecodeArgument(e.to_string()))?;
-    let result: R = invoke(func, arg)?;
-    codec::encode_into(&result, out).map_err(|e| Failure::EncodeResult(e.to_string()))
+    ctx: &mut dyn ChunkCtx,
+) -> Result<(), ()> {
+    let args: Vec<A> = match codec::decode(input) {
+        Ok(args) => args,
+        Err(e) => return ctx.chunk_failed(Failure::DecodeArgument(e.to_string())),
+    };
+    let total = args.len();
+    let mut outcomes: Vec<Result<R, Failure>> = Vec::with_capacity(total.min(1 << 16));
+    let mut first = 0;
+    for (i, arg) in args.into_iter().enumerate() {
+        ctx.started(i);
+        outcomes.push(invoke(func, arg));
+        let ran = i + 1;
+        if ran < total
+            && (ran - first == 1 || (ran - first).is_multiple_of(CHECK_EVERY))
+            && ctx.flush_due((ran - first) * std::mem::size_of::<R>())
+        {
+            let bytes = encode_outcomes(&outcomes);
+            ctx.flush(first, outcomes.len(), &bytes, false)?;
+            first = ran;
+            outcomes.clear();
+        }
+    }
+    let bytes = encode_outcomes(&outcomes);
+    ctx.flush(first, outcomes.len(), &bytes, true)
 }

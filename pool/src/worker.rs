@@ -1,9 +1,9 @@
 //! The worker's side: greet the pool, then run jobs until told to exit or the pool is gone.
 //!
 //! Per argument the worker stores its index in the progress slot, runs the task (catching a
-//! panic, which fails that argument only), and appends the outcome to a results buffer. The
-//! buffer is sent when the job is done, and also every millisecond or so during a long job, so
-//! that a death loses as little as possible.
+//! panic, which fails that argument only), and collects the outcome. Outcomes are sent when the
+//! job is done, and also every millisecond or so during a long job, so that a death loses as
+//! little as possible.
 //!
 //! This is the one place where a task reference received from the pool becomes a call, hence
 //! the `unsafe` below: its justification is the executable check of the handshake.
@@ -12,10 +12,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::codec::{self, SeqReader, SeqWriter};
-use crate::protocol::{self, FromWorker, Link, LinkError, OUTCOME_FAILED, OUTCOME_OK, ToWorker};
-use crate::slot::Slot;
-use crate::task::Failure;
+use crate::protocol::{self, FromWorker, Link, LinkError, ToWorker};
+use crate::slot::{Slot, WorkerSlot};
+use crate::task::{ChunkCtx, Failure};
 
 /// Exit codes of a worker process.
 pub(crate) mod code {
@@ -43,7 +42,6 @@ pub(crate) fn run(link: &mut dyn Link, slot: &Slot) -> i32 {
         return code::LINK;
     }
     let mut buf = Vec::new();
-    let mut results = Vec::new();
     loop {
         match link.recv(&mut buf, None) {
             Ok(()) => {}
@@ -56,42 +54,37 @@ pub(crate) fn run(link: &mut dyn Link, slot: &Slot) -> i32 {
         match header {
             ToWorker::Exit => return code::OK,
             ToWorker::Init { task } => {
-                let outcome = SeqReader::new(payload)
-                    .ok()
-                    .and_then(|mut r| r.next_item())
-                    .map(|item| item.map_err(|e| Failure::DecodeArgument(e.to_string())))
-                    .unwrap_or_else(|| Err(Failure::DecodeArgument("no argument".into())))
-                    .and_then(|arg| {
-                        let mut out = Vec::new();
-                        // SAFETY: the pool checked this worker's executable identity (Hello)
-                        // before sending any task, so `task` refers to this same build.
-                        unsafe { task.run(arg, &mut out) }
-                    });
-                match outcome {
-                    Ok(()) => {
+                let mut ctx = InitCtx { failure: None };
+                // SAFETY: the pool checked this worker's executable identity (Hello) before
+                // sending any task, so `task` refers to this same build.
+                let _ = unsafe { task.run(payload, &mut ctx) };
+                match ctx.failure {
+                    None => {
                         if send(link, &FromWorker::InitDone, &[], &mut frame).is_err() {
                             return code::LINK;
                         }
                     }
-                    Err(failure) => {
+                    Some(failure) => {
                         let _ = send(link, &FromWorker::InitFailed { failure }, &[], &mut frame);
                         return code::INIT_FAILED;
                     }
                 }
             }
-            ToWorker::Run { job, task, first } => {
-                if run_job(
-                    link,
-                    slot,
+            ToWorker::Run { job, task } => {
+                let words = slot.words();
+                words.job.store(job, Ordering::Release);
+                let mut ctx = JobCtx {
+                    link: &mut *link,
+                    words,
                     job,
-                    task,
-                    first,
-                    payload,
-                    &mut results,
-                    &mut frame,
-                )
-                .is_err()
-                {
+                    done: words.done.load(Ordering::Relaxed),
+                    last_flush: Instant::now(),
+                    frame: &mut frame,
+                };
+                // SAFETY: as for Init above: the executable was checked at the handshake.
+                let sent = unsafe { task.run(payload, &mut ctx) };
+                words.item.store(0, Ordering::Release);
+                if sent.is_err() {
                     return code::LINK;
                 }
             }
@@ -99,91 +92,80 @@ pub(crate) fn run(link: &mut dyn Link, slot: &Slot) -> i32 {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_job(
-    link: &mut dyn Link,
-    slot: &Slot,
+/// Running a job: progress into the slot, outcomes onto the link.
+struct JobCtx<'a> {
+    link: &'a mut dyn Link,
+    words: &'a WorkerSlot,
     job: u64,
-    task: crate::task::TaskRef,
-    first: u64,
-    payload: &[u8],
-    results: &mut Vec<u8>,
-    frame: &mut Vec<u8>,
-) -> Result<(), LinkError> {
-    let words = slot.words();
-    words.job.store(job, Ordering::Release);
-    let mut items = match SeqReader::new(payload) {
-        Ok(items) => items,
-        Err(_) => {
-            // A payload that does not even hold a count: report the job done with no outcomes;
-            // the pool fails its arguments as lost results.
-            results.clear();
-            SeqWriter::new(results).finish();
-            return flush(link, job, first, true, results, frame);
-        }
-    };
-    let mut index = first;
-    let mut batch_first = first;
-    results.clear();
-    let mut writer = SeqWriter::new(results);
-    let mut last_flush = Instant::now();
-    let mut done = words.done.load(Ordering::Relaxed);
-    while let Some(item) = items.next_item() {
-        words.item.store(index + 1, Ordering::Release);
-        let _ = writer.push_with(|out| {
-            let mark = out.len();
-            out.push(OUTCOME_OK);
-            let outcome = item
-                .map_err(|e| Failure::DecodeArgument(e.to_string()))
-                // SAFETY: the pool checked this worker's executable identity (Hello) before
-                // sending any task, so `task` refers to this same build.
-                .and_then(|arg| unsafe { task.run(arg, out) });
-            if let Err(failure) = outcome {
-                out.truncate(mark);
-                out.push(OUTCOME_FAILED);
-                let _ = codec::encode_into(&failure, out);
-            }
-        });
-        index += 1;
-        done += 1;
-        words.done.store(done, Ordering::Release);
-        let count = writer.count();
-        let more = items.remaining() > 0;
-        if more && (count.is_multiple_of(16) || count == 1) {
-            let len_now = writer_len(&writer);
-            if len_now >= FLUSH_BYTES || last_flush.elapsed() >= FLUSH_EVERY {
-                writer.finish();
-                flush(link, job, batch_first, false, results, frame)?;
-                batch_first = index;
-                results.clear();
-                writer = SeqWriter::new(results);
-                last_flush = Instant::now();
-            }
-        }
+    done: u64,
+    last_flush: Instant,
+    frame: &'a mut Vec<u8>,
+}
+
+impl ChunkCtx for JobCtx<'_> {
+    #[inline]
+    fn started(&mut self, index: usize) {
+        self.words.item.store(index as u64 + 1, Ordering::Release);
+        self.done += 1;
     }
-    writer.finish();
-    words.item.store(0, Ordering::Release);
-    flush(link, job, batch_first, true, results, frame)
+
+    fn flush_due(&mut self, pending_bytes_hint: usize) -> bool {
+        pending_bytes_hint >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY
+    }
+
+    fn flush(&mut self, first: usize, count: usize, outcomes: &[u8], done: bool) -> Result<(), ()> {
+        self.words.done.store(self.done, Ordering::Release);
+        self.last_flush = Instant::now();
+        let header = FromWorker::Results {
+            job: self.job,
+            first: first as u64,
+            count: count as u64,
+            done,
+        };
+        send(self.link, &header, outcomes, self.frame).map_err(drop)
+    }
+
+    fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()> {
+        let header = FromWorker::ChunkFailed {
+            job: self.job,
+            failure,
+        };
+        send(self.link, &header, &[], self.frame).map_err(drop)
+    }
 }
 
-fn writer_len(writer: &SeqWriter<'_>) -> usize {
-    writer.len()
+/// Running the initializer: only its failure matters.
+struct InitCtx {
+    failure: Option<Failure>,
 }
 
-fn flush(
-    link: &mut dyn Link,
-    job: u64,
-    first: u64,
-    done: bool,
-    results: &[u8],
-    frame: &mut Vec<u8>,
-) -> Result<(), LinkError> {
-    send(
-        link,
-        &FromWorker::Results { job, first, done },
-        results,
-        frame,
-    )
+impl ChunkCtx for InitCtx {
+    fn started(&mut self, _index: usize) {}
+
+    fn flush_due(&mut self, _pending_bytes_hint: usize) -> bool {
+        false
+    }
+
+    fn flush(
+        &mut self,
+        _first: usize,
+        _count: usize,
+        outcomes: &[u8],
+        _done: bool,
+    ) -> Result<(), ()> {
+        // One `Result<(), Failure>`: the initializer's outcome.
+        if let Ok(results) = crate::codec::decode::<Vec<Result<(), Failure>>>(outcomes)
+            && let Some(Err(failure)) = results.into_iter().next()
+        {
+            self.failure = Some(failure);
+        }
+        Ok(())
+    }
+
+    fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()> {
+        self.failure = Some(failure);
+        Ok(())
+    }
 }
 
 fn send(
