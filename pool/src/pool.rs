@@ -302,8 +302,8 @@ impl Pool {
 
     /// Like [`apply_async`](Pool::apply_async), and runs `callback` with the result, or
     /// `error_callback` with the error, on a pool thread in the parent before the result is
-    /// made available (Python's `callback` and `error_callback`). Keep callbacks short: they
-    /// delay the worker's next job.
+    /// made available (Python's `callback` and `error_callback`). Keep callbacks short, and do
+    /// not wait on this pool from one: it runs on the thread that feeds a worker.
     pub fn apply_async_with<A, R>(
         &self,
         f: fn(A) -> R,
@@ -540,9 +540,11 @@ impl Pool {
         }
     }
 
-    /// Waits for every worker to exit (after [`close`](Pool::close) or
-    /// [`terminate`](Pool::terminate)); Python's `join`.
+    /// Waits for every worker to exit (Python's `join`). Closes the pool first if neither
+    /// [`close`](Pool::close) nor [`terminate`](Pool::terminate) was called (where Python raises
+    /// an error), so queued tasks finish and then the workers exit.
     pub fn join(&self) {
+        self.close();
         loop {
             let handles: Vec<_> = std::mem::take(&mut *lock(&self.shared.drivers));
             if handles.is_empty() {
@@ -554,8 +556,10 @@ impl Pool {
         }
     }
 
-    /// [`join`](Pool::join) with a limit; returns whether every worker exited in time.
+    /// [`join`](Pool::join) with a limit (closing the pool first, likewise); returns whether
+    /// every worker exited in time.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.close();
         let deadline = Instant::now() + timeout;
         loop {
             if self.shared.workers.load(Ordering::SeqCst) == 0 {
@@ -1074,6 +1078,9 @@ impl Driver {
             return Ran::WorkerGone;
         };
         let pid = worker.pid;
+        // The link failed: whether the worker died or only its pipe broke, make sure it is gone
+        // before waiting for it (a dying process keeps the status it is dying with).
+        worker.kill();
         let exit = worker.reap().unwrap_or(Exit::Code(-1));
         let cause = cause.unwrap_or(TaskError::WorkerLost { pid, exit });
         if let Some(w) = lock(&shared.table).get_mut(&self.id) {

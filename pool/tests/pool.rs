@@ -442,3 +442,100 @@ fn processes_return_results_panics_and_exit_statuses() {
     child.terminate();
     assert_eq!(child.join().exit, Exit::Signal(15));
 }
+
+fn grow_memory(mb: usize) -> usize {
+    // Touch `mb` MiB and keep them: the worker's RSS grows past the limit.
+    let v = vec![1u8; mb << 20];
+    let len = v.len();
+    std::mem::forget(v);
+    len
+}
+
+#[test]
+fn workers_over_the_memory_limit_are_replaced() {
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .max_memory_per_child(64 << 20)
+        .build()
+        .unwrap();
+    let before = pool.apply(my_pid, 0).unwrap();
+    assert_eq!(pool.apply(grow_memory, 128).unwrap(), 128 << 20);
+    let after = pool.apply(my_pid, 0).unwrap();
+    assert_ne!(
+        before, after,
+        "a worker past max_memory_per_child must be replaced"
+    );
+}
+
+fn die_at_start(_: u32) {
+    std::process::exit(9);
+}
+
+#[test]
+fn a_restart_loop_trips_the_breaker() {
+    let err = PoolBuilder::new()
+        .processes(1)
+        .initializer(die_at_start, 0)
+        .restart_limit(3, Duration::from_secs(60))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, PoolError::InitializerFailed { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn stats_report_workers_and_counters() {
+    let pool = build(StartMethod::Fork, 2);
+    pool.map(square, 0..1000u64).unwrap();
+    let _ = pool.apply(explode, "counted".into());
+    let stats = pool.stats();
+    assert_eq!(stats.submitted, 1001);
+    assert_eq!(stats.done, 1000);
+    assert_eq!(stats.failed, 1);
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.workers.len(), 2);
+    for w in &stats.workers {
+        assert!(ipc_tests::process_is_running(w.pid));
+        assert!(w.rss_bytes > 0, "{w:?}");
+    }
+    assert_eq!(
+        stats.workers.iter().map(|w| w.tasks_done).sum::<u64>(),
+        1000
+    );
+    assert_eq!(stats.workers.iter().map(|w| w.tasks_failed).sum::<u64>(), 1);
+}
+
+#[test]
+fn async_results_are_futures_and_join_closes() {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let pool = build(StartMethod::Fork, 1);
+    let mut fut = std::pin::pin!(pool.apply_async(square, 11));
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let value = loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => break v.unwrap(),
+            // Woken by the pool thread that completes the result.
+            Poll::Pending => std::thread::park_timeout(Duration::from_secs(1)),
+        }
+    };
+    assert_eq!(value, 121);
+    let pending = pool.apply_async(sleep_ms, 20);
+    assert!(pool.join_timeout(Duration::from_secs(30)));
+    assert_eq!(pending.get().unwrap(), 20);
+    assert!(matches!(
+        pool.apply(square, 1),
+        Err(TaskError::Pool(PoolError::Closed))
+    ));
+}
