@@ -1,0 +1,237 @@
+//! Forked helper processes for the cross-process workloads (the peer side of a ping-pong, a
+//! producer, an echo server), killed with their parent and reaped on drop.
+#![allow(unsafe_code)]
+
+/// A forked child, killed (SIGKILL) and reaped when dropped unless [`Child::wait`] ran.
+#[derive(Debug)]
+pub struct Child {
+    pid: libc::pid_t,
+    reaped: bool,
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+/// Forks a child that runs `body` and leaves with `_exit(0)` (or `_exit(101)` if `body`
+/// panics). The child gets `PR_SET_PDEATHSIG(SIGKILL)`, so it never outlives this process.
+///
+/// The parent may have threads (the runner's pools): the child must only use what it
+/// inherited (shared memory, descriptors), allocate (glibc's allocator is fork-safe) and make
+/// system calls; it must not take locks that another thread of the parent could have held.
+pub fn fork(body: impl FnOnce()) -> Child {
+    // SAFETY: fork has no preconditions of its own; in the child we only run `body` (within the
+    // limits documented above), then leave with `_exit`, which runs no atexit handlers and never
+    // unwinds into the parent's frames (a panic is caught first).
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_ok();
+            libc::_exit(if ok { 0 } else { 101 });
+        }
+        Child { pid, reaped: false }
+    }
+}
+
+impl Child {
+    /// The child's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for the child to end.
+    pub fn wait(mut self) -> Status {
+        self.reaped = true;
+        waitpid(self.pid)
+    }
+
+    /// Kills the child with SIGKILL and reaps it.
+    pub fn kill(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // SAFETY: kill(2) on our own unreaped child's pid (it cannot have been reused).
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            waitpid(self.pid);
+        }
+    }
+}
+
+fn waitpid(pid: libc::pid_t) -> Status {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child; `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Status::Code(-1);
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        Status::Signal(libc::WTERMSIG(status))
+    } else {
+        Status::Code(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Makes this process non-dumpable, then aborts: a crash that leaves no core dump behind.
+pub fn abort_without_core() -> ! {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes this process's dumpable flag.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    std::process::abort()
+}
+
+/// Round-trip helpers around a process-shared pthread mutex, for the lock hand-off peer.
+#[derive(Debug)]
+pub struct PthreadMutex(*mut libc::pthread_mutex_t);
+
+// SAFETY: a process-shared pthread mutex may be locked and unlocked from any thread.
+unsafe impl Send for PthreadMutex {}
+// SAFETY: as above: every method takes `&self` and the mutex does its own synchronisation.
+unsafe impl Sync for PthreadMutex {}
+
+impl PthreadMutex {
+    /// Initialises a `PTHREAD_PROCESS_SHARED` mutex at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid, aligned for `pthread_mutex_t`, in memory shared with the other
+    /// processes (MAP_SHARED), not yet in use, and must outlive every use of the returned value.
+    pub unsafe fn init(ptr: *mut libc::pthread_mutex_t) -> PthreadMutex {
+        // SAFETY: `attr` is initialised by pthread_mutexattr_init before use and destroyed
+        // after; `ptr` is valid, aligned and unused (the caller's contract).
+        unsafe {
+            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+            libc::pthread_mutexattr_init(&mut attr);
+            libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
+            libc::pthread_mutex_init(ptr, &attr);
+            libc::pthread_mutexattr_destroy(&mut attr);
+        }
+        PthreadMutex(ptr)
+    }
+
+    /// Locks.
+    pub fn lock(&self) {
+        // SAFETY: an initialised mutex that outlives `self` (the `init` contract).
+        unsafe { libc::pthread_mutex_lock(self.0) };
+    }
+
+    /// Unlocks (the caller holds it).
+    pub fn unlock(&self) {
+        // SAFETY: an initialised mutex held by this thread.
+        unsafe { libc::pthread_mutex_unlock(self.0) };
+    }
+}
+
+/// An anonymous `MAP_SHARED` mapping of `len` bytes (zeroed), shared with children forked
+/// after it is made; unmapped on drop.
+#[derive(Debug)]
+pub struct SharedAnon {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; what is stored in it decides its own thread safety.
+unsafe impl Send for SharedAnon {}
+// SAFETY: as above: `SharedAnon` hands out only a raw pointer.
+unsafe impl Sync for SharedAnon {}
+
+impl SharedAnon {
+    /// Maps `len` bytes.
+    pub fn new(len: usize) -> SharedAnon {
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing: it aliases
+        // nothing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(ptr != libc::MAP_FAILED, "mmap failed");
+        SharedAnon {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    /// The start of the mapping (page aligned).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl Drop for SharedAnon {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `new`, which nothing uses any more.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A process-shared pthread mutex and a turn word in one shared page, for the lock hand-off
+/// peer (children forked after `new` share both).
+#[derive(Debug)]
+pub struct PthreadTurn {
+    mutex: PthreadMutex,
+    mem: SharedAnon,
+}
+
+impl PthreadTurn {
+    /// A fresh mutex (at offset 0) and turn word (at offset 64, zero) in a new shared page.
+    pub fn new() -> PthreadTurn {
+        let mem = SharedAnon::new(4096);
+        // SAFETY: the mapping is page aligned (so aligned for pthread_mutex_t), MAP_SHARED,
+        // unused, and `mem` is kept in the same struct as the mutex, so it outlives it.
+        let mutex = unsafe { PthreadMutex::init(mem.as_ptr().cast()) };
+        PthreadTurn { mutex, mem }
+    }
+
+    /// The mutex.
+    pub fn mutex(&self) -> &PthreadMutex {
+        &self.mutex
+    }
+
+    /// The turn word.
+    pub fn turn(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: offset 64 is past the mutex (40 bytes), 4-byte aligned, inside the page that
+        // `self.mem` keeps mapped for the returned lifetime, zero-initialised (a valid
+        // AtomicU32), and only ever accessed atomically.
+        unsafe {
+            &*self
+                .mem
+                .as_ptr()
+                .add(64)
+                .cast::<std::sync::atomic::AtomicU32>()
+        }
+    }
+}
+
+impl Default for PthreadTurn {
+    fn default() -> Self {
+        PthreadTurn::new()
+    }
+}
+
+/// Tells procspawn (built without its `safe-shared-libraries` feature, to keep the build light)
+/// that the functions it spawns live in the executable itself.
+pub(crate) fn allow_procspawn() {
+    // SAFETY: every function this crate hands to procspawn is a task of `workloads::tasks`,
+    // statically linked into the executable; none comes from a shared library.
+    unsafe { procspawn::assert_spawn_is_safe() };
+}

@@ -1,0 +1,921 @@
+//! The comparison runner: `cargo run --release -p benches --bin compare [OPTIONS]`.
+//!
+//! For each selected [`Workload`]: set up every contender, warm
+//! each up while choosing how many iterations make one sample (about `--sample-ms`), then take
+//! `--reps` samples of every contender in an interleaved, rotating order (so that drift, such as
+//! the two vCPUs of the reference VM moving apart, hits every contender alike). Report the
+//! median and the p10..p90 spread of the samples, each contender's speed relative to ours,
+//! and a note where the spread is too wide to trust. Then the crash demonstration, the
+//! targets of `TARGETS.md` checked against this run, `--json` and `--plot` output.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::workloads::crash::{self, CrashReport};
+use crate::workloads::{self, Kind, Metric, Params, Workload, python};
+
+/// The runner's options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Workload sizes.
+    pub params: Params,
+    /// Keep workloads whose id or family starts with one of these (all when empty).
+    pub only: Vec<String>,
+    /// Samples per contender.
+    pub reps: usize,
+    /// Target duration of one sample.
+    pub sample_time: Duration,
+    /// Run the crash demonstration.
+    pub crash_demo: bool,
+    /// Write every sample and the summary here.
+    pub json: Option<PathBuf>,
+    /// Write SVG charts into this directory.
+    pub plot: Option<PathBuf>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            params: Params::default(),
+            only: Vec::new(),
+            reps: 7,
+            sample_time: Duration::from_millis(40),
+            crash_demo: true,
+            json: None,
+            plot: None,
+            progress: true,
+        }
+    }
+}
+
+/// `--help`.
+pub const USAGE: &str = "\
+compare: our process pool and IPC crates against threads, process-based peers, Python's
+multiprocessing and the machine's floor, measured in one run.
+
+USAGE: cargo run --release -p benches --bin compare -- [OPTIONS]
+
+OPTIONS:
+  --quick               smaller sizes, 3 repetitions (about 30 s)
+  --smoke               tiny sizes, 2 repetitions, no Python (a few seconds; for tests)
+  --workloads A,B,..    only workloads whose id or family starts with these
+                        (apply, map_trivial, cpu_10us, cpu_100us, payload_1MiB,
+                        crash_recovery, queue_spsc, queue_mpmc, pipe_rtt_hot,
+                        pipe_rtt_asleep, lock_handoff; `--list` shows every id)
+  --sizes 64,4096,..    message sizes in bytes for the queue and pipe workloads
+                        (suffixes k/K = KiB, m/M = MiB; default 64,64k)
+  --workers 1,2,..      worker counts for the CPU-bound workloads (default 1..CPUs)
+  --pool-workers N      workers of the pools in the other workloads (default: CPUs)
+  --map-tasks N         tasks of the trivial map (default 1000000)
+  --reps N              samples per contender (default 7)
+  --sample-ms N         target duration of one sample (default 40)
+  --no-python           do not measure Python's multiprocessing
+  --no-crash-demo       skip the crash demonstration
+  --json FILE           write every sample, medians, spread and the system to FILE
+  --plot DIR            write SVG charts to DIR
+  --no-progress         no progress bar
+  --list                list the workload ids and exit
+  -h, --help            this text
+";
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    /// Run with this configuration.
+    Run(Box<Config>),
+    /// Print the workload ids.
+    List(Box<Config>),
+    /// Print [`USAGE`].
+    Help,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1024),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<usize>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("not a size: {s:?}"))
+}
+
+fn parse_list(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(parse_size)
+        .collect()
+}
+
+/// Parses the command line (without the program name).
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    let mut cfg = Config::default();
+    let mut list = false;
+    let mut it = args.into_iter();
+    // Options applied after the presets, whatever their order.
+    let mut later: Vec<(String, String)> = Vec::new();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--list" => list = true,
+            "--quick" => {
+                cfg.params = Params::quick();
+                cfg.reps = 3;
+                cfg.sample_time = Duration::from_millis(25);
+            }
+            "--smoke" => {
+                cfg.params = Params {
+                    workers: vec![1],
+                    pool_workers: 2,
+                    sizes: vec![64],
+                    map_tasks: 5_000,
+                    cpu_budget: Duration::from_millis(1),
+                    payload_tasks: 2,
+                    slow_peer_tasks: 10,
+                    max_msgs: 5_000,
+                    python: false,
+                };
+                cfg.reps = 2;
+                cfg.sample_time = Duration::from_millis(2);
+            }
+            "--no-python" => later.push((a, String::new())),
+            "--no-crash-demo" => cfg.crash_demo = false,
+            "--no-progress" => cfg.progress = false,
+            "--workloads" | "--sizes" | "--workers" | "--pool-workers" | "--map-tasks"
+            | "--reps" | "--sample-ms" => {
+                let v = value(&a)?;
+                later.push((a, v));
+            }
+            "--json" => cfg.json = Some(PathBuf::from(value(&a)?)),
+            "--plot" => cfg.plot = Some(PathBuf::from(value(&a)?)),
+            other => return Err(format!("unknown option {other:?} (see --help)")),
+        }
+    }
+    for (k, v) in later {
+        match k.as_str() {
+            "--no-python" => cfg.params.python = false,
+            "--workloads" => {
+                cfg.only = v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            "--sizes" => cfg.params.sizes = parse_list(&v)?,
+            "--workers" => cfg.params.workers = parse_list(&v)?,
+            "--pool-workers" => cfg.params.pool_workers = parse_size(&v)?.max(1),
+            "--map-tasks" => cfg.params.map_tasks = parse_size(&v)?.max(1) as u64,
+            "--reps" => cfg.reps = parse_size(&v)?.max(1),
+            "--sample-ms" => cfg.sample_time = Duration::from_millis(parse_size(&v)?.max(1) as u64),
+            _ => {}
+        }
+    }
+    if cfg.params.workers.is_empty() || cfg.params.sizes.is_empty() {
+        return Err("--workers and --sizes need at least one value".into());
+    }
+    if list {
+        Ok(Command::List(Box::new(cfg)))
+    } else {
+        Ok(Command::Run(Box::new(cfg)))
+    }
+}
+
+/// The workloads `cfg` selects.
+pub fn selected(cfg: &Config) -> Vec<Workload> {
+    workloads::all(&cfg.params)
+        .into_iter()
+        .filter(|w| {
+            cfg.only.is_empty()
+                || cfg
+                    .only
+                    .iter()
+                    .any(|o| w.id.starts_with(o.as_str()) || w.family == *o)
+        })
+        .collect()
+}
+
+/// Median and spread of a contender's samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The median.
+    pub median: f64,
+    /// 10th percentile.
+    pub p10: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// (p90 - p10) / median.
+    pub spread: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// Median and p10..p90 of `samples`.
+pub fn summarize(samples: &[f64]) -> Summary {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let median = percentile(&s, 0.5);
+    let (p10, p90) = (percentile(&s, 0.1), percentile(&s, 0.9));
+    Summary {
+        median,
+        p10,
+        p90,
+        spread: if median > 0.0 {
+            (p90 - p10) / median
+        } else {
+            0.0
+        },
+    }
+}
+
+/// Above this relative spread ((p90-p10)/median) a figure gets a warning.
+pub const WIDE_SPREAD: f64 = 0.25;
+
+/// One contender's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContenderResult {
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Operations per iteration.
+    pub ops_per_iter: u64,
+    /// Iterations per sample.
+    pub iters_per_sample: u64,
+    /// Every sample: seconds per operation (latency) or operations per second (throughput).
+    pub samples: Vec<f64>,
+    /// Median and spread, when measured.
+    pub summary: Option<Summary>,
+    /// Its speed relative to ours (> 1: faster than ours).
+    pub speed_vs_ours: Option<f64>,
+    /// Why it was not measured, or failed.
+    pub error: Option<String>,
+}
+
+/// One workload's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadResult {
+    /// Id.
+    pub id: String,
+    /// Family.
+    pub family: String,
+    /// Varying parameter.
+    pub param: Option<(&'static str, u64)>,
+    /// Title.
+    pub title: String,
+    /// Latency or throughput.
+    pub metric: Metric,
+    /// The unit of `samples`.
+    pub unit: &'static str,
+    /// Bytes per operation.
+    pub bytes_per_op: u64,
+    /// Every contender.
+    pub contenders: Vec<ContenderResult>,
+    /// Caveats.
+    pub notes: Vec<String>,
+}
+
+impl WorkloadResult {
+    /// The contender named `name`, if measured.
+    pub fn median_of(&self, name_prefix: &str) -> Option<f64> {
+        self.contenders
+            .iter()
+            .find(|c| c.name.starts_with(name_prefix))
+            .and_then(|c| c.summary.as_ref().map(|s| s.median))
+    }
+
+    /// Our contender's median.
+    pub fn ours(&self) -> Option<f64> {
+        self.contenders
+            .iter()
+            .find(|c| c.kind == Kind::Ours)
+            .and_then(|c| c.summary.as_ref().map(|s| s.median))
+    }
+}
+
+/// The machine and build the figures come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct System {
+    /// CPU model (from /proc/cpuinfo).
+    pub cpu: String,
+    /// CPUs this process may use.
+    pub cores: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// `git rev-parse HEAD` (with `-dirty` when the tree has changes), if available.
+    pub commit: String,
+    /// Python's version, or why it was not measured.
+    pub python: String,
+    /// Seconds since the epoch.
+    pub timestamp: u64,
+}
+
+/// Reads the system description.
+pub fn system(python_on: bool) -> System {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(c) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty { format!("{c}-dirty") } else { c }
+        }
+        None => "unknown".into(),
+    };
+    let python = if python_on {
+        python::version().unwrap_or_else(|e| e)
+    } else {
+        "not measured (--no-python)".into()
+    };
+    System {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel,
+        commit,
+        python,
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
+/// A target of TARGETS.md, checked against this run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    /// What is measured.
+    pub measure: String,
+    /// The target.
+    pub target: String,
+    /// What this run measured.
+    pub measured: String,
+    /// Met, missed, or not measured (None).
+    pub met: Option<bool>,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The machine.
+    pub system: System,
+    /// Repetitions per contender.
+    pub reps: usize,
+    /// Target sample duration, seconds.
+    pub sample_seconds: f64,
+    /// Every workload.
+    pub workloads: Vec<WorkloadResult>,
+    /// The crash demonstration.
+    pub crash: Vec<CrashReport>,
+    /// TARGETS.md rows.
+    pub targets: Vec<TargetCheck>,
+    /// Wall time of the run, seconds.
+    pub wall_seconds: f64,
+}
+
+fn to_value(metric: Metric, ops: u64, iters: u64, t: Duration) -> f64 {
+    let secs = t.as_secs_f64().max(1e-12);
+    let n = (ops * iters) as f64;
+    match metric {
+        Metric::Latency => secs / n,
+        Metric::Throughput => n / secs,
+    }
+}
+
+/// Measures one workload (see the module docs for the method).
+pub fn measure(w: Workload, cfg: &Config, bar: &indicatif::ProgressBar) -> WorkloadResult {
+    let metric = w.metric;
+    let mut results: Vec<ContenderResult> = Vec::new();
+    let mut runners = Vec::new();
+    bar.set_message(w.id.clone());
+    for spec in w.contenders {
+        let mut r = ContenderResult {
+            name: spec.name,
+            kind: spec.kind,
+            ops_per_iter: 0,
+            iters_per_sample: 0,
+            samples: Vec::new(),
+            summary: None,
+            speed_vs_ours: None,
+            error: None,
+        };
+        match (spec.setup)() {
+            Ok(runner) => {
+                r.ops_per_iter = runner.ops_per_iter;
+                runners.push(Some(runner));
+            }
+            Err(e) => {
+                r.error = Some(e);
+                runners.push(None);
+                bar.inc(cfg.reps as u64 + 1);
+            }
+        }
+        results.push(r);
+    }
+    // Warm-up and calibration: grow the iteration count until a run takes a quarter of a
+    // sample, then scale it to a whole sample.
+    for (r, runner) in results.iter_mut().zip(runners.iter_mut()) {
+        let Some(run) = runner.as_mut() else { continue };
+        let mut iters = 1u64;
+        let target = cfg.sample_time.as_secs_f64();
+        let outcome = loop {
+            match (run.run)(iters) {
+                Ok(t) if t.as_secs_f64() >= target / 4.0 || iters >= 1 << 30 => break Ok(t),
+                Ok(t) => {
+                    let grow = (target / 2.0 / t.as_secs_f64().max(1e-9)).clamp(2.0, 100.0);
+                    iters = ((iters as f64) * grow).ceil() as u64;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        bar.inc(1);
+        match outcome {
+            Ok(t) => {
+                let per_iter = t.as_secs_f64() / iters as f64;
+                r.iters_per_sample = ((target / per_iter.max(1e-12)).round() as u64).max(1);
+            }
+            Err(e) => {
+                r.error = Some(e);
+                *runner = None;
+                bar.inc(cfg.reps as u64);
+            }
+        }
+    }
+    // Interleaved samples: rotate the order every repetition, reverse it every other one.
+    let n = results.len();
+    for rep in 0..cfg.reps {
+        let mut order: Vec<usize> = (0..n).map(|i| (i + rep) % n.max(1)).collect();
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let Some(run) = runners[i].as_mut() else {
+                continue;
+            };
+            let iters = results[i].iters_per_sample;
+            match (run.run)(iters) {
+                Ok(t) => {
+                    let v = to_value(metric, run.ops_per_iter, iters, t);
+                    results[i].samples.push(v);
+                }
+                Err(e) => {
+                    results[i].error = Some(e);
+                    runners[i] = None;
+                    bar.inc((cfg.reps - rep - 1) as u64);
+                }
+            }
+            bar.inc(1);
+        }
+    }
+    drop(runners);
+    for r in &mut results {
+        if !r.samples.is_empty() && r.error.is_none() {
+            r.summary = Some(summarize(&r.samples));
+        }
+    }
+    let ours = results
+        .iter()
+        .find(|c| c.kind == Kind::Ours)
+        .and_then(|c| c.summary.as_ref().map(|s| s.median));
+    for r in &mut results {
+        if let (Some(o), Some(s)) = (ours, r.summary.as_ref()) {
+            r.speed_vs_ours = Some(match metric {
+                Metric::Latency => o / s.median,
+                Metric::Throughput => s.median / o,
+            });
+        }
+    }
+    WorkloadResult {
+        id: w.id,
+        family: w.family,
+        param: w.param,
+        title: w.title,
+        metric,
+        unit: match metric {
+            Metric::Latency => "seconds per operation",
+            Metric::Throughput => "operations per second",
+        },
+        bytes_per_op: w.bytes_per_op,
+        contenders: results,
+        notes: w.notes,
+    }
+}
+
+/// Formats seconds as ns/us/ms/s.
+pub fn fmt_time(s: f64) -> String {
+    if s < 1e-6 {
+        format!("{:.0} ns", s * 1e9)
+    } else if s < 1e-3 {
+        format!("{:.2} us", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+/// Formats a rate with k/M/G.
+pub fn fmt_rate(r: f64) -> String {
+    if r >= 1e9 {
+        format!("{:.2} G/s", r / 1e9)
+    } else if r >= 1e6 {
+        format!("{:.2} M/s", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.1} k/s", r / 1e3)
+    } else {
+        format!("{r:.1} /s")
+    }
+}
+
+fn fmt_bytes_rate(r: f64) -> String {
+    if r >= 1e9 {
+        format!("{:.2} GB/s", r / 1e9)
+    } else {
+        format!("{:.0} MB/s", r / 1e6)
+    }
+}
+
+fn fmt_value(w: &WorkloadResult, v: f64) -> String {
+    match w.metric {
+        Metric::Latency => fmt_time(v),
+        Metric::Throughput => {
+            if w.bytes_per_op >= 4096 {
+                format!(
+                    "{} ({})",
+                    fmt_rate(v),
+                    fmt_bytes_rate(v * w.bytes_per_op as f64)
+                )
+            } else {
+                fmt_rate(v)
+            }
+        }
+    }
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r >= 10.0 {
+        format!("{r:.0}x")
+    } else if r >= 0.1 {
+        format!("{r:.2}x")
+    } else {
+        format!("{r:.3}x")
+    }
+}
+
+/// The detailed table of one workload (markdown).
+pub fn workload_table(w: &WorkloadResult) -> String {
+    let mut s = String::new();
+    let what = match w.metric {
+        Metric::Latency => "latency per operation, lower is better",
+        Metric::Throughput => "operations per second, higher is better",
+    };
+    let _ = writeln!(s, "### {} (`{}`; {what})\n", w.title, w.id);
+    let _ = writeln!(
+        s,
+        "| contender | kind | median | p10..p90 | speed vs ours |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    let mut wide = Vec::new();
+    for c in &w.contenders {
+        match (&c.summary, &c.error) {
+            (Some(m), None) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} .. {} | {} |",
+                    c.name,
+                    c.kind.label(),
+                    fmt_value(w, m.median),
+                    fmt_value(w, m.p10),
+                    fmt_value(w, m.p90),
+                    c.speed_vs_ours.map(fmt_ratio).unwrap_or_default()
+                );
+                if m.spread > WIDE_SPREAD {
+                    wide.push(format!("{} ({:.0}%)", c.name, m.spread * 100.0));
+                }
+            }
+            (_, Some(e)) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | not measured: {} | | |",
+                    c.name,
+                    c.kind.label(),
+                    e
+                );
+            }
+            _ => {}
+        }
+    }
+    for n in &w.notes {
+        let _ = writeln!(s, "\nNote: {n}");
+    }
+    if !wide.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nWarning: spread (p90-p10)/median above {:.0}%, do not trust these to better than that: {}",
+            WIDE_SPREAD * 100.0,
+            wide.join(", ")
+        );
+    }
+    s
+}
+
+fn best(w: &WorkloadResult, kind: Kind) -> Option<&ContenderResult> {
+    w.contenders
+        .iter()
+        .filter(|c| c.kind == kind && c.summary.is_some())
+        .max_by(|a, b| {
+            a.speed_vs_ours
+                .unwrap_or(0.0)
+                .total_cmp(&b.speed_vs_ours.unwrap_or(0.0))
+        })
+}
+
+/// The headline table: per workload, ours and the best of each kind of peer (markdown).
+pub fn headline(ws: &[WorkloadResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| workload | ours | best thread peer | best process peer | Python | floor |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for w in ws {
+        let ours = w
+            .contenders
+            .iter()
+            .find(|c| c.kind == Kind::Ours)
+            .and_then(|c| c.summary.as_ref())
+            .map(|m| fmt_value(w, m.median))
+            .unwrap_or_else(|| "-".into());
+        let cell = |kind| {
+            best(w, kind)
+                .map(|c| {
+                    format!(
+                        "{}: {} ({} ours)",
+                        c.name,
+                        c.summary
+                            .as_ref()
+                            .map(|m| fmt_value(w, m.median))
+                            .unwrap_or_default(),
+                        c.speed_vs_ours.map(fmt_ratio).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            w.id,
+            ours,
+            cell(Kind::Thread),
+            cell(Kind::Process),
+            cell(Kind::Python),
+            cell(Kind::Floor)
+        );
+    }
+    s
+}
+
+/// The crash table (markdown).
+pub fn crash_table(c: &[CrashReport]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| contender | fault | what the caller got | afterwards | time |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for r in c {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            r.contender,
+            r.fault,
+            r.outcome,
+            r.afterwards,
+            r.seconds.map(fmt_time).unwrap_or_else(|| "-".into())
+        );
+    }
+    s
+}
+
+/// The TARGETS.md rows for the pool, checked against `ws`.
+pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
+    let find = |id: &str| ws.iter().find(|w| w.id == id);
+    let mut out = Vec::new();
+    let mut push = |measure: &str, target: &str, measured: Option<(String, bool)>| {
+        out.push(TargetCheck {
+            measure: measure.into(),
+            target: target.into(),
+            measured: measured
+                .as_ref()
+                .map_or_else(|| "not measured".into(), |m| m.0.clone()),
+            met: measured.map(|m| m.1),
+        })
+    };
+    push(
+        "apply round trip, hot workers",
+        "<= 2 us",
+        find("apply")
+            .and_then(|w| w.ours())
+            .map(|v| (fmt_time(v), v <= 2e-6)),
+    );
+    push(
+        "map of 1 M trivial tasks, auto chunksize",
+        ">= 50 M tasks/s",
+        find("map_trivial")
+            .and_then(|w| w.ours())
+            .map(|v| (fmt_rate(v), v >= 50e6)),
+    );
+    let cpu_ids: Vec<&WorkloadResult> = ws.iter().filter(|w| w.family == "cpu_100us").collect();
+    let two = cpu_ids
+        .iter()
+        .find(|w| w.param == Some(("workers", 2)))
+        .or(cpu_ids.last());
+    push(
+        "100 us CPU-bound tasks, 2 workers",
+        ">= 95% of rayon",
+        two.and_then(|w| Some((w.ours()?, w.median_of("rayon")?, w.id.clone())))
+            .map(|(o, r, id)| {
+                (
+                    format!("{:.1}% of rayon ({id})", o / r * 100.0),
+                    o / r >= 0.95,
+                )
+            }),
+    );
+    for w in ws.iter().filter(|w| w.family == "cpu_10us") {
+        push(
+            &format!("10 us CPU-bound tasks ({})", w.id),
+            ">= 80% of rayon",
+            w.ours()
+                .zip(w.median_of("rayon"))
+                .map(|(o, r)| (format!("{:.1}% of rayon", o / r * 100.0), o / r >= 0.8)),
+        );
+    }
+    if let Some(w) = find("crash_recovery") {
+        let base = w.median_of("baseline");
+        for (name, limit) in [
+            ("pool fork", 100e-6),
+            ("pool forkserver", 400e-6),
+            ("pool spawn", 400e-6),
+        ] {
+            push(
+                &format!(
+                    "replacing a dead worker ({})",
+                    name.trim_start_matches("pool ")
+                ),
+                &format!("<= {}", fmt_time(limit)),
+                w.median_of(name).zip(base).map(|(c, b)| {
+                    let r = c - b;
+                    (
+                        format!(
+                            "{} (crash+recovery {} minus 2 round trips {})",
+                            fmt_time(r),
+                            fmt_time(c),
+                            fmt_time(b)
+                        ),
+                        r <= limit,
+                    )
+                }),
+            );
+        }
+    }
+    out
+}
+
+/// Runs everything `cfg` asks for, printing as it goes to `out`.
+pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report> {
+    let start = Instant::now();
+    let sys = system(cfg.params.python);
+    writeln!(
+        out,
+        "# compare: processes vs threads vs peers, measured in one run\n"
+    )?;
+    writeln!(
+        out,
+        "machine: {} ({} CPUs), Linux {}, commit {}, python {}",
+        sys.cpu, sys.cores, sys.kernel, sys.commit, sys.python
+    )?;
+    writeln!(
+        out,
+        "method: warm-up, {} interleaved samples of ~{} ms per contender, median and p10..p90\n",
+        cfg.reps,
+        cfg.sample_time.as_millis()
+    )?;
+    let _ = workloads::tasks::spin_rounds_per_us();
+    let selected = selected(cfg);
+    let total: u64 = selected
+        .iter()
+        .map(|w| w.contenders.len() as u64 * (cfg.reps as u64 + 1))
+        .sum::<u64>()
+        + u64::from(cfg.crash_demo);
+    let bar = if cfg.progress {
+        indicatif::ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::stderr(),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let mut results = Vec::new();
+    for w in selected {
+        let r = measure(w, cfg, &bar);
+        bar.suspend(|| -> std::io::Result<()> {
+            writeln!(out, "{}", workload_table(&r))?;
+            out.flush()
+        })?;
+        results.push(r);
+    }
+    let crash = if cfg.crash_demo {
+        bar.set_message("crash demonstration");
+        let c = crash::containment(cfg.params.python);
+        bar.inc(1);
+        c
+    } else {
+        Vec::new()
+    };
+    bar.finish_and_clear();
+    python::shutdown();
+
+    writeln!(
+        out,
+        "## Headline (speed vs ours: > 1x means faster than ours)\n"
+    )?;
+    writeln!(out, "{}", headline(&results))?;
+    if !crash.is_empty() {
+        writeln!(out, "## Crash containment\n")?;
+        writeln!(out, "{}", crash_table(&crash))?;
+    }
+    let targets = check_targets(&results);
+    if !targets.is_empty() {
+        writeln!(out, "## Pool targets (TARGETS.md)\n")?;
+        writeln!(out, "| measure | target | this run | met |")?;
+        writeln!(out, "|---|---|---|---|")?;
+        for t in &targets {
+            let met = match t.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
+            writeln!(
+                out,
+                "| {} | {} | {} | {met} |",
+                t.measure, t.target, t.measured
+            )?;
+        }
+        writeln!(out)?;
+    }
+    let report = Report {
+        system: sys,
+        reps: cfg.reps,
+        sample_seconds: cfg.sample_time.as_secs_f64(),
+        workloads: results,
+        crash,
+        targets,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    };
+    if let Some(path) = &cfg.json {
+        let json = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
+        std::fs::write(path, json)?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    if let Some(dir) = &cfg.plot {
+        for p in crate::plot::write_charts(&report, dir)? {
+            writeln!(out, "wrote {}", p.display())?;
+        }
+    }
+    writeln!(out, "total time {:.1} s", report.wall_seconds)?;
+    Ok(report)
+}

@@ -1,0 +1,733 @@
+//! The transport families: ipc-queue SPSC and MPMC, ipc-pipe round trips with hot and sleeping
+//! peers, ipc-sync lock hand-off; and the request/response servers used as process peers of
+//! `apply`.
+
+use std::hint::black_box;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ipc_pipe::PipeBuilder;
+use ipc_queue::{Queue, QueueBuilder};
+use ipc_shm::{Layout, SegmentBuilder};
+use ipc_sync::Lock;
+use serde::{Deserialize, Serialize};
+
+use super::python;
+use super::tasks::noop;
+use super::{ContenderSpec, Kind, Metric, Params, Runner, Workload};
+use crate::floor::{
+    Side, futex_ping_pong, futex_ping_pong_stop, memcpy_once, spin_ping_pong, spin_ping_pong_stop,
+};
+use crate::proc::{Child, PthreadMutex, PthreadTurn, fork};
+
+/// A message of `size` bytes, serialised as bytes (not element by element).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payload(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+fn bincode_cfg() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Messages per iteration for `size`-byte messages: about 16 MiB, at least 1000 (or `max`),
+/// at most `max`.
+fn msgs_for(size: usize, max: u64) -> u64 {
+    (((16usize << 20) / size.max(1)) as u64).clamp(1000.min(max), max.max(1))
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1 << 20 && size.is_multiple_of(1 << 20) {
+        format!("{}MiB", size >> 20)
+    } else if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{}KiB", size >> 10)
+    } else {
+        format!("{size}B")
+    }
+}
+
+const QUEUE_CAPACITY: usize = 8 << 20;
+
+fn batch_for(size: usize) -> usize {
+    ((1usize << 20) / size.max(1)).clamp(1, 256)
+}
+
+fn produce(q: &Queue<Payload>, size: usize, n: u64) -> Result<(), String> {
+    let batch_len = batch_for(size);
+    let batch: Vec<Payload> = (0..batch_len).map(|_| Payload(vec![7u8; size])).collect();
+    let mut left = n as usize;
+    while left > 0 {
+        let k = left.min(batch_len);
+        q.put_many(&batch[..k]).map_err(|e| e.to_string())?;
+        left -= k;
+    }
+    Ok(())
+}
+
+fn consume(q: &Queue<Payload>, n: u64, size: usize) -> Result<(), String> {
+    let batch_len = batch_for(size);
+    let mut out = Vec::with_capacity(batch_len);
+    let mut got = 0u64;
+    while got < n {
+        out.clear();
+        got += q
+            .get_many(&mut out, batch_len.min((n - got) as usize))
+            .map_err(|e| e.to_string())? as u64;
+        black_box(&out);
+    }
+    Ok(())
+}
+
+fn new_queue() -> Result<Queue<Payload>, String> {
+    QueueBuilder::new()
+        .capacity(QUEUE_CAPACITY)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn memcpy_floor(size: usize) -> ContenderSpec {
+    ContenderSpec::new(
+        format!("memcpy {} (one copy)", size_label(size)),
+        Kind::Floor,
+        move || {
+            let src = vec![7u8; size];
+            let mut dst = vec![0u8; size];
+            Ok(Runner::new(1, move |iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    memcpy_once(&mut dst, &src);
+                }
+                Ok(start.elapsed())
+            }))
+        },
+    )
+}
+
+/// Streams `n` frames (u32 length + bincode `Payload`) into `w`.
+fn write_frames(s: &mut UnixStream, size: usize, n: u64) -> std::io::Result<()> {
+    let mut w = BufWriter::new(s);
+    for _ in 0..n {
+        let bytes = bincode::serde::encode_to_vec(Payload(vec![7u8; size]), bincode_cfg())
+            .map_err(std::io::Error::other)?;
+        w.write_all(&(bytes.len() as u32).to_le_bytes())?;
+        w.write_all(&bytes)?;
+    }
+    w.flush()
+}
+
+fn read_frame<R: Read, T: serde::de::DeserializeOwned>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<T, String> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).map_err(|e| e.to_string())?;
+    buf.resize(u32::from_le_bytes(len) as usize, 0);
+    r.read_exact(buf).map_err(|e| e.to_string())?;
+    let (v, _) =
+        bincode::serde::decode_from_slice(buf, bincode_cfg()).map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+fn write_frame<W: Write, T: Serialize>(w: &mut W, v: &T) -> std::io::Result<()> {
+    let bytes = bincode::serde::encode_to_vec(v, bincode_cfg()).map_err(std::io::Error::other)?;
+    w.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    w.write_all(&bytes)?;
+    w.flush()
+}
+
+/// One producer process, one consumer (this process), per message size.
+pub fn queue_spsc(p: &Params) -> Vec<Workload> {
+    p.sizes
+        .iter()
+        .map(|&size| {
+            let n = msgs_for(size, p.max_msgs);
+            let mut wl = Workload::new(
+                format!("queue_spsc/{}", size_label(size)),
+                format!("queue, 1 producer -> 1 consumer, {} messages", size_label(size)),
+                Metric::Throughput,
+            )
+            .with(ContenderSpec::new("ipc-queue put_many/get_many", Kind::Ours, move || {
+                let q = new_queue()?;
+                Ok(Runner::new(n, move |iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let pq = q.clone();
+                        let child = fork(move || {
+                            let _ = produce(&pq, size, n);
+                        });
+                        consume(&q, n, size)?;
+                        child.wait();
+                    }
+                    Ok(start.elapsed())
+                }))
+            }))
+            .with(ContenderSpec::new("crossbeam bounded(1024), threads", Kind::Thread, move || {
+                Ok(Runner::new(n, move |iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let (tx, rx) = crossbeam_channel::bounded::<Payload>(1024);
+                        let t = std::thread::spawn(move || {
+                            for _ in 0..n {
+                                let _ = tx.send(Payload(vec![7u8; size]));
+                            }
+                        });
+                        for _ in 0..n {
+                            black_box(rx.recv().map_err(|e| e.to_string())?);
+                        }
+                        let _ = t.join();
+                    }
+                    Ok(start.elapsed())
+                }))
+            }))
+            .with(ContenderSpec::new("std sync_channel(1024), threads", Kind::Thread, move || {
+                Ok(Runner::new(n, move |iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let (tx, rx) = std::sync::mpsc::sync_channel::<Payload>(1024);
+                        let t = std::thread::spawn(move || {
+                            for _ in 0..n {
+                                let _ = tx.send(Payload(vec![7u8; size]));
+                            }
+                        });
+                        for _ in 0..n {
+                            black_box(rx.recv().map_err(|e| e.to_string())?);
+                        }
+                        let _ = t.join();
+                    }
+                    Ok(start.elapsed())
+                }))
+            }))
+            .with(ContenderSpec::new("socketpair + bincode frames", Kind::Process, move || {
+                Ok(Runner::new(n, move |iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let (rx, mut tx) = UnixStream::pair().map_err(|e| e.to_string())?;
+                        let child = fork(move || {
+                            let _ = write_frames(&mut tx, size, n);
+                        });
+                        let mut r = BufReader::new(&rx);
+                        let mut buf = Vec::new();
+                        for _ in 0..n {
+                            black_box(read_frame::<_, Payload>(&mut r, &mut buf)?);
+                        }
+                        child.wait();
+                    }
+                    Ok(start.elapsed())
+                }))
+            }))
+            .with(ContenderSpec::new("ipc-channel", Kind::Process, move || {
+                Ok(Runner::new(n, move |iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let (tx, rx) =
+                            ipc_channel::ipc::channel::<Payload>().map_err(|e| e.to_string())?;
+                        let child = fork(move || {
+                            for _ in 0..n {
+                                if tx.send(Payload(vec![7u8; size])).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                        for _ in 0..n {
+                            black_box(rx.recv().map_err(|e| e.to_string())?);
+                        }
+                        child.wait();
+                    }
+                    Ok(start.elapsed())
+                }))
+            }))
+            .with(memcpy_floor(size));
+            if p.python {
+                wl = wl.with(python::contender(
+                    "python mp.Queue",
+                    format!("queue {size} {}", (n / 10).max(1)),
+                    (n / 10).max(1),
+                ));
+            }
+            wl.param = Some(("bytes", size as u64));
+            wl.bytes_per_op = size as u64;
+            wl.note("each iteration forks the producer (or spawns the thread) and moves the messages; ipc-queue batches (put_many/get_many), the others send one by one as their APIs do")
+        })
+        .collect()
+}
+
+/// Two producer processes, two consumer processes (one is this one), per message size.
+pub fn queue_mpmc(p: &Params) -> Vec<Workload> {
+    p.sizes
+        .iter()
+        .map(|&size| {
+            let half = (msgs_for(size, p.max_msgs) / 2).max(1);
+            let mut wl = Workload::new(
+                format!("queue_mpmc/{}", size_label(size)),
+                format!(
+                    "queue, 2 producers -> 2 consumers, {} messages",
+                    size_label(size)
+                ),
+                Metric::Throughput,
+            )
+            .with(ContenderSpec::new(
+                "ipc-queue 2x2 processes",
+                Kind::Ours,
+                move || {
+                    let q = new_queue()?;
+                    Ok(Runner::new(half * 2, move |iters| {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            let (p1, p2, c2) = (q.clone(), q.clone(), q.clone());
+                            let a = fork(move || {
+                                let _ = produce(&p1, size, half);
+                            });
+                            let b = fork(move || {
+                                let _ = produce(&p2, size, half);
+                            });
+                            let c = fork(move || {
+                                let _ = consume(&c2, half, size);
+                            });
+                            consume(&q, half, size)?;
+                            a.wait();
+                            b.wait();
+                            c.wait();
+                        }
+                        Ok(start.elapsed())
+                    }))
+                },
+            ))
+            .with(ContenderSpec::new(
+                "crossbeam bounded(1024), 2x2 threads",
+                Kind::Thread,
+                move || {
+                    Ok(Runner::new(half * 2, move |iters| {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            let (tx, rx) = crossbeam_channel::bounded::<Payload>(1024);
+                            let mut ts = Vec::new();
+                            for _ in 0..2 {
+                                let tx = tx.clone();
+                                ts.push(std::thread::spawn(move || {
+                                    for _ in 0..half {
+                                        let _ = tx.send(Payload(vec![7u8; size]));
+                                    }
+                                }));
+                            }
+                            let rx2 = rx.clone();
+                            ts.push(std::thread::spawn(move || {
+                                for _ in 0..half {
+                                    black_box(rx2.recv().ok());
+                                }
+                            }));
+                            for _ in 0..half {
+                                black_box(rx.recv().map_err(|e| e.to_string())?);
+                            }
+                            for t in ts {
+                                let _ = t.join();
+                            }
+                        }
+                        Ok(start.elapsed())
+                    }))
+                },
+            ));
+            if p.python {
+                wl = wl.with(python::contender(
+                    "python mp.Queue 2x2",
+                    format!("queue_mpmc {size} {}", (half / 5).max(1) * 2),
+                    (half / 5).max(1) * 2,
+                ));
+            }
+            wl.param = Some(("bytes", size as u64));
+            wl.bytes_per_op = size as u64;
+            wl
+        })
+        .collect()
+}
+
+/// Forks an echo child on a pipe made by `builder`.
+fn pipe_echo(builder: PipeBuilder) -> Result<(ipc_pipe::Connection, Child), String> {
+    let (a, b) = builder.duplex().map_err(|e| e.to_string())?;
+    let mut a = Some(a);
+    let child = fork(|| {
+        drop(a.take());
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(n) = b.recv_bytes_into(&mut buf) {
+            if b.send_bytes(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    a.map(|a| (a, child))
+        .ok_or_else(|| "no connection".to_string())
+}
+
+/// A word in fresh shared memory for the floor ping-pongs.
+fn shared_word() -> Result<(ipc_shm::Segment, ipc_shm::Offset<AtomicU32>), String> {
+    let mut layout = Layout::new();
+    let off = layout.add::<AtomicU32>().map_err(|e| e.to_string())?;
+    let seg = SegmentBuilder::new(layout.size())
+        .create()
+        .map_err(|e| e.to_string())?;
+    Ok((seg, off))
+}
+
+/// The floor round trip: spinning (`spin`) or sleeping on a futex, a fresh responder per call.
+pub fn floor_ping_pong(spin: bool) -> ContenderSpec {
+    let name = if spin {
+        "floor: spin ping-pong (shared word)"
+    } else {
+        "floor: futex ping-pong (shared word)"
+    };
+    ContenderSpec::new(name, Kind::Floor, move || {
+        let (seg, off) = shared_word()?;
+        Ok(Runner::new(1, move |iters| {
+            let word = seg.get(off).map_err(|e| e.to_string())?;
+            word.store(0, Ordering::Release);
+            let child = fork(|| {
+                if spin {
+                    spin_ping_pong(word, Side::Responder, 0)
+                } else {
+                    futex_ping_pong(word, Side::Responder, 0)
+                }
+            });
+            let start = Instant::now();
+            if spin {
+                spin_ping_pong(word, Side::Initiator, iters);
+            } else {
+                futex_ping_pong(word, Side::Initiator, iters);
+            }
+            let t = start.elapsed();
+            if spin {
+                spin_ping_pong_stop(word);
+            } else {
+                futex_ping_pong_stop(word);
+            }
+            child.wait();
+            Ok(t)
+        }))
+    })
+}
+
+/// A message of `size` bytes there and back between this process and a forked echo child.
+/// `hot`: ours spins before sleeping (the default); otherwise it sleeps at once.
+pub fn pipe_round_trip(p: &Params, hot: bool) -> Vec<Workload> {
+    let family = if hot {
+        "pipe_rtt_hot"
+    } else {
+        "pipe_rtt_asleep"
+    };
+    p.sizes
+        .iter()
+        .map(|&size| {
+            let builder = if hot {
+                PipeBuilder::new()
+            } else {
+                PipeBuilder::new().spin_limit(0)
+            };
+            let mut wl = Workload::new(
+                format!("{family}/{}", size_label(size)),
+                format!(
+                    "pipe round trip, {} message, peers {}",
+                    size_label(size),
+                    if hot {
+                        "hot (spin, then sleep)"
+                    } else {
+                        "asleep (no spinning)"
+                    }
+                ),
+                Metric::Latency,
+            )
+            .with(ContenderSpec::new(
+                if hot {
+                    "ipc-pipe (default)"
+                } else {
+                    "ipc-pipe spin_limit(0)"
+                },
+                Kind::Ours,
+                move || {
+                    let builder = builder.max_message_size(size.max(64) * 2);
+                    let builder = builder.capacity((size * 4).max(1 << 16));
+                    let (a, child) = pipe_echo(builder)?;
+                    let msg = vec![7u8; size];
+                    let mut buf = vec![0u8; size.max(1)];
+                    Ok(Runner::new(1, move |iters| {
+                        let _keep = &child;
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            a.send_bytes(&msg).map_err(|e| e.to_string())?;
+                            a.recv_bytes_into(&mut buf).map_err(|e| e.to_string())?;
+                        }
+                        Ok(start.elapsed())
+                    }))
+                },
+            ))
+            .with(floor_ping_pong(hot));
+            if hot {
+                wl = wl.with(ContenderSpec::new(
+                    "crossbeam ping-pong, threads",
+                    Kind::Thread,
+                    move || {
+                        Ok(Runner::new(1, move |iters| {
+                            let (tx1, rx1) = crossbeam_channel::bounded::<Vec<u8>>(1);
+                            let (tx2, rx2) = crossbeam_channel::bounded::<Vec<u8>>(1);
+                            let t = std::thread::spawn(move || {
+                                while let Ok(m) = rx1.recv() {
+                                    if tx2.send(m).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                            let mut msg = vec![7u8; size];
+                            let start = Instant::now();
+                            for _ in 0..iters {
+                                tx1.send(msg).map_err(|e| e.to_string())?;
+                                msg = rx2.recv().map_err(|e| e.to_string())?;
+                            }
+                            let el = start.elapsed();
+                            drop(tx1);
+                            let _ = t.join();
+                            Ok(el)
+                        }))
+                    },
+                ));
+            }
+            wl = wl
+                .with(ContenderSpec::new("socketpair", Kind::Process, move || {
+                    let (mut a, mut b) = UnixStream::pair().map_err(|e| e.to_string())?;
+                    let child = fork(move || {
+                        let mut buf = vec![0u8; size];
+                        while b.read_exact(&mut buf).is_ok() {
+                            if b.write_all(&buf).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let msg = vec![7u8; size];
+                    let mut buf = vec![0u8; size];
+                    Ok(Runner::new(1, move |iters| {
+                        let _keep = &child;
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            a.write_all(&msg).map_err(|e| e.to_string())?;
+                            a.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                        }
+                        Ok(start.elapsed())
+                    }))
+                }))
+                .with(ContenderSpec::new(
+                    "ipc-channel (bytes)",
+                    Kind::Process,
+                    move || {
+                        let (up_tx, up_rx) =
+                            ipc_channel::ipc::bytes_channel().map_err(|e| e.to_string())?;
+                        let (down_tx, down_rx) =
+                            ipc_channel::ipc::bytes_channel().map_err(|e| e.to_string())?;
+                        let child = fork(move || {
+                            while let Ok(m) = up_rx.recv() {
+                                if down_tx.send(&m).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                        let msg = vec![7u8; size];
+                        Ok(Runner::new(1, move |iters| {
+                            let _keep = &child;
+                            let start = Instant::now();
+                            for _ in 0..iters {
+                                up_tx.send(&msg).map_err(|e| e.to_string())?;
+                                black_box(down_rx.recv().map_err(|e| e.to_string())?);
+                            }
+                            Ok(start.elapsed())
+                        }))
+                    },
+                ));
+            if p.python {
+                wl = wl.with(python::contender(
+                    "python mp.Pipe",
+                    format!("pipe {size}"),
+                    1,
+                ));
+            }
+            wl.param = Some(("bytes", size as u64));
+            wl.bytes_per_op = 2 * size as u64;
+            wl
+        })
+        .collect()
+}
+
+/// Two parties take turns under one lock: a turn word says whose turn it is; each side locks,
+/// checks the turn, passes it and unlocks, so every acquisition hands the lock over.
+/// One operation is a full round (there and back).
+pub fn lock_handoff(_p: &Params) -> Workload {
+    Workload::new(
+        "lock_handoff",
+        "lock hand-off between two parties (one round = there and back)",
+        Metric::Latency,
+    )
+    .with(ContenderSpec::new(
+        "ipc-sync Lock, 2 processes",
+        Kind::Ours,
+        move || {
+            let mut layout = Layout::new();
+            let lock_off = layout.add::<Lock>().map_err(|e| e.to_string())?;
+            let turn_off = layout.add::<AtomicU32>().map_err(|e| e.to_string())?;
+            let seg = SegmentBuilder::new(layout.size())
+                .create()
+                .map_err(|e| e.to_string())?;
+            Ok(Runner::new(1, move |iters| {
+                let lock = seg.get(lock_off).map_err(|e| e.to_string())?;
+                let turn = seg.get(turn_off).map_err(|e| e.to_string())?;
+                turn.store(0, Ordering::Relaxed);
+                let child = fork(|| turn_taker(|| lock.lock().ok(), turn));
+                let start = Instant::now();
+                turn_giver(|| lock.lock().map_err(|e| e.to_string()), turn, iters)?;
+                let t = start.elapsed();
+                turn_stop(|| lock.lock().map_err(|e| e.to_string()), turn)?;
+                child.wait();
+                Ok(t)
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "pthread mutex (process-shared), 2 processes",
+        Kind::Process,
+        move || {
+            let shared = PthreadTurn::new();
+            Ok(Runner::new(1, move |iters| {
+                let m = shared.mutex();
+                let turn_word = shared.turn();
+                turn_word.store(0, Ordering::Relaxed);
+                let lock = || -> Result<PthreadGuard<'_>, String> {
+                    m.lock();
+                    Ok(PthreadGuard(m))
+                };
+                let child = fork(|| turn_taker(|| lock().ok(), turn_word));
+                let start = Instant::now();
+                turn_giver(lock, turn_word, iters)?;
+                let t = start.elapsed();
+                turn_stop(lock, turn_word)?;
+                child.wait();
+                Ok(t)
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "std::sync::Mutex, 2 threads",
+        Kind::Thread,
+        move || {
+            Ok(Runner::new(1, move |iters| {
+                let m = Arc::new(Mutex::new(()));
+                let turn = Arc::new(AtomicU32::new(0));
+                let (m2, t2) = (m.clone(), turn.clone());
+                let th = std::thread::spawn(move || turn_taker(|| m2.lock().ok(), &t2));
+                let start = Instant::now();
+                turn_giver(|| m.lock().map_err(|e| e.to_string()), &turn, iters)?;
+                let t = start.elapsed();
+                turn_stop(|| m.lock().map_err(|e| e.to_string()), &turn)?;
+                let _ = th.join();
+                Ok(t)
+            }))
+        },
+    ))
+    .with(floor_ping_pong(false))
+    .note("the lock hand-off needs both parties awake; the futex floor is one sleeping round trip")
+}
+
+struct PthreadGuard<'a>(&'a PthreadMutex);
+
+impl Drop for PthreadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+const TURN_STOP: u32 = 2;
+
+fn turn_taker<G>(mut lock: impl FnMut() -> Option<G>, turn: &AtomicU32) {
+    loop {
+        let Some(g) = lock() else { return };
+        match turn.load(Ordering::Relaxed) {
+            1 => turn.store(0, Ordering::Relaxed),
+            TURN_STOP => return,
+            _ => {}
+        }
+        drop(g);
+    }
+}
+
+fn turn_giver<G>(
+    mut lock: impl FnMut() -> Result<G, String>,
+    turn: &AtomicU32,
+    iters: u64,
+) -> Result<(), String> {
+    let mut done = 0;
+    while done < iters {
+        let g = lock()?;
+        if turn.load(Ordering::Relaxed) == 0 {
+            turn.store(1, Ordering::Relaxed);
+            done += 1;
+        }
+        drop(g);
+    }
+    Ok(())
+}
+
+fn turn_stop<G>(
+    mut lock: impl FnMut() -> Result<G, String>,
+    turn: &AtomicU32,
+) -> Result<(), String> {
+    let g = lock()?;
+    turn.store(TURN_STOP, Ordering::Relaxed);
+    drop(g);
+    Ok(())
+}
+
+/// A forked server answering `noop(x)` requests over a socketpair with bincode frames.
+pub(crate) fn rpc_socketpair() -> ContenderSpec {
+    ContenderSpec::new("socketpair + bincode server", Kind::Process, || {
+        let (a, b) = UnixStream::pair().map_err(|e| e.to_string())?;
+        let child = fork(move || {
+            let mut r = BufReader::new(&b);
+            let mut w = &b;
+            let mut buf = Vec::new();
+            while let Ok(x) = read_frame::<_, u64>(&mut r, &mut buf) {
+                if write_frame(&mut w, &noop(x)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = Vec::new();
+        Ok(Runner::new(1, move |iters| {
+            let _keep = &child;
+            let mut w = &a;
+            let mut r = &a;
+            let start = Instant::now();
+            for i in 0..iters {
+                write_frame(&mut w, &i).map_err(|e| e.to_string())?;
+                black_box(read_frame::<_, u64>(&mut r, &mut buf)?);
+            }
+            Ok(start.elapsed())
+        }))
+    })
+}
+
+/// A forked server answering `noop(x)` requests over typed ipc-channels.
+pub(crate) fn rpc_ipc_channel() -> ContenderSpec {
+    ContenderSpec::new("ipc-channel server", Kind::Process, || {
+        let (up_tx, up_rx) = ipc_channel::ipc::channel::<u64>().map_err(|e| e.to_string())?;
+        let (down_tx, down_rx) = ipc_channel::ipc::channel::<u64>().map_err(|e| e.to_string())?;
+        let child = fork(move || {
+            while let Ok(x) = up_rx.recv() {
+                if down_tx.send(noop(x)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Runner::new(1, move |iters| {
+            let _keep = &child;
+            let start = Instant::now();
+            for i in 0..iters {
+                up_tx.send(i).map_err(|e| e.to_string())?;
+                black_box(down_rx.recv().map_err(|e| e.to_string())?);
+            }
+            Ok(start.elapsed())
+        }))
+    })
+}

@@ -1,0 +1,461 @@
+//! The pool families: `apply` round trip, `map` of trivial tasks, CPU-bound tasks at 1..N
+//! workers, 1 MiB argument tasks, and worker replacement after a crash.
+
+use std::time::{Duration, Instant};
+
+use pool::{Pool, PoolBuilder, StartMethod, TaskError};
+use serde_bytes::ByteBuf;
+
+use super::peers::{
+    CrossbeamPool, map_crossbeam, map_procspawn, map_rayon, map_threadpool, procspawn_pool,
+    rayon_pool,
+};
+use super::python;
+use super::tasks::{crash, noop, spin, spin_rounds_for, square, touch};
+use super::{ContenderSpec, Kind, Metric, Params, Runner, Workload, timed_loop};
+use crate::floor::memcpy_once;
+
+pub(crate) fn our_pool(workers: usize, method: StartMethod) -> Result<Pool, String> {
+    PoolBuilder::new()
+        .processes(workers)
+        .start_method(method)
+        .build()
+        .map_err(|e| format!("pool: {e}"))
+}
+
+fn check_len<R>(v: &[R], n: usize) -> Result<(), String> {
+    if v.len() == n {
+        Ok(())
+    } else {
+        Err(format!("{} results for {n} tasks", v.len()))
+    }
+}
+
+/// `apply(noop, x)` round trip on a hot pool, against the same round trip on the peers.
+pub fn pool_apply(p: &Params) -> Workload {
+    let w = p.pool_workers;
+    let mut wl = Workload::new(
+        "apply",
+        "apply round trip, one trivial task",
+        Metric::Latency,
+    )
+    .with(ContenderSpec::new(
+        "pool apply (forkserver)",
+        Kind::Ours,
+        move || {
+            let pool = our_pool(w, StartMethod::ForkServer)?;
+            Ok(Runner::new(1, move |iters| {
+                let start = Instant::now();
+                for i in 0..iters {
+                    pool.apply(noop, i).map_err(|e| e.to_string())?;
+                }
+                Ok(start.elapsed())
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "rayon install",
+        Kind::Thread,
+        move || {
+            let pool = rayon_pool(w)?;
+            Ok(Runner::new(1, move |iters| {
+                let start = Instant::now();
+                for i in 0..iters {
+                    std::hint::black_box(pool.install(|| noop(i)));
+                }
+                Ok(start.elapsed())
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "std::thread+crossbeam",
+        Kind::Thread,
+        move || {
+            let pool = CrossbeamPool::new(w);
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            Ok(Runner::new(1, move |iters| {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let tx = tx.clone();
+                    pool.execute(move || {
+                        let _ = tx.send(noop(i));
+                    });
+                    rx.recv().map_err(|e| e.to_string())?;
+                }
+                Ok(start.elapsed())
+            }))
+        },
+    ))
+    .with(ContenderSpec::new("threadpool", Kind::Thread, move || {
+        let pool = threadpool::ThreadPool::new(w);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        Ok(Runner::new(1, move |iters| {
+            let start = Instant::now();
+            for i in 0..iters {
+                let tx = tx.clone();
+                pool.execute(move || {
+                    let _ = tx.send(noop(i));
+                });
+                rx.recv().map_err(|e| e.to_string())?;
+            }
+            Ok(start.elapsed())
+        }))
+    }))
+    .with(ContenderSpec::new(
+        "procspawn pool",
+        Kind::Process,
+        move || {
+            let pool = procspawn_pool(w)?;
+            Ok(Runner::new(1, move |iters| {
+                let start = Instant::now();
+                for i in 0..iters {
+                    pool.spawn(i, noop)
+                        .join()
+                        .map_err(|e| format!("procspawn: {e}"))?;
+                }
+                Ok(start.elapsed())
+            }))
+        },
+    ))
+    .with(super::ipc::rpc_socketpair())
+    .with(super::ipc::rpc_ipc_channel());
+    if p.python {
+        wl = wl.with(python::contender(
+            "python Pool.apply_async",
+            format!("apply {w}"),
+            1,
+        ));
+    }
+    wl.note("ours: a 2-worker pool with the default (forkserver) start method; the calling thread runs the task on an idle worker; socketpair and ipc-channel: a forked server that runs the task, request/response frames")
+}
+
+/// `map(square, 0..n)` with automatic chunks.
+pub fn map_trivial(p: &Params) -> Workload {
+    let w = p.pool_workers;
+    let n = p.map_tasks;
+    let slow = p.slow_peer_tasks.min(n);
+    let mut wl = Workload::new(
+        "map_trivial",
+        format!("map of {} trivial tasks (x*x), results in order", human(n)),
+        Metric::Throughput,
+    )
+    .with(ContenderSpec::new(
+        "pool map (auto chunks)",
+        Kind::Ours,
+        move || {
+            let pool = our_pool(w, StartMethod::ForkServer)?;
+            Ok(Runner::new(n, move |iters| {
+                timed_loop(
+                    iters,
+                    || (),
+                    |()| {
+                        let v = pool.map(square, 0..n).map_err(|e| e.to_string())?;
+                        check_len(&v, n as usize)
+                    },
+                )
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "rayon par_iter",
+        Kind::Thread,
+        move || {
+            let pool = rayon_pool(w)?;
+            Ok(Runner::new(n, move |iters| {
+                timed_loop(
+                    iters,
+                    || (0..n).collect::<Vec<u64>>(),
+                    |args| Ok(map_rayon(&pool, square, args)),
+                )
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "std::thread+crossbeam (job per task)",
+        Kind::Thread,
+        move || {
+            let pool = CrossbeamPool::new(w);
+            Ok(Runner::new(n, move |iters| {
+                timed_loop(
+                    iters,
+                    || (0..n).collect::<Vec<u64>>(),
+                    |args| map_crossbeam(&pool, square, args),
+                )
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "threadpool (job per task)",
+        Kind::Thread,
+        move || {
+            let pool = threadpool::ThreadPool::new(w);
+            Ok(Runner::new(n, move |iters| {
+                timed_loop(
+                    iters,
+                    || (0..n).collect::<Vec<u64>>(),
+                    |args| map_threadpool(&pool, square, args),
+                )
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "procspawn pool (spawn per task)",
+        Kind::Process,
+        move || {
+            let pool = procspawn_pool(w)?;
+            Ok(Runner::new(slow, move |iters| {
+                timed_loop(
+                    iters,
+                    || (0..slow).collect::<Vec<u64>>(),
+                    |args| map_procspawn(&pool, square, args),
+                )
+            }))
+        },
+    ));
+    if p.python {
+        wl = wl.with(python::contender(
+            "python Pool.map",
+            format!("map {w} {n}"),
+            n,
+        ));
+    }
+    wl.note(format!(
+        "procspawn has no map: it gets {slow} tasks per iteration (one spawn each)"
+    ))
+}
+
+/// CPU-bound tasks of `us` microseconds (a calibrated arithmetic spin) at each worker count.
+pub fn cpu_tasks(p: &Params, us: u64) -> Vec<Workload> {
+    let rounds = spin_rounds_for(us);
+    let budget_us = p.cpu_budget.as_micros() as u64;
+    p.workers
+        .iter()
+        .map(|&w| {
+            // About `cpu_budget` of CPU time per iteration, spread over the workers.
+            let n = (budget_us / us).max(w as u64 * 4);
+            let slow = n.min(p.slow_peer_tasks);
+            let mut wl = Workload::new(
+                format!("cpu_{us}us/w{w}"),
+                format!("{us} us CPU-bound tasks, {w} worker(s), {n} per map"),
+                Metric::Throughput,
+            )
+            .with(ContenderSpec::new("pool map", Kind::Ours, move || {
+                let pool = our_pool(w, StartMethod::ForkServer)?;
+                Ok(Runner::new(n, move |iters| {
+                    timed_loop(
+                        iters,
+                        || vec![rounds; n as usize],
+                        |args| {
+                            let v = pool.map(spin, args).map_err(|e| e.to_string())?;
+                            check_len(&v, n as usize)
+                        },
+                    )
+                }))
+            }))
+            .with(ContenderSpec::new("rayon par_iter", Kind::Thread, move || {
+                let pool = rayon_pool(w)?;
+                Ok(Runner::new(n, move |iters| {
+                    timed_loop(
+                        iters,
+                        || vec![rounds; n as usize],
+                        |args| Ok(map_rayon(&pool, spin, args)),
+                    )
+                }))
+            }))
+            .with(ContenderSpec::new("std::thread+crossbeam", Kind::Thread, move || {
+                let pool = CrossbeamPool::new(w);
+                Ok(Runner::new(n, move |iters| {
+                    timed_loop(
+                        iters,
+                        || vec![rounds; n as usize],
+                        |args| map_crossbeam(&pool, spin, args),
+                    )
+                }))
+            }))
+            .with(ContenderSpec::new("threadpool", Kind::Thread, move || {
+                let pool = threadpool::ThreadPool::new(w);
+                Ok(Runner::new(n, move |iters| {
+                    timed_loop(
+                        iters,
+                        || vec![rounds; n as usize],
+                        |args| map_threadpool(&pool, spin, args),
+                    )
+                }))
+            }))
+            .with(ContenderSpec::new("procspawn pool", Kind::Process, move || {
+                let pool = procspawn_pool(w)?;
+                Ok(Runner::new(slow, move |iters| {
+                    timed_loop(
+                        iters,
+                        || vec![rounds; slow as usize],
+                        |args| map_procspawn(&pool, spin, args),
+                    )
+                }))
+            }))
+            .with(ContenderSpec::new(
+                format!("ideal: {w} x one thread, no pool"),
+                Kind::Floor,
+                move || {
+                    Ok(Runner::new(n * w as u64, move |iters| {
+                        let start = Instant::now();
+                        for _ in 0..iters * n {
+                            std::hint::black_box(spin(rounds));
+                        }
+                        Ok(start.elapsed())
+                    }))
+                },
+            ));
+            wl.param = Some(("workers", w as u64));
+            wl.notes.push(format!(
+                "spin calibrated here: {rounds} rounds = {us} us; 'ideal' is one thread's rate times {w} (no pool, no contention)"
+            ));
+            wl
+        })
+        .collect()
+}
+
+const MIB: usize = 1 << 20;
+
+/// Tasks with a 1 MiB argument (`serde_bytes`), each reading it and returning a checksum.
+pub fn payload_tasks(p: &Params) -> Workload {
+    let w = p.pool_workers;
+    let n = p.payload_tasks;
+    let make = move || -> Vec<ByteBuf> { (0..n).map(|_| ByteBuf::from(vec![7u8; MIB])).collect() };
+    let mut wl = Workload::new(
+        "payload_1MiB",
+        format!("tasks with a 1 MiB argument, {n} per map"),
+        Metric::Throughput,
+    )
+    .with(ContenderSpec::new("pool map", Kind::Ours, move || {
+        let pool = our_pool(w, StartMethod::ForkServer)?;
+        Ok(Runner::new(n, move |iters| {
+            timed_loop(iters, make, |args| {
+                let v = pool.map(touch, args).map_err(|e| e.to_string())?;
+                check_len(&v, n as usize)
+            })
+        }))
+    }))
+    .with(ContenderSpec::new(
+        "rayon (moves a pointer)",
+        Kind::Thread,
+        move || {
+            let pool = rayon_pool(w)?;
+            Ok(Runner::new(n, move |iters| {
+                timed_loop(iters, make, |args| Ok(map_rayon(&pool, touch, args)))
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "std::thread+crossbeam",
+        Kind::Thread,
+        move || {
+            let pool = CrossbeamPool::new(w);
+            Ok(Runner::new(n, move |iters| {
+                timed_loop(iters, make, |args| map_crossbeam(&pool, touch, args))
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "procspawn pool",
+        Kind::Process,
+        move || {
+            let pool = procspawn_pool(w)?;
+            Ok(Runner::new(n, move |iters| {
+                timed_loop(iters, make, |args| map_procspawn(&pool, touch, args))
+            }))
+        },
+    ))
+    .with(ContenderSpec::new(
+        "memcpy 1 MiB (one copy)",
+        Kind::Floor,
+        move || {
+            let src = vec![7u8; MIB];
+            let mut dst = vec![0u8; MIB];
+            Ok(Runner::new(1, move |iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    memcpy_once(&mut dst, &src);
+                }
+                Ok(start.elapsed())
+            }))
+        },
+    ));
+    if p.python {
+        wl = wl.with(python::contender(
+            "python Pool.map (bytes)",
+            format!("payload {w} {n}"),
+            n,
+        ));
+    }
+    wl.bytes_per_op = MIB as u64;
+    wl.note("a process pool copies each argument at least twice (encode into the pipe, decode out); threads pass a pointer")
+}
+
+/// A task that aborts its worker, then a trivial task, on a one-worker pool: the second
+/// result can only come from the replacement worker, so one iteration is crash detection,
+/// replacement and two round trips. `apply` round trips on the same pool are the baseline.
+pub fn crash_recovery(_p: &Params) -> Workload {
+    let mut wl = Workload::new(
+        "crash_recovery",
+        "a task aborts its worker: WorkerLost, replacement, next result (1-worker pool)",
+        Metric::Latency,
+    );
+    for (name, method) in [
+        ("pool fork", StartMethod::Fork),
+        ("pool forkserver", StartMethod::ForkServer),
+        ("pool spawn", StartMethod::Spawn),
+    ] {
+        wl = wl.with(ContenderSpec::new(
+            format!("{name}: crash + recovery"),
+            Kind::Ours,
+            move || {
+                let pool = our_pool(1, method)?;
+                Ok(Runner::new(1, move |iters| {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        crash_once(&pool, i)?;
+                    }
+                    Ok(start.elapsed())
+                }))
+            },
+        ));
+    }
+    wl = wl.with(ContenderSpec::new(
+        "baseline: 2 apply round trips, no crash",
+        Kind::Floor,
+        move || {
+            let pool = our_pool(1, StartMethod::ForkServer)?;
+            Ok(Runner::new(1, move |iters| {
+                let start = Instant::now();
+                for i in 0..iters {
+                    pool.apply(noop, i).map_err(|e| e.to_string())?;
+                    pool.apply(noop, i).map_err(|e| e.to_string())?;
+                }
+                Ok(start.elapsed())
+            }))
+        },
+    ));
+    wl.note("replacement cost = crash row minus the baseline row; a thread pool cannot do this at all (see the crash table)")
+}
+
+/// One crash and recovery: `crash` must fail with `WorkerLost`, the next task must succeed.
+pub(crate) fn crash_once(pool: &Pool, i: u64) -> Result<Duration, String> {
+    let start = Instant::now();
+    match pool.apply(crash, i) {
+        Err(TaskError::WorkerLost { .. }) => {}
+        other => return Err(format!("the crashing task returned {other:?}")),
+    }
+    pool.apply(noop, i)
+        .map_err(|e| format!("after a crash: {e}"))?;
+    Ok(start.elapsed())
+}
+
+fn human(n: u64) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}

@@ -1,0 +1,117 @@
+//! The README's main job must not rot: run the comparison runner binary with `--smoke` (tiny
+//! sizes, a few seconds even in a debug build) and check its table, JSON and charts.
+
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn compare_smoke_prints_every_row_and_valid_json() {
+    let dir = std::env::temp_dir().join(format!("compare-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let plots = dir.join("plots");
+    let child = Command::new(env!("CARGO_BIN_EXE_compare"))
+        .args(["--smoke", "--no-progress", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plots)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Watchdog: a hung runner is killed, and the test fails instead of hanging CI.
+    let pid = child.id() as i32;
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(Duration::from_secs(120)).is_err() {
+            // SAFETY: kill(2) on our own child, not yet reaped (wait_with_output is still
+            // waiting for it), so the pid cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    assert!(
+        !watchdog.join().unwrap(),
+        "compare --smoke did not finish within 120 s"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "compare --smoke failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The headline table has one row per workload family, with ours measured.
+    let headline = stdout
+        .split("## Headline")
+        .nth(1)
+        .expect("no headline table");
+    for id in [
+        "apply",
+        "map_trivial",
+        "cpu_10us/w1",
+        "cpu_100us/w1",
+        "payload_1MiB",
+        "crash_recovery",
+        "queue_spsc/64B",
+        "queue_mpmc/64B",
+        "pipe_rtt_hot/64B",
+        "pipe_rtt_asleep/64B",
+        "lock_handoff",
+    ] {
+        let row = headline
+            .lines()
+            .find(|l| l.starts_with(&format!("| {id} |")))
+            .unwrap_or_else(|| panic!("no headline row for {id}:\n{headline}"));
+        assert!(
+            !row.starts_with(&format!("| {id} | - |")),
+            "ours not measured: {row}"
+        );
+    }
+    // The peers and the floor appear in the detailed tables.
+    for name in [
+        "rayon par_iter",
+        "std::thread+crossbeam",
+        "threadpool",
+        "procspawn pool",
+        "socketpair",
+        "ipc-channel",
+        "floor: spin ping-pong",
+        "floor: futex ping-pong",
+        "memcpy",
+    ] {
+        assert!(stdout.contains(&format!("| {name}")), "no row for {name}");
+    }
+    // The crash table shows our pool surviving an abort and rayon's process dying of it.
+    assert!(
+        stdout.contains("WorkerLost"),
+        "no WorkerLost in the crash table"
+    );
+    assert!(stdout.contains("the whole process died"), "{stdout}");
+
+    // The JSON parses and has samples, medians and the system description.
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["system"]["cores"].as_u64().unwrap() >= 1);
+    assert!(!v["system"]["kernel"].as_str().unwrap().is_empty());
+    let workloads = v["workloads"].as_array().unwrap();
+    assert_eq!(workloads.len(), 11);
+    for w in workloads {
+        let ours = w["contenders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["kind"] == "ours")
+            .unwrap();
+        assert_eq!(ours["samples"].as_array().unwrap().len(), 2, "{w}");
+        assert!(ours["summary"]["median"].as_f64().unwrap() > 0.0);
+        assert_eq!(ours["speed_vs_ours"].as_f64().unwrap(), 1.0);
+    }
+    assert!(!v["targets"].as_array().unwrap().is_empty());
+    assert!(plots.join("workers.svg").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
