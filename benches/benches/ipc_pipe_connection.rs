@@ -12,6 +12,7 @@
 #![allow(unsafe_code)]
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
@@ -38,6 +39,15 @@ fn fork(body: impl FnOnce()) -> libc::pid_t {
         }
         pid
     }
+}
+
+/// In a forked child: closes the child's copy of a descriptor the parent keeps using, so that
+/// the parent closing it is seen as end-of-file by the child.
+fn close_copy(fd: std::os::fd::RawFd) {
+    // SAFETY: called only in a freshly forked child, on the number of a descriptor that the
+    // parent owns; in the child nothing else uses that copy (the owning value is never touched
+    // there again and is never dropped, since the child leaves with `_exit`).
+    unsafe { libc::close(fd) };
 }
 
 fn reap(pid: libc::pid_t) {
@@ -121,9 +131,9 @@ fn round_trip(c: &mut Criterion) {
     // A Unix socketpair.
     {
         let (mut a, mut b) = UnixStream::pair().unwrap();
-        let mut a_opt = Some(a.try_clone().unwrap());
+        let a_fd = a.as_raw_fd();
         let pid = fork(|| {
-            drop(a_opt.take());
+            close_copy(a_fd);
             let mut buf = [0u8; 64];
             while b.read_exact(&mut buf).is_ok() {
                 if b.write_all(&buf).is_err() {
@@ -132,7 +142,6 @@ fn round_trip(c: &mut Criterion) {
             }
         });
         drop(b);
-        drop(a_opt);
         let mut buf = [0u8; 64];
         g.bench_function("compare_socketpair", |bch| {
             bch.iter(|| {
@@ -148,7 +157,10 @@ fn round_trip(c: &mut Criterion) {
     {
         let (mut up_r, mut up_w) = std::io::pipe().unwrap();
         let (mut down_r, mut down_w) = std::io::pipe().unwrap();
+        let (up_w_fd, down_r_fd) = (up_w.as_raw_fd(), down_r.as_raw_fd());
         let pid = fork(|| {
+            close_copy(up_w_fd);
+            close_copy(down_r_fd);
             let mut buf = [0u8; 64];
             while up_r.read_exact(&mut buf).is_ok() {
                 if down_w.write_all(&buf).is_err() {
@@ -239,9 +251,9 @@ fn one_way(c: &mut Criterion) {
         // A socketpair: the count goes one way, the bytes the other.
         {
             let (mut a, mut b) = UnixStream::pair().unwrap();
-            let mut a_opt = Some(a.try_clone().unwrap());
+            let a_fd = a.as_raw_fd();
             let pid = fork(|| {
-                drop(a_opt.take());
+                close_copy(a_fd);
                 let mut cmd = [0u8; 8];
                 while b.read_exact(&mut cmd).is_ok() {
                     for _ in 0..u64::from_le_bytes(cmd) {
@@ -250,7 +262,6 @@ fn one_way(c: &mut Criterion) {
                 }
             });
             drop(b);
-            drop(a_opt);
             let mut buf = vec![0u8; size];
             g.bench_function(BenchmarkId::new("compare_socketpair", size), |bch| {
                 bch.iter_custom(|iters| {
@@ -270,7 +281,10 @@ fn one_way(c: &mut Criterion) {
         {
             let (mut up_r, mut up_w) = std::io::pipe().unwrap();
             let (mut down_r, mut down_w) = std::io::pipe().unwrap();
+            let (up_w_fd, down_r_fd) = (up_w.as_raw_fd(), down_r.as_raw_fd());
             let pid = fork(|| {
+                close_copy(up_w_fd);
+                close_copy(down_r_fd);
                 let mut cmd = [0u8; 8];
                 while up_r.read_exact(&mut cmd).is_ok() {
                     for _ in 0..u64::from_le_bytes(cmd) {
@@ -334,14 +348,16 @@ fn one_way(c: &mut Criterion) {
 
 const PYTHON: &str = r#"
 import multiprocessing as mp, time
-def echo(c):
+def echo(c, other):
+    other.close()
     while True:
         try:
             m = c.recv_bytes()
         except EOFError:
             return
         c.send_bytes(m)
-def source(c, size):
+def source(c, other, size):
+    other.close()
     m = b"x" * size
     while True:
         try:
@@ -352,7 +368,7 @@ def source(c, size):
             c.send_bytes(m)
 mp.set_start_method("fork")
 a, b = mp.Pipe()
-p = mp.Process(target=echo, args=(b,)); p.start(); b.close()
+p = mp.Process(target=echo, args=(b, a)); p.start(); b.close()
 msg = b"x" * 64
 for _ in range(2000):
     a.send_bytes(msg); a.recv_bytes()
@@ -364,7 +380,7 @@ print(f"python multiprocessing.Pipe round_trip_64B: {(time.perf_counter() - t) /
 a.close(); p.join()
 for size, n in [(64, 100000), (4096, 50000), (1 << 20, 300)]:
     a, b = mp.Pipe()
-    p = mp.Process(target=source, args=(b, size)); p.start(); b.close()
+    p = mp.Process(target=source, args=(b, a, size)); p.start(); b.close()
     a.send(10)
     for _ in range(10): a.recv_bytes()
     t = time.perf_counter()

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_shm::{Offset, OpenOptions, Segment, SegmentBuilder, TypeTag};
-use ipc_sync::futex::{self, Deadline};
+use ipc_sync::futex::{self, Deadline, WaitOutcome};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -406,12 +406,6 @@ impl Connection {
         ctl.closed[0].load(Ordering::Acquire) != 0 || ctl.closed[1].load(Ordering::Acquire) != 0
     }
 
-    /// Whether the peer is gone: closed, or its socket hung up (every copy closed or its process
-    /// dead). A system call: slow paths only.
-    fn peer_gone(&self) -> bool {
-        self.closed_flag() || os::hung_up(self.sock())
-    }
-
     /// Misuse detection (slow paths only; one `getpid`).
     fn check_owner(&self) -> Result<(), Fail> {
         let me = os::pid();
@@ -495,8 +489,10 @@ impl Connection {
                 return Ok(free);
             }
         }
-        self.check_owner()?;
         let ring = self.tx_ring();
+        // As in `wait_rx_slow`: the hang-up system call only after a slice timed out or when
+        // a handle of the peer was dropped.
+        let mut check_hup = false;
         loop {
             let expected = ring::arm_tx(ring);
             let head = ring::load_head(ring);
@@ -508,10 +504,16 @@ impl Connection {
                 ring.tx_wait.fetch_and(!SLEEP, Ordering::Relaxed);
                 return Ok(free);
             }
-            if self.peer_gone() {
+            if self.closed_flag()
+                || ((check_hup || expected & GONE != 0) && os::hung_up(self.sock()))
+            {
                 return Err(Fail::Disconnected);
             }
-            futex::wait(&ring.tx_wait, expected, Some(Deadline::after(SLICE)));
+            let outcome = futex::wait(&ring.tx_wait, expected, Some(Deadline::after(SLICE)));
+            check_hup = outcome == WaitOutcome::TimedOut;
+            if check_hup {
+                self.check_owner()?;
+            }
         }
     }
 
@@ -662,9 +664,16 @@ impl Connection {
             self.spin
                 .set((budget / 2).max(SPIN_MIN).min(self.settings.spin));
         }
-        self.check_owner()?;
         let ring = self.rx_ring();
         let fd_mode = self.fd_mode.get();
+        // Hang-up of a killed peer costs a system call to check, so it is checked only where it
+        // could otherwise go unnoticed: in non-blocking calls, after a futex slice timed out,
+        // and when a handle of the peer was dropped (`GONE`). A clean close is a flag (free to
+        // read); in fd mode the blocking `poll` reports hang-up itself (`drain` then sees EOF).
+        let mut check_hup = nonblocking;
+        if nonblocking {
+            self.check_owner()?;
+        }
         loop {
             let mut hung_up = false;
             let bits = if fd_mode {
@@ -678,7 +687,7 @@ impl Connection {
             let expected = if bits != 0 {
                 ring::arm_rx(ring, bits)
             } else {
-                0
+                ring.rx_wait.load(Ordering::Relaxed)
             };
             let tail = ring::load_tail(ring);
             let head = self.rx_head.get();
@@ -690,7 +699,10 @@ impl Connection {
                 }
                 return Ok(avail);
             }
-            if hung_up || self.peer_gone() {
+            if hung_up
+                || self.closed_flag()
+                || ((check_hup || expected & GONE != 0) && os::hung_up(self.sock()))
+            {
                 // Everything the peer published before dying or closing is visible now.
                 let tail = ring::load_tail(ring);
                 let avail = ring::validate_avail(tail, head, self.rx.cap())?;
@@ -713,11 +725,15 @@ impl Connection {
             if fd_mode {
                 os::poll_one(self.sock(), remaining);
             } else {
-                futex::wait(
+                let outcome = futex::wait(
                     &ring.rx_wait,
                     expected,
                     Some(Deadline::min_with(deadline, SLICE)),
                 );
+                check_hup = outcome == WaitOutcome::TimedOut;
+                if check_hup {
+                    self.check_owner()?;
+                }
             }
         }
     }

@@ -1,5 +1,114 @@
 //! A duplex pipe of two connections over shared memory, with peer-death detection and poll
 //! readiness: Python's `multiprocessing.Pipe` for Rust.
+//!
+//! [`pipe`] returns two connected [`Connection`]s; each sends to and receives from the other,
+//! typically in another process (after `fork`, or passed to an exec'ed child by descriptor).
+//! [`channel`] is the one-way form ([`Sender`], [`Receiver`]).
+//!
+//! - Messages are serde values ([`Connection::send`] / [`Connection::recv`], encoded with
+//!   bincode) or raw bytes ([`Connection::send_bytes`], [`Connection::recv_bytes`],
+//!   [`Connection::recv_bytes_into`]), of any size: a message larger than the ring is streamed
+//!   through it while the receiver reads.
+//! - Blocking, with a timeout, or not at all: [`Connection::recv_timeout`],
+//!   [`Connection::try_recv`], [`Connection::poll`].
+//! - Peer death: when the other end is dropped or closed, or its process dies (even by
+//!   `SIGKILL`), receiving returns every message already sent and then
+//!   [`RecvError::Disconnected`]; a send that has to wait returns [`SendError::Disconnected`].
+//!   Never a hang.
+//! - Readiness: each end's descriptor ([`AsFd`](std::os::fd::AsFd)) becomes readable when a
+//!   message arrives and when the peer hangs up, for poll/epoll/mio/tokio; [`wait`] waits on
+//!   several ends like `multiprocessing.connection.wait`.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let (parent, child) = ipc_pipe::pipe()?;
+//! // (In real use `child` goes to another process; a thread shows the same protocol.)
+//! let worker = std::thread::spawn(move || {
+//!     while let Ok(n) = child.recv::<u64>() {
+//!         child.send(&(n * n)).unwrap();
+//!     }
+//! });
+//! parent.send(&12u64)?;
+//! assert_eq!(parent.recv_timeout::<u64>(Duration::from_secs(5))?, 144);
+//! drop(parent); // the worker's recv returns Disconnected, its loop ends
+//! worker.join().unwrap();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # How it works
+//!
+//! One anonymous shared-memory segment (a `memfd`, mode 0600, via `ipc-shm`: nothing to leak
+//! after a crash) holds a control block and two single-producer single-consumer byte rings,
+//! one per direction (256 KiB each by default, [`PipeBuilder::capacity`]). Messages are framed
+//! `[u64 length][bytes]` and wrap around the ring; the ring protocol, its state table and its
+//! memory ordering are documented in the `ring` module (see the source), and model-checked
+//! with loom.
+//!
+//! Each end also owns one end of a Unix socketpair. The kernel tracks it: when every copy of
+//! the peer's socket is closed, which happens when its process dies whatever the cause, the
+//! survivor's socket reports hang-up. That is how `SIGKILL` is detected.
+//!
+//! Waiting, per end: an adaptive spin on the ring counter (so hot peers answer in about the
+//! spin round trip), then sleep. Sleep is a shared futex wait in 20 ms slices with a hang-up
+//! check between slices (**futex mode**, the default: the cheapest wake-up, and a killed peer
+//! is noticed within one slice; a dropped or closed peer wakes the sleeper at once), or, once
+//! the end's fd has been asked for, `poll(2)` on the socket, to which the sender writes one
+//! byte when the receiver is armed (**fd mode**: what makes the fd usable in an event loop;
+//! hang-up wakes it at once). Either way the sender makes no system call when the receiver is
+//! not asleep: the wake-up is skipped unless the receiver's wait word says it sleeps.
+//!
+//! | end state          | sender does per message      | receiver does while waiting      |
+//! |--------------------|------------------------------|----------------------------------|
+//! | receiver hot       | copy + publish (no syscall)  | spins on `tail`                  |
+//! | futex mode, asleep | copy + publish + FUTEX_WAKE  | FUTEX_WAIT, 20 ms slices         |
+//! | fd mode, armed     | copy + publish + `send` byte | `poll` on its socket (or yours)  |
+//! | peer gone          | `Disconnected`               | drains, then `Disconnected`      |
+//!
+//! # Readiness fd contract
+//!
+//! The fd of an end (from `as_fd`/`as_raw_fd`, which switch the end to fd mode) is readable
+//! whenever a message has arrived since this end last found its incoming ring empty, and when
+//! the peer hangs up. That is edge-style readiness, as with mio or tokio's `AsyncFd`: after the
+//! fd fires, receive with [`Connection::try_recv`] until it returns `Empty` (that drains the fd
+//! and re-arms it). Right after registering the fd, drain once the same way (messages may have
+//! arrived before). [`wait`] and [`Connection::poll`] follow this contract for you.
+//!
+//! # One process per end
+//!
+//! An end is used by one thread of one process at a time (`Send`, not `Sync`). After `fork`,
+//! the process that does not use an end drops it (as with Python's `Pipe`, where the parent
+//! closes the child's end); otherwise its copy keeps the end's socket open and the peer cannot
+//! see the user's death. The segment records which process uses each end: a process that uses
+//! a copy claimed by another live process gets `WrongProcess` (checked on slow paths, where a
+//! `getpid` is cheap next to sleeping). [`Connection::close`] closes an end for every process;
+//! dropping closes only this process's handle.
+//!
+//! # Limits
+//!
+//! - Sends to a peer killed by `SIGKILL` succeed while its ring has room (the messages are lost
+//!   with it, as with a socket's buffer); the first send that has to wait returns
+//!   `Disconnected`. Receives are exact: everything published before the death is delivered.
+//! - `recv_timeout` and `try_recv` never stop half-way through a message that fits in the ring;
+//!   a message larger than the ring, once it has started, is waited for to its end (the sender
+//!   streams it without pause) or to the sender's death.
+//! - Two ends that both send messages larger than their rings to each other without reading
+//!   deadlock, as two processes writing to each other's full sockets do.
+//! - The shared memory is untrusted: every counter and length read from it is validated, and
+//!   a peer that writes garbage produces [`RecvError::Corrupted`] (or a decode error), never
+//!   undefined behaviour. A message announcing more than [`PipeBuilder::max_message_size`]
+//!   (1 GiB by default) ends the stream with `TooLarge`.
+//!
+//! # Dependencies
+//!
+//! - `ipc-shm`: the shared segment (memfd, validated header, typed offsets, fd passing).
+//! - `ipc-sync`: the workspace's one futex wrapper (`ipc_sync::futex`) and, for loom, its futex
+//!   model.
+//! - `rustix`: the socketpair, `send`/`recv` of readiness bytes, `poll`, `getpid` and
+//!   `kill(pid, 0)`, all without `unsafe`.
+//! - `serde` + `bincode` (2.x, serde mode): the message encoding of `send`/`recv`.
+//! - `thiserror`: `Display` and `source` of the error enums.
+//! - `loom` (only under `--cfg loom`): model checking of the wake-up protocol.
 #![deny(unsafe_code)]
 
 #[cfg(not(loom))]
