@@ -84,7 +84,7 @@ mod owner;
 pub mod rlock;
 pub mod semaphore;
 mod shm;
-mod sync;
+pub mod sync;
 pub mod waiter;
 
 pub use barrier::{Barrier, BarrierWaitError};

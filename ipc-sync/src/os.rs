@@ -5,8 +5,7 @@
 //! counter that the cache compares against.
 #![allow(unsafe_code)]
 
-use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 /// Bumped in every forked child (by the `pthread_atfork` child handler).
 pub(crate) static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -19,18 +18,46 @@ extern "C" fn in_child_after_fork() {
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Registers the fork handler once per process (a forked child inherits the registration).
-pub(crate) fn register_fork_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: `pthread_atfork` only stores the three handler pointers. `None` is allowed for
-        // the prepare and parent handlers; the child handler is a valid `extern "C" fn()` with
-        // 'static lifetime that only performs an atomic add, which is async-signal-safe, as
-        // handlers run in the child of a multi-threaded fork must be. Its return value
-        // (ENOMEM) is checked: without the handler, the identity cache compares pids instead.
-        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child_after_fork)) };
-        if rc != 0 {
-            ATFORK_MISSING.store(true, Ordering::Relaxed);
+const UNREGISTERED: u8 = 0;
+const REGISTERING: u8 = 1;
+const REGISTERED: u8 = 2;
+
+static STATE: AtomicU8 = AtomicU8::new(UNREGISTERED);
+
+/// Registers the fork handler once per process (a forked child inherits the registration) and
+/// returns whether it is in place.
+///
+/// It never waits: a thread that finds another one registering returns `false` and goes on
+/// without the cache. (With a blocking `Once`, a child forked while another thread of its
+/// parent was registering would inherit a `Once` that is "running" forever, and hang.)
+pub(crate) fn fork_handler_ready() -> bool {
+    match STATE.load(Ordering::Acquire) {
+        REGISTERED => true,
+        REGISTERING => false,
+        _ => {
+            if STATE
+                .compare_exchange(
+                    UNREGISTERED,
+                    REGISTERING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                return STATE.load(Ordering::Acquire) == REGISTERED;
+            }
+            // SAFETY: `pthread_atfork` only stores the three handler pointers. `None` is allowed
+            // for the prepare and parent handlers; the child handler is a valid `extern "C"
+            // fn()` with 'static lifetime that only performs an atomic add, which is
+            // async-signal-safe, as handlers run in the child of a multi-threaded fork must be.
+            // Its return value (ENOMEM) is checked: without the handler, the identity cache
+            // compares pids instead.
+            let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child_after_fork)) };
+            if rc != 0 {
+                ATFORK_MISSING.store(true, Ordering::Relaxed);
+            }
+            STATE.store(REGISTERED, Ordering::Release);
+            true
         }
-    });
+    }
 }

@@ -80,7 +80,7 @@ pub(crate) fn current() -> Me {
 
 #[cold]
 fn current_slow(generation: u64) -> Me {
-    os::register_fork_handler();
+    let cacheable = os::fork_handler_ready();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
     if let Some((_, me)) = CACHED.with(Cell::get) {
         // Only reachable without the fork handler, or after a fork: a same pid is still us.
@@ -93,6 +93,11 @@ fn current_slow(generation: u64) -> Me {
         .and_then(|s| s.start)
         .unwrap_or(0);
     let me = Me { tid, pid, start };
+    if !cacheable {
+        // Another thread is registering the fork handler right now (or was, when this
+        // process was forked): answer without caching.
+        return me;
+    }
     // Without the fork handler the cache is stored under a generation that never matches, so
     // every lookup takes this path and re-checks the pid above.
     let tag = if os::ATFORK_MISSING.load(Ordering::Relaxed) {

@@ -1,17 +1,20 @@
-//! The one place this crate imports atomics from: `std`'s normally, loom's under `--cfg loom`.
+//! The one place the workspace imports atomics from: `std`'s normally, loom's under
+//! `--cfg loom`.
 //!
-//! Every algorithm in this crate uses these names, so the loom build model-checks exactly the
-//! code that runs in production (tokio's `loom` module pattern).
+//! Every algorithm in this crate, and in the crates built on it (`ipc-queue`, `ipc-pipe`), uses
+//! these names, so the loom build model-checks exactly the code that runs in production (tokio's
+//! `loom` module pattern), and the [`Waiter`](crate::Waiter) they pass atomics to is the same
+//! type in every crate.
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+pub use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+pub use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A hint that we are spinning (`PAUSE` on x86-64); a yield to the model checker under loom.
 #[inline]
-pub(crate) fn spin_hint() {
+pub fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
     #[cfg(loom)]
@@ -23,7 +26,7 @@ pub(crate) fn spin_hint() {
 /// needs nothing more; loom models `SeqCst` accesses as `AcqRel` (its documented limitation)
 /// but supports `fence(SeqCst)`, so under loom this is that fence.
 #[inline(always)]
-pub(crate) fn dekker_fence() {
+pub fn dekker_fence() {
     #[cfg(loom)]
     loom::sync::atomic::fence(Ordering::SeqCst);
 }

@@ -178,14 +178,14 @@ fn a_killed_party_breaks_the_barrier() {
     let ready = seg.get(o.ready).unwrap();
     // Generation 0 with all three parties, so every process is known to the barrier.
     let doomed = fork_child(WATCHDOG, || {
-        barrier.wait().unwrap();
+        barrier.wait_timeout(Duration::from_secs(25)).unwrap();
         bump(ready);
         loop {
             ipc_sync::futex::wait(ready, u32::MAX, None);
         }
     });
     let survivor = fork_child(WATCHDOG, || {
-        barrier.wait().unwrap();
+        barrier.wait_timeout(Duration::from_secs(25)).unwrap();
         // Generation 1: the doomed party never arrives.
         match barrier.wait_timeout(Duration::from_secs(25)) {
             Err(BarrierWaitError::Broken) => 0,
@@ -195,7 +195,7 @@ fn a_killed_party_breaks_the_barrier() {
             }
         }
     });
-    barrier.wait().unwrap();
+    barrier.wait_timeout(Duration::from_secs(25)).unwrap();
     await_count(ready, 1);
     doomed.kill();
     let r = barrier.wait_timeout(Duration::from_secs(25));
