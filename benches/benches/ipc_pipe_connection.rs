@@ -78,7 +78,11 @@ fn round_trip(c: &mut Criterion) {
 
     for (name, builder, fd_mode) in [
         ("pipe_hot", PipeBuilder::new(), false),
-        ("pipe_sleeping_futex", PipeBuilder::new().spin_limit(0), false),
+        (
+            "pipe_sleeping_futex",
+            PipeBuilder::new().spin_limit(0),
+            false,
+        ),
         ("pipe_sleeping_fd", PipeBuilder::new().spin_limit(0), true),
     ] {
         let (a, pid) = pipe_echo(builder);
