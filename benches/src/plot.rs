@@ -44,8 +44,20 @@ fn lines(ws: &[&WorkloadResult], scale: f64) -> Vec<Line> {
     out
 }
 
+/// Distinct colours on white; ours is always the first (red) and drawn thicker.
+const COLORS: [RGBColor; 8] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+    RGBColor(127, 127, 127),
+];
+
 fn style(i: usize, kind: Kind) -> ShapeStyle {
-    let color = Palette99::pick(i).to_rgba();
+    let color = COLORS[i % COLORS.len()];
     let width = if kind == Kind::Ours { 3 } else { 1 };
     color.stroke_width(width)
 }
@@ -76,6 +88,12 @@ fn draw_panel(
         x0 = (x0 - 1.0).max(if log_x { x0 / 2.0 } else { 0.0 });
     }
     let e = |e: &dyn std::fmt::Display| e.to_string();
+    // Worker counts are integers: one label per count.
+    let x_labels = if log_x {
+        10
+    } else {
+        (x1 - x0).round() as usize + 1
+    };
     let mut chart = ChartBuilder::on(area);
     chart
         .caption(title, ("sans-serif", 18))
@@ -89,8 +107,16 @@ fn draw_panel(
             c.configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
+                .light_line_style(RGBColor(238, 238, 238))
                 .y_label_formatter(&|v| short(*v))
-                .x_label_formatter(&|v| short(*v))
+                .x_label_formatter(&|v| {
+                    if log_x || (v - v.round()).abs() < 1e-6 {
+                        short(*v)
+                    } else {
+                        String::new()
+                    }
+                })
+                .x_labels(x_labels)
                 .draw()
                 .map_err(|x| e(&x))?;
             for (i, l) in lines.iter().enumerate() {
@@ -110,7 +136,7 @@ fn draw_panel(
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .label_font(("sans-serif", 11))
-                .position(SeriesLabelPosition::LowerRight)
+                .position(SeriesLabelPosition::UpperLeft)
                 .draw()
                 .map_err(|x| e(&x))?;
         }};
@@ -124,7 +150,7 @@ fn draw_panel(
     } else {
         finish!(
             chart
-                .build_cartesian_2d((x0 - 0.2)..(x1 + 0.2), y_range)
+                .build_cartesian_2d((x0 - 0.25)..(x1 + 0.25), y_range)
                 .map_err(|x| e(&x))?
         );
     }
@@ -132,21 +158,22 @@ fn draw_panel(
 }
 
 fn short(v: f64) -> String {
+    let trim = |x: f64| {
+        let s = format!("{x:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
     let a = v.abs();
     if a >= 1e9 {
-        format!("{:.3}G", v / 1e9)
+        format!("{}G", trim(v / 1e9))
     } else if a >= 1e6 {
-        format!("{:.3}M", v / 1e6)
+        format!("{}M", trim(v / 1e6))
     } else if a >= 1e3 {
-        format!("{:.3}k", v / 1e3)
-    } else if a >= 1.0 || a == 0.0 {
-        format!("{v:.3}")
+        format!("{}k", trim(v / 1e3))
+    } else if a >= 0.01 || a == 0.0 {
+        trim(v)
     } else {
-        format!("{v:.2e}")
+        format!("{v:.1e}")
     }
-    .trim_end_matches('0')
-    .trim_end_matches('.')
-    .to_string()
 }
 
 fn family<'a>(r: &'a Report, f: &str) -> Vec<&'a WorkloadResult> {

@@ -43,8 +43,8 @@ impl Default for Config {
         Config {
             params: Params::default(),
             only: Vec::new(),
-            reps: 7,
-            sample_time: Duration::from_millis(40),
+            reps: 9,
+            sample_time: Duration::from_millis(50),
             crash_demo: true,
             json: None,
             plot: None,
@@ -72,8 +72,8 @@ OPTIONS:
   --workers 1,2,..      worker counts for the CPU-bound workloads (default 1..CPUs)
   --pool-workers N      workers of the pools in the other workloads (default: CPUs)
   --map-tasks N         tasks of the trivial map (default 1000000)
-  --reps N              samples per contender (default 7)
-  --sample-ms N         target duration of one sample (default 40)
+  --reps N              samples per contender (default 9)
+  --sample-ms N         target duration of one sample (default 50)
   --no-python           do not measure Python's multiprocessing
   --no-crash-demo       skip the crash demonstration
   --json FILE           write every sample, medians, spread and the system to FILE
@@ -286,6 +286,8 @@ pub struct WorkloadResult {
     pub contenders: Vec<ContenderResult>,
     /// Caveats.
     pub notes: Vec<String>,
+    /// Wall time spent on this workload (set-up included), seconds.
+    pub seconds: f64,
 }
 
 impl WorkloadResult {
@@ -321,10 +323,46 @@ pub struct System {
     pub python: String,
     /// Seconds since the epoch.
     pub timestamp: u64,
+    /// The 1-minute load average when the run started.
+    pub load_at_start: f64,
+    /// The share of CPU time other processes used during half a second before the run (other
+    /// work on the machine skews every figure; the runner warns above 15%).
+    pub busy_before: f64,
+}
+
+/// The share of all CPUs' time spent busy during `window` (from /proc/stat).
+pub fn cpu_busy(window: Duration) -> f64 {
+    let read = || -> Option<(u64, u64)> {
+        let s = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = s
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+        Some((v.iter().sum(), idle))
+    };
+    let Some((t0, i0)) = read() else { return 0.0 };
+    // Sampling the counters over a window (a measurement, not a synchronisation).
+    std::thread::sleep(window);
+    let Some((t1, i1)) = read() else { return 0.0 };
+    let total = t1.saturating_sub(t0).max(1) as f64;
+    1.0 - i1.saturating_sub(i0) as f64 / total
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(0.0)
 }
 
 /// Reads the system description.
 pub fn system(python_on: bool) -> System {
+    let busy_before = cpu_busy(Duration::from_millis(500));
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -364,6 +402,8 @@ pub fn system(python_on: bool) -> System {
         kernel,
         commit,
         python,
+        load_at_start: load_average(),
+        busy_before,
         timestamp: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -413,6 +453,7 @@ fn to_value(metric: Metric, ops: u64, iters: u64, t: Duration) -> f64 {
 
 /// Measures one workload (see the module docs for the method).
 pub fn measure(w: Workload, cfg: &Config, bar: &indicatif::ProgressBar) -> WorkloadResult {
+    let started = Instant::now();
     let metric = w.metric;
     let mut results: Vec<ContenderResult> = Vec::new();
     let mut runners = Vec::new();
@@ -447,10 +488,16 @@ pub fn measure(w: Workload, cfg: &Config, bar: &indicatif::ProgressBar) -> Workl
         let Some(run) = runner.as_mut() else { continue };
         let mut iters = 1u64;
         let target = cfg.sample_time.as_secs_f64();
+        // Wall time, not the measured time: a sample's untimed preparation (building
+        // arguments, a crash before the timed part) counts against the budget too.
         let outcome = loop {
+            let wall = Instant::now();
             match (run.run)(iters) {
-                Ok(t) if t.as_secs_f64() >= target / 4.0 || iters >= 1 << 30 => break Ok(t),
-                Ok(t) => {
+                Ok(_) => {
+                    let t = wall.elapsed();
+                    if t.as_secs_f64() >= target / 4.0 || iters >= 1 << 30 {
+                        break Ok(t);
+                    }
                     let grow = (target / 2.0 / t.as_secs_f64().max(1e-9)).clamp(2.0, 100.0);
                     iters = ((iters as f64) * grow).ceil() as u64;
                 }
@@ -527,6 +574,7 @@ pub fn measure(w: Workload, cfg: &Config, bar: &indicatif::ProgressBar) -> Workl
         bytes_per_op: w.bytes_per_op,
         contenders: results,
         notes: w.notes,
+        seconds: started.elapsed().as_secs_f64(),
     }
 }
 
@@ -598,7 +646,11 @@ pub fn workload_table(w: &WorkloadResult) -> String {
         Metric::Latency => "latency per operation, lower is better",
         Metric::Throughput => "operations per second, higher is better",
     };
-    let _ = writeln!(s, "### {} (`{}`; {what})\n", w.title, w.id);
+    let _ = writeln!(
+        s,
+        "### {} (`{}`; {what}; measured in {:.1} s)\n",
+        w.title, w.id, w.seconds
+    );
     let _ = writeln!(
         s,
         "| contender | kind | median | p10..p90 | speed vs ours |"
@@ -786,20 +838,23 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
             ("pool forkserver", 400e-6),
             ("pool spawn", 400e-6),
         ] {
+            let next = w.median_of(&format!("{name}: WorkerLost -> next result"));
+            let lost = w.median_of(&format!("{name}: crash -> WorkerLost"));
             push(
                 &format!(
                     "replacing a dead worker ({})",
                     name.trim_start_matches("pool ")
                 ),
                 &format!("<= {}", fmt_time(limit)),
-                w.median_of(name).zip(base).map(|(c, b)| {
-                    let r = c - b;
+                next.zip(base).map(|(n, b)| {
+                    let r = n - b;
                     (
                         format!(
-                            "{} (crash+recovery {} minus 2 round trips {})",
+                            "{} (next result {} minus a round trip {}); detecting the death took {}",
                             fmt_time(r),
-                            fmt_time(c),
-                            fmt_time(b)
+                            fmt_time(n),
+                            fmt_time(b),
+                            lost.map(fmt_time).unwrap_or_else(|| "?".into())
                         ),
                         r <= limit,
                     )
@@ -823,6 +878,13 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
         "machine: {} ({} CPUs), Linux {}, commit {}, python {}",
         sys.cpu, sys.cores, sys.kernel, sys.commit, sys.python
     )?;
+    if sys.busy_before > 0.15 {
+        writeln!(
+            out,
+            "WARNING: other processes kept the CPUs {:.0}% busy just before the run: figures will be noisy, and spinning round trips can be far slower when a peer loses its core (rerun on an idle machine)\n",
+            sys.busy_before * 100.0
+        )?;
+    }
     writeln!(
         out,
         "method: warm-up, {} interleaved samples of ~{} ms per contender, median and p10..p90\n",

@@ -92,6 +92,10 @@ fn compare_smoke_prints_every_row_and_valid_json() {
         "no WorkerLost in the crash table"
     );
     assert!(stdout.contains("the whole process died"), "{stdout}");
+    assert!(
+        stdout.contains("crash -> WorkerLost"),
+        "no crash recovery rows"
+    );
 
     // The JSON parses and has samples, medians and the system description.
     let v: serde_json::Value =

@@ -98,21 +98,33 @@ pub(crate) fn map_threadpool<A: Send + 'static, R: Send + 'static>(
     collect_in_order(n, rx.iter())
 }
 
-/// One `spawn` per task on procspawn's pool, then every `join`.
+/// One `spawn` per task on procspawn's pool, at most `window` outstanding (procspawn's `spawn`
+/// sends the argument before a worker takes the call, so an argument larger than a socket
+/// buffer blocks `spawn` until a worker is free: with more outstanding calls than workers it
+/// deadlocks), joined in order.
 pub(crate) fn map_procspawn<A, R>(
     pool: &procspawn::Pool,
     f: fn(A) -> R,
     args: Vec<A>,
+    window: usize,
 ) -> Result<Vec<R>, String>
 where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    let handles: Vec<_> = args.into_iter().map(|a| pool.spawn(a, f)).collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().map_err(|e| format!("procspawn: {e}")))
-        .collect()
+    let mut out = Vec::with_capacity(args.len());
+    let mut pending = std::collections::VecDeque::new();
+    for a in args {
+        if pending.len() >= window.max(1) {
+            let h: procspawn::JoinHandle<R> = pending.pop_front().ok_or("no handle")?;
+            out.push(h.join().map_err(|e| format!("procspawn: {e}"))?);
+        }
+        pending.push_back(pool.spawn(a, f));
+    }
+    for h in pending {
+        out.push(h.join().map_err(|e| format!("procspawn: {e}"))?);
+    }
+    Ok(out)
 }
 
 fn collect_in_order<R>(n: usize, it: impl Iterator<Item = (usize, R)>) -> Result<Vec<R>, String> {
