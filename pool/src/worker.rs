@@ -33,6 +33,9 @@ const FLUSH_BYTES: usize = 1 << 20;
 
 /// Runs the worker loop on `link`; returns the process exit code.
 pub(crate) fn run(link: &mut dyn Link, slot: &Slot) -> i32 {
+    // A task's panic is caught and its message sent to the caller; printing it (and a
+    // backtrace, with RUST_BACKTRACE set) in the worker too would only slow the worker down.
+    std::panic::set_hook(Box::new(|_| {}));
     let mut frame = Vec::new();
     let hello = FromWorker::Hello {
         pid: std::process::id(),
