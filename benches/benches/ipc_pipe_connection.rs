@@ -20,26 +20,10 @@ use std::time::{Duration, Instant};
 use benches::floor::{
     Side, futex_ping_pong, futex_ping_pong_stop, memcpy_once, spin_ping_pong, spin_ping_pong_stop,
 };
+use benches::proc::fork;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipc_pipe::{Connection, PipeBuilder, RecvError};
 use ipc_shm::{Layout, SegmentBuilder};
-
-/// Forks a child running `body` (killed with the parent via PR_SET_PDEATHSIG); returns its pid.
-fn fork(body: impl FnOnce()) -> libc::pid_t {
-    // SAFETY: the child only runs `body`, which touches shared memory and descriptors it
-    // inherited and makes system calls, then leaves with `_exit` (no atexit handlers, no
-    // unwinding into the parent's frames).
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            body();
-            libc::_exit(0);
-        }
-        pid
-    }
-}
 
 /// In a forked child: closes the child's copy of a descriptor the parent keeps using, so that
 /// the parent closing it is seen as end-of-file by the child.
@@ -50,14 +34,8 @@ fn close_copy(fd: std::os::fd::RawFd) {
     unsafe { libc::close(fd) };
 }
 
-fn reap(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waiting for our own child; `status` is a valid out-pointer.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-}
-
-/// Forks an echo child on a pipe made by `builder`; returns our end and the child's pid.
-fn pipe_echo(builder: PipeBuilder) -> (Connection, libc::pid_t) {
+/// Forks an echo child on a pipe made by `builder`; returns our end and the child.
+fn pipe_echo(builder: PipeBuilder) -> (Connection, benches::proc::Child) {
     let (a, b) = builder.duplex().unwrap();
     let mut a = Some(a);
     let pid = fork(|| {
@@ -97,7 +75,7 @@ fn round_trip(c: &mut Criterion) {
             })
         });
         drop(a);
-        reap(pid);
+        pid.wait();
     }
 
     // The floor: two processes on one shared word, spinning, then sleeping on the futex.
@@ -129,7 +107,7 @@ fn round_trip(c: &mut Criterion) {
         } else {
             futex_ping_pong_stop(word);
         }
-        reap(pid);
+        pid.wait();
     }
 
     // A Unix socketpair.
@@ -154,7 +132,7 @@ fn round_trip(c: &mut Criterion) {
             })
         });
         drop(a);
-        reap(pid);
+        pid.wait();
     }
 
     // Two pipe(2)s.
@@ -180,7 +158,7 @@ fn round_trip(c: &mut Criterion) {
             })
         });
         drop(up_w);
-        reap(pid);
+        pid.wait();
     }
 
     // ipc-channel (bytes channels: no serde on either side).
@@ -201,7 +179,7 @@ fn round_trip(c: &mut Criterion) {
             })
         });
         up_tx.send(&[]).unwrap();
-        reap(pid);
+        pid.wait();
     }
     g.finish();
 }
@@ -249,7 +227,7 @@ fn one_way(c: &mut Criterion) {
                 })
             });
             drop(a);
-            reap(pid);
+            pid.wait();
         }
 
         // A socketpair: the count goes one way, the bytes the other.
@@ -278,7 +256,7 @@ fn one_way(c: &mut Criterion) {
                 })
             });
             drop(a);
-            reap(pid);
+            pid.wait();
         }
 
         // pipe(2).
@@ -308,7 +286,7 @@ fn one_way(c: &mut Criterion) {
                 })
             });
             drop(up_w);
-            reap(pid);
+            pid.wait();
         }
 
         // ipc-channel bytes channels.
@@ -336,7 +314,7 @@ fn one_way(c: &mut Criterion) {
                 })
             });
             up_tx.send(&[]).unwrap();
-            reap(pid);
+            pid.wait();
         }
 
         // memcpy in one process: the ceiling for a copy-in, copy-out transport.

@@ -18,35 +18,13 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use benches::floor::memcpy_once;
+use benches::proc::fork;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipc_queue::{Queue, QueueBuilder};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Payload(#[serde(with = "serde_bytes")] Vec<u8>);
-
-/// Forks a child running `body` (killed with the parent); returns its pid.
-fn fork(body: impl FnOnce()) -> libc::pid_t {
-    // SAFETY: the child only runs `body` (queue operations on inherited shared memory and
-    // descriptors), then leaves with `_exit` (no atexit handlers, no unwinding into the
-    // parent's frames). Criterion runs no other threads while measuring.
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            body();
-            libc::_exit(0);
-        }
-        pid
-    }
-}
-
-fn reap(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waiting for our own child; `status` is a valid out-pointer.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-}
 
 const BATCH: usize = 256;
 
@@ -94,7 +72,7 @@ fn cross_process(c: &mut Criterion) {
                 let pid = fork(move || produce(&p, size, iters, true));
                 consume(&q, iters, true);
                 let t = start.elapsed();
-                reap(pid);
+                pid.wait();
                 t
             })
         });
@@ -108,7 +86,7 @@ fn cross_process(c: &mut Criterion) {
                 let pid = fork(move || produce(&p, 64, iters, false));
                 consume(&q, iters, false);
                 let t = start.elapsed();
-                reap(pid);
+                pid.wait();
                 t
             })
         });
@@ -123,9 +101,9 @@ fn cross_process(c: &mut Criterion) {
                 let b2 = fork(move || produce(&p2, 64, half, true));
                 let c = fork(move || consume(&c2, half, true));
                 consume(&q, half, true);
-                reap(a);
-                reap(b2);
-                reap(c);
+                a.wait();
+                b2.wait();
+                c.wait();
                 start.elapsed()
             })
         });
@@ -148,7 +126,7 @@ fn cross_process(c: &mut Criterion) {
                     black_box(q.get_bytes(&mut buf).unwrap());
                 }
                 let t = start.elapsed();
-                reap(pid);
+                pid.wait();
                 t
             })
         });
@@ -226,7 +204,7 @@ fn compare(c: &mut Criterion) {
                 black_box(p);
             }
             let t = start.elapsed();
-            reap(pid);
+            pid.wait();
             t
         })
     });

@@ -1,36 +1,14 @@
 //! ipc-sync `Event`: a blocking ping-pong between two processes, against the floor (a raw
 //! shared-futex ping-pong, `benches::floor::futex_ping_pong`) in the same run.
-#![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use benches::floor::{Side, futex_ping_pong, futex_ping_pong_stop};
+use benches::proc::fork;
 use criterion::{Criterion, criterion_group, criterion_main};
 use ipc_shm::{Layout, SegmentBuilder};
 use ipc_sync::Event;
-
-/// Forks a child running `body` (killed with the parent via PR_SET_PDEATHSIG); returns its pid.
-fn fork(body: impl FnOnce()) -> libc::pid_t {
-    // SAFETY: the child only runs `body`, which touches the shared mapping and atomics and
-    // makes system calls, then leaves with `_exit` (no atexit handlers, no unwinding).
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            body();
-            libc::_exit(0);
-        }
-        pid
-    }
-}
-
-fn reap(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waiting for our own child; `status` is a valid out-pointer.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-}
 
 fn cross_process(c: &mut Criterion) {
     let mut layout = Layout::new();
@@ -68,7 +46,7 @@ fn cross_process(c: &mut Criterion) {
     });
     stop.store(1, Ordering::Release);
     ping.set();
-    reap(child);
+    child.wait();
 
     let child = fork(|| futex_ping_pong(word, Side::Responder, 0));
     g.bench_function("compare_raw_futex_ping_pong", |b| {
@@ -79,7 +57,7 @@ fn cross_process(c: &mut Criterion) {
         })
     });
     futex_ping_pong_stop(word);
-    reap(child);
+    child.wait();
     g.finish();
 }
 

@@ -1,11 +1,11 @@
 //! ipc-sync `Lock`: uncontended lock+unlock against std, parking_lot and a process-shared
 //! pthread mutex; lock hand-off between two processes.
-#![allow(unsafe_code)]
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use benches::proc::{PthreadTurn, fork};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ipc_shm::{Layout, SegmentBuilder};
 use ipc_sync::Lock;
@@ -24,63 +24,14 @@ fn uncontended(c: &mut Criterion) {
     g.bench_function("compare_parking_lot_mutex", |b| {
         b.iter(|| drop(black_box(&pl).lock()))
     });
-    let pthread = PthreadShared::new();
+    let pthread = PthreadTurn::new();
     g.bench_function("compare_pthread_process_shared", |b| {
         b.iter(|| {
-            black_box(&pthread).lock();
-            pthread.unlock();
+            black_box(pthread.mutex()).lock();
+            pthread.mutex().unlock();
         })
     });
     g.finish();
-}
-
-/// A `PTHREAD_PROCESS_SHARED` pthread mutex (boxed: it must not move once initialised).
-struct PthreadShared(Box<std::cell::UnsafeCell<libc::pthread_mutex_t>>);
-
-impl PthreadShared {
-    fn new() -> Self {
-        let m = Box::new(std::cell::UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER));
-        // SAFETY: `attr` is initialised by pthread_mutexattr_init before use and destroyed
-        // after; the mutex memory is valid, boxed (never moves) and not yet in use.
-        unsafe {
-            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-            libc::pthread_mutexattr_init(&mut attr);
-            libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
-            libc::pthread_mutex_init(m.get(), &attr);
-            libc::pthread_mutexattr_destroy(&mut attr);
-        }
-        PthreadShared(m)
-    }
-    fn lock(&self) {
-        // SAFETY: an initialised mutex that outlives the call.
-        unsafe { libc::pthread_mutex_lock(self.0.get()) };
-    }
-    fn unlock(&self) {
-        // SAFETY: an initialised mutex held by this thread.
-        unsafe { libc::pthread_mutex_unlock(self.0.get()) };
-    }
-}
-
-/// Forks a child running `body` (killed with the parent via PR_SET_PDEATHSIG); returns its pid.
-fn fork(body: impl FnOnce()) -> libc::pid_t {
-    // SAFETY: the child only runs `body`, which touches the shared mapping and atomics and
-    // makes system calls, then leaves with `_exit` (no atexit handlers, no unwinding).
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            body();
-            libc::_exit(0);
-        }
-        pid
-    }
-}
-
-fn reap(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waiting for our own child; `status` is a valid out-pointer.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
 /// Two processes take turns: a turn word says whose turn it is, and each side locks, checks
@@ -124,7 +75,7 @@ fn cross_process(c: &mut Criterion) {
     let g = lock.lock().unwrap();
     turn.store(STOP, Ordering::Relaxed);
     drop(g);
-    reap(child);
+    child.wait();
 }
 
 criterion_group! {
