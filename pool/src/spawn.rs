@@ -82,6 +82,16 @@ enum Reaper {
 }
 
 impl Worker {
+    fn new(pid: u32, link: PipeLink, slot: Slot, reaper: Reaper) -> Worker {
+        Worker {
+            pid,
+            link: Box::new(link),
+            slot,
+            exit: None,
+            reaper,
+        }
+    }
+
     /// Waits for the worker to end and returns how it ended (once; later calls repeat it).
     pub(crate) fn reap(&mut self) -> io::Result<Exit> {
         if let Some(exit) = self.exit {
@@ -151,13 +161,7 @@ fn start_fork(slot: Slot) -> Result<Worker, PoolError> {
     };
     theirs_handed_over(theirs);
     drop(guard);
-    Ok(Worker {
-        pid,
-        link: Box::new(ours),
-        slot,
-        exit: None,
-        reaper: Reaper::Child,
-    })
+    Ok(Worker::new(pid, ours, slot, Reaper::Child))
 }
 
 /// The pool's copy of a worker-side end, after the worker took it over.
@@ -189,25 +193,13 @@ fn start_spawn(slot: Slot) -> Result<Worker, PoolError> {
     let pid = child.id();
     // The pool reaps the worker itself (waitpid by pid); std's handle is not needed.
     drop(child);
-    Ok(Worker {
-        pid,
-        link: Box::new(ours),
-        slot,
-        exit: None,
-        reaper: Reaper::Child,
-    })
+    Ok(Worker::new(pid, ours, slot, Reaper::Child))
 }
 
 fn start_forkserver(slot: Slot) -> Result<Worker, PoolError> {
     let (ours, theirs) = transport::pair()?;
     let pid = crate::init::server_fork(theirs, &slot)?;
-    Ok(Worker {
-        pid,
-        link: Box::new(ours),
-        slot,
-        exit: None,
-        reaper: Reaper::Server,
-    })
+    Ok(Worker::new(pid, ours, slot, Reaper::Server))
 }
 
 /// How long a new worker may take to greet the pool (and to run its initializer).
