@@ -30,7 +30,8 @@
 //! A task that panics fails with [`TaskError::Panicked`] and its worker lives on. A worker that
 //! dies (SIGKILL, SIGSEGV, `abort`, `exit`) fails only the task it was running with
 //! [`TaskError::WorkerLost`] and is replaced; the other tasks of its chunk that had not started
-//! run elsewhere. A task that exceeds `task_timeout` fails with [`TaskError::Timeout`]; its
+//! run elsewhere, and no task ever runs twice. (Results of tasks shorter than 50 us that
+//! finished in the last 50 us before the death are lost with it and fail too.) A task that exceeds `task_timeout` fails with [`TaskError::Timeout`]; its
 //! worker is killed and replaced. Workers that keep dying at start-up (a failing initializer)
 //! trip a breaker instead of respawning forever. Python's `Pool` hangs in these cases and
 //! `ProcessPoolExecutor` breaks as a whole.

@@ -16,10 +16,11 @@
 //! | the worker dies (signal, exit) | `WorkerLost`                  | delivered          | requeued    |
 //! | `task_timeout` passes          | `Timeout`; the worker is killed | delivered        | requeued    |
 //!
-//! Arguments that finished but whose outcomes were not yet sent when the worker died are run
-//! again on another worker (so such a task may run twice; workers report at least every
-//! millisecond, so this is rare and only concerns the last moments before a death). The dead worker is reaped and replaced by the same driver;
-//! workers that keep failing at start-up trip the restart-loop breaker.
+//! A task never runs twice. A worker sends each result before it starts the next task whenever
+//! tasks take 50 us or more (and every 50 us of work otherwise), so only fast tasks that finished
+//! in the last 50 us before a death can lose their results; those fail with `WorkerLost` too
+//! rather than run again (their side effects happened). The dead worker is reaped and replaced
+//! by the same driver; workers that keep failing at start-up trip the restart-loop breaker.
 //!
 //! No shared queue is touched by workers, so a worker killed at any instant cannot corrupt or
 //! wedge the pool (Python's Pool hangs in that case, gh-66587, gh-96062).
@@ -1095,10 +1096,10 @@ impl Driver {
         };
         match running {
             Some(item) if item >= reported && item < end => {
-                // Arguments that finished but whose results were not sent yet run again
-                // elsewhere: only the running one fails.
-                if let Some(again) = job.slice(reported, item) {
-                    let _ = shared.tx_requeue(again);
+                // Arguments that finished but whose results were not sent yet: they ran (their
+                // side effects happened), so they are not run again; their results are lost.
+                for i in reported..item {
+                    shared.deliver_error(&job, i, TaskError::WorkerLost { pid, exit });
                 }
                 shared.deliver_error(&job, item, cause);
                 if let Some(w) = lock(&shared.table).get_mut(&self.id) {

@@ -6,9 +6,10 @@
 //! | `item` | worker     | 1 + global index of the argument being run; 0 between jobs     |
 //! | `done` | worker     | arguments finished since the worker started                   |
 //!
-//! After a worker dies, `item` names the argument it was running: that task alone fails with
-//! `WorkerLost`; arguments of the job that had not started, and those finished but not yet
-//! reported (their results are gone), are run again elsewhere. While a worker
+//! After a worker dies, `item` names the argument it was running: that task fails with
+//! `WorkerLost`, arguments of the job that had not started run elsewhere, and those finished
+//! but not yet reported (at most 50 us of work: see `worker`) fail too, since running them
+//! again would repeat their side effects. While a worker
 //! lives, the pool reads `item` to enforce `task_timeout` and to report the current task.
 //!
 //! ## Memory ordering

@@ -34,6 +34,11 @@ fn crash(how: String) -> u64 {
             nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
             unreachable!()
         }
+        // A task long enough (>= 50 us) that the worker reports it before starting the next.
+        "slow" => {
+            std::thread::sleep(Duration::from_micros(200));
+            7
+        }
         _ => 7,
     }
 }
@@ -212,8 +217,9 @@ fn crashes_fail_one_task_and_the_worker_is_replaced(method: StartMethod) {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    // A crash inside a chunk fails that task only; the others of the chunk still run.
-    let mut args: Vec<String> = (0..10).map(|_| "fine".to_string()).collect();
+    // A crash inside a chunk fails that task only; the others of the chunk still run (exactly
+    // once: those before it were reported before it started, those after run elsewhere).
+    let mut args: Vec<String> = (0..10).map(|_| "slow".to_string()).collect();
     args[4] = "exit3".to_string();
     let results: Vec<Result<u64, TaskError>> = pool.imap_chunked(crash, args, 10).collect();
     assert_eq!(results.len(), 10);
