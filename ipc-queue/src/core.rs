@@ -230,6 +230,16 @@ impl Control {
     }
 }
 
+/// How long a try-operation waits for a lock held by a live process before it reports the
+/// queue as corrupted (a healthy holder keeps a lock only for one copy): 2 s. Under loom, the
+/// model lock has no clock: no limit.
+fn try_lock_deadline() -> Option<Deadline> {
+    #[cfg(not(loom))]
+    return Some(Deadline::after(std::time::Duration::from_secs(2)));
+    #[cfg(loom)]
+    return None;
+}
+
 /// Why an operation of the core did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fail {
@@ -397,13 +407,20 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
     }
 
     /// Takes a lock, repairing (trivially: see the module docs) after an owner death.
+    /// (`try_lock_deadline` bounds the wait of a try-operation.)
     #[inline]
     fn lock<'l>(lock: &'l QLock, wait: Wait) -> Result<<QLock as RawLock>::Guard<'l>, Fail> {
         // A try-operation still waits for the lock: holders keep it only for a copy, never
         // across a sleep, and a dead holder is recovered. "Try" means "do not wait for room or
-        // for data".
+        // for data". But it waits a bounded time: a lock word that a corrupted or hostile
+        // segment points at some unrelated live thread must give an error, not a hang.
         let (mut guard, died) = match wait {
-            Wait::No => lock.acquire(None, false)?,
+            Wait::No => match lock.acquire(try_lock_deadline(), false) {
+                Err(LockFail::Timeout) => {
+                    return Err(Fail::Corrupted("a queue lock stayed held for seconds"));
+                }
+                other => other?,
+            },
             Wait::Until(d) => lock.acquire(d, false)?,
         };
         if died {

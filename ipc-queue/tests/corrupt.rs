@@ -47,6 +47,7 @@ proptest! {
         writes in prop::collection::vec((0usize..2048, prop::collection::vec(any::<u8>(), 1..16)), 1..8),
         prefill in 0usize..6,
     ) {
+        let _watchdog = ipc_tests::watchdog("scribbled_queue_never_panics", std::time::Duration::from_secs(60));
         let q: Queue<Vec<u8>> = QueueBuilder::new().capacity(1024).build().unwrap();
         for i in 0..prefill {
             q.put(vec![i as u8; i * 7]).unwrap();
@@ -67,6 +68,10 @@ proptest! {
 
 #[test]
 fn corrupted_commit_word_is_an_error() {
+    let _watchdog = ipc_tests::watchdog(
+        "corrupted_commit_word_is_an_error",
+        std::time::Duration::from_secs(60),
+    );
     let q: Queue<u32> = QueueBuilder::new().capacity(1024).build().unwrap();
     q.put(1).unwrap();
     let seg = Segment::from_fd(q.fd().try_clone_to_owned().unwrap(), ipc_queue::QUEUE_TAG).unwrap();
@@ -91,6 +96,10 @@ fn corrupted_commit_word_is_an_error() {
 
 #[test]
 fn foreign_segment_is_refused() {
+    let _watchdog = ipc_tests::watchdog(
+        "foreign_segment_is_refused",
+        std::time::Duration::from_secs(60),
+    );
     let seg = SegmentBuilder::new(4096)
         .type_tag(ipc_queue::QUEUE_TAG)
         .create()

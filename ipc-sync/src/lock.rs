@@ -35,7 +35,10 @@
 //! A thread that exits while holding the lock counts as dead too (its process may live on).
 //! If the owner died in the few instructions between taking the word and writing its record,
 //! the waiter checks the thread id alone (a reused id would then look alive: this window is a
-//! handful of instructions wide).
+//! handful of instructions wide). A word that names a live thread which never writes a record
+//! (for about a second of waiting) can only come from a corrupted or hostile segment: it is
+//! treated as a dead owner's, so corruption gives an `OwnerDied` recovery, not a hang. Kernel
+//! threads never count as owners.
 //!
 //! [`Lock::try_lock`] checks the owner's liveness too when the lock is held, so a polling loop
 //! also recovers a dead owner's lock. That check reads a procfs file (a few microseconds), so a
@@ -80,6 +83,10 @@ use crate::waiter::{Futex, Waiter};
 /// How long a waiter sleeps before it checks whether the owner is still alive. This bounds how
 /// long a dead owner goes unnoticed (plus one procfs read per slice, only while waiting).
 pub const LIVENESS_SLICE: Duration = Duration::from_millis(20);
+
+/// Consecutive liveness slices after which a lock word naming a live thread that never wrote
+/// its owner record is taken for garbage (see [`Lock`]'s "Owner death" docs).
+const UNRECORDED_SLICES: u32 = 50;
 
 pub(crate) const WAITERS: u32 = 1 << 31;
 pub(crate) const TID_MASK: u32 = (1 << 30) - 1;
@@ -390,6 +397,7 @@ impl Lock {
     fn raw_lock_slow(&self, env: &impl Env, me: Me, wait: Wait) -> Result<Acquired, RawError> {
         let mut spins = 0;
         let mut slept = false;
+        let mut unrecorded = (0, 0);
         loop {
             if self.state.load(Ordering::Acquire) == NOT_RECOVERABLE {
                 return Err(RawError::NotRecoverable);
@@ -437,7 +445,9 @@ impl Lock {
             slept = true;
             let slice = Deadline::min_with(deadline, LIVENESS_SLICE);
             if Futex.wait(&self.word, w | WAITERS, Some(slice)) == WaitOutcome::TimedOut {
-                if !self.owner_alive(env, w) && self.take_over(me, w | WAITERS) {
+                if !self.owner_alive_slice(env, w, &mut unrecorded)
+                    && self.take_over(me, w | WAITERS)
+                {
                     return self.acquired(me, true);
                 }
                 spin_hint();
@@ -478,13 +488,38 @@ impl Lock {
 
     /// Whether the owner in word `w` still runs (asks `env`, with the record if it matches).
     fn owner_alive(&self, env: &impl Env, w: u32) -> bool {
+        self.owner_check(env, w).0
+    }
+
+    /// `(alive, recorded)`: whether the owner in word `w` runs, and whether its record names it.
+    fn owner_check(&self, env: &impl Env, w: u32) -> (bool, bool) {
         let tid = w & TID_MASK;
         let first = self.owner_tid.load(Ordering::Acquire);
         let pid = self.owner_pid.load(Ordering::Acquire);
         let start = self.owner_start.load(Ordering::Acquire);
         let second = self.owner_tid.load(Ordering::Acquire);
         let detail = (first == tid && second == tid).then_some((pid, start));
-        env.alive(OwnerRecord { tid, detail })
+        (env.alive(OwnerRecord { tid, detail }), detail.is_some())
+    }
+
+    /// Like [`Lock::owner_alive`], for a waiter that checks once per liveness slice. A real
+    /// owner writes its record a few instructions after taking the word; a word that names a
+    /// live thread with no record for [`UNRECORDED_SLICES`] consecutive slices (about a second)
+    /// is garbage from a corrupted or hostile segment (it may name any thread, `init` even), and
+    /// is treated as a dead owner's, so the lock is recovered instead of waited on forever.
+    fn owner_alive_slice(&self, env: &impl Env, w: u32, unrecorded: &mut (u32, u32)) -> bool {
+        let (alive, recorded) = self.owner_check(env, w);
+        if !alive || recorded {
+            *unrecorded = (0, 0);
+            return alive;
+        }
+        let tid = w & TID_MASK;
+        if unrecorded.0 == tid {
+            unrecorded.1 += 1;
+        } else {
+            *unrecorded = (tid, 1);
+        }
+        unrecorded.1 < UNRECORDED_SLICES
     }
 
     /// Releases the word (internal): clear the record, swap 0, wake one if needed.

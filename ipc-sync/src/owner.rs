@@ -113,9 +113,14 @@ fn current_slow(generation: u64) -> Me {
 struct Stat {
     /// Field 3: R, S, D, Z, X, ...
     state: u8,
+    /// Field 9: the kernel's per-task flags (`PF_*`).
+    flags: u64,
     /// Field 22: start time in clock ticks since boot.
     start: Option<u64>,
 }
+
+/// `PF_KTHREAD`: a kernel thread, which never runs user code and so can never own a lock.
+const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// Reads and parses a stat file; `None` if it does not exist (or cannot be read).
 fn read_stat(path: &str) -> Option<Stat> {
@@ -130,9 +135,14 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
     let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
     let mut fields = rest.split_ascii_whitespace();
     let state = *fields.next()?.as_bytes().first()?;
-    // Field 3 was consumed; field 22 is 19 fields further on.
-    let start = fields.nth(18).and_then(|f| f.parse().ok());
-    Some(Stat { state, start })
+    // Field 3 was consumed; field 9 is 5 fields further on, field 22 13 after that.
+    let flags = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let start = fields.nth(12).and_then(|f| f.parse().ok());
+    Some(Stat {
+        state,
+        flags,
+        start,
+    })
 }
 
 /// Whether the owner thread still runs, by procfs.
@@ -141,6 +151,8 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
 /// - State `Z` (zombie) or `X`: the process was killed or exited and awaits its parent's
 ///   `waitpid`: dead (it can never unlock).
 /// - A start time different from the recorded one: the thread id was reused: dead.
+/// - A kernel thread: it cannot own a lock, so the word naming it is garbage (a corrupted or
+///   hostile segment): dead, so that the lock is recovered rather than waited on forever.
 /// - Anything unclear (no record, an unreadable start time, procfs not mounted): alive.
 pub(crate) fn thread_alive(owner: OwnerRecord) -> bool {
     let path = match owner.detail {
@@ -150,7 +162,7 @@ pub(crate) fn thread_alive(owner: OwnerRecord) -> bool {
     match std::fs::read(&path) {
         Ok(text) => match parse_stat(&text) {
             Some(stat) => {
-                if matches!(stat.state, b'Z' | b'X' | b'x') {
+                if matches!(stat.state, b'Z' | b'X' | b'x') || stat.flags & PF_KTHREAD != 0 {
                     return false;
                 }
                 match (owner.detail, stat.start) {
@@ -211,7 +223,19 @@ mod tests {
         let line = b"1234 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21\n";
         let stat = parse_stat(line).unwrap();
         assert_eq!(stat.state, b'S');
+        assert_eq!(stat.flags, 6);
         assert_eq!(stat.start, Some(424242));
+    }
+
+    #[test]
+    fn a_kernel_thread_never_counts_as_a_live_owner() {
+        // pid 2 is kthreadd on Linux; a lock word naming it can only be garbage.
+        if std::fs::read("/proc/2/stat").is_ok() {
+            assert!(!thread_alive(OwnerRecord {
+                tid: 2,
+                detail: None
+            }));
+        }
     }
 
     #[test]

@@ -182,3 +182,27 @@ fn signals_during_a_wait_neither_wake_it_early_nor_lose_the_wake_up() {
     drop(guard);
     child.wait().assert_success();
 }
+
+/// A corrupted segment: the lock word names a live thread (`init`, tid 1) that never took it
+/// and never wrote an owner record. Waiters must recover the lock, not wait forever.
+#[test]
+fn a_garbage_owner_in_a_corrupted_segment_is_recovered_not_waited_on() {
+    use std::os::unix::fs::FileExt;
+    let _watchdog = ipc_tests::watchdog("garbage owner", Duration::from_secs(60));
+    let mut layout = Layout::new();
+    let off = layout.add::<Lock>().unwrap();
+    let seg = SegmentBuilder::new(layout.size()).create().unwrap();
+    let file = std::fs::File::from(seg.fd().try_clone_to_owned().unwrap());
+    // The lock word is the first field of the lock, at the start of the payload.
+    let at = (ipc_shm::PAYLOAD_OFFSET + off.get()) as u64;
+    file.write_all_at(&1u32.to_le_bytes(), at).unwrap();
+    let lock = seg.get(off).unwrap();
+    assert!(lock.is_locked());
+    match lock.lock_timeout(Duration::from_secs(30)) {
+        Err(LockTimeoutError::OwnerDied(mut g)) => g.mark_consistent(),
+        Ok(_) => panic!("the garbage owner cannot have released the lock"),
+        Err(e) => panic!("expected OwnerDied, got {e}"),
+    }
+    assert!(!lock.is_locked());
+    drop(lock.lock().unwrap());
+}

@@ -167,6 +167,47 @@ impl Drop for ShmName {
     }
 }
 
+/// A watchdog for a test that runs no child but could still hang (it exercises corrupted
+/// shared memory, say): if the returned guard is still alive after `limit`, the whole test
+/// process prints `label` and aborts, so the run fails instead of stalling. Dropping the guard
+/// disarms it.
+///
+/// ```
+/// let _watchdog = ipc_tests::watchdog("this doc test", std::time::Duration::from_secs(60));
+/// // ... work that must not hang ...
+/// ```
+pub fn watchdog(label: &str, limit: Duration) -> Watchdog {
+    let state = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let theirs = state.clone();
+    let label = label.to_owned();
+    std::thread::spawn(move || {
+        let (done, cv) = &*theirs;
+        let guard = done.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = cv
+            .wait_timeout_while(guard, limit, |done| !*done)
+            .unwrap_or_else(|p| p.into_inner());
+        if !*guard {
+            eprintln!("watchdog: {label} still running after {limit:?}; aborting the test process");
+            std::process::abort();
+        }
+    });
+    Watchdog { state }
+}
+
+/// Disarms its [`watchdog`] when dropped.
+#[derive(Debug)]
+pub struct Watchdog {
+    state: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (done, cv) = &*self.state;
+        *done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+}
+
 /// The names in `/dev/shm` that start with `prefix`.
 pub fn shm_names_with_prefix(prefix: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
