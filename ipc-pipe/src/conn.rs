@@ -7,9 +7,10 @@
 //! # Waiting
 //!
 //! A receiver that finds no message first spins on the ring's `tail` for an adaptive number of
-//! polls (doubled after a spin that succeeded, halved after one that had to sleep, within
-//! `[SPIN_MIN, spin limit]`), so hot peers exchange messages near the spin floor and an idle
-//! receiver quickly stops spinning. Then it sleeps, in one of two ways:
+//! polls (doubled after a spin that succeeded or a sleep that ended within 100 us, halved
+//! after a longer sleep, within `[SPIN_MIN, spin limit]`), so hot peers exchange messages near
+//! the spin floor, peers busy for a few microseconds per message (large messages) learn to wait
+//! for each other spinning, and an idle receiver quickly stops spinning. Then it sleeps, in one of two ways:
 //!
 //! - **futex mode** (default): it sets `SLEEP` in the ring's `rx_wait` word and waits on that
 //!   word with the shared futex of `ipc_sync::futex`, in slices of [`SLICE`]; between slices it
@@ -69,6 +70,8 @@ pub(crate) const SLICE: Duration = Duration::from_millis(20);
 const SPIN_MIN: u32 = 16;
 /// Default spin limit (polls of the counter, each with a `PAUSE`): tens of microseconds.
 const SPIN_DEFAULT: u32 = 4096;
+/// A wait shorter than this counts as "the peer was busy, not idle" for the adaptive spin.
+const SHORT_WAIT: Duration = Duration::from_micros(100);
 /// Default ring capacity per direction.
 const CAP_DEFAULT: usize = 256 * 1024;
 /// Default maximum message size.
@@ -657,20 +660,44 @@ impl Connection {
         deadline: Option<Deadline>,
         nonblocking: bool,
     ) -> Result<u64, Fail> {
-        if !nonblocking {
-            let budget = self.spin.get();
-            for _ in 0..budget {
-                spin_hint();
-                let avail = self.rx_avail(need)?;
-                if avail >= need {
-                    let grown = budget.saturating_mul(2).max(SPIN_MIN);
-                    self.spin.set(grown.min(self.settings.spin));
-                    return Ok(avail);
-                }
-            }
-            self.spin
-                .set((budget / 2).max(SPIN_MIN).min(self.settings.spin));
+        if nonblocking {
+            return self.wait_rx_sleep(need, deadline, true);
         }
+        let budget = self.spin.get();
+        let started = std::time::Instant::now();
+        for _ in 0..budget {
+            spin_hint();
+            let avail = self.rx_avail(need)?;
+            if avail >= need {
+                let grown = budget.saturating_mul(2).max(SPIN_MIN);
+                self.spin.set(grown.min(self.settings.spin));
+                return Ok(avail);
+            }
+        }
+        let result = self.wait_rx_sleep(need, deadline, false);
+        // Adapt the spin to how long the wait really was. A short wait (the peer was busy for a
+        // few microseconds, as with large messages between hot peers) means spinning a little
+        // longer would have caught it: grow. A long one means the peer is idle: shrink, so an
+        // idle receiver stops burning its core. (Halving on every sleep alone is a trap: once
+        // the budget is below the peer's usual turnaround it never succeeds again, and every
+        // exchange pays a sleep and a wake-up.)
+        let adjusted = if started.elapsed() < SHORT_WAIT {
+            budget.saturating_mul(2)
+        } else {
+            budget / 2
+        };
+        self.spin
+            .set(adjusted.max(SPIN_MIN).min(self.settings.spin));
+        result
+    }
+
+    /// Sleeps until `need` bytes are readable (see [`Connection::wait_rx_slow`]).
+    fn wait_rx_sleep(
+        &self,
+        need: u64,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<u64, Fail> {
         let ring = self.rx_ring();
         let fd_mode = self.fd_mode.get();
         // Hang-up of a killed peer costs a system call to check, so it is checked only where it
