@@ -344,20 +344,25 @@ pub(crate) enum Sink<'b> {
     Slice(&'b mut [u8]),
 }
 
-/// The adaptive spin budget of a handle: doubled when spinning found work, halved when the
-/// spinner had to sleep anyway.
+/// The adaptive spin budget of a handle: doubled when spinning found work or when the sleep
+/// that followed a failed spin was short (the other side was busy for a few microseconds, as
+/// with large messages: spinning a little longer would have caught it), halved after a long
+/// sleep (the other side is idle: stop burning the core). Halving after every sleep alone would
+/// be a trap: below the other side's usual turnaround no spin would ever succeed again.
 #[derive(Debug)]
 pub(crate) struct Spin(std::sync::atomic::AtomicU32);
 
 const SPIN_MIN: u32 = if cfg!(loom) { 0 } else { 16 };
 const SPIN_MAX: u32 = if cfg!(loom) { 0 } else { 4096 };
+/// A sleep shorter than this counts as "the other side was busy, not idle".
+const SHORT_WAIT: std::time::Duration = std::time::Duration::from_micros(100);
 
 impl Spin {
     pub(crate) fn new() -> Spin {
         Spin(std::sync::atomic::AtomicU32::new(SPIN_MAX.min(256)))
     }
 
-    /// Spins up to the budget until `ready()`; adjusts the budget.
+    /// Spins up to the budget until `ready()`; grows the budget when that worked.
     #[inline]
     fn spin(&self, mut ready: impl FnMut() -> bool) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
@@ -372,9 +377,21 @@ impl Spin {
             }
             spin_hint();
         }
-        self.0
-            .store((budget / 2).clamp(SPIN_MIN, SPIN_MAX), Relaxed);
         false
+    }
+
+    /// After a failed spin and a sleep: grow if the whole wait since `started` was short,
+    /// shrink if it was long.
+    #[cold]
+    fn slept(&self, started: std::time::Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let budget = self.0.load(Relaxed).min(SPIN_MAX);
+        let next = if started.elapsed() < SHORT_WAIT {
+            budget.saturating_mul(2)
+        } else {
+            budget / 2
+        };
+        self.0.store(next.clamp(SPIN_MIN, SPIN_MAX), Relaxed);
     }
 }
 
@@ -536,6 +553,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
                     )
                     .unwrap_or(true)
         };
+        let started = std::time::Instant::now();
         if self.spin.spin(ready) {
             return Ok(());
         }
@@ -550,6 +568,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
             self.sleep(&ctl.get.space_seq, seq, deadline)
         };
         ctl.get.put_waiters.fetch_sub(1, Ordering::AcqRel);
+        self.spin.slept(started);
         r
     }
 
@@ -650,6 +669,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
                 ctl.get.head.load(Ordering::Relaxed),
             ) || self.is_closed()
         };
+        let started = std::time::Instant::now();
         if self.spin.spin(ready) {
             return Ok(());
         }
@@ -663,6 +683,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
             self.sleep(&ctl.put.data_seq, seq, deadline)
         };
         ctl.put.get_waiters.fetch_sub(1, Ordering::AcqRel);
+        self.spin.slept(started);
         r
     }
 
@@ -716,6 +737,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
             if self.unfinished() == 0 {
                 return Ok(());
             }
+            let started = std::time::Instant::now();
             if self.spin.spin(|| self.unfinished() == 0) {
                 return Ok(());
             }
@@ -729,6 +751,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
                 self.sleep(&ctl.join.join_seq, seq, deadline)
             };
             ctl.join.join_waiters.fetch_sub(1, Ordering::AcqRel);
+            self.spin.slept(started);
             r?;
         }
     }
