@@ -7,10 +7,13 @@
 //! # Waiting
 //!
 //! A receiver that finds no message first spins on the ring's `tail` for an adaptive number of
-//! polls (doubled after a spin that succeeded or a sleep that ended within 100 us, halved
-//! after a longer sleep, within `[SPIN_MIN, spin limit]`), so hot peers exchange messages near
-//! the spin floor, peers busy for a few microseconds per message (large messages) learn to wait
-//! for each other spinning, and an idle receiver quickly stops spinning. Then it sleeps, in one of two ways:
+//! polls (doubled after a spin that succeeded, halved after one that had to sleep, within
+//! `[SPIN_MIN, spin limit]`), so hot peers exchange messages near the spin floor and an idle
+//! receiver quickly stops spinning. (Growing the budget after short sleeps too lets peers busy
+//! a few microseconds per message keep spinning: measured 54 -> 4 us for 64 KiB round trips.
+//! It is not done yet because it also keeps receivers spinning on machines with fewer cores
+//! than busy threads, a process pool on two cores, and its cost there was not measurable
+//! above this machine's noise; see the project's issues.) Then it sleeps, in one of two ways:
 //!
 //! - **futex mode** (default): it sets `SLEEP` in the ring's `rx_wait` word and waits on that
 //!   word with the shared futex of `ipc_sync::futex`, in slices of [`SLICE`]; between slices it
@@ -70,8 +73,6 @@ pub(crate) const SLICE: Duration = Duration::from_millis(20);
 const SPIN_MIN: u32 = 16;
 /// Default spin limit (polls of the counter, each with a `PAUSE`): tens of microseconds.
 const SPIN_DEFAULT: u32 = 4096;
-/// A wait shorter than this counts as "the peer was busy, not idle" for the adaptive spin.
-const SHORT_WAIT: Duration = Duration::from_micros(100);
 /// Default ring capacity per direction.
 const CAP_DEFAULT: usize = 256 * 1024;
 /// Default maximum message size.
@@ -460,6 +461,18 @@ impl Connection {
         }
     }
 
+    /// Publishes the tail without waking a sleeping consumer, unless the ring is more than
+    /// half full (a consumer left asleep must never leave the producer waiting for space).
+    fn publish_tx_quiet(&self) {
+        let tail = self.tx_tail.get();
+        let used = tail.wrapping_sub(self.tx_head_cache.get());
+        if used > self.tx.cap() as u64 / 2 {
+            self.publish_tx();
+        } else {
+            ring::publish_tail_quiet(self.tx_ring(), tail);
+        }
+    }
+
     #[cold]
     fn wake_rx_slow(&self, bits: u32) {
         if bits & SLEEP != 0 {
@@ -553,13 +566,17 @@ impl Connection {
 
     /// Sends one frame whose payload is `frame[HEADER..]`; `frame[..HEADER]` is overwritten with
     /// the length.
-    fn send_frame(&self, head: [u8; HEADER], body: &[u8]) -> Result<(), SendError> {
+    fn send_frame(&self, head: [u8; HEADER], body: &[u8], quiet: bool) -> Result<(), SendError> {
         if self.closed_flag() {
             return Err(SendError::Disconnected);
         }
         self.write_stream(&head)?;
         self.write_stream(body)?;
-        self.publish_tx();
+        if quiet {
+            self.publish_tx_quiet();
+        } else {
+            self.publish_tx();
+        }
         Ok(())
     }
 
@@ -595,7 +612,7 @@ impl Connection {
         buf.clear();
         let result = match bincode::serde::encode_into_std_write(value, &mut buf, config()) {
             Ok(_) => match self.check_send_len(buf.len()) {
-                Ok(head) => self.send_frame(head, &buf),
+                Ok(head) => self.send_frame(head, &buf, false),
                 Err(e) => Err(e),
             },
             Err(e) => Err(SendError::Encode(e)),
@@ -618,7 +635,27 @@ impl Connection {
     /// ```
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
         let head = self.check_send_len(bytes.len())?;
-        self.send_frame(head, bytes)
+        self.send_frame(head, bytes, false)
+    }
+
+    /// Like [`send_bytes`](Connection::send_bytes), but does not wake a receiver that sleeps:
+    /// the message is in the pipe (the receiver finds it at its next wake-up, and it survives
+    /// this process's death like any sent message), and the next ordinary send wakes the
+    /// receiver. A receiver is still woken if the ring is more than half full. For progress
+    /// reports that must not be lost but need no attention yet: a message costs a copy, not a
+    /// wake-up.
+    ///
+    /// ```
+    /// let (a, b) = ipc_pipe::pipe()?;
+    /// a.send_bytes_quiet(b"partial")?;
+    /// a.send_bytes(b"done")?; // wakes the receiver, which then finds both
+    /// assert_eq!(b.recv_bytes()?, b"partial");
+    /// assert_eq!(b.recv_bytes()?, b"done");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_bytes_quiet(&self, bytes: &[u8]) -> Result<(), SendError> {
+        let head = self.check_send_len(bytes.len())?;
+        self.send_frame(head, bytes, true)
     }
 
     // ----- consumer side -----
@@ -664,7 +701,6 @@ impl Connection {
             return self.wait_rx_sleep(need, deadline, true);
         }
         let budget = self.spin.get();
-        let started = std::time::Instant::now();
         for _ in 0..budget {
             spin_hint();
             let avail = self.rx_avail(need)?;
@@ -674,21 +710,9 @@ impl Connection {
                 return Ok(avail);
             }
         }
-        let result = self.wait_rx_sleep(need, deadline, false);
-        // Adapt the spin to how long the wait really was. A short wait (the peer was busy for a
-        // few microseconds, as with large messages between hot peers) means spinning a little
-        // longer would have caught it: grow. A long one means the peer is idle: shrink, so an
-        // idle receiver stops burning its core. (Halving on every sleep alone is a trap: once
-        // the budget is below the peer's usual turnaround it never succeeds again, and every
-        // exchange pays a sleep and a wake-up.)
-        let adjusted = if started.elapsed() < SHORT_WAIT {
-            budget.saturating_mul(2)
-        } else {
-            budget / 2
-        };
         self.spin
-            .set(adjusted.max(SPIN_MIN).min(self.settings.spin));
-        result
+            .set((budget / 2).max(SPIN_MIN).min(self.settings.spin));
+        self.wait_rx_sleep(need, deadline, false)
     }
 
     /// Sleeps until `need` bytes are readable (see [`Connection::wait_rx_slow`]).

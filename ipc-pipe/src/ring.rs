@@ -188,6 +188,13 @@ pub(crate) fn publish_tail(ring: &RingCtl, tail: u64) -> u32 {
     ring.rx_wait.swap(0, Ordering::AcqRel)
 }
 
+/// Producer: publishes `tail` without taking the consumer's wait bits: a sleeping consumer is
+/// not woken, and the bits stay set for the next [`publish_tail`], which will wake it.
+#[inline]
+pub(crate) fn publish_tail_quiet(ring: &RingCtl, tail: u64) {
+    ring.tail.store(tail, Ordering::Release);
+}
+
 /// Consumer: publishes `head`; returns the producer's wait bits that need action.
 #[inline]
 pub(crate) fn publish_head(ring: &RingCtl, head: u64) -> u32 {

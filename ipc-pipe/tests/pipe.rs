@@ -552,3 +552,27 @@ fn a_forked_copy_in_use_elsewhere_is_detected() {
     child.wait().assert_success();
     drop(b);
 }
+
+#[test]
+fn quiet_messages_survive_the_senders_death() {
+    let (a, b) = pipe().unwrap();
+    let mut a_opt = Some(a);
+    // The receiver sleeps in recv while the child sends quietly (no wake-up), then dies by
+    // SIGKILL: the hang-up wakes the receiver, which still gets every message, then
+    // Disconnected.
+    let child = fork_child(WATCHDOG, || {
+        drop(a_opt.take());
+        for i in 0..3u8 {
+            b.send_bytes_quiet(&[i; 10]).unwrap();
+        }
+        nix::sys::signal::raise(Signal::SIGKILL).unwrap();
+        0
+    });
+    let a = a_opt.unwrap();
+    drop(b);
+    for i in 0..3u8 {
+        assert_eq!(a.recv_bytes().unwrap(), vec![i; 10]);
+    }
+    assert!(matches!(a.recv_bytes(), Err(RecvError::Disconnected)));
+    assert_eq!(child.wait().signal(), Some(9));
+}

@@ -66,6 +66,11 @@ pub(crate) enum LinkError {
 pub(crate) trait Link: Send {
     /// Sends one frame.
     fn send(&mut self, frame: &[u8]) -> Result<(), LinkError>;
+    /// Sends one frame that must not be lost but need not wake the other side now (a later
+    /// `send` does). Defaults to `send`.
+    fn send_quiet(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        self.send(frame)
+    }
     /// Receives one frame into `buf` (replacing its contents), waiting at most `timeout`.
     fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), LinkError>;
 }

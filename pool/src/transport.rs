@@ -72,6 +72,13 @@ impl Link for PipeLink {
         })
     }
 
+    fn send_quiet(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        self.0.send_bytes_quiet(frame).map_err(|e| match e {
+            ipc_pipe::SendError::Disconnected => LinkError::Disconnected,
+            _ => LinkError::Broken,
+        })
+    }
+
     fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), LinkError> {
         let received = match timeout {
             Some(t) => self.0.recv_bytes_timeout(t).map_err(|e| match e {

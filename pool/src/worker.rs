@@ -128,7 +128,15 @@ impl ChunkCtx for JobCtx<'_> {
             count: count as u64,
             done,
         };
-        send(self.link, &header, outcomes, self.frame).map_err(drop)
+        if done {
+            send(self.link, &header, outcomes, self.frame).map_err(drop)
+        } else {
+            // An intermediate report only has to survive this worker's death: it goes into the
+            // pipe without waking the driver, which reads it with the job's last report (or
+            // after the death). A copy, not a wake-up, per report.
+            protocol::frame(&header, outcomes, self.frame).map_err(drop)?;
+            self.link.send_quiet(self.frame).map_err(drop)
+        }
     }
 
     fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()> {
