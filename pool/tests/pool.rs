@@ -77,6 +77,7 @@ per_method!(
     imap_is_lazy_and_ordered,
     panics_fail_one_task_and_the_worker_lives,
     crashes_fail_one_task_and_the_worker_is_replaced,
+    a_worker_killed_from_outside_fails_its_task_only,
     timeouts_kill_and_replace_the_worker,
     recycling_changes_pids,
     close_join_and_terminate,
@@ -232,6 +233,43 @@ fn crashes_fail_one_task_and_the_worker_is_replaced(method: StartMethod) {
     }
     let stats = pool.stats();
     assert!(stats.failed >= 5, "{stats:?}");
+}
+
+fn a_worker_killed_from_outside_fails_its_task_only(method: StartMethod) {
+    let pool = build(method, 2);
+    let stuck = pool.apply_async(sleep_ms, 60_000);
+    // Wait (bounded) until a worker's progress slot shows the task running (the driver reads it
+    // at each 100 ms liveness slice), then SIGKILL that worker from here. (Killed before it
+    // started the task, the worker would not fail it: an unstarted task runs elsewhere.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let victim = loop {
+        if let Some(w) = pool
+            .stats()
+            .workers
+            .iter()
+            .find(|w| w.state == WorkerState::Busy && w.current_task == Some(0))
+        {
+            break w.pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no worker picked the task up"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    match stuck.get() {
+        Err(TaskError::WorkerLost { pid, exit }) => {
+            assert_eq!(pid, victim);
+            assert_eq!(exit, Exit::Signal(9));
+        }
+        other => panic!("expected WorkerLost, got {other:?}"),
+    }
+    assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
 }
 
 fn timeouts_kill_and_replace_the_worker(method: StartMethod) {
