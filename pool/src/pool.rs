@@ -1138,39 +1138,48 @@ impl Driver {
             .is_some_and(|max| crate::os::rss(worker.pid).is_some_and(|rss| rss > max));
         if too_old || too_big {
             self.set_state(WorkerState::Retiring);
-            self.retire();
-            if let Some(w) = lock(&self.shared.table).get_mut(&self.id) {
-                w.restarts += 1;
+            // Start the replacement before the old worker goes, so the seat is back in service
+            // as soon as a worker can be started; the old one exits and is reaped off this
+            // thread. (If the start fails, the driver loop retries before the next job.)
+            let old = self.worker.take();
+            let _ = self.ensure_worker();
+            if let Some(old) = old {
+                let held = Arc::new(Mutex::new(Some(old)));
+                let theirs = held.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("pool-retire".into())
+                    .spawn(move || {
+                        if let Some(w) = lock(&theirs).take() {
+                            finish_worker(w);
+                        }
+                    });
+                if spawned.is_err()
+                    && let Some(w) = lock(&held).take()
+                {
+                    finish_worker(w);
+                }
             }
-            // Replacement happens at the top of the driver loop, before the next job.
-            let _ = self.ensure_worker_counting_restart();
         }
-    }
-
-    fn ensure_worker_counting_restart(&mut self) -> Result<(), PoolError> {
-        let restarts = lock(&self.shared.table)
-            .get(&self.id)
-            .map_or(0, |w| w.restarts);
-        let r = self.ensure_worker();
-        if let Some(w) = lock(&self.shared.table).get_mut(&self.id) {
-            w.restarts = restarts;
-        }
-        r
     }
 
     /// Asks the worker to exit and reaps it (killing it if it does not go in time).
     fn retire(&mut self) {
-        let Some(mut worker) = self.worker.take() else {
-            return;
-        };
-        if protocol::frame(&ToWorker::Exit, &[], &mut self.frame).is_ok() {
-            let _ = worker.link.send(&self.frame);
+        if let Some(worker) = self.worker.take() {
+            finish_worker(worker);
         }
-        if !worker.wait_exit(Duration::from_secs(2)) {
-            let _ = crate::os::kill(worker.pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        let _ = worker.reap();
     }
+}
+
+/// Asks `worker` to exit and reaps it, killing it if it does not go within 2 s.
+fn finish_worker(mut worker: Worker) {
+    let mut frame = Vec::new();
+    if protocol::frame(&ToWorker::Exit, &[], &mut frame).is_ok() {
+        let _ = worker.link.send(&frame);
+    }
+    if !worker.wait_exit(Duration::from_secs(2)) {
+        worker.kill();
+    }
+    let _ = worker.reap();
 }
 
 impl Shared {

@@ -304,6 +304,16 @@ fn recycling_changes_pids(method: StartMethod) {
         distinct.len()
     );
     assert!(pool.stats().workers.iter().all(|w| w.restarts > 0));
+    // Retired workers exit after their replacements start; none is left behind.
+    drop(pool);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while distinct.iter().any(|&p| ipc_tests::process_is_running(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a retired worker outlived the pool"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn close_join_and_terminate(method: StartMethod) {
