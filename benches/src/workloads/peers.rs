@@ -62,22 +62,13 @@ pub(crate) fn map_rayon<A: Send, R: Send>(
     pool.install(|| args.into_par_iter().map(f).collect())
 }
 
-/// One job per task on a crossbeam pool; results put back in order.
+/// One job per task on a std::thread + crossbeam-channel pool; results put back in order.
 pub(crate) fn map_crossbeam<A: Send + 'static, R: Send + 'static>(
     pool: &CrossbeamPool,
     f: fn(A) -> R,
     args: Vec<A>,
 ) -> Result<Vec<R>, String> {
-    let n = args.len();
-    let (tx, rx) = unbounded();
-    for (i, a) in args.into_iter().enumerate() {
-        let tx = tx.clone();
-        pool.execute(move || {
-            let _ = tx.send((i, f(a)));
-        });
-    }
-    drop(tx);
-    collect_in_order(n, rx.iter())
+    map_job_per_task(|job| pool.execute(job), f, args)
 }
 
 /// One job per task on a `threadpool::ThreadPool`; results put back in order.
@@ -86,13 +77,22 @@ pub(crate) fn map_threadpool<A: Send + 'static, R: Send + 'static>(
     f: fn(A) -> R,
     args: Vec<A>,
 ) -> Result<Vec<R>, String> {
+    map_job_per_task(|job| pool.execute(job), f, args)
+}
+
+/// Submits one job per task through `execute` and puts the results back in order.
+fn map_job_per_task<A: Send + 'static, R: Send + 'static>(
+    execute: impl Fn(Box<dyn FnOnce() + Send>),
+    f: fn(A) -> R,
+    args: Vec<A>,
+) -> Result<Vec<R>, String> {
     let n = args.len();
     let (tx, rx) = unbounded();
     for (i, a) in args.into_iter().enumerate() {
         let tx = tx.clone();
-        pool.execute(move || {
+        execute(Box::new(move || {
             let _ = tx.send((i, f(a)));
-        });
+        }));
     }
     drop(tx);
     collect_in_order(n, rx.iter())
