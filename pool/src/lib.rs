@@ -57,20 +57,17 @@
 //!   `indicatif` (optional, feature `progress`): `progress_bar()`.
 #![deny(unsafe_code)]
 
-mod codec;
 mod error;
 mod imap;
-mod init;
 mod os;
 mod pool;
 mod process;
-mod protocol;
 mod result;
 mod slot;
-mod spawn;
+mod start;
 mod stats;
 mod task;
-mod transport;
+mod wire;
 mod worker;
 
 use std::time::Duration;
@@ -80,11 +77,11 @@ use serde::de::DeserializeOwned;
 
 pub use error::{Exit, PoolError, TaskError};
 pub use imap::Imap;
-pub use init::init;
 pub use pool::Pool;
 pub use process::{Finished, Process, ProcessBuilder};
 pub use result::AsyncResult;
-pub use spawn::StartMethod;
+pub use start::StartMethod;
+pub use start::init::init;
 pub use stats::{PoolStats, WorkerState, WorkerStats};
 
 /// A progress hook for [`Pool::map_with_progress`] that draws an `indicatif` progress bar on
@@ -104,7 +101,7 @@ pub fn progress_bar(total: u64) -> impl Fn(u64, u64) + Send + Sync + 'static {
 /// The start method used when none is given: `ForkServer` when [`init`] has run (always, with
 /// the default `ctor` feature), `Fork` otherwise.
 pub fn default_start_method() -> StartMethod {
-    if init::initialised() {
+    if start::init::initialised() {
         StartMethod::ForkServer
     } else {
         StartMethod::Fork
@@ -183,7 +180,7 @@ impl PoolBuilder {
     /// Runs `f(arg)` in every worker when it starts (Python's `initializer`/`initargs`). A panic
     /// there is reported as [`PoolError::InitializerFailed`].
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
-        match codec::encode(std::slice::from_ref(&arg)) {
+        match wire::codec::encode(std::slice::from_ref(&arg)) {
             Ok(buf) => self.initializer = Some((task::TaskRef::new(f), buf)),
             Err(e) => self.initializer_error = Some(e.to_string()),
         }

@@ -35,15 +35,15 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec;
 use crate::error::{Exit, PoolError, TaskError};
-use crate::protocol::{self, FromWorker, LinkError, ToWorker};
 use crate::result::{
     AsyncResult, Callback, Cell, ErrorCallback, MapSink, OneSink, Progress, Sink, failure_to_error,
 };
-use crate::spawn::{self, StartMethod, Worker};
+use crate::start::{self, StartMethod, Worker};
 use crate::stats::{PoolStats, WorkerState, WorkerStats};
 use crate::task::TaskRef;
+use crate::wire::codec;
+use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
 
 /// A job: one task function over a chunk of arguments.
 pub(crate) struct Job {
@@ -193,7 +193,7 @@ impl Pool {
     }
 
     pub(crate) fn start(config: Config) -> Result<Pool, PoolError> {
-        spawn::check_start_method(config.start_method)?;
+        start::check_start_method(config.start_method)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let shared = Arc::new(Shared {
@@ -907,10 +907,10 @@ impl Driver {
             return Ok(());
         }
         let was_replacement = lock(&self.shared.table).contains_key(&self.id);
-        let mut worker = spawn::start(self.shared.config.start_method)?;
+        let mut worker = start::start(self.shared.config.start_method)?;
         let pid = worker.pid;
         let initializer = self.shared.config.initializer.as_ref();
-        if let Err(e) = spawn::handshake(&mut worker, initializer, &mut self.buf, &mut self.frame) {
+        if let Err(e) = start::handshake(&mut worker, initializer, &mut self.buf, &mut self.frame) {
             worker.kill();
             let _ = worker.reap();
             return Err(e);

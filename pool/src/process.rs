@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec;
 use crate::error::{Exit, PoolError, TaskError};
-use crate::protocol::{self, FromWorker, LinkError, ToWorker};
-use crate::spawn::{self, StartMethod, Worker};
+use crate::start::{self, StartMethod, Worker};
 use crate::task::TaskRef;
+use crate::wire::codec;
+use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
 
 /// Builds a [`Process`].
 ///
@@ -79,13 +79,13 @@ impl ProcessBuilder {
         let method = self
             .start_method
             .unwrap_or_else(crate::default_start_method);
-        spawn::check_start_method(method)?;
+        start::check_start_method(method)?;
         let args = codec::encode(std::slice::from_ref(&arg))
             .map_err(|e| PoolError::Config(format!("the argument does not encode: {e}")))?;
-        let mut worker = spawn::start(method)?;
+        let mut worker = start::start(method)?;
         let mut buf = Vec::new();
         let mut frame = Vec::new();
-        if let Err(e) = spawn::handshake(&mut worker, None, &mut buf, &mut frame) {
+        if let Err(e) = start::handshake(&mut worker, None, &mut buf, &mut frame) {
             worker.kill();
             let _ = worker.reap();
             return Err(e);

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::codec;
 use crate::error::TaskError;
 use crate::task::Failure;
+use crate::wire::codec;
 
 /// A callback run with a task's result, on a pool thread in the parent.
 pub(crate) type Callback<T> = Box<dyn FnOnce(&T) + Send>;

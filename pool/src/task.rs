@@ -24,7 +24,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
+use crate::wire::codec;
 
 /// The anchor every task offset is measured from. Never inlined, never merged: it must have an
 /// address of its own in the binary.

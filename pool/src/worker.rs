@@ -12,9 +12,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 use crate::slot::{Slot, WorkerSlot};
 use crate::task::{ChunkCtx, Failure};
+use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 
 /// Exit codes of a worker process.
 pub(crate) mod code {
@@ -168,7 +168,7 @@ impl ChunkCtx for InitCtx {
         _done: bool,
     ) -> Result<(), ()> {
         // One `Result<(), Failure>`: the initializer's outcome.
-        if let Ok(results) = crate::codec::decode::<Vec<Result<(), Failure>>>(outcomes)
+        if let Ok(results) = crate::wire::codec::decode::<Vec<Result<(), Failure>>>(outcomes)
             && let Some(Err(failure)) = results.into_iter().next()
         {
             self.failure = Some(failure);

@@ -15,10 +15,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::error::{Exit, PoolError};
-use crate::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 use crate::slot::Slot;
 use crate::task::TaskRef;
-use crate::transport::{self, PipeLink};
+use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
+use crate::wire::transport::{self, PipeLink};
+
+pub(crate) mod init;
 
 /// How worker processes are created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -54,7 +56,7 @@ pub(crate) fn check_start_method(method: StartMethod) -> Result<(), PoolError> {
     match method {
         StartMethod::Fork => Ok(()),
         StartMethod::Spawn | StartMethod::ForkServer => {
-            if crate::init::initialised() {
+            if crate::start::init::initialised() {
                 Ok(())
             } else {
                 Err(PoolError::NeedsInit {
@@ -99,7 +101,7 @@ impl Worker {
         }
         let exit = match self.reaper {
             Reaper::Child => crate::os::reap(self.pid)?,
-            Reaper::Server => crate::init::server_reap(self.pid)?,
+            Reaper::Server => crate::start::init::server_reap(self.pid)?,
         };
         self.exit = Some(exit);
         Ok(exit)
@@ -198,7 +200,7 @@ fn start_spawn(slot: Slot) -> Result<Worker, PoolError> {
 
 fn start_forkserver(slot: Slot) -> Result<Worker, PoolError> {
     let (ours, theirs) = transport::pair()?;
-    let pid = crate::init::server_fork(theirs, &slot)?;
+    let pid = crate::start::init::server_fork(theirs, &slot)?;
     Ok(Worker::new(pid, ours, slot, Reaper::Server))
 }
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, CodecError};
 use crate::task::{Failure, TaskRef};
+use crate::wire::codec::{self, CodecError};
 
 /// Pool → worker.
 #[derive(Debug, Serialize, Deserialize)]

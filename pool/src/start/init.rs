@@ -32,11 +32,11 @@ use nix::sys::socket::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
 use crate::error::{Exit, PoolError};
 use crate::slot::{SLOT_TAG, Slot};
-use crate::spawn::{ENV_LINK, ENV_ROLE, ENV_SLOT};
-use crate::transport::PipeLink;
+use crate::start::{ENV_LINK, ENV_ROLE, ENV_SLOT};
+use crate::wire::codec;
+use crate::wire::transport::PipeLink;
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ipc_pipe::{Connection, PipeBuilder};
 
 use crate::error::PoolError;
-use crate::protocol::{Link, LinkError};
+use crate::wire::protocol::{Link, LinkError};
 
 /// The largest frame a worker link carries (arguments and results of one chunk).
 const MAX_FRAME: usize = 1 << 30;

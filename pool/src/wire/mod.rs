@@ -1,0 +1,10 @@
+//! The wire between the pool and its workers: the [`protocol`] (frames and messages), the
+//! [`codec`] (bincode over serde) and the [`transport`] (an `ipc_pipe` connection behind the
+//! `Link` boundary).
+//!
+//! Everything a data path sends to a worker goes down through here; nothing in this module
+//! knows about jobs, drivers or the pool's state.
+
+pub(crate) mod codec;
+pub(crate) mod protocol;
+pub(crate) mod transport;
