@@ -7,8 +7,8 @@ use crossbeam_channel::Receiver;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::api::Pool;
 use crate::error::TaskError;
-use crate::pool::Pool;
 use crate::result::{Sink, StreamSink};
 use crate::task::TaskRef;
 

@@ -52,17 +52,31 @@
 //! - `serde` and `bincode` 2: arguments, results and protocol frames.
 //! - `crossbeam-channel`: the parent's job queue and result streams (`select` with a timeout).
 //! - `nix`, `rustix` and `libc`: fork, exec, waitpid, signals, pidfds, `SCM_RIGHTS` for the
-//!   fork server, all in the private `os` and `init` modules.
+//!   fork server, all in the private `os` module and `start/` (the fork server's client).
 //! - `thiserror`: error `Display`. `ctor` (optional, default): run [`init`] before `main`.
 //!   `indicatif` (optional, feature `progress`): `progress_bar()`.
+//!
+//! # Where things are
+//!
+//! A call reads downward through the private modules: `api` (the `Pool` handle and its
+//! builder) makes a `job`, queues it in the `registry` (or runs it on an idle worker's seat),
+//! a `driver` thread sends it down the `wire` (`protocol`, `codec`, `transport` over
+//! `ipc-pipe`) to a worker (`worker`, started by `start/`: fork, spawn, fork server and
+//! [`init`]). `sizing` grows, shrinks and recycles workers and holds the restart breaker;
+//! `result` and `imap` hand outcomes back; `task` and `slot` are the two halves that run in
+//! the worker (the function trampoline, the progress words in shared memory).
 #![deny(unsafe_code)]
 
+mod api;
+mod driver;
 mod error;
 mod imap;
+mod job;
 mod os;
-mod pool;
 mod process;
+mod registry;
 mod result;
+mod sizing;
 mod slot;
 mod start;
 mod stats;
@@ -70,14 +84,9 @@ mod task;
 mod wire;
 mod worker;
 
-use std::time::Duration;
-
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
+pub use api::{Pool, PoolBuilder};
 pub use error::{Exit, PoolError, TaskError};
 pub use imap::Imap;
-pub use pool::Pool;
 pub use process::{Finished, Process, ProcessBuilder};
 pub use result::AsyncResult;
 pub use start::StartMethod;
@@ -105,180 +114,5 @@ pub fn default_start_method() -> StartMethod {
         StartMethod::ForkServer
     } else {
         StartMethod::Fork
-    }
-}
-
-/// Builds a [`Pool`].
-///
-/// ```
-/// use std::time::Duration;
-///
-/// fn setup(level: u32) {
-///     assert!(level > 0);
-/// }
-///
-/// let pool = pool::PoolBuilder::new()
-///     .processes(2)
-///     .initializer(setup, 3)
-///     .max_tasks_per_child(1000)
-///     .task_timeout(Duration::from_secs(60))
-///     .build()?;
-/// # drop(pool);
-/// # Ok::<(), pool::PoolError>(())
-/// ```
-#[derive(Debug, Clone)]
-#[must_use = "a builder does nothing until `build` is called"]
-pub struct PoolBuilder {
-    processes: Option<usize>,
-    max_workers: Option<usize>,
-    min_idle: usize,
-    max_idle: Option<usize>,
-    idle_timeout: Option<Duration>,
-    max_tasks_per_child: Option<u64>,
-    max_memory_per_child: Option<u64>,
-    task_timeout: Option<Duration>,
-    start_method: Option<StartMethod>,
-    initializer: Option<(task::TaskRef, Vec<u8>)>,
-    initializer_error: Option<String>,
-    restart_limit: (u32, Duration),
-    max_in_flight: Option<usize>,
-}
-
-impl Default for PoolBuilder {
-    fn default() -> Self {
-        PoolBuilder::new()
-    }
-}
-
-impl PoolBuilder {
-    /// Default settings: one worker per usable CPU, no limits, the default start method.
-    pub fn new() -> PoolBuilder {
-        PoolBuilder {
-            processes: None,
-            max_workers: None,
-            min_idle: 0,
-            max_idle: None,
-            idle_timeout: None,
-            max_tasks_per_child: None,
-            max_memory_per_child: None,
-            task_timeout: None,
-            start_method: None,
-            initializer: None,
-            initializer_error: None,
-            restart_limit: (5, Duration::from_secs(10)),
-            max_in_flight: None,
-        }
-    }
-
-    /// How many workers to start (and keep, at least). Default: the CPUs this process may use,
-    /// affinity and cgroup CPU quota respected.
-    pub fn processes(mut self, n: usize) -> Self {
-        self.processes = Some(n);
-        self
-    }
-
-    /// Runs `f(arg)` in every worker when it starts (Python's `initializer`/`initargs`). A panic
-    /// there is reported as [`PoolError::InitializerFailed`].
-    pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
-        match wire::codec::encode(std::slice::from_ref(&arg)) {
-            Ok(buf) => self.initializer = Some((task::TaskRef::new(f), buf)),
-            Err(e) => self.initializer_error = Some(e.to_string()),
-        }
-        self
-    }
-
-    /// Replace a worker after it has run about `n` tasks (±10% per worker, so that workers do
-    /// not all restart at once). Python's `maxtasksperchild`.
-    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
-        self.max_tasks_per_child = Some(n.max(1));
-        self
-    }
-
-    /// Replace a worker whose resident memory exceeds `bytes` after a task.
-    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
-        self.max_memory_per_child = Some(bytes);
-        self
-    }
-
-    /// Fail a task that runs longer than `timeout` with [`TaskError::Timeout`], and kill and
-    /// replace its worker. The limit is checked a few times per `timeout`.
-    pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
-        self
-    }
-
-    /// Let the pool grow up to `n` workers when tasks wait and no worker is idle (default: no
-    /// growth beyond `processes`).
-    pub fn max_workers(mut self, n: usize) -> Self {
-        self.max_workers = Some(n);
-        self
-    }
-
-    /// Keep at least `n` idle workers while below `max_workers` (php-fpm's `min_spare_servers`).
-    pub fn min_idle(mut self, n: usize) -> Self {
-        self.min_idle = n;
-        self
-    }
-
-    /// Retire idle workers beyond `n` (never going below `processes`).
-    pub fn max_idle(mut self, n: usize) -> Self {
-        self.max_idle = Some(n);
-        self
-    }
-
-    /// Retire a worker idle for this long (never going below `processes`).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = Some(timeout);
-        self
-    }
-
-    /// How workers are created (default: [`default_start_method`]).
-    pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.start_method = Some(method);
-        self
-    }
-
-    /// Stop replacing workers after `failures` start-up failures within `window` (default 5
-    /// in 10 s); tasks then fail with [`PoolError::RestartLimit`] (or the initializer's error).
-    pub fn restart_limit(mut self, failures: u32, window: Duration) -> Self {
-        self.restart_limit = (failures.max(1), window);
-        self
-    }
-
-    /// How many tasks `imap` sends ahead of what has been consumed (default: 4 per worker, at
-    /// least 16).
-    pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = Some(n.max(1));
-        self
-    }
-
-    /// Starts the workers. Returns once every initial worker has started and run the
-    /// initializer.
-    pub fn build(self) -> Result<Pool, PoolError> {
-        if let Some(e) = self.initializer_error {
-            return Err(PoolError::Config(format!(
-                "the initializer's argument does not encode: {e}"
-            )));
-        }
-        let processes = self.processes.unwrap_or_else(os::available_cpus);
-        if processes == 0 && self.max_workers.unwrap_or(0) == 0 {
-            return Err(PoolError::Config("a pool needs at least one worker".into()));
-        }
-        let max_workers = self.max_workers.unwrap_or(processes).max(processes).max(1);
-        let config = pool::Config {
-            processes,
-            max_workers,
-            min_idle: self.min_idle.min(max_workers),
-            max_idle: self.max_idle.unwrap_or(max_workers),
-            idle_timeout: self.idle_timeout,
-            max_tasks_per_child: self.max_tasks_per_child,
-            max_memory_per_child: self.max_memory_per_child,
-            task_timeout: self.task_timeout,
-            start_method: self.start_method.unwrap_or_else(default_start_method),
-            initializer: self.initializer,
-            restart_limit: self.restart_limit,
-            max_in_flight: self.max_in_flight.unwrap_or((max_workers * 4).max(16)),
-        };
-        Pool::start(config)
     }
 }

@@ -1,0 +1,605 @@
+//! The pool's public face: [`PoolBuilder`], the [`Settings`] it resolves to, and [`Pool`], the
+//! handle callers submit work through.
+//!
+//! Every submission becomes a [`Job`] (one task function over a chunk of arguments, and a sink
+//! for its outcomes). A call goes down from here and never comes back: the handle makes the job,
+//! runs it on an idle worker from the calling thread (`driver::run_here`) or queues it in the
+//! [`Registry`], where a driver thread takes it and sends it over the wire to its worker.
+//!
+//! No shared queue is touched by workers, so a worker killed at any instant cannot corrupt or
+//! wedge the pool (Python's Pool hangs in that case, gh-66587, gh-96062).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::driver;
+use crate::error::{PoolError, TaskError};
+use crate::job::Job;
+use crate::registry::Registry;
+use crate::result::{AsyncResult, Callback, Cell, ErrorCallback, MapSink, OneSink, Progress, Sink};
+use crate::start::{self, StartMethod};
+use crate::stats::PoolStats;
+use crate::task::TaskRef;
+use crate::wire::codec;
+
+/// Builds a [`Pool`].
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn setup(level: u32) {
+///     assert!(level > 0);
+/// }
+///
+/// let pool = pool::PoolBuilder::new()
+///     .processes(2)
+///     .initializer(setup, 3)
+///     .max_tasks_per_child(1000)
+///     .task_timeout(Duration::from_secs(60))
+///     .build()?;
+/// # drop(pool);
+/// # Ok::<(), pool::PoolError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    max_workers: Option<usize>,
+    min_idle: usize,
+    max_idle: Option<usize>,
+    idle_timeout: Option<Duration>,
+    max_tasks_per_child: Option<u64>,
+    max_memory_per_child: Option<u64>,
+    task_timeout: Option<Duration>,
+    start_method: Option<StartMethod>,
+    initializer: Option<(TaskRef, Vec<u8>)>,
+    initializer_error: Option<String>,
+    restart_limit: (u32, Duration),
+    max_in_flight: Option<usize>,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder::new()
+    }
+}
+
+impl PoolBuilder {
+    /// Default settings: one worker per usable CPU, no limits, the default start method.
+    pub fn new() -> PoolBuilder {
+        PoolBuilder {
+            processes: None,
+            max_workers: None,
+            min_idle: 0,
+            max_idle: None,
+            idle_timeout: None,
+            max_tasks_per_child: None,
+            max_memory_per_child: None,
+            task_timeout: None,
+            start_method: None,
+            initializer: None,
+            initializer_error: None,
+            restart_limit: (5, Duration::from_secs(10)),
+            max_in_flight: None,
+        }
+    }
+
+    /// How many workers to start (and keep, at least). Default: the CPUs this process may use,
+    /// affinity and cgroup CPU quota respected.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// Runs `f(arg)` in every worker when it starts (Python's `initializer`/`initargs`). A panic
+    /// there is reported as [`PoolError::InitializerFailed`].
+    pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
+        match codec::encode(std::slice::from_ref(&arg)) {
+            Ok(buf) => self.initializer = Some((TaskRef::new(f), buf)),
+            Err(e) => self.initializer_error = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// Replace a worker after it has run about `n` tasks (±10% per worker, so that workers do
+    /// not all restart at once). Python's `maxtasksperchild`.
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks_per_child = Some(n.max(1));
+        self
+    }
+
+    /// Replace a worker whose resident memory exceeds `bytes` after a task.
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory_per_child = Some(bytes);
+        self
+    }
+
+    /// Fail a task that runs longer than `timeout` with [`TaskError::Timeout`], and kill and
+    /// replace its worker. The limit is checked a few times per `timeout`.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Let the pool grow up to `n` workers when tasks wait and no worker is idle (default: no
+    /// growth beyond `processes`).
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
+        self
+    }
+
+    /// Keep at least `n` idle workers while below `max_workers` (php-fpm's `min_spare_servers`).
+    pub fn min_idle(mut self, n: usize) -> Self {
+        self.min_idle = n;
+        self
+    }
+
+    /// Retire idle workers beyond `n` (never going below `processes`).
+    pub fn max_idle(mut self, n: usize) -> Self {
+        self.max_idle = Some(n);
+        self
+    }
+
+    /// Retire a worker idle for this long (never going below `processes`).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// How workers are created (default: [`default_start_method`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = Some(method);
+        self
+    }
+
+    /// Stop replacing workers after `failures` start-up failures within `window` (default 5
+    /// in 10 s); tasks then fail with [`PoolError::RestartLimit`] (or the initializer's error).
+    pub fn restart_limit(mut self, failures: u32, window: Duration) -> Self {
+        self.restart_limit = (failures.max(1), window);
+        self
+    }
+
+    /// How many tasks `imap` sends ahead of what has been consumed (default: 4 per worker, at
+    /// least 16).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = Some(n.max(1));
+        self
+    }
+
+    /// Starts the workers. Returns once every initial worker has started and run the
+    /// initializer.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        if let Some(e) = self.initializer_error {
+            return Err(PoolError::Config(format!(
+                "the initializer's argument does not encode: {e}"
+            )));
+        }
+        let processes = self.processes.unwrap_or_else(crate::os::available_cpus);
+        if processes == 0 && self.max_workers.unwrap_or(0) == 0 {
+            return Err(PoolError::Config("a pool needs at least one worker".into()));
+        }
+        let max_workers = self.max_workers.unwrap_or(processes).max(processes).max(1);
+        let settings = Settings {
+            processes,
+            max_workers,
+            min_idle: self.min_idle.min(max_workers),
+            max_idle: self.max_idle.unwrap_or(max_workers),
+            idle_timeout: self.idle_timeout,
+            max_tasks_per_child: self.max_tasks_per_child,
+            max_memory_per_child: self.max_memory_per_child,
+            task_timeout: self.task_timeout,
+            start_method: self
+                .start_method
+                .unwrap_or_else(crate::default_start_method),
+            initializer: self.initializer,
+            restart_limit: self.restart_limit,
+            max_in_flight: self.max_in_flight.unwrap_or((max_workers * 4).max(16)),
+        };
+        Pool::start(settings)
+    }
+}
+
+/// How the pool sizes itself and treats its workers: what [`PoolBuilder::build`] resolves
+/// the builder's choices to.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) processes: usize,
+    pub(crate) max_workers: usize,
+    pub(crate) min_idle: usize,
+    pub(crate) max_idle: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) max_memory_per_child: Option<u64>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) start_method: StartMethod,
+    pub(crate) initializer: Option<(TaskRef, Vec<u8>)>,
+    pub(crate) restart_limit: (u32, Duration),
+    pub(crate) max_in_flight: usize,
+}
+
+/// A pool of worker processes, like Python's `multiprocessing.Pool`.
+///
+/// Build one with [`PoolBuilder`](crate::PoolBuilder). All methods take `&self`, so one pool
+/// serves many threads of the parent at once.
+///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = pool::Pool::new(2)?;
+/// assert_eq!(pool.apply(square, 7)?, 49);
+/// assert_eq!(pool.map(square, 1..=4u64)?, vec![1, 4, 9, 16]);
+/// let pending = pool.apply_async(square, 8);
+/// assert_eq!(pending.get()?, 64);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Dropping
+///
+/// Dropping a pool terminates it, as Python's `with Pool() as p:` does on exit: workers are
+/// killed, tasks not yet finished fail with [`TaskError::Terminated`], and every worker is
+/// reaped before `drop` returns, so nothing is orphaned. Call [`close`](Pool::close) and
+/// [`join`](Pool::join) first to let queued tasks finish.
+pub struct Pool {
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.registry.workers.load(Ordering::Relaxed))
+            .field("settings", &self.registry.settings)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers with default settings (see [`PoolBuilder`](crate::PoolBuilder)).
+    pub fn new(processes: usize) -> Result<Pool, PoolError> {
+        crate::PoolBuilder::new().processes(processes).build()
+    }
+
+    /// Starts the initial workers and waits until each has greeted the pool (and run the
+    /// initializer), so that a broken initializer or start method is reported here.
+    fn start(settings: Settings) -> Result<Pool, PoolError> {
+        start::check_start_method(settings.start_method)?;
+        let pool = Pool {
+            registry: Arc::new(Registry::new(settings)),
+        };
+        let mut ready = Vec::new();
+        for _ in 0..pool.registry.settings.processes {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            driver::add(&pool.registry, Some(tx))?;
+            ready.push(rx);
+        }
+        for rx in ready {
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(PoolError::Spawn("a worker driver ended at start".into())),
+            }
+        }
+        Ok(pool)
+    }
+
+    fn submit(&self, job: Job) -> Result<(), PoolError> {
+        Registry::submit(&self.registry, job)
+    }
+
+    fn new_job<A: Serialize + DeserializeOwned>(
+        &self,
+        task: TaskRef,
+        args: &[A],
+        first: u64,
+        sink: Arc<dyn Sink>,
+    ) -> Result<Job, TaskError> {
+        Job::new(self.registry.next_job_id(), task, args, first, sink)
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result (Python's `apply`).
+    ///
+    /// When a worker is idle, the calling thread runs the task on it directly (no hand-off to a
+    /// pool thread), so a round trip to a hot worker costs about one pipe round trip.
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let cell = Cell::new(None, None);
+        let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
+        let job = self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink)?;
+        if let Err(job) = driver::run_here(&self.registry, job) {
+            self.submit(job)?;
+        }
+        AsyncResult::new(cell).get()
+    }
+
+    /// Runs `f(arg)` in a worker; the result comes later through the [`AsyncResult`].
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async_inner(f, arg, None, None)
+    }
+
+    /// Like [`apply_async`](Pool::apply_async), and runs `callback` with the result, or
+    /// `error_callback` with the error, on a pool thread in the parent before the result is
+    /// made available (Python's `callback` and `error_callback`). Keep callbacks short, and do
+    /// not wait on this pool from one: it runs on the thread that feeds a worker.
+    pub fn apply_async_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        callback: impl FnOnce(&R) + Send + 'static,
+        error_callback: impl FnOnce(&TaskError) + Send + 'static,
+    ) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async_inner(
+            f,
+            arg,
+            Some(Box::new(callback)),
+            Some(Box::new(error_callback)),
+        )
+    }
+
+    fn apply_async_inner<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        callback: Option<Callback<R>>,
+        error_callback: Option<ErrorCallback>,
+    ) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let cell = Cell::new(callback, error_callback);
+        let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
+        match self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink) {
+            Ok(job) => {
+                if let Err(e) = self.submit(job) {
+                    cell.complete(Err(e.into()));
+                }
+            }
+            Err(e) => cell.complete(Err(e)),
+        }
+        AsyncResult::new(cell)
+    }
+
+    /// Applies `f` to every argument in workers and returns the results in order (Python's
+    /// `map`). The arguments are sent in chunks of `chunksize` (see
+    /// [`map_chunked`](Pool::map_chunked)); here the size is chosen automatically. The first
+    /// failed task fails the whole map.
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, args, None).get()
+    }
+
+    /// [`map`](Pool::map), calling `progress(done, total)` on a pool thread after each task
+    /// (see `progress_bar()` with the `progress` feature).
+    pub fn map_with_progress<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_inner(f, args, None, Some(Box::new(progress)))
+            .get()
+    }
+
+    /// [`map`](Pool::map) with an explicit chunk size.
+    pub fn map_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: usize,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, args, Some(chunksize)).get()
+    }
+
+    /// Python's `starmap`: `f` takes its arguments as one tuple.
+    pub fn starmap<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map(f, args)
+    }
+
+    /// Starts a map; the results come later, in order, through the [`AsyncResult`]. `chunksize`
+    /// `None` picks one automatically (as Python: about four chunks per worker).
+    pub fn map_async<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_inner(f, args, chunksize, None)
+    }
+
+    fn map_async_inner<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+        progress: Option<Progress>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let args: Vec<A> = args.into_iter().collect();
+        let cell = Cell::new(None, None);
+        let len = args.len();
+        let sink: Arc<dyn Sink> = Arc::new(MapSink::new(cell.clone(), len, progress));
+        let chunk = chunksize.unwrap_or_else(|| self.auto_chunksize(len)).max(1);
+        let task = TaskRef::new(f);
+        let mut first = 0u64;
+        for chunk_args in args.chunks(chunk) {
+            let n = chunk_args.len() as u64;
+            match self.new_job(task, chunk_args, first, sink.clone()) {
+                Ok(job) => {
+                    if let Err(e) = self.submit(job) {
+                        cell.complete(Err(e.into()));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    cell.complete(Err(e));
+                    break;
+                }
+            }
+            first += n;
+        }
+        AsyncResult::new(cell)
+    }
+
+    /// Python's heuristic: about four chunks per worker; one per task when a task timeout is
+    /// set (a timeout is per task).
+    pub(crate) fn auto_chunksize(&self, len: usize) -> usize {
+        if self.registry.settings.task_timeout.is_some() {
+            return 1;
+        }
+        let workers = self.registry.settings.max_workers.max(1);
+        len.div_ceil(workers * 4).max(1)
+    }
+
+    /// Lazily applies `f` to the arguments, yielding results in argument order (Python's
+    /// `imap`). At most `max_in_flight` tasks (a builder setting) are sent ahead, so an endless
+    /// iterator works and memory stays bounded.
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, args: I) -> crate::Imap<'_, A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        crate::imap::Imap::new(self, f, args.into_iter(), true, 1)
+    }
+
+    /// Like [`imap`](Pool::imap), in chunks of `chunksize`.
+    pub fn imap_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: usize,
+    ) -> crate::Imap<'_, A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        crate::imap::Imap::new(self, f, args.into_iter(), true, chunksize)
+    }
+
+    /// Like [`imap`](Pool::imap), but yields results as they complete (Python's
+    /// `imap_unordered`), each with its argument's index.
+    pub fn imap_unordered<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+    ) -> crate::Imap<'_, A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        crate::imap::Imap::new(self, f, args.into_iter(), false, 1)
+    }
+
+    pub(crate) fn submit_chunk<A: Serialize + DeserializeOwned>(
+        &self,
+        task: TaskRef,
+        args: &[A],
+        first: u64,
+        sink: Arc<dyn Sink>,
+    ) -> Result<(), TaskError> {
+        let job = self.new_job(task, args, first, sink)?;
+        self.submit(job).map_err(TaskError::from)
+    }
+
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.registry.settings.max_in_flight
+    }
+
+    /// Stops accepting tasks; queued ones still run. Workers exit once the queue is empty.
+    pub fn close(&self) {
+        self.registry.close();
+    }
+
+    /// Kills every worker now. Unfinished tasks fail with [`TaskError::Terminated`].
+    pub fn terminate(&self) {
+        self.registry.terminate();
+    }
+
+    /// Waits for every worker to exit (Python's `join`). Closes the pool first if neither
+    /// [`close`](Pool::close) nor [`terminate`](Pool::terminate) was called (where Python raises
+    /// an error), so queued tasks finish and then the workers exit.
+    pub fn join(&self) {
+        self.close();
+        self.registry.join_drivers();
+    }
+
+    /// [`join`](Pool::join) with a limit (closing the pool first, likewise); returns whether
+    /// every worker exited in time.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.close();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.registry.workers.load(Ordering::SeqCst) == 0 {
+                self.join();
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A snapshot of the pool's counters and of every worker.
+    pub fn stats(&self) -> PoolStats {
+        self.registry.stats()
+    }
+
+    /// The number of live workers.
+    pub fn workers(&self) -> usize {
+        self.registry.workers.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+        self.join();
+    }
+}

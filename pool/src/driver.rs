@@ -1,0 +1,459 @@
+//! Drivers: one parent thread per worker, which takes jobs from the registry, sends them down
+//! the wire to its worker and collects the outcomes.
+//!
+//! Each worker process has a *driver* thread in the parent that takes a job, sends it to its
+//! worker over the worker's own pipe, and receives the outcomes. Because the parent always knows
+//! which job each worker holds, and the worker's progress slot (shared memory) tells which
+//! argument it was running, a worker's death fails exactly that argument:
+//!
+//! | event while a job runs         | the argument running          | finished, reported | not started |
+//! |--------------------------------|-------------------------------|--------------------|-------------|
+//! | the task panics                | `Panicked`; the worker lives  | delivered          | run on      |
+//! | the worker dies (signal, exit) | `WorkerLost`                  | delivered          | requeued    |
+//! | `task_timeout` passes          | `Timeout`; the worker is killed | delivered        | requeued    |
+//!
+//! A task never runs twice. A worker sends each result before it starts the next task whenever
+//! tasks take 50 us or more (and every 50 us of work otherwise), so only fast tasks that finished
+//! in the last 50 us before a death can lose their results; those fail with `WorkerLost` too
+//! rather than run again (their side effects happened). The dead worker is reaped and replaced
+//! by the same driver; workers that keep failing at start-up trip the restart-loop breaker
+//! (`sizing`).
+//!
+//! A driver's state sits in a *seat* (a mutex): [`run_here`] lets a caller's thread borrow an
+//! idle seat and run its job on that worker directly.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Exit, PoolError, TaskError};
+use crate::job::Job;
+use crate::registry::{Registry, lock};
+use crate::result::failure_to_error;
+use crate::start::{self, Worker};
+use crate::stats::{WorkerState, WorkerStats};
+use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
+
+/// A worker seat: the driver's state behind a mutex. The driver thread holds it only while it
+/// starts a worker or runs a job, so a thread calling [`Pool::apply`] can take an idle seat and
+/// run its task on that worker directly, with no hand-off between threads.
+pub(crate) type Seat = Arc<Mutex<Driver>>;
+
+pub(crate) fn add(
+    this: &Arc<Registry>,
+    ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>,
+) -> Result<(), PoolError> {
+    this.workers.fetch_add(1, Ordering::SeqCst);
+    spawn(this, ready)
+}
+
+/// Starts a driver thread for a worker already counted in `workers`.
+pub(crate) fn spawn(
+    this: &Arc<Registry>,
+    ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>,
+) -> Result<(), PoolError> {
+    let id = this.next_driver.fetch_add(1, Ordering::Relaxed);
+    let registry = this.clone();
+    let seat: Seat = Arc::new(Mutex::new(Driver::new(this.clone(), id)));
+    this.seats
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(seat.clone());
+    let handle = std::thread::Builder::new()
+        .name(format!("pool-driver-{id}"))
+        .spawn(move || drive(seat, registry, ready))
+        .map_err(|e| {
+            this.workers.fetch_sub(1, Ordering::SeqCst);
+            PoolError::os("spawning a driver thread", e)
+        })?;
+    lock(&this.drivers).push(handle);
+    Ok(())
+}
+
+/// Runs `job` on an idle worker from the calling thread; gives the job back if no worker is
+/// idle (or the pool cannot take work).
+pub(crate) fn run_here(this: &Registry, job: Job) -> Result<(), Job> {
+    if !this.takes_work() {
+        return Err(job);
+    }
+    let seats = this.seats.read().unwrap_or_else(|p| p.into_inner());
+    for seat in seats.iter() {
+        let Ok(mut d) = seat.try_lock() else { continue };
+        if d.worker.is_none() {
+            continue;
+        }
+        this.count_submitted(job.count);
+        d.set_state(WorkerState::Busy);
+        match d.run_job(job) {
+            Ran::Done => d.after_task(),
+            // Replace the worker now rather than when its driver next wakes up.
+            Ran::WorkerGone => {
+                let _ = d.ensure_worker();
+            }
+        }
+        d.set_state(WorkerState::Idle);
+        return Ok(());
+    }
+    Err(job)
+}
+
+/// The driver thread of one seat: take jobs, run them, replace the worker when it goes.
+fn drive(
+    seat: Seat,
+    registry: Arc<Registry>,
+    ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>,
+) {
+    let first = lock(&seat).ensure_worker();
+    if let Some(ready) = ready {
+        let _ = ready.send(first.clone());
+    }
+    loop {
+        if registry.terminated.load(Ordering::SeqCst) {
+            break;
+        }
+        let started = {
+            let mut d = lock(&seat);
+            if d.worker.is_none() {
+                d.ensure_worker()
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(e) = started {
+            if registry.record_failure(&e) {
+                break;
+            }
+            // Back off a little before trying again (a rate limit, as httpd's spawn rate).
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let idle_limit = {
+            let d = lock(&seat);
+            d.set_state(WorkerState::Idle);
+            d.idle_limit()
+        };
+        registry.idle.fetch_add(1, Ordering::SeqCst);
+        let next = registry.next_job(idle_limit);
+        registry.idle.fetch_sub(1, Ordering::SeqCst);
+        match next {
+            Some(Ok(job)) => {
+                if registry.terminated.load(Ordering::SeqCst) {
+                    registry.finish_job_error(&job, &TaskError::Terminated);
+                    continue;
+                }
+                let mut d = lock(&seat);
+                d.set_state(WorkerState::Busy);
+                // Jobs still waiting and nobody idle: time to grow (if allowed).
+                Registry::maybe_grow(&registry);
+                match d.run_job(job) {
+                    Ran::Done => d.after_task(),
+                    Ran::WorkerGone => {}
+                }
+            }
+            Some(Err(())) => {
+                if idle_limit.is_some() && lock(&seat).may_shrink() {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    let id = {
+        let mut d = lock(&seat);
+        d.retire();
+        d.id
+    };
+    lock(&registry.table).remove(&id);
+    registry
+        .seats
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|s| !Arc::ptr_eq(s, &seat));
+    registry.workers.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// The outcome of running one job on a worker.
+pub(crate) enum Ran {
+    /// Every argument has an outcome; the worker is fine.
+    Done,
+    /// The worker is gone (died, or killed for a timeout); the job was settled.
+    WorkerGone,
+}
+
+/// A parent thread that owns one worker.
+pub(crate) struct Driver {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) id: usize,
+    pub(crate) worker: Option<Worker>,
+    frame: Vec<u8>,
+    buf: Vec<u8>,
+    pub(crate) tasks_limit: Option<u64>,
+}
+
+impl Driver {
+    fn new(registry: Arc<Registry>, id: usize) -> Driver {
+        Driver {
+            registry,
+            id,
+            worker: None,
+            frame: Vec::new(),
+            buf: Vec::new(),
+            tasks_limit: None,
+        }
+    }
+
+    pub(crate) fn set_state(&self, state: WorkerState) {
+        if let Some(w) = lock(&self.registry.table).get_mut(&self.id) {
+            w.state = state;
+            if state == WorkerState::Idle {
+                w.busy_since = None;
+                w.current_task = None;
+            } else if state == WorkerState::Busy {
+                w.busy_since = Some(Instant::now());
+            }
+        }
+    }
+
+    pub(crate) fn ensure_worker(&mut self) -> Result<(), PoolError> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        let was_replacement = lock(&self.registry.table).contains_key(&self.id);
+        let mut worker = start::start(self.registry.settings.start_method)?;
+        let pid = worker.pid;
+        let initializer = self.registry.settings.initializer.as_ref();
+        if let Err(e) = start::handshake(&mut worker, initializer, &mut self.buf, &mut self.frame) {
+            worker.kill();
+            let _ = worker.reap();
+            return Err(e);
+        }
+        let mut table = lock(&self.registry.table);
+        let restarts = table
+            .get(&self.id)
+            .map_or(0, |w| w.restarts + u64::from(was_replacement));
+        let tasks_failed = table.get(&self.id).map_or(0, |w| w.tasks_failed);
+        table.insert(
+            self.id,
+            WorkerStats {
+                pid,
+                state: WorkerState::Idle,
+                current_task: None,
+                busy_since: None,
+                current_task_runtime: None,
+                tasks_done: 0,
+                tasks_failed,
+                restarts,
+                rss_bytes: 0,
+                cpu_time: Duration::ZERO,
+                started: Instant::now(),
+            },
+        );
+        drop(table);
+        self.tasks_limit = self
+            .registry
+            .settings
+            .max_tasks_per_child
+            .map(|n| crate::sizing::jitter(n, pid));
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    /// Sends `job` to the worker and collects its outcomes, handling death and timeouts.
+    fn run_job(&mut self, mut job: Job) -> Ran {
+        let registry = self.registry.clone();
+        let Some(worker) = self.worker.as_mut() else {
+            let _ = registry.tx_requeue(job);
+            return Ran::WorkerGone;
+        };
+        if let Err(e) = protocol::frame(
+            &ToWorker::Run {
+                job: job.id,
+                task: job.task,
+            },
+            &job.args,
+            &mut self.frame,
+        ) {
+            registry.finish_job_error(&job, &TaskError::Argument(e.to_string()));
+            return Ran::Done;
+        }
+        let mut reported = job.first; // every index below this has an outcome
+        let end = job.first + job.count;
+        if worker.link.send(&self.frame).is_err() {
+            return self.lost(job, reported, None);
+        }
+        let timeout = registry.settings.task_timeout;
+        let slice = timeout.map_or(Duration::from_millis(100), |t| {
+            (t / 4).clamp(Duration::from_millis(1), Duration::from_millis(100))
+        });
+        let mut watched: Option<(u64, Instant)> = None;
+        loop {
+            let Some(worker) = self.worker.as_mut() else {
+                return Ran::WorkerGone;
+            };
+            match worker.link.recv(&mut self.buf, Some(slice)) {
+                Ok(()) => {
+                    let (header, payload) = match protocol::unframe::<FromWorker>(&self.buf) {
+                        Ok(frame) => frame,
+                        Err(_) => {
+                            // A worker that speaks nonsense is as good as dead.
+                            self.kill_worker();
+                            return self.lost(job, reported, None);
+                        }
+                    };
+                    match header {
+                        FromWorker::Results {
+                            job: id,
+                            first,
+                            count,
+                            done,
+                        } if id == job.id => {
+                            let start = job.first + first;
+                            let n = count.min(end.saturating_sub(start));
+                            if start == reported && n > 0 {
+                                let id = self.id;
+                                job.sink.deliver_encoded(start, n, payload, &|ok, failed| {
+                                    registry.tally(ok, failed);
+                                    if let Some(w) = lock(&registry.table).get_mut(&id) {
+                                        w.tasks_done += ok;
+                                        w.tasks_failed += failed;
+                                    }
+                                });
+                                reported = start + n;
+                            }
+                            if done {
+                                for i in reported..end {
+                                    registry.deliver_error(
+                                        &job,
+                                        i,
+                                        TaskError::Result("the worker sent no outcome".into()),
+                                    );
+                                }
+                                return Ran::Done;
+                            }
+                        }
+                        FromWorker::ChunkFailed { job: id, failure } if id == job.id => {
+                            let error = failure_to_error(failure);
+                            for i in reported..end {
+                                registry.deliver_error(&job, i, error.clone());
+                            }
+                            return Ran::Done;
+                        }
+                        _ => continue,
+                    }
+                }
+                Err(LinkError::Timeout) => {
+                    if registry.terminated.load(Ordering::SeqCst) {
+                        self.kill_worker();
+                        job.first = reported;
+                        job.count = end - reported;
+                        registry.finish_job_error(&job, &TaskError::Terminated);
+                        return Ran::WorkerGone;
+                    }
+                    let current = worker.slot.current_item();
+                    if let Some(w) = lock(&registry.table).get_mut(&self.id) {
+                        w.current_task = current;
+                    }
+                    if let (Some(limit), Some(item)) = (timeout, current) {
+                        match watched {
+                            Some((seen, since)) if seen == item => {
+                                if since.elapsed() >= limit {
+                                    self.kill_worker();
+                                    return self.lost(
+                                        job,
+                                        reported,
+                                        Some(TaskError::Timeout { limit }),
+                                    );
+                                }
+                            }
+                            _ => watched = Some((item, Instant::now())),
+                        }
+                    }
+                }
+                Err(LinkError::Disconnected) | Err(LinkError::Broken) => {
+                    return self.lost(job, reported, None);
+                }
+            }
+        }
+    }
+
+    fn kill_worker(&mut self) {
+        if let Some(w) = &self.worker {
+            let _ = crate::os::kill(w.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    /// The worker is gone while holding `job`: settle the job and drop the worker.
+    /// `cause` is the error for the running argument (default: `WorkerLost` with its exit).
+    fn lost(&mut self, job: Job, reported: u64, cause: Option<TaskError>) -> Ran {
+        let registry = self.registry.clone();
+        let Some(mut worker) = self.worker.take() else {
+            let _ = registry.tx_requeue(job);
+            return Ran::WorkerGone;
+        };
+        let pid = worker.pid;
+        // The link failed: whether the worker died or only its pipe broke, make sure it is gone
+        // before waiting for it (a dying process keeps the status it is dying with).
+        worker.kill();
+        let exit = worker.reap().unwrap_or(Exit::Code(-1));
+        let cause = cause.unwrap_or(TaskError::WorkerLost { pid, exit });
+        if let Some(w) = lock(&registry.table).get_mut(&self.id) {
+            w.state = WorkerState::Starting;
+        }
+        let end = job.first + job.count;
+        let words = worker.slot.words();
+        let running = if words.job.load(Ordering::Acquire) == job.id {
+            worker.slot.current_item().map(|i| job.first + i)
+        } else {
+            None
+        };
+        match running {
+            Some(item) if item >= reported && item < end => {
+                // Arguments that finished but whose results were not sent yet: they ran (their
+                // side effects happened), so they are not run again; their results are lost.
+                for i in reported..item {
+                    registry.deliver_error(&job, i, TaskError::WorkerLost { pid, exit });
+                }
+                registry.deliver_error(&job, item, cause);
+                if let Some(w) = lock(&registry.table).get_mut(&self.id) {
+                    w.tasks_failed += 1;
+                }
+                if let Some(rest) = job.rest_from(item + 1) {
+                    let _ = registry.tx_requeue(rest);
+                }
+            }
+            _ => {
+                // Nothing of the job started: run it again elsewhere, a few times at most.
+                let mut rest = match job.rest_from(reported) {
+                    Some(rest) => rest,
+                    None => return Ran::WorkerGone,
+                };
+                rest.attempts += 1;
+                if rest.attempts >= 3 {
+                    registry.finish_job_error(&rest, &cause);
+                } else {
+                    let _ = registry.tx_requeue(rest);
+                }
+            }
+        }
+        Ran::WorkerGone
+    }
+
+    /// Asks the worker to exit and reaps it (killing it if it does not go in time).
+    fn retire(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            finish_worker(worker);
+        }
+    }
+}
+
+/// Asks `worker` to exit and reaps it, killing it if it does not go within 2 s.
+pub(crate) fn finish_worker(mut worker: Worker) {
+    let mut frame = Vec::new();
+    if protocol::frame(&ToWorker::Exit, &[], &mut frame).is_ok() {
+        let _ = worker.link.send(&frame);
+    }
+    if !worker.wait_exit(Duration::from_secs(2)) {
+        worker.kill();
+    }
+    let _ = worker.reap();
+}

@@ -1,0 +1,236 @@
+//! The registry: what the pool handle and its driver threads share.
+//!
+//! It holds the job queue (one crossbeam channel; workers never touch it), the seats of the
+//! drivers, the per-worker statistics table, the pool's counters, and its closed, terminated
+//! and broken states. The handle ([`crate::Pool`]) submits jobs and closes the queue here;
+//! drivers take jobs from it, requeue what a dead worker did not start, and tally outcomes.
+//! Sizing decisions (growing, the restart breaker) are in `sizing`, the drivers in `driver`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::api::Settings;
+use crate::driver::Seat;
+use crate::error::{PoolError, TaskError};
+use crate::job::Job;
+use crate::stats::{PoolStats, WorkerStats};
+
+/// What the drivers and the pool handle share.
+pub(crate) struct Registry {
+    pub(crate) settings: Settings,
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    closed: AtomicBool,
+    stop_tx: Mutex<Option<Sender<()>>>,
+    stop_rx: Receiver<()>,
+    next_job: AtomicU64,
+    pub(crate) next_driver: AtomicUsize,
+    /// Live drivers (each owns one worker seat), including places reserved by `maybe_grow`.
+    pub(crate) workers: AtomicUsize,
+    /// Drivers waiting for a job.
+    pub(crate) idle: AtomicUsize,
+    pub(crate) terminated: AtomicBool,
+    /// Why the pool stopped taking work (the restart breaker tripped).
+    pub(crate) broken: Mutex<Option<PoolError>>,
+    /// Recent worker start-up failures, for the breaker.
+    pub(crate) failures: Mutex<Vec<Instant>>,
+    pub(crate) drivers: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) seats: RwLock<Vec<Seat>>,
+    pub(crate) table: Mutex<HashMap<usize, WorkerStats>>,
+    submitted: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// Locks `m`, ignoring poisoning (every critical section leaves its data consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    /// An empty registry: no drivers yet, the queue open.
+    pub(crate) fn new(settings: Settings) -> Registry {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
+        Registry {
+            tx,
+            rx,
+            closed: AtomicBool::new(false),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
+            next_job: AtomicU64::new(1),
+            next_driver: AtomicUsize::new(0),
+            workers: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            terminated: AtomicBool::new(false),
+            broken: Mutex::new(None),
+            failures: Mutex::new(Vec::new()),
+            drivers: Mutex::new(Vec::new()),
+            seats: RwLock::new(Vec::new()),
+            table: Mutex::new(HashMap::new()),
+            submitted: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            settings,
+        }
+    }
+
+    /// A fresh job id.
+    pub(crate) fn next_job_id(&self) -> u64 {
+        self.next_job.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether the pool accepts work run from the caller's thread (open and not broken).
+    pub(crate) fn takes_work(&self) -> bool {
+        !self.closed.load(Ordering::SeqCst) && lock(&self.broken).is_none()
+    }
+
+    /// Queues a job from the caller, and grows the pool if it should.
+    pub(crate) fn submit(this: &Arc<Registry>, job: Job) -> Result<(), PoolError> {
+        if let Some(e) = lock(&this.broken).clone() {
+            return Err(e);
+        }
+        if this.closed.load(Ordering::SeqCst) {
+            return Err(PoolError::Closed);
+        }
+        let count = job.count;
+        this.count_submitted(count);
+        if this.tx.send(job).is_err() {
+            return Err(PoolError::Closed);
+        }
+        Registry::maybe_grow(this);
+        Ok(())
+    }
+
+    /// Counts `count` submitted tasks (also for jobs that bypass the queue).
+    pub(crate) fn count_submitted(&self, count: u64) {
+        self.submitted.fetch_add(count, Ordering::Relaxed);
+        self.in_flight.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Whether jobs wait in the queue.
+    pub(crate) fn jobs_waiting(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// Puts a job back in the queue (also after close: it was accepted before).
+    pub(crate) fn tx_requeue(&self, job: Job) -> Result<(), ()> {
+        if self.terminated.load(Ordering::SeqCst) {
+            self.finish_job_error(&job, &TaskError::Terminated);
+            return Err(());
+        }
+        self.tx.send(job).map_err(|e| {
+            self.finish_job_error(&e.0, &TaskError::Terminated);
+        })
+    }
+
+    /// The next job for an idle driver; `None` when the driver should stop (closed and
+    /// drained), `Some(Err(()))` after `idle` passed with no job.
+    pub(crate) fn next_job(&self, idle: Option<Duration>) -> Option<Result<Job, ()>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return self.rx.try_recv().ok().map(Ok);
+        }
+        let wait = idle.unwrap_or(Duration::from_secs(3600));
+        crossbeam_channel::select! {
+            recv(self.rx) -> job => job.ok().map(Ok),
+            recv(self.stop_rx) -> _ => self.rx.try_recv().ok().map(Ok),
+            default(wait) => Some(Err(())),
+        }
+    }
+
+    /// Fails every argument of `job` with `error`.
+    pub(crate) fn finish_job_error(&self, job: &Job, error: &TaskError) {
+        self.tally(0, job.count);
+        job.fail_all(error);
+    }
+
+    /// Fails argument `index` of `job` with `error`.
+    pub(crate) fn deliver_error(&self, job: &Job, index: u64, error: TaskError) {
+        self.tally(0, 1);
+        job.sink.fail(index, error);
+    }
+
+    /// Counts outcomes once per batch (the counters are shared by every driver).
+    pub(crate) fn tally(&self, ok: u64, failed: u64) {
+        if ok > 0 {
+            self.done.fetch_add(ok, Ordering::Relaxed);
+        }
+        if failed > 0 {
+            self.failed.fetch_add(failed, Ordering::Relaxed);
+        }
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(ok + failed))
+            });
+    }
+
+    /// Stops accepting jobs; drivers drain the queue and stop.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        lock(&self.stop_tx).take();
+    }
+
+    /// Closes and fails every queued job with `error`.
+    pub(crate) fn close_with(&self, error: &TaskError) {
+        self.close();
+        while let Ok(job) = self.rx.try_recv() {
+            self.finish_job_error(&job, error);
+        }
+    }
+
+    /// Closes, kills every worker and fails every queued job with `Terminated`.
+    pub(crate) fn terminate(&self) {
+        self.close();
+        self.terminated.store(true, Ordering::SeqCst);
+        for stats in lock(&self.table).values() {
+            let _ = crate::os::kill(stats.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        while let Ok(job) = self.rx.try_recv() {
+            self.finish_job_error(&job, &TaskError::Terminated);
+        }
+    }
+
+    /// Joins every driver thread (drivers started meanwhile too).
+    pub(crate) fn join_drivers(&self) {
+        loop {
+            let handles: Vec<_> = std::mem::take(&mut *lock(&self.drivers));
+            if handles.is_empty() {
+                break;
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// A snapshot of the counters and of every worker.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let mut workers: Vec<WorkerStats> = lock(&self.table).values().cloned().collect();
+        workers.sort_by_key(|w| w.pid);
+        for w in &mut workers {
+            if let Some((rss, cpu)) = crate::os::usage(w.pid) {
+                w.rss_bytes = rss;
+                w.cpu_time = cpu;
+            }
+            if let Some(since) = w.busy_since {
+                w.current_task_runtime = Some(since.elapsed());
+            }
+        }
+        PoolStats {
+            submitted: self.submitted.load(Ordering::Relaxed),
+            done: self.done.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            queued: self.rx.len() as u64,
+            workers,
+        }
+    }
+}
