@@ -150,7 +150,7 @@ impl PoolBuilder {
         self
     }
 
-    /// How workers are created (default: [`default_start_method`]).
+    /// How workers are created (default: [`default_start_method`](crate::default_start_method)).
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.start_method = Some(method);
         self
