@@ -144,6 +144,48 @@ pub(crate) fn try_reap(pid: u32) -> io::Result<Option<Exit>> {
     }
 }
 
+/// Sends `bytes` as one message on the socket `sock`, with `fds` attached (`SCM_RIGHTS`).
+pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let iov = [std::io::IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io(e)),
+        }
+    }
+}
+
+/// Receives one message from the socket `sock` into `buf`, and the descriptors it carries (at
+/// most four); returns the message's length (0 at end of stream).
+pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::FromRawFd;
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => m,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io(e)),
+        };
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(io)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for fd in raw {
+                    // SAFETY: the kernel just installed `fd` in this process for this message
+                    // (SCM_RIGHTS); nothing else knows the number, so we are its only owner.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        return Ok((msg.bytes, fds));
+    }
+}
+
 /// Closes `fd` (a pool-internal descriptor inherited by a forked child that must not keep it).
 pub(crate) fn close_raw(fd: RawFd) {
     // SAFETY: closing a descriptor number has no memory-safety preconditions; the caller passes

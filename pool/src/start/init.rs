@@ -1,48 +1,21 @@
-//! `init()`: becoming a spawned worker or the fork server, and the pool's client of that server.
+//! `init()`: a program started as a worker (`Spawn`) or as the fork server takes its role here,
+//! before its own `main` does anything.
 //!
 //! A program started by the `Spawn` method, or as the fork server, is the very same executable
 //! as the pool's. It must take its role before its own `main` does anything, so [`init`] runs
 //! first thing: from the `ctor` constructor (default feature `ctor`, before `main`, which is
 //! what makes these methods work inside test binaries) or explicitly at the top of `main`.
 //!
-//! ## The fork server
-//!
-//! Forking a multi-threaded process is unsafe (only the calling thread survives, and locks held
-//! by the others stay held), and a pool's parent always has threads. So the first pool that uses
-//! `ForkServer` starts a server by *executing* `/proc/self/exe` with a role variable: a fresh,
-//! single-threaded process. The pool sends it, over a `SOCK_SEQPACKET` socket, the descriptors of
-//! a new worker's pipe end and progress slot (`SCM_RIGHTS`); the server forks, the child becomes
-//! the worker, the server answers with the pid. The server reaps its children (a `signalfd` for
-//! `SIGCHLD`) and reports each exit status, so the pool learns how its workers ended. When the
-//! pool's process goes away the server sees its socket hang up, kills its workers and exits.
+//! The one `unsafe` here removes the role variable from the environment, which is sound only
+//! while the process has a single thread: exactly `init`'s documented contract.
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
-};
-use serde::{Deserialize, Serialize};
-
-use crate::error::{Exit, PoolError};
-use crate::slot::{SLOT_TAG, Slot};
-use crate::start::{ENV_LINK, ENV_ROLE, ENV_SLOT};
-use crate::wire::codec;
-use crate::wire::transport::PipeLink;
+use super::forkserver::ROLE_SERVER;
+use super::spawn::{ENV_ROLE, ROLE_SPAWN};
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
-
-const ROLE_SPAWN: &str = "spawn";
-const ROLE_SERVER: &str = "forkserver";
-const ENV_SERVER_SOCK: &str = "IPC_POOL_SERVER_SOCK";
 
 /// Prepares this program for the `Spawn` and `ForkServer` start methods. Call it first thing in
 /// `main`, before any other thread exists (with the default `ctor` feature it has already run
@@ -59,11 +32,11 @@ pub fn init() {
     match std::env::var(ENV_ROLE).as_deref() {
         Ok(ROLE_SPAWN) => {
             clear_role();
-            std::process::exit(run_spawned_worker())
+            std::process::exit(super::spawn::run_spawned_worker())
         }
         Ok(ROLE_SERVER) => {
             clear_role();
-            std::process::exit(run_server())
+            std::process::exit(super::forkserver::run_server())
         }
         _ => INITIALISED.store(true, Ordering::SeqCst),
     }
@@ -88,318 +61,4 @@ fn auto_init() {
 /// Whether [`init`] has run in this process.
 pub(crate) fn initialised() -> bool {
     INITIALISED.load(Ordering::SeqCst)
-}
-
-fn run_spawned_worker() -> i32 {
-    let link = PipeLink::from_inherited(ENV_LINK);
-    let slot = ipc_shm::OpenOptions::new(SLOT_TAG)
-        .from_inherited(ENV_SLOT)
-        .ok()
-        .and_then(Slot::from_segment);
-    match (link, slot) {
-        (Ok(mut link), Some(slot)) => crate::worker::run(&mut link, &slot),
-        _ => crate::worker::code::LINK,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The server.
-
-#[derive(Debug, Serialize, Deserialize)]
-enum ToServer {
-    /// Fork a worker; the message carries [pipe shm, pipe socket, slot] descriptors.
-    Fork { side: u32 },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum FromServer {
-    Forked { pid: u32 },
-    ForkFailed { message: String },
-    Exited { pid: u32, exit: Exit },
-}
-
-fn send_msg(sock: RawFd, msg: &impl Serialize, fds: &[RawFd]) -> io::Result<()> {
-    let bytes = codec::encode(msg).map_err(|e| io::Error::other(e.to_string()))?;
-    let iov = [IoSlice::new(&bytes)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
-    loop {
-        match sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
-        }
-    }
-}
-
-/// Receives one message and the descriptors it carries; `Ok(None)` at end of stream.
-fn recv_msg<T: serde::de::DeserializeOwned>(sock: RawFd) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
-    let mut buf = [0u8; 512];
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-    loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Ok(m) => m,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
-        };
-        let mut fds = Vec::new();
-        for c in msg
-            .cmsgs()
-            .map_err(|e| io::Error::from_raw_os_error(e as i32))?
-        {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for fd in raw {
-                    // SAFETY: the kernel just installed `fd` in this process for this message
-                    // (SCM_RIGHTS); nothing else knows the number, so we are its only owner.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-        }
-        let len = msg.bytes;
-        if len == 0 {
-            return Ok(None);
-        }
-        let value = codec::decode(&buf[..len]).map_err(|e| io::Error::other(e.to_string()))?;
-        return Ok(Some((value, fds)));
-    }
-}
-
-fn run_server() -> i32 {
-    let Ok(sock) = ipc_shm::take_inherited_fd(ENV_SERVER_SOCK) else {
-        return 2;
-    };
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    if mask.thread_block().is_err() {
-        return 3;
-    }
-    let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-    else {
-        return 4;
-    };
-    let mut children: Vec<u32> = Vec::new();
-    while let Ok(ready) = crate::os::wait_readable(&[sock.as_fd(), sigfd.as_fd()], None) {
-        if ready[1] {
-            while let Ok(Some(_)) = sigfd.read_signal() {}
-            // Reap every child that ended and report it.
-            children.retain(|&pid| match crate::os::try_reap(pid) {
-                Ok(Some(exit)) => {
-                    let _ = send_msg(sock.as_raw_fd(), &FromServer::Exited { pid, exit }, &[]);
-                    false
-                }
-                Ok(None) => true,
-                Err(_) => false,
-            });
-        }
-        if ready[0] {
-            match recv_msg::<ToServer>(sock.as_raw_fd()) {
-                Ok(Some((ToServer::Fork { side }, fds))) => {
-                    let reply = match server_fork_one(&sock, &sigfd, side, fds) {
-                        Ok(pid) => {
-                            children.push(pid);
-                            FromServer::Forked { pid }
-                        }
-                        Err(e) => FromServer::ForkFailed {
-                            message: e.to_string(),
-                        },
-                    };
-                    if send_msg(sock.as_raw_fd(), &reply, &[]).is_err() {
-                        break;
-                    }
-                }
-                // The pool's process is gone (or broke the protocol): end our workers too.
-                Ok(None) | Err(_) => break,
-            }
-        }
-    }
-    for pid in children {
-        let _ = crate::os::kill(pid, Signal::SIGKILL);
-        let _ = crate::os::reap(pid);
-    }
-    0
-}
-
-fn server_fork_one(
-    sock: &OwnedFd,
-    sigfd: &SignalFd,
-    side: u32,
-    fds: Vec<OwnedFd>,
-) -> io::Result<u32> {
-    let mut fds = fds.into_iter();
-    let (Some(shm), Some(pipe_sock), Some(slot_fd), None) =
-        (fds.next(), fds.next(), fds.next(), fds.next())
-    else {
-        return Err(io::Error::other(
-            "a fork request needs exactly three descriptors",
-        ));
-    };
-    let parent = std::process::id();
-    let sock_raw = sock.as_raw_fd();
-    let sigfd_raw = sigfd.as_fd().as_raw_fd();
-    crate::os::fork_then(move || {
-        // The worker: drop the server's descriptors and signal mask, then serve the pool.
-        crate::os::close_raw(sock_raw);
-        crate::os::close_raw(sigfd_raw);
-        let _ = SigSet::all().thread_unblock();
-        let _ = parent;
-        let link = ipc_pipe::Connection::from_raw_parts(shm, pipe_sock, side as usize);
-        let slot = ipc_shm::OpenOptions::new(SLOT_TAG)
-            .from_fd(slot_fd)
-            .ok()
-            .and_then(Slot::from_segment);
-        match (link, slot) {
-            (Ok(conn), Some(slot)) => {
-                crate::worker::run(&mut PipeLink::from_connection(conn), &slot)
-            }
-            _ => crate::worker::code::LINK,
-        }
-    })
-    // In the server, the descriptors were moved into the closure and are dropped here.
-}
-
-// ---------------------------------------------------------------------------------------------
-// The pool's side.
-
-struct Client {
-    sock: OwnedFd,
-    request: Mutex<()>,
-    state: Mutex<ClientState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct ClientState {
-    reply: Option<Result<u32, String>>,
-    exits: HashMap<u32, Exit>,
-    dead: bool,
-}
-
-static CLIENT: OnceLock<Result<Client, String>> = OnceLock::new();
-
-fn client() -> Result<&'static Client, PoolError> {
-    CLIENT
-        .get_or_init(start_server)
-        .as_ref()
-        .map_err(|e| PoolError::Spawn(format!("starting the fork server: {e}")))
-}
-
-fn start_server() -> Result<Client, String> {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.env(ENV_ROLE, ROLE_SERVER);
-    ipc_shm::pass_fd_to_command(&mut cmd, theirs.as_fd(), ENV_SERVER_SOCK)
-        .map_err(|e| e.to_string())?;
-    let child = cmd
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    drop(cmd);
-    drop(theirs);
-    let server_pid = child.id();
-    // Reap the server when it ends (it ends with our process, or if it crashes).
-    std::thread::Builder::new()
-        .name("pool-forkserver-reaper".into())
-        .spawn(move || {
-            let mut child = child;
-            let _ = child.wait();
-        })
-        .map_err(|e| e.to_string())?;
-    let reader_sock = ours.try_clone().map_err(|e| e.to_string())?;
-    std::thread::Builder::new()
-        .name("pool-forkserver-reader".into())
-        .spawn(move || read_server(reader_sock))
-        .map_err(|e| e.to_string())?;
-    let _ = server_pid;
-    Ok(Client {
-        sock: ours,
-        request: Mutex::new(()),
-        state: Mutex::new(ClientState::default()),
-        changed: Condvar::new(),
-    })
-}
-
-fn read_server(sock: OwnedFd) {
-    loop {
-        let msg = recv_msg::<FromServer>(sock.as_raw_fd());
-        let Some(client) = CLIENT.get().and_then(|c| c.as_ref().ok()) else {
-            // Not published yet: the first message cannot arrive before the first request,
-            // which is sent only after publication; treat anything else as the end.
-            return;
-        };
-        let mut state = client.state.lock().unwrap_or_else(|p| p.into_inner());
-        match msg {
-            Ok(Some((FromServer::Forked { pid }, _))) => state.reply = Some(Ok(pid)),
-            Ok(Some((FromServer::ForkFailed { message }, _))) => state.reply = Some(Err(message)),
-            Ok(Some((FromServer::Exited { pid, exit }, _))) => {
-                state.exits.insert(pid, exit);
-            }
-            Ok(None) | Err(_) => {
-                state.dead = true;
-                drop(state);
-                client.changed.notify_all();
-                return;
-            }
-        }
-        drop(state);
-        client.changed.notify_all();
-    }
-}
-
-/// Asks the fork server for a worker on `theirs` and `slot`; returns its pid.
-pub(crate) fn server_fork(theirs: PipeLink, slot: &Slot) -> Result<u32, PoolError> {
-    let client = client()?;
-    let _one_at_a_time = client.request.lock().unwrap_or_else(|p| p.into_inner());
-    let (shm, sock, side) = theirs
-        .into_raw_parts()
-        .map_err(|e| PoolError::os("handing the worker pipe to the fork server", e))?;
-    let fds = [
-        shm.as_raw_fd(),
-        sock.as_raw_fd(),
-        slot.segment().fd().as_raw_fd(),
-    ];
-    send_msg(
-        client.sock.as_raw_fd(),
-        &ToServer::Fork { side: side as u32 },
-        &fds,
-    )
-    .map_err(|e| PoolError::os("asking the fork server for a worker", e))?;
-    drop((shm, sock));
-    let mut state = client.state.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        if let Some(reply) = state.reply.take() {
-            return reply.map_err(PoolError::Spawn);
-        }
-        if state.dead {
-            return Err(PoolError::Spawn("the fork server is gone".into()));
-        }
-        state = client
-            .changed
-            .wait(state)
-            .unwrap_or_else(|p| p.into_inner());
-    }
-}
-
-/// Waits for the fork server to report how worker `pid` ended.
-pub(crate) fn server_reap(pid: u32) -> io::Result<Exit> {
-    let client = client().map_err(|e| io::Error::other(e.to_string()))?;
-    let mut state = client.state.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        if let Some(exit) = state.exits.remove(&pid) {
-            return Ok(exit);
-        }
-        if state.dead {
-            return Err(io::Error::other("the fork server is gone"));
-        }
-        state = client
-            .changed
-            .wait(state)
-            .unwrap_or_else(|p| p.into_inner());
-    }
 }

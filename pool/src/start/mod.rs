@@ -1,4 +1,6 @@
-//! Starting worker processes: the start methods.
+//! Starting worker processes: the start methods ([`fork`], [`spawn`], [`forkserver`]), what
+//! they have in common (the started [`Worker`], the start-up [`handshake`]), and [`init`], which
+//! gives a re-executed program its role.
 //!
 //! | method       | how                                                       | cost (ref. machine) | caveat |
 //! |--------------|-----------------------------------------------------------|---------------------|--------|
@@ -10,7 +12,6 @@
 //! its workers die too. A worker also exits when its pipe reports the pool gone.
 
 use std::io;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,9 +19,12 @@ use crate::error::{Exit, PoolError};
 use crate::slot::Slot;
 use crate::task::TaskRef;
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
-use crate::wire::transport::{self, PipeLink};
+use crate::wire::transport::PipeLink;
 
+mod fork;
+mod forkserver;
 pub(crate) mod init;
+mod spawn;
 
 /// How worker processes are created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -56,7 +60,7 @@ pub(crate) fn check_start_method(method: StartMethod) -> Result<(), PoolError> {
     match method {
         StartMethod::Fork => Ok(()),
         StartMethod::Spawn | StartMethod::ForkServer => {
-            if crate::start::init::initialised() {
+            if init::initialised() {
                 Ok(())
             } else {
                 Err(PoolError::NeedsInit {
@@ -76,7 +80,7 @@ pub(crate) struct Worker {
     reaper: Reaper,
 }
 
-enum Reaper {
+pub(crate) enum Reaper {
     /// Our own child: `waitpid`.
     Child,
     /// A child of the fork server: it reports the status.
@@ -84,7 +88,7 @@ enum Reaper {
 }
 
 impl Worker {
-    fn new(pid: u32, link: PipeLink, slot: Slot, reaper: Reaper) -> Worker {
+    pub(crate) fn new(pid: u32, link: PipeLink, slot: Slot, reaper: Reaper) -> Worker {
         Worker {
             pid,
             link: Box::new(link),
@@ -101,7 +105,7 @@ impl Worker {
         }
         let exit = match self.reaper {
             Reaper::Child => crate::os::reap(self.pid)?,
-            Reaper::Server => crate::start::init::server_reap(self.pid)?,
+            Reaper::Server => forkserver::server_reap(self.pid)?,
         };
         self.exit = Some(exit);
         Ok(exit)
@@ -130,78 +134,21 @@ impl Worker {
 
 /// Serialises pipe creation with forking, so that a worker forked by one driver never inherits
 /// the worker-side end of another worker's pipe (it would hide that worker's death).
-static FORK_LOCK: Mutex<()> = Mutex::new(());
+pub(crate) static FORK_LOCK: Mutex<()> = Mutex::new(());
 
 /// Starts one worker with `method` (the caller then runs [`handshake`]).
 pub(crate) fn start(method: StartMethod) -> Result<Worker, PoolError> {
     let slot = Slot::new().map_err(|e| PoolError::Spawn(format!("progress slot: {e}")))?;
     match method {
-        StartMethod::Fork => start_fork(slot),
-        StartMethod::Spawn => start_spawn(slot),
-        StartMethod::ForkServer => start_forkserver(slot),
+        StartMethod::Fork => fork::start(slot),
+        StartMethod::Spawn => spawn::start(slot),
+        StartMethod::ForkServer => forkserver::start(slot),
     }
 }
 
-fn start_fork(slot: Slot) -> Result<Worker, PoolError> {
-    let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let (ours, theirs) = transport::pair()?;
-    // The closure runs only in the child; the parent keeps both ends (the closure borrows them).
-    let (mut ours, mut theirs) = (Some(ours), Some(theirs));
-    let pid = crate::os::fork_then(|| {
-        // The child: the pool's end is not ours to use here.
-        if let Some(ours) = ours.take() {
-            ours.forget_in_child();
-        }
-        match theirs.take() {
-            Some(mut link) => crate::worker::run(&mut link, &slot),
-            None => crate::worker::code::LINK,
-        }
-    })
-    .map_err(|e| PoolError::os("fork", e))?;
-    let (Some(ours), Some(theirs)) = (ours, theirs) else {
-        unreachable!("the fork closure runs only in the child")
-    };
-    theirs_handed_over(theirs);
-    drop(guard);
-    Ok(Worker::new(pid, ours, slot, Reaper::Child))
-}
-
 /// The pool's copy of a worker-side end, after the worker took it over.
-fn theirs_handed_over(theirs: PipeLink) {
+pub(crate) fn theirs_handed_over(theirs: PipeLink) {
     theirs.handed_over();
-}
-
-/// Environment variables of a spawned worker.
-pub(crate) const ENV_ROLE: &str = "IPC_POOL_WORKER";
-pub(crate) const ENV_LINK: &str = "IPC_POOL_LINK";
-pub(crate) const ENV_SLOT: &str = "IPC_POOL_SLOT";
-
-fn start_spawn(slot: Slot) -> Result<Worker, PoolError> {
-    let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let (ours, theirs) = transport::pair()?;
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.env(ENV_ROLE, "spawn");
-    theirs.pass_to_command(&mut cmd, ENV_LINK)?;
-    slot.segment()
-        .pass_to_command(&mut cmd, ENV_SLOT)
-        .map_err(|e| PoolError::os("passing the progress slot", e))?;
-    crate::os::command_dies_with_parent(&mut cmd);
-    let child = cmd
-        .spawn()
-        .map_err(|e| PoolError::os("spawning a worker", e))?;
-    drop(cmd);
-    theirs_handed_over(theirs);
-    drop(guard);
-    let pid = child.id();
-    // The pool reaps the worker itself (waitpid by pid); std's handle is not needed.
-    drop(child);
-    Ok(Worker::new(pid, ours, slot, Reaper::Child))
-}
-
-fn start_forkserver(slot: Slot) -> Result<Worker, PoolError> {
-    let (ours, theirs) = transport::pair()?;
-    let pid = crate::start::init::server_fork(theirs, &slot)?;
-    Ok(Worker::new(pid, ours, slot, Reaper::Server))
 }
 
 /// How long a new worker may take to greet the pool (and to run its initializer).

@@ -1,0 +1,31 @@
+//! The `Fork` start method: `fork()` of the calling driver thread; the child becomes the worker.
+
+use crate::error::PoolError;
+use crate::slot::Slot;
+use crate::start::{FORK_LOCK, Reaper, Worker, theirs_handed_over};
+use crate::wire::transport;
+
+/// Forks a worker serving a new pipe and `slot`.
+pub(super) fn start(slot: Slot) -> Result<Worker, PoolError> {
+    let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let (ours, theirs) = transport::pair()?;
+    // The closure runs only in the child; the parent keeps both ends (the closure borrows them).
+    let (mut ours, mut theirs) = (Some(ours), Some(theirs));
+    let pid = crate::os::fork_then(|| {
+        // The child: the pool's end is not ours to use here.
+        if let Some(ours) = ours.take() {
+            ours.forget_in_child();
+        }
+        match theirs.take() {
+            Some(mut link) => crate::worker::run(&mut link, &slot),
+            None => crate::worker::code::LINK,
+        }
+    })
+    .map_err(|e| PoolError::os("fork", e))?;
+    let (Some(ours), Some(theirs)) = (ours, theirs) else {
+        unreachable!("the fork closure runs only in the child")
+    };
+    theirs_handed_over(theirs);
+    drop(guard);
+    Ok(Worker::new(pid, ours, slot, Reaper::Child))
+}
