@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::driver;
-use crate::error::{PoolError, TaskError};
+use crate::error::{ConfigError, EncodeError, PoolError, SpawnErrorKind, TaskError};
 use crate::job::Job;
 use crate::registry::Registry;
 use crate::result::{AsyncResult, Callback, Cell, ErrorCallback, MapSink, OneSink, Progress, Sink};
@@ -57,7 +57,7 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     start_method: Option<StartMethod>,
     initializer: Option<(TaskRef, Vec<u8>)>,
-    initializer_error: Option<String>,
+    initializer_error: Option<EncodeError>,
     restart_limit: (u32, Duration),
     max_in_flight: Option<usize>,
 }
@@ -100,7 +100,7 @@ impl PoolBuilder {
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
         match codec::encode(std::slice::from_ref(&arg)) {
             Ok(buf) => self.initializer = Some((TaskRef::new(f), buf)),
-            Err(e) => self.initializer_error = Some(e.to_string()),
+            Err(e) => self.initializer_error = Some(EncodeError::new(e)),
         }
         self
     }
@@ -174,13 +174,11 @@ impl PoolBuilder {
     /// initializer.
     pub fn build(self) -> Result<Pool, PoolError> {
         if let Some(e) = self.initializer_error {
-            return Err(PoolError::Config(format!(
-                "the initializer's argument does not encode: {e}"
-            )));
+            return Err(ConfigError::InitializerArgument(e).into());
         }
         let processes = self.processes.unwrap_or_else(crate::os::available_cpus);
         if processes == 0 && self.max_workers.unwrap_or(0) == 0 {
-            return Err(PoolError::Config("a pool needs at least one worker".into()));
+            return Err(ConfigError::NoWorkers.into());
         }
         let max_workers = self.max_workers.unwrap_or(processes).max(processes).max(1);
         let settings = Settings {
@@ -281,7 +279,7 @@ impl Pool {
             match rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(PoolError::Spawn("a worker driver ended at start".into())),
+                Err(_) => return Err(SpawnErrorKind::DriverEnded.into()),
             }
         }
         Ok(pool)

@@ -1,8 +1,17 @@
-//! The pool's error types: one for a task's failure, one for the pool's own.
+//! The pool's error types: one for a task's failure ([`TaskError`]), one for the pool's own
+//! ([`PoolError`]), and the typed details of the latter ([`SpawnError`], [`ConfigError`],
+//! [`OsError`], [`EncodeError`]), each keeping the error it wraps as its `source()`.
+//!
+//! Errors are `Clone` (a broken pool hands the same error to every caller), so wrapped system
+//! errors sit behind an `Arc`.
 
+use std::error::Error;
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::wire::codec::CodecError;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -78,9 +87,9 @@ pub enum PoolError {
     /// The pool was closed: it accepts no new tasks.
     #[error("the pool is closed")]
     Closed,
-    /// A worker could not be started.
-    #[error("starting a worker failed: {0}")]
-    Spawn(String),
+    /// A worker could not be started; the [`SpawnError`] says why.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
     /// The start method needs `pool::init()` at the top of `main` (or the `ctor` feature).
     #[error(
         "the {method} start method needs pool::init() to run at the top of main, before any \
@@ -113,24 +122,250 @@ pub enum PoolError {
     /// Waiting for the pool (or a process) took longer than the timeout given.
     #[error("timed out")]
     Timeout,
-    /// The builder was given an invalid value.
-    #[error("invalid pool configuration: {0}")]
-    Config(String),
+    /// The builder (or `ProcessBuilder::spawn`) was given an invalid value.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A system call failed.
-    #[error("{op}: {message}")]
-    Os {
-        /// What was being done.
-        op: &'static str,
-        /// The system's message.
-        message: String,
-    },
+    #[error(transparent)]
+    Os(#[from] OsError),
 }
 
 impl PoolError {
     pub(crate) fn os(op: &'static str, e: io::Error) -> PoolError {
-        PoolError::Os {
+        PoolError::Os(OsError::new(op, e))
+    }
+}
+
+/// A system call that failed: what was being done, and the system's error as `source()`.
+#[derive(Debug, Clone)]
+pub struct OsError {
+    op: &'static str,
+    source: Arc<io::Error>,
+}
+
+impl OsError {
+    pub(crate) fn new(op: &'static str, source: io::Error) -> OsError {
+        OsError {
             op,
-            message: e.to_string(),
+            source: Arc::new(source),
         }
+    }
+
+    /// What was being done.
+    pub fn op(&self) -> &'static str {
+        self.op
+    }
+
+    /// The system's error (also the `source()`).
+    pub fn io_error(&self) -> &io::Error {
+        &self.source
+    }
+}
+
+impl fmt::Display for OsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed", self.op)
+    }
+}
+
+impl Error for OsError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Equal when the same operation failed with the same kind of system error.
+impl PartialEq for OsError {
+    fn eq(&self, other: &OsError) -> bool {
+        self.op == other.op
+            && self.source.kind() == other.source.kind()
+            && self.source.raw_os_error() == other.source.raw_os_error()
+    }
+}
+
+impl Eq for OsError {}
+
+/// A value that could not be encoded (bincode over serde); the encoder's message is its
+/// `Display`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeError(CodecError);
+
+impl EncodeError {
+    pub(crate) fn new(e: CodecError) -> EncodeError {
+        EncodeError(e)
+    }
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Error for EncodeError {}
+
+/// Why a [`PoolBuilder`](crate::PoolBuilder) (or a
+/// [`ProcessBuilder`](crate::ProcessBuilder)) refused its settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Neither `processes` nor `max_workers` allows a single worker.
+    #[error("invalid pool configuration: a pool needs at least one worker")]
+    NoWorkers,
+    /// The initializer's argument does not encode.
+    #[error("invalid pool configuration: the initializer's argument does not encode")]
+    InitializerArgument(#[source] EncodeError),
+    /// A `Process`'s argument (or its task message) does not encode.
+    #[error("invalid process configuration: the argument does not encode")]
+    Argument(#[source] EncodeError),
+}
+
+/// Why a worker (or a [`Process`](crate::Process) child) could not be started.
+///
+/// Opaque: its `Display` says what failed, its `source()` is the underlying system, pipe or
+/// shared-memory error when there is one. Two `SpawnError`s are equal when they are of the same
+/// kind.
+#[derive(Debug, Clone)]
+pub struct SpawnError {
+    kind: SpawnErrorKind,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum SpawnErrorKind {
+    /// The worker's progress slot (shared memory) could not be created.
+    ProgressSlot(Arc<ipc_shm::SegmentCreateError>),
+    /// The worker's pipe could not be created.
+    PipeCreate(Arc<ipc_pipe::PipeError>),
+    /// The worker's pipe could not be passed to a spawned program.
+    PipePass(Arc<ipc_pipe::PassError>),
+    /// A spawned worker could not open the pipe it inherited.
+    PipeOpen(Arc<ipc_pipe::OpenError>),
+    /// The worker did not greet the pool in time.
+    StartupTimeout(Duration),
+    /// The worker exited before greeting the pool.
+    ExitedAtStartup(Option<Exit>),
+    /// The worker's greeting did not decode (or was not a greeting).
+    BadGreeting(Option<CodecError>),
+    /// A start-up message could not be encoded.
+    Encode(CodecError),
+    /// The worker died before its initializer could be sent.
+    DiedBeforeInitializer,
+    /// The worker answered the initializer with something else than its outcome.
+    UnexpectedInitAnswer,
+    /// A driver thread ended before its first worker started.
+    DriverEnded,
+    /// The fork server could not be started.
+    ForkServerStart(Arc<io::Error>),
+    /// The fork server could not fork a worker.
+    ForkServerFork(Arc<io::Error>),
+    /// The fork server is gone.
+    ForkServerGone,
+}
+
+impl SpawnError {
+    pub(crate) fn new(kind: SpawnErrorKind) -> SpawnError {
+        SpawnError { kind }
+    }
+}
+
+impl From<SpawnErrorKind> for PoolError {
+    fn from(kind: SpawnErrorKind) -> PoolError {
+        PoolError::Spawn(SpawnError::new(kind))
+    }
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("starting a worker failed: ")?;
+        match &self.kind {
+            SpawnErrorKind::ProgressSlot(_) => f.write_str("cannot create its progress slot"),
+            SpawnErrorKind::PipeCreate(_) => f.write_str("cannot create the worker pipe"),
+            SpawnErrorKind::PipePass(_) => f.write_str("cannot pass the worker pipe"),
+            SpawnErrorKind::PipeOpen(_) => f.write_str("cannot open the inherited worker pipe"),
+            SpawnErrorKind::StartupTimeout(t) => write!(f, "the worker did not start within {t:?}"),
+            SpawnErrorKind::ExitedAtStartup(Some(exit)) => {
+                write!(f, "the worker exited at start-up ({exit})")
+            }
+            SpawnErrorKind::ExitedAtStartup(None) => {
+                f.write_str("the worker exited at start-up (unknown status)")
+            }
+            SpawnErrorKind::BadGreeting(_) => f.write_str("the worker's greeting did not decode"),
+            SpawnErrorKind::Encode(_) => f.write_str("a start-up message does not encode"),
+            SpawnErrorKind::DiedBeforeInitializer => {
+                f.write_str("the worker died before its initializer")
+            }
+            SpawnErrorKind::UnexpectedInitAnswer => f.write_str("unexpected answer to Init"),
+            SpawnErrorKind::DriverEnded => f.write_str("a worker driver ended at start"),
+            SpawnErrorKind::ForkServerStart(_) => f.write_str("cannot start the fork server"),
+            SpawnErrorKind::ForkServerFork(_) => f.write_str("the fork server could not fork"),
+            SpawnErrorKind::ForkServerGone => f.write_str("the fork server is gone"),
+        }
+    }
+}
+
+impl Error for SpawnError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.kind {
+            SpawnErrorKind::ProgressSlot(e) => Some(&**e),
+            SpawnErrorKind::PipeCreate(e) => Some(&**e),
+            SpawnErrorKind::PipePass(e) => Some(&**e),
+            SpawnErrorKind::PipeOpen(e) => Some(&**e),
+            SpawnErrorKind::BadGreeting(e) => e.as_ref().map(|e| e as &(dyn Error + 'static)),
+            SpawnErrorKind::Encode(e) => Some(e),
+            SpawnErrorKind::ForkServerStart(e) | SpawnErrorKind::ForkServerFork(e) => Some(&**e),
+            SpawnErrorKind::StartupTimeout(_)
+            | SpawnErrorKind::ExitedAtStartup(_)
+            | SpawnErrorKind::DiedBeforeInitializer
+            | SpawnErrorKind::UnexpectedInitAnswer
+            | SpawnErrorKind::DriverEnded
+            | SpawnErrorKind::ForkServerGone => None,
+        }
+    }
+}
+
+impl PartialEq for SpawnError {
+    fn eq(&self, other: &SpawnError) -> bool {
+        std::mem::discriminant(&self.kind) == std::mem::discriminant(&other.kind)
+    }
+}
+
+impl Eq for SpawnError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_errors_are_kept_as_sources() {
+        let os = PoolError::os("spawning a driver thread", io::Error::from_raw_os_error(11));
+        let source = os.source().expect("the io::Error");
+        let io = source.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io.raw_os_error(), Some(11));
+        assert_eq!(os.to_string(), "spawning a driver thread failed");
+
+        let spawn: PoolError =
+            SpawnErrorKind::ForkServerFork(Arc::new(io::Error::from_raw_os_error(12))).into();
+        let source = spawn.source().expect("the io::Error");
+        assert_eq!(
+            source
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error),
+            Some(12)
+        );
+        assert!(spawn.to_string().starts_with("starting a worker failed"));
+
+        let encode = EncodeError::new(CodecError("bad".into()));
+        let config = PoolError::from(ConfigError::InitializerArgument(encode.clone()));
+        assert_eq!(config.source().map(|e| e.to_string()), Some("bad".into()));
+        assert_eq!(config.clone(), config);
+    }
+
+    #[test]
+    fn errors_compare_by_kind() {
+        let a: PoolError = SpawnErrorKind::ForkServerGone.into();
+        let b: PoolError = SpawnErrorKind::ForkServerGone.into();
+        let c: PoolError = SpawnErrorKind::DriverEnded.into();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
     }
 }

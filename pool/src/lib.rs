@@ -85,7 +85,7 @@ mod wire;
 mod worker;
 
 pub use api::{Pool, PoolBuilder};
-pub use error::{Exit, PoolError, TaskError};
+pub use error::{ConfigError, EncodeError, Exit, OsError, PoolError, SpawnError, TaskError};
 pub use imap::Imap;
 pub use process::{Finished, Process, ProcessBuilder};
 pub use result::AsyncResult;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Exit, PoolError, TaskError};
+use crate::error::{ConfigError, EncodeError, Exit, PoolError, TaskError};
 use crate::start::{self, StartMethod, Worker};
 use crate::task::TaskRef;
 use crate::wire::codec;
@@ -81,7 +81,7 @@ impl ProcessBuilder {
             .unwrap_or_else(crate::default_start_method);
         start::check_start_method(method)?;
         let args = codec::encode(std::slice::from_ref(&arg))
-            .map_err(|e| PoolError::Config(format!("the argument does not encode: {e}")))?;
+            .map_err(|e| ConfigError::Argument(EncodeError::new(e)))?;
         let mut worker = start::start(method)?;
         let mut buf = Vec::new();
         let mut frame = Vec::new();
@@ -98,7 +98,7 @@ impl ProcessBuilder {
             &args,
             &mut frame,
         )
-        .map_err(|e| PoolError::Config(e.to_string()))?;
+        .map_err(|e| ConfigError::Argument(EncodeError::new(e)))?;
         // A send failure means the child is already gone; `join` reports how it ended.
         let _ = worker.link.send(&frame);
         let pid = worker.pid;

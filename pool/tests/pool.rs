@@ -593,3 +593,16 @@ fn async_results_are_futures_and_join_closes() {
         Err(TaskError::Pool(PoolError::Closed))
     ));
 }
+
+#[test]
+fn configuration_errors_are_typed() {
+    let err = PoolBuilder::new()
+        .processes(0)
+        .build()
+        .expect_err("a pool of no workers");
+    assert!(
+        matches!(err, PoolError::Config(pool::ConfigError::NoWorkers)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("at least one worker"), "{err}");
+}

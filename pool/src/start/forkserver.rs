@@ -16,14 +16,14 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::Command;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Exit, PoolError};
+use crate::error::{Exit, PoolError, SpawnError, SpawnErrorKind};
 use crate::slot::{SLOT_TAG, Slot};
 use crate::start::spawn::ENV_ROLE;
 use crate::start::{Reaper, Worker};
@@ -46,9 +46,18 @@ enum ToServer {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum FromServer {
-    Forked { pid: u32 },
-    ForkFailed { message: String },
-    Exited { pid: u32, exit: Exit },
+    Forked {
+        pid: u32,
+    },
+    /// The fork failed: the system error number if there is one, and its message.
+    ForkFailed {
+        errno: Option<i32>,
+        message: String,
+    },
+    Exited {
+        pid: u32,
+        exit: Exit,
+    },
 }
 
 fn send_msg(sock: RawFd, msg: &impl Serialize, fds: &[RawFd]) -> io::Result<()> {
@@ -103,6 +112,7 @@ pub(super) fn run_server() -> i32 {
                             FromServer::Forked { pid }
                         }
                         Err(e) => FromServer::ForkFailed {
+                            errno: e.raw_os_error(),
                             message: e.to_string(),
                         },
                     };
@@ -172,36 +182,37 @@ struct Client {
 
 #[derive(Default)]
 struct ClientState {
-    reply: Option<Result<u32, String>>,
+    reply: Option<io::Result<u32>>,
     exits: HashMap<u32, Exit>,
     dead: bool,
 }
 
-static CLIENT: OnceLock<Result<Client, String>> = OnceLock::new();
+/// The fork server of this process, started by the first pool that needs it (or why it could
+/// not be).
+static CLIENT: OnceLock<Result<Client, SpawnError>> = OnceLock::new();
 
 fn client() -> Result<&'static Client, PoolError> {
     CLIENT
-        .get_or_init(start_server)
+        .get_or_init(|| {
+            start_server()
+                .map_err(|e| SpawnError::new(SpawnErrorKind::ForkServerStart(Arc::new(e))))
+        })
         .as_ref()
-        .map_err(|e| PoolError::Spawn(format!("starting the fork server: {e}")))
+        .map_err(|e| PoolError::Spawn(e.clone()))
 }
 
-fn start_server() -> Result<Client, String> {
+fn start_server() -> io::Result<Client> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(io::Error::from)?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.env(ENV_ROLE, ROLE_SERVER);
-    ipc_shm::pass_fd_to_command(&mut cmd, theirs.as_fd(), ENV_SERVER_SOCK)
-        .map_err(|e| e.to_string())?;
-    let child = cmd
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    ipc_shm::pass_fd_to_command(&mut cmd, theirs.as_fd(), ENV_SERVER_SOCK)?;
+    let child = cmd.stdin(std::process::Stdio::null()).spawn()?;
     drop(cmd);
     drop(theirs);
     let server_pid = child.id();
@@ -211,13 +222,11 @@ fn start_server() -> Result<Client, String> {
         .spawn(move || {
             let mut child = child;
             let _ = child.wait();
-        })
-        .map_err(|e| e.to_string())?;
-    let reader_sock = ours.try_clone().map_err(|e| e.to_string())?;
+        })?;
+    let reader_sock = ours.try_clone()?;
     std::thread::Builder::new()
         .name("pool-forkserver-reader".into())
-        .spawn(move || read_server(reader_sock))
-        .map_err(|e| e.to_string())?;
+        .spawn(move || read_server(reader_sock))?;
     let _ = server_pid;
     Ok(Client {
         sock: ours,
@@ -238,7 +247,12 @@ fn read_server(sock: OwnedFd) {
         let mut state = client.state.lock().unwrap_or_else(|p| p.into_inner());
         match msg {
             Ok(Some((FromServer::Forked { pid }, _))) => state.reply = Some(Ok(pid)),
-            Ok(Some((FromServer::ForkFailed { message }, _))) => state.reply = Some(Err(message)),
+            Ok(Some((FromServer::ForkFailed { errno, message }, _))) => {
+                state.reply = Some(Err(match errno {
+                    Some(errno) => io::Error::from_raw_os_error(errno),
+                    None => io::Error::other(message),
+                }));
+            }
             Ok(Some((FromServer::Exited { pid, exit }, _))) => {
                 state.exits.insert(pid, exit);
             }
@@ -276,10 +290,10 @@ pub(crate) fn server_fork(theirs: PipeLink, slot: &Slot) -> Result<u32, PoolErro
     let mut state = client.state.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         if let Some(reply) = state.reply.take() {
-            return reply.map_err(PoolError::Spawn);
+            return reply.map_err(|e| SpawnErrorKind::ForkServerFork(Arc::new(e)).into());
         }
         if state.dead {
-            return Err(PoolError::Spawn("the fork server is gone".into()));
+            return Err(SpawnErrorKind::ForkServerGone.into());
         }
         state = client
             .changed

@@ -12,10 +12,10 @@
 //! its workers die too. A worker also exits when its pipe reports the pool gone.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::error::{Exit, PoolError};
+use crate::error::{Exit, PoolError, SpawnErrorKind};
 use crate::slot::Slot;
 use crate::task::TaskRef;
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
@@ -138,7 +138,7 @@ pub(crate) static FORK_LOCK: Mutex<()> = Mutex::new(());
 
 /// Starts one worker with `method` (the caller then runs [`handshake`]).
 pub(crate) fn start(method: StartMethod) -> Result<Worker, PoolError> {
-    let slot = Slot::new().map_err(|e| PoolError::Spawn(format!("progress slot: {e}")))?;
+    let slot = Slot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)))?;
     match method {
         StartMethod::Fork => fork::start(slot),
         StartMethod::Spawn => spawn::start(slot),
@@ -165,16 +165,11 @@ pub(crate) fn handshake(
     match worker.link.recv(buf, Some(STARTUP)) {
         Ok(()) => {}
         Err(LinkError::Timeout) => {
-            return Err(PoolError::Spawn(format!(
-                "the worker did not start within {STARTUP:?}"
-            )));
+            return Err(SpawnErrorKind::StartupTimeout(STARTUP).into());
         }
         Err(_) => {
             let exit = worker.reap().ok();
-            return Err(PoolError::Spawn(format!(
-                "the worker exited at start-up ({})",
-                exit.map_or("unknown status".into(), |e| e.to_string())
-            )));
+            return Err(SpawnErrorKind::ExitedAtStartup(exit).into());
         }
     }
     match protocol::unframe::<FromWorker>(buf) {
@@ -186,21 +181,15 @@ pub(crate) fn handshake(
                 });
             }
         }
-        _ => {
-            return Err(PoolError::Spawn(
-                "the worker's greeting did not decode".into(),
-            ));
-        }
+        Ok(_) => return Err(SpawnErrorKind::BadGreeting(None).into()),
+        Err(e) => return Err(SpawnErrorKind::BadGreeting(Some(e)).into()),
     }
     let Some((task, arg)) = initializer else {
         return Ok(());
     };
-    protocol::frame(&ToWorker::Init { task: *task }, arg, frame)
-        .map_err(|e| PoolError::Spawn(e.to_string()))?;
+    protocol::frame(&ToWorker::Init { task: *task }, arg, frame).map_err(SpawnErrorKind::Encode)?;
     if worker.link.send(frame).is_err() {
-        return Err(PoolError::Spawn(
-            "the worker died before its initializer".into(),
-        ));
+        return Err(SpawnErrorKind::DiedBeforeInitializer.into());
     }
     match worker.link.recv(buf, Some(STARTUP)) {
         Ok(()) => match protocol::unframe::<FromWorker>(buf) {
@@ -208,7 +197,7 @@ pub(crate) fn handshake(
             Ok((FromWorker::InitFailed { failure }, _)) => Err(PoolError::InitializerFailed {
                 message: failure.to_string(),
             }),
-            _ => Err(PoolError::Spawn("unexpected answer to Init".into())),
+            _ => Err(SpawnErrorKind::UnexpectedInitAnswer.into()),
         },
         Err(_) => {
             let exit = worker.reap().ok();

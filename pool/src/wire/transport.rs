@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use ipc_pipe::{Connection, PipeBuilder};
 
-use crate::error::PoolError;
+use std::sync::Arc;
+
+use crate::error::{PoolError, SpawnErrorKind};
 use crate::wire::protocol::{Link, LinkError};
 
 /// The largest frame a worker link carries (arguments and results of one chunk).
@@ -20,7 +22,7 @@ pub(crate) fn pair() -> Result<(PipeLink, PipeLink), PoolError> {
     let (a, b) = PipeBuilder::new()
         .max_message_size(MAX_FRAME)
         .duplex()
-        .map_err(|e| PoolError::Spawn(format!("creating the worker pipe: {e}")))?;
+        .map_err(|e| SpawnErrorKind::PipeCreate(Arc::new(e)))?;
     // The pool's end sleeps in poll(2) on its socket (ipc-pipe's fd mode) rather than in timed
     // futex slices: the kernel reports a dead worker's hang-up at once, so a crash reaches its
     // task in microseconds instead of after a 20 ms slice. Hot exchanges spin and never sleep.
@@ -43,13 +45,13 @@ impl PipeLink {
     pub(crate) fn pass_to_command(&self, cmd: &mut Command, key: &str) -> Result<(), PoolError> {
         self.0
             .pass_to_command(cmd, key)
-            .map_err(|e| PoolError::Spawn(format!("passing the worker pipe: {e}")))
+            .map_err(|e| SpawnErrorKind::PipePass(Arc::new(e)).into())
     }
 
     pub(crate) fn from_inherited(key: &str) -> Result<PipeLink, PoolError> {
         Connection::from_inherited(key)
             .map(PipeLink)
-            .map_err(|e| PoolError::Spawn(format!("opening the inherited worker pipe: {e}")))
+            .map_err(|e| SpawnErrorKind::PipeOpen(Arc::new(e)).into())
     }
 
     /// The descriptors and side of this end, for handing it to a fork server.
