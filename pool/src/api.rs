@@ -20,7 +20,9 @@ use crate::driver;
 use crate::error::{ConfigError, EncodeError, PoolError, SpawnErrorKind, TaskError};
 use crate::job::Job;
 use crate::registry::Registry;
-use crate::result::{AsyncResult, Callback, Cell, ErrorCallback, MapSink, OneSink, Progress, Sink};
+use crate::result::{
+    AsyncResult, Callback, ErrorCallback, MapSink, OneSink, Progress, ResultCell, Sink,
+};
 use crate::start::{self, StartMethod};
 use crate::stats::PoolStats;
 use crate::task::TaskRef;
@@ -308,7 +310,7 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let cell = Cell::new(None, None);
+        let cell = ResultCell::new(None, None);
         let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
         let job = self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink)?;
         if let Err(job) = driver::run_here(&self.registry, job) {
@@ -360,7 +362,7 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let cell = Cell::new(callback, error_callback);
+        let cell = ResultCell::new(callback, error_callback);
         let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
         match self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink) {
             Ok(job) => {
@@ -457,7 +459,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let args: Vec<A> = args.into_iter().collect();
-        let cell = Cell::new(None, None);
+        let cell = ResultCell::new(None, None);
         let len = args.len();
         let sink: Arc<dyn Sink> = Arc::new(MapSink::new(cell.clone(), len, progress));
         let chunk = chunksize.unwrap_or_else(|| self.auto_chunksize(len)).max(1);

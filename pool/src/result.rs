@@ -18,7 +18,8 @@ pub(crate) type Callback<T> = Box<dyn FnOnce(&T) + Send>;
 /// A callback run with a task's error, on a pool thread in the parent.
 pub(crate) type ErrorCallback = Box<dyn FnOnce(&TaskError) + Send>;
 
-struct State<T> {
+/// What a [`ResultCell`] holds: the outcome once set, and who to tell.
+struct ResultState<T> {
     value: Option<Result<T, TaskError>>,
     ready: bool,
     success: bool,
@@ -27,18 +28,20 @@ struct State<T> {
     error_callback: Option<ErrorCallback>,
 }
 
-pub(crate) struct Cell<T> {
-    state: Mutex<State<T>>,
+/// The one-shot cell an [`AsyncResult`] waits on and a sink completes: the outcome, the
+/// callbacks to run with it, and a condition variable and waker for whoever waits.
+pub(crate) struct ResultCell<T> {
+    state: Mutex<ResultState<T>>,
     ready: Condvar,
 }
 
-impl<T> Cell<T> {
+impl<T> ResultCell<T> {
     pub(crate) fn new(
         callback: Option<Callback<T>>,
         error_callback: Option<ErrorCallback>,
-    ) -> Arc<Cell<T>> {
-        Arc::new(Cell {
-            state: Mutex::new(State {
+    ) -> Arc<ResultCell<T>> {
+        Arc::new(ResultCell {
+            state: Mutex::new(ResultState {
                 value: None,
                 ready: false,
                 success: false,
@@ -50,7 +53,7 @@ impl<T> Cell<T> {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
+    fn lock(&self) -> MutexGuard<'_, ResultState<T>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -102,7 +105,7 @@ impl<T> Cell<T> {
 /// Wait for it with [`get`](AsyncResult::get) (blocking), [`get_timeout`](AsyncResult::get_timeout),
 /// or `.await` (it is a `Future`). Like Python's `AsyncResult`, with `ready` and `successful`.
 pub struct AsyncResult<T> {
-    cell: Arc<Cell<T>>,
+    cell: Arc<ResultCell<T>>,
 }
 
 impl<T> fmt::Debug for AsyncResult<T> {
@@ -114,7 +117,7 @@ impl<T> fmt::Debug for AsyncResult<T> {
 }
 
 impl<T> AsyncResult<T> {
-    pub(crate) fn new(cell: Arc<Cell<T>>) -> AsyncResult<T> {
+    pub(crate) fn new(cell: Arc<ResultCell<T>>) -> AsyncResult<T> {
         AsyncResult { cell }
     }
 
@@ -238,7 +241,7 @@ fn counts<R>(outcomes: &[Result<R, TaskError>]) -> (u64, u64) {
 }
 
 /// One task's result into an [`AsyncResult`].
-pub(crate) struct OneSink<R>(pub(crate) Arc<Cell<R>>);
+pub(crate) struct OneSink<R>(pub(crate) Arc<ResultCell<R>>);
 
 impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
     fn fail(&self, _index: u64, error: TaskError) {
@@ -258,7 +261,7 @@ impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
 /// All results of a map, in order, into an [`AsyncResult`] of a `Vec`; the first error (by
 /// arrival) fails the whole map at once, as in Python.
 pub(crate) struct MapSink<R> {
-    cell: Arc<Cell<Vec<R>>>,
+    cell: Arc<ResultCell<Vec<R>>>,
     slots: Mutex<MapSlots<R>>,
     progress: Option<Progress>,
     total: u64,
@@ -275,7 +278,7 @@ struct MapSlots<R> {
 
 impl<R> MapSink<R> {
     pub(crate) fn new(
-        cell: Arc<Cell<Vec<R>>>,
+        cell: Arc<ResultCell<Vec<R>>>,
         len: usize,
         progress: Option<Progress>,
     ) -> MapSink<R> {

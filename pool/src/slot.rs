@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ipc_shm::{Offset, Segment, SegmentBuilder, SegmentCreateError, ShmSafe, TypeTag};
 
 /// The tag of a worker slot segment.
-pub(crate) const SLOT_TAG: TypeTag = TypeTag::from_name("pool/worker-slot/v1");
+pub(crate) const PROGRESS_SLOT_TAG: TypeTag = TypeTag::from_name("pool/worker-slot/v1");
 
 /// The words of one worker's slot.
 #[repr(C, align(64))]
 #[derive(Debug)]
-pub(crate) struct WorkerSlot {
+pub(crate) struct ProgressWords {
     pub(crate) job: AtomicU64,
     pub(crate) item: AtomicU64,
     pub(crate) done: AtomicU64,
@@ -38,29 +38,29 @@ pub(crate) struct WorkerSlot {
 
 // SAFETY: (1) repr(C); (2) no pointers; (3) three AtomicU64, valid for any bit pattern and zero;
 // (4) all mutation is through the atomics; (5) no Drop.
-unsafe impl ShmSafe for WorkerSlot {}
+unsafe impl ShmSafe for ProgressWords {}
 
 /// A slot in its own small anonymous segment.
 #[derive(Debug, Clone)]
-pub(crate) struct Slot {
+pub(crate) struct ProgressSlot {
     segment: Arc<Segment>,
 }
 
-const AT: Offset<WorkerSlot> = Offset::from_raw(0);
+const AT: Offset<ProgressWords> = Offset::from_raw(0);
 
-impl Slot {
-    pub(crate) fn new() -> Result<Slot, SegmentCreateError> {
-        let segment = SegmentBuilder::new(std::mem::size_of::<WorkerSlot>())
-            .type_tag(SLOT_TAG)
+impl ProgressSlot {
+    pub(crate) fn new() -> Result<ProgressSlot, SegmentCreateError> {
+        let segment = SegmentBuilder::new(std::mem::size_of::<ProgressWords>())
+            .type_tag(PROGRESS_SLOT_TAG)
             .create()?;
-        Ok(Slot {
+        Ok(ProgressSlot {
             segment: Arc::new(segment),
         })
     }
 
-    pub(crate) fn from_segment(segment: Segment) -> Option<Slot> {
+    pub(crate) fn from_segment(segment: Segment) -> Option<ProgressSlot> {
         segment.get(AT).ok()?;
-        Some(Slot {
+        Some(ProgressSlot {
             segment: Arc::new(segment),
         })
     }
@@ -69,7 +69,7 @@ impl Slot {
         &self.segment
     }
 
-    pub(crate) fn words(&self) -> &WorkerSlot {
+    pub(crate) fn words(&self) -> &ProgressWords {
         self.segment
             .get(AT)
             .unwrap_or_else(|_| unreachable!("checked when the slot was made"))

@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::slot::{Slot, WorkerSlot};
+use crate::slot::{ProgressSlot, ProgressWords};
 use crate::task::{ChunkCtx, Failure};
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 
@@ -35,7 +35,7 @@ const FLUSH_EVERY: Duration = Duration::from_micros(50);
 const FLUSH_BYTES: usize = 1 << 20;
 
 /// Runs the worker loop on `link`; returns the process exit code.
-pub(crate) fn run(link: &mut dyn Link, slot: &Slot) -> i32 {
+pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
     // A task's panic is caught and its message sent to the caller; printing it (and a
     // backtrace, with RUST_BACKTRACE set) in the worker too would only slow the worker down.
     std::panic::set_hook(Box::new(|_| {}));
@@ -101,7 +101,7 @@ pub(crate) fn run(link: &mut dyn Link, slot: &Slot) -> i32 {
 /// Running a job: progress into the slot, outcomes onto the link.
 struct JobCtx<'a> {
     link: &'a mut dyn Link,
-    words: &'a WorkerSlot,
+    words: &'a ProgressWords,
     job: u64,
     done: u64,
     last_flush: Instant,

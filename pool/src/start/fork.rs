@@ -1,12 +1,12 @@
 //! The `Fork` start method: `fork()` of the calling driver thread; the child becomes the worker.
 
 use crate::error::PoolError;
-use crate::slot::Slot;
+use crate::slot::ProgressSlot;
 use crate::start::{FORK_LOCK, Reaper, Worker, theirs_handed_over};
 use crate::wire::transport;
 
 /// Forks a worker serving a new pipe and `slot`.
-pub(super) fn start(slot: Slot) -> Result<Worker, PoolError> {
+pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
     let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (ours, theirs) = transport::pair()?;
     // The closure runs only in the child; the parent keeps both ends (the closure borrows them).

@@ -24,7 +24,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Exit, PoolError, SpawnError, SpawnErrorKind};
-use crate::slot::{SLOT_TAG, Slot};
+use crate::slot::{PROGRESS_SLOT_TAG, ProgressSlot};
 use crate::start::spawn::ENV_ROLE;
 use crate::start::{Reaper, Worker};
 use crate::wire::codec;
@@ -156,10 +156,10 @@ fn server_fork_one(
         let _ = SigSet::all().thread_unblock();
         let _ = parent;
         let link = ipc_pipe::Connection::from_raw_parts(shm, pipe_sock, side as usize);
-        let slot = ipc_shm::OpenOptions::new(SLOT_TAG)
+        let slot = ipc_shm::OpenOptions::new(PROGRESS_SLOT_TAG)
             .from_fd(slot_fd)
             .ok()
-            .and_then(Slot::from_segment);
+            .and_then(ProgressSlot::from_segment);
         match (link, slot) {
             (Ok(conn), Some(slot)) => {
                 crate::worker::run(&mut PipeLink::from_connection(conn), &slot)
@@ -173,15 +173,19 @@ fn server_fork_one(
 // ---------------------------------------------------------------------------------------------
 // The pool's side.
 
-struct Client {
+/// The pool's connection to its fork server: one request at a time, replies and exit statuses
+/// delivered by a reader thread.
+struct ForkServerClient {
     sock: OwnedFd,
     request: Mutex<()>,
-    state: Mutex<ClientState>,
+    state: Mutex<ForkServerState>,
     changed: Condvar,
 }
 
+/// What the reader thread has received: the pending request's reply, exit statuses not yet
+/// collected, and whether the server is gone.
 #[derive(Default)]
-struct ClientState {
+struct ForkServerState {
     reply: Option<io::Result<u32>>,
     exits: HashMap<u32, Exit>,
     dead: bool,
@@ -189,9 +193,9 @@ struct ClientState {
 
 /// The fork server of this process, started by the first pool that needs it (or why it could
 /// not be).
-static CLIENT: OnceLock<Result<Client, SpawnError>> = OnceLock::new();
+static CLIENT: OnceLock<Result<ForkServerClient, SpawnError>> = OnceLock::new();
 
-fn client() -> Result<&'static Client, PoolError> {
+fn client() -> Result<&'static ForkServerClient, PoolError> {
     CLIENT
         .get_or_init(|| {
             start_server()
@@ -201,7 +205,7 @@ fn client() -> Result<&'static Client, PoolError> {
         .map_err(|e| PoolError::Spawn(e.clone()))
 }
 
-fn start_server() -> io::Result<Client> {
+fn start_server() -> io::Result<ForkServerClient> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -228,10 +232,10 @@ fn start_server() -> io::Result<Client> {
         .name("pool-forkserver-reader".into())
         .spawn(move || read_server(reader_sock))?;
     let _ = server_pid;
-    Ok(Client {
+    Ok(ForkServerClient {
         sock: ours,
         request: Mutex::new(()),
-        state: Mutex::new(ClientState::default()),
+        state: Mutex::new(ForkServerState::default()),
         changed: Condvar::new(),
     })
 }
@@ -269,7 +273,7 @@ fn read_server(sock: OwnedFd) {
 }
 
 /// Asks the fork server for a worker on `theirs` and `slot`; returns its pid.
-pub(crate) fn server_fork(theirs: PipeLink, slot: &Slot) -> Result<u32, PoolError> {
+pub(crate) fn server_fork(theirs: PipeLink, slot: &ProgressSlot) -> Result<u32, PoolError> {
     let client = client()?;
     let _one_at_a_time = client.request.lock().unwrap_or_else(|p| p.into_inner());
     let (shm, sock, side) = theirs
@@ -321,7 +325,7 @@ pub(crate) fn server_reap(pid: u32) -> io::Result<Exit> {
 }
 
 /// Starts a worker through the fork server, serving a new pipe and `slot`.
-pub(super) fn start(slot: Slot) -> Result<Worker, PoolError> {
+pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
     let (ours, theirs) = transport::pair()?;
     let pid = server_fork(theirs, &slot)?;
     Ok(Worker::new(pid, ours, slot, Reaper::Server))

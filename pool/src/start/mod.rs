@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Exit, PoolError, SpawnErrorKind};
-use crate::slot::Slot;
+use crate::slot::ProgressSlot;
 use crate::task::TaskRef;
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 use crate::wire::transport::PipeLink;
@@ -75,7 +75,7 @@ pub(crate) fn check_start_method(method: StartMethod) -> Result<(), PoolError> {
 pub(crate) struct Worker {
     pub(crate) pid: u32,
     pub(crate) link: Box<dyn Link>,
-    pub(crate) slot: Slot,
+    pub(crate) slot: ProgressSlot,
     exit: Option<Exit>,
     reaper: Reaper,
 }
@@ -88,7 +88,7 @@ pub(crate) enum Reaper {
 }
 
 impl Worker {
-    pub(crate) fn new(pid: u32, link: PipeLink, slot: Slot, reaper: Reaper) -> Worker {
+    pub(crate) fn new(pid: u32, link: PipeLink, slot: ProgressSlot, reaper: Reaper) -> Worker {
         Worker {
             pid,
             link: Box::new(link),
@@ -138,7 +138,7 @@ pub(crate) static FORK_LOCK: Mutex<()> = Mutex::new(());
 
 /// Starts one worker with `method` (the caller then runs [`handshake`]).
 pub(crate) fn start(method: StartMethod) -> Result<Worker, PoolError> {
-    let slot = Slot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)))?;
+    let slot = ProgressSlot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)))?;
     match method {
         StartMethod::Fork => fork::start(slot),
         StartMethod::Spawn => spawn::start(slot),

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use crate::error::PoolError;
-use crate::slot::{SLOT_TAG, Slot};
+use crate::slot::{PROGRESS_SLOT_TAG, ProgressSlot};
 use crate::start::{FORK_LOCK, Reaper, Worker, theirs_handed_over};
 use crate::wire::transport::{self, PipeLink};
 
@@ -19,7 +19,7 @@ const ENV_LINK: &str = "IPC_POOL_LINK";
 const ENV_SLOT: &str = "IPC_POOL_SLOT";
 
 /// Spawns a worker serving a new pipe and `slot`.
-pub(super) fn start(slot: Slot) -> Result<Worker, PoolError> {
+pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
     let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (ours, theirs) = transport::pair()?;
     let mut cmd = Command::new("/proc/self/exe");
@@ -45,10 +45,10 @@ pub(super) fn start(slot: Slot) -> Result<Worker, PoolError> {
 /// the exit code.
 pub(super) fn run_spawned_worker() -> i32 {
     let link = PipeLink::from_inherited(ENV_LINK);
-    let slot = ipc_shm::OpenOptions::new(SLOT_TAG)
+    let slot = ipc_shm::OpenOptions::new(PROGRESS_SLOT_TAG)
         .from_inherited(ENV_SLOT)
         .ok()
-        .and_then(Slot::from_segment);
+        .and_then(ProgressSlot::from_segment);
     match (link, slot) {
         (Ok(mut link), Some(slot)) => crate::worker::run(&mut link, &slot),
         _ => crate::worker::code::LINK,
