@@ -39,6 +39,8 @@ use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
 /// run its task on that worker directly, with no hand-off between threads.
 pub(crate) type Seat = Arc<Mutex<Driver>>;
 
+/// Counts one more worker and starts its driver thread; `ready`, if given, receives the outcome
+/// of the driver's first worker start.
 pub(crate) fn add(
     this: &Arc<Registry>,
     ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>,
