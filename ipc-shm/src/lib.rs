@@ -64,20 +64,28 @@
 //! atomics are not, and atomics are exactly what shared memory needs.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "codec")]
+pub mod codec;
 mod error;
 mod header;
 mod inherit;
 mod layout;
 mod map;
 mod os;
+mod ring;
 mod segment;
 mod shm_safe;
 mod value;
 
-pub use error::{InheritError, LayoutError, NameError, SegmentCreateError, SegmentOpenError};
+pub use error::{
+    InheritError, LayoutError, NameError, RingError, SegmentCreateError, SegmentOpenError,
+};
 pub use header::{LAYOUT_VERSION, MAGIC, PAYLOAD_ALIGN, PAYLOAD_OFFSET, SegmentHeader, TypeTag};
 pub use inherit::{pass_fd_to_command, take_inherited_fd};
 pub use layout::{Layout, Offset, SliceOffset};
+#[cfg(loom)]
+pub use ring::LoomRing;
+pub use ring::{ByteRing, HeapRing, ShmRing};
 pub use segment::{OpenOptions, Segment, SegmentBuilder, max_name_len};
 pub use shm_safe::ShmSafe;
 pub use value::{SharedSlice, SharedValue};
