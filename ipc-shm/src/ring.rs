@@ -459,3 +459,59 @@ mod model {
         }
     }
 }
+
+/// Loom models: bytes handed from one thread to another through the loom ring, ordered only by
+/// an atomic handshake, as the queue and the pipe do (`RUSTFLAGS="--cfg loom" cargo test -p
+/// ipc-shm --lib --release`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicU64, Ordering};
+
+    use super::{ByteRing, LoomRing};
+
+    /// A producer writes `msg` at position `start` (wrapping in a ring of 8) and publishes the
+    /// new tail with `publish`; the consumer waits for the tail with `observe` and reads.
+    fn hand_over(start: u64, msg: &'static [u8], publish: Ordering, observe: Ordering) {
+        loom::model(move || {
+            let ring = Arc::new(LoomRing::new(8).unwrap());
+            let tail = Arc::new(AtomicU64::new(start));
+            let producer = {
+                let (ring, tail) = (ring.clone(), tail.clone());
+                loom::thread::spawn(move || {
+                    ring.write(start, msg);
+                    tail.store(start + msg.len() as u64, publish);
+                })
+            };
+            let end = start + msg.len() as u64;
+            while tail.load(observe) != end {
+                loom::thread::yield_now();
+            }
+            let mut out = vec![0u8; msg.len()];
+            ring.read(start, &mut out);
+            assert_eq!(out, msg);
+            let mut v = Vec::new();
+            ring.append(start, msg.len(), &mut v);
+            assert_eq!(v, msg);
+            producer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn release_acquire_hands_bytes_over() {
+        hand_over(0, b"abc", Ordering::Release, Ordering::Acquire);
+    }
+
+    #[test]
+    fn wrapping_copy_hands_bytes_over() {
+        hand_over(6, b"wxyz", Ordering::Release, Ordering::Acquire);
+    }
+
+    /// The loom backend is what makes these models worth running: without the release/acquire
+    /// pair the reader's byte accesses race with the writer's, and loom says so.
+    #[test]
+    #[should_panic(expected = "Causality violation")]
+    fn relaxed_handshake_is_reported() {
+        hand_over(6, b"wxyz", Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
