@@ -460,6 +460,12 @@ mod model {
     }
 }
 
+/// The one conformance body of the ring backends (shared with `tests/ring.rs`), run here on the
+/// loom backend.
+#[cfg(all(test, loom))]
+#[path = "../tests/support/ring_conformance.rs"]
+mod conformance;
+
 /// Loom models: bytes handed from one thread to another through the loom ring, ordered only by
 /// an atomic handshake, as the queue and the pipe do (`RUSTFLAGS="--cfg loom" cargo test -p
 /// ipc-shm --lib --release`).
@@ -468,7 +474,14 @@ mod loom_tests {
     use loom::sync::Arc;
     use loom::sync::atomic::{AtomicU64, Ordering};
 
+    use super::conformance;
     use super::{ByteRing, LoomRing};
+
+    /// The conformance body the heap and shm backends pass (`tests/ring.rs`), on the loom ring.
+    #[test]
+    fn loom_ring_conforms() {
+        loom::model(|| conformance::conformance(&LoomRing::new(conformance::CAP).unwrap()));
+    }
 
     /// A producer writes `msg` at position `start` (wrapping in a ring of 8) and publishes the
     /// new tail with `publish`; the consumer waits for the tail with `observe` and reads.
@@ -505,6 +518,39 @@ mod loom_tests {
     #[test]
     fn wrapping_copy_hands_bytes_over() {
         hand_over(6, b"wxyz", Ordering::Release, Ordering::Acquire);
+    }
+
+    /// The queue's and pipe's property: a producer writes free bytes while a consumer reads
+    /// committed ones, with no lock between them; loom checks each byte, so disjoint ranges may be
+    /// copied concurrently and only the hand-over of each range needs ordering.
+    #[test]
+    fn disjoint_ranges_copy_concurrently() {
+        loom::model(|| {
+            let ring = Arc::new(LoomRing::new(8).unwrap());
+            let tail = Arc::new(AtomicU64::new(6));
+            let producer = {
+                let (ring, tail) = (ring.clone(), tail.clone());
+                loom::thread::spawn(move || {
+                    ring.write(6, b"abc"); // offsets 6, 7, 0
+                    tail.store(9, Ordering::Release);
+                    ring.write(9, b"de"); // offsets 1, 2: while the consumer reads 6, 7, 0
+                    tail.store(11, Ordering::Release);
+                })
+            };
+            while tail.load(Ordering::Acquire) < 9 {
+                loom::thread::yield_now();
+            }
+            let mut first = [0u8; 3];
+            ring.read(6, &mut first);
+            assert_eq!(&first, b"abc");
+            while tail.load(Ordering::Acquire) < 11 {
+                loom::thread::yield_now();
+            }
+            let mut v = Vec::new();
+            ring.append(9, 2, &mut v);
+            assert_eq!(v, b"de");
+            producer.join().unwrap();
+        });
     }
 
     /// The loom backend is what makes these models worth running: without the release/acquire
