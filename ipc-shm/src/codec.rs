@@ -30,7 +30,7 @@
 //!
 //! # Encoding
 //!
-//! [`CONFIG`] is bincode 2's standard configuration (little-endian, variable-length integers)
+//! [`BINCODE_CONFIG`] is bincode 2's standard configuration (little-endian, variable-length integers)
 //! with a decode limit of [`DECODE_LIMIT`]. [`encode_into`] appends a bare value,
 //! [`encode_frame`] a header and the value; both refuse a value longer than [`MAX_FRAME_LEN`].
 //! [`decode`] decodes a value that must use every byte it is given (trailing bytes are a typed
@@ -71,12 +71,13 @@ pub const FRAME_ALIGN: usize = 8;
 /// XORed with the length to make the header's check word.
 const FRAME_CHECK: u32 = 0x9e37_79b9;
 
-/// The type of [`CONFIG`].
-pub type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
+/// The type of [`BINCODE_CONFIG`].
+pub type BincodeConfig = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
 
 /// The one bincode configuration: standard (little-endian, varint integers) with the
-/// [`DECODE_LIMIT`].
-pub const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+/// [`DECODE_LIMIT`]. For callers that drive bincode themselves (a custom writer or reader); the
+/// functions of this module already use it.
+pub const BINCODE_CONFIG: BincodeConfig = bincode::config::standard().with_limit::<DECODE_LIMIT>();
 
 /// Why a frame header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +143,35 @@ pub enum DecodeError {
         /// [`MAX_FRAME_LEN`].
         max: usize,
     },
+}
+
+/// For crates whose public errors carry bincode's error type (the queue's and the pipe's): the
+/// bincode error itself, or an equivalent one for the limits this module adds.
+impl From<EncodeError> for bincode::error::EncodeError {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::Bincode(e) => e,
+            EncodeError::TooLong { len, max } => bincode::error::EncodeError::OtherString(format!(
+                "the encoded value is {len} bytes long; the maximum is {max}"
+            )),
+        }
+    }
+}
+
+/// For crates whose public errors carry bincode's error type: the bincode error itself,
+/// `OtherString` for trailing bytes, and `LimitExceeded` for input longer than a frame.
+impl From<DecodeError> for bincode::error::DecodeError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Bincode(e) => e,
+            DecodeError::TrailingBytes { trailing, .. } => {
+                bincode::error::DecodeError::OtherString(format!(
+                    "{trailing} trailing bytes after the value"
+                ))
+            }
+            DecodeError::TooLong { .. } => bincode::error::DecodeError::LimitExceeded,
+        }
+    }
 }
 
 /// The 8-byte header in front of every frame: the payload length and its check word.
@@ -263,7 +293,7 @@ impl bincode::enc::write::Writer for VecWriter<'_> {
 #[inline]
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
-    if let Err(e) = bincode::serde::encode_into_writer(value, VecWriter(out), CONFIG) {
+    if let Err(e) = bincode::serde::encode_into_writer(value, VecWriter(out), BINCODE_CONFIG) {
         out.truncate(start);
         return Err(EncodeError::Bincode(e));
     }
@@ -342,8 +372,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
             max: MAX_FRAME_LEN,
         });
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice::<T, _>(bytes, CONFIG).map_err(DecodeError::Bincode)?;
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, BINCODE_CONFIG)
+        .map_err(DecodeError::Bincode)?;
     if used != bytes.len() {
         return Err(DecodeError::TrailingBytes {
             trailing: bytes.len() - used,

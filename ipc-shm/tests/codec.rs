@@ -148,6 +148,16 @@ fn trailing_bytes_are_refused() {
 }
 
 #[test]
+fn errors_convert_to_bincode_errors() {
+    let mut bytes = encode(&1u8).unwrap();
+    bytes.push(0);
+    let e: bincode::error::DecodeError = decode::<u8>(&bytes).unwrap_err().into();
+    assert!(e.to_string().contains("1 trailing bytes"), "{e}");
+    let e: bincode::error::DecodeError = decode::<String>(&varint_u64(1 << 60)).unwrap_err().into();
+    assert!(matches!(e, bincode::error::DecodeError::LimitExceeded));
+}
+
+#[test]
 fn truncated_and_mistyped_input_is_a_typed_error() {
     let bytes = encode(&Msg::Job {
         id: 1,
@@ -260,7 +270,8 @@ fn padded_lengths() {
 fn the_configuration_is_the_limited_standard_one() {
     // Variable-length integers: a small u64 takes one byte.
     assert_eq!(encode(&5u64).unwrap(), [5]);
-    let (v, used): (u64, usize) = bincode::serde::decode_from_slice(&[5], codec::CONFIG).unwrap();
+    let (v, used): (u64, usize) =
+        bincode::serde::decode_from_slice(&[5], codec::BINCODE_CONFIG).unwrap();
     assert_eq!((v, used), (5, 1));
 }
 
