@@ -13,7 +13,7 @@
 //! | backend | bytes | for |
 //! |---|---|---|
 //! | [`ShmRing`] | a range of a [`Segment`]'s payload, checked once at construction | production: the queue (`ShmRing<&Segment>`) and the pipe (`ShmRing<Arc<Segment>>`) |
-//! | [`HeapRing`] | a `Box<[UnsafeCell<u8>]>` | single-threaded tests, and conformance tests that run one test body on both backends |
+//! | [`HeapRing`] | a `Box<[UnsafeCell<u8>]>` | single-threaded tests, and conformance tests that run one test body on every backend |
 //! | `LoomRing` (only under `--cfg loom`) | a `Box<[loom::cell::UnsafeCell<u8>]>` | loom models: loom reports every read and write of a byte that the protocol fails to order |
 //!
 //! # Bounds
@@ -31,7 +31,7 @@
 //!   once; callers check lengths read from shared memory before they get here).
 //!
 //! A peer that breaks the protocol and writes bytes while we copy them can change the *values*
-//! we copy, never the addresses; the framing ([`crate::codec`] when the `codec` feature is on)
+//! we copy, never the addresses; the framing (`ipc_shm::codec` when the `codec` feature is on)
 //! rejects the garbage as data.
 //!
 //! This is one of the crate's `unsafe`-allowed modules because it must copy through raw pointers
