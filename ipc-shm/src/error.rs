@@ -250,3 +250,25 @@ pub enum InheritError {
         fd: i32,
     },
 }
+
+/// Why a ring ([`ShmRing`](crate::ShmRing), [`HeapRing`](crate::HeapRing)) could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RingError {
+    /// The capacity is zero or not a power of two (positions are reduced with a mask).
+    #[error("a ring's capacity must be a non-zero power of two, not {cap}")]
+    NotPowerOfTwo {
+        /// The capacity asked for.
+        cap: usize,
+    },
+    /// The ring's bytes would lie (partly) outside the segment's payload.
+    #[error("a ring of {cap} bytes at offset {offset} does not fit in the {payload}-byte payload")]
+    OutOfBounds {
+        /// The ring's offset in the payload.
+        offset: usize,
+        /// Its capacity.
+        cap: usize,
+        /// The payload's length.
+        payload: usize,
+    },
+}

@@ -18,6 +18,25 @@
 //! - [`pass_fd_to_command`] and [`take_inherited_fd`]: hand a descriptor to an exec'ed child
 //!   without leaking it into unrelated children.
 //!
+//! # Shared pieces the other crates build on
+//!
+//! Two mechanisms that the queue, the pipe and the pool all need are written once, here:
+//!
+//! - **The byte ring.** [`ByteRing`] copies into and out of a ring of `cap()` bytes (a power of
+//!   two) at free-running positions, reducing them modulo the capacity and splitting copies that
+//!   wrap. Its backends: [`ShmRing`] (a range of a segment's payload, bounds-checked once at
+//!   construction; `ShmRing<&Segment>` or `ShmRing<Arc<Segment>>`), [`HeapRing`] (tests and
+//!   conformance), and `LoomRing` under `--cfg loom` (loom cells, so loom reports byte accesses a
+//!   protocol fails to order). No reference to shared bytes is ever formed, and no value a peer
+//!   writes can make a copy leave the ring. The protocols that say which bytes may be copied
+//!   (commit words, head and tail) stay in `ipc-queue` and `ipc-pipe`.
+//! - **The frame codec** (feature `codec`, off by default so that segments alone do not pull in
+//!   serde and bincode): `ipc_shm::codec` holds the one frame header (8 bytes: a `u32` length and
+//!   a check word), the one bincode configuration, and the one limit: no frame longer than
+//!   `codec::MAX_FRAME_LEN` (1 GiB), no decode claiming more than `codec::DECODE_LIMIT`, no
+//!   trailing bytes. Lengths read from shared memory go through `codec::frame_len` before anyone
+//!   allocates for them.
+//!
 //! # What is safe to share, and why offsets
 //!
 //! Another process may write the shared bytes at any moment, and it may be buggy, hostile or dead
@@ -59,25 +78,35 @@
 //! - `nix`: `shm_open`, `memfd_create`, `ftruncate`, `fstat`, seals and `fcntl`, all behind the
 //!   private `os` module so that another OS can be added in one place.
 //! - `thiserror`: the `Display` and `source` of the error enums.
+//! - `serde` and `bincode` (feature `codec` only): the shared message encoding.
+//! - `loom` (under `--cfg loom` only): the loom backend of the byte ring.
 //!
 //! `bytemuck` was considered as the basis of [`ShmSafe`], but its `Pod` requires `Copy`, which
 //! atomics are not, and atomics are exactly what shared memory needs.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "codec")]
+pub mod codec;
 mod error;
 mod header;
 mod inherit;
 mod layout;
 mod map;
 mod os;
+mod ring;
 mod segment;
 mod shm_safe;
 mod value;
 
-pub use error::{InheritError, LayoutError, NameError, SegmentCreateError, SegmentOpenError};
+pub use error::{
+    InheritError, LayoutError, NameError, RingError, SegmentCreateError, SegmentOpenError,
+};
 pub use header::{LAYOUT_VERSION, MAGIC, PAYLOAD_ALIGN, PAYLOAD_OFFSET, SegmentHeader, TypeTag};
 pub use inherit::{pass_fd_to_command, take_inherited_fd};
 pub use layout::{Layout, Offset, SliceOffset};
+#[cfg(loom)]
+pub use ring::LoomRing;
+pub use ring::{ByteRing, HeapRing, ShmRing};
 pub use segment::{OpenOptions, Segment, SegmentBuilder, max_name_len};
 pub use shm_safe::ShmSafe;
 pub use value::{SharedSlice, SharedValue};

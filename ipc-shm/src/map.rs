@@ -42,12 +42,14 @@ impl Mapping {
     }
 
     /// The start of the payload.
+    #[inline]
     pub(crate) fn payload_ptr(&self) -> *mut u8 {
         // `wrapping_add` keeps this free of unsafe; the offset is within the mapping.
         self.raw.as_mut_ptr().wrapping_add(PAYLOAD_OFFSET)
     }
 
     /// The payload's length in bytes.
+    #[inline]
     pub(crate) fn payload_len(&self) -> usize {
         self.raw.len() - PAYLOAD_OFFSET
     }

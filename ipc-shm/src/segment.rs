@@ -467,11 +467,13 @@ impl Segment {
 
     /// The start of the payload. Another process may write there at any time: build `&T` only
     /// through [`Segment::get`] and [`Segment::slice`], never `&mut`.
+    #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.map.payload_ptr()
     }
 
     /// The payload's length in bytes (the header is not counted).
+    #[inline]
     pub fn len(&self) -> usize {
         self.map.payload_len()
     }

@@ -1,0 +1,384 @@
+//! The one frame format and the one bincode configuration, with one decode limit (feature
+//! `codec`).
+//!
+//! The queue, the pipe and the pool all send serde values as length-prefixed frames through
+//! bytes that another process writes. They share this module, so a length read from shared memory
+//! is validated the same way everywhere, and every decoder has the same allocation bound.
+//!
+//! # Frame format
+//!
+//! ```text
+//! offset 0        4            8
+//!        | len    | len ^ CHECK | len payload bytes ... | (zero padding, optional)
+//!          u32 LE   u32 LE
+//! ```
+//!
+//! An 8-byte [`FrameHeader`]: the payload length as a little-endian `u32`, then the same length
+//! XORed with a fixed constant. The check word makes a header read from garbage (a scribbled
+//! ring, a stream that lost its place) fail as [`FrameError::BadCheck`] with probability
+//! 1 - 2^-32 instead of being taken as a length. Why this layout:
+//!
+//! - **`u32`, not `u64`.** No frame may exceed [`MAX_FRAME_LEN`] (1 GiB), which fits in 32 bits,
+//!   so the upper half of a `u64` would only carry zeros; spending those 4 bytes on a check word
+//!   keeps the header at 8 bytes (the pipe's header size today) and adds corruption detection
+//!   (the queue's header today).
+//! - **8 bytes.** A ring that starts every frame at a multiple of [`FRAME_ALIGN`] (the queue pads
+//!   payloads with [`padded_frame_len`]) never has a header wrap around its end, and the payload
+//!   that follows is 8-aligned. A stream (the pipe) simply does not pad: padding is how a ring
+//!   places frames, not part of the header.
+//! - **Little-endian**, like bincode's configuration and every target this workspace supports.
+//!
+//! # Encoding
+//!
+//! [`BINCODE_CONFIG`] is bincode 2's standard configuration (little-endian, variable-length integers)
+//! with a decode limit of [`DECODE_LIMIT`]. [`encode_into`] appends a bare value,
+//! [`encode_frame`] a header and the value; both refuse a value longer than [`MAX_FRAME_LEN`].
+//! [`decode`] decodes a value that must use every byte it is given (trailing bytes are a typed
+//! error, not silently ignored).
+//!
+//! # Bounded allocation
+//!
+//! A frame comes from another process, which may be buggy or hostile. Two bounds apply:
+//!
+//! 1. A length *header* is checked against the caller's maximum and [`MAX_FRAME_LEN`] by
+//!    [`FrameHeader::parse`] / [`frame_len`] before the caller allocates a buffer for the payload.
+//! 2. Inside the payload, bincode reads container lengths (a string's, a vector's) and allocates
+//!    for them. The decode limit makes every such claim count against [`DECODE_LIMIT`] for the
+//!    whole decode, so a 10-byte payload claiming a 2^60-byte string is
+//!    [`DecodeError::Bincode`] (`LimitExceeded`) *before* anything is allocated. bincode counts
+//!    the in-memory size of what it decodes (a `u64` counts 8 even when its varint took 1 byte),
+//!    so a payload of `n` bytes may claim up to `16 n`: a legitimate message near the 1 GiB frame
+//!    limit made mostly of small integers can exceed the decode limit. That is the price of a
+//!    bound, and the error is typed.
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The largest payload one frame may carry: 1 GiB (the pipe's default maximum message size, and
+/// the queue's largest ring).
+pub const MAX_FRAME_LEN: usize = 1 << 30;
+
+/// The most bytes one [`decode`] may claim for the values it builds (see the module docs).
+pub const DECODE_LIMIT: usize = MAX_FRAME_LEN;
+
+/// The size of a [`FrameHeader`] in bytes.
+pub const HEADER_LEN: usize = 8;
+
+/// The alignment of frames in a ring that pads them ([`padded_frame_len`]).
+pub const FRAME_ALIGN: usize = 8;
+
+/// XORed with the length to make the header's check word.
+const FRAME_CHECK: u32 = 0x9e37_79b9;
+
+/// The type of [`BINCODE_CONFIG`].
+pub type BincodeConfig = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
+
+/// The one bincode configuration: standard (little-endian, varint integers) with the
+/// [`DECODE_LIMIT`]. For callers that drive bincode themselves (a custom writer or reader); the
+/// functions of this module already use it.
+pub const BINCODE_CONFIG: BincodeConfig = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+
+/// Why a frame header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The check word does not match the length: the bytes are not a header (corrupted memory,
+    /// or a reader that lost its place in the stream).
+    #[error("corrupted frame header (length {len:#x}, check word {check:#x})")]
+    BadCheck {
+        /// The length word as read.
+        len: u32,
+        /// The check word as read.
+        check: u32,
+    },
+    /// The length is larger than the caller's maximum (or [`MAX_FRAME_LEN`]).
+    #[error("a frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLong {
+        /// The length announced or asked for.
+        len: u64,
+        /// The maximum that applied.
+        max: usize,
+    },
+}
+
+/// Why a value could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// bincode (or the value's `Serialize` impl) failed.
+    #[error("could not encode the value")]
+    Bincode(#[source] bincode::error::EncodeError),
+    /// The encoding is longer than [`MAX_FRAME_LEN`].
+    #[error("the encoded value is {len} bytes long; the maximum is {max}")]
+    TooLong {
+        /// The encoded length.
+        len: usize,
+        /// [`MAX_FRAME_LEN`].
+        max: usize,
+    },
+}
+
+/// Why bytes could not be decoded as a value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// bincode (or the type's `Deserialize` impl) rejected the bytes: truncated, malformed, of
+    /// another type, or claiming more than the [`DECODE_LIMIT`].
+    #[error("could not decode the value")]
+    Bincode(#[source] bincode::error::DecodeError),
+    /// The value ended before the bytes did.
+    #[error("{trailing} trailing bytes after the value (of {len})")]
+    TrailingBytes {
+        /// Bytes left over.
+        trailing: usize,
+        /// Bytes given.
+        len: usize,
+    },
+    /// More bytes than any frame may carry were given.
+    #[error("{len} bytes exceed the maximum frame of {max} bytes")]
+    TooLong {
+        /// Bytes given.
+        len: usize,
+        /// [`MAX_FRAME_LEN`].
+        max: usize,
+    },
+}
+
+/// For crates whose public errors carry bincode's error type (the queue's and the pipe's): the
+/// bincode error itself, or an equivalent one for the limits this module adds.
+impl From<EncodeError> for bincode::error::EncodeError {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::Bincode(e) => e,
+            EncodeError::TooLong { len, max } => bincode::error::EncodeError::OtherString(format!(
+                "the encoded value is {len} bytes long; the maximum is {max}"
+            )),
+        }
+    }
+}
+
+/// For crates whose public errors carry bincode's error type: the bincode error itself,
+/// `OtherString` for trailing bytes, and `LimitExceeded` for input longer than a frame.
+impl From<DecodeError> for bincode::error::DecodeError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Bincode(e) => e,
+            DecodeError::TrailingBytes { trailing, .. } => {
+                bincode::error::DecodeError::OtherString(format!(
+                    "{trailing} trailing bytes after the value"
+                ))
+            }
+            DecodeError::TooLong { .. } => bincode::error::DecodeError::LimitExceeded,
+        }
+    }
+}
+
+/// The 8-byte header in front of every frame: the payload length and its check word.
+///
+/// ```
+/// use ipc_shm::codec::{FrameError, FrameHeader, MAX_FRAME_LEN};
+///
+/// let bytes = FrameHeader::new(300)?.to_bytes();
+/// assert_eq!(FrameHeader::parse(bytes, 1024)?.len(), 300);
+/// assert!(matches!(FrameHeader::parse(bytes, 100), Err(FrameError::TooLong { .. })));
+/// assert!(matches!(FrameHeader::parse([0xff; 8], MAX_FRAME_LEN), Err(FrameError::BadCheck { .. })));
+/// # Ok::<(), FrameError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameHeader {
+    len: u32,
+}
+
+impl FrameHeader {
+    /// The header of a frame carrying `len` payload bytes; fails with [`FrameError::TooLong`]
+    /// if `len` exceeds [`MAX_FRAME_LEN`].
+    #[inline]
+    pub fn new(len: usize) -> Result<Self, FrameError> {
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLong {
+                len: len as u64,
+                max: MAX_FRAME_LEN,
+            });
+        }
+        // `MAX_FRAME_LEN` fits in a u32.
+        Ok(FrameHeader { len: len as u32 })
+    }
+
+    /// The payload length.
+    #[inline]
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(self) -> usize {
+        self.len as usize
+    }
+
+    /// The header as written in front of the payload.
+    #[inline]
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&self.len.to_le_bytes());
+        h[4..].copy_from_slice(&(self.len ^ FRAME_CHECK).to_le_bytes());
+        h
+    }
+
+    /// Validates header bytes read from shared memory or a stream: the check word must match,
+    /// and the length must not exceed `max` (nor [`MAX_FRAME_LEN`], whatever `max` says).
+    #[inline]
+    pub fn parse(bytes: [u8; HEADER_LEN], max: usize) -> Result<Self, FrameError> {
+        let [a, b, c, d, e, f, g, h] = bytes;
+        let len = u32::from_le_bytes([a, b, c, d]);
+        let check = u32::from_le_bytes([e, f, g, h]);
+        if check != len ^ FRAME_CHECK {
+            return Err(FrameError::BadCheck { len, check });
+        }
+        let max = max.min(MAX_FRAME_LEN);
+        if len as usize > max {
+            return Err(FrameError::TooLong {
+                len: u64::from(len),
+                max,
+            });
+        }
+        Ok(FrameHeader { len })
+    }
+}
+
+/// The payload length announced by `header`, validated as by [`FrameHeader::parse`]: check word
+/// intact, length at most `max` and at most [`MAX_FRAME_LEN`]. Call it before allocating a buffer
+/// for the payload.
+///
+/// ```
+/// use ipc_shm::codec::{FrameHeader, frame_len};
+///
+/// let h = FrameHeader::new(42)?.to_bytes();
+/// assert_eq!(frame_len(h, 4096)?, 42);
+/// assert!(frame_len(h, 41).is_err());
+/// # Ok::<(), ipc_shm::codec::FrameError>(())
+/// ```
+#[inline]
+pub fn frame_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {
+    FrameHeader::parse(header, max).map(FrameHeader::len)
+}
+
+/// The room a frame of `len` payload bytes takes in a ring that pads frames to [`FRAME_ALIGN`]:
+/// the header plus the payload rounded up to a multiple of 8. (Callers pass validated lengths,
+/// at most [`MAX_FRAME_LEN`], so this cannot overflow.)
+#[inline]
+pub const fn padded_frame_len(len: usize) -> usize {
+    HEADER_LEN + len.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
+}
+
+/// bincode's writer over a vector (no `io::Error` on the way, unlike `encode_into_std_write`).
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Appends the encoding of `value` to `out`. On error `out` is left as it was.
+///
+/// Fails with [`EncodeError::TooLong`] if the encoding is longer than [`MAX_FRAME_LEN`], since
+/// no frame could carry it.
+///
+/// ```
+/// let mut buf = Vec::new();
+/// ipc_shm::codec::encode_into(&("job", 7u32), &mut buf)?;
+/// let (name, id): (String, u32) = ipc_shm::codec::decode(&buf)?;
+/// assert_eq!((name.as_str(), id), ("job", 7));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[inline]
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
+    if let Err(e) = bincode::serde::encode_into_writer(value, VecWriter(out), BINCODE_CONFIG) {
+        out.truncate(start);
+        return Err(EncodeError::Bincode(e));
+    }
+    let len = out.len() - start;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(EncodeError::TooLong {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// The encoding of `value` in a new vector.
+#[inline]
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    encode_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// Appends one frame to `out`: a [`FrameHeader`], then the encoding of `value` (no padding).
+/// Returns the payload length. On error `out` is left as it was.
+///
+/// ```
+/// use ipc_shm::codec::{HEADER_LEN, decode, encode_frame, frame_len};
+///
+/// let mut buf = Vec::new();
+/// let len = encode_frame("hello", &mut buf)?;
+/// let header: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into()?;
+/// assert_eq!(frame_len(header, 1024)?, len);
+/// assert_eq!(decode::<String>(&buf[HEADER_LEN..])?, "hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[inline]
+pub fn encode_frame<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<usize, EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    if let Err(e) = encode_into(value, out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let len = out.len() - start - HEADER_LEN;
+    // `encode_into` refused anything longer than `MAX_FRAME_LEN`, so `new` cannot fail; map it
+    // anyway rather than unwrap.
+    let header = FrameHeader::new(len).map_err(|_| EncodeError::TooLong {
+        len,
+        max: MAX_FRAME_LEN,
+    })?;
+    out[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
+    Ok(len)
+}
+
+/// Decodes a `T` that must use all of `bytes`, with the [`DECODE_LIMIT`] on what it may claim.
+///
+/// Garbage is a typed error and never a panic or an unbounded allocation: see the module docs.
+///
+/// ```
+/// use ipc_shm::codec::{DecodeError, decode, encode};
+///
+/// let mut bytes = encode(&5u8)?;
+/// assert_eq!(decode::<u8>(&bytes)?, 5);
+/// bytes.push(0);
+/// assert!(matches!(decode::<u8>(&bytes), Err(DecodeError::TrailingBytes { trailing: 1, .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[inline]
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLong {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, BINCODE_CONFIG)
+        .map_err(DecodeError::Bincode)?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes {
+            trailing: bytes.len() - used,
+            len: bytes.len(),
+        });
+    }
+    Ok(value)
+}
