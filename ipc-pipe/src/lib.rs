@@ -112,20 +112,40 @@
 #![deny(unsafe_code)]
 
 #[cfg(not(loom))]
-mod conn;
+mod builder;
+#[cfg(not(loom))]
+mod channel;
+#[cfg(not(loom))]
+mod codec;
+#[cfg(not(loom))]
+mod connection;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
+mod inherit;
+#[cfg(not(loom))]
 mod os;
+#[cfg(not(loom))]
+mod readiness;
 mod ring;
+#[cfg(not(loom))]
+mod rx;
 #[cfg(not(loom))]
 mod slots;
 mod sync;
+#[cfg(not(loom))]
+mod tx;
 
 #[cfg(not(loom))]
-pub use conn::{Connection, PipeBuilder, Receiver, Sender, Waitable, channel, pipe, wait};
+pub use builder::{PipeBuilder, channel, pipe};
+#[cfg(not(loom))]
+pub use channel::{Receiver, Sender};
+#[cfg(not(loom))]
+pub use connection::Connection;
 #[cfg(not(loom))]
 pub use error::{
     Corruption, OpenError, PassError, PipeError, PollError, RecvError, RecvIntoError,
     RecvTimeoutError, SendError, TryRecvError,
 };
+#[cfg(not(loom))]
+pub use readiness::{Waitable, wait};
