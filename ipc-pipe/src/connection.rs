@@ -21,7 +21,8 @@
 //!   word with the shared futex of `ipc_sync::futex`, in slices of [`SLICE`]; between slices it
 //!   checks its socket for hang-up, so a peer killed by `SIGKILL` (which cannot wake anyone) is
 //!   noticed within one slice. A clean drop or close of the peer wakes it at once.
-//! - **fd mode** (once the readiness fd was asked for, by `as_fd`/`as_raw_fd` or [`wait`]): it
+//! - **fd mode** (after [`Connection::set_pollable`], `as_fd`/`as_raw_fd` or
+//!   [`wait`](crate::wait)): it
 //!   sets `ARMED` and sleeps in `poll(2)` on its socket. The sender writes one byte to the socket
 //!   when it finds `ARMED`, and the kernel reports hang-up of a dead peer on the same socket, so
 //!   no slicing is needed and the fd can be handed to epoll/mio/tokio.
@@ -303,8 +304,10 @@ impl Connection {
         self.released = true;
     }
 
-    /// Test hook: writes `value` over the shared `tail` counter of the ring this end reads,
-    /// as a hostile or buggy peer could.
+    /// Test hook (only with the `test-support` feature, which the crate's own tests enable):
+    /// writes `value` over the shared `tail` counter of the ring this end reads, as a hostile
+    /// or buggy peer could.
+    #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub fn __corrupt_incoming_tail(&self, value: u64) {
         self.rx_ring().tail.store(value, Ordering::SeqCst);

@@ -15,9 +15,10 @@
 //!   `SIGKILL`), receiving returns every message already sent and then
 //!   [`RecvError::Disconnected`]; a send that has to wait returns [`SendError::Disconnected`].
 //!   Never a hang.
-//! - Readiness: each end's descriptor ([`AsFd`](std::os::fd::AsFd)) becomes readable when a
-//!   message arrives and when the peer hangs up, for poll/epoll/mio/tokio; [`wait`] waits on
-//!   several ends like `multiprocessing.connection.wait`.
+//! - Readiness: after [`Connection::set_pollable`], each end's descriptor
+//!   ([`Connection::readiness_fd`]) becomes readable when a message arrives and when the peer
+//!   hangs up, for poll/epoll/mio/tokio; [`wait`] waits on several ends like
+//!   `multiprocessing.connection.wait`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -53,8 +54,8 @@
 //! spin round trip), then sleep. Sleep is a shared futex wait in 20 ms slices with a hang-up
 //! check between slices (**futex mode**, the default: the cheapest wake-up, and a killed peer
 //! is noticed within one slice; a dropped or closed peer wakes the sleeper at once), or, once
-//! the end's fd has been asked for, `poll(2)` on the socket, to which the sender writes one
-//! byte when the receiver is armed (**fd mode**: what makes the fd usable in an event loop;
+//! the end was switched with [`Connection::set_pollable`], `poll(2)` on the socket, to which
+//! the sender writes one byte when the receiver is armed (**fd mode**: what makes the fd usable in an event loop;
 //! hang-up wakes it at once). Either way the sender makes no system call when the receiver is
 //! not asleep: the wake-up is skipped unless the receiver's wait word says it sleeps.
 //!
@@ -67,7 +68,9 @@
 //!
 //! # Readiness fd contract
 //!
-//! The fd of an end (from `as_fd`/`as_raw_fd`, which switch the end to fd mode) is readable
+//! The fd of an end in fd mode ([`Connection::set_pollable`], then
+//! [`Connection::readiness_fd`]; `as_fd`/`as_raw_fd` do both, a side effect kept for existing
+//! callers and deprecated) is readable
 //! whenever a message has arrived since this end last found its incoming ring empty, and when
 //! the peer hangs up. That is edge-style readiness, as with mio or tokio's `AsyncFd`: after the
 //! fd fires, receive with [`Connection::try_recv`] until it returns `Empty` (that drains the fd
