@@ -9,6 +9,7 @@ use ipc_shm::{Offset, SegmentBuilder, TypeTag};
 
 use crate::channel::{Receiver, Sender};
 use crate::connection::Connection;
+use crate::end::{MAX_MESSAGE_DEFAULT, SPIN_DEFAULT, Settings};
 use crate::error::PipeError;
 use crate::os;
 use crate::ring::{Control, Corruption, MAGIC, MIN_CAP, VERSION};
@@ -16,12 +17,8 @@ use crate::sync::Ordering;
 
 /// The type tag of pipe segments.
 pub(crate) const TAG: TypeTag = TypeTag::from_name("ipc-pipe/v1");
-/// Default spin limit (polls of the counter, each with a `PAUSE`): tens of microseconds.
-pub(crate) const SPIN_DEFAULT: u32 = 4096;
 /// Default ring capacity per direction.
 const CAP_DEFAULT: usize = 256 * 1024;
-/// Default maximum message size.
-pub(crate) const MAX_MESSAGE_DEFAULT: usize = 1 << 30;
 
 /// The size of the control block at the start of the segment.
 pub(crate) fn control_size() -> usize {
@@ -155,22 +152,4 @@ pub fn pipe() -> Result<(Connection, Connection), PipeError> {
 /// ```
 pub fn channel() -> Result<(Sender, Receiver), PipeError> {
     PipeBuilder::new().channel()
-}
-
-/// The per-end settings a builder hands to both ends.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Settings {
-    /// The spin limit ([`PipeBuilder::spin_limit`]).
-    pub(crate) spin: u32,
-    /// The largest message ([`PipeBuilder::max_message_size`]).
-    pub(crate) max_message: usize,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            spin: SPIN_DEFAULT,
-            max_message: MAX_MESSAGE_DEFAULT,
-        }
-    }
 }

@@ -8,14 +8,8 @@
 //!
 //! # Waiting
 //!
-//! A receiver that finds no message first spins on the ring's `tail` for an adaptive number of
-//! polls (doubled after a spin that succeeded, halved after one that had to sleep, within
-//! `[SPIN_MIN, spin limit]`), so hot peers exchange messages near the spin floor and an idle
-//! receiver quickly stops spinning. (Growing the budget after short sleeps too lets peers busy
-//! a few microseconds per message keep spinning: measured 54 -> 4 us for 64 KiB round trips.
-//! It is not done yet because it also keeps receivers spinning on machines with fewer cores
-//! than busy threads, a process pool on two cores, and its cost there was not measurable
-//! above this machine's noise; see the project's issues.) Then it sleeps, in one of two ways:
+//! A receiver that finds no message first spins on the ring's `tail` (adaptively, see
+//! `spin.rs`), then sleeps, in one of two ways:
 //!
 //! - **futex mode** (default): it sets `SLEEP` in the ring's `rx_wait` word and waits on that
 //!   word with the shared futex of `ipc_sync::futex`, in slices of [`SLICE`]; between slices it
@@ -47,24 +41,48 @@
 
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ops::Deref;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ipc_shm::{Offset, Segment};
-use ipc_sync::futex;
+use ipc_sync::Futex;
 
-use crate::builder::{Settings, control_size};
-use crate::error::Fail;
-use crate::os;
-use crate::ring::{self, Control, Corruption, GONE, MAGIC, MIN_CAP, RingCtl, SLEEP, VERSION};
-use crate::slots::Slots;
+use crate::builder::control_size;
+use crate::end::{End, Settings};
+use crate::os::Socket;
+use crate::ring::{Control, Corruption, MAGIC, MIN_CAP, VERSION};
+use crate::slots::{Bytes, Slots};
 use crate::sync::Ordering;
 
-/// The longest futex sleep between two hang-up checks.
-pub(crate) const SLICE: Duration = Duration::from_millis(20);
-/// The fewest spin polls an end keeps (unless the spin limit is lower).
-pub(crate) const SPIN_MIN: u32 = 16;
+/// The end's view of the control block: the segment, whose payload starts with a [`Control`]
+/// (checked once, when the end is attached).
+#[derive(Debug)]
+pub(crate) struct ShmControl(Arc<Segment>);
+
+impl ShmControl {
+    /// `seg`'s control block, if the segment is long enough to hold one.
+    fn new(seg: Arc<Segment>) -> Option<ShmControl> {
+        seg.get(Offset::<Control>::from_raw(0)).ok()?;
+        Some(ShmControl(seg))
+    }
+}
+
+impl Deref for ShmControl {
+    type Target = Control;
+
+    #[inline]
+    fn deref(&self) -> &Control {
+        // `new` checked that the segment holds a whole `Control` at offset 0, and a segment's
+        // length never changes.
+        self.0
+            .get(Offset::<Control>::from_raw(0))
+            .expect("control block validated in ShmControl::new")
+    }
+}
+
+/// The protocol state of a production end: shared memory, the shared futex, the socket.
+pub(crate) type ShmEnd = End<ShmControl, Slots, Futex, Socket>;
 
 /// One end of a duplex pipe: sends to and receives from the other end, possibly in another
 /// process.
@@ -101,22 +119,11 @@ pub(crate) const SPIN_MIN: u32 = 16;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Connection {
+    /// The shared segment (for passing the end on; the protocol reaches it through `end`).
     pub(crate) seg: Arc<Segment>,
-    pub(crate) side: usize,
-    pub(crate) sock: Option<OwnedFd>,
-    pub(crate) tx: Slots,
-    pub(crate) rx: Slots,
-    pub(crate) tx_tail: Cell<u64>,
-    pub(crate) tx_head_cache: Cell<u64>,
-    pub(crate) rx_head: Cell<u64>,
-    pub(crate) rx_tail_cache: Cell<u64>,
-    pub(crate) spin: Cell<u32>,
-    pub(crate) settings: Settings,
-    pub(crate) fd_mode: Cell<bool>,
-    pub(crate) pid: Cell<u32>,
-    /// Set after corruption or a message cut short by the peer's death: the stream is no longer
-    /// framed, every later receive fails with this.
-    pub(crate) broken: Cell<Option<BrokenKind>>,
+    /// The protocol state: send path in `tx.rs`, receive path in `rx.rs`.
+    pub(crate) end: ShmEnd,
+    /// The encode/decode buffer of `send`/`recv`, kept between calls.
     pub(crate) scratch: Cell<Vec<u8>>,
     /// Set by `release`: drop closes descriptors only.
     pub(crate) released: bool,
@@ -126,23 +133,17 @@ pub struct Connection {
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("side", &self.side)
-            .field("capacity_out", &self.tx.cap())
-            .field("capacity_in", &self.rx.cap())
-            .field("fd_mode", &self.fd_mode.get())
+            .field("side", &self.end.side)
+            .field("capacity_out", &self.end.tx.cap())
+            .field("capacity_in", &self.end.rx.cap())
+            .field("fd_mode", &self.end.fd_mode.get())
             .finish_non_exhaustive()
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum BrokenKind {
-    Disconnected,
-    Corrupted(Corruption),
-}
-
 impl Connection {
-    /// Builds end `side` over a validated segment and initialises the private counters from the
-    /// shared ones (validated).
+    /// Builds end `side` over a segment: validates the control block (magic, version, ring
+    /// capacities against the segment's length), then attaches the protocol state.
     pub(crate) fn attach(
         seg: Arc<Segment>,
         side: usize,
@@ -153,9 +154,7 @@ impl Connection {
         if side > 1 {
             return Err(bad("side", side as u64));
         }
-        let ctl = seg
-            .get(Offset::<Control>::from_raw(0))
-            .map_err(|_| bad("segment length", seg.len() as u64))?;
+        let ctl = ShmControl::new(seg.clone()).ok_or(bad("segment length", seg.len() as u64))?;
         let magic = ctl.magic.load(Ordering::Acquire);
         if magic != MAGIC {
             return Err(bad("magic", magic));
@@ -180,118 +179,33 @@ impl Connection {
             Slots::new(seg.clone(), data0, caps[0]).ok_or(bad("ring capacity", caps[0] as u64))?,
             Slots::new(seg.clone(), data1, caps[1]).ok_or(bad("ring capacity", caps[1] as u64))?,
         ];
-        let tx_ring = &ctl.rings[side];
-        let rx_ring = &ctl.rings[1 - side];
-        let tx_tail = tx_ring.tail.load(Ordering::Acquire);
-        let tx_head = tx_ring.head.load(Ordering::Acquire);
-        ring::validate_used(tx_tail, tx_head, caps[side])?;
-        let rx_head = rx_ring.head.load(Ordering::Acquire);
         let [s0, s1] = slots;
         let (tx, rx) = if side == 0 { (s0, s1) } else { (s1, s0) };
-        let pid = os::pid();
-        ctl.user_pid[side].store(pid, Ordering::Relaxed);
-        let spin = settings.spin;
+        let end = End::attach(ctl, side, tx, rx, Futex, Socket::new(sock), settings)?;
         Ok(Connection {
             seg,
-            side,
-            sock: Some(sock),
-            tx,
-            rx,
-            tx_tail: Cell::new(tx_tail),
-            tx_head_cache: Cell::new(tx_head),
-            rx_head: Cell::new(rx_head),
-            rx_tail_cache: Cell::new(rx_head),
-            spin: Cell::new(spin),
-            settings,
-            fd_mode: Cell::new(false),
-            pid: Cell::new(pid),
-            broken: Cell::new(None),
+            end,
             scratch: Cell::new(Vec::new()),
             released: false,
             _not_sync: PhantomData,
         })
     }
 
-    #[inline]
-    pub(crate) fn ctl(&self) -> &Control {
-        // The segment was checked to hold a whole `Control` at offset 0 in `attach`, and a
-        // segment's length never changes.
-        self.seg
-            .get(Offset::<Control>::from_raw(0))
-            .expect("control block validated in attach")
-    }
-
-    #[inline]
-    pub(crate) fn tx_ring(&self) -> &RingCtl {
-        &self.ctl().rings[self.side]
-    }
-
-    #[inline]
-    pub(crate) fn rx_ring(&self) -> &RingCtl {
-        &self.ctl().rings[1 - self.side]
-    }
-
+    /// This end's socket (readiness and hang-up).
     pub(crate) fn sock(&self) -> BorrowedFd<'_> {
-        self.sock
-            .as_ref()
-            .expect("the socket is only taken in drop")
-            .as_fd()
+        self.end.link.fd()
     }
 
     /// Which end of the pipe this is (0 or 1).
     pub fn side(&self) -> usize {
-        self.side
-    }
-
-    // ----- checks -----
-
-    pub(crate) fn closed_flag(&self) -> bool {
-        let ctl = self.ctl();
-        ctl.closed[0].load(Ordering::Acquire) != 0 || ctl.closed[1].load(Ordering::Acquire) != 0
-    }
-
-    /// Misuse detection (slow paths only; one `getpid`).
-    pub(crate) fn check_owner(&self) -> Result<(), Fail> {
-        let me = os::pid();
-        let slot = &self.ctl().user_pid[self.side];
-        if me != self.pid.get() {
-            // A forked copy starts using the end: it becomes the user.
-            slot.store(me, Ordering::Relaxed);
-            self.pid.set(me);
-            return Ok(());
-        }
-        let owner = slot.load(Ordering::Relaxed);
-        if owner != me && owner != 0 {
-            if os::process_exists(owner) {
-                return Err(Fail::WrongProcess { owner });
-            }
-            slot.store(me, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    pub(crate) fn check_broken(&self) -> Result<(), Fail> {
-        match self.broken.get() {
-            None => Ok(()),
-            Some(BrokenKind::Disconnected) => Err(Fail::Disconnected),
-            Some(BrokenKind::Corrupted(c)) => Err(Fail::Corrupted(c)),
-        }
-    }
-
-    pub(crate) fn poison(&self, f: Fail) -> Fail {
-        match f {
-            Fail::Corrupted(c) => self.broken.set(Some(BrokenKind::Corrupted(c))),
-            Fail::Disconnected => self.broken.set(Some(BrokenKind::Disconnected)),
-            _ => {}
-        }
-        f
+        self.end.side
     }
 
     /// Closes this end for every process that holds it (a forked copy included): the other end
-    /// sees [`RecvError::Disconnected`](crate::RecvError::Disconnected)(crate::RecvError::Disconnected) once it has received what
-    /// was sent. Dropping a `Connection` instead closes only this process's handle.
+    /// sees [`RecvError::Disconnected`](crate::RecvError::Disconnected) once it has received
+    /// what was sent. Dropping a `Connection` instead closes only this process's handle.
     pub fn close(self) {
-        self.ctl().closed[self.side].store(1, Ordering::Release);
+        self.end.close();
         drop(self);
     }
 
@@ -300,7 +214,7 @@ impl Connection {
     /// waking or otherwise disturbing the peer. (Dropping also works, but wakes the peer so that
     /// it re-checks for hang-up.)
     pub fn release(mut self) {
-        drop(self.sock.take());
+        drop(self.end.link.take());
         self.released = true;
     }
 
@@ -310,25 +224,17 @@ impl Connection {
     #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub fn __corrupt_incoming_tail(&self, value: u64) {
-        self.rx_ring().tail.store(value, Ordering::SeqCst);
+        self.end.rx_ring().tail.store(value, Ordering::SeqCst);
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         // Close our socket first, so that a woken peer that checks for hang-up sees it.
-        drop(self.sock.take());
+        drop(self.end.link.take());
         if self.released {
             return;
         }
-        let ctl = self.ctl();
-        // The peer as consumer of our outgoing ring, and as producer into our incoming ring.
-        let peer_rx = &ctl.rings[self.side].rx_wait;
-        let peer_tx = &ctl.rings[1 - self.side].tx_wait;
-        for word in [peer_rx, peer_tx] {
-            if word.fetch_or(GONE, Ordering::SeqCst) & SLEEP != 0 {
-                futex::wake_all(word);
-            }
-        }
+        self.end.say_goodbye();
     }
 }

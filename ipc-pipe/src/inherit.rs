@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use ipc_shm::OpenOptions;
 
-use crate::builder::{Settings, TAG, control_size};
+use crate::builder::{TAG, control_size};
 use crate::connection::Connection;
+use crate::end::Settings;
 use crate::error::{OpenError, PassError};
 use crate::ring::Corruption;
 
@@ -21,7 +22,7 @@ impl Connection {
     pub fn pass_to_command(&self, cmd: &mut Command, key: &str) -> Result<(), PassError> {
         ipc_shm::pass_fd_to_command(cmd, self.seg.fd(), &format!("{key}_SHM"))?;
         ipc_shm::pass_fd_to_command(cmd, self.sock(), &format!("{key}_SOCK"))?;
-        cmd.env(format!("{key}_SIDE"), self.side.to_string());
+        cmd.env(format!("{key}_SIDE"), self.end.side.to_string());
         Ok(())
     }
 
@@ -48,8 +49,12 @@ impl Connection {
     /// not disturbed.
     pub fn into_raw_parts(mut self) -> std::io::Result<(OwnedFd, OwnedFd, usize)> {
         let shm = self.seg.fd().try_clone_to_owned()?;
-        let sock = self.sock.take().expect("the socket is only taken in drop");
-        let side = self.side;
+        let sock = self
+            .end
+            .link
+            .take()
+            .expect("the socket is only taken in drop");
+        let side = self.end.side;
         self.release();
         Ok((shm, sock, side))
     }

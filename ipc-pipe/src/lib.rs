@@ -44,7 +44,30 @@
 //! one per direction (256 KiB each by default, [`PipeBuilder::capacity`]). Messages are framed
 //! `[u64 length][bytes]` and wrap around the ring; the ring protocol, its state table and its
 //! memory ordering are documented in the `ring` module (see the source), and model-checked
-//! with loom.
+//! with loom: the models in `model.rs` drive the real send and receive paths, which are
+//! generic over the waiter (`ipc_sync::Waiter`: the shared futex in production, loom's model
+//! under `--cfg loom`) like `ipc-queue`'s core.
+//!
+//! ## Source map
+//!
+//! A data path reads downward, from the public API to the shared bytes:
+//!
+//! | file            | concept                                                             |
+//! |-----------------|---------------------------------------------------------------------|
+//! | `builder.rs`    | [`PipeBuilder`], [`pipe`], [`channel`]: segment + socketpair        |
+//! | `connection.rs` | [`Connection`]: attach (validation), close, release, drop           |
+//! | `tx.rs`         | send path: `send*` -> framing -> streaming -> wait for space        |
+//! | `rx.rs`         | receive path: `recv*` -> wait for a message -> copy out -> free     |
+//! | `readiness.rs`  | futex/fd mode switch, readiness fd, `poll`, [`wait`]                |
+//! | `channel.rs`    | [`Sender`], [`Receiver`]                                            |
+//! | `inherit.rs`    | passing an end across `exec` or as raw descriptors                  |
+//! | `end.rs`        | `End<C, M, W, L>`: one end's state, generic over memory and waiter  |
+//! | `ring.rs`       | the shared control block and the ring/wake protocol (state table)   |
+//! | `slots.rs`      | the rings' bytes: shared-memory and (loom) heap backends            |
+//! | `spin.rs`       | the adaptive spin before sleeping                                   |
+//! | `codec.rs`      | bincode configuration and decode limit                              |
+//! | `os.rs`         | socketpair, `poll`, pids: the production link of an end             |
+//! | `model.rs`      | loom models of the real send/receive paths                          |
 //!
 //! Each end also owns one end of a Unix socketpair. The kernel tracks it: when every copy of
 //! the peer's socket is closed, which happens when its process dies whatever the cause, the
@@ -111,8 +134,12 @@
 //!   `kill(pid, 0)`, all without `unsafe`.
 //! - `serde` + `bincode` (2.x, serde mode): the message encoding of `send`/`recv`.
 //! - `thiserror`: `Display` and `source` of the error enums.
-//! - `loom` (only under `--cfg loom`): model checking of the wake-up protocol.
+//! - `loom` (only under `--cfg loom`): model checking of the send and receive paths.
 #![deny(unsafe_code)]
+// Under `--cfg loom` the crate builds only the protocol (`end`, `tx`, `rx`, `ring`, `slots`) and
+// its models; the test-support self dev-dependency also builds that reduced library without the
+// models, where nothing uses it.
+#![cfg_attr(loom, allow(dead_code))]
 
 #[cfg(not(loom))]
 mod builder;
@@ -122,21 +149,21 @@ mod channel;
 mod codec;
 #[cfg(not(loom))]
 mod connection;
-#[cfg(not(loom))]
+mod end;
 mod error;
 #[cfg(not(loom))]
 mod inherit;
+#[cfg(all(test, loom))]
+mod model;
 #[cfg(not(loom))]
 mod os;
 #[cfg(not(loom))]
 mod readiness;
 mod ring;
-#[cfg(not(loom))]
 mod rx;
-#[cfg(not(loom))]
 mod slots;
+mod spin;
 mod sync;
-#[cfg(not(loom))]
 mod tx;
 
 #[cfg(not(loom))]
@@ -145,7 +172,6 @@ pub use builder::{PipeBuilder, channel, pipe};
 pub use channel::{Receiver, Sender};
 #[cfg(not(loom))]
 pub use connection::Connection;
-#[cfg(not(loom))]
 pub use error::{
     Corruption, OpenError, PassError, PipeError, PollError, RecvError, RecvIntoError,
     RecvTimeoutError, SendError, TryRecvError,

@@ -47,7 +47,7 @@ impl Connection {
     pub fn poll(&self, timeout: Duration) -> Result<bool, PollError> {
         let nonblocking = timeout.is_zero();
         let deadline = (!nonblocking).then(|| Deadline::after(timeout));
-        match self.wait_message(deadline, nonblocking) {
+        match self.end.wait_message(deadline, nonblocking) {
             Ok(_) | Err(Fail::Disconnected) => Ok(true),
             Err(Fail::Empty | Fail::Timeout) => Ok(false),
             Err(f) => Err(f.into()),
@@ -76,8 +76,8 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn set_pollable(&self) {
-        if !self.fd_mode.replace(true) {
-            let _ = self.wait_rx(1, None, true);
+        if !self.end.fd_mode.replace(true) {
+            let _ = self.end.wait_rx(1, None, true);
         }
     }
 
@@ -91,7 +91,7 @@ impl Connection {
     /// Whether this end is in fd mode ([`set_pollable`](Connection::set_pollable) or `as_fd`
     /// was called, or it was passed to [`wait`]).
     pub fn is_pollable(&self) -> bool {
-        self.fd_mode.get()
+        self.end.fd_mode.get()
     }
 
     /// The readiness descriptor, with no side effect: readable when a message has arrived

@@ -1,19 +1,29 @@
 //! The receive path: [`Connection::recv`] and friends, down to waiting for a message (spin,
-//! then futex or fd sleep), copying it out of the incoming ring and freeing the space.
+//! then futex or fd sleep), copying it out of the incoming ring and freeing the space. The part
+//! below `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
 
+use std::ops::Deref;
 use std::time::Duration;
 
+#[cfg(not(loom))]
 use serde::de::DeserializeOwned;
 
-use ipc_sync::futex::{self, Deadline, WaitOutcome};
+use ipc_sync::{Deadline, WaitOutcome, Waiter};
 
+#[cfg(not(loom))]
 use crate::codec::decode;
-use crate::connection::{Connection, SLICE, SPIN_MIN};
-use crate::error::{Fail, RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
-use crate::os;
-use crate::ring::{self, ARMED, Corruption, GONE, HEADER, SLEEP};
-use crate::sync::{Ordering, spin_hint};
+#[cfg(not(loom))]
+use crate::connection::Connection;
+use crate::end::{End, Link, SLICE};
+use crate::error::Fail;
+#[cfg(not(loom))]
+use crate::error::{RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
+use crate::ring::{self, ARMED, Control, Corruption, GONE, HEADER, SLEEP};
+use crate::slots::Bytes;
+use crate::spin;
+use crate::sync::Ordering;
 
+#[cfg(not(loom))]
 impl Connection {
     /// Receives the next message and deserialises it as `T`, waiting as long as it takes (or
     /// until the other end is gone: then every message already sent is received first, and
@@ -52,7 +62,8 @@ impl Connection {
     /// [`RecvTimeoutError::Timeout`] if no message has begun to arrive within `timeout`.
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
         let mut buf = Vec::new();
-        self.recv_into_vec(&mut buf, Some(Deadline::after(timeout)), false)?;
+        self.end
+            .recv_into_vec(&mut buf, Some(Deadline::after(timeout)), false)?;
         Ok(buf)
     }
 
@@ -60,7 +71,7 @@ impl Connection {
     /// [`send_bytes`](Connection::send_bytes) gives back exactly its bytes).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
         let mut buf = Vec::new();
-        self.recv_into_vec(&mut buf, None, false)?;
+        self.end.recv_into_vec(&mut buf, None, false)?;
         Ok(buf)
     }
 
@@ -81,16 +92,36 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvIntoError> {
-        let len = self.wait_message(None, false)?;
+        let len = self.end.wait_message(None, false)?;
         if len > buf.len() {
             return Err(RecvIntoError::BufferTooSmall { needed: len });
         }
-        self.read_body(&mut buf[..len])?;
+        self.end.read_body(&mut buf[..len])?;
         Ok(len)
     }
 
-    // ----- consumer side -----
+    pub(crate) fn recv_value<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<Result<T, bincode::error::DecodeError>, Fail> {
+        let mut buf = self.scratch.take();
+        let r = self.end.recv_into_vec(&mut buf, deadline, nonblocking);
+        let out = r.map(|()| decode(&buf));
+        if buf.capacity() <= 1 << 20 {
+            self.scratch.set(buf);
+        }
+        out
+    }
+}
 
+impl<C, M, W, L> End<C, M, W, L>
+where
+    C: Deref<Target = Control>,
+    M: Bytes,
+    W: Waiter,
+    L: Link,
+{
     /// Bytes published and unread, reloading the producer's tail only when the cache says fewer
     /// than `need`.
     #[inline]
@@ -132,17 +163,15 @@ impl Connection {
             return self.wait_rx_sleep(need, deadline, true);
         }
         let budget = self.spin.get();
-        for _ in 0..budget {
-            spin_hint();
+        let spun = spin::poll(budget, || {
             let avail = self.rx_avail(need)?;
-            if avail >= need {
-                let grown = budget.saturating_mul(2).max(SPIN_MIN);
-                self.spin.set(grown.min(self.settings.spin));
-                return Ok(avail);
-            }
-        }
+            Ok((avail >= need).then_some(avail))
+        })?;
         self.spin
-            .set((budget / 2).max(SPIN_MIN).min(self.settings.spin));
+            .set(spin::adapt(budget, spun.is_some(), self.settings.spin));
+        if let Some(avail) = spun {
+            return Ok(avail);
+        }
         self.wait_rx_sleep(need, deadline, false)
     }
 
@@ -166,7 +195,7 @@ impl Connection {
         loop {
             let mut hung_up = false;
             let bits = if fd_mode {
-                hung_up = os::drain(self.sock());
+                hung_up = self.link.drain();
                 ARMED
             } else if nonblocking {
                 0
@@ -190,7 +219,7 @@ impl Connection {
             }
             if hung_up
                 || self.closed_flag()
-                || ((check_hup || expected & GONE != 0) && os::hung_up(self.sock()))
+                || ((check_hup || expected & GONE != 0) && self.link.hung_up())
             {
                 // Everything the peer published before dying or closing is visible now.
                 let tail = ring::load_tail(ring);
@@ -212,9 +241,9 @@ impl Connection {
                 return Err(Fail::Timeout);
             }
             if fd_mode {
-                os::poll_one(self.sock(), remaining);
+                self.link.sleep(remaining);
             } else {
-                let outcome = futex::wait(
+                let outcome = self.waiter.wait(
                     &ring.rx_wait,
                     expected,
                     Some(Deadline::min_with(deadline, SLICE)),
@@ -238,7 +267,7 @@ impl Connection {
 
     #[cold]
     pub(crate) fn wake_tx_slow(&self) {
-        futex::wake(&self.rx_ring().tx_wait, 1);
+        self.waiter.wake(&self.rx_ring().tx_wait, 1);
     }
 
     /// Waits for the next message to be ready (its header, and the whole message if it fits in
@@ -306,19 +335,5 @@ impl Connection {
         buf.clear();
         buf.resize(len, 0);
         self.read_body(buf)
-    }
-
-    pub(crate) fn recv_value<T: DeserializeOwned>(
-        &self,
-        deadline: Option<Deadline>,
-        nonblocking: bool,
-    ) -> Result<Result<T, bincode::error::DecodeError>, Fail> {
-        let mut buf = self.scratch.take();
-        let r = self.recv_into_vec(&mut buf, deadline, nonblocking);
-        let out = r.map(|()| decode(&buf));
-        if buf.capacity() <= 1 << 20 {
-            self.scratch.set(buf);
-        }
-        out
     }
 }

@@ -1,18 +1,27 @@
 //! The send path: [`Connection::send`], [`Connection::send_bytes`] and
 //! [`Connection::send_bytes_quiet`], down to framing, streaming into the outgoing ring, waiting
-//! for space and waking the receiver.
+//! for space (spin, then futex sleep in slices) and waking the receiver. The part below
+//! `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
 
+use std::ops::Deref;
+
+#[cfg(not(loom))]
 use serde::Serialize;
 
-use ipc_sync::futex::{self, Deadline, WaitOutcome};
+use ipc_sync::{Deadline, WaitOutcome, Waiter};
 
+#[cfg(not(loom))]
 use crate::codec::config;
-use crate::connection::{Connection, SLICE};
+#[cfg(not(loom))]
+use crate::connection::Connection;
+use crate::end::{End, Link, SLICE};
 use crate::error::{Fail, SendError};
-use crate::os;
-use crate::ring::{self, ARMED, GONE, HEADER, SLEEP};
-use crate::sync::{Ordering, spin_hint};
+use crate::ring::{self, ARMED, Control, GONE, HEADER, SLEEP};
+use crate::slots::Bytes;
+use crate::spin;
+use crate::sync::Ordering;
 
+#[cfg(not(loom))]
 impl Connection {
     /// for the message (a message larger than the ring is streamed as the receiver reads it).
     ///
@@ -34,8 +43,8 @@ impl Connection {
         let mut buf = self.scratch.take();
         buf.clear();
         let result = match bincode::serde::encode_into_std_write(value, &mut buf, config()) {
-            Ok(_) => match self.check_send_len(buf.len()) {
-                Ok(head) => self.send_frame(head, &buf, false),
+            Ok(_) => match self.end.check_send_len(buf.len()) {
+                Ok(head) => self.end.send_frame(head, &buf, false),
                 Err(e) => Err(e),
             },
             Err(e) => Err(SendError::Encode(e)),
@@ -57,8 +66,8 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
-        let head = self.check_send_len(bytes.len())?;
-        self.send_frame(head, bytes, false)
+        let head = self.end.check_send_len(bytes.len())?;
+        self.end.send_frame(head, bytes, false)
     }
 
     /// Like [`send_bytes`](Connection::send_bytes), but does not wake a receiver that sleeps:
@@ -77,12 +86,18 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn send_bytes_quiet(&self, bytes: &[u8]) -> Result<(), SendError> {
-        let head = self.check_send_len(bytes.len())?;
-        self.send_frame(head, bytes, true)
+        let head = self.end.check_send_len(bytes.len())?;
+        self.end.send_frame(head, bytes, true)
     }
+}
 
-    // ----- producer side -----
-
+impl<C, M, W, L> End<C, M, W, L>
+where
+    C: Deref<Target = Control>,
+    M: Bytes,
+    W: Waiter,
+    L: Link,
+{
     #[inline]
     pub(crate) fn publish_tx(&self) {
         let bits = ring::publish_tail(self.tx_ring(), self.tx_tail.get());
@@ -106,10 +121,10 @@ impl Connection {
     #[cold]
     pub(crate) fn wake_rx_slow(&self, bits: u32) {
         if bits & SLEEP != 0 {
-            futex::wake(&self.tx_ring().rx_wait, 1);
+            self.waiter.wake(&self.tx_ring().rx_wait, 1);
         }
         if bits & ARMED != 0 {
-            os::send_byte(self.sock());
+            self.link.notify();
         }
     }
 
@@ -131,13 +146,11 @@ impl Connection {
     /// Waits until at least `need` bytes are free (spinning, then sleeping in slices).
     #[cold]
     pub(crate) fn wait_tx_slow(&self, need: u64) -> Result<u64, Fail> {
-        let limit = self.spin.get();
-        for _ in 0..limit {
-            spin_hint();
+        if let Some(free) = spin::poll(self.spin.get(), || {
             let free = self.tx_free(need)?;
-            if free >= need {
-                return Ok(free);
-            }
+            Ok((free >= need).then_some(free))
+        })? {
+            return Ok(free);
         }
         let ring = self.tx_ring();
         // As in `wait_rx_slow`: the hang-up system call only after a slice timed out or when
@@ -154,12 +167,12 @@ impl Connection {
                 ring.tx_wait.fetch_and(!SLEEP, Ordering::Relaxed);
                 return Ok(free);
             }
-            if self.closed_flag()
-                || ((check_hup || expected & GONE != 0) && os::hung_up(self.sock()))
-            {
+            if self.closed_flag() || ((check_hup || expected & GONE != 0) && self.link.hung_up()) {
                 return Err(Fail::Disconnected);
             }
-            let outcome = futex::wait(&ring.tx_wait, expected, Some(Deadline::after(SLICE)));
+            let outcome = self
+                .waiter
+                .wait(&ring.tx_wait, expected, Some(Deadline::after(SLICE)));
             check_hup = outcome == WaitOutcome::TimedOut;
             if check_hup {
                 self.check_owner()?;
