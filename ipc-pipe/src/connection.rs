@@ -1,9 +1,11 @@
-//! [`Connection`]: one end of a pipe, its state, its checks (owner, closed, poisoned) and its
-//! hang-up on drop. The send path is in `tx.rs`, the receive path in `rx.rs`, readiness in
-//! `readiness.rs`, passing an end to another process in `inherit.rs`.
+//! [`Connection`]: one end of a pipe over a shared segment: attaching it (validating the
+//! control block), closing, releasing and dropping it. The send path is in `tx.rs`, the receive
+//! path in `rx.rs`, readiness in `readiness.rs`, passing an end to another process in
+//! `inherit.rs`.
 //!
-//! An end ([`Connection`]) holds the shared segment (an `Arc`, so both ends of a pipe made in
-//! one process share one mapping), its own socket of the pipe's socketpair, and private copies
+//! A `Connection` holds the shared segment (an `Arc`, so both ends of a pipe made in one
+//! process share one mapping) and its protocol state, an `End` (see `end.rs`) over that
+//! segment, the shared futex and its own socket of the pipe's socketpair, with private copies
 //! of the counters it owns (the tail of its outgoing ring, the head of its incoming ring).
 //!
 //! # Waiting
@@ -12,14 +14,15 @@
 //! `spin.rs`), then sleeps, in one of two ways:
 //!
 //! - **futex mode** (default): it sets `SLEEP` in the ring's `rx_wait` word and waits on that
-//!   word with the shared futex of `ipc_sync::futex`, in slices of [`SLICE`]; between slices it
-//!   checks its socket for hang-up, so a peer killed by `SIGKILL` (which cannot wake anyone) is
-//!   noticed within one slice. A clean drop or close of the peer wakes it at once.
+//!   word with the shared futex of `ipc_sync::futex`, in slices of `SLICE` (20 ms, `end.rs`);
+//!   between slices it checks its socket for hang-up, so a peer killed by `SIGKILL` (which
+//!   cannot wake anyone) is noticed within one slice. A clean drop or close of the peer wakes
+//!   it at once.
 //! - **fd mode** (after [`Connection::set_pollable`], `as_fd`/`as_raw_fd` or
-//!   [`wait`](crate::wait)): it
-//!   sets `ARMED` and sleeps in `poll(2)` on its socket. The sender writes one byte to the socket
-//!   when it finds `ARMED`, and the kernel reports hang-up of a dead peer on the same socket, so
-//!   no slicing is needed and the fd can be handed to epoll/mio/tokio.
+//!   [`wait`](crate::wait)): it sets `ARMED` and sleeps in `poll(2)` on its socket. The sender
+//!   writes one byte to the socket when it finds `ARMED`, and the kernel reports hang-up of a
+//!   dead peer on the same socket, so no slicing is needed and the fd can be handed to
+//!   epoll/mio/tokio.
 //!
 //! Why both, and why slices: measured on the reference VM (64-byte round trip, both peers
 //! asleep, `cargo bench -p benches --bench ipc_pipe_connection`), futex mode took 5.4-6.7 us

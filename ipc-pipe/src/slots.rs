@@ -180,6 +180,36 @@ impl Bytes for ModelBytes {
     }
 }
 
+/// One conformance body for every [`Bytes`] backend of 64 bytes: copies that wrap, that fill
+/// the whole area, and that start at huge positions land where the ring protocol expects.
+#[cfg(test)]
+fn conformance(bytes: &impl Bytes) {
+    assert_eq!(bytes.cap(), 64);
+    let data: Vec<u8> = (0..40).collect();
+    bytes.copy_in(1_000_000_030, &data); // starts at 30 % 64 ... wraps at 64
+    let mut out = vec![0u8; 40];
+    bytes.copy_out(1_000_000_030, &mut out);
+    assert_eq!(out, data);
+    // The wrapped part is at the start of the area.
+    let mut start = [0u8; 6];
+    bytes.copy_out(64, &mut start);
+    assert_eq!(start, [34, 35, 36, 37, 38, 39]);
+    // A whole-area copy at an unaligned position.
+    let full: Vec<u8> = (100..164).collect();
+    bytes.copy_in(u64::MAX - 9, &full);
+    let mut back = vec![0u8; 64];
+    bytes.copy_out(u64::MAX - 9, &mut back);
+    assert_eq!(back, full);
+}
+
+#[cfg(all(test, loom))]
+mod loom_conformance {
+    #[test]
+    fn model_bytes_conform() {
+        loom::model(|| super::conformance(&super::ModelBytes::new(64)));
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -199,5 +229,11 @@ mod tests {
         let mut out = vec![0u8; 40];
         slots.copy_out(1_000_000_030, &mut out);
         assert_eq!(out, data);
+    }
+
+    #[test]
+    fn shared_memory_slots_conform() {
+        let seg = Arc::new(SegmentBuilder::new(256).create().unwrap());
+        conformance(&Slots::new(seg, 128, 64).unwrap());
     }
 }
