@@ -5,8 +5,10 @@
 //!
 //! What they check: no lost wake-up when a message is handed to a sleeping receiver; the ring
 //! full/empty hand-offs of a message larger than the ring (both sides sleep and wake each
-//! other); a receiver asleep when its peer closes, and a sender asleep on a full ring when its
-//! peer is dropped, both end with `Disconnected` (a hang shows up as a loom deadlock). The ends
+//! other); a receiver asleep when its peer closes or is dropped, and a sender asleep on a full
+//! ring when its peer is dropped, end with `Disconnected`; a receiver whose peer was killed
+//! (socket closed, nobody wakes it) notices at the end of a futex slice. A hang shows up as a
+//! loom deadlock. The ends
 //! never spin (spin limit 0), so every wait goes through the futex slow path; fd mode (a
 //! `poll(2)` on the socket) is not modelled.
 //!
@@ -173,5 +175,41 @@ fn drop_wakes_a_sender_waiting_for_space() {
         let r = send(&a, &[0u8; 64]);
         assert!(matches!(r, Err(SendError::Disconnected)), "{r:?}");
         dropper.join().unwrap();
+    });
+}
+
+/// A receiver asleep when its peer's handle is dropped without `close` (the peer's socket
+/// closes, `GONE` wakes the receiver): it gets what was sent, then `Disconnected`.
+#[test]
+fn drop_wakes_a_sleeping_receiver() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let dropper = thread::spawn(move || {
+            send(&a, &[9]).unwrap();
+            drop_end(a);
+        });
+        assert_eq!(recv(&b).unwrap(), [9]);
+        assert!(matches!(recv(&b), Err(Fail::Disconnected)));
+        dropper.join().unwrap();
+    });
+}
+
+/// A sender killed by `SIGKILL` cannot set `GONE` or wake anyone: only its socket closes. The
+/// receiver, asleep in a futex slice, notices the hang-up when the slice times out. (The loom
+/// futex lets time pass once, so the message is sent with a wake-up and only the wait for the
+/// next one needs the timeout.)
+#[test]
+fn sigkilled_sender_is_noticed_after_a_slice() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let killed = thread::spawn(move || {
+            send(&a, &[5]).unwrap();
+            // The kernel closes the dead process's socket; time passes for the sleeper.
+            a.link.mine.store(true, Ordering::SeqCst);
+            ipc_sync::waiter::loom_time_passes();
+        });
+        assert_eq!(recv(&b).unwrap(), [5]);
+        assert!(matches!(recv(&b), Err(Fail::Disconnected)));
+        killed.join().unwrap();
     });
 }
