@@ -15,9 +15,10 @@
 //!   `SIGKILL`), receiving returns every message already sent and then
 //!   [`RecvError::Disconnected`]; a send that has to wait returns [`SendError::Disconnected`].
 //!   Never a hang.
-//! - Readiness: each end's descriptor ([`AsFd`](std::os::fd::AsFd)) becomes readable when a
-//!   message arrives and when the peer hangs up, for poll/epoll/mio/tokio; [`wait`] waits on
-//!   several ends like `multiprocessing.connection.wait`.
+//! - Readiness: after [`Connection::set_pollable`], each end's descriptor
+//!   ([`Connection::readiness_fd`]) becomes readable when a message arrives and when the peer
+//!   hangs up, for poll/epoll/mio/tokio; [`wait`] waits on several ends like
+//!   `multiprocessing.connection.wait`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -43,7 +44,30 @@
 //! one per direction (256 KiB each by default, [`PipeBuilder::capacity`]). Messages are framed
 //! `[u64 length][bytes]` and wrap around the ring; the ring protocol, its state table and its
 //! memory ordering are documented in the `ring` module (see the source), and model-checked
-//! with loom.
+//! with loom: the models in `model.rs` drive the real send and receive paths, which are
+//! generic over the waiter (`ipc_sync::Waiter`: the shared futex in production, loom's model
+//! under `--cfg loom`) like `ipc-queue`'s core.
+//!
+//! ## Source map
+//!
+//! A data path reads downward, from the public API to the shared bytes:
+//!
+//! | file            | concept                                                             |
+//! |-----------------|---------------------------------------------------------------------|
+//! | `builder.rs`    | [`PipeBuilder`], [`pipe`], [`channel`]: segment + socketpair        |
+//! | `connection.rs` | [`Connection`]: attach (validation), close, release, drop           |
+//! | `tx.rs`         | send path: `send*` -> framing -> streaming -> wait for space        |
+//! | `rx.rs`         | receive path: `recv*` -> wait for a message -> copy out -> free     |
+//! | `readiness.rs`  | futex/fd mode switch, readiness fd, `poll`, [`wait`]                |
+//! | `channel.rs`    | [`Sender`], [`Receiver`]                                            |
+//! | `inherit.rs`    | passing an end across `exec` or as raw descriptors                  |
+//! | `end.rs`        | `End<C, M, W, L>`: one end's state, generic over memory and waiter  |
+//! | `ring.rs`       | the shared control block and the ring/wake protocol (state table)   |
+//! | `slots.rs`      | the rings' bytes: shared-memory and (loom) heap backends            |
+//! | `spin.rs`       | the adaptive spin before sleeping                                   |
+//! | `codec.rs`      | bincode configuration and decode limit                              |
+//! | `os.rs`         | socketpair, `poll`, pids: the production link of an end             |
+//! | `model.rs`      | loom models of the real send/receive paths                          |
 //!
 //! Each end also owns one end of a Unix socketpair. The kernel tracks it: when every copy of
 //! the peer's socket is closed, which happens when its process dies whatever the cause, the
@@ -53,8 +77,8 @@
 //! spin round trip), then sleep. Sleep is a shared futex wait in 20 ms slices with a hang-up
 //! check between slices (**futex mode**, the default: the cheapest wake-up, and a killed peer
 //! is noticed within one slice; a dropped or closed peer wakes the sleeper at once), or, once
-//! the end's fd has been asked for, `poll(2)` on the socket, to which the sender writes one
-//! byte when the receiver is armed (**fd mode**: what makes the fd usable in an event loop;
+//! the end was switched with [`Connection::set_pollable`], `poll(2)` on the socket, to which
+//! the sender writes one byte when the receiver is armed (**fd mode**: what makes the fd usable in an event loop;
 //! hang-up wakes it at once). Either way the sender makes no system call when the receiver is
 //! not asleep: the wake-up is skipped unless the receiver's wait word says it sleeps.
 //!
@@ -67,7 +91,9 @@
 //!
 //! # Readiness fd contract
 //!
-//! The fd of an end (from `as_fd`/`as_raw_fd`, which switch the end to fd mode) is readable
+//! The fd of an end in fd mode ([`Connection::set_pollable`], then
+//! [`Connection::readiness_fd`]; `as_fd`/`as_raw_fd` do both, a side effect kept for existing
+//! callers and deprecated) is readable
 //! whenever a message has arrived since this end last found its incoming ring empty, and when
 //! the peer hangs up. That is edge-style readiness, as with mio or tokio's `AsyncFd`: after the
 //! fd fires, receive with [`Connection::try_recv`] until it returns `Empty` (that drains the fd
@@ -108,24 +134,47 @@
 //!   `kill(pid, 0)`, all without `unsafe`.
 //! - `serde` + `bincode` (2.x, serde mode): the message encoding of `send`/`recv`.
 //! - `thiserror`: `Display` and `source` of the error enums.
-//! - `loom` (only under `--cfg loom`): model checking of the wake-up protocol.
+//! - `loom` (only under `--cfg loom`): model checking of the send and receive paths.
 #![deny(unsafe_code)]
+// Under `--cfg loom` the crate builds only the protocol (`end`, `tx`, `rx`, `ring`, `slots`) and
+// its models; the test-support self dev-dependency also builds that reduced library without the
+// models, where nothing uses it.
+#![cfg_attr(loom, allow(dead_code))]
 
 #[cfg(not(loom))]
-mod conn;
+mod builder;
 #[cfg(not(loom))]
+mod channel;
+#[cfg(not(loom))]
+mod codec;
+#[cfg(not(loom))]
+mod connection;
+mod end;
 mod error;
 #[cfg(not(loom))]
-mod os;
-mod ring;
+mod inherit;
+#[cfg(all(test, loom))]
+mod model;
 #[cfg(not(loom))]
+mod os;
+#[cfg(not(loom))]
+mod readiness;
+mod ring;
+mod rx;
 mod slots;
+mod spin;
 mod sync;
+mod tx;
 
 #[cfg(not(loom))]
-pub use conn::{Connection, PipeBuilder, Receiver, Sender, Waitable, channel, pipe, wait};
+pub use builder::{PipeBuilder, channel, pipe};
 #[cfg(not(loom))]
+pub use channel::{Receiver, Sender};
+#[cfg(not(loom))]
+pub use connection::Connection;
 pub use error::{
     Corruption, OpenError, PassError, PipeError, PollError, RecvError, RecvIntoError,
     RecvTimeoutError, SendError, TryRecvError,
 };
+#[cfg(not(loom))]
+pub use readiness::{Waitable, wait};

@@ -1,5 +1,6 @@
 //! The operating-system calls of the crate (all through `rustix`, no `unsafe` here): the
-//! socketpair that tracks peer death and carries readiness bytes, `poll`, and `getpid`.
+//! socketpair that tracks peer death and carries readiness bytes, `poll`, and `getpid`; and
+//! [`Socket`], the production [`Link`] of an end.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -8,6 +9,8 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+
+use crate::end::Link;
 
 /// A connected pair of Unix stream sockets, close-on-exec and non-blocking.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -102,4 +105,55 @@ pub(crate) fn process_exists(pid: u32) -> bool {
         return false;
     };
     !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
+}
+
+/// An end's socket of the pipe's socketpair: the kernel reports the peer's hang-up on it, and in
+/// fd mode it carries readiness bytes. Taken (closed) when the end is dropped or released.
+#[derive(Debug)]
+pub(crate) struct Socket(Option<OwnedFd>);
+
+impl Socket {
+    /// Wraps an end's socket.
+    pub(crate) fn new(fd: OwnedFd) -> Socket {
+        Socket(Some(fd))
+    }
+
+    /// The descriptor.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.0
+            .as_ref()
+            .expect("the socket is only taken in drop, release and into_raw_parts")
+            .as_fd()
+    }
+
+    /// Takes the descriptor out (the end is going away).
+    pub(crate) fn take(&mut self) -> Option<OwnedFd> {
+        self.0.take()
+    }
+}
+
+impl Link for Socket {
+    fn hung_up(&self) -> bool {
+        hung_up(self.fd())
+    }
+
+    fn drain(&self) -> bool {
+        drain(self.fd())
+    }
+
+    fn notify(&self) {
+        send_byte(self.fd())
+    }
+
+    fn sleep(&self, timeout: Option<Duration>) {
+        poll_one(self.fd(), timeout);
+    }
+
+    fn pid(&self) -> u32 {
+        pid()
+    }
+
+    fn process_exists(&self, pid: u32) -> bool {
+        process_exists(pid)
+    }
 }

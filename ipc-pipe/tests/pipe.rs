@@ -576,3 +576,41 @@ fn quiet_messages_survive_the_senders_death() {
     assert!(matches!(a.recv_bytes(), Err(RecvError::Disconnected)));
     assert_eq!(child.wait().signal(), Some(9));
 }
+
+#[test]
+fn explicit_pollable_switch_and_side_effect_free_fd() {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    let readable = |c: &Connection| {
+        let mut fds = [PollFd::new(c.readiness_fd(), PollFlags::POLLIN)];
+        nix::poll::poll(&mut fds, PollTimeout::ZERO).unwrap() > 0
+    };
+
+    // `readiness_fd` alone leaves the end in futex mode: a message does not make it readable.
+    let (a, b) = pipe().unwrap();
+    let _ = b.readiness_fd();
+    assert!(!b.is_pollable());
+    a.send(&1u8).unwrap();
+    assert!(!readable(&b));
+    assert_eq!(b.recv::<u8>().unwrap(), 1);
+
+    // After `set_pollable` it does, and draining with `try_recv` re-arms it.
+    b.set_pollable();
+    assert!(b.is_pollable());
+    assert!(!readable(&b));
+    a.send(&2u8).unwrap();
+    assert!(readable(&b));
+    assert_eq!(b.try_recv::<u8>().unwrap(), 2);
+    assert!(matches!(b.try_recv::<u8>(), Err(TryRecvError::Empty)));
+    assert!(!readable(&b));
+
+    // The by-value form and the one-way receiver.
+    let (tx, rx) = ipc_pipe::channel().unwrap();
+    let rx = rx.pollable();
+    assert!(rx.is_pollable());
+    tx.send(&3u8).unwrap();
+    let mut fds = [PollFd::new(rx.readiness_fd(), PollFlags::POLLIN)];
+    assert_eq!(nix::poll::poll(&mut fds, PollTimeout::ZERO).unwrap(), 1);
+    assert_eq!(rx.try_recv::<u8>().unwrap(), 3);
+    let a = a.pollable();
+    assert!(a.is_pollable());
+}

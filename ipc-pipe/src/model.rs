@@ -1,0 +1,215 @@
+//! Loom models of the pipe's real send and receive paths (`tx.rs`, `rx.rs`): the same
+//! [`End`] code that ships, over heap memory ([`ModelBytes`]), loom's futex model (the
+//! [`Futex`] type is loom's model under `--cfg loom`) and a modelled link whose "socket" is a
+//! flag set when an end goes away.
+//!
+//! What they check: no lost wake-up when a message is handed to a sleeping receiver; the ring
+//! full/empty hand-offs of a message larger than the ring (both sides sleep and wake each
+//! other); a receiver asleep when its peer closes or is dropped, and a sender asleep on a full
+//! ring when its peer is dropped, end with `Disconnected`; a receiver whose peer was killed
+//! (socket closed, nobody wakes it) notices at the end of a futex slice. A hang shows up as a
+//! loom deadlock. The ends
+//! never spin (spin limit 0), so every wait goes through the futex slow path; fd mode (a
+//! `poll(2)` on the socket) is not modelled.
+//!
+//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p ipc-pipe --release --lib`.
+
+use loom::sync::Arc;
+use loom::sync::atomic::AtomicBool;
+use loom::thread;
+
+use ipc_sync::Futex;
+
+use crate::end::{End, Link, Settings};
+use crate::error::{Fail, SendError};
+use crate::ring::Control;
+use crate::slots::ModelBytes;
+use crate::sync::Ordering;
+
+/// The modelled socket of one end: hang-up is "the peer's flag is set".
+#[derive(Debug)]
+struct ModelLink {
+    mine: Arc<AtomicBool>,
+    peer: Arc<AtomicBool>,
+}
+
+impl Link for ModelLink {
+    fn hung_up(&self) -> bool {
+        self.peer.load(Ordering::SeqCst)
+    }
+
+    fn drain(&self) -> bool {
+        self.hung_up()
+    }
+
+    fn notify(&self) {}
+
+    fn sleep(&self, _timeout: Option<std::time::Duration>) {
+        thread::yield_now();
+    }
+
+    fn pid(&self) -> u32 {
+        1
+    }
+
+    fn process_exists(&self, _pid: u32) -> bool {
+        true
+    }
+}
+
+type ModelEnd = End<Arc<Control>, ModelBytes, Futex, ModelLink>;
+
+/// Two connected ends; ring 0 (end 0 -> end 1) holds `caps[0]` bytes, ring 1 `caps[1]`.
+fn pair(caps: [usize; 2]) -> (ModelEnd, ModelEnd) {
+    ipc_sync::waiter::loom_timeouts_fire(false);
+    let ctl = Arc::new(Control::new_model(caps));
+    let bytes = [ModelBytes::new(caps[0]), ModelBytes::new(caps[1])];
+    let flags = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
+    let settings = Settings {
+        spin: 0,
+        max_message: 1 << 20,
+    };
+    let link = |me: usize| ModelLink {
+        mine: flags[me].clone(),
+        peer: flags[1 - me].clone(),
+    };
+    let a = End::attach(
+        ctl.clone(),
+        0,
+        bytes[0].clone(),
+        bytes[1].clone(),
+        Futex,
+        link(0),
+        settings,
+    )
+    .unwrap();
+    let b = End::attach(
+        ctl,
+        1,
+        bytes[1].clone(),
+        bytes[0].clone(),
+        Futex,
+        link(1),
+        settings,
+    )
+    .unwrap();
+    (a, b)
+}
+
+/// What `Connection`'s drop does: close the socket, then say goodbye.
+fn drop_end(end: ModelEnd) {
+    end.link.mine.store(true, Ordering::SeqCst);
+    end.say_goodbye();
+}
+
+fn send(end: &ModelEnd, body: &[u8]) -> Result<(), SendError> {
+    let head = end.check_send_len(body.len())?;
+    end.send_frame(head, body, false)
+}
+
+fn recv(end: &ModelEnd) -> Result<Vec<u8>, Fail> {
+    let mut buf = Vec::new();
+    end.recv_into_vec(&mut buf, None, false)?;
+    Ok(buf)
+}
+
+/// A receiver that sleeps for a message is woken by the send (no lost wake-up), and gets the
+/// message whole.
+#[test]
+fn message_to_a_sleeping_receiver_is_not_lost() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let sender = thread::spawn(move || {
+            send(&a, &[1, 2, 3]).unwrap();
+            a
+        });
+        assert_eq!(recv(&b).unwrap(), [1, 2, 3]);
+        drop(sender.join().unwrap());
+    });
+}
+
+/// A message larger than the ring: the sender fills it and sleeps for space, the receiver
+/// copies out and sleeps for data, each waking the other, and the bytes arrive in order.
+#[test]
+fn message_larger_than_the_ring_is_handed_off() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let msg: Vec<u8> = (0..72).collect();
+        let expected = msg.clone();
+        let sender = thread::spawn(move || {
+            send(&a, &msg).unwrap();
+            a
+        });
+        assert_eq!(recv(&b).unwrap(), expected);
+        drop(sender.join().unwrap());
+    });
+}
+
+/// A receiver asleep on an empty ring when its peer closes (and drops) its end: woken, and
+/// `Disconnected` after the messages sent before.
+#[test]
+fn close_wakes_a_sleeping_receiver() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let closer = thread::spawn(move || {
+            send(&a, &[7]).unwrap();
+            a.close();
+            drop_end(a);
+        });
+        assert_eq!(recv(&b).unwrap(), [7]);
+        assert!(matches!(recv(&b), Err(Fail::Disconnected)));
+        closer.join().unwrap();
+    });
+}
+
+/// A sender asleep on a full ring when the receiver's end is dropped (its process dies or
+/// drops it without closing): woken by `GONE`, finds the hang-up, `Disconnected`.
+#[test]
+fn drop_wakes_a_sender_waiting_for_space() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let dropper = thread::spawn(move || drop_end(b));
+        let r = send(&a, &[0u8; 64]);
+        assert!(matches!(r, Err(SendError::Disconnected)), "{r:?}");
+        dropper.join().unwrap();
+    });
+}
+
+/// A receiver asleep when its peer's handle is dropped without `close` (the peer's socket
+/// closes, `GONE` wakes the receiver): it gets what was sent, then `Disconnected`.
+#[test]
+fn drop_wakes_a_sleeping_receiver() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let dropper = thread::spawn(move || {
+            send(&a, &[9]).unwrap();
+            drop_end(a);
+        });
+        assert_eq!(recv(&b).unwrap(), [9]);
+        assert!(matches!(recv(&b), Err(Fail::Disconnected)));
+        dropper.join().unwrap();
+    });
+}
+
+/// A sender killed by `SIGKILL` cannot set `GONE` or wake anyone: only its socket closes. The
+/// receiver, asleep in a futex slice, notices the hang-up when the slice times out. (The loom
+/// futex lets time pass once, so the message is sent with a wake-up and only the wait for the
+/// next one needs the timeout.)
+#[test]
+fn sigkilled_sender_is_noticed_after_a_slice() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let killed = thread::spawn(move || {
+            send(&a, &[5]).unwrap();
+            // The kernel closes the dead process's socket; time passes for the sleeper.
+            a.link.mine.store(true, Ordering::SeqCst);
+            ipc_sync::waiter::loom_time_passes();
+        });
+        assert_eq!(recv(&b).unwrap(), [5]);
+        assert!(matches!(recv(&b), Err(Fail::Disconnected)));
+        killed.join().unwrap();
+    });
+}

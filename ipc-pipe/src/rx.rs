@@ -1,0 +1,339 @@
+//! The receive path: [`Connection::recv`] and friends, down to waiting for a message (spin,
+//! then futex or fd sleep), copying it out of the incoming ring and freeing the space. The part
+//! below `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
+
+use std::ops::Deref;
+use std::time::Duration;
+
+#[cfg(not(loom))]
+use serde::de::DeserializeOwned;
+
+use ipc_sync::{Deadline, WaitOutcome, Waiter};
+
+#[cfg(not(loom))]
+use crate::codec::decode;
+#[cfg(not(loom))]
+use crate::connection::Connection;
+use crate::end::{End, Link, SLICE};
+use crate::error::Fail;
+#[cfg(not(loom))]
+use crate::error::{RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
+use crate::ring::{self, ARMED, Control, Corruption, GONE, HEADER, SLEEP};
+use crate::slots::Bytes;
+use crate::spin;
+use crate::sync::Ordering;
+
+#[cfg(not(loom))]
+impl Connection {
+    /// Receives the next message and deserialises it as `T`, waiting as long as it takes (or
+    /// until the other end is gone: then every message already sent is received first, and
+    /// [`RecvError::Disconnected`] follows).
+    pub fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
+        Ok(self.recv_value(None, false)??)
+    }
+
+    /// Like [`recv`](Connection::recv), but gives up with [`RecvTimeoutError::Timeout`] if no
+    /// message has begun to arrive within `timeout`. (A message larger than the ring that has
+    /// begun streaming is waited for to its end, or to the sender's death.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (a, _b) = ipc_pipe::pipe()?;
+    /// let r = a.recv_timeout::<u32>(Duration::from_millis(10));
+    /// assert!(matches!(r, Err(ipc_pipe::RecvTimeoutError::Timeout)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_timeout<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+    ) -> Result<T, RecvTimeoutError> {
+        Ok(self.recv_value(Some(Deadline::after(timeout)), false)??)
+    }
+
+    /// Receives a message if one is waiting, without blocking.
+    ///
+    /// After the readiness fd of this end became readable, call it until it returns
+    /// [`TryRecvError::Empty`]: that also re-arms the fd.
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Result<T, TryRecvError> {
+        Ok(self.recv_value(None, true)??)
+    }
+
+    /// Like [`recv_bytes`](Connection::recv_bytes), but gives up with
+    /// [`RecvTimeoutError::Timeout`] if no message has begun to arrive within `timeout`.
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
+        let mut buf = Vec::new();
+        self.end
+            .recv_into_vec(&mut buf, Some(Deadline::after(timeout)), false)?;
+        Ok(buf)
+    }
+
+    /// Receives the next message as bytes (any message: one sent by
+    /// [`send_bytes`](Connection::send_bytes) gives back exactly its bytes).
+    pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        let mut buf = Vec::new();
+        self.end.recv_into_vec(&mut buf, None, false)?;
+        Ok(buf)
+    }
+
+    /// Receives the next message into `buf`, returning its length. If `buf` is too short the
+    /// message stays in the pipe and [`RecvIntoError::BufferTooSmall`] says how long it is.
+    ///
+    /// ```
+    /// let (a, b) = ipc_pipe::pipe()?;
+    /// a.send_bytes(b"hello")?;
+    /// let mut small = [0u8; 2];
+    /// assert!(matches!(
+    ///     b.recv_bytes_into(&mut small),
+    ///     Err(ipc_pipe::RecvIntoError::BufferTooSmall { needed: 5 })
+    /// ));
+    /// let mut buf = [0u8; 64];
+    /// let n = b.recv_bytes_into(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvIntoError> {
+        let len = self.end.wait_message(None, false)?;
+        if len > buf.len() {
+            return Err(RecvIntoError::BufferTooSmall { needed: len });
+        }
+        self.end.read_body(&mut buf[..len])?;
+        Ok(len)
+    }
+
+    pub(crate) fn recv_value<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<Result<T, bincode::error::DecodeError>, Fail> {
+        let mut buf = self.scratch.take();
+        let r = self.end.recv_into_vec(&mut buf, deadline, nonblocking);
+        let out = r.map(|()| decode(&buf));
+        if buf.capacity() <= 1 << 20 {
+            self.scratch.set(buf);
+        }
+        out
+    }
+}
+
+impl<C, M, W, L> End<C, M, W, L>
+where
+    C: Deref<Target = Control>,
+    M: Bytes,
+    W: Waiter,
+    L: Link,
+{
+    /// Bytes published and unread, reloading the producer's tail only when the cache says fewer
+    /// than `need`.
+    #[inline]
+    pub(crate) fn rx_avail(&self, need: u64) -> Result<u64, Fail> {
+        let head = self.rx_head.get();
+        let avail = self.rx_tail_cache.get().wrapping_sub(head);
+        if avail >= need {
+            return Ok(avail);
+        }
+        let tail = self.rx_ring().tail.load(Ordering::Acquire);
+        let avail = ring::validate_avail(tail, head, self.rx.cap())?;
+        self.rx_tail_cache.set(tail);
+        Ok(avail)
+    }
+
+    /// Waits until at least `need` (<= cap) bytes are readable.
+    #[inline]
+    pub(crate) fn wait_rx(
+        &self,
+        need: u64,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<u64, Fail> {
+        let avail = self.rx_avail(need)?;
+        if avail >= need {
+            return Ok(avail);
+        }
+        self.wait_rx_slow(need, deadline, nonblocking)
+    }
+
+    #[cold]
+    pub(crate) fn wait_rx_slow(
+        &self,
+        need: u64,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<u64, Fail> {
+        if nonblocking {
+            return self.wait_rx_sleep(need, deadline, true);
+        }
+        let budget = self.spin.get();
+        let spun = spin::poll(budget, || {
+            let avail = self.rx_avail(need)?;
+            Ok((avail >= need).then_some(avail))
+        })?;
+        self.spin
+            .set(spin::adapt(budget, spun.is_some(), self.settings.spin));
+        if let Some(avail) = spun {
+            return Ok(avail);
+        }
+        self.wait_rx_sleep(need, deadline, false)
+    }
+
+    /// Sleeps until `need` bytes are readable (see [`Connection::wait_rx_slow`]).
+    pub(crate) fn wait_rx_sleep(
+        &self,
+        need: u64,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<u64, Fail> {
+        let ring = self.rx_ring();
+        let fd_mode = self.fd_mode.get();
+        // Hang-up of a killed peer costs a system call to check, so it is checked only where it
+        // could otherwise go unnoticed: in non-blocking calls, after a futex slice timed out,
+        // and when a handle of the peer was dropped (`GONE`). A clean close is a flag (free to
+        // read); in fd mode the blocking `poll` reports hang-up itself (`drain` then sees EOF).
+        let mut check_hup = nonblocking;
+        if nonblocking {
+            self.check_owner()?;
+        }
+        loop {
+            let mut hung_up = false;
+            let bits = if fd_mode {
+                hung_up = self.link.drain();
+                ARMED
+            } else if nonblocking {
+                0
+            } else {
+                SLEEP
+            };
+            let expected = if bits != 0 {
+                ring::arm_rx(ring, bits)
+            } else {
+                ring.rx_wait.load(Ordering::Relaxed)
+            };
+            let tail = ring::load_tail(ring);
+            let head = self.rx_head.get();
+            let avail = ring::validate_avail(tail, head, self.rx.cap())?;
+            self.rx_tail_cache.set(tail);
+            if avail >= need {
+                if bits == SLEEP {
+                    ring.rx_wait.fetch_and(!SLEEP, Ordering::Relaxed);
+                }
+                return Ok(avail);
+            }
+            if hung_up
+                || self.closed_flag()
+                || ((check_hup || expected & GONE != 0) && self.link.hung_up())
+            {
+                // Everything the peer published before dying or closing is visible now.
+                let tail = ring::load_tail(ring);
+                let avail = ring::validate_avail(tail, head, self.rx.cap())?;
+                self.rx_tail_cache.set(tail);
+                if avail >= need {
+                    return Ok(avail);
+                }
+                return Err(Fail::Disconnected);
+            }
+            if nonblocking {
+                return Err(Fail::Empty);
+            }
+            let remaining = deadline.map(|d| d.remaining());
+            if remaining == Some(Duration::ZERO) {
+                if bits == SLEEP {
+                    ring.rx_wait.fetch_and(!SLEEP, Ordering::Relaxed);
+                }
+                return Err(Fail::Timeout);
+            }
+            if fd_mode {
+                self.link.sleep(remaining);
+            } else {
+                let outcome = self.waiter.wait(
+                    &ring.rx_wait,
+                    expected,
+                    Some(Deadline::min_with(deadline, SLICE)),
+                );
+                check_hup = outcome == WaitOutcome::TimedOut;
+                if check_hup {
+                    self.check_owner()?;
+                }
+            }
+        }
+    }
+
+    /// Publishes the consumer's head and wakes a producer waiting for space.
+    #[inline]
+    pub(crate) fn publish_rx(&self) {
+        let bits = ring::publish_head(self.rx_ring(), self.rx_head.get());
+        if bits & SLEEP != 0 {
+            self.wake_tx_slow();
+        }
+    }
+
+    #[cold]
+    pub(crate) fn wake_tx_slow(&self) {
+        self.waiter.wake(&self.rx_ring().tx_wait, 1);
+    }
+
+    /// Waits for the next message to be ready (its header, and the whole message if it fits in
+    /// the ring) and returns its length, without consuming anything.
+    pub(crate) fn wait_message(
+        &self,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<usize, Fail> {
+        self.check_broken()?;
+        self.wait_rx(HEADER as u64, deadline, nonblocking)?;
+        let mut h = [0u8; HEADER];
+        self.rx.copy_out(self.rx_head.get(), &mut h);
+        let len = u64::from_le_bytes(h);
+        let max = self.settings.max_message;
+        if len > max as u64 {
+            // We cannot tell a real oversized message from garbage: stop reading this stream.
+            self.poison(Fail::Corrupted(Corruption {
+                what: "message length (exceeds max_message_size)",
+                value: len,
+            }));
+            return Err(Fail::TooLarge { len, max });
+        }
+        // A message that fits is waited for whole (so `try_recv` and timeouts never stop half-way
+        // through one); a larger one is streamed from its first bytes.
+        let whole = HEADER as u64 + len;
+        if whole <= self.rx.cap() as u64 {
+            self.wait_rx(whole, deadline, nonblocking)?;
+        }
+        Ok(len as usize)
+    }
+
+    /// Consumes the message whose length `wait_message` returned, into `dst` (of that length).
+    pub(crate) fn read_body(&self, dst: &mut [u8]) -> Result<(), Fail> {
+        let mut head = self.rx_head.get().wrapping_add(HEADER as u64);
+        self.rx_head.set(head);
+        let mut dst = dst;
+        while !dst.is_empty() {
+            let mut avail = self.rx_tail_cache.get().wrapping_sub(head);
+            if avail == 0 {
+                self.publish_rx();
+                avail = self.wait_rx(1, None, false).map_err(|f| self.poison(f))?;
+            }
+            let n = dst.len().min(avail as usize).min(self.rx.cap());
+            let (now, rest) = dst.split_at_mut(n);
+            self.rx.copy_out(head, now);
+            head = head.wrapping_add(n as u64);
+            self.rx_head.set(head);
+            dst = rest;
+            if !dst.is_empty() {
+                self.publish_rx();
+            }
+        }
+        self.publish_rx();
+        Ok(())
+    }
+
+    pub(crate) fn recv_into_vec(
+        &self,
+        buf: &mut Vec<u8>,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<(), Fail> {
+        let len = self.wait_message(deadline, nonblocking)?;
+        buf.clear();
+        buf.resize(len, 0);
+        self.read_body(buf)
+    }
+}
