@@ -8,3 +8,6 @@
 pub(crate) mod codec;
 pub(crate) mod protocol;
 pub(crate) mod transport;
+
+#[cfg(test)]
+mod garbage_tests;
