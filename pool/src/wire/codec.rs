@@ -51,6 +51,9 @@ impl fmt::Display for CodecEncodeError {
     }
 }
 
+/// Its `Display` already says everything (see the module docs), so it has no `source()`.
+impl Error for CodecEncodeError {}
+
 /// Equal when the codec reported the same failure (bincode's errors are not comparable, their
 /// messages are).
 impl PartialEq for CodecEncodeError {
