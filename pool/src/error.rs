@@ -11,7 +11,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::wire::codec::CodecError;
+use crate::wire::codec::{CodecDecodeError, CodecEncodeError};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -185,24 +185,30 @@ impl PartialEq for OsError {
 
 impl Eq for OsError {}
 
-/// A value that could not be encoded (bincode over serde); the encoder's message is its
-/// `Display`.
+/// A value that could not be encoded (bincode over serde, the workspace's one codec).
+///
+/// Its `source()` is the codec's own error, an [`ipc_shm::codec::EncodeError`] (whose `source()` in turn is bincode's, when bincode or the value's `Serialize` refused it).
+/// Two `EncodeError`s are equal when the codec reported the same failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodeError(CodecError);
+pub struct EncodeError(CodecEncodeError);
 
 impl EncodeError {
-    pub(crate) fn new(e: CodecError) -> EncodeError {
+    pub(crate) fn new(e: CodecEncodeError) -> EncodeError {
         EncodeError(e)
     }
 }
 
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        f.write_str("the value could not be encoded")
     }
 }
 
-impl Error for EncodeError {}
+impl Error for EncodeError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(self.0.as_source())
+    }
+}
 
 /// Why a [`PoolBuilder`](crate::PoolBuilder) (or a
 /// [`ProcessBuilder`](crate::ProcessBuilder)) refused its settings.
@@ -245,9 +251,9 @@ pub(crate) enum SpawnErrorKind {
     /// The worker exited before greeting the pool.
     ExitedAtStartup(Option<Exit>),
     /// The worker's greeting did not decode (or was not a greeting).
-    BadGreeting(Option<CodecError>),
+    BadGreeting(Option<CodecDecodeError>),
     /// A start-up message could not be encoded.
-    Encode(CodecError),
+    Encode(CodecEncodeError),
     /// The worker died before its initializer could be sent.
     DiedBeforeInitializer,
     /// The worker answered the initializer with something else than its outcome.
@@ -310,8 +316,8 @@ impl Error for SpawnError {
             SpawnErrorKind::PipeCreate(e) => Some(&**e),
             SpawnErrorKind::PipePass(e) => Some(&**e),
             SpawnErrorKind::PipeOpen(e) => Some(&**e),
-            SpawnErrorKind::BadGreeting(e) => e.as_ref().map(|e| e as &(dyn Error + 'static)),
-            SpawnErrorKind::Encode(e) => Some(e),
+            SpawnErrorKind::BadGreeting(e) => e.as_ref().map(CodecDecodeError::as_source),
+            SpawnErrorKind::Encode(e) => Some(e.as_source()),
             SpawnErrorKind::ForkServerStart(e) | SpawnErrorKind::ForkServerFork(e) => Some(&**e),
             SpawnErrorKind::StartupTimeout(_)
             | SpawnErrorKind::ExitedAtStartup(_)
@@ -354,10 +360,48 @@ mod tests {
         );
         assert!(spawn.to_string().starts_with("starting a worker failed"));
 
-        let encode = EncodeError::new(CodecError("bad".into()));
+        /// A value whose `Serialize` refuses.
+        struct Refused;
+        impl serde::Serialize for Refused {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("bad"))
+            }
+        }
+        let Err(codec_error) = crate::wire::codec::encode(&Refused) else {
+            panic!("Refused encoded");
+        };
+        let encode = EncodeError::new(codec_error);
         let config = PoolError::from(ConfigError::InitializerArgument(encode.clone()));
-        assert_eq!(config.source().map(|e| e.to_string()), Some("bad".into()));
+        assert_eq!(
+            config.source().map(|e| e.to_string()),
+            Some("the value could not be encoded".into())
+        );
+        // The codec's typed error is the next source, and bincode's (with the message) the one
+        // after: nothing was flattened into text.
+        let codec = config
+            .source()
+            .and_then(Error::source)
+            .expect("the codec's error");
+        assert!(matches!(
+            codec.downcast_ref::<ipc_shm::codec::EncodeError>(),
+            Some(ipc_shm::codec::EncodeError::Bincode(_))
+        ));
+        let bincode = codec.source().expect("bincode's error").to_string();
+        assert!(bincode.contains("bad"), "{bincode}");
         assert_eq!(config.clone(), config);
+
+        // A start-up frame that does not decode keeps the codec's typed error too.
+        let greeting: PoolError =
+            SpawnErrorKind::BadGreeting(Some(crate::wire::codec::CodecDecodeError::Header(
+                ipc_shm::codec::FrameError::BadCheck { len: 1, check: 2 },
+            )))
+            .into();
+        assert!(matches!(
+            greeting
+                .source()
+                .and_then(|e| e.downcast_ref::<ipc_shm::codec::FrameError>()),
+            Some(ipc_shm::codec::FrameError::BadCheck { .. })
+        ));
     }
 
     #[test]

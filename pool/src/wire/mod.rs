@@ -1,6 +1,6 @@
 //! The wire between the pool and its workers: the [`protocol`] (frames and messages), the
-//! [`codec`] (bincode over serde) and the [`transport`] (an `ipc_pipe` connection behind the
-//! `Link` boundary).
+//! [`codec`] (the workspace's one codec, `ipc_shm::codec`: bincode over serde with one decode
+//! limit) and the [`transport`] (an `ipc_pipe` connection behind the `Link` boundary).
 //!
 //! Everything a data path sends to a worker goes down through here; nothing in this module
 //! knows about jobs, drivers or the pool's state.
@@ -8,3 +8,6 @@
 pub(crate) mod codec;
 pub(crate) mod protocol;
 pub(crate) mod transport;
+
+#[cfg(test)]
+mod garbage_tests;

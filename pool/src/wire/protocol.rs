@@ -1,9 +1,19 @@
 //! What the pool and a worker say to each other, and the one boundary a transport must cross.
 //!
-//! A frame is `[header length: u32 LE][bincode header][payload]`. The payload of `Run` and
-//! `Init` is one bincode sequence of arguments (`Vec<A>`); the payload of `Results` is one
-//! bincode sequence of outcomes (`Vec<Result<R, Failure>>`). The `Err` variant's encoding does
-//! not depend on `R`, so the pool can fabricate failures without knowing the type.
+//! A frame is one [`ipc_shm::codec`] frame carrying the header (a [`ToWorker`] or [`FromWorker`]),
+//! followed by the payload, which runs to the end of the frame:
+//!
+//! ```text
+//! | FrameHeader (8 bytes: header length, check word) | bincode header | payload ... |
+//! ```
+//!
+//! The header length is validated ([`ipc_shm::codec::frame_len`]: check word intact, at most
+//! the bytes that follow it) before anything is decoded, and the header decodes within the one
+//! decode limit, so a corrupt or hostile frame is a typed error, never an unbounded allocation.
+//! The payload of `Run` and `Init` is one bincode sequence of arguments (`Vec<A>`); the payload
+//! of `Results` is one bincode sequence of outcomes (`Vec<Result<R, Failure>>`). The `Err`
+//! variant's encoding does not depend on `R`, so the pool can fabricate failures without knowing
+//! the type.
 //!
 //! ## The transport boundary
 //!
@@ -14,10 +24,12 @@
 
 use std::time::Duration;
 
+use ipc_shm::codec::{HEADER_LEN, frame_len};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::task::{Failure, TaskRef};
-use crate::wire::codec::{self, CodecError};
+use crate::wire::codec::{self, CodecDecodeError, CodecEncodeError};
 
 /// Pool → worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,32 +87,28 @@ pub(crate) trait Link: Send {
     fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), LinkError>;
 }
 
-/// Builds a frame: header, then payload.
+/// Builds a frame in `out` (replacing its contents): the header as one codec frame, then the
+/// payload.
 pub(crate) fn frame<H: Serialize>(
     header: &H,
     payload: &[u8],
     out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
+) -> Result<(), CodecEncodeError> {
     out.clear();
-    out.extend_from_slice(&[0; 4]);
-    codec::encode_into(header, out)?;
-    let len = u32::try_from(out.len() - 4).map_err(|_| CodecError("header too large".into()))?;
-    out[..4].copy_from_slice(&len.to_le_bytes());
+    ipc_shm::codec::encode_frame(header, out)?;
     out.extend_from_slice(payload);
     Ok(())
 }
 
 /// Splits a frame into its decoded header and its payload.
-pub(crate) fn unframe<H: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-) -> Result<(H, &[u8]), CodecError> {
-    let (len, rest) = bytes
-        .split_first_chunk::<4>()
-        .ok_or_else(|| CodecError("truncated frame".into()))?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if len > rest.len() {
-        return Err(CodecError("frame header longer than the frame".into()));
-    }
+///
+/// The header's length is checked against the bytes that follow it before the header is
+/// decoded; nothing here allocates more than the decode limit allows.
+pub(crate) fn unframe<H: DeserializeOwned>(bytes: &[u8]) -> Result<(H, &[u8]), CodecDecodeError> {
+    let (head, rest) = bytes
+        .split_first_chunk::<HEADER_LEN>()
+        .ok_or(CodecDecodeError::Truncated { len: bytes.len() })?;
+    let len = frame_len(*head, rest.len())?;
     let (header, payload) = rest.split_at(len);
     Ok((codec::decode(header)?, payload))
 }

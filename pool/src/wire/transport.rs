@@ -10,8 +10,9 @@ use std::sync::Arc;
 use crate::error::{PoolError, SpawnErrorKind};
 use crate::wire::protocol::{Link, LinkError};
 
-/// The largest frame a worker link carries (arguments and results of one chunk).
-const MAX_FRAME: usize = 1 << 30;
+/// The largest frame a worker link carries (arguments and results of one chunk): the codec's
+/// frame limit, so the pipe and the decoder agree on one bound.
+const MAX_FRAME: usize = ipc_shm::codec::MAX_FRAME_LEN;
 
 /// One end of a worker's pipe.
 #[derive(Debug)]
