@@ -73,26 +73,32 @@
 //! - `loom` (only under `--cfg loom`): the model checker.
 #![deny(unsafe_code)]
 
+pub mod backoff;
 pub mod barrier;
 pub mod condition;
 pub mod event;
+pub mod eventcount;
 pub mod futex;
 pub mod lock;
 pub mod mutex;
 mod os;
 mod owner;
+pub mod raw_lock;
 pub mod rlock;
 pub mod semaphore;
 mod shm;
 pub mod sync;
 pub mod waiter;
 
+pub use backoff::Backoff;
 pub use barrier::{Barrier, BarrierWaitError};
 pub use condition::{CondGuard, Condition};
 pub use event::Event;
+pub use eventcount::{EventCount, EventWait, Token};
 pub use futex::{Deadline, WaitOutcome};
 pub use lock::{Lock, LockError, LockGuard, LockTimeoutError, TryLockError};
 pub use mutex::{Mutex, MutexGuard};
+pub use raw_lock::{LockFail, RawGuard, RawLock, SharedLock};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, ReleaseError, Semaphore};
 pub use waiter::{Futex, Waiter};
