@@ -435,7 +435,7 @@ mod tests {
     fn abandoned_registration_is_cleared_by_the_next_notify() {
         let ec = EventCount::new();
         let t = ec.listen();
-        std::mem::forget(t); // a waiter that died
+        drop(t); // a waiter that died without waiting or cancelling
         assert_eq!(ec.waiters(), 1);
         assert_eq!(ec.notify_one(), 0);
         assert_eq!(ec.waiters(), 0);
@@ -568,7 +568,7 @@ mod loom_tests {
             let (ec, flag) = setup();
             let e_dead = ec.clone();
             let dead = loom::thread::spawn(move || {
-                std::mem::forget(e_dead.listen());
+                drop(e_dead.listen());
             });
             let (e_live, f_live) = (ec.clone(), flag.clone());
             let live = loom::thread::spawn(move || {

@@ -3,8 +3,8 @@
 //!
 //! An algorithm that guards shared-memory state with a lock (the queue's two ring sides) is
 //! written against [`RawLock`] and stores a [`SharedLock`]: that is [`Lock`] normally and
-//! [`ModelLock`] under loom, where mutual exclusion comes from loom's `Mutex` and an owner death
-//! from a flag that a "killed" holder sets ([`ModelGuard::die`]). Loom then explores what the
+//! `ModelLock` under loom, where mutual exclusion comes from loom's `Mutex` and an owner death
+//! from a flag that a "killed" holder sets (`ModelGuard::die`). Loom then explores what the
 //! next holder sees after a death at any point of a critical section.
 //!
 //! | acquire result | meaning | the caller |
@@ -91,11 +91,11 @@ impl RawLock for Lock {
     }
 }
 
-/// The lock type to store in shared state: [`Lock`](crate::Lock), or [`ModelLock`] under loom.
+/// The lock type to store in shared state: [`Lock`], or `ModelLock` under loom.
 #[cfg(not(loom))]
 pub type SharedLock = Lock;
 
-/// The lock type to store in shared state: [`Lock`](crate::Lock), or [`ModelLock`] under loom.
+/// The lock type to store in shared state: [`Lock`], or `ModelLock` under loom.
 #[cfg(loom)]
 pub type SharedLock = ModelLock;
 
@@ -109,7 +109,7 @@ mod model {
     use crate::futex::Deadline;
     use loom::sync::{Mutex, MutexGuard};
 
-    /// A loom stand-in for [`Lock`](crate::Lock) (only under `--cfg loom`).
+    /// A loom stand-in for [`Lock`] (only under `--cfg loom`).
     #[derive(Debug, Default)]
     pub struct ModelLock {
         /// `true` while the state is "the last holder died".
@@ -123,7 +123,7 @@ mod model {
         }
     }
 
-    /// The guard of a [`ModelLock`].
+    /// The guard of a `ModelLock`.
     #[derive(Debug)]
     pub struct ModelGuard<'a>(MutexGuard<'a, bool>);
 
