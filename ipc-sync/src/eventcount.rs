@@ -515,11 +515,16 @@ mod loom_tests {
     fn two_waiters_one_notify_each() {
         loom::model(|| {
             let (ec, permits) = setup();
+            // Takes a permit if there is one (a failed CAS is retried, not taken for "none").
             let take = |p: &AtomicU32| {
-                let v = p.load(Ordering::Acquire);
-                v > 0
-                    && p.compare_exchange(v, v - 1, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
+                let mut v = p.load(Ordering::Acquire);
+                while v > 0 {
+                    match p.compare_exchange(v, v - 1, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => return true,
+                        Err(now) => v = now,
+                    }
+                }
+                false
             };
             let hs: Vec<_> = (0..2)
                 .map(|_| {
