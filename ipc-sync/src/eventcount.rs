@@ -564,6 +564,36 @@ mod loom_tests {
         });
     }
 
+    /// Waiters for different conditions: one that registers after a notify's bump can be woken
+    /// by that notify's wake (a stolen wake; it re-adds a registration and sleeps again). The
+    /// later notify must still reach it, and the count ends at zero. (Reaching the stolen wake
+    /// takes three preemptions, so this model sets its own bound.)
+    #[test]
+    fn stolen_wake_is_compensated() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let (ec, level) = setup();
+            let hs: Vec<_> = [1, 2]
+                .into_iter()
+                .map(|want| {
+                    let (e, l) = (ec.clone(), level.clone());
+                    loom::thread::spawn(move || {
+                        assert!(e.wait_until(&Futex, None, || l.load(Ordering::Acquire) >= want));
+                    })
+                })
+                .collect();
+            level.store(1, Ordering::Release);
+            ec.notify_all();
+            level.store(2, Ordering::Release);
+            ec.notify_all();
+            for h in hs {
+                h.join().unwrap();
+            }
+            assert_eq!(ec.waiters(), 0);
+        });
+    }
+
     /// A waiter dies registered (its token is abandoned, as a SIGKILL mid-sleep leaves it)
     /// while a live waiter waits: the live one is still woken, and after the notify (and the
     /// live waiter's return) the count is back to zero.
@@ -583,6 +613,26 @@ mod loom_tests {
             flag.store(1, Ordering::Release);
             ec.notify_all();
             live.join().unwrap();
+            assert_eq!(ec.waiters(), 0);
+        });
+    }
+
+    /// As above with `notify_one`, which takes one registration at its bump and the rest only
+    /// if its wake found fewer sleepers than asked: the live waiter is woken, and one more
+    /// notify at most brings the count back to zero.
+    #[test]
+    fn dead_waiter_and_notify_one() {
+        loom::model(|| {
+            let (ec, flag) = setup();
+            drop(ec.listen()); // the dead waiter
+            let (e_live, f_live) = (ec.clone(), flag.clone());
+            let live = loom::thread::spawn(move || {
+                assert!(e_live.wait_until(&Futex, None, || f_live.load(Ordering::Acquire) == 1));
+            });
+            flag.store(1, Ordering::Release);
+            ec.notify_one();
+            live.join().unwrap();
+            ec.notify_one();
             assert_eq!(ec.waiters(), 0);
         });
     }
