@@ -150,14 +150,20 @@ impl Event {
         let fired = |w: u32| w & SET != 0 || w & !(SET | WAITERS) != generation;
         let mut w = first;
         let started = std::time::Instant::now();
-        if BACKOFF.spin(|| {
-            w = self.word.load(Ordering::Acquire);
-            fired(w)
-        }) {
+        // No spin for a deadline that has already passed (a zero timeout is a check).
+        let can_spin = deadline.is_none_or(|d| !d.has_passed());
+        if can_spin
+            && BACKOFF.spin(|| {
+                w = self.word.load(Ordering::Acquire);
+                fired(w)
+            })
+        {
             return true;
         }
         let set = self.sleep(w, deadline, fired);
-        BACKOFF.slept(started);
+        if can_spin {
+            BACKOFF.slept(started);
+        }
         set
     }
 

@@ -131,7 +131,9 @@ impl Semaphore {
     #[cold]
     fn acquire_slow(&self, deadline: Option<Deadline>) -> bool {
         let started = std::time::Instant::now();
-        if BACKOFF.spin(|| self.try_acquire()) {
+        // No spin for a deadline that has already passed (a zero timeout is a try).
+        let can_spin = deadline.is_none_or(|d| !d.has_passed());
+        if can_spin && BACKOFF.spin(|| self.try_acquire()) {
             return true;
         }
         let got = loop {
@@ -147,7 +149,9 @@ impl Semaphore {
                 break self.try_acquire();
             }
         };
-        BACKOFF.slept(started);
+        if can_spin {
+            BACKOFF.slept(started);
+        }
         got
     }
 
