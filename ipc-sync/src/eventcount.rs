@@ -27,8 +27,8 @@
 //! - **listen**: `count += 1` (a CAS; at [`MAX_REGISTERED`] the waiter stays unregistered and
 //!   sleeps in slices of [`UNREGISTERED_SLICE`] instead), remembering the whole word.
 //! - **wait**: sleep while the word holds the remembered value, then:
-//!   - `seq` moved: return `Notified`. The registration counts as *taken* by the notify (it
-//!     took it at its bump, below), so the waiter does not decrement.
+//!   - `seq` moved: return `Notified` without decrementing: the notify took the registration
+//!     at its bump (below), or left it as an over-count that a later notify clears.
 //!   - `seq` unchanged, woken by a `FUTEX_WAKE`: the wake was meant for an older sleeper and
 //!     this waiter (registered after that notify's bump) *stole* it; the older one may be left
 //!     asleep without a registration, so the thief adds one (`count += 1`; if `count` is full it
@@ -64,6 +64,12 @@
 //! operation forever. Only racing notifies (the second skips the clean-up) or a notify whose
 //! `n` live sleepers all wake leave it for a later notify. A registration left by a genuinely
 //! spurious kernel wake-up, a returning waiter or a thief is cleared the same way.
+//!
+//! Such over-counts cost nothing while somebody sleeps (the notify wakes anyway) and one wasted
+//! `FUTEX_WAKE` when the sleepers run out (that notify drains and clears them). If a long busy
+//! period with more sleepers than each notify wakes piles up [`MAX_REGISTERED`] of them, new
+//! waiters sleep unregistered: still woken by every notify (the count is not zero, so each
+//! notify wakes), with [`UNREGISTERED_SLICE`] as a backstop, until a drain clears the count.
 //!
 //! ## Memory ordering
 //!
