@@ -7,7 +7,7 @@
 //!
 //! - **Lock, fast path**: one `compare_exchange(0, tid)`. No system call.
 //! - **Lock, slow path**: spin while the owner is running its critical section, for the shared
-//!   adaptive [`Backoff`](crate::Backoff) budget (skipped once `WAITERS` is set: others already
+//!   adaptive [`Backoff`] budget (skipped once `WAITERS` is set: others already
 //!   sleep, the owner is slow), then set `WAITERS` and `FUTEX_WAIT` on the word. After having slept, a thread acquires
 //!   with `tid | WAITERS` (it cannot know whether others still sleep), as in Drepper's
 //!   "Futexes are tricky", mutex 3.
