@@ -85,6 +85,16 @@ pub struct Backoff {
     max_ns: u32,
 }
 
+impl Clone for Backoff {
+    /// A backoff with the same maximum, starting from this one's current budget.
+    fn clone(&self) -> Backoff {
+        Backoff {
+            budget_ns: AtomicU32::new(self.budget_ns.load(Relaxed)),
+            max_ns: self.max_ns,
+        }
+    }
+}
+
 impl Default for Backoff {
     fn default() -> Self {
         Backoff::new()
@@ -294,6 +304,15 @@ mod tests {
             b.record_sleep(Duration::from_secs(1));
             assert_eq!(b.budget(), Duration::ZERO);
         }
+    }
+
+    #[test]
+    fn clone_keeps_max_and_budget() {
+        let b = Backoff::from_polls(400);
+        b.record_sleep(Duration::from_secs(1));
+        let c = b.clone();
+        assert_eq!(c.max(), b.max());
+        assert_eq!(c.budget(), b.budget());
     }
 
     #[test]
