@@ -3,49 +3,44 @@
 //!
 //! # Algorithm
 //!
-//! Two words: `seq`, a notification counter (the futex), and `waiters`, how many threads are
-//! between registering and leaving a wait (so `notify` skips the system call when nobody
-//! waits).
+//! An [`EventCount`] (the workspace's one wake protocol, which has the state table and the
+//! memory-ordering argument) plus a reserved word that keeps the layout at 8 bytes.
 //!
-//! - **wait**: `waiters += 1`; read `s = seq`; unlock the caller's lock; sleep while
-//!   `seq == s` (looping over signals and spurious wake-ups, never past the deadline);
-//!   `waiters -= 1`; lock again and hand the guard back.
-//! - **notify(n)**: `seq += 1`; if `waiters > 0`, wake `n` sleepers on `seq`.
+//! - **wait**: `token = listen()` *while still holding the caller's lock*; unlock; wait on the
+//!   token (never past the deadline); lock again and hand the guard back.
+//! - **notify(n)**: notify the event count (a system call only if somebody is registered).
 //!
-//! | seq | waiters | meaning |
-//! |---|---|---|
-//! | any | 0 | nobody waits: notify costs one atomic add (all-zero memory is this state) |
-//! | s | k > 0 | k threads registered; those that read `s` sleep until `seq != s` |
+//! Because the waiter registers *before* unlocking, a notify made by a thread that took the
+//! lock after the waiter released it always finds the registration and bumps the sequence, so
+//! the waiter either sees the change before sleeping or is woken by it: no lost wake-up.
+//! `notify(n)` wakes at least `min(n, sleepers)` waiters; a waiter that registered but had not
+//! yet fallen asleep also returns (a spurious wake-up, allowed for condition variables, as in
+//! Python's and POSIX's), so use [`Condition::wait_for`] with a predicate.
 //!
-//! Because the waiter reads `s` *before* unlocking, a notify made by a thread that took the
-//! lock after the waiter released it always changes `seq` away from `s`, so the waiter either
-//! sees the change before sleeping or is woken by it: no lost wake-up. `notify(n)` wakes at
-//! least `min(n, sleepers)` waiters; a waiter that registered but had not yet fallen asleep
-//! also returns (a spurious wake-up, allowed for condition variables, as in Python's and
-//! POSIX's), so use [`Condition::wait_for`] with a predicate.
+//! | event count | meaning |
+//! |---|---|
+//! | no registrations | nobody waits: notify costs one atomic read-modify-write (all-zero memory) |
+//! | k registrations | up to k threads wait; notify wakes |
 //!
 //! ## Memory ordering
 //!
-//! `waiters += 1` then `read seq` (waiter) against `seq += 1` then `read waiters` (notifier) is
-//! a Dekker pair: all four are `SeqCst`, so at least one side sees the other: either the
-//! notifier sees `waiters > 0` and wakes, or the waiter reads the new `seq` and does not sleep.
-//! The protected data is ordered by the lock, not by these words.
+//! That of [`EventCount`]; the protected data is ordered by the lock, not by the event count.
 //!
 //! # A participant's death
 //!
-//! A waiter that dies leaves `waiters` one too high: notifies then make a (harmless) wake
-//! system call. A process that dies holding the lock is handled by the lock: the waiter that
+//! A waiter that dies leaves its registration behind; the next notify clears it (one wasted
+//! wake system call, not one per notify forever). A process that dies holding the lock is handled by the lock: the waiter that
 //! re-acquires it gets `OwnerDied`. A notifier that dies before notifying cannot be detected
 //! (the condition has no owner): use the timeout forms.
 
 use std::time::Duration;
 
-use crate::futex::{Deadline, WaitOutcome};
+use crate::eventcount::{EventCount, EventWait};
+use crate::futex::Deadline;
 use crate::lock::{Acquired, Lock, LockError, LockGuard, Wait};
 use crate::mutex::MutexGuard;
 use crate::owner::{Env, Sys};
-use crate::sync::{AtomicU32, Ordering, dekker_fence};
-use crate::waiter::{Futex, Waiter};
+use crate::sync::AtomicU32;
 
 /// A condition variable for shared memory (Python's `multiprocessing.Condition`, with the lock
 /// kept separate: wait with a guard of any [`Lock`] or [`Mutex`](crate::Mutex)).
@@ -71,8 +66,9 @@ use crate::waiter::{Futex, Waiter};
 #[repr(C)]
 #[derive(Debug)]
 pub struct Condition {
-    seq: AtomicU32,
-    waiters: AtomicU32,
+    ec: EventCount,
+    /// Unused; keeps the 8-byte layout of the former two-word condition.
+    _reserved: AtomicU32,
 }
 
 impl Default for Condition {
@@ -124,8 +120,8 @@ impl Condition {
     /// A condition with no waiters (the same as all-zero bytes).
     pub fn new() -> Condition {
         Condition {
-            seq: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
+            ec: EventCount::new(),
+            _reserved: AtomicU32::new(0),
         }
     }
 
@@ -182,11 +178,7 @@ impl Condition {
     /// Wakes up to `n` waiters (more may return: see the module docs).
     #[inline]
     pub fn notify(&self, n: u32) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        dekker_fence();
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            Futex.wake(&self.seq, n);
-        }
+        self.ec.notify(n);
     }
 
     /// Wakes every waiter.
@@ -218,27 +210,11 @@ impl Condition {
     /// Registers, unlocks `lock`, sleeps until notified or `deadline`; returns whether a notify
     /// came. Does not re-lock.
     fn raw_wait(&self, lock: &Lock, deadline: Option<Deadline>) -> bool {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        dekker_fence();
-        let s = self.seq.load(Ordering::SeqCst);
+        let token = self.ec.listen();
         // An unrepaired (taken-over) lock stays inconsistent: waiting does not repair it, and
         // whoever locks it next, this waiter included, gets OwnerDied.
         lock.raw_unlock();
-        let notified = loop {
-            if self.seq.load(Ordering::Acquire) != s {
-                break true;
-            }
-            if deadline.is_some_and(|d| d.has_passed()) {
-                break false;
-            }
-            if Futex.wait(&self.seq, s, deadline) == WaitOutcome::TimedOut
-                && deadline.is_some_and(|d| d.has_passed())
-            {
-                break self.seq.load(Ordering::Acquire) != s;
-            }
-        };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        notified
+        self.ec.wait(token, deadline) == EventWait::Notified
     }
 }
 
@@ -293,6 +269,7 @@ mod tests {
 mod loom_tests {
     use super::*;
     use crate::owner::model::TestEnv;
+    use crate::sync::Ordering;
     use loom::sync::Arc;
 
     /// The waiter checks a flag under the lock and waits; the notifier sets it under the lock

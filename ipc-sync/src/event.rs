@@ -8,8 +8,8 @@
 //! - **set**: if clear, CAS to `(generation + 1) | SET` (dropping `WAITERS`); if the old word
 //!   had `WAITERS`, wake everybody. Already set: nothing (no system call).
 //! - **clear**: clear bit 0.
-//! - **wait**: return if `SET`. Otherwise poll briefly (a bounded spin: a `set` often follows
-//!   within a microsecond), then set `WAITERS` and sleep while the word is unchanged. Return
+//! - **wait**: return if `SET`. Otherwise poll briefly (the shared [`Backoff`] policy: a `set`
+//!   often follows within a microsecond), then set `WAITERS` and sleep while the word is unchanged. Return
 //!   when `SET` is seen *or the generation moved*: a `set` followed at once by a `clear` still
 //!   ends every wait that began before the `set` (Python's `Event.wait` returns `True` then
 //!   too).
@@ -30,26 +30,27 @@
 //! # A participant's death
 //!
 //! An event has no owner. A waiter that dies leaves at most a stale `WAITERS` bit (one extra
-//! wake system call on the next `set`). A process that dies before calling `set` cannot be
+//! wake system call on the next `set`, which clears the bit: the cost is bounded, as with
+//! [`EventCount`](crate::EventCount); an event is one word, a flag plus its own waiters bit,
+//! so it keeps this cheaper form of the same protocol). A process that dies before calling `set` cannot be
 //! told from a slow one: waiters wait until their timeout.
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::futex::{Deadline, WaitOutcome};
-use crate::sync::{AtomicU32, Ordering, spin_hint};
+use crate::sync::{AtomicU32, Ordering};
 use crate::waiter::{Futex, Waiter};
 
 const SET: u32 = 1;
 const WAITERS: u32 = 2;
 const GEN_ONE: u32 = 4;
 
-/// Polls before sleeping. Measured on the 2-vCPU reference VM: 40 polls turn a blocking
-/// ping-pong into a ~1 us one; 200 polls made it *slower* (16 us) than not spinning (a spinner
-/// steals the core its peer needs when both share one).
-#[cfg(not(loom))]
-const SPIN_LIMIT: u32 = 40;
-#[cfg(loom)]
-const SPIN_LIMIT: u32 = 0;
+/// The spin policy of every event in this process (a process-local heuristic). The old fixed
+/// 40 polls were measured on the 2-vCPU reference VM: they turned a blocking ping-pong into a
+/// ~1 us one, while 200 polls made it *slower* (16 us) than not spinning; the adaptive budget
+/// keeps the first and shrinks away from the second (see [`crate::backoff`]).
+static BACKOFF: Backoff = Backoff::new();
 
 /// A flag that threads and processes can wait for (Python's `multiprocessing.Event`).
 ///
@@ -148,13 +149,26 @@ impl Event {
         let generation = first & !(SET | WAITERS);
         let fired = |w: u32| w & SET != 0 || w & !(SET | WAITERS) != generation;
         let mut w = first;
-        for _ in 0..SPIN_LIMIT {
-            spin_hint();
-            w = self.word.load(Ordering::Acquire);
-            if fired(w) {
-                return true;
-            }
+        let started = std::time::Instant::now();
+        // No spin for a deadline that has already passed (a zero timeout is a check).
+        let can_spin = deadline.is_none_or(|d| !d.has_passed());
+        if can_spin
+            && BACKOFF.spin(|| {
+                w = self.word.load(Ordering::Acquire);
+                fired(w)
+            })
+        {
+            return true;
         }
+        let set = self.sleep(w, deadline, fired);
+        if can_spin {
+            BACKOFF.slept(started);
+        }
+        set
+    }
+
+    /// The sleeping half of [`Event::wait_slow`], from the word `w` last read.
+    fn sleep(&self, mut w: u32, deadline: Option<Deadline>, fired: impl Fn(u32) -> bool) -> bool {
         loop {
             if fired(w) {
                 return true;

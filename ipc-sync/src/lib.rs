@@ -25,10 +25,23 @@
 //! `NotRecoverable` from then on. Each module documents its algorithm with a state table, its
 //! memory ordering, and what a participant's death means.
 //!
+//! # The shared pieces
+//!
+//! Besides the primitives, this crate holds the waiting machinery the whole workspace shares,
+//! so each mechanism is written (and model-checked) once:
+//!
+//! - [`Backoff`]: the one adaptive spin-then-sleep policy, with a time budget.
+//! - [`EventCount`]: the one "waiter count + sequence" wake protocol (used by [`Condition`],
+//!   [`Semaphore`] and the queue); a dead sleeper's registration is cleared by the next notify.
+//! - [`Waiter`] and [`Futex`]: how algorithms sleep (a loom model under `--cfg loom`).
+//! - [`RawLock`] and [`SharedLock`]: a robust lock behind a trait, with a loom model lock.
+//! - [`sync`]: the one atomics shim.
+//!
 //! # Waiting
 //!
 //! Uncontended operations make no system call; unlock, set, release and notify wake only when
-//! somebody sleeps; waiters spin briefly (bounded) and then sleep in the kernel. Every blocking
+//! somebody sleeps; waiters spin briefly (the adaptive [`Backoff`]) and then sleep in the
+//! kernel. Every blocking
 //! call has a timeout form taking an absolute [`Deadline`] on the monotonic clock, so signals
 //! (`EINTR`) never stretch or shorten a wait. [`futex`] is the workspace's one futex wrapper
 //! (shared futexes only), and [`Waiter`] the trait the algorithms sleep through.
@@ -62,7 +75,8 @@
 //! The algorithms use atomics from one internal `sync` module and sleep through [`Futex`];
 //! under `--cfg loom` both become loom's models, so
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p ipc-sync --release --lib`
-//! checks mutual exclusion, owner-death hand-over, lost wake-ups and barrier generations.
+//! checks mutual exclusion, owner-death hand-over, lost wake-ups (the event count's too,
+//! including a stolen wake and a dead waiter's recovery) and barrier generations.
 //!
 //! # Dependencies
 //!
@@ -73,26 +87,32 @@
 //! - `loom` (only under `--cfg loom`): the model checker.
 #![deny(unsafe_code)]
 
+pub mod backoff;
 pub mod barrier;
 pub mod condition;
 pub mod event;
+pub mod eventcount;
 pub mod futex;
 pub mod lock;
 pub mod mutex;
 mod os;
 mod owner;
+pub mod raw_lock;
 pub mod rlock;
 pub mod semaphore;
 mod shm;
 pub mod sync;
 pub mod waiter;
 
+pub use backoff::Backoff;
 pub use barrier::{Barrier, BarrierWaitError};
 pub use condition::{CondGuard, Condition};
 pub use event::Event;
+pub use eventcount::{EventCount, EventWait, Token};
 pub use futex::{Deadline, WaitOutcome};
 pub use lock::{Lock, LockError, LockGuard, LockTimeoutError, TryLockError};
 pub use mutex::{Mutex, MutexGuard};
+pub use raw_lock::{LockFail, RawGuard, RawLock, SharedLock};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, ReleaseError, Semaphore};
 pub use waiter::{Futex, Waiter};

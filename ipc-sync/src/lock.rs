@@ -6,9 +6,9 @@
 //! unlocked) and a `WAITERS` bit (bit 31) that says "somebody may sleep on this word".
 //!
 //! - **Lock, fast path**: one `compare_exchange(0, tid)`. No system call.
-//! - **Lock, slow path**: spin a bounded number of polls while the owner is running its
-//!   critical section (skipped once `WAITERS` is set: others already sleep, the owner is slow),
-//!   then set `WAITERS` and `FUTEX_WAIT` on the word. After having slept, a thread acquires
+//! - **Lock, slow path**: spin while the owner is running its critical section, for the shared
+//!   adaptive [`Backoff`] budget (skipped once `WAITERS` is set: others already
+//!   sleep, the owner is slow), then set `WAITERS` and `FUTEX_WAIT` on the word. After having slept, a thread acquires
 //!   with `tid | WAITERS` (it cannot know whether others still sleep), as in Drepper's
 //!   "Futexes are tricky", mutex 3.
 //! - **Unlock**: `swap(0)`; `FUTEX_WAKE(1)` only if the old value had `WAITERS`. No system call
@@ -75,6 +75,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::futex::{Deadline, WaitOutcome};
 use crate::owner::{Env, Me, OwnerRecord, Sys};
 use crate::sync::{AtomicU32, AtomicU64, Ordering, spin_hint};
@@ -95,11 +96,9 @@ const CONSISTENT: u32 = 0;
 const INCONSISTENT: u32 = 1;
 const NOT_RECOVERABLE: u32 = 2;
 
-/// Polls of the word before sleeping, while its owner runs and nobody sleeps yet.
-#[cfg(not(loom))]
-const SPIN_LIMIT: u32 = 100;
-#[cfg(loom)]
-const SPIN_LIMIT: u32 = 0;
+/// The spin policy of every lock in this process (a process-local heuristic; it replaced a
+/// fixed 100 polls).
+static BACKOFF: Backoff = Backoff::new();
 
 /// A mutual-exclusion lock that lives in shared memory, robust to the death of its owner.
 ///
@@ -395,8 +394,24 @@ impl Lock {
 
     #[cold]
     fn raw_lock_slow(&self, env: &impl Env, me: Me, wait: Wait) -> Result<Acquired, RawError> {
-        let mut spins = 0;
+        let started = std::time::Instant::now();
         let mut slept = false;
+        let r = self.lock_loop(env, me, wait, &mut slept);
+        if slept {
+            BACKOFF.slept(started);
+        }
+        r
+    }
+
+    /// The slow path's loop; sets `slept` once it has slept on the word.
+    fn lock_loop(
+        &self,
+        env: &impl Env,
+        me: Me,
+        wait: Wait,
+        slept: &mut bool,
+    ) -> Result<Acquired, RawError> {
+        let mut spun = false;
         let mut unrecorded = (0, 0);
         loop {
             if self.state.load(Ordering::Acquire) == NOT_RECOVERABLE {
@@ -404,7 +419,7 @@ impl Lock {
             }
             let w = self.word.load(Ordering::Relaxed);
             if w & TID_MASK == 0 {
-                let new = if slept { me.tid | WAITERS } else { me.tid };
+                let new = if *slept { me.tid | WAITERS } else { me.tid };
                 if self
                     .word
                     .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
@@ -423,9 +438,9 @@ impl Lock {
                 }
                 Wait::Until(d) => d,
             };
-            if spins < SPIN_LIMIT && w & WAITERS == 0 {
-                spins += 1;
-                spin_hint();
+            if !spun && w & WAITERS == 0 {
+                spun = true;
+                BACKOFF.spin(|| self.word.load(Ordering::Relaxed) & TID_MASK == 0);
                 continue;
             }
             if deadline.is_some_and(|d| d.has_passed()) {
@@ -442,7 +457,7 @@ impl Lock {
             {
                 continue;
             }
-            slept = true;
+            *slept = true;
             let slice = Deadline::min_with(deadline, LIVENESS_SLICE);
             if Futex.wait(&self.word, w | WAITERS, Some(slice)) == WaitOutcome::TimedOut {
                 if !self.owner_alive_slice(env, w, &mut unrecorded)

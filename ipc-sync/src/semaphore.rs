@@ -2,41 +2,43 @@
 //!
 //! # Algorithm
 //!
-//! Two words: `count` (the permits, and the futex) and `waiters` (how many threads are in the
-//! slow path of `acquire`).
+//! Two words: `count` (the permits) and an [`EventCount`] (the workspace's one wake protocol,
+//! which has its own state table and memory-ordering argument) that acquirers sleep on.
 //!
-//! - **acquire**: CAS `count -> count - 1` while `count > 0` (no system call). Otherwise
-//!   `waiters += 1`, and loop: take a permit if `count > 0`, else sleep while `count == 0`;
-//!   finally `waiters -= 1`.
-//! - **release(n)**: `count += n`; if `waiters > 0`, wake `n` sleepers.
+//! - **acquire**: CAS `count -> count - 1` while `count > 0` (no system call). Otherwise spin
+//!   briefly (the shared [`Backoff`] policy), then loop: take a permit if one is there, else
+//!   `listen()`, re-check, and wait on the event count.
+//! - **release(n)**: `count += n`; notify `n` (a system call only if somebody is registered).
 //!
-//! | count | waiters | meaning |
+//! | count | event count | meaning |
 //! |---|---|---|
-//! | 0 | 0 | no permit, nobody waits (all-zero memory: a semaphore of value 0) |
-//! | c > 0 | 0 | c permits |
-//! | 0 | k > 0 | k threads wait (or are about to): release wakes |
+//! | 0 | no registrations | no permit, nobody waits (all-zero memory: a semaphore of value 0) |
+//! | c > 0 | any | c permits |
+//! | 0 | k registrations | up to k threads wait (or are about to): release wakes |
 //!
 //! ## Memory ordering
 //!
-//! `waiters += 1` then `read count` (acquirer) against `count += n` then `read waiters`
-//! (releaser) is a Dekker pair, all `SeqCst`: either the releaser sees the waiter and wakes,
-//! or the waiter sees the permits and does not sleep, and the futex compare (`count == 0`)
-//! closes the gap between the waiter's read and its sleep. A successful acquire CAS is
-//! `Acquire` (it also reads `SeqCst` in the slow path), so what a releaser wrote before
-//! `release` is visible after `acquire`.
+//! The acquirer's "register, then read `count`" against the releaser's "raise `count`, then
+//! read the registrations" is the event count's store-buffering pair, closed by its
+//! read-modify-writes. A successful acquire CAS is `Acquire` and the release CAS is `Release`
+//! (`SeqCst`), so what a releaser wrote before `release` is visible after `acquire`.
 //!
 //! # A participant's death
 //!
 //! Permits have no owner (any process may release, as in Python and POSIX), so a process that
 //! dies holding permits takes them with it: the semaphore cannot know. Waiters then wait until
-//! their timeout; prefer the timeout forms when peers may die. A waiter that dies leaves
-//! `waiters` one too high: releases then make a (harmless) wake system call.
+//! their timeout; prefer the timeout forms when peers may die. A waiter that dies leaves a
+//! registration behind, which the next release clears (one wasted wake system call).
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
+use crate::eventcount::{EventCount, EventWait};
 use crate::futex::Deadline;
-use crate::sync::{AtomicU32, Ordering, dekker_fence};
-use crate::waiter::{Futex, Waiter};
+use crate::sync::{AtomicU32, Ordering};
+
+/// The spin policy of every semaphore in this process (a process-local heuristic).
+static BACKOFF: Backoff = Backoff::new();
 
 /// Why a release failed: the count would pass its maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +74,7 @@ pub enum ReleaseError {
 #[derive(Debug)]
 pub struct Semaphore {
     count: AtomicU32,
-    waiters: AtomicU32,
+    ec: EventCount,
 }
 
 impl Default for Semaphore {
@@ -86,7 +88,7 @@ impl Semaphore {
     pub fn new(value: u32) -> Semaphore {
         Semaphore {
             count: AtomicU32::new(value),
-            waiters: AtomicU32::new(0),
+            ec: EventCount::new(),
         }
     }
 
@@ -128,26 +130,28 @@ impl Semaphore {
 
     #[cold]
     fn acquire_slow(&self, deadline: Option<Deadline>) -> bool {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        // No spin for a deadline that has already passed (a zero timeout is a try).
+        let can_spin = deadline.is_none_or(|d| !d.has_passed());
+        if can_spin && BACKOFF.spin(|| self.try_acquire()) {
+            return true;
+        }
         let got = loop {
-            dekker_fence();
-            let c = self.count.load(Ordering::SeqCst);
-            if c > 0 {
-                if self
-                    .count
-                    .compare_exchange(c, c - 1, Ordering::SeqCst, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    break true;
-                }
-                continue;
+            if self.try_acquire() {
+                break true;
             }
-            if deadline.is_some_and(|d| d.has_passed()) {
-                break false;
+            let token = self.ec.listen();
+            if self.try_acquire() {
+                self.ec.cancel(token);
+                break true;
             }
-            Futex.wait(&self.count, 0, deadline);
+            if self.ec.wait(token, deadline) == EventWait::TimedOut {
+                break self.try_acquire();
+            }
         };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        if can_spin {
+            BACKOFF.slept(started);
+        }
         got
     }
 
@@ -172,10 +176,7 @@ impl Semaphore {
                 Err(now) => c = now,
             }
         }
-        dekker_fence();
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            Futex.wake(&self.count, n);
-        }
+        self.ec.notify(n);
         Ok(())
     }
 

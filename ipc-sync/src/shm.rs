@@ -7,6 +7,7 @@ use ipc_shm::ShmSafe;
 use crate::barrier::Barrier;
 use crate::condition::Condition;
 use crate::event::Event;
+use crate::eventcount::EventCount;
 use crate::lock::Lock;
 use crate::rlock::RLock;
 use crate::semaphore::{BoundedSemaphore, Semaphore};
@@ -24,17 +25,24 @@ unsafe impl ShmSafe for Lock {}
 // owner writes it) and `_pad` is never written after construction; (5) no Drop.
 unsafe impl ShmSafe for RLock {}
 
-// SAFETY: (1) `#[repr(C)]`; (2) two atomics, no pointers; (3) any `seq` and `waiters` are
-// valid (a too-high `waiters` only costs a wake call), all zeros is "no waiters"; (4) atomics;
-// (5) no Drop.
+// SAFETY: (1) `#[repr(C)]`; (2) one atomic, no pointers; (3) every word is a valid state: any
+// `seq`, and any `count` (a too-high count only costs a notify one wake call, and the notify
+// then clears it; a full count makes waiters poll in slices), all zeros is "no waiters";
+// (4) atomic; (5) no Drop.
+unsafe impl ShmSafe for EventCount {}
+
+// SAFETY: (1) `#[repr(C)]`; (2) an `EventCount` (see above) and a reserved atomic, no
+// pointers; (3) any bytes are valid (the event count: see above; the reserved word is never
+// read), all zeros is "no waiters"; (4) atomics; (5) no Drop.
 unsafe impl ShmSafe for Condition {}
 
 // SAFETY: (1) `#[repr(C)]`; (2) one atomic; (3) every word is a valid (set or clear, some
 // generation) event, all zeros is clear; (4) atomic; (5) no Drop.
 unsafe impl ShmSafe for Event {}
 
-// SAFETY: (1) `#[repr(C)]`; (2) two atomics; (3) any count and waiter count are valid, all
-// zeros is value 0; (4) atomics; (5) no Drop.
+// SAFETY: (1) `#[repr(C)]`; (2) an atomic count and an `EventCount` (see above); (3) any
+// count is a valid number of permits and any event-count word is valid, all zeros is value 0;
+// (4) atomics; (5) no Drop.
 unsafe impl ShmSafe for Semaphore {}
 
 // SAFETY: (1) `#[repr(C)]` of a `Semaphore` and an atomic bound; (2) no pointers; (3) any
