@@ -92,7 +92,7 @@ mod header;
 mod inherit;
 mod layout;
 mod map;
-mod os;
+pub mod os;
 mod ring;
 mod segment;
 mod shm_safe;
