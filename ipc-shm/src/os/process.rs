@@ -135,15 +135,22 @@ pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
 }
 
 /// Waits until the process behind `pidfd` exits or `timeout` passes; `true` if it exited.
-/// Interrupted polls are resumed with the time left.
+/// An interrupted poll is resumed with the time left.
 pub fn wait_exit(pidfd: impl AsFd, timeout: Duration) -> io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match crate::os::poll::wait_readable(&[pidfd.as_fd()], Some(left)) {
-            Ok(ready) => return Ok(ready.first().copied().unwrap_or(false)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        let ts = Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
