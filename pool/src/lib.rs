@@ -72,7 +72,6 @@ mod driver;
 mod error;
 mod imap;
 mod job;
-mod os;
 mod process;
 mod registry;
 mod result;

@@ -28,7 +28,7 @@ pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
     slot.segment()
         .pass_to_command(&mut cmd, ENV_SLOT)
         .map_err(|e| PoolError::os("passing the progress slot", e))?;
-    crate::os::command_dies_with_parent(&mut cmd);
+    ipc_shm::os::command_dies_with_parent(&mut cmd);
     let child = cmd
         .spawn()
         .map_err(|e| PoolError::os("spawning a worker", e))?;
