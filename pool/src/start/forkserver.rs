@@ -2,7 +2,7 @@
 //!
 //! Forking a multi-threaded process is unsafe (only the calling thread survives, and locks held
 //! by the others stay held), and a pool's parent always has threads. So the first pool that uses
-//! `ForkServer` starts a server by *executing* `/proc/self/exe` with a role variable: a fresh,
+//! `ForkServer` starts a server by *executing* `/proc/self/exe` with a role argument: a fresh,
 //! single-threaded process. The pool sends it, over a `SOCK_SEQPACKET` socket, the descriptors of
 //! a new worker's pipe end and progress slot (`SCM_RIGHTS`); the server forks, the child becomes
 //! the worker, the server answers with the pid. The server reaps its children (a `signalfd` for
@@ -23,13 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Exit, PoolError, SpawnError, SpawnErrorKind};
 use crate::slot::{PROGRESS_SLOT_TAG, ProgressSlot};
-use crate::start::spawn::ENV_ROLE;
 use crate::start::{Reaper, Worker};
 use crate::wire::codec;
 use crate::wire::transport::{self, PipeLink};
 
-/// The role value of the fork server.
-pub(super) const ROLE_SERVER: &str = "forkserver";
+/// The role argument (`argv[1]`) of the fork server (see `spawn::ROLE_SPAWN` for why an argument).
+pub(super) const ROLE_SERVER: &str = "--ipc-pool-role=forkserver";
 /// The variable that names the server's inherited socket.
 const ENV_SERVER_SOCK: &str = "IPC_POOL_SERVER_SOCK";
 
@@ -198,7 +197,7 @@ fn client() -> Result<&'static ForkServerClient, PoolError> {
 fn start_server() -> io::Result<ForkServerClient> {
     let (ours, theirs) = ipc_shm::os::seqpacket_pair()?;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.env(ENV_ROLE, ROLE_SERVER);
+    cmd.arg(ROLE_SERVER);
     ipc_shm::pass_fd_to_command(&mut cmd, theirs.as_fd(), ENV_SERVER_SOCK)?;
     let child = cmd.stdin(std::process::Stdio::null()).spawn()?;
     drop(cmd);
