@@ -1,5 +1,6 @@
 //! Descriptors: whether a number is open, taking ownership of an inherited number, keeping one
 //! open across `exec` in one child only, duplicating.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

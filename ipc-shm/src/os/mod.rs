@@ -18,7 +18,8 @@
 //! harness's public API already uses); `libc` for `_exit(2)` alone.
 //!
 //! Safe functions return typed `io::Result`s; the few `unsafe fn`s carry `# Safety` sections.
-#![allow(unsafe_code)]
+//! Only [`fd`] and [`process`] allow `unsafe` (borrowing raw numbers, `pre_exec`, `fork`,
+//! `_exit`, `pthread_atfork`); the other files are safe code over rustix and nix.
 
 pub mod fd;
 pub mod poll;

@@ -1,5 +1,6 @@
 //! Processes: ids, fork, die-with-parent, pidfds, signals, reaping, and the `/proc` figures the
 //! pool reads. The one fork/pidfd/wait helper that the pool and the test harness share.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -110,6 +111,25 @@ pub fn die_with_parent(parent: u32) -> io::Result<()> {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit(2) has no preconditions; it ends the process and never returns.
     unsafe { libc::_exit(code) }
+}
+
+/// Registers `handler` to run in the child of every later `fork` of this process
+/// (`pthread_atfork` with a child handler only).
+///
+/// # Safety
+///
+/// `handler` runs in the child of a possibly multi-threaded fork, before anything else there:
+/// it must be async-signal-safe (no allocation, no lock; an atomic store or add is fine).
+pub unsafe fn at_fork_in_child(handler: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `pthread_atfork` only stores the three handler pointers; `None` is allowed for the
+    // prepare and parent handlers, and the child handler is a valid `extern "C" fn()` with
+    // 'static lifetime whose async-signal-safety is this function's caller's contract.
+    let rc = unsafe { libc::pthread_atfork(None, None, Some(handler)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
 }
 
 /// Makes the child that `cmd` starts die with SIGKILL when the thread that spawns it exits.
