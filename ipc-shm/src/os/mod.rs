@@ -9,7 +9,7 @@
 //! | [`shm`] | POSIX shared-memory names, memfd, seals, size |
 //! | [`fd`] | descriptors: ownership of inherited numbers, close-on-exec in a child, dup |
 //! | [`process`] | ids, fork, die-with-parent, pidfd, signals, reaping, `/proc` figures |
-//! | [`poll`] | waiting for readability |
+//! | [`poll`](mod@poll) | waiting for readability |
 //! | [`socket`] | socketpairs, readiness bytes, `SCM_RIGHTS` |
 //! | [`signal`] | a `signalfd` for `SIGCHLD` (the fork server's reaper) |
 //!
