@@ -1,24 +1,45 @@
 //! POSIX shared-memory objects and memfds: create, open, unlink, seal, size.
+//!
+//! Named objects are files under `/dev/shm`, opened the way glibc's `shm_open` opens them
+//! (`O_NOFOLLOW | O_CLOEXEC`), through rustix's safe `open`.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use rustix::fs::{MemfdFlags, Mode, SealFlags};
+use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 
 /// The longest name (without the leading '/') that `shm_open` accepts: NAME_MAX less the '/'.
 pub const MAX_NAME_LEN: usize = 254;
 
-fn shm_path(name: &str) -> String {
-    format!("/{name}")
+/// Where Linux keeps POSIX shared-memory objects (what glibc's `shm_open` opens).
+const SHM_DIR: &str = "/dev/shm/";
+
+/// The path of the object `/name`; a name that is empty, `.` or `..`, or holds a `/` or a NUL
+/// is refused with `EINVAL` (as glibc does), a longer one than [`MAX_NAME_LEN`] with
+/// `ENAMETOOLONG`.
+fn shm_path(name: &str) -> io::Result<String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(rustix::io::Errno::INVAL.into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(rustix::io::Errno::NAMETOOLONG.into());
+    }
+    Ok(format!("{SHM_DIR}{name}"))
+}
+
+/// The flags glibc's `shm_open` adds to every open: never follow a symbolic link planted in the
+/// world-writable directory, and close on exec.
+fn shm_flags() -> OFlags {
+    OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
 /// Creates a new POSIX shared-memory object `/name` exclusively, with exactly `mode` (the umask
 /// does not apply).
 pub fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
     let mode = Mode::from_bits_truncate(mode);
-    let fd = rustix::shm::open(
-        shm_path(name),
-        rustix::shm::OFlags::CREATE | rustix::shm::OFlags::EXCL | rustix::shm::OFlags::RDWR,
+    let fd = rustix::fs::open(
+        shm_path(name)?,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | shm_flags(),
         mode,
     )?;
     // The umask may have cleared bits the caller asked for; set the mode exactly.
@@ -28,16 +49,16 @@ pub fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
 
 /// Opens the existing POSIX shared-memory object `/name` for reading and writing.
 pub fn shm_open_existing(name: &str) -> io::Result<OwnedFd> {
-    Ok(rustix::shm::open(
-        shm_path(name),
-        rustix::shm::OFlags::RDWR,
+    Ok(rustix::fs::open(
+        shm_path(name)?,
+        OFlags::RDWR | shm_flags(),
         Mode::empty(),
     )?)
 }
 
 /// Removes the POSIX shared-memory name `/name`.
 pub fn shm_remove(name: &str) -> io::Result<()> {
-    Ok(rustix::shm::unlink(shm_path(name))?)
+    Ok(rustix::fs::unlink(shm_path(name)?)?)
 }
 
 /// Removes the POSIX shared-memory name `/name`, ignoring every error (cleanup paths).
