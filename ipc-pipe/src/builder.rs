@@ -11,9 +11,9 @@ use crate::channel::{Receiver, Sender};
 use crate::connection::Connection;
 use crate::end::{MAX_MESSAGE_DEFAULT, SPIN_DEFAULT, Settings};
 use crate::error::PipeError;
-use crate::os;
 use crate::ring::{Control, Corruption, MAGIC, MIN_CAP, VERSION};
 use crate::sync::Ordering;
+use ipc_shm::os;
 
 /// The type tag of pipe segments.
 pub(crate) const TAG: TypeTag = TypeTag::from_name("ipc-pipe/v1");

@@ -127,11 +127,11 @@
 //!
 //! # Dependencies
 //!
-//! - `ipc-shm`: the shared segment (memfd, validated header, typed offsets, fd passing).
+//! - `ipc-shm`: the shared segment (memfd, validated header, typed offsets, fd passing), and the
+//!   workspace's OS layer [`ipc_shm::os`]: the socketpair, `send`/`recv` of readiness bytes,
+//!   `poll`, `getpid` and `kill(pid, 0)`, all without `unsafe` in this crate.
 //! - `ipc-sync`: the workspace's one futex wrapper (`ipc_sync::futex`) and, for loom, its futex
 //!   model.
-//! - `rustix`: the socketpair, `send`/`recv` of readiness bytes, `poll`, `getpid` and
-//!   `kill(pid, 0)`, all without `unsafe`.
 //! - `serde` + `bincode` (2.x, serde mode): the message encoding of `send`/`recv`.
 //! - `thiserror`: `Display` and `source` of the error enums.
 //! - `loom` (only under `--cfg loom`): model checking of the send and receive paths.

@@ -30,7 +30,7 @@ use ipc_sync::futex::Deadline;
 use crate::channel::Receiver;
 use crate::connection::Connection;
 use crate::error::{Fail, PollError};
-use crate::os;
+use ipc_shm::os;
 
 impl Connection {
     /// Whether a message is waiting (or the other end is gone, so that a receive would return

@@ -75,8 +75,11 @@
 //!
 //! - `memmap2`: the mapping itself (`MmapRaw`, which hands out a raw pointer and never a `&mut`
 //!   to memory another process writes).
-//! - `nix`: `shm_open`, `memfd_create`, `ftruncate`, `fstat`, seals and `fcntl`, all behind the
-//!   private `os` module so that another OS can be added in one place.
+//! - `rustix`, `nix` and `libc`: behind [`os`], the workspace's OS layer: every system call the
+//!   crates make outside the futex wrapper, so that another OS can be added in one place. rustix
+//!   wherever it has a safe form (shm, memfd, seals, `fstat`, `ftruncate`, pidfd, poll, waitpid,
+//!   kill, pdeathsig, sockets and `SCM_RIGHTS`); nix for `fork` and `signalfd` only; libc for
+//!   `_exit` and `pthread_atfork` only.
 //! - `thiserror`: the `Display` and `source` of the error enums.
 //! - `serde` and `bincode` (feature `codec` only): the shared message encoding.
 //! - `loom` (under `--cfg loom` only): the loom backend of the byte ring.
@@ -92,7 +95,7 @@ mod header;
 mod inherit;
 mod layout;
 mod map;
-mod os;
+pub mod os;
 mod ring;
 mod segment;
 mod shm_safe;

@@ -80,9 +80,11 @@
 //!
 //! # Dependencies
 //!
-//! - `ipc-shm`: the [`ShmSafe`](ipc_shm::ShmSafe) contract the types implement.
-//! - `rustix`: safe `futex`, `clock_gettime(CLOCK_MONOTONIC)`, `gettid` and `getpid`.
-//! - `libc`: only `pthread_atfork`, to invalidate the cached thread id in a forked child.
+//! - `ipc-shm`: the [`ShmSafe`](ipc_shm::ShmSafe) contract the types implement, and the
+//!   workspace's OS layer [`ipc_shm::os`] for `pthread_atfork` (to invalidate the cached thread
+//!   id in a forked child).
+//! - `rustix`: safe `futex` (the futex wrapper is this crate's own mechanism),
+//!   `clock_gettime(CLOCK_MONOTONIC)`, `gettid` and `getpid`.
 //! - `thiserror`: `Display` for the error enums.
 //! - `loom` (only under `--cfg loom`): the model checker.
 #![deny(unsafe_code)]

@@ -1,4 +1,5 @@
-//! The crate's only FFI: registering a `pthread_atfork` child handler.
+//! The fork generation: a `pthread_atfork` child handler (registered through the workspace's OS
+//! layer, [`ipc_shm::os::at_fork_in_child`]) that bumps a counter in every forked child.
 //!
 //! A forked child's thread has a new thread id, but it inherits the parent's thread-locals, so
 //! the cached identity of [`crate::owner`] would be stale. The child handler bumps a generation
@@ -46,14 +47,11 @@ pub(crate) fn fork_handler_ready() -> bool {
             {
                 return STATE.load(Ordering::Acquire) == REGISTERED;
             }
-            // SAFETY: `pthread_atfork` only stores the three handler pointers. `None` is allowed
-            // for the prepare and parent handlers; the child handler is a valid `extern "C"
-            // fn()` with 'static lifetime that only performs an atomic add, which is
-            // async-signal-safe, as handlers run in the child of a multi-threaded fork must be.
-            // Its return value (ENOMEM) is checked: without the handler, the identity cache
-            // compares pids instead.
-            let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child_after_fork)) };
-            if rc != 0 {
+            // SAFETY: `at_fork_in_child` requires an async-signal-safe handler: this one only
+            // performs an atomic add (no allocation, no lock). Its error (ENOMEM) is checked:
+            // without the handler, the identity cache compares pids instead.
+            let registered = unsafe { ipc_shm::os::at_fork_in_child(in_child_after_fork) };
+            if registered.is_err() {
                 ATFORK_MISSING.store(true, Ordering::Relaxed);
             }
             STATE.store(REGISTERED, Ordering::Release);

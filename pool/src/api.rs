@@ -178,7 +178,7 @@ impl PoolBuilder {
         if let Some(e) = self.initializer_error {
             return Err(ConfigError::InitializerArgument(e).into());
         }
-        let processes = self.processes.unwrap_or_else(crate::os::available_cpus);
+        let processes = self.processes.unwrap_or_else(ipc_shm::os::available_cpus);
         if processes == 0 && self.max_workers.unwrap_or(0) == 0 {
             return Err(ConfigError::NoWorkers.into());
         }

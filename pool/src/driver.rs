@@ -380,7 +380,7 @@ impl Driver {
 
     fn kill_worker(&mut self) {
         if let Some(w) = &self.worker {
-            let _ = crate::os::kill(w.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = ipc_shm::os::kill(w.pid, ipc_shm::os::Signal::SIGKILL);
         }
     }
 

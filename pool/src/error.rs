@@ -33,10 +33,19 @@ impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Exit::Code(c) => write!(f, "exit code {c}"),
-            Exit::Signal(s) => match nix::sys::signal::Signal::try_from(s) {
-                Ok(sig) => write!(f, "signal {s} ({})", sig.as_str()),
-                Err(_) => write!(f, "signal {s}"),
+            Exit::Signal(s) => match ipc_shm::os::signal_name(s) {
+                Some(name) => write!(f, "signal {s} ({name})"),
+                None => write!(f, "signal {s}"),
             },
+        }
+    }
+}
+
+impl From<ipc_shm::os::ExitStatus> for Exit {
+    fn from(status: ipc_shm::os::ExitStatus) -> Exit {
+        match status {
+            ipc_shm::os::ExitStatus::Code(c) => Exit::Code(c),
+            ipc_shm::os::ExitStatus::Signal(s) => Exit::Signal(s),
         }
     }
 }

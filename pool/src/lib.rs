@@ -51,8 +51,10 @@
 //!   `ipc-shm` (the workers' progress slots).
 //! - `serde` and `bincode` 2: arguments, results and protocol frames.
 //! - `crossbeam-channel`: the parent's job queue and result streams (`select` with a timeout).
-//! - `nix`, `rustix` and `libc`: fork, exec, waitpid, signals, pidfds, `SCM_RIGHTS` for the
-//!   fork server, all in the private `os` module and `start/` (the fork server's client).
+//! - No OS crate of its own: fork, waitpid, signals, pidfds, `signalfd` and `SCM_RIGHTS` for
+//!   the fork server come from the workspace's OS layer, [`ipc_shm::os`], which the test harness
+//!   shares. `unsafe` is allowed in two modules only: `task` (the trampoline) and `slot` (the
+//!   progress words in shared memory).
 //! - `thiserror`: error `Display`. `ctor` (optional, default): run [`init`] before `main`.
 //!   `indicatif` (optional, feature `progress`): `progress_bar()`.
 //!
@@ -72,7 +74,6 @@ mod driver;
 mod error;
 mod imap;
 mod job;
-mod os;
 mod process;
 mod registry;
 mod result;

@@ -173,7 +173,7 @@ impl<R> Process<R> {
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         if let Some(w) = &self.worker {
-            let _ = crate::os::kill(w.pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = ipc_shm::os::kill(w.pid, ipc_shm::os::Signal::SIGTERM);
         }
     }
 

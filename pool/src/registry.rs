@@ -191,7 +191,7 @@ impl Registry {
         self.close();
         self.terminated.store(true, Ordering::SeqCst);
         for stats in lock(&self.table).values() {
-            let _ = crate::os::kill(stats.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = ipc_shm::os::kill(stats.pid, ipc_shm::os::Signal::SIGKILL);
         }
         while let Ok(job) = self.rx.try_recv() {
             self.finish_job_error(&job, &TaskError::Terminated);
@@ -216,7 +216,7 @@ impl Registry {
         let mut workers: Vec<WorkerStats> = lock(&self.table).values().cloned().collect();
         workers.sort_by_key(|w| w.pid);
         for w in &mut workers {
-            if let Some((rss, cpu)) = crate::os::usage(w.pid) {
+            if let Some((rss, cpu)) = ipc_shm::os::usage(w.pid) {
                 w.rss_bytes = rss;
                 w.cpu_time = cpu;
             }

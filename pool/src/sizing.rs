@@ -101,7 +101,7 @@ impl Driver {
             .registry
             .settings
             .max_memory_per_child
-            .is_some_and(|max| crate::os::rss(worker.pid).is_some_and(|rss| rss > max));
+            .is_some_and(|max| ipc_shm::os::rss(worker.pid).is_some_and(|rss| rss > max));
         if too_old || too_big {
             self.set_state(WorkerState::Retiring);
             // Start the replacement before the old worker goes, so the seat is back in service

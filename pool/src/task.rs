@@ -96,21 +96,51 @@ impl TaskRef {
 
     /// Runs the referenced function over `input` in this (worker) process.
     ///
-    /// # Safety
-    ///
-    /// `self` must have been made by [`TaskRef::new`] in a process running the same executable
-    /// as this one (the pool checks the executable's identity when the worker starts), so that
-    /// both offsets land on the functions they were taken from.
-    pub(crate) unsafe fn run(&self, input: &[u8], ctx: &mut dyn ChunkCtx) -> Result<(), ()> {
+    /// `build` is the proof that makes this safe: it exists only once this worker has
+    /// announced its executable's identity, and the pool sends tasks only to a worker whose
+    /// identity equals its own (see [`SameBuild`]).
+    pub(crate) fn run(
+        &self,
+        build: &SameBuild,
+        input: &[u8],
+        ctx: &mut dyn ChunkCtx,
+    ) -> Result<(), ()> {
+        let _ = build;
         let base = anchor() as i64;
         let trampoline_addr = (base + self.trampoline) as usize;
         let func_addr = (base + self.func) as usize;
-        // SAFETY: by the caller's contract the executable is the same build, so base + offset is
-        // the address of the `Trampoline`-typed function the offset was taken from in the
-        // parent; a function pointer and a `usize` have the same size on this target.
+        // SAFETY: transmuting a `usize` to a fn pointer is sound if the address is that of a
+        // function of that exact type. `build` proves the worker announced its executable and
+        // the pool sends a `TaskRef` (made by `TaskRef::new` in the pool) only to a worker
+        // whose executable identity equals its own, so this is the same build and base +
+        // offset is the address of the `Trampoline`-typed function the offset was taken from
+        // in the pool; a function pointer and a `usize` have the same size on this target.
         let trampoline: Trampoline =
             unsafe { std::mem::transmute::<usize, Trampoline>(trampoline_addr) };
         trampoline(func_addr, input, ctx)
+    }
+}
+
+/// The executable identity this worker announces in its `Hello`: device, inode, size and
+/// modification time of `/proc/self/exe`.
+pub(crate) type ExeIdentity = (u64, u64, u64, i64);
+
+/// Proof that task references may be run in this worker: it can only be made by
+/// [`SameBuild::announce`], which hands out the executable identity the worker must send in its
+/// `Hello`. The pool reads that `Hello` and refuses a worker whose identity differs from its own
+/// ([`crate::PoolError::BuildMismatch`]) before sending it any task, so a worker that holds this
+/// token and receives a task runs the same build as the pool that made the task's offsets.
+#[derive(Debug)]
+pub(crate) struct SameBuild {
+    _private: (),
+}
+
+impl SameBuild {
+    /// This executable's identity, to send in the worker's `Hello`, and the token that lets the
+    /// worker run the tasks the pool sends after checking it.
+    pub(crate) fn announce() -> (ExeIdentity, SameBuild) {
+        let exe = ipc_shm::os::exe_identity().unwrap_or_default();
+        (exe, SameBuild { _private: () })
     }
 }
 
@@ -128,8 +158,8 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// Calls one function on one argument, catching its panic.
 fn invoke<A, R>(func: usize, arg: A) -> Result<R, Failure> {
     // SAFETY: `func` is `base + offset` of an `fn(A) -> R` of this same executable, paired with
-    // this very monomorphisation of the trampoline by `TaskRef::new` (see `TaskRef::run`'s
-    // contract); fn pointers and usize have the same size.
+    // this very monomorphisation of the trampoline by `TaskRef::new` (the same build is what
+    // `TaskRef::run`'s `SameBuild` proves); fn pointers and usize have the same size.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
     catch_unwind(AssertUnwindSafe(|| f(arg)))
         .map_err(|payload| Failure::Panicked(panic_message(&*payload)))

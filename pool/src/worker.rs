@@ -5,15 +5,15 @@
 //! job is done, and also as soon as 50 us of work have accumulated, so that a death loses no
 //! result of a slow task and at most 50 us of fast ones.
 //!
-//! This is the one place where a task reference received from the pool becomes a call, hence
-//! the `unsafe` below: its justification is the executable check of the handshake.
-#![allow(unsafe_code)]
+//! This is the one place where a task reference received from the pool becomes a call. It needs
+//! no `unsafe`: the call goes through [`crate::task`], and its justification, the executable
+//! check of the handshake, is the `SameBuild` token that announcing the `Hello` yields.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::slot::{ProgressSlot, ProgressWords};
-use crate::task::{ChunkCtx, Failure};
+use crate::task::{ChunkCtx, Failure, SameBuild};
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 
 /// Exit codes of a worker process.
@@ -40,9 +40,12 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
     // backtrace, with RUST_BACKTRACE set) in the worker too would only slow the worker down.
     std::panic::set_hook(Box::new(|_| {}));
     let mut frame = Vec::new();
+    // The pool checks this identity before it sends any task; `build` is the token of that
+    // check that running a task needs.
+    let (exe, build) = SameBuild::announce();
     let hello = FromWorker::Hello {
         pid: std::process::id(),
-        exe: crate::os::exe_identity().unwrap_or_default(),
+        exe,
     };
     if send(link, &hello, &[], &mut frame).is_err() {
         return code::LINK;
@@ -61,9 +64,7 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
             ToWorker::Exit => return code::OK,
             ToWorker::Init { task } => {
                 let mut ctx = InitCtx { failure: None };
-                // SAFETY: the pool checked this worker's executable identity (Hello) before
-                // sending any task, so `task` refers to this same build.
-                let _ = unsafe { task.run(payload, &mut ctx) };
+                let _ = task.run(&build, payload, &mut ctx);
                 match ctx.failure {
                     None => {
                         if send(link, &FromWorker::InitDone, &[], &mut frame).is_err() {
@@ -87,8 +88,7 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                     last_flush: Instant::now(),
                     frame: &mut frame,
                 };
-                // SAFETY: as for Init above: the executable was checked at the handshake.
-                let sent = unsafe { task.run(payload, &mut ctx) };
+                let sent = task.run(&build, payload, &mut ctx);
                 words.item.store(0, Ordering::Release);
                 if sent.is_err() {
                     return code::LINK;

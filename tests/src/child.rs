@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
+use ipc_shm::os::{self, ExitStatus, Signal};
 
-use crate::{CHILD_ENV, DEFAULT_WATCHDOG, entry_test_name, os};
+use crate::{CHILD_ENV, DEFAULT_WATCHDOG, entry_test_name};
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl ChildCommand {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        os::die_with_parent(&mut cmd);
+        os::command_dies_with_parent(&mut cmd);
         ChildCommand {
             cmd,
             label: label.into(),
@@ -181,7 +181,9 @@ impl ChildCommand {
 /// allocator's arenas) at the instant of the fork, and the child gets them still held.
 #[track_caller]
 pub fn fork_child(watchdog: Duration, body: impl FnOnce() -> i32) -> ChildProcess {
-    let pid = os::fork(body).expect("fork");
+    // The child leaves with `_exit`; a panic in `body` becomes exit code 101.
+    let body = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
+    let pid = os::fork_then(&[], body).expect("fork");
     let pidfd = os::pidfd(pid).expect("pidfd_open of a child we just forked");
     ChildProcess {
         pid,
@@ -271,7 +273,10 @@ impl ChildProcess {
                     (None, None) => ExitKind::Exited(-1),
                 }
             }
-            None => os::reap(self.pid).expect("waitpid"),
+            None => match os::reap(self.pid).expect("waitpid") {
+                ExitStatus::Code(code) => ExitKind::Exited(code),
+                ExitStatus::Signal(sig) => ExitKind::Signaled(sig),
+            },
         };
         let join = |h: Option<JoinHandle<String>>| h.map(|h| h.join().unwrap_or_default());
         let outcome = ChildOutcome {

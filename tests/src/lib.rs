@@ -46,12 +46,13 @@
 //! child. [`ShmName`] gives each test a unique shared-memory name and unlinks it on drop.
 //!
 //! # Dependencies
-//! - `nix`: fork, waitpid, kill, shm_unlink.
-//! - `rustix`: `pidfd_open` and `poll`, to wait for a child with a timeout and no sleeping loop.
+//! - `ipc-shm`, for its OS layer [`ipc_shm::os`] alone: fork, `PR_SET_PDEATHSIG`, `pidfd_open`
+//!   and `poll` (to wait for a child with a timeout and no sleeping loop), kill, waitpid,
+//!   `shm_unlink`: the same helpers the pool uses. (ipc-shm's own tests use this crate as a
+//!   dev-dependency; cargo allows that cycle.)
 #![deny(unsafe_code)]
 
 mod child;
-mod os;
 
 pub use child::{ChildCommand, ChildOutcome, ChildProcess, fork_child};
 
@@ -162,7 +163,7 @@ impl std::ops::Deref for ShmName {
 impl Drop for ShmName {
     fn drop(&mut self) {
         if self.owner == std::process::id() {
-            os::shm_unlink_quiet(&self.name);
+            ipc_shm::os::shm_unlink_quiet(&self.name);
         }
     }
 }

@@ -34,7 +34,7 @@ fn work((seg_name, queue_name, i, die_at): (String, String, u64, u64)) -> u64 {
     };
     guard.mark_consistent();
     if i == die_at {
-        nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+        ipc_shm::os::kill(ipc_shm::os::pid(), ipc_shm::os::Signal::SIGKILL).unwrap();
     }
     let value = seg.get(COUNTER).unwrap().fetch_add(1, Ordering::AcqRel) + 1;
     queue.put(value).expect("put");

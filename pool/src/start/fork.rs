@@ -11,7 +11,7 @@ pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
     let (ours, theirs) = transport::pair()?;
     // The closure runs only in the child; the parent keeps both ends (the closure borrows them).
     let (mut ours, mut theirs) = (Some(ours), Some(theirs));
-    let pid = crate::os::fork_then(|| {
+    let pid = ipc_shm::os::fork_then(&[], || {
         // The child: the pool's end is not ours to use here.
         if let Some(ours) = ours.take() {
             ours.forget_in_child();

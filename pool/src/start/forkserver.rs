@@ -2,7 +2,7 @@
 //!
 //! Forking a multi-threaded process is unsafe (only the calling thread survives, and locks held
 //! by the others stay held), and a pool's parent always has threads. So the first pool that uses
-//! `ForkServer` starts a server by *executing* `/proc/self/exe` with a role variable: a fresh,
+//! `ForkServer` starts a server by *executing* `/proc/self/exe` with a role argument: a fresh,
 //! single-threaded process. The pool sends it, over a `SOCK_SEQPACKET` socket, the descriptors of
 //! a new worker's pipe end and progress slot (`SCM_RIGHTS`); the server forks, the child becomes
 //! the worker, the server answers with the pid. The server reaps its children (a `signalfd` for
@@ -14,24 +14,21 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use ipc_shm::os::{ChildSignals, Signal};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Exit, PoolError, SpawnError, SpawnErrorKind};
 use crate::slot::{PROGRESS_SLOT_TAG, ProgressSlot};
-use crate::start::spawn::ENV_ROLE;
 use crate::start::{Reaper, Worker};
 use crate::wire::codec;
 use crate::wire::transport::{self, PipeLink};
 
-/// The role value of the fork server.
-pub(super) const ROLE_SERVER: &str = "forkserver";
+/// The role argument (`argv[1]`) of the fork server (see `spawn::ROLE_SPAWN` for why an argument).
+pub(super) const ROLE_SERVER: &str = "--ipc-pool-role=forkserver";
 /// The variable that names the server's inherited socket.
 const ENV_SERVER_SOCK: &str = "IPC_POOL_SERVER_SOCK";
 
@@ -60,15 +57,17 @@ enum FromServer {
     },
 }
 
-fn send_msg(sock: RawFd, msg: &impl Serialize, fds: &[RawFd]) -> io::Result<()> {
+fn send_msg(sock: BorrowedFd<'_>, msg: &impl Serialize, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let bytes = codec::encode(msg).map_err(|e| io::Error::other(e.to_string()))?;
-    crate::os::send_with_fds(sock, &bytes, fds)
+    ipc_shm::os::send_with_fds(sock, &bytes, fds)
 }
 
 /// Receives one message and the descriptors it carries; `Ok(None)` at end of stream.
-fn recv_msg<T: serde::de::DeserializeOwned>(sock: RawFd) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+fn recv_msg<T: serde::de::DeserializeOwned>(
+    sock: BorrowedFd<'_>,
+) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = [0u8; 512];
-    let (len, fds) = crate::os::recv_with_fds(sock, &mut buf)?;
+    let (len, fds) = ipc_shm::os::recv_with_fds(sock, &mut buf)?;
     if len == 0 {
         return Ok(None);
     }
@@ -80,23 +79,18 @@ pub(super) fn run_server() -> i32 {
     let Ok(sock) = ipc_shm::take_inherited_fd(ENV_SERVER_SOCK) else {
         return 2;
     };
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    if mask.thread_block().is_err() {
+    let Ok(mut sigfd) = ChildSignals::new() else {
         return 3;
-    }
-    let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-    else {
-        return 4;
     };
     let mut children: Vec<u32> = Vec::new();
-    while let Ok(ready) = crate::os::wait_readable(&[sock.as_fd(), sigfd.as_fd()], None) {
+    while let Ok(ready) = ipc_shm::os::wait_readable(&[sock.as_fd(), sigfd.as_fd()], None) {
         if ready[1] {
-            while let Ok(Some(_)) = sigfd.read_signal() {}
+            sigfd.drain();
             // Reap every child that ended and report it.
-            children.retain(|&pid| match crate::os::try_reap(pid) {
+            children.retain(|&pid| match ipc_shm::os::try_reap(pid) {
                 Ok(Some(exit)) => {
-                    let _ = send_msg(sock.as_raw_fd(), &FromServer::Exited { pid, exit }, &[]);
+                    let exit = exit.into();
+                    let _ = send_msg(sock.as_fd(), &FromServer::Exited { pid, exit }, &[]);
                     false
                 }
                 Ok(None) => true,
@@ -104,7 +98,7 @@ pub(super) fn run_server() -> i32 {
             });
         }
         if ready[0] {
-            match recv_msg::<ToServer>(sock.as_raw_fd()) {
+            match recv_msg::<ToServer>(sock.as_fd()) {
                 Ok(Some((ToServer::Fork { side }, fds))) => {
                     let reply = match server_fork_one(&sock, &sigfd, side, fds) {
                         Ok(pid) => {
@@ -116,7 +110,7 @@ pub(super) fn run_server() -> i32 {
                             message: e.to_string(),
                         },
                     };
-                    if send_msg(sock.as_raw_fd(), &reply, &[]).is_err() {
+                    if send_msg(sock.as_fd(), &reply, &[]).is_err() {
                         break;
                     }
                 }
@@ -126,15 +120,15 @@ pub(super) fn run_server() -> i32 {
         }
     }
     for pid in children {
-        let _ = crate::os::kill(pid, Signal::SIGKILL);
-        let _ = crate::os::reap(pid);
+        let _ = ipc_shm::os::kill(pid, Signal::SIGKILL);
+        let _ = ipc_shm::os::reap(pid);
     }
     0
 }
 
 fn server_fork_one(
     sock: &OwnedFd,
-    sigfd: &SignalFd,
+    sigfd: &ChildSignals,
     side: u32,
     fds: Vec<OwnedFd>,
 ) -> io::Result<u32> {
@@ -146,15 +140,10 @@ fn server_fork_one(
             "a fork request needs exactly three descriptors",
         ));
     };
-    let parent = std::process::id();
-    let sock_raw = sock.as_raw_fd();
-    let sigfd_raw = sigfd.as_fd().as_raw_fd();
-    crate::os::fork_then(move || {
-        // The worker: drop the server's descriptors and signal mask, then serve the pool.
-        crate::os::close_raw(sock_raw);
-        crate::os::close_raw(sigfd_raw);
-        let _ = SigSet::all().thread_unblock();
-        let _ = parent;
+    // The worker: the server's descriptors are closed in the child (it never touches them);
+    // it drops the server's signal mask, then serves the pool.
+    ipc_shm::os::fork_then(&[sock.as_fd(), sigfd.as_fd()], move || {
+        let _ = ipc_shm::os::unblock_all_signals();
         let link = ipc_pipe::Connection::from_raw_parts(shm, pipe_sock, side as usize);
         let slot = ipc_shm::OpenOptions::new(PROGRESS_SLOT_TAG)
             .from_fd(slot_fd)
@@ -206,15 +195,9 @@ fn client() -> Result<&'static ForkServerClient, PoolError> {
 }
 
 fn start_server() -> io::Result<ForkServerClient> {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
+    let (ours, theirs) = ipc_shm::os::seqpacket_pair()?;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.env(ENV_ROLE, ROLE_SERVER);
+    cmd.arg(ROLE_SERVER);
     ipc_shm::pass_fd_to_command(&mut cmd, theirs.as_fd(), ENV_SERVER_SOCK)?;
     let child = cmd.stdin(std::process::Stdio::null()).spawn()?;
     drop(cmd);
@@ -242,7 +225,7 @@ fn start_server() -> io::Result<ForkServerClient> {
 
 fn read_server(sock: OwnedFd) {
     loop {
-        let msg = recv_msg::<FromServer>(sock.as_raw_fd());
+        let msg = recv_msg::<FromServer>(sock.as_fd());
         let Some(client) = CLIENT.get().and_then(|c| c.as_ref().ok()) else {
             // Not published yet: the first message cannot arrive before the first request,
             // which is sent only after publication; treat anything else as the end.
@@ -279,13 +262,9 @@ pub(crate) fn server_fork(theirs: PipeLink, slot: &ProgressSlot) -> Result<u32, 
     let (shm, sock, side) = theirs
         .into_raw_parts()
         .map_err(|e| PoolError::os("handing the worker pipe to the fork server", e))?;
-    let fds = [
-        shm.as_raw_fd(),
-        sock.as_raw_fd(),
-        slot.segment().fd().as_raw_fd(),
-    ];
+    let fds = [shm.as_fd(), sock.as_fd(), slot.segment().fd()];
     send_msg(
-        client.sock.as_raw_fd(),
+        client.sock.as_fd(),
         &ToServer::Fork { side: side as u32 },
         &fds,
     )

@@ -6,14 +6,13 @@
 //! first thing: from the `ctor` constructor (default feature `ctor`, before `main`, which is
 //! what makes these methods work inside test binaries) or explicitly at the top of `main`.
 //!
-//! The one `unsafe` here removes the role variable from the environment, which is sound only
-//! while the process has a single thread: exactly `init`'s documented contract.
-#![allow(unsafe_code)]
+//! The role is the program's first argument, which the programs a worker starts do not inherit,
+//! so nothing is removed from the environment and this module needs no `unsafe`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::forkserver::ROLE_SERVER;
-use super::spawn::{ENV_ROLE, ROLE_SPAWN};
+use super::spawn::ROLE_SPAWN;
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 
@@ -29,26 +28,11 @@ static INITIALISED: AtomicBool = AtomicBool::new(false);
 /// // ... build pools with any start method ...
 /// ```
 pub fn init() {
-    match std::env::var(ENV_ROLE).as_deref() {
-        Ok(ROLE_SPAWN) => {
-            clear_role();
-            std::process::exit(super::spawn::run_spawned_worker())
-        }
-        Ok(ROLE_SERVER) => {
-            clear_role();
-            std::process::exit(super::forkserver::run_server())
-        }
+    let role = std::env::args_os().nth(1);
+    match role.as_ref().and_then(|r| r.to_str()) {
+        Some(ROLE_SPAWN) => std::process::exit(super::spawn::run_spawned_worker()),
+        Some(ROLE_SERVER) => std::process::exit(super::forkserver::run_server()),
         _ => INITIALISED.store(true, Ordering::SeqCst),
-    }
-}
-
-/// Removes the role variables so that programs a worker starts do not inherit its role.
-fn clear_role() {
-    // SAFETY: `init` runs before `main` (from the constructor) or first thing in `main`, where
-    // the documented contract is that no other thread exists yet, so nothing can read the
-    // environment concurrently.
-    unsafe {
-        std::env::remove_var(ENV_ROLE);
     }
 }
 

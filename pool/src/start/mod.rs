@@ -104,7 +104,7 @@ impl Worker {
             return Ok(exit);
         }
         let exit = match self.reaper {
-            Reaper::Child => crate::os::reap(self.pid)?,
+            Reaper::Child => ipc_shm::os::reap(self.pid)?.into(),
             Reaper::Server => forkserver::server_reap(self.pid)?,
         };
         self.exit = Some(exit);
@@ -114,7 +114,7 @@ impl Worker {
     /// Sends SIGKILL.
     pub(crate) fn kill(&self) {
         if self.exit.is_none() {
-            let _ = crate::os::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = ipc_shm::os::kill(self.pid, ipc_shm::os::Signal::SIGKILL);
         }
     }
 
@@ -123,8 +123,8 @@ impl Worker {
         if self.exit.is_some() {
             return true;
         }
-        match crate::os::pidfd(self.pid) {
-            Ok(fd) => crate::os::wait_readable(&[crate::os::borrow(&fd)], Some(timeout))
+        match ipc_shm::os::pidfd(self.pid) {
+            Ok(fd) => ipc_shm::os::wait_readable(&[std::os::fd::AsFd::as_fd(&fd)], Some(timeout))
                 .map(|r| r[0])
                 .unwrap_or(true),
             Err(_) => true,
@@ -174,7 +174,7 @@ pub(crate) fn handshake(
     }
     match protocol::unframe::<FromWorker>(buf) {
         Ok((FromWorker::Hello { exe, .. }, _)) => {
-            let mine = crate::os::exe_identity().unwrap_or_default();
+            let mine = ipc_shm::os::exe_identity().unwrap_or_default();
             if exe != mine {
                 return Err(PoolError::BuildMismatch {
                     detail: format!("worker executable {exe:?}, pool executable {mine:?}"),

@@ -1,4 +1,4 @@
-//! The `Spawn` start method: re-execute `/proc/self/exe` with a role variable; the new program
+//! The `Spawn` start method: re-execute `/proc/self/exe` with a role argument; the new program
 //! becomes a worker in [`init`](super::init::init), on the pipe end and progress slot it
 //! inherited.
 
@@ -9,10 +9,10 @@ use crate::slot::{PROGRESS_SLOT_TAG, ProgressSlot};
 use crate::start::{FORK_LOCK, Reaper, Worker, theirs_handed_over};
 use crate::wire::transport::{self, PipeLink};
 
-/// The variable that gives a re-executed program its role (spawned worker, fork server).
-pub(super) const ENV_ROLE: &str = "IPC_POOL_WORKER";
-/// The role value of a spawned worker.
-pub(super) const ROLE_SPAWN: &str = "spawn";
+/// The role argument (`argv[1]`) of a spawned worker. A role travels as an argument, not as an
+/// environment variable, so that the programs a worker starts cannot inherit it, and nothing has
+/// to remove it from the environment (which would be `unsafe` once threads may exist).
+pub(super) const ROLE_SPAWN: &str = "--ipc-pool-role=spawn";
 /// The variable that names a spawned worker's inherited pipe end.
 const ENV_LINK: &str = "IPC_POOL_LINK";
 /// The variable that names a spawned worker's inherited progress slot.
@@ -23,12 +23,12 @@ pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
     let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (ours, theirs) = transport::pair()?;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.env(ENV_ROLE, ROLE_SPAWN);
+    cmd.arg(ROLE_SPAWN);
     theirs.pass_to_command(&mut cmd, ENV_LINK)?;
     slot.segment()
         .pass_to_command(&mut cmd, ENV_SLOT)
         .map_err(|e| PoolError::os("passing the progress slot", e))?;
-    crate::os::command_dies_with_parent(&mut cmd);
+    ipc_shm::os::command_dies_with_parent(&mut cmd);
     let child = cmd
         .spawn()
         .map_err(|e| PoolError::os("spawning a worker", e))?;

@@ -1,0 +1,36 @@
+//! The workspace's OS layer: every system call the crates make outside the futex wrapper, in one
+//! place, so another OS can be added by replacing this module.
+//!
+//! Linux today. Each function turns `errno` into [`std::io::Error`] and knows nothing of headers,
+//! pipes or pools; the crates above call these instead of an OS crate of their own.
+//!
+//! | file | what |
+//! |---|---|
+//! | [`shm`] | POSIX shared-memory names, memfd, seals, size |
+//! | [`fd`] | descriptors: ownership of inherited numbers, close-on-exec in a child, dup |
+//! | [`process`] | ids, fork, die-with-parent, pidfd, signals, reaping, `/proc` figures |
+//! | [`poll`](mod@poll) | waiting for readability |
+//! | [`socket`] | socketpairs, readiness bytes, `SCM_RIGHTS` |
+//! | [`signal`] | a `signalfd` for `SIGCHLD` (the fork server's reaper) |
+//!
+//! The OS crates, one per purpose: `rustix` wherever it has a safe form; `nix` for `fork(2)` and
+//! `signalfd(2)`, which rustix does not offer (and for the [`Signal`] type, which the test
+//! harness's public API already uses); `libc` for `_exit(2)` alone.
+//!
+//! Safe functions return typed `io::Result`s; the few `unsafe fn`s carry `# Safety` sections.
+//! Only [`fd`] and [`process`] allow `unsafe` (borrowing raw numbers, `pre_exec`, `fork`,
+//! `_exit`, `pthread_atfork`); the other files are safe code over rustix and nix.
+
+pub mod fd;
+pub mod poll;
+pub mod process;
+pub mod shm;
+pub mod signal;
+pub mod socket;
+
+pub use fd::*;
+pub use poll::*;
+pub use process::*;
+pub use shm::*;
+pub use signal::*;
+pub use socket::*;

@@ -1,0 +1,262 @@
+//! Processes: ids, fork, die-with-parent, pidfds, signals, reaping, and the `/proc` figures the
+//! pool reads. The one fork/pidfd/wait helper that the pool and the test harness share.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, WaitOptions};
+
+pub use nix::sys::signal::Signal;
+
+/// How a reaped process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExitStatus {
+    /// It exited with this status code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+fn to_pid(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// This process's id.
+pub fn pid() -> u32 {
+    rustix::process::getpid()
+        .as_raw_nonzero()
+        .get()
+        .unsigned_abs()
+}
+
+/// The parent's id (0 if the parent is outside this pid namespace).
+pub fn ppid() -> u32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get().unsigned_abs())
+}
+
+/// Whether a process with this id exists (it may be a zombie; good enough for misuse checks).
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = to_pid(pid) else {
+        return false;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
+/// The exit code of a forked child whose parent died before the child could ask to die with it.
+pub const PARENT_GONE: i32 = 111;
+
+/// Forks. In the child, the descriptors `close_in_child` are closed, the child asks for SIGKILL
+/// when its parent dies (and exits at once with [`PARENT_GONE`] if the parent already died
+/// between the fork and that request), then `child` runs and the process exits with the code it
+/// returns (via [`exit_now`]: no atexit handlers, no std buffer flush); it never returns to the
+/// caller. In the parent, returns the child's pid.
+///
+/// `child` must not use the descriptors of `close_in_child` (they are closed, and their numbers
+/// may be reused by anything `child` opens). In a multi-threaded parent only the forking thread
+/// survives in the child and locks held by other threads stay held forever: `child` must then
+/// take no lock another thread may hold (the allocator's included, if it uses one).
+pub fn fork_then(
+    close_in_child: &[BorrowedFd<'_>],
+    child: impl FnOnce() -> i32,
+) -> io::Result<u32> {
+    let parent = pid();
+    // SAFETY: fork(2)'s contract (nix): in the child of a multi-threaded process only
+    // async-signal-safe work is sound unless no other thread holds a lock the child needs. The
+    // child below makes raw system calls (close, prctl, getppid) and runs `child`, whose
+    // restriction is this function's documented contract, then leaves with _exit so that no
+    // atexit handler or std buffer flush can deadlock on a lock another thread held.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw().unsigned_abs()),
+        nix::unistd::ForkResult::Child => {
+            for fd in close_in_child {
+                // SAFETY: rustix's `close` requires that nothing uses the number afterwards. In
+                // this child the owners of these descriptors are copies of the parent's that
+                // never run again: the child runs only `child` (which must not use them, as
+                // documented) and leaves with _exit, so no owner's drop closes them again.
+                unsafe { rustix::io::close(fd.as_raw_fd()) };
+            }
+            let code = if die_with_parent(parent).is_ok() {
+                child()
+            } else {
+                PARENT_GONE
+            };
+            exit_now(code)
+        }
+    }
+}
+
+/// Asks the kernel for SIGKILL when the parent `parent` dies, and checks it has not already.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, not the whole process.
+pub fn die_with_parent(parent: u32) -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if ppid() != parent {
+        return Err(io::Error::other("the parent died before the child started"));
+    }
+    Ok(())
+}
+
+/// Ends the process at once: no atexit handlers, no flushing of std buffers (the way out of a
+/// forked child of a multi-threaded process).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) has no preconditions; it ends the process and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Registers `handler` to run in the child of every later `fork` of this process
+/// (`pthread_atfork` with a child handler only).
+///
+/// # Safety
+///
+/// `handler` runs in the child of a possibly multi-threaded fork, before anything else there:
+/// it must be async-signal-safe (no allocation, no lock; an atomic store or add is fine).
+pub unsafe fn at_fork_in_child(handler: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `pthread_atfork` only stores the three handler pointers; `None` is allowed for the
+    // prepare and parent handlers, and the child handler is a valid `extern "C" fn()` with
+    // 'static lifetime whose async-signal-safety is this function's caller's contract.
+    let rc = unsafe { libc::pthread_atfork(None, None, Some(handler)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Makes the child that `cmd` starts die with SIGKILL when the thread that spawns it exits.
+pub fn command_dies_with_parent(cmd: &mut Command) {
+    // SAFETY: `pre_exec`'s contract: the closure runs between fork and exec, where only
+    // async-signal-safe calls are allowed. It makes one prctl(2) call, allocates nothing and
+    // takes no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            Ok(rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ))?)
+        });
+    }
+}
+
+/// A pidfd for `pid`: readable once the process exits; works for non-children too.
+pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
+    Ok(rustix::process::pidfd_open(
+        to_pid(pid)?,
+        rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// Waits until the process behind `pidfd` exits or `timeout` passes; `true` if it exited.
+/// An interrupted poll is resumed with the time left.
+pub fn wait_exit(pidfd: impl AsFd, timeout: Duration) -> io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sends `signal` to `pid`; a process that is already gone is not an error.
+pub fn kill(pid: u32, signal: Signal) -> io::Result<()> {
+    let sig = rustix::process::Signal::from_named_raw(signal as i32)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    match rustix::process::kill_process(to_pid(pid)?, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The name of signal number `signal` (`"SIGKILL"`), if it has one.
+pub fn signal_name(signal: i32) -> Option<&'static str> {
+    Signal::try_from(signal).ok().map(Signal::as_str)
+}
+
+fn status(st: rustix::process::WaitStatus) -> Option<ExitStatus> {
+    if let Some(code) = st.exit_status() {
+        Some(ExitStatus::Code(code))
+    } else {
+        st.terminating_signal().map(ExitStatus::Signal)
+    }
+}
+
+/// Reaps the child `pid`, blocking until it has ended (EINTR is retried).
+pub fn reap(pid: u32) -> io::Result<ExitStatus> {
+    let p = to_pid(pid)?;
+    loop {
+        match rustix::process::waitpid(Some(p), WaitOptions::empty()) {
+            Ok(Some((_, st))) => {
+                if let Some(s) = status(st) {
+                    return Ok(s);
+                }
+            }
+            Ok(None) | Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reaps the child `pid` if it has ended; `None` if it still runs (or the wait was interrupted).
+pub fn try_reap(pid: u32) -> io::Result<Option<ExitStatus>> {
+    match rustix::process::waitpid(Some(to_pid(pid)?), WaitOptions::NOHANG) {
+        Ok(Some((_, st))) => Ok(status(st)),
+        Ok(None) | Err(rustix::io::Errno::INTR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The identity of this process's executable: device, inode, size and modification time.
+pub fn exe_identity() -> io::Result<(u64, u64, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/self/exe")?;
+    Ok((m.dev(), m.ino(), m.size(), m.mtime()))
+}
+
+/// Resident set size in bytes and CPU time (user + system) of `pid`, from `/proc/<pid>/stat`.
+pub fn usage(pid: u32) -> Option<(u64, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the ")", field 3 (state) is index 0; utime is field 14 and stime 15; rss is 24.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    let ticks = rustix::param::clock_ticks_per_second().max(1);
+    let cpu = Duration::from_secs_f64((utime + stime) as f64 / ticks as f64);
+    Some((rss_pages * page_size(), cpu))
+}
+
+/// Resident set size of `pid` in bytes (from `/proc/<pid>/statm`, cheaper than `stat`).
+pub fn rss(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+/// The size of a memory page in bytes.
+pub fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+}
+
+/// The CPUs this process may use: affinity and cgroup quota respected (std does both).
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

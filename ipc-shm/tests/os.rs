@@ -1,0 +1,78 @@
+//! The OS layer's process and socket helpers, as the pool and the test harness use them.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use ipc_shm::os::{self, ExitStatus, Signal};
+
+const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// Waits for a forked child under a watchdog (killing it if it overstays), then reaps it.
+fn wait_and_reap(pid: u32) -> ExitStatus {
+    let pidfd = os::pidfd(pid).expect("pidfd of our child");
+    if !os::wait_exit(&pidfd, WATCHDOG).expect("poll the pidfd") {
+        os::kill(pid, Signal::SIGKILL).expect("kill");
+        let _ = os::reap(pid);
+        panic!("watchdog: the forked child did not exit");
+    }
+    os::reap(pid).expect("waitpid")
+}
+
+#[test]
+fn a_forked_child_exits_with_its_code_and_closes_what_it_was_told() {
+    let (a, b) = os::seqpacket_pair().expect("socketpair");
+    let raw = a.as_raw_fd();
+    let pid =
+        os::fork_then(&[a.as_fd()], move || if os::is_open(raw) { 1 } else { 7 }).expect("fork");
+    assert_eq!(wait_and_reap(pid), ExitStatus::Code(7));
+    // The parent's descriptors are untouched.
+    assert!(os::is_open(a.as_raw_fd()) && os::is_open(b.as_raw_fd()));
+}
+
+#[test]
+fn a_killed_child_is_reaped_with_its_signal() {
+    let (parent_end, child_end) = os::seqpacket_pair().expect("socketpair");
+    let pid = os::fork_then(&[parent_end.as_fd()], move || {
+        // Blocks until the parent kills us (or goes away: then the read returns end of stream).
+        let _ = os::wait_readable(&[child_end.as_fd()], Some(WATCHDOG));
+        0
+    })
+    .expect("fork");
+    assert_eq!(os::try_reap(pid).expect("waitpid"), None);
+    os::kill(pid, Signal::SIGKILL).expect("kill");
+    assert_eq!(
+        wait_and_reap(pid),
+        ExitStatus::Signal(Signal::SIGKILL as i32)
+    );
+    // A process that is gone is not an error to kill.
+    os::kill(pid, Signal::SIGKILL).expect("kill of a reaped pid");
+    assert_eq!(os::signal_name(9), Some("SIGKILL"));
+}
+
+#[test]
+fn descriptors_cross_a_socket_with_their_message() {
+    let (a, b) = os::seqpacket_pair().expect("socketpair");
+    let file = os::memfd("os-test").expect("memfd");
+    let mut w = std::fs::File::from(file.try_clone().expect("dup"));
+    w.write_all(b"hello").expect("write");
+    os::send_with_fds(a.as_fd(), b"msg", &[file.as_fd()]).expect("sendmsg");
+    let mut buf = [0u8; 16];
+    let (len, fds) = os::recv_with_fds(b.as_fd(), &mut buf).expect("recvmsg");
+    assert_eq!(&buf[..len], b"msg");
+    assert_eq!(fds.len(), 1);
+    let mut r = std::fs::File::from(fds.into_iter().next().expect("one fd"));
+    r.seek(SeekFrom::Start(0)).expect("seek");
+    let mut s = String::new();
+    r.read_to_string(&mut s).expect("read");
+    assert_eq!(s, "hello");
+    // Too many descriptors is a typed error, not a truncated message.
+    let many = [file.as_fd(); os::MAX_FDS + 1];
+    assert!(os::send_with_fds(a.as_fd(), b"x", &many).is_err());
+    // End of stream.
+    drop(a);
+    assert_eq!(
+        os::recv_with_fds(b.as_fd(), &mut buf).expect("recvmsg").0,
+        0
+    );
+}
