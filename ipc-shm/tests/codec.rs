@@ -3,14 +3,13 @@
 //! allocation.
 #![cfg(feature = "codec")]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use ipc_shm::codec::{
     self, DECODE_LIMIT, DecodeError, EncodeError, FRAME_ALIGN, FrameError, FrameHeader, HEADER_LEN,
     MAX_FRAME_LEN, decode, encode, encode_frame, encode_into, frame_len, padded_frame_len,
 };
+use ipc_tests::alloc::{CountingAllocator, largest_allocation};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -26,52 +25,11 @@ enum Msg {
     Map(BTreeMap<String, Option<f64>>),
 }
 
-/// The system allocator, recording the largest single allocation made by each thread, so tests
-/// can show that decoding garbage never asks for more than the decode limit.
-struct Tracking;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|m| m.set(m.get().max(size)));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
-// guarantees are ours; `note` only touches a const-initialised thread-local without destructor,
-// which never allocates.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged; `ptr` came from `System` through `alloc`/`realloc` above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+/// Records the largest single allocation of each thread (the harness's one counting
+/// allocator), so tests can show that decoding garbage never asks for more than the decode
+/// limit.
 #[global_allocator]
-static ALLOC: Tracking = Tracking;
-
-/// The largest single allocation `f` makes on this thread.
-fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    LARGEST.with(|m| m.set(0));
-    let r = f();
-    (r, LARGEST.with(Cell::get))
-}
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
 fn varint_u64(n: u64) -> Vec<u8> {
     encode(&n).unwrap()

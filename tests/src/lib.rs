@@ -45,6 +45,13 @@
 //! dies takes its children with it, and a [`ChildProcess`] that is dropped kills and reaps its
 //! child. [`ShmName`] gives each test a unique shared-memory name and unlinks it on drop.
 //!
+//! # Counting allocator
+//!
+//! [`alloc::CountingAllocator`] records the largest single allocation each thread makes; a test
+//! binary that installs it as its `#[global_allocator]` can show with
+//! [`alloc::largest_allocation`] that decoding garbage allocates nothing near a hostile length.
+//! It is the crate's one unsafe-allowed module (the `GlobalAlloc` impl).
+//!
 //! # Dependencies
 //! - `ipc-shm`, for its OS layer [`ipc_shm::os`] alone: fork, `PR_SET_PDEATHSIG`, `pidfd_open`
 //!   and `poll` (to wait for a child with a timeout and no sleeping loop), kill, waitpid,
@@ -52,6 +59,7 @@
 //!   dev-dependency; cargo allows that cycle.)
 #![deny(unsafe_code)]
 
+pub mod alloc;
 mod child;
 
 pub use child::{ChildCommand, ChildOutcome, ChildProcess, fork_child};

@@ -3,14 +3,12 @@
 //! typed error (or a value), never a panic, and never an allocation beyond the decode limit;
 //! hostile lengths the frame header or the decode limit refuse allocate nothing near their claim.
 //!
-//! The allocations are measured by this test binary's global allocator, as in
-//! `ipc-shm/tests/codec.rs`; it is here (and unsafe-allowed) only under `cfg(test)`.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+//! The allocations are measured by the test-support crate's counting allocator
+//! (`ipc_tests::alloc`, a dev-dependency), installed as this test binary's global allocator only
+//! under `cfg(test)`, as `ipc-shm/tests/codec.rs` does; no `unsafe` is needed here.
 
 use ipc_shm::codec::{DECODE_LIMIT, DecodeError, FrameError, FrameHeader, HEADER_LEN};
+use ipc_tests::alloc::{CountingAllocator, largest_allocation};
 use proptest::prelude::*;
 
 use crate::error::TaskError;
@@ -19,51 +17,11 @@ use crate::task::{Failure, TaskRef};
 use crate::wire::codec::{self, CodecDecodeError};
 use crate::wire::protocol::{FromWorker, ToWorker, frame, unframe};
 
-/// The system allocator, recording the largest single allocation each thread makes.
-struct Tracking;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|m| m.set(m.get().max(size)));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
-// guarantees are ours; `note` only touches a const-initialised thread-local without destructor,
-// which never allocates.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged; `ptr` came from `System` through `alloc`/`realloc` above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+/// Records the largest single allocation of each thread (the harness's one counting
+/// allocator), so tests can show that decoding garbage never asks for more than the decode
+/// limit.
 #[global_allocator]
-static ALLOC: Tracking = Tracking;
-
-/// The largest single allocation `f` makes on this thread.
-fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    LARGEST.with(|m| m.set(0));
-    let r = f();
-    (r, LARGEST.with(Cell::get))
-}
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
 /// What "nothing allocated" means for a tiny input refused by its frame header or by the decode
 /// limit: error messages and a few outcomes.
