@@ -9,10 +9,9 @@
 //!   them (throughput), against a socketpair, a pipe(2) pair, ipc-channel and memcpy.
 //!
 //! At the end, Python's `multiprocessing.Pipe` is measured by a script when `python3` exists.
-#![allow(unsafe_code)]
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
@@ -20,19 +19,10 @@ use std::time::{Duration, Instant};
 use benches::floor::{
     Side, futex_ping_pong, futex_ping_pong_stop, memcpy_once, spin_ping_pong, spin_ping_pong_stop,
 };
-use benches::proc::fork;
+use benches::proc::{fork, fork_closing};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipc_pipe::{Connection, PipeBuilder, RecvError};
 use ipc_shm::{Layout, SegmentBuilder};
-
-/// In a forked child: closes the child's copy of a descriptor the parent keeps using, so that
-/// the parent closing it is seen as end-of-file by the child.
-fn close_copy(fd: std::os::fd::RawFd) {
-    // SAFETY: called only in a freshly forked child, on the number of a descriptor that the
-    // parent owns; in the child nothing else uses that copy (the owning value is never touched
-    // there again and is never dropped, since the child leaves with `_exit`).
-    unsafe { libc::close(fd) };
-}
 
 /// Forks an echo child on a pipe made by `builder`; returns our end and the child.
 fn pipe_echo(builder: PipeBuilder) -> (Connection, benches::proc::Child) {
@@ -113,9 +103,7 @@ fn round_trip(c: &mut Criterion) {
     // A Unix socketpair.
     {
         let (mut a, mut b) = UnixStream::pair().unwrap();
-        let a_fd = a.as_raw_fd();
-        let pid = fork(|| {
-            close_copy(a_fd);
+        let pid = fork_closing(&[a.as_fd()], || {
             let mut buf = [0u8; 64];
             while b.read_exact(&mut buf).is_ok() {
                 if b.write_all(&buf).is_err() {
@@ -139,10 +127,7 @@ fn round_trip(c: &mut Criterion) {
     {
         let (mut up_r, mut up_w) = std::io::pipe().unwrap();
         let (mut down_r, mut down_w) = std::io::pipe().unwrap();
-        let (up_w_fd, down_r_fd) = (up_w.as_raw_fd(), down_r.as_raw_fd());
-        let pid = fork(|| {
-            close_copy(up_w_fd);
-            close_copy(down_r_fd);
+        let pid = fork_closing(&[up_w.as_fd(), down_r.as_fd()], || {
             let mut buf = [0u8; 64];
             while up_r.read_exact(&mut buf).is_ok() {
                 if down_w.write_all(&buf).is_err() {
@@ -233,9 +218,7 @@ fn one_way(c: &mut Criterion) {
         // A socketpair: the count goes one way, the bytes the other.
         {
             let (mut a, mut b) = UnixStream::pair().unwrap();
-            let a_fd = a.as_raw_fd();
-            let pid = fork(|| {
-                close_copy(a_fd);
+            let pid = fork_closing(&[a.as_fd()], || {
                 let mut cmd = [0u8; 8];
                 while b.read_exact(&mut cmd).is_ok() {
                     for _ in 0..u64::from_le_bytes(cmd) {
@@ -263,10 +246,7 @@ fn one_way(c: &mut Criterion) {
         {
             let (mut up_r, mut up_w) = std::io::pipe().unwrap();
             let (mut down_r, mut down_w) = std::io::pipe().unwrap();
-            let (up_w_fd, down_r_fd) = (up_w.as_raw_fd(), down_r.as_raw_fd());
-            let pid = fork(|| {
-                close_copy(up_w_fd);
-                close_copy(down_r_fd);
+            let pid = fork_closing(&[up_w.as_fd(), down_r.as_fd()], || {
                 let mut cmd = [0u8; 8];
                 while up_r.read_exact(&mut cmd).is_ok() {
                     for _ in 0..u64::from_le_bytes(cmd) {

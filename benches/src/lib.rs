@@ -10,7 +10,8 @@
 //! Dependencies beyond our crates: `rayon`, `threadpool`, `crossbeam-channel`, `procspawn`,
 //! `ipc-channel` (the peers); `serde`, `serde_bytes`, `bincode` (payloads and socketpair
 //! frames); `serde_json` (the runner's `--json`); `plotters` (SVG charts); `indicatif` (the
-//! progress bar); `libc` (fork, waitpid, process-shared pthread mutexes).
+//! progress bar); `libc` (process-shared pthread mutexes, `PR_SET_DUMPABLE`: what the OS layer
+//! `ipc_shm::os`, which forks, kills and reaps the helper processes, has no form for).
 #![deny(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};

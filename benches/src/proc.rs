@@ -1,55 +1,66 @@
 //! Forked helper processes for the cross-process workloads (the peer side of a ping-pong, a
 //! producer, an echo server), killed with their parent and reaped on drop.
+//!
+//! Fork, die-with-parent, kill and waitpid come from the workspace's one OS layer
+//! ([`ipc_shm::os`]). What stays on `libc` here has no form in that layer because it is the thing
+//! measured or is benchmark-only: the process-shared pthread mutex (the peer our `Lock` is
+//! compared with) and its anonymous `MAP_SHARED` page, `PR_SET_DUMPABLE` for a crash without a
+//! core file, and procspawn's unsafe opt-in. That is why this module allows `unsafe`.
 #![allow(unsafe_code)]
+
+use std::os::fd::BorrowedFd;
+
+use ipc_shm::os::{self, Signal};
+
+/// How a child ended: the OS layer's [`os::ExitStatus`] (`Code(i32)` or `Signal(i32)`).
+pub use ipc_shm::os::ExitStatus as Status;
+
+/// The exit code of a child whose `body` panicked (the code of a panicking test).
+pub const PANICKED: i32 = 101;
 
 /// A forked child, killed (SIGKILL) and reaped when dropped unless [`Child::wait`] ran.
 #[derive(Debug)]
 pub struct Child {
-    pid: libc::pid_t,
+    pid: u32,
     reaped: bool,
 }
 
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// It exited with this code.
-    Code(i32),
-    /// A signal killed it.
-    Signal(i32),
-}
-
-/// Forks a child that runs `body` and leaves with `_exit(0)` (or `_exit(101)` if `body`
-/// panics). The child gets `PR_SET_PDEATHSIG(SIGKILL)`, so it never outlives this process.
+/// Forks a child that runs `body` and leaves with exit code 0 (or [`PANICKED`] if `body`
+/// panics), through the OS layer's [`os::fork_then`]: the child dies with this process
+/// (`PR_SET_PDEATHSIG`) and leaves with `_exit`, so it never outlives the parent nor runs its
+/// atexit handlers.
 ///
 /// The parent may have threads (the runner's pools): the child must only use what it
 /// inherited (shared memory, descriptors), allocate (glibc's allocator is fork-safe) and make
 /// system calls; it must not take locks that another thread of the parent could have held.
 pub fn fork(body: impl FnOnce()) -> Child {
-    // SAFETY: fork has no preconditions of its own; in the child we only run `body` (within the
-    // limits documented above), then leave with `_exit`, which runs no atexit handlers and never
-    // unwinds into the parent's frames (a panic is caught first).
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_ok();
-            libc::_exit(if ok { 0 } else { 101 });
+    fork_closing(&[], body)
+}
+
+/// [`fork`], closing the child's copies of `close_in_child` first: descriptors the parent keeps
+/// using, whose end-of-file the child must see when the parent closes them. `body` must not use
+/// them.
+pub fn fork_closing(close_in_child: &[BorrowedFd<'_>], body: impl FnOnce()) -> Child {
+    let pid = os::fork_then(close_in_child, || {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            Ok(()) => 0,
+            Err(_) => PANICKED,
         }
-        Child { pid, reaped: false }
-    }
+    })
+    .unwrap_or_else(|e| panic!("fork failed: {e}"));
+    Child { pid, reaped: false }
 }
 
 impl Child {
     /// The child's process id.
-    pub fn pid(&self) -> i32 {
+    pub fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// Waits for the child to end.
+    /// Waits for the child to end (`Code(-1)` if it cannot be waited for).
     pub fn wait(mut self) -> Status {
         self.reaped = true;
-        waitpid(self.pid)
+        os::reap(self.pid).unwrap_or(Status::Code(-1))
     }
 
     /// Kills the child with SIGKILL and reaps it.
@@ -61,29 +72,11 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         if !self.reaped {
-            // SAFETY: kill(2) on our own unreaped child's pid (it cannot have been reused).
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
-            waitpid(self.pid);
+            // Our own unreaped child: its pid cannot have been reused. Errors (already gone)
+            // leave nothing to do.
+            let _ = os::kill(self.pid, Signal::SIGKILL);
+            let _ = os::reap(self.pid);
         }
-    }
-}
-
-fn waitpid(pid: libc::pid_t) -> Status {
-    let mut status = 0;
-    loop {
-        // SAFETY: waiting for our own child; `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return Status::Code(-1);
-        }
-    }
-    if libc::WIFSIGNALED(status) {
-        Status::Signal(libc::WTERMSIG(status))
-    } else {
-        Status::Code(libc::WEXITSTATUS(status))
     }
 }
 

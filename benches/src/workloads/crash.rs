@@ -199,7 +199,11 @@ fn rayon_abort() -> CrashReport {
     let outcome = match status {
         Status::Signal(s) => format!(
             "the whole process died (signal {s}{}): 0 of {} other results reached the caller",
-            if s == libc::SIGABRT { ", SIGABRT" } else { "" },
+            if s == ipc_shm::os::Signal::SIGABRT as i32 {
+                ", SIGABRT"
+            } else {
+                ""
+            },
             TASKS - 1
         ),
         Status::Code(c) => format!("exit code {c}, results line: {:?}", got.trim()),
