@@ -3,10 +3,11 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use ipc_shm::os::Signal;
 use ipc_shm::{Layout, Offset, OpenOptions, Segment, SegmentBuilder, TypeTag};
 use ipc_sync::{Lock, LockError, LockTimeoutError, TryLockError};
 use ipc_tests::{child, child_entry, fork_child};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
 
 const TAG: TypeTag = TypeTag::from_name("ipc-sync/tests/lock");
 const KEY: &str = "IPC_SYNC_TEST_LOCK_FD";

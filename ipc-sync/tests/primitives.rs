@@ -4,10 +4,11 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use ipc_shm::os::Signal;
 use ipc_shm::{Layout, Offset, Segment, SegmentBuilder, TypeTag};
 use ipc_sync::{Barrier, BarrierWaitError, Condition, Event, Lock, Semaphore};
 use ipc_tests::fork_child;
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
 
 const TAG: TypeTag = TypeTag::from_name("ipc-sync/tests/primitives");
 const WATCHDOG: Duration = Duration::from_secs(30);

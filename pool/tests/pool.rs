@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use ipc_shm::os;
 use pool::{Exit, Pool, PoolBuilder, PoolError, StartMethod, TaskError, WorkerState};
 
 fn square(x: u64) -> u64 {
@@ -28,10 +29,10 @@ fn crash(how: String) -> u64 {
         "segv" => loop {
             // The first SIGSEGV may meet std's stack-overflow handler, which restores the
             // default action and returns; the next one kills.
-            nix::sys::signal::raise(nix::sys::signal::Signal::SIGSEGV).unwrap();
+            os::kill(os::pid(), os::Signal::SIGSEGV).unwrap();
         },
         "kill" => {
-            nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+            os::kill(os::pid(), os::Signal::SIGKILL).unwrap();
             unreachable!()
         }
         // A task long enough (>= 50 us) that the worker reports it before starting the next.
@@ -257,11 +258,7 @@ fn a_worker_killed_from_outside_fails_its_task_only(method: StartMethod) {
         );
         std::thread::sleep(Duration::from_millis(1));
     };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    os::kill(victim, os::Signal::SIGKILL).unwrap();
     match stuck.get() {
         Err(TaskError::WorkerLost { pid, exit }) => {
             assert_eq!(pid, victim);
