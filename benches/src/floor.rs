@@ -8,6 +8,11 @@
 //!   against it).
 //! - [`memcpy_once`] / [`memcpy_bandwidth`]: copying bytes in one process, the ceiling for any
 //!   transport that copies a message in and out of shared memory.
+//!
+//! The futex floor calls `ipc_sync::futex` (the workspace's bare `FUTEX_WAIT`/`FUTEX_WAKE`
+//! wrapper) directly on purpose, not an `Event`, the eventcount or the backoff: it measures the
+//! raw system-call round trip that those are compared against. The helper processes come from
+//! [`crate::proc`], i.e. from the OS layer `ipc_shm::os`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
