@@ -4,12 +4,17 @@
 //!
 //! A test binary installs it with its own static (the attribute must be in the binary's crate):
 //!
-//! ```ignore
-//! #[global_allocator]
-//! static ALLOC: ipc_tests::alloc::CountingAllocator = ipc_tests::alloc::CountingAllocator::new();
+//! ```
+//! use ipc_tests::alloc::{CountingAllocator, largest_allocation};
 //!
-//! let (v, largest) = ipc_tests::alloc::largest_allocation(|| vec![1u8; 10_000]);
-//! assert!(largest >= 10_000);
+//! #[global_allocator]
+//! static ALLOC: CountingAllocator = CountingAllocator::new();
+//!
+//! fn main() {
+//!     let (v, largest) = largest_allocation(|| vec![1u8; 10_000]);
+//!     assert_eq!(v.len(), 10_000);
+//!     assert!(largest >= 10_000, "{largest}");
+//! }
 //! ```
 //!
 //! Without that static nothing is recorded and every figure is 0: a test that relies on it
