@@ -10,8 +10,8 @@
 //!
 //! # Waiting
 //!
-//! A receiver that finds no message first spins on the ring's `tail` (adaptively, see
-//! `spin.rs`), then sleeps, in one of two ways:
+//! A receiver that finds no message first spins on the ring's `tail` (for the adaptive time
+//! budget of its `ipc_sync::Backoff`), then sleeps, in one of two ways:
 //!
 //! - **futex mode** (default): it sets `SLEEP` in the ring's `rx_wait` word and waits on that
 //!   word with the shared futex of `ipc_sync::futex`, in slices of `SLICE` (20 ms, `end.rs`);

@@ -64,7 +64,6 @@
 //! | `end.rs`        | `End<C, M, W, L>`: one end's state, generic over memory and waiter  |
 //! | `ring.rs`       | the shared control block and the ring/wake protocol (state table)   |
 //! | `slots.rs`      | the rings' bytes: shared-memory and (loom) heap backends            |
-//! | `spin.rs`       | the adaptive spin before sleeping                                   |
 //! | `codec.rs`      | bincode configuration and decode limit                              |
 //! | `os.rs`         | socketpair, `poll`, pids: the production link of an end             |
 //! | `model.rs`      | loom models of the real send/receive paths                          |
@@ -73,8 +72,9 @@
 //! the peer's socket is closed, which happens when its process dies whatever the cause, the
 //! survivor's socket reports hang-up. That is how `SIGKILL` is detected.
 //!
-//! Waiting, per end: an adaptive spin on the ring counter (so hot peers answer in about the
-//! spin round trip), then sleep. Sleep is a shared futex wait in 20 ms slices with a hang-up
+//! Waiting, per end: a spin on the ring counter for an adaptive time budget (the workspace's
+//! one `ipc_sync::Backoff`, [`PipeBuilder::spin_max`]; hot peers answer in about the spin round
+//! trip), then sleep. Sleep is a shared futex wait in 20 ms slices with a hang-up
 //! check between slices (**futex mode**, the default: the cheapest wake-up, and a killed peer
 //! is noticed within one slice; a dropped or closed peer wakes the sleeper at once), or, once
 //! the end was switched with [`Connection::set_pollable`], `poll(2)` on the socket, to which
@@ -162,7 +162,6 @@ mod readiness;
 mod ring;
 mod rx;
 mod slots;
-mod spin;
 mod sync;
 mod tx;
 

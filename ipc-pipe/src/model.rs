@@ -9,7 +9,7 @@
 //! ring when its peer is dropped, end with `Disconnected`; a receiver whose peer was killed
 //! (socket closed, nobody wakes it) notices at the end of a futex slice. A hang shows up as a
 //! loom deadlock. The ends
-//! never spin (spin limit 0), so every wait goes through the futex slow path; fd mode (a
+//! never spin (`Backoff::never()`, and a backoff never spins under loom anyway), so every wait goes through the futex slow path; fd mode (a
 //! `poll(2)` on the socket) is not modelled.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p ipc-pipe --release --lib`.
@@ -18,7 +18,7 @@ use loom::sync::Arc;
 use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
-use ipc_sync::Futex;
+use ipc_sync::{Backoff, Futex};
 
 use crate::end::{End, Link, Settings};
 use crate::error::{Fail, SendError};
@@ -69,7 +69,7 @@ fn pair(caps: [usize; 2]) -> (ModelEnd, ModelEnd) {
         Arc::new(AtomicBool::new(false)),
     ];
     let settings = Settings {
-        spin: 0,
+        backoff: Backoff::never(),
         max_message: 1 << 20,
     };
     let link = |me: usize| ModelLink {
@@ -83,7 +83,7 @@ fn pair(caps: [usize; 2]) -> (ModelEnd, ModelEnd) {
         bytes[1].clone(),
         Futex,
         link(0),
-        settings,
+        settings.clone(),
     )
     .unwrap();
     let b = End::attach(

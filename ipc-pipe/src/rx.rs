@@ -1,9 +1,9 @@
-//! The receive path: [`Connection::recv`] and friends, down to waiting for a message (spin,
-//! then futex or fd sleep), copying it out of the incoming ring and freeing the space. The part
+//! The receive path: [`Connection::recv`] and friends, down to waiting for a message (the
+//! end's `ipc_sync::Backoff` spin, then futex or fd sleep), copying it out of the incoming ring and freeing the space. The part
 //! below `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
 
 use std::ops::Deref;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[cfg(not(loom))]
 use serde::de::DeserializeOwned;
@@ -20,7 +20,6 @@ use crate::error::Fail;
 use crate::error::{RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
 use crate::ring::{self, ARMED, Control, Corruption, GONE, HEADER, SLEEP};
 use crate::slots::Bytes;
-use crate::spin;
 use crate::sync::Ordering;
 
 #[cfg(not(loom))]
@@ -37,7 +36,7 @@ impl Connection {
     /// begun streaming is waited for to its end, or to the sender's death.)
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use std::time::{Duration, Instant};
     /// let (a, _b) = ipc_pipe::pipe()?;
     /// let r = a.recv_timeout::<u32>(Duration::from_millis(10));
     /// assert!(matches!(r, Err(ipc_pipe::RecvTimeoutError::Timeout)));
@@ -162,17 +161,23 @@ where
         if nonblocking {
             return self.wait_rx_sleep(need, deadline, true);
         }
-        let budget = self.spin.get();
-        let spun = spin::poll(budget, || {
-            let avail = self.rx_avail(need)?;
-            Ok((avail >= need).then_some(avail))
-        })?;
-        self.spin
-            .set(spin::adapt(budget, spun.is_some(), self.settings.spin));
-        if let Some(avail) = spun {
-            return Ok(avail);
+        let mut spun = Ok(0);
+        let ready = self.settings.backoff.spin(|| match self.rx_avail(need) {
+            Ok(avail) if avail < need => false,
+            r => {
+                spun = r;
+                true
+            }
+        });
+        if ready {
+            return spun;
         }
-        self.wait_rx_sleep(need, deadline, false)
+        let started = Instant::now();
+        let woke = self.wait_rx_sleep(need, deadline, false);
+        // Grows the spin after a short sleep (the peer was busy, not idle), shrinks it after a
+        // long one: see `ipc_sync::backoff`.
+        self.settings.backoff.slept(started);
+        woke
     }
 
     /// Sleeps until `need` bytes are readable (see [`Connection::wait_rx_slow`]).

@@ -4,6 +4,7 @@
 //! `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
 
 use std::ops::Deref;
+use std::time::Instant;
 
 #[cfg(not(loom))]
 use serde::Serialize;
@@ -18,7 +19,6 @@ use crate::end::{End, Link, SLICE};
 use crate::error::{Fail, SendError};
 use crate::ring::{self, ARMED, Control, GONE, HEADER, SLEEP};
 use crate::slots::Bytes;
-use crate::spin;
 use crate::sync::Ordering;
 
 #[cfg(not(loom))]
@@ -146,12 +146,25 @@ where
     /// Waits until at least `need` bytes are free (spinning, then sleeping in slices).
     #[cold]
     pub(crate) fn wait_tx_slow(&self, need: u64) -> Result<u64, Fail> {
-        if let Some(free) = spin::poll(self.spin.get(), || {
-            let free = self.tx_free(need)?;
-            Ok((free >= need).then_some(free))
-        })? {
-            return Ok(free);
+        let mut spun = Ok(0);
+        let ready = self.settings.backoff.spin(|| match self.tx_free(need) {
+            Ok(free) if free < need => false,
+            r => {
+                spun = r;
+                true
+            }
+        });
+        if ready {
+            return spun;
         }
+        let started = Instant::now();
+        let woke = self.wait_tx_sleep(need);
+        self.settings.backoff.slept(started);
+        woke
+    }
+
+    /// Sleeps until at least `need` bytes are free (futex slices with hang-up checks).
+    fn wait_tx_sleep(&self, need: u64) -> Result<u64, Fail> {
         let ring = self.tx_ring();
         // As in `wait_rx_slow`: the hang-up system call only after a slice timed out or when
         // a handle of the peer was dropped.
