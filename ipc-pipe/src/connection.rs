@@ -48,14 +48,13 @@ use std::ops::Deref;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use ipc_shm::{Offset, Segment};
+use ipc_shm::{ByteRing, Offset, Segment, ShmRing};
 use ipc_sync::Futex;
 
 use crate::builder::control_size;
 use crate::end::{End, Settings};
 use crate::os::Socket;
 use crate::ring::{Control, Corruption, MAGIC, MIN_CAP, VERSION};
-use crate::slots::{Bytes, Slots};
 use crate::sync::Ordering;
 
 /// The end's view of the control block: the segment, whose payload starts with a [`Control`]
@@ -85,7 +84,7 @@ impl Deref for ShmControl {
 }
 
 /// The protocol state of a production end: shared memory, the shared futex, the socket.
-pub(crate) type ShmEnd = End<ShmControl, Slots, Futex, Socket>;
+pub(crate) type ShmEnd = End<ShmControl, ShmRing<Arc<Segment>>, Futex, Socket>;
 
 /// One end of a duplex pipe: sends to and receives from the other end, possibly in another
 /// process.
@@ -178,11 +177,10 @@ impl Connection {
         let data1 = data0
             .checked_add(caps[0])
             .ok_or(bad("ring capacity", caps[0] as u64))?;
-        let slots = [
-            Slots::new(seg.clone(), data0, caps[0]).ok_or(bad("ring capacity", caps[0] as u64))?,
-            Slots::new(seg.clone(), data1, caps[1]).ok_or(bad("ring capacity", caps[1] as u64))?,
-        ];
-        let [s0, s1] = slots;
+        let ring = |offset, cap: usize| {
+            ShmRing::new(seg.clone(), offset, cap).map_err(|_| bad("ring capacity", cap as u64))
+        };
+        let (s0, s1) = (ring(data0, caps[0])?, ring(data1, caps[1])?);
         let (tx, rx) = if side == 0 { (s0, s1) } else { (s1, s0) };
         let end = End::attach(ctl, side, tx, rx, Futex, Socket::new(sock), settings)?;
         Ok(Connection {

@@ -7,7 +7,7 @@
 //! | part          | production ([`Connection`](crate::Connection))      | loom models (`model.rs`)       |
 //! |---------------|-----------------------------------------------------|--------------------------------|
 //! | control `C`   | the [`Control`] block at offset 0 of the segment    | a heap `Control` in a loom Arc |
-//! | bytes `M`     | `Slots` (the rings' data areas in the segment)      | `ModelBytes` (loom cells)      |
+//! | bytes `M`     | `ipc_shm::ShmRing` (the rings' data in the segment) | `ipc_shm::LoomRing` (loom cells) |
 //! | waiter `W`    | [`ipc_sync::Futex`], the shared futex               | the same type: loom's model    |
 //! | link `L`      | the end's socket ([`Link`]): hang-up, fd readiness  | a flag that models hang-up     |
 //!
@@ -23,8 +23,8 @@ use ipc_sync::{Backoff, Waiter};
 
 use crate::error::Fail;
 use crate::ring::{self, Control, Corruption, GONE, RingCtl, SLEEP};
-use crate::slots::Bytes;
 use crate::sync::Ordering;
+use ipc_shm::ByteRing;
 
 /// The longest futex sleep between two hang-up checks.
 pub(crate) const SLICE: Duration = Duration::from_millis(20);
@@ -109,7 +109,7 @@ pub(crate) struct End<C, M, W, L> {
 impl<C, M, W, L> End<C, M, W, L>
 where
     C: Deref<Target = Control>,
-    M: Bytes,
+    M: ByteRing,
     W: Waiter,
     L: Link,
 {

@@ -62,8 +62,8 @@
 //! | `channel.rs`    | [`Sender`], [`Receiver`]                                            |
 //! | `inherit.rs`    | passing an end across `exec` or as raw descriptors                  |
 //! | `end.rs`        | `End<C, M, W, L>`: one end's state, generic over memory and waiter  |
+//! |                 | (the bytes are `ipc_shm`'s shared byte ring: `ShmRing`, `LoomRing`)  |
 //! | `ring.rs`       | the shared control block and the ring/wake protocol (state table)   |
-//! | `slots.rs`      | the rings' bytes: shared-memory and (loom) heap backends            |
 //! | `codec.rs`      | bincode configuration and decode limit                              |
 //! | `os.rs`         | socketpair, `poll`, pids: the production link of an end             |
 //! | `model.rs`      | loom models of the real send/receive paths                          |
@@ -136,7 +136,7 @@
 //! - `thiserror`: `Display` and `source` of the error enums.
 //! - `loom` (only under `--cfg loom`): model checking of the send and receive paths.
 #![deny(unsafe_code)]
-// Under `--cfg loom` the crate builds only the protocol (`end`, `tx`, `rx`, `ring`, `slots`) and
+// Under `--cfg loom` the crate builds only the protocol (`end`, `tx`, `rx`, `ring`) and
 // its models; the test-support self dev-dependency also builds that reduced library without the
 // models, where nothing uses it.
 #![cfg_attr(loom, allow(dead_code))]
@@ -161,7 +161,6 @@ mod os;
 mod readiness;
 mod ring;
 mod rx;
-mod slots;
 mod sync;
 mod tx;
 

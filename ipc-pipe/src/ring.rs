@@ -15,7 +15,7 @@
 //! Every counter read from shared memory is validated against the private one before use
 //! (`0 <= tail - head <= cap`, see [`validate_avail`] and [`validate_used`]): a corrupted or
 //! hostile peer produces a [`Corruption`] error, never an out-of-bounds access (positions are
-//! reduced modulo `cap` in `slots.rs`, so even a wrong-but-plausible counter only yields wrong
+//! reduced modulo `cap` by `ipc_shm::ByteRing`, so even a wrong-but-plausible counter only yields wrong
 //! bytes, which the framing rejects).
 //!
 //! # Sleeping and waking (no lost wake-ups, no needless system calls)
@@ -70,6 +70,11 @@
 //! | message      | header complete, `len` validated | copy out what is published, free, repeat     |
 //! | corrupt      | `tail - head > cap` or bad `len` | error; the end is unusable from then on      |
 //! | disconnected | empty and peer hung up / closed  | `Disconnected` (after all complete messages) |
+//!
+//! This is the crate's one `unsafe`-allowed module, and only for the two `ShmSafe` impls of the
+//! types it defines (the promise that they may live in shared memory); the rings' bytes are
+//! copied by `ipc_shm`'s byte ring (`ipc_shm::ShmRing`), whose unsafe lives there.
+#![allow(unsafe_code)]
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -125,7 +130,16 @@ pub(crate) struct Control {
     pub(crate) rings: [RingCtl; 2],
 }
 
-// `ShmSafe` for both types is implemented in `slots.rs`, the crate's one unsafe module.
+#[cfg(not(loom))]
+// SAFETY: (1) `#[repr(C, align(128))]`; (2) only integers and atomics, no pointers; (3) every
+// field is an integer atomic or a byte array, valid for any bit pattern including zero; (4)
+// every field another process may change after publication is an atomic (the padding is never
+// read); (5) no `Drop`.
+unsafe impl ipc_shm::ShmSafe for RingCtl {}
+#[cfg(not(loom))]
+// SAFETY: as for `RingCtl`: (1) repr(C); (2) no pointers; (3) integer atomics, a `RingCtl`
+// array and padding, valid for any bits; (4) mutation only through atomics; (5) no Drop.
+unsafe impl ipc_shm::ShmSafe for Control {}
 
 impl RingCtl {
     /// A ring with both counters at zero (for loom models and tests).

@@ -19,8 +19,8 @@ use crate::error::Fail;
 #[cfg(not(loom))]
 use crate::error::{RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
 use crate::ring::{self, ARMED, Control, Corruption, GONE, HEADER, SLEEP};
-use crate::slots::Bytes;
 use crate::sync::Ordering;
+use ipc_shm::ByteRing;
 
 #[cfg(not(loom))]
 impl Connection {
@@ -117,7 +117,7 @@ impl Connection {
 impl<C, M, W, L> End<C, M, W, L>
 where
     C: Deref<Target = Control>,
-    M: Bytes,
+    M: ByteRing,
     W: Waiter,
     L: Link,
 {
@@ -285,7 +285,7 @@ where
         self.check_broken()?;
         self.wait_rx(HEADER as u64, deadline, nonblocking)?;
         let mut h = [0u8; HEADER];
-        self.rx.copy_out(self.rx_head.get(), &mut h);
+        self.rx.read(self.rx_head.get(), &mut h);
         let len = u64::from_le_bytes(h);
         let max = self.settings.max_message;
         if len > max as u64 {
@@ -318,7 +318,7 @@ where
             }
             let n = dst.len().min(avail as usize).min(self.rx.cap());
             let (now, rest) = dst.split_at_mut(n);
-            self.rx.copy_out(head, now);
+            self.rx.read(head, now);
             head = head.wrapping_add(n as u64);
             self.rx_head.set(head);
             dst = rest;

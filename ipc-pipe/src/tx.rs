@@ -18,8 +18,8 @@ use crate::connection::Connection;
 use crate::end::{End, Link, SLICE};
 use crate::error::{Fail, SendError};
 use crate::ring::{self, ARMED, Control, GONE, HEADER, SLEEP};
-use crate::slots::Bytes;
 use crate::sync::Ordering;
+use ipc_shm::ByteRing;
 
 #[cfg(not(loom))]
 impl Connection {
@@ -94,7 +94,7 @@ impl Connection {
 impl<C, M, W, L> End<C, M, W, L>
 where
     C: Deref<Target = Control>,
-    M: Bytes,
+    M: ByteRing,
     W: Waiter,
     L: Link,
 {
@@ -210,7 +210,7 @@ where
             }
             let n = data.len().min(free as usize).min(cap);
             let tail = self.tx_tail.get();
-            self.tx.copy_in(tail, &data[..n]);
+            self.tx.write(tail, &data[..n]);
             self.tx_tail.set(tail.wrapping_add(n as u64));
             data = &data[n..];
             if !data.is_empty() && n >= chunk {
