@@ -17,8 +17,8 @@ use crate::os;
 use crate::ring::{Control, Corruption, MAGIC, MIN_CAP, VERSION};
 use crate::sync::Ordering;
 
-/// The type tag of pipe segments.
-pub(crate) const TAG: TypeTag = TypeTag::from_name("ipc-pipe/v1");
+/// The type tag of pipe segments (v2: the shared frame header, see `ring::VERSION`).
+pub(crate) const TAG: TypeTag = TypeTag::from_name("ipc-pipe/v2");
 /// Default ring capacity per direction.
 const CAP_DEFAULT: usize = 256 * 1024;
 

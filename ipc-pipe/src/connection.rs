@@ -239,3 +239,38 @@ impl Drop for Connection {
         self.end.say_goodbye();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::TAG;
+    use ipc_shm::SegmentBuilder;
+
+    /// A segment laid out by a build with the old wire format (version 1: a `u64` length per
+    /// frame) is refused with a typed error, not misread.
+    #[test]
+    fn an_old_wire_format_is_refused() {
+        let caps = [MIN_CAP, MIN_CAP];
+        let seg = SegmentBuilder::new(control_size() + 2 * MIN_CAP)
+            .type_tag(TAG)
+            .create_with(|seg| {
+                let ctl = seg.get(Offset::<Control>::from_raw(0))?;
+                ctl.magic.store(MAGIC, Ordering::Relaxed);
+                ctl.version.store(1, Ordering::Relaxed);
+                for (i, cap) in caps.iter().enumerate() {
+                    ctl.cap[i].store(*cap as u64, Ordering::Relaxed);
+                }
+                Ok::<(), ipc_shm::LayoutError>(())
+            })
+            .unwrap();
+        let (s0, _s1) = crate::os::socketpair().unwrap();
+        let err = Connection::attach(Arc::new(seg), 0, s0, Settings::default()).unwrap_err();
+        assert_eq!(
+            err,
+            Corruption {
+                what: "version",
+                value: 1
+            }
+        );
+    }
+}

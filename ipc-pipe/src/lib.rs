@@ -7,8 +7,8 @@
 //!
 //! - Messages are serde values ([`Connection::send`] / [`Connection::recv`], encoded with
 //!   bincode) or raw bytes ([`Connection::send_bytes`], [`Connection::recv_bytes`],
-//!   [`Connection::recv_bytes_into`]), of any size: a message larger than the ring is streamed
-//!   through it while the receiver reads.
+//!   [`Connection::recv_bytes_into`]), of any size up to 1 GiB: a message larger than the ring
+//!   is streamed through it while the receiver reads.
 //! - Blocking, with a timeout, or not at all: [`Connection::recv_timeout`],
 //!   [`Connection::try_recv`], [`Connection::poll`].
 //! - Peer death: when the other end is dropped or closed, or its process dies (even by
@@ -41,8 +41,9 @@
 //!
 //! One anonymous shared-memory segment (a `memfd`, mode 0600, via `ipc-shm`: nothing to leak
 //! after a crash) holds a control block and two single-producer single-consumer byte rings,
-//! one per direction (256 KiB each by default, [`PipeBuilder::capacity`]). Messages are framed
-//! `[u64 length][bytes]` and wrap around the ring; the ring protocol, its state table and its
+//! one per direction (256 KiB each by default, [`PipeBuilder::capacity`]). Messages are framed with
+//! the workspace's one frame header (`ipc_shm::codec::FrameHeader`: a `u32` length and its check
+//! word) and wrap around the ring; the ring protocol, its state table and its
 //! memory ordering are documented in the `ring` module (see the source), and model-checked
 //! with loom: the models in `model.rs` drive the real send and receive paths, which are
 //! generic over the waiter (`ipc_sync::Waiter`: the shared futex in production, loom's model
@@ -64,7 +65,6 @@
 //! | `end.rs`        | `End<C, M, W, L>`: one end's state, generic over memory and waiter  |
 //! |                 | (the bytes are `ipc_shm`'s shared byte ring: `ShmRing`, `LoomRing`)  |
 //! | `ring.rs`       | the shared control block and the ring/wake protocol (state table)   |
-//! | `codec.rs`      | bincode configuration and decode limit                              |
 //! | `os.rs`         | socketpair, `poll`, pids: the production link of an end             |
 //! | `model.rs`      | loom models of the real send/receive paths                          |
 //!
@@ -132,7 +132,9 @@
 //!   model.
 //! - `rustix`: the socketpair, `send`/`recv` of readiness bytes, `poll`, `getpid` and
 //!   `kill(pid, 0)`, all without `unsafe`.
-//! - `serde` + `bincode` (2.x, serde mode): the message encoding of `send`/`recv`.
+//! - `serde` + `bincode` (2.x, serde mode): the message encoding of `send`/`recv`, through
+//!   `ipc_shm::codec` (feature `codec`): the one bincode configuration and decode limit of the
+//!   workspace, shared with `ipc-queue` and `pool`.
 //! - `thiserror`: `Display` and `source` of the error enums.
 //! - `loom` (only under `--cfg loom`): model checking of the send and receive paths.
 #![deny(unsafe_code)]
@@ -145,8 +147,6 @@
 mod builder;
 #[cfg(not(loom))]
 mod channel;
-#[cfg(not(loom))]
-mod codec;
 #[cfg(not(loom))]
 mod connection;
 mod end;

@@ -8,7 +8,10 @@
 //! publication) and caches the other side's, reloading it only when the cached value says the
 //! ring is empty (consumer) or full (producer).
 //!
-//! Messages are framed as `[len: u64 little-endian][len bytes]`, wrapping freely. A message
+//! Messages are framed as `[FrameHeader][len bytes]`, wrapping freely: the workspace's one frame
+//! header (`ipc_shm::codec::FrameHeader`, 8 bytes: `len: u32` little-endian, then `len ^ CHECK`),
+//! validated with `ipc_shm::codec::frame_len` against the receiver's maximum before anything is
+//! allocated. A stream does not pad frames. A message
 //! longer than the free space is streamed: the producer publishes what fits, sleeps until the
 //! consumer frees space, and goes on, while the consumer copies out what is published.
 //!
@@ -68,7 +71,8 @@
 //! | empty        | `tail == head`                   | spin (adaptive), then sleep as above         |
 //! | header part  | `0 < tail - head < 8`            | wait for the rest of the header              |
 //! | message      | header complete, `len` validated | copy out what is published, free, repeat     |
-//! | corrupt      | `tail - head > cap` or bad `len` | error; the end is unusable from then on      |
+//! | corrupt      | `tail - head > cap`, bad check   | error; the end is unusable from then on      |
+//! | too large    | `len` > `max_message_size`       | `TooLarge`; the end is unusable from then on |
 //! | disconnected | empty and peer hung up / closed  | `Disconnected` (after all complete messages) |
 //!
 //! This is the crate's one `unsafe`-allowed module, and only for the two `ShmSafe` impls of the
@@ -88,10 +92,12 @@ pub(crate) const GONE: u32 = 4;
 
 /// Magic number of the control block ("ipcpipe1").
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"ipcpipe1");
-/// Version of the control block layout.
-pub(crate) const VERSION: u64 = 1;
+/// Version of the control block layout and wire format. 2: frames carry the shared
+/// `ipc_shm::codec::FrameHeader` (`u32` length + check word) instead of a `u64` length; a
+/// version-1 segment is refused (`Corruption` "version", or the segment's type tag).
+pub(crate) const VERSION: u64 = 2;
 /// Size of a frame header.
-pub(crate) const HEADER: usize = 8;
+pub(crate) const HEADER: usize = ipc_shm::codec::HEADER_LEN;
 /// The smallest ring.
 pub(crate) const MIN_CAP: usize = 64;
 

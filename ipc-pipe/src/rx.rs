@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 #[cfg(not(loom))]
 use serde::de::DeserializeOwned;
 
+use ipc_shm::codec::{FrameError, frame_len};
 use ipc_sync::{Deadline, WaitOutcome, Waiter};
 
-#[cfg(not(loom))]
-use crate::codec::decode;
 #[cfg(not(loom))]
 use crate::connection::Connection;
 use crate::end::{End, Link, SLICE};
@@ -106,7 +105,7 @@ impl Connection {
     ) -> Result<Result<T, bincode::error::DecodeError>, Fail> {
         let mut buf = self.scratch.take();
         let r = self.end.recv_into_vec(&mut buf, deadline, nonblocking);
-        let out = r.map(|()| decode(&buf));
+        let out = r.map(|()| ipc_shm::codec::decode(&buf).map_err(Into::into));
         if buf.capacity() <= 1 << 20 {
             self.scratch.set(buf);
         }
@@ -286,16 +285,26 @@ where
         self.wait_rx(HEADER as u64, deadline, nonblocking)?;
         let mut h = [0u8; HEADER];
         self.rx.read(self.rx_head.get(), &mut h);
-        let len = u64::from_le_bytes(h);
-        let max = self.settings.max_message;
-        if len > max as u64 {
-            // We cannot tell a real oversized message from garbage: stop reading this stream.
-            self.poison(Fail::Corrupted(Corruption {
-                what: "message length (exceeds max_message_size)",
-                value: len,
-            }));
-            return Err(Fail::TooLarge { len, max });
-        }
+        let len = match frame_len(h, self.settings.max_message) {
+            Ok(len) => len as u64,
+            Err(FrameError::TooLong { len, max }) => {
+                // We cannot tell a real oversized message from garbage: stop reading this
+                // stream.
+                self.poison(Fail::Corrupted(Corruption {
+                    what: "message length (exceeds max_message_size)",
+                    value: len,
+                }));
+                return Err(Fail::TooLarge { len, max });
+            }
+            Err(_) => {
+                // Not a header (a scribbled ring, or a peer of another wire format): the stream
+                // has lost its framing.
+                return Err(self.poison(Fail::Corrupted(Corruption {
+                    what: "frame header",
+                    value: u64::from_le_bytes(h),
+                })));
+            }
+        };
         // A message that fits is waited for whole (so `try_recv` and timeouts never stop half-way
         // through one); a larger one is streamed from its first bytes.
         let whole = HEADER as u64 + len;

@@ -9,10 +9,9 @@ use std::time::Instant;
 #[cfg(not(loom))]
 use serde::Serialize;
 
+use ipc_shm::codec::FrameHeader;
 use ipc_sync::{Deadline, WaitOutcome, Waiter};
 
-#[cfg(not(loom))]
-use crate::codec::config;
 #[cfg(not(loom))]
 use crate::connection::Connection;
 use crate::end::{End, Link, SLICE};
@@ -42,12 +41,16 @@ impl Connection {
     pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
         let mut buf = self.scratch.take();
         buf.clear();
-        let result = match bincode::serde::encode_into_std_write(value, &mut buf, config()) {
-            Ok(_) => match self.end.check_send_len(buf.len()) {
+        let result = match ipc_shm::codec::encode_into(value, &mut buf) {
+            Ok(()) => match self.end.check_send_len(buf.len()) {
                 Ok(head) => self.end.send_frame(head, &buf, false),
                 Err(e) => Err(e),
             },
-            Err(e) => Err(SendError::Encode(e)),
+            Err(ipc_shm::codec::EncodeError::TooLong { len, .. }) => Err(SendError::TooLarge {
+                len,
+                max: self.end.settings.max_message,
+            }),
+            Err(e) => Err(SendError::Encode(e.into())),
         };
         if buf.capacity() <= 1 << 20 {
             self.scratch.set(buf);
@@ -88,6 +91,20 @@ impl Connection {
     pub fn send_bytes_quiet(&self, bytes: &[u8]) -> Result<(), SendError> {
         let head = self.end.check_send_len(bytes.len())?;
         self.end.send_frame(head, bytes, true)
+    }
+
+    /// Test hook (only with the `test-support` feature, which the crate's own tests enable):
+    /// sends `bytes` as they are, without a frame header, through the real producer path, as a
+    /// buggy or hostile peer could (garbage, forged or oversized headers).
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn __send_raw(&self, bytes: &[u8]) -> Result<(), SendError> {
+        if self.end.closed_flag() {
+            return Err(SendError::Disconnected);
+        }
+        self.end.write_stream(bytes)?;
+        self.end.publish_tx();
+        Ok(())
     }
 }
 
@@ -241,13 +258,15 @@ where
         Ok(())
     }
 
+    /// The frame header of a message of `len` bytes, if this end may send one that long (at
+    /// most `max_message_size`, itself at most the codec's `MAX_FRAME_LEN`).
     pub(crate) fn check_send_len(&self, len: usize) -> Result<[u8; HEADER], SendError> {
-        if len > self.settings.max_message {
-            return Err(SendError::TooLarge {
-                len,
-                max: self.settings.max_message,
-            });
+        let max = self.settings.max_message;
+        if len > max {
+            return Err(SendError::TooLarge { len, max });
         }
-        Ok((len as u64).to_le_bytes())
+        FrameHeader::new(len)
+            .map(FrameHeader::to_bytes)
+            .map_err(|_| SendError::TooLarge { len, max })
     }
 }
