@@ -123,13 +123,20 @@
 //! - The shared memory is untrusted: every counter and length read from it is validated, and
 //!   a peer that writes garbage produces [`RecvError::Corrupted`] (or a decode error), never
 //!   undefined behaviour. A message announcing more than [`PipeBuilder::max_message_size`]
-//!   (1 GiB by default) ends the stream with `TooLarge`.
+//!   (1 GiB by default, and at most: the shared frame format's `MAX_FRAME_LEN`) ends the
+//!   stream with `TooLarge`, before anything is allocated for it; a header whose check word
+//!   does not match ends it with `Corrupted`. Decoding is bounded by the shared codec's decode
+//!   limit.
+//! - Wire format version 2 (the shared frame header): a segment made by a build with the old
+//!   `u64` length prefix is refused (`Corrupted` "version", or a segment type-tag error).
 //!
 //! # Dependencies
 //!
-//! - `ipc-shm`: the shared segment (memfd, validated header, typed offsets, fd passing).
+//! - `ipc-shm`: the shared segment (memfd, validated header, typed offsets, fd passing), the
+//!   workspace's one byte ring (`ShmRing`, `LoomRing`) and, with feature `codec`, its one frame
+//!   format and bincode configuration (`ipc_shm::codec`).
 //! - `ipc-sync`: the workspace's one futex wrapper (`ipc_sync::futex`) and, for loom, its futex
-//!   model.
+//!   model; the workspace's one spin policy (`ipc_sync::Backoff`).
 //! - `rustix`: the socketpair, `send`/`recv` of readiness bytes, `poll`, `getpid` and
 //!   `kill(pid, 0)`, all without `unsafe`.
 //! - `serde` + `bincode` (2.x, serde mode): the message encoding of `send`/`recv`, through
