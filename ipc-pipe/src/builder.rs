@@ -4,19 +4,21 @@
 //! socketpair, then attaches one [`Connection`] to each side.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipc_shm::{Offset, SegmentBuilder, TypeTag};
+use ipc_sync::Backoff;
 
 use crate::channel::{Receiver, Sender};
 use crate::connection::Connection;
-use crate::end::{MAX_MESSAGE_DEFAULT, SPIN_DEFAULT, Settings};
+use crate::end::{MAX_MESSAGE_DEFAULT, Settings};
 use crate::error::PipeError;
 use crate::ring::{Control, Corruption, MAGIC, MIN_CAP, VERSION};
 use crate::sync::Ordering;
 use ipc_shm::os;
 
-/// The type tag of pipe segments.
-pub(crate) const TAG: TypeTag = TypeTag::from_name("ipc-pipe/v1");
+/// The type tag of pipe segments (v2: the shared frame header, see `ring::VERSION`).
+pub(crate) const TAG: TypeTag = TypeTag::from_name("ipc-pipe/v2");
 /// Default ring capacity per direction.
 const CAP_DEFAULT: usize = 256 * 1024;
 
@@ -40,7 +42,7 @@ pub(crate) fn control_size() -> usize {
 #[must_use = "a builder does nothing until `duplex` or `channel` is called"]
 pub struct PipeBuilder {
     cap: usize,
-    spin: u32,
+    backoff: Backoff,
     max_message: usize,
 }
 
@@ -51,11 +53,12 @@ impl Default for PipeBuilder {
 }
 
 impl PipeBuilder {
-    /// Default settings: 256 KiB per direction, adaptive spinning, 1 GiB maximum message.
+    /// Default settings: 256 KiB per direction, adaptive spinning (`ipc_sync::Backoff::new`:
+    /// up to 50 us), 1 GiB maximum message.
     pub fn new() -> PipeBuilder {
         PipeBuilder {
             cap: CAP_DEFAULT,
-            spin: SPIN_DEFAULT,
+            backoff: Backoff::new(),
             max_message: MAX_MESSAGE_DEFAULT,
         }
     }
@@ -67,16 +70,32 @@ impl PipeBuilder {
         self
     }
 
-    /// The most polls an end spins before sleeping (default 4096, a few tens of microseconds);
-    /// 0 never spins. The actual count adapts between a small minimum and this limit.
+    /// The longest an end spins before sleeping, counted in polls of the ring counter; 0 never
+    /// spins. Kept for existing callers: the budget is a time
+    /// ([`spin_max`](PipeBuilder::spin_max)), and `polls` is converted at about 10 ns a poll
+    /// (`ipc_sync::Backoff::from_polls`), so 4096 polls are ~41 us.
     pub fn spin_limit(mut self, polls: u32) -> PipeBuilder {
-        self.spin = polls;
+        self.backoff = Backoff::from_polls(polls);
         self
     }
 
-    /// The largest message either end sends or accepts (default 1 GiB).
+    /// The longest an end spins before sleeping (default 50 us); `Duration::ZERO` never spins.
+    ///
+    /// Each end keeps one `ipc_sync::Backoff` (the workspace's shared spin policy): it spins for
+    /// a budget of time that adapts between 1 us (or `max`, if lower) and `max`, growing after a
+    /// spin that succeeded late or a sleep that was short (the peer was busy, not idle) and
+    /// shrinking after a long sleep. Spinning longer than a futex sleep and wake-up costs never
+    /// pays, which is why the default is 50 us.
+    pub fn spin_max(mut self, max: Duration) -> PipeBuilder {
+        self.backoff = Backoff::with_max(max);
+        self
+    }
+
+    /// The largest message either end sends or accepts (default and most 1 GiB, the shared
+    /// frame format's [`MAX_FRAME_LEN`](ipc_shm::codec::MAX_FRAME_LEN): a larger value is
+    /// clamped to it, since no frame header can announce more).
     pub fn max_message_size(mut self, bytes: usize) -> PipeBuilder {
-        self.max_message = bytes;
+        self.max_message = bytes.min(ipc_shm::codec::MAX_FRAME_LEN);
         self
     }
 
@@ -101,13 +120,13 @@ impl PipeBuilder {
         let seg = Arc::new(seg);
         let (s0, s1) = os::socketpair().map_err(PipeError::Socket)?;
         let settings = Settings {
-            spin: self.spin,
+            backoff: self.backoff.clone(),
             max_message: self.max_message,
         };
         let bad = |c: Corruption| {
             PipeError::Socket(std::io::Error::new(std::io::ErrorKind::InvalidData, c))
         };
-        let a = Connection::attach(seg.clone(), 0, s0, settings).map_err(bad)?;
+        let a = Connection::attach(seg.clone(), 0, s0, settings.clone()).map_err(bad)?;
         let b = Connection::attach(seg, 1, s1, settings).map_err(bad)?;
         Ok((a, b))
     }

@@ -10,8 +10,8 @@
 //!
 //! # Waiting
 //!
-//! A receiver that finds no message first spins on the ring's `tail` (adaptively, see
-//! `spin.rs`), then sleeps, in one of two ways:
+//! A receiver that finds no message first spins on the ring's `tail` (for the adaptive time
+//! budget of its `ipc_sync::Backoff`), then sleeps, in one of two ways:
 //!
 //! - **futex mode** (default): it sets `SLEEP` in the ring's `rx_wait` word and waits on that
 //!   word with the shared futex of `ipc_sync::futex`, in slices of `SLICE` (20 ms, `end.rs`);
@@ -48,14 +48,13 @@ use std::ops::Deref;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use ipc_shm::{Offset, Segment};
+use ipc_shm::{ByteRing, Offset, Segment, ShmRing};
 use ipc_sync::Futex;
 
 use crate::builder::control_size;
 use crate::end::{End, Settings};
 use crate::os::Socket;
 use crate::ring::{Control, Corruption, MAGIC, MIN_CAP, VERSION};
-use crate::slots::{Bytes, Slots};
 use crate::sync::Ordering;
 
 /// The end's view of the control block: the segment, whose payload starts with a [`Control`]
@@ -85,7 +84,7 @@ impl Deref for ShmControl {
 }
 
 /// The protocol state of a production end: shared memory, the shared futex, the socket.
-pub(crate) type ShmEnd = End<ShmControl, Slots, Futex, Socket>;
+pub(crate) type ShmEnd = End<ShmControl, ShmRing<Arc<Segment>>, Futex, Socket>;
 
 /// One end of a duplex pipe: sends to and receives from the other end, possibly in another
 /// process.
@@ -178,11 +177,10 @@ impl Connection {
         let data1 = data0
             .checked_add(caps[0])
             .ok_or(bad("ring capacity", caps[0] as u64))?;
-        let slots = [
-            Slots::new(seg.clone(), data0, caps[0]).ok_or(bad("ring capacity", caps[0] as u64))?,
-            Slots::new(seg.clone(), data1, caps[1]).ok_or(bad("ring capacity", caps[1] as u64))?,
-        ];
-        let [s0, s1] = slots;
+        let ring = |offset, cap: usize| {
+            ShmRing::new(seg.clone(), offset, cap).map_err(|_| bad("ring capacity", cap as u64))
+        };
+        let (s0, s1) = (ring(data0, caps[0])?, ring(data1, caps[1])?);
         let (tx, rx) = if side == 0 { (s0, s1) } else { (s1, s0) };
         let end = End::attach(ctl, side, tx, rx, Futex, Socket::new(sock), settings)?;
         Ok(Connection {
@@ -239,5 +237,40 @@ impl Drop for Connection {
             return;
         }
         self.end.say_goodbye();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::TAG;
+    use ipc_shm::SegmentBuilder;
+
+    /// A segment laid out by a build with the old wire format (version 1: a `u64` length per
+    /// frame) is refused with a typed error, not misread.
+    #[test]
+    fn an_old_wire_format_is_refused() {
+        let caps = [MIN_CAP, MIN_CAP];
+        let seg = SegmentBuilder::new(control_size() + 2 * MIN_CAP)
+            .type_tag(TAG)
+            .create_with(|seg| {
+                let ctl = seg.get(Offset::<Control>::from_raw(0))?;
+                ctl.magic.store(MAGIC, Ordering::Relaxed);
+                ctl.version.store(1, Ordering::Relaxed);
+                for (i, cap) in caps.iter().enumerate() {
+                    ctl.cap[i].store(*cap as u64, Ordering::Relaxed);
+                }
+                Ok::<(), ipc_shm::LayoutError>(())
+            })
+            .unwrap();
+        let (s0, _s1) = crate::os::socketpair().unwrap();
+        let err = Connection::attach(Arc::new(seg), 0, s0, Settings::default()).unwrap_err();
+        assert_eq!(
+            err,
+            Corruption {
+                what: "version",
+                value: 1
+            }
+        );
     }
 }

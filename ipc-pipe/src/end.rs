@@ -7,7 +7,7 @@
 //! | part          | production ([`Connection`](crate::Connection))      | loom models (`model.rs`)       |
 //! |---------------|-----------------------------------------------------|--------------------------------|
 //! | control `C`   | the [`Control`] block at offset 0 of the segment    | a heap `Control` in a loom Arc |
-//! | bytes `M`     | `Slots` (the rings' data areas in the segment)      | `ModelBytes` (loom cells)      |
+//! | bytes `M`     | `ipc_shm::ShmRing` (the rings' data in the segment) | `ipc_shm::LoomRing` (loom cells) |
 //! | waiter `W`    | [`ipc_sync::Futex`], the shared futex               | the same type: loom's model    |
 //! | link `L`      | the end's socket ([`Link`]): hang-up, fd readiness  | a flag that models hang-up     |
 //!
@@ -19,25 +19,25 @@ use std::cell::Cell;
 use std::ops::Deref;
 use std::time::Duration;
 
-use ipc_sync::Waiter;
+use ipc_sync::{Backoff, Waiter};
 
 use crate::error::Fail;
 use crate::ring::{self, Control, Corruption, GONE, RingCtl, SLEEP};
-use crate::slots::Bytes;
 use crate::sync::Ordering;
+use ipc_shm::ByteRing;
 
 /// The longest futex sleep between two hang-up checks.
 pub(crate) const SLICE: Duration = Duration::from_millis(20);
-/// Default spin limit (polls of the counter, each with a `PAUSE`): tens of microseconds.
-pub(crate) const SPIN_DEFAULT: u32 = 4096;
-/// Default maximum message size.
-pub(crate) const MAX_MESSAGE_DEFAULT: usize = 1 << 30;
+/// Default maximum message size: the largest frame of the shared codec (1 GiB).
+pub(crate) const MAX_MESSAGE_DEFAULT: usize = ipc_shm::codec::MAX_FRAME_LEN;
 
-/// The per-end settings a builder hands to both ends.
-#[derive(Debug, Clone, Copy)]
+/// The per-end settings a builder hands to both ends (each end gets its own clone, so its
+/// backoff adapts to its own peer).
+#[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    /// The spin limit (`PipeBuilder::spin_limit`).
-    pub(crate) spin: u32,
+    /// How long the end spins before sleeping, adapting between waits (`PipeBuilder::spin_limit`,
+    /// `PipeBuilder::spin_max`): the workspace's one `ipc_sync::Backoff`.
+    pub(crate) backoff: Backoff,
     /// The largest message (`PipeBuilder::max_message_size`).
     pub(crate) max_message: usize,
 }
@@ -45,7 +45,7 @@ pub(crate) struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            spin: SPIN_DEFAULT,
+            backoff: Backoff::new(),
             max_message: MAX_MESSAGE_DEFAULT,
         }
     }
@@ -97,8 +97,6 @@ pub(crate) struct End<C, M, W, L> {
     pub(crate) rx_head: Cell<u64>,
     /// The producer's tail of the incoming ring, as last read.
     pub(crate) rx_tail_cache: Cell<u64>,
-    /// The current adaptive spin budget (see `spin.rs`).
-    pub(crate) spin: Cell<u32>,
     /// fd mode (see `readiness.rs`): sleep in `poll(2)` on the link instead of the futex.
     pub(crate) fd_mode: Cell<bool>,
     /// The process this end last ran in.
@@ -111,7 +109,7 @@ pub(crate) struct End<C, M, W, L> {
 impl<C, M, W, L> End<C, M, W, L>
 where
     C: Deref<Target = Control>,
-    M: Bytes,
+    M: ByteRing,
     W: Waiter,
     L: Link,
 {
@@ -151,7 +149,6 @@ where
             tx_head_cache: Cell::new(tx_head),
             rx_head: Cell::new(rx_head),
             rx_tail_cache: Cell::new(rx_head),
-            spin: Cell::new(settings.spin),
             fd_mode: Cell::new(false),
             pid: Cell::new(pid),
             broken: Cell::new(None),

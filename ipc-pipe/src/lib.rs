@@ -7,8 +7,8 @@
 //!
 //! - Messages are serde values ([`Connection::send`] / [`Connection::recv`], encoded with
 //!   bincode) or raw bytes ([`Connection::send_bytes`], [`Connection::recv_bytes`],
-//!   [`Connection::recv_bytes_into`]), of any size: a message larger than the ring is streamed
-//!   through it while the receiver reads.
+//!   [`Connection::recv_bytes_into`]), of any size up to 1 GiB: a message larger than the ring
+//!   is streamed through it while the receiver reads.
 //! - Blocking, with a timeout, or not at all: [`Connection::recv_timeout`],
 //!   [`Connection::try_recv`], [`Connection::poll`].
 //! - Peer death: when the other end is dropped or closed, or its process dies (even by
@@ -41,8 +41,9 @@
 //!
 //! One anonymous shared-memory segment (a `memfd`, mode 0600, via `ipc-shm`: nothing to leak
 //! after a crash) holds a control block and two single-producer single-consumer byte rings,
-//! one per direction (256 KiB each by default, [`PipeBuilder::capacity`]). Messages are framed
-//! `[u64 length][bytes]` and wrap around the ring; the ring protocol, its state table and its
+//! one per direction (256 KiB each by default, [`PipeBuilder::capacity`]). Messages are framed with
+//! the workspace's one frame header (`ipc_shm::codec::FrameHeader`: a `u32` length and its check
+//! word) and wrap around the ring; the ring protocol, its state table and its
 //! memory ordering are documented in the `ring` module (see the source), and model-checked
 //! with loom: the models in `model.rs` drive the real send and receive paths, which are
 //! generic over the waiter (`ipc_sync::Waiter`: the shared futex in production, loom's model
@@ -62,10 +63,8 @@
 //! | `channel.rs`    | [`Sender`], [`Receiver`]                                            |
 //! | `inherit.rs`    | passing an end across `exec` or as raw descriptors                  |
 //! | `end.rs`        | `End<C, M, W, L>`: one end's state, generic over memory and waiter  |
+//! |                 | (the bytes are `ipc_shm`'s shared byte ring: `ShmRing`, `LoomRing`)  |
 //! | `ring.rs`       | the shared control block and the ring/wake protocol (state table)   |
-//! | `slots.rs`      | the rings' bytes: shared-memory and (loom) heap backends            |
-//! | `spin.rs`       | the adaptive spin before sleeping                                   |
-//! | `codec.rs`      | bincode configuration and decode limit                              |
 //! | `os.rs`         | socketpair, `poll`, pids: the production link of an end             |
 //! | `model.rs`      | loom models of the real send/receive paths                          |
 //!
@@ -73,8 +72,9 @@
 //! the peer's socket is closed, which happens when its process dies whatever the cause, the
 //! survivor's socket reports hang-up. That is how `SIGKILL` is detected.
 //!
-//! Waiting, per end: an adaptive spin on the ring counter (so hot peers answer in about the
-//! spin round trip), then sleep. Sleep is a shared futex wait in 20 ms slices with a hang-up
+//! Waiting, per end: a spin on the ring counter for an adaptive time budget (the workspace's
+//! one `ipc_sync::Backoff`, [`PipeBuilder::spin_max`]; hot peers answer in about the spin round
+//! trip), then sleep. Sleep is a shared futex wait in 20 ms slices with a hang-up
 //! check between slices (**futex mode**, the default: the cheapest wake-up, and a killed peer
 //! is noticed within one slice; a dropped or closed peer wakes the sleeper at once), or, once
 //! the end was switched with [`Connection::set_pollable`], `poll(2)` on the socket, to which
@@ -123,20 +123,28 @@
 //! - The shared memory is untrusted: every counter and length read from it is validated, and
 //!   a peer that writes garbage produces [`RecvError::Corrupted`] (or a decode error), never
 //!   undefined behaviour. A message announcing more than [`PipeBuilder::max_message_size`]
-//!   (1 GiB by default) ends the stream with `TooLarge`.
+//!   (1 GiB by default, and at most: the shared frame format's `MAX_FRAME_LEN`) ends the
+//!   stream with `TooLarge`, before anything is allocated for it; a header whose check word
+//!   does not match ends it with `Corrupted`. Decoding is bounded by the shared codec's decode
+//!   limit.
+//! - Wire format version 2 (the shared frame header): a segment made by a build with the old
+//!   `u64` length prefix is refused (`Corrupted` "version", or a segment type-tag error).
 //!
 //! # Dependencies
 //!
-//! - `ipc-shm`: the shared segment (memfd, validated header, typed offsets, fd passing), and the
-//!   workspace's OS layer [`ipc_shm::os`]: the socketpair, `send`/`recv` of readiness bytes,
+//! - `ipc-shm`: the shared segment (memfd, validated header, typed offsets, fd passing); the
+//!   workspace's one byte ring (`ShmRing`, `LoomRing`); with feature `codec`, its one frame format,
+//!   bincode configuration and decode limit (`ipc_shm::codec`, shared with `ipc-queue` and `pool`);
+//!   and the workspace's OS layer [`ipc_shm::os`]: the socketpair, `send`/`recv` of readiness bytes,
 //!   `poll`, `getpid` and `kill(pid, 0)`, all without `unsafe` in this crate.
 //! - `ipc-sync`: the workspace's one futex wrapper (`ipc_sync::futex`) and, for loom, its futex
-//!   model.
-//! - `serde` + `bincode` (2.x, serde mode): the message encoding of `send`/`recv`.
+//!   model; the workspace's one spin policy (`ipc_sync::Backoff`).
+//! - `serde` + `bincode` (2.x, serde mode): the message encoding of `send`/`recv`, through
+//!   `ipc_shm::codec`.
 //! - `thiserror`: `Display` and `source` of the error enums.
 //! - `loom` (only under `--cfg loom`): model checking of the send and receive paths.
 #![deny(unsafe_code)]
-// Under `--cfg loom` the crate builds only the protocol (`end`, `tx`, `rx`, `ring`, `slots`) and
+// Under `--cfg loom` the crate builds only the protocol (`end`, `tx`, `rx`, `ring`) and
 // its models; the test-support self dev-dependency also builds that reduced library without the
 // models, where nothing uses it.
 #![cfg_attr(loom, allow(dead_code))]
@@ -145,8 +153,6 @@
 mod builder;
 #[cfg(not(loom))]
 mod channel;
-#[cfg(not(loom))]
-mod codec;
 #[cfg(not(loom))]
 mod connection;
 mod end;
@@ -161,8 +167,6 @@ mod os;
 mod readiness;
 mod ring;
 mod rx;
-mod slots;
-mod spin;
 mod sync;
 mod tx;
 

@@ -1,7 +1,8 @@
 //! Loom models of the pipe's real send and receive paths (`tx.rs`, `rx.rs`): the same
-//! [`End`] code that ships, over heap memory ([`ModelBytes`]), loom's futex model (the
-//! [`Futex`] type is loom's model under `--cfg loom`) and a modelled link whose "socket" is a
-//! flag set when an end goes away.
+//! [`End`] code that ships, over heap memory (`ipc_shm`'s shared byte ring in its loom backend,
+//! [`LoomRing`], so loom also checks every byte copy against the counters' ordering), loom's
+//! futex model (the [`Futex`] type is loom's model under `--cfg loom`) and a modelled link whose
+//! "socket" is a flag set when an end goes away.
 //!
 //! What they check: no lost wake-up when a message is handed to a sleeping receiver; the ring
 //! full/empty hand-offs of a message larger than the ring (both sides sleep and wake each
@@ -9,7 +10,7 @@
 //! ring when its peer is dropped, end with `Disconnected`; a receiver whose peer was killed
 //! (socket closed, nobody wakes it) notices at the end of a futex slice. A hang shows up as a
 //! loom deadlock. The ends
-//! never spin (spin limit 0), so every wait goes through the futex slow path; fd mode (a
+//! never spin (`Backoff::never()`, and a backoff never spins under loom anyway), so every wait goes through the futex slow path; fd mode (a
 //! `poll(2)` on the socket) is not modelled.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p ipc-pipe --release --lib`.
@@ -18,12 +19,12 @@ use loom::sync::Arc;
 use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
-use ipc_sync::Futex;
+use ipc_shm::{ByteRing, LoomRing};
+use ipc_sync::{Backoff, Futex};
 
 use crate::end::{End, Link, Settings};
 use crate::error::{Fail, SendError};
 use crate::ring::Control;
-use crate::slots::ModelBytes;
 use crate::sync::Ordering;
 
 /// The modelled socket of one end: hang-up is "the peer's flag is set".
@@ -57,19 +58,41 @@ impl Link for ModelLink {
     }
 }
 
-type ModelEnd = End<Arc<Control>, ModelBytes, Futex, ModelLink>;
+/// One ring's bytes, shared by its producer end and its consumer end (as the segment is).
+#[derive(Debug, Clone)]
+struct SharedRing(Arc<LoomRing>);
+
+impl ByteRing for SharedRing {
+    fn cap(&self) -> usize {
+        self.0.cap()
+    }
+
+    fn write_at(&self, off: usize, src: &[u8]) {
+        self.0.write_at(off, src)
+    }
+
+    fn read_at(&self, off: usize, dst: &mut [u8]) {
+        self.0.read_at(off, dst)
+    }
+
+    fn append_at(&self, off: usize, n: usize, out: &mut Vec<u8>) {
+        self.0.append_at(off, n, out)
+    }
+}
+
+type ModelEnd = End<Arc<Control>, SharedRing, Futex, ModelLink>;
 
 /// Two connected ends; ring 0 (end 0 -> end 1) holds `caps[0]` bytes, ring 1 `caps[1]`.
 fn pair(caps: [usize; 2]) -> (ModelEnd, ModelEnd) {
     ipc_sync::waiter::loom_timeouts_fire(false);
     let ctl = Arc::new(Control::new_model(caps));
-    let bytes = [ModelBytes::new(caps[0]), ModelBytes::new(caps[1])];
+    let bytes = caps.map(|cap| SharedRing(Arc::new(LoomRing::new(cap).unwrap())));
     let flags = [
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     ];
     let settings = Settings {
-        spin: 0,
+        backoff: Backoff::never(),
         max_message: 1 << 20,
     };
     let link = |me: usize| ModelLink {
@@ -83,7 +106,7 @@ fn pair(caps: [usize; 2]) -> (ModelEnd, ModelEnd) {
         bytes[1].clone(),
         Futex,
         link(0),
-        settings,
+        settings.clone(),
     )
     .unwrap();
     let b = End::attach(

@@ -8,14 +8,17 @@
 //! publication) and caches the other side's, reloading it only when the cached value says the
 //! ring is empty (consumer) or full (producer).
 //!
-//! Messages are framed as `[len: u64 little-endian][len bytes]`, wrapping freely. A message
+//! Messages are framed as `[FrameHeader][len bytes]`, wrapping freely: the workspace's one frame
+//! header (`ipc_shm::codec::FrameHeader`, 8 bytes: `len: u32` little-endian, then `len ^ CHECK`),
+//! validated with `ipc_shm::codec::frame_len` against the receiver's maximum before anything is
+//! allocated. A stream does not pad frames. A message
 //! longer than the free space is streamed: the producer publishes what fits, sleeps until the
 //! consumer frees space, and goes on, while the consumer copies out what is published.
 //!
 //! Every counter read from shared memory is validated against the private one before use
 //! (`0 <= tail - head <= cap`, see [`validate_avail`] and [`validate_used`]): a corrupted or
 //! hostile peer produces a [`Corruption`] error, never an out-of-bounds access (positions are
-//! reduced modulo `cap` in `slots.rs`, so even a wrong-but-plausible counter only yields wrong
+//! reduced modulo `cap` by `ipc_shm::ByteRing`, so even a wrong-but-plausible counter only yields wrong
 //! bytes, which the framing rejects).
 //!
 //! # Sleeping and waking (no lost wake-ups, no needless system calls)
@@ -68,8 +71,14 @@
 //! | empty        | `tail == head`                   | spin (adaptive), then sleep as above         |
 //! | header part  | `0 < tail - head < 8`            | wait for the rest of the header              |
 //! | message      | header complete, `len` validated | copy out what is published, free, repeat     |
-//! | corrupt      | `tail - head > cap` or bad `len` | error; the end is unusable from then on      |
+//! | corrupt      | `tail - head > cap`, bad check   | error; the end is unusable from then on      |
+//! | too large    | `len` > `max_message_size`       | `TooLarge`; the end is unusable from then on |
 //! | disconnected | empty and peer hung up / closed  | `Disconnected` (after all complete messages) |
+//!
+//! This is the crate's one `unsafe`-allowed module, and only for the two `ShmSafe` impls of the
+//! types it defines (the promise that they may live in shared memory); the rings' bytes are
+//! copied by `ipc_shm`'s byte ring (`ipc_shm::ShmRing`), whose unsafe lives there.
+#![allow(unsafe_code)]
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -83,10 +92,12 @@ pub(crate) const GONE: u32 = 4;
 
 /// Magic number of the control block ("ipcpipe1").
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"ipcpipe1");
-/// Version of the control block layout.
-pub(crate) const VERSION: u64 = 1;
+/// Version of the control block layout and wire format. 2: frames carry the shared
+/// `ipc_shm::codec::FrameHeader` (`u32` length + check word) instead of a `u64` length; a
+/// version-1 segment is refused (`Corruption` "version", or the segment's type tag).
+pub(crate) const VERSION: u64 = 2;
 /// Size of a frame header.
-pub(crate) const HEADER: usize = 8;
+pub(crate) const HEADER: usize = ipc_shm::codec::HEADER_LEN;
 /// The smallest ring.
 pub(crate) const MIN_CAP: usize = 64;
 
@@ -125,7 +136,16 @@ pub(crate) struct Control {
     pub(crate) rings: [RingCtl; 2],
 }
 
-// `ShmSafe` for both types is implemented in `slots.rs`, the crate's one unsafe module.
+#[cfg(not(loom))]
+// SAFETY: (1) `#[repr(C, align(128))]`; (2) only integers and atomics, no pointers; (3) every
+// field is an integer atomic or a byte array, valid for any bit pattern including zero; (4)
+// every field another process may change after publication is an atomic (the padding is never
+// read); (5) no `Drop`.
+unsafe impl ipc_shm::ShmSafe for RingCtl {}
+#[cfg(not(loom))]
+// SAFETY: as for `RingCtl`: (1) repr(C); (2) no pointers; (3) integer atomics, a `RingCtl`
+// array and padding, valid for any bits; (4) mutation only through atomics; (5) no Drop.
+unsafe impl ipc_shm::ShmSafe for Control {}
 
 impl RingCtl {
     /// A ring with both counters at zero (for loom models and tests).

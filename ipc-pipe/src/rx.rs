@@ -1,17 +1,16 @@
-//! The receive path: [`Connection::recv`] and friends, down to waiting for a message (spin,
-//! then futex or fd sleep), copying it out of the incoming ring and freeing the space. The part
+//! The receive path: [`Connection::recv`] and friends, down to waiting for a message (the
+//! end's `ipc_sync::Backoff` spin, then futex or fd sleep), copying it out of the incoming ring and freeing the space. The part
 //! below `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
 
 use std::ops::Deref;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[cfg(not(loom))]
 use serde::de::DeserializeOwned;
 
+use ipc_shm::codec::{FrameError, frame_len};
 use ipc_sync::{Deadline, WaitOutcome, Waiter};
 
-#[cfg(not(loom))]
-use crate::codec::decode;
 #[cfg(not(loom))]
 use crate::connection::Connection;
 use crate::end::{End, Link, SLICE};
@@ -19,9 +18,8 @@ use crate::error::Fail;
 #[cfg(not(loom))]
 use crate::error::{RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
 use crate::ring::{self, ARMED, Control, Corruption, GONE, HEADER, SLEEP};
-use crate::slots::Bytes;
-use crate::spin;
 use crate::sync::Ordering;
+use ipc_shm::ByteRing;
 
 #[cfg(not(loom))]
 impl Connection {
@@ -37,7 +35,7 @@ impl Connection {
     /// begun streaming is waited for to its end, or to the sender's death.)
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use std::time::{Duration, Instant};
     /// let (a, _b) = ipc_pipe::pipe()?;
     /// let r = a.recv_timeout::<u32>(Duration::from_millis(10));
     /// assert!(matches!(r, Err(ipc_pipe::RecvTimeoutError::Timeout)));
@@ -107,7 +105,7 @@ impl Connection {
     ) -> Result<Result<T, bincode::error::DecodeError>, Fail> {
         let mut buf = self.scratch.take();
         let r = self.end.recv_into_vec(&mut buf, deadline, nonblocking);
-        let out = r.map(|()| decode(&buf));
+        let out = r.map(|()| ipc_shm::codec::decode(&buf).map_err(Into::into));
         if buf.capacity() <= 1 << 20 {
             self.scratch.set(buf);
         }
@@ -118,7 +116,7 @@ impl Connection {
 impl<C, M, W, L> End<C, M, W, L>
 where
     C: Deref<Target = Control>,
-    M: Bytes,
+    M: ByteRing,
     W: Waiter,
     L: Link,
 {
@@ -162,17 +160,23 @@ where
         if nonblocking {
             return self.wait_rx_sleep(need, deadline, true);
         }
-        let budget = self.spin.get();
-        let spun = spin::poll(budget, || {
-            let avail = self.rx_avail(need)?;
-            Ok((avail >= need).then_some(avail))
-        })?;
-        self.spin
-            .set(spin::adapt(budget, spun.is_some(), self.settings.spin));
-        if let Some(avail) = spun {
-            return Ok(avail);
+        let mut spun = Ok(0);
+        let ready = self.settings.backoff.spin(|| match self.rx_avail(need) {
+            Ok(avail) if avail < need => false,
+            r => {
+                spun = r;
+                true
+            }
+        });
+        if ready {
+            return spun;
         }
-        self.wait_rx_sleep(need, deadline, false)
+        let started = Instant::now();
+        let woke = self.wait_rx_sleep(need, deadline, false);
+        // Grows the spin after a short sleep (the peer was busy, not idle), shrinks it after a
+        // long one: see `ipc_sync::backoff`.
+        self.settings.backoff.slept(started);
+        woke
     }
 
     /// Sleeps until `need` bytes are readable (see [`Connection::wait_rx_slow`]).
@@ -280,17 +284,27 @@ where
         self.check_broken()?;
         self.wait_rx(HEADER as u64, deadline, nonblocking)?;
         let mut h = [0u8; HEADER];
-        self.rx.copy_out(self.rx_head.get(), &mut h);
-        let len = u64::from_le_bytes(h);
-        let max = self.settings.max_message;
-        if len > max as u64 {
-            // We cannot tell a real oversized message from garbage: stop reading this stream.
-            self.poison(Fail::Corrupted(Corruption {
-                what: "message length (exceeds max_message_size)",
-                value: len,
-            }));
-            return Err(Fail::TooLarge { len, max });
-        }
+        self.rx.read(self.rx_head.get(), &mut h);
+        let len = match frame_len(h, self.settings.max_message) {
+            Ok(len) => len as u64,
+            Err(FrameError::TooLong { len, max }) => {
+                // We cannot tell a real oversized message from garbage: stop reading this
+                // stream.
+                self.poison(Fail::Corrupted(Corruption {
+                    what: "message length (exceeds max_message_size)",
+                    value: len,
+                }));
+                return Err(Fail::TooLarge { len, max });
+            }
+            Err(_) => {
+                // Not a header (a scribbled ring, or a peer of another wire format): the stream
+                // has lost its framing.
+                return Err(self.poison(Fail::Corrupted(Corruption {
+                    what: "frame header",
+                    value: u64::from_le_bytes(h),
+                })));
+            }
+        };
         // A message that fits is waited for whole (so `try_recv` and timeouts never stop half-way
         // through one); a larger one is streamed from its first bytes.
         let whole = HEADER as u64 + len;
@@ -313,7 +327,7 @@ where
             }
             let n = dst.len().min(avail as usize).min(self.rx.cap());
             let (now, rest) = dst.split_at_mut(n);
-            self.rx.copy_out(head, now);
+            self.rx.read(head, now);
             head = head.wrapping_add(n as u64);
             self.rx_head.set(head);
             dst = rest;

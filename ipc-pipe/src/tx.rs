@@ -4,22 +4,21 @@
 //! `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
 
 use std::ops::Deref;
+use std::time::Instant;
 
 #[cfg(not(loom))]
 use serde::Serialize;
 
+use ipc_shm::codec::FrameHeader;
 use ipc_sync::{Deadline, WaitOutcome, Waiter};
 
-#[cfg(not(loom))]
-use crate::codec::config;
 #[cfg(not(loom))]
 use crate::connection::Connection;
 use crate::end::{End, Link, SLICE};
 use crate::error::{Fail, SendError};
 use crate::ring::{self, ARMED, Control, GONE, HEADER, SLEEP};
-use crate::slots::Bytes;
-use crate::spin;
 use crate::sync::Ordering;
+use ipc_shm::ByteRing;
 
 #[cfg(not(loom))]
 impl Connection {
@@ -42,12 +41,16 @@ impl Connection {
     pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
         let mut buf = self.scratch.take();
         buf.clear();
-        let result = match bincode::serde::encode_into_std_write(value, &mut buf, config()) {
-            Ok(_) => match self.end.check_send_len(buf.len()) {
+        let result = match ipc_shm::codec::encode_into(value, &mut buf) {
+            Ok(()) => match self.end.check_send_len(buf.len()) {
                 Ok(head) => self.end.send_frame(head, &buf, false),
                 Err(e) => Err(e),
             },
-            Err(e) => Err(SendError::Encode(e)),
+            Err(ipc_shm::codec::EncodeError::TooLong { len, .. }) => Err(SendError::TooLarge {
+                len,
+                max: self.end.settings.max_message,
+            }),
+            Err(e) => Err(SendError::Encode(e.into())),
         };
         if buf.capacity() <= 1 << 20 {
             self.scratch.set(buf);
@@ -89,12 +92,26 @@ impl Connection {
         let head = self.end.check_send_len(bytes.len())?;
         self.end.send_frame(head, bytes, true)
     }
+
+    /// Test hook (only with the `test-support` feature, which the crate's own tests enable):
+    /// sends `bytes` as they are, without a frame header, through the real producer path, as a
+    /// buggy or hostile peer could (garbage, forged or oversized headers).
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn __send_raw(&self, bytes: &[u8]) -> Result<(), SendError> {
+        if self.end.closed_flag() {
+            return Err(SendError::Disconnected);
+        }
+        self.end.write_stream(bytes)?;
+        self.end.publish_tx();
+        Ok(())
+    }
 }
 
 impl<C, M, W, L> End<C, M, W, L>
 where
     C: Deref<Target = Control>,
-    M: Bytes,
+    M: ByteRing,
     W: Waiter,
     L: Link,
 {
@@ -146,12 +163,25 @@ where
     /// Waits until at least `need` bytes are free (spinning, then sleeping in slices).
     #[cold]
     pub(crate) fn wait_tx_slow(&self, need: u64) -> Result<u64, Fail> {
-        if let Some(free) = spin::poll(self.spin.get(), || {
-            let free = self.tx_free(need)?;
-            Ok((free >= need).then_some(free))
-        })? {
-            return Ok(free);
+        let mut spun = Ok(0);
+        let ready = self.settings.backoff.spin(|| match self.tx_free(need) {
+            Ok(free) if free < need => false,
+            r => {
+                spun = r;
+                true
+            }
+        });
+        if ready {
+            return spun;
         }
+        let started = Instant::now();
+        let woke = self.wait_tx_sleep(need);
+        self.settings.backoff.slept(started);
+        woke
+    }
+
+    /// Sleeps until at least `need` bytes are free (futex slices with hang-up checks).
+    fn wait_tx_sleep(&self, need: u64) -> Result<u64, Fail> {
         let ring = self.tx_ring();
         // As in `wait_rx_slow`: the hang-up system call only after a slice timed out or when
         // a handle of the peer was dropped.
@@ -197,7 +227,7 @@ where
             }
             let n = data.len().min(free as usize).min(cap);
             let tail = self.tx_tail.get();
-            self.tx.copy_in(tail, &data[..n]);
+            self.tx.write(tail, &data[..n]);
             self.tx_tail.set(tail.wrapping_add(n as u64));
             data = &data[n..];
             if !data.is_empty() && n >= chunk {
@@ -228,13 +258,15 @@ where
         Ok(())
     }
 
+    /// The frame header of a message of `len` bytes, if this end may send one that long (at
+    /// most `max_message_size`, itself at most the codec's `MAX_FRAME_LEN`).
     pub(crate) fn check_send_len(&self, len: usize) -> Result<[u8; HEADER], SendError> {
-        if len > self.settings.max_message {
-            return Err(SendError::TooLarge {
-                len,
-                max: self.settings.max_message,
-            });
+        let max = self.settings.max_message;
+        if len > max {
+            return Err(SendError::TooLarge { len, max });
         }
-        Ok((len as u64).to_le_bytes())
+        FrameHeader::new(len)
+            .map(FrameHeader::to_bytes)
+            .map_err(|_| SendError::TooLarge { len, max })
     }
 }
