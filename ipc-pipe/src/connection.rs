@@ -263,7 +263,7 @@ mod tests {
                 Ok::<(), ipc_shm::LayoutError>(())
             })
             .unwrap();
-        let (s0, _s1) = crate::os::socketpair().unwrap();
+        let (s0, _s1) = ipc_shm::os::socketpair().unwrap();
         let err = Connection::attach(Arc::new(seg), 0, s0, Settings::default()).unwrap_err();
         assert_eq!(
             err,
