@@ -121,7 +121,9 @@ impl PoolBuilder {
     }
 
     /// Fail a task that runs longer than `timeout` with [`TaskError::Timeout`], and kill and
-    /// replace its worker. The limit is checked a few times per `timeout`.
+    /// replace its worker. The limit is checked a few times per `timeout`. A zero timeout is
+    /// refused by [`build`](PoolBuilder::build) ([`ConfigError::ZeroTaskTimeout`]): leave the
+    /// setting out for no limit.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -177,6 +179,9 @@ impl PoolBuilder {
     pub fn build(self) -> Result<Pool, PoolError> {
         if let Some(e) = self.initializer_error {
             return Err(ConfigError::InitializerArgument(e).into());
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroTaskTimeout.into());
         }
         let processes = self.processes.unwrap_or_else(ipc_shm::os::available_cpus);
         if processes == 0 && self.max_workers.unwrap_or(0) == 0 {
@@ -573,7 +578,7 @@ impl Pool {
     /// every worker exited in time.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         self.close();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline_after(timeout);
         loop {
             if self.registry.workers.load(Ordering::SeqCst) == 0 {
                 self.join();

@@ -108,6 +108,18 @@ pub fn progress_bar(total: u64) -> impl Fn(u64, u64) + Send + Sync + 'static {
     }
 }
 
+/// The instant `timeout` from now, saturating: a timeout too long to add to the clock (such as
+/// `Duration::MAX`) becomes a deadline about a century away, which no wait reaches, instead of
+/// the panic of `Instant + Duration`.
+pub(crate) fn deadline_after(timeout: std::time::Duration) -> std::time::Instant {
+    /// Far enough to mean "never", near enough to add to any clock reading.
+    const FAR: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = std::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 /// The start method used when none is given: `ForkServer` when [`init`] has run (always, with
 /// the default `ctor` feature), `Fork` otherwise.
 pub fn default_start_method() -> StartMethod {
