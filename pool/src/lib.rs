@@ -120,6 +120,13 @@ pub(crate) fn deadline_after(timeout: std::time::Duration) -> std::time::Instant
         .unwrap_or(now)
 }
 
+/// Test support, not part of the API: the pid of this process's current fork server, if one
+/// runs (the fault suite kills it to check that pools recover).
+#[doc(hidden)]
+pub fn __fork_server_pid() -> Option<u32> {
+    start::fork_server_pid()
+}
+
 /// The start method used when none is given: `ForkServer` when [`init`] has run (always, with
 /// the default `ctor` feature), `Fork` otherwise.
 pub fn default_start_method() -> StartMethod {

@@ -85,10 +85,10 @@ impl ProcessBuilder {
         let mut worker = start::start(method)?;
         let mut buf = Vec::new();
         let mut frame = Vec::new();
-        if let Err(e) = start::handshake(&mut worker, None, &mut buf, &mut frame) {
+        if let Err(failure) = start::handshake(&mut worker, None, &mut buf, &mut frame) {
             worker.kill();
             let _ = worker.reap();
-            return Err(e);
+            return Err(failure.error);
         }
         protocol::frame(
             &ToWorker::Run {
