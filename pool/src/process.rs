@@ -105,7 +105,7 @@ impl ProcessBuilder {
         Ok(Process {
             name: self.name.unwrap_or_else(|| format!("Process-{pid}")),
             daemon: self.daemon,
-            worker: Some(worker),
+            worker: Some(Box::new(worker)),
             buf,
             frame,
             _result: PhantomData,
@@ -117,7 +117,8 @@ impl ProcessBuilder {
 pub struct Process<R> {
     name: String,
     daemon: bool,
-    worker: Option<Worker>,
+    // Boxed: keeps `join_timeout`'s `Err(Process)` small.
+    worker: Option<Box<Worker>>,
     buf: Vec<u8>,
     frame: Vec<u8>,
     _result: PhantomData<fn() -> R>,
