@@ -98,7 +98,8 @@ impl PoolBuilder {
     }
 
     /// Runs `f(arg)` in every worker when it starts (Python's `initializer`/`initargs`). A panic
-    /// there is reported as [`PoolError::InitializerFailed`].
+    /// there is reported as [`PoolError::InitializerFailed`]: by `build` for the first workers,
+    /// and through the restart breaker ([`restart_limit`](PoolBuilder::restart_limit)) later.
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
         match codec::encode(std::slice::from_ref(&arg)) {
             Ok(buf) => self.initializer = Some((TaskRef::new(f), buf)),
@@ -162,6 +163,11 @@ impl PoolBuilder {
 
     /// Stop replacing workers after `failures` start-up failures within `window` (default 5
     /// in 10 s); tasks then fail with [`PoolError::RestartLimit`] (or the initializer's error).
+    ///
+    /// Counted are the workers' own failures: the initializer's error or panic, an exit, a
+    /// crash (SIGSEGV, SIGABRT, ...), a hang. A worker killed from outside while it starts
+    /// (SIGKILL, SIGTERM) is no restart loop: such deaths count only against 20 times
+    /// `failures` in the same window.
     pub fn restart_limit(mut self, failures: u32, window: Duration) -> Self {
         self.restart_limit = (failures.max(1), window);
         self

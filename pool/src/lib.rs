@@ -32,8 +32,11 @@
 //! [`TaskError::WorkerLost`] and is replaced; the other tasks of its chunk that had not started
 //! run elsewhere, and no task ever runs twice. (Results of tasks shorter than 50 us that
 //! finished in the last 50 us before the death are lost with it and fail too.) A task that exceeds `task_timeout` fails with [`TaskError::Timeout`]; its
-//! worker is killed and replaced. Workers that keep dying at start-up (a failing initializer)
-//! trip a breaker instead of respawning forever. Python's `Pool` hangs in these cases and
+//! worker is killed and replaced. Workers that keep failing at start-up by their own doing (the
+//! initializer's error or panic, an exit, a crash) trip a breaker instead of respawning
+//! forever; workers killed from outside while they start are replaced, and trip it only at 20
+//! times that rate. Once it trips, every remaining task gets its error. A killed fork server
+//! costs only the workers it took with it: the next worker needed starts a new one. Python's `Pool` hangs in these cases and
 //! `ProcessPoolExecutor` breaks as a whole.
 //!
 //! The parent's death, even by SIGKILL, ends every worker (`PR_SET_PDEATHSIG`, and workers also

@@ -53,7 +53,11 @@ fn children_of(parents: &[u32]) -> Vec<u32> {
     };
     let mut found = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -286,14 +290,17 @@ fn an_initializer_failing_on_its_own_trips_the_breaker_and_imap_answers_every_in
     const N: usize = 1000;
     let ordered: Vec<_> = pool.imap(square, 0..N as u64).collect();
     assert_eq!(ordered.len(), N);
-    assert!(ordered.iter().all(|r| matches!(
-        r,
-        Err(TaskError::Pool(PoolError::InitializerFailed { .. }))
-    )));
+    assert!(
+        ordered
+            .iter()
+            .all(|r| matches!(r, Err(TaskError::Pool(PoolError::InitializerFailed { .. }))))
+    );
     assert_eq!(pool.imap_unordered(square, 0..N as u64).count(), N);
     assert_eq!(pool.imap_chunked(square, 0..N as u64, 7).count(), N);
     assert!(pool.map(square, 0..N as u64).is_err());
-    eprintln!("fault: initializer panicking on its own: breaker tripped; imap after the trip gave {N} of {N} outcomes");
+    eprintln!(
+        "fault: initializer panicking on its own: breaker tripped; imap after the trip gave {N} of {N} outcomes"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
