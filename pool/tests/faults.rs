@@ -377,3 +377,47 @@ fn chunks_bounced_by_dead_workers_all_run() {
     );
     assert_eq!(lost_never_started, 0);
 }
+
+/// The pid of the test process, so that `Poison` decodes there (the pool re-slices chunks in
+/// the parent) and aborts only in a worker.
+static TEST_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// An argument whose decoding kills the worker before its task can start.
+#[derive(serde::Serialize)]
+struct Poison;
+
+impl<'de> serde::Deserialize<'de> for Poison {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Poison, D::Error> {
+        <() as serde::Deserialize>::deserialize(d)?;
+        if TEST_PID.get() != Some(&os::pid()) {
+            std::process::abort();
+        }
+        Ok(Poison)
+    }
+}
+
+fn swallow(_: Poison) -> u64 {
+    0
+}
+
+#[test]
+fn a_chunk_that_kills_its_decoder_fails_instead_of_looping() {
+    let _watchdog = ipc_tests::watchdog("the decoder-death test", Duration::from_secs(60));
+    TEST_PID.get_or_init(os::pid);
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .build()
+        .unwrap();
+    // Three workers die decoding it (the job reached them, no task started): it fails.
+    match pool.apply(swallow, Poison) {
+        Err(TaskError::WorkerLost { exit, .. }) => {
+            assert_eq!(exit, pool::Exit::Signal(os::Signal::SIGABRT as i32))
+        }
+        other => panic!("expected WorkerLost, got {other:?}"),
+    }
+    // The pool goes on.
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    let restarts: u64 = pool.stats().workers.iter().map(|w| w.restarts).sum();
+    assert_eq!(restarts, 3);
+}
