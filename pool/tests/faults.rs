@@ -421,3 +421,90 @@ fn a_chunk_that_kills_its_decoder_fails_instead_of_looping() {
     let restarts: u64 = pool.stats().workers.iter().map(|w| w.restarts).sum();
     assert_eq!(restarts, 3);
 }
+
+/// Started flags of `a_kill_storm_during_a_queued_map_fails_only_started_tasks`.
+static STARTED_STORM: std::sync::OnceLock<ipc_shm::Segment> = std::sync::OnceLock::new();
+
+fn mark_and_work(i: u64) -> u64 {
+    if let Some(flags) = STARTED_STORM.get().and_then(|s| s.slice(FLAGS).ok())
+        && let Some(flag) = flags.get(i as usize)
+    {
+        flag.store(1, Ordering::Release);
+    }
+    // Work long enough (200 us) for kills to land inside tasks as well as between them.
+    let until = Instant::now() + Duration::from_micros(200);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    i
+}
+
+/// Kills of the storm over a queued map.
+const MAP_STORM_KILLS: usize = 40;
+
+#[test]
+fn a_kill_storm_during_a_queued_map_fails_only_started_tasks() {
+    let _watchdog = ipc_tests::watchdog("the map-storm test", Duration::from_secs(120));
+    let segment = ipc_shm::SegmentBuilder::new(4096)
+        .type_tag(ipc_shm::TypeTag::from_name("pool-faults/started/v1"))
+        .create()
+        .unwrap();
+    let flags = STARTED_STORM.get_or_init(|| segment).slice(FLAGS).unwrap();
+    const N: u64 = 4000;
+    let pool: Pool = PoolBuilder::new()
+        .processes(4)
+        .start_method(StartMethod::Fork)
+        .max_in_flight(N as usize)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (results, kills) = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+            let mut kills = 0;
+            // Bounded: 40 kills, or until the map is over.
+            while kills < MAP_STORM_KILLS && !done.load(Ordering::Acquire) {
+                let workers: Vec<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
+                if !workers.is_empty() {
+                    let victim = workers[next_random(&mut seed) as usize % workers.len()];
+                    if os::kill(victim, os::Signal::SIGKILL).is_ok() {
+                        kills += 1;
+                    }
+                }
+                // Pacing of the storm (one kill every 1-4 ms), not synchronisation.
+                std::thread::sleep(Duration::from_micros(1000 + next_random(&mut seed) % 3000));
+            }
+            kills
+        });
+        // The whole map is queued at once (max_in_flight = N), in chunks of 50.
+        let results: Vec<_> = pool.imap_chunked(mark_and_work, 0..N, 50).collect();
+        done.store(true, Ordering::Release);
+        (results, killer.join().unwrap())
+    });
+    assert_eq!(results.len() as u64, N);
+    let (mut ok, mut lost_started, mut lost_never_started) = (0, 0, 0);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) => {
+                assert_eq!(*v, i as u64);
+                ok += 1;
+            }
+            Err(TaskError::WorkerLost { .. }) if flags[i].load(Ordering::Acquire) == 1 => {
+                lost_started += 1
+            }
+            Err(e) => {
+                lost_never_started += 1;
+                eprintln!("task {i} never started and failed: {e}");
+            }
+        }
+    }
+    eprintln!(
+        "fault: {kills} SIGKILLs 1-4 ms apart during a queued map of {N} tasks (chunks of 50, \
+         4 workers): {ok} Ok, {lost_started} started tasks lost, {lost_never_started} \
+         never-started tasks failed, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(lost_never_started, 0);
+    assert!(kills > 0);
+}
