@@ -98,7 +98,8 @@ impl PoolBuilder {
     }
 
     /// Runs `f(arg)` in every worker when it starts (Python's `initializer`/`initargs`). A panic
-    /// there is reported as [`PoolError::InitializerFailed`].
+    /// there is reported as [`PoolError::InitializerFailed`]: by `build` for the first workers,
+    /// and through the restart breaker ([`restart_limit`](PoolBuilder::restart_limit)) later.
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
         match codec::encode(std::slice::from_ref(&arg)) {
             Ok(buf) => self.initializer = Some((TaskRef::new(f), buf)),
@@ -121,7 +122,9 @@ impl PoolBuilder {
     }
 
     /// Fail a task that runs longer than `timeout` with [`TaskError::Timeout`], and kill and
-    /// replace its worker. The limit is checked a few times per `timeout`.
+    /// replace its worker. The limit is checked a few times per `timeout`. A zero timeout is
+    /// refused by [`build`](PoolBuilder::build) ([`ConfigError::ZeroTaskTimeout`]): leave the
+    /// setting out for no limit.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -160,6 +163,11 @@ impl PoolBuilder {
 
     /// Stop replacing workers after `failures` start-up failures within `window` (default 5
     /// in 10 s); tasks then fail with [`PoolError::RestartLimit`] (or the initializer's error).
+    ///
+    /// Counted are the workers' own failures: the initializer's error or panic, an exit, a
+    /// crash (SIGSEGV, SIGABRT, ...), a hang. A worker killed from outside while it starts
+    /// (SIGKILL, SIGTERM) is no restart loop: such deaths count only against 20 times
+    /// `failures` in the same window.
     pub fn restart_limit(mut self, failures: u32, window: Duration) -> Self {
         self.restart_limit = (failures.max(1), window);
         self
@@ -177,6 +185,9 @@ impl PoolBuilder {
     pub fn build(self) -> Result<Pool, PoolError> {
         if let Some(e) = self.initializer_error {
             return Err(ConfigError::InitializerArgument(e).into());
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroTaskTimeout.into());
         }
         let processes = self.processes.unwrap_or_else(ipc_shm::os::available_cpus);
         if processes == 0 && self.max_workers.unwrap_or(0) == 0 {
@@ -573,7 +584,7 @@ impl Pool {
     /// every worker exited in time.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         self.close();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline_after(timeout);
         loop {
             if self.registry.workers.load(Ordering::SeqCst) == 0 {
                 self.join();

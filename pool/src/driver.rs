@@ -12,6 +12,11 @@
 //! | the worker dies (signal, exit) | `WorkerLost`                  | delivered          | requeued    |
 //! | `task_timeout` passes          | `Timeout`; the worker is killed | delivered        | requeued    |
 //!
+//! Tasks that had not started run again on another worker however many times other deaths
+//! bounce them (a worker killed before it took the job, while idle or starting). The one bound:
+//! a job whose worker died three times while decoding its arguments, before its first task
+//! started, fails with `WorkerLost` (a chunk that crashes its decoder would otherwise loop).
+//!
 //! A task never runs twice. A worker sends each result before it starts the next task whenever
 //! tasks take 50 us or more (and every 50 us of work otherwise), so only fast tasks that finished
 //! in the last 50 us before a death can lose their results; those fail with `WorkerLost` too
@@ -30,9 +35,13 @@ use crate::error::{Exit, PoolError, TaskError};
 use crate::job::Job;
 use crate::registry::{Registry, lock};
 use crate::result::failure_to_error;
-use crate::start::{self, Worker};
+use crate::start::{self, StartFailure, Worker};
 use crate::stats::{WorkerState, WorkerStats};
 use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
+
+/// How many times a job's worker may die while decoding the job's arguments (before any of its
+/// tasks starts) before the job fails with `WorkerLost` instead of running again.
+const DECODE_DEATHS: u32 = 3;
 
 /// A worker seat: the driver's state behind a mutex. The driver thread holds it only while it
 /// starts a worker or runs a job, so a thread calling [`Pool::apply`] can take an idle seat and
@@ -105,11 +114,19 @@ fn drive(
     registry: Arc<Registry>,
     ready: Option<crossbeam_channel::Sender<Result<(), PoolError>>>,
 ) {
-    let first = lock(&seat).ensure_worker();
+    // An initial worker (one `build` waits for) reports its first start; a failure of its own
+    // fails `build`, which then drops the pool. Other drivers start their worker in the loop,
+    // where every failure counts for the breaker.
+    let mut failed_at_start = false;
     if let Some(ready) = ready {
-        let _ = ready.send(first.clone());
+        let first = first_worker(&seat, &registry);
+        failed_at_start = first.is_err();
+        let _ = ready.send(first);
     }
     loop {
+        if failed_at_start {
+            break;
+        }
         if registry.terminated.load(Ordering::SeqCst) {
             break;
         }
@@ -121,12 +138,12 @@ fn drive(
                 Ok(())
             }
         };
-        if let Err(e) = started {
-            if registry.record_failure(&e) {
+        if let Err(failure) = started {
+            if registry.record_failure(&failure) {
                 break;
             }
             // Back off a little before trying again (a rate limit, as httpd's spawn rate).
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(RESTART_BACKOFF);
             continue;
         }
         let idle_limit = {
@@ -165,6 +182,11 @@ fn drive(
         d.retire();
         d.id
     };
+    // A broken pool: jobs this driver requeued after the breaker emptied the queue would wait
+    // for a driver that never comes; they fail with the breaker's error instead.
+    if let Some(broken) = lock(&registry.broken).clone() {
+        registry.close_with(&broken.into());
+    }
     lock(&registry.table).remove(&id);
     registry
         .seats
@@ -172,6 +194,29 @@ fn drive(
         .unwrap_or_else(|p| p.into_inner())
         .retain(|s| !Arc::ptr_eq(s, &seat));
     registry.workers.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// The pause between failed worker starts (a rate limit, as httpd's spawn rate).
+const RESTART_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Starts a new seat's first worker. A worker killed from outside while it starts (or lost with
+/// its fork server) is replaced, as long as the breaker's rate for such deaths allows; the
+/// first failure of the worker's own (its initializer's error, a crash, a hang) is the answer,
+/// so that `build` reports a broken initializer at once.
+fn first_worker(seat: &Seat, registry: &Registry) -> Result<(), PoolError> {
+    loop {
+        let failure = match lock(seat).ensure_worker() {
+            Ok(()) => return Ok(()),
+            Err(failure) => failure,
+        };
+        if !failure.outside || registry.terminated.load(Ordering::SeqCst) {
+            return Err(failure.error);
+        }
+        if registry.record_failure(&failure) {
+            return Err(lock(&registry.broken).clone().unwrap_or(failure.error));
+        }
+        std::thread::sleep(RESTART_BACKOFF);
+    }
 }
 
 /// The outcome of running one job on a worker.
@@ -216,7 +261,7 @@ impl Driver {
         }
     }
 
-    pub(crate) fn ensure_worker(&mut self) -> Result<(), PoolError> {
+    pub(crate) fn ensure_worker(&mut self) -> Result<(), StartFailure> {
         if self.worker.is_some() {
             return Ok(());
         }
@@ -403,7 +448,9 @@ impl Driver {
         }
         let end = job.first + job.count;
         let words = worker.slot.words();
-        let running = if words.job.load(Ordering::Acquire) == job.id {
+        // Whether the worker had taken this very job off its pipe before it died.
+        let received = words.job.load(Ordering::Acquire) == job.id;
+        let running = if received {
             worker.slot.current_item().map(|i| job.first + i)
         } else {
             None
@@ -424,13 +471,20 @@ impl Driver {
                 }
             }
             _ => {
-                // Nothing of the job started: run it again elsewhere, a few times at most.
+                // None of the job's remaining tasks started: run them again elsewhere. A death
+                // before the worker even took the job (killed while idle or starting, or another
+                // task's death) says nothing about this job and is never counted, however often
+                // it happens. Only a death while the worker held this job and was decoding its
+                // arguments, before its first task started, counts: a chunk that kills its
+                // decoder three times fails rather than loop forever.
                 let mut rest = match job.rest_from(reported) {
                     Some(rest) => rest,
                     None => return Ran::WorkerGone,
                 };
-                rest.attempts += 1;
-                if rest.attempts >= 3 {
+                if received {
+                    rest.attempts += 1;
+                }
+                if rest.attempts >= DECODE_DEATHS {
                     registry.finish_job_error(&rest, &cause);
                 } else {
                     let _ = registry.tx_requeue(rest);

@@ -230,6 +230,10 @@ pub enum ConfigError {
     /// The initializer's argument does not encode.
     #[error("invalid pool configuration: the initializer's argument does not encode")]
     InitializerArgument(#[source] EncodeError),
+    /// `task_timeout(Duration::ZERO)`: no task could ever finish in time. Leave the setting out
+    /// for no limit.
+    #[error("invalid pool configuration: a task timeout of zero lets no task finish")]
+    ZeroTaskTimeout,
     /// A `Process`'s argument (or its task message) does not encode.
     #[error("invalid process configuration: the argument does not encode")]
     Argument(#[source] EncodeError),

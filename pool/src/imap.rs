@@ -17,7 +17,8 @@ use crate::task::TaskRef;
 /// It pulls arguments from its input only as results are consumed, keeping at most the pool's
 /// `max_in_flight` tasks submitted ahead, so an endless input works and memory stays bounded.
 /// Ordered (`imap`) iterators yield `Result<R, TaskError>` in argument order; unordered ones
-/// yield them as they complete.
+/// yield them as they complete. Every argument yields exactly one item: once the pool is closed
+/// or broken (its restart breaker tripped), each remaining argument yields that error.
 ///
 /// ```
 /// fn double(x: u64) -> u64 {
@@ -87,8 +88,11 @@ where
         }
     }
 
-    /// Submits chunks until the in-flight limit or the end of the input.
-    fn fill(&mut self) -> Option<TaskError> {
+    /// Submits chunks until the in-flight limit or the end of the input. A chunk the pool
+    /// refuses (closed, or broken by its restart breaker) or that does not encode still gets an
+    /// outcome per argument: the error, through the same channel as results, so that every
+    /// input yields exactly one item and the iterator never ends early.
+    fn fill(&mut self) {
         // Results held back for ordering count too, so memory stays bounded.
         let limit = self.pool.max_in_flight().max(self.chunksize);
         while !self.input_done && self.in_flight + self.pending.len() + self.chunksize <= limit {
@@ -102,8 +106,9 @@ where
                 self.pool
                     .submit_chunk(self.task, &chunk, self.next_index, self.sink.clone())
             {
-                self.input_done = true;
-                return Some(e);
+                for i in 0..n as u64 {
+                    self.sink.fail(self.next_index + i, e.clone());
+                }
             }
             self.next_index += n as u64;
             self.in_flight += n;
@@ -111,7 +116,6 @@ where
                 self.input_done = true;
             }
         }
-        None
     }
 }
 
@@ -125,9 +129,7 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(e) = self.fill() {
-                return Some(Err(e));
-            }
+            self.fill();
             if self.ordered
                 && let Some(r) = self.pending.remove(&self.next_yield)
             {

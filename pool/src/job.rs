@@ -24,6 +24,7 @@ pub(crate) struct Job {
     /// The global index of the first argument.
     pub(crate) first: u64,
     pub(crate) count: u64,
+    /// How many workers died while decoding this job's arguments (see `driver`).
     pub(crate) attempts: u32,
     /// Re-encodes arguments `skip..skip + take` of `args` (monomorphised for `A`), for the
     /// rare job that must be split after a worker died.

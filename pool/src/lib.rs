@@ -32,8 +32,11 @@
 //! [`TaskError::WorkerLost`] and is replaced; the other tasks of its chunk that had not started
 //! run elsewhere, and no task ever runs twice. (Results of tasks shorter than 50 us that
 //! finished in the last 50 us before the death are lost with it and fail too.) A task that exceeds `task_timeout` fails with [`TaskError::Timeout`]; its
-//! worker is killed and replaced. Workers that keep dying at start-up (a failing initializer)
-//! trip a breaker instead of respawning forever. Python's `Pool` hangs in these cases and
+//! worker is killed and replaced. Workers that keep failing at start-up by their own doing (the
+//! initializer's error or panic, an exit, a crash) trip a breaker instead of respawning
+//! forever; workers killed from outside while they start are replaced, and trip it only at 20
+//! times that rate. Once it trips, every remaining task gets its error. A killed fork server
+//! costs only the workers it took with it: the next worker needed starts a new one. Python's `Pool` hangs in these cases and
 //! `ProcessPoolExecutor` breaks as a whole.
 //!
 //! The parent's death, even by SIGKILL, ends every worker (`PR_SET_PDEATHSIG`, and workers also
@@ -106,6 +109,25 @@ pub fn progress_bar(total: u64) -> impl Fn(u64, u64) + Send + Sync + 'static {
             bar.finish();
         }
     }
+}
+
+/// The instant `timeout` from now, saturating: a timeout too long to add to the clock (such as
+/// `Duration::MAX`) becomes a deadline about a century away, which no wait reaches, instead of
+/// the panic of `Instant + Duration`.
+pub(crate) fn deadline_after(timeout: std::time::Duration) -> std::time::Instant {
+    /// Far enough to mean "never", near enough to add to any clock reading.
+    const FAR: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = std::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
+/// Test support, not part of the API: the pid of this process's current fork server, if one
+/// runs (the fault suite kills it to check that pools recover).
+#[doc(hidden)]
+pub fn __fork_server_pid() -> Option<u32> {
+    start::fork_server_pid()
 }
 
 /// The start method used when none is given: `ForkServer` when [`init`] has run (always, with

@@ -85,10 +85,10 @@ impl ProcessBuilder {
         let mut worker = start::start(method)?;
         let mut buf = Vec::new();
         let mut frame = Vec::new();
-        if let Err(e) = start::handshake(&mut worker, None, &mut buf, &mut frame) {
+        if let Err(failure) = start::handshake(&mut worker, None, &mut buf, &mut frame) {
             worker.kill();
             let _ = worker.reap();
-            return Err(e);
+            return Err(failure.error);
         }
         protocol::frame(
             &ToWorker::Run {
@@ -105,7 +105,7 @@ impl ProcessBuilder {
         Ok(Process {
             name: self.name.unwrap_or_else(|| format!("Process-{pid}")),
             daemon: self.daemon,
-            worker: Some(worker),
+            worker: Some(Box::new(worker)),
             buf,
             frame,
             _result: PhantomData,
@@ -117,7 +117,8 @@ impl ProcessBuilder {
 pub struct Process<R> {
     name: String,
     daemon: bool,
-    worker: Option<Worker>,
+    // Boxed: keeps `join_timeout`'s `Err(Process)` small.
+    worker: Option<Box<Worker>>,
     buf: Vec<u8>,
     frame: Vec<u8>,
     _result: PhantomData<fn() -> R>,

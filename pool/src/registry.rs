@@ -37,8 +37,10 @@ pub(crate) struct Registry {
     pub(crate) terminated: AtomicBool,
     /// Why the pool stopped taking work (the restart breaker tripped).
     pub(crate) broken: Mutex<Option<PoolError>>,
-    /// Recent worker start-up failures, for the breaker.
+    /// Recent worker start-up failures of the workers' own doing, for the breaker.
     pub(crate) failures: Mutex<Vec<Instant>>,
+    /// Recent deaths from outside of starting workers, for the breaker's higher limit.
+    pub(crate) outside_failures: Mutex<Vec<Instant>>,
     pub(crate) drivers: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) seats: RwLock<Vec<Seat>>,
     pub(crate) table: Mutex<HashMap<usize, WorkerStats>>,
@@ -71,6 +73,7 @@ impl Registry {
             terminated: AtomicBool::new(false),
             broken: Mutex::new(None),
             failures: Mutex::new(Vec::new()),
+            outside_failures: Mutex::new(Vec::new()),
             drivers: Mutex::new(Vec::new()),
             seats: RwLock::new(Vec::new()),
             table: Mutex::new(HashMap::new()),

@@ -149,7 +149,7 @@ impl<T> AsyncResult<T> {
 
     /// Waits at most `timeout`; returns whether the result is available.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline_after(timeout);
         let mut s = self.cell.lock();
         while !s.ready {
             let left = deadline.saturating_duration_since(Instant::now());

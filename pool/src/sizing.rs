@@ -7,7 +7,9 @@
 //! - *Recycling* ([`Driver::after_task`]): a worker that ran about `max_tasks_per_child` tasks
 //!   ([`jitter`]ed per worker) or grew past `max_memory_per_child` is replaced.
 //! - *The restart breaker* ([`Registry::record_failure`]): workers that keep failing at
-//!   start-up stop being replaced, and the pool fails its tasks with the reason.
+//!   start-up by their own doing (the initializer's error or panic, an exit, a crash) stop being
+//!   replaced, and the pool fails its tasks with the reason. Workers killed from outside while
+//!   they start count only at a rate [`OUTSIDE_FACTOR`] times higher.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::driver::{Driver, finish_worker};
 use crate::error::PoolError;
 use crate::registry::{Registry, lock};
+use crate::start::StartFailure;
 use crate::stats::WorkerState;
 
 impl Registry {
@@ -45,30 +48,46 @@ impl Registry {
     }
 
     /// Records a worker start-up failure; trips the breaker past the limit.
-    pub(crate) fn record_failure(&self, error: &PoolError) -> bool {
+    ///
+    /// The worker's own failures (its initializer's error or panic, an exit, a crash) count
+    /// against `restart_limit` (default 5 in 10 s). Workers killed from outside while they start
+    /// are no restart loop and count only against a limit [`OUTSIDE_FACTOR`] times higher over
+    /// the same window, which ends a loop nobody can fix from inside (the OOM killer ending
+    /// every new worker) but not a burst of kills (30 kills 1-4 ms apart pass).
+    pub(crate) fn record_failure(&self, failure: &StartFailure) -> bool {
         let (limit, window) = self.settings.restart_limit;
-        let mut f = lock(&self.failures);
+        let (list, limit) = if failure.outside {
+            (&self.outside_failures, limit.saturating_mul(OUTSIDE_FACTOR))
+        } else {
+            (&self.failures, limit)
+        };
+        let mut f = lock(list);
         let now = Instant::now();
         f.retain(|t| now.duration_since(*t) < window);
         f.push(now);
         if f.len() as u32 >= limit {
-            let broken = match error {
-                PoolError::InitializerFailed { .. } | PoolError::BuildMismatch { .. } => {
-                    error.clone()
+            let broken = match &failure.error {
+                PoolError::InitializerFailed { .. } | PoolError::BuildMismatch { .. }
+                    if !failure.outside =>
+                {
+                    failure.error.clone()
                 }
                 _ => PoolError::RestartLimit {
                     failures: f.len() as u32,
                     window,
                 },
             };
-            *lock(&self.broken) = Some(broken.clone());
             drop(f);
+            lock(&self.broken).get_or_insert(broken.clone());
             self.close_with(&broken.into());
             return true;
         }
         false
     }
 }
+
+/// How many more deaths from outside than own failures the breaker tolerates in its window.
+pub(crate) const OUTSIDE_FACTOR: u32 = 20;
 
 impl Driver {
     /// How long this driver may wait idle before it considers shrinking the pool.

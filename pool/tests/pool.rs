@@ -603,3 +603,34 @@ fn configuration_errors_are_typed() {
     );
     assert!(err.to_string().contains("at least one worker"), "{err}");
 }
+
+#[test]
+fn endless_timeouts_saturate_instead_of_panicking() {
+    let pool = build(StartMethod::Fork, 1);
+    let done = pool.apply_async(square, 6);
+    assert!(done.wait_timeout(Duration::MAX));
+    assert_eq!(done.get_timeout(Duration::MAX).unwrap().unwrap(), 36);
+    // An idle pool: join closes it and the workers exit well within "forever".
+    assert!(pool.join_timeout(Duration::MAX));
+}
+
+#[test]
+fn a_zero_task_timeout_is_refused() {
+    let err = PoolBuilder::new()
+        .processes(1)
+        .task_timeout(Duration::ZERO)
+        .build()
+        .expect_err("a zero task timeout");
+    assert!(
+        matches!(err, PoolError::Config(pool::ConfigError::ZeroTaskTimeout)),
+        "{err:?}"
+    );
+    // The smallest real limit is accepted.
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .task_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}

@@ -161,7 +161,7 @@ impl ChildCommand {
             std: Some(child),
             out,
             err,
-            deadline: Instant::now() + self.watchdog,
+            deadline: deadline_after(self.watchdog),
             label: self.label,
             done: None,
         }
@@ -191,10 +191,20 @@ pub fn fork_child(watchdog: Duration, body: impl FnOnce() -> i32) -> ChildProces
         std: None,
         out: None,
         err: None,
-        deadline: Instant::now() + watchdog,
+        deadline: deadline_after(watchdog),
         label: format!("forked pid {pid}"),
         done: None,
     }
+}
+
+/// The instant `limit` from now, saturating at about a century for a limit too long to add to
+/// the clock (`Duration::MAX`: no watchdog), rather than panicking as `Instant + Duration` does.
+fn deadline_after(limit: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(limit)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
 }
 
 /// A running child under a watchdog. Dropping it kills and reaps the child if it still runs.
@@ -296,5 +306,18 @@ impl Drop for ChildProcess {
             self.kill();
             let _ = self.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_watchdog_saturates_instead_of_panicking() {
+        let far = deadline_after(Duration::MAX);
+        assert!(far > Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        let near = deadline_after(Duration::from_secs(1));
+        assert!(near <= Instant::now() + Duration::from_secs(1));
     }
 }

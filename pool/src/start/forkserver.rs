@@ -10,13 +10,17 @@
 //! pool's process goes away the server sees its socket hang up, kills its workers and exits.
 //!
 //! The server runs in [`run_server`] (reached through `init`); the pool's side is the client
-//! below it ([`server_fork`], [`server_reap`]).
+//! below it ([`server_fork`], [`ForkServerClient::reap`]).
+//!
+//! A server that dies (SIGKILL from outside, a crash) takes its workers with it
+//! (`PR_SET_PDEATHSIG`): the pools see them as lost workers, as for any death, and the next
+//! request for a worker, from any pool of the process, starts a new server.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Command;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 
 use ipc_shm::os::{ChildSignals, Signal};
 use serde::{Deserialize, Serialize};
@@ -162,10 +166,12 @@ fn server_fork_one(
 // ---------------------------------------------------------------------------------------------
 // The pool's side.
 
-/// The pool's connection to its fork server: one request at a time, replies and exit statuses
-/// delivered by a reader thread.
-struct ForkServerClient {
+/// The pool's connection to one fork server: one request at a time, replies and exit statuses
+/// delivered by a reader thread. Workers keep the connection that forked them (to learn how they
+/// ended), so a replaced server's workers are still reaped through the old one.
+pub(crate) struct ForkServerClient {
     sock: OwnedFd,
+    server_pid: u32,
     request: Mutex<()>,
     state: Mutex<ForkServerState>,
     changed: Condvar,
@@ -180,21 +186,65 @@ struct ForkServerState {
     dead: bool,
 }
 
-/// The fork server of this process, started by the first pool that needs it (or why it could
-/// not be).
-static CLIENT: OnceLock<Result<ForkServerClient, SpawnError>> = OnceLock::new();
+/// The current fork server of this process: started by the first pool that needs it, and
+/// started again by the next request after it died (a SIGKILL, a crash), so that its death
+/// costs the workers it took with it and nothing more.
+static CLIENT: Mutex<Option<Arc<ForkServerClient>>> = Mutex::new(None);
 
-fn client() -> Result<&'static ForkServerClient, PoolError> {
-    CLIENT
-        .get_or_init(|| {
-            start_server()
-                .map_err(|e| SpawnError::new(SpawnErrorKind::ForkServerStart(Arc::new(e))))
-        })
-        .as_ref()
-        .map_err(|e| PoolError::Spawn(e.clone()))
+impl ForkServerClient {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ForkServerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_dead(&self) -> bool {
+        self.lock().dead
+    }
+
+    /// Marks the server gone (its socket failed) and wakes whoever waits on it.
+    fn mark_dead(&self) {
+        self.lock().dead = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits for the server to report how worker `pid` ended.
+    pub(crate) fn reap(&self, pid: u32) -> io::Result<Exit> {
+        let mut state = self.lock();
+        loop {
+            if let Some(exit) = state.exits.remove(&pid) {
+                return Ok(exit);
+            }
+            if state.dead {
+                return Err(io::Error::other("the fork server is gone"));
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
-fn start_server() -> io::Result<ForkServerClient> {
+/// The live fork server, started (again) if there is none.
+fn client() -> Result<Arc<ForkServerClient>, PoolError> {
+    let mut current = CLIENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(client) = current.as_ref()
+        && !client.is_dead()
+    {
+        return Ok(client.clone());
+    }
+    let client = start_server()
+        .map_err(|e| SpawnError::new(SpawnErrorKind::ForkServerStart(Arc::new(e))))?;
+    *current = Some(client.clone());
+    Ok(client)
+}
+
+/// The pid of the current fork server, if one runs (test support: the fault suite kills it).
+pub(crate) fn server_pid() -> Option<u32> {
+    let current = CLIENT.lock().unwrap_or_else(|p| p.into_inner());
+    current
+        .as_ref()
+        .filter(|c| !c.is_dead())
+        .map(|c| c.server_pid)
+}
+
+fn start_server() -> io::Result<Arc<ForkServerClient>> {
     let (ours, theirs) = ipc_shm::os::seqpacket_pair()?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(ROLE_SERVER);
@@ -211,27 +261,24 @@ fn start_server() -> io::Result<ForkServerClient> {
             let _ = child.wait();
         })?;
     let reader_sock = ours.try_clone()?;
-    std::thread::Builder::new()
-        .name("pool-forkserver-reader".into())
-        .spawn(move || read_server(reader_sock))?;
-    let _ = server_pid;
-    Ok(ForkServerClient {
+    let client = Arc::new(ForkServerClient {
         sock: ours,
+        server_pid,
         request: Mutex::new(()),
         state: Mutex::new(ForkServerState::default()),
         changed: Condvar::new(),
-    })
+    });
+    let theirs = client.clone();
+    std::thread::Builder::new()
+        .name("pool-forkserver-reader".into())
+        .spawn(move || read_server(reader_sock, &theirs))?;
+    Ok(client)
 }
 
-fn read_server(sock: OwnedFd) {
+fn read_server(sock: OwnedFd, client: &ForkServerClient) {
     loop {
         let msg = recv_msg::<FromServer>(sock.as_fd());
-        let Some(client) = CLIENT.get().and_then(|c| c.as_ref().ok()) else {
-            // Not published yet: the first message cannot arrive before the first request,
-            // which is sent only after publication; treat anything else as the end.
-            return;
-        };
-        let mut state = client.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = client.lock();
         match msg {
             Ok(Some((FromServer::Forked { pid }, _))) => state.reply = Some(Ok(pid)),
             Ok(Some((FromServer::ForkFailed { errno, message }, _))) => {
@@ -255,57 +302,58 @@ fn read_server(sock: OwnedFd) {
     }
 }
 
-/// Asks the fork server for a worker on `theirs` and `slot`; returns its pid.
-pub(crate) fn server_fork(theirs: PipeLink, slot: &ProgressSlot) -> Result<u32, PoolError> {
-    let client = client()?;
-    let _one_at_a_time = client.request.lock().unwrap_or_else(|p| p.into_inner());
+/// How many servers one request tries: the current one, and a new one if that one turns out to
+/// have died (its death may not have been noticed yet when the request began).
+const SERVER_TRIES: usize = 2;
+
+/// Asks the fork server for a worker on `theirs` and `slot`; returns its pid and the server
+/// connection that will report its exit. A dead server is replaced.
+pub(crate) fn server_fork(
+    theirs: PipeLink,
+    slot: &ProgressSlot,
+) -> Result<(u32, Arc<ForkServerClient>), PoolError> {
     let (shm, sock, side) = theirs
         .into_raw_parts()
         .map_err(|e| PoolError::os("handing the worker pipe to the fork server", e))?;
     let fds = [shm.as_fd(), sock.as_fd(), slot.segment().fd()];
-    send_msg(
-        client.sock.as_fd(),
-        &ToServer::Fork { side: side as u32 },
-        &fds,
-    )
-    .map_err(|e| PoolError::os("asking the fork server for a worker", e))?;
-    drop((shm, sock));
-    let mut state = client.state.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        if let Some(reply) = state.reply.take() {
-            return reply.map_err(|e| SpawnErrorKind::ForkServerFork(Arc::new(e)).into());
+    let mut last = PoolError::from(SpawnErrorKind::ForkServerGone);
+    for _ in 0..SERVER_TRIES {
+        let client = client()?;
+        let _one_at_a_time = client.request.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = send_msg(
+            client.sock.as_fd(),
+            &ToServer::Fork { side: side as u32 },
+            &fds,
+        ) {
+            // The server is gone (EPIPE, ECONNRESET) or the socket is unusable: start anew.
+            client.mark_dead();
+            last = PoolError::os("asking the fork server for a worker", e);
+            continue;
         }
-        if state.dead {
-            return Err(SpawnErrorKind::ForkServerGone.into());
+        let mut state = client.lock();
+        loop {
+            if let Some(reply) = state.reply.take() {
+                return reply
+                    .map(|pid| (pid, client.clone()))
+                    .map_err(|e| SpawnErrorKind::ForkServerFork(Arc::new(e)).into());
+            }
+            if state.dead {
+                // It died before answering; the worker, if forked, died with it.
+                last = SpawnErrorKind::ForkServerGone.into();
+                break;
+            }
+            state = client
+                .changed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
         }
-        state = client
-            .changed
-            .wait(state)
-            .unwrap_or_else(|p| p.into_inner());
     }
-}
-
-/// Waits for the fork server to report how worker `pid` ended.
-pub(crate) fn server_reap(pid: u32) -> io::Result<Exit> {
-    let client = client().map_err(|e| io::Error::other(e.to_string()))?;
-    let mut state = client.state.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        if let Some(exit) = state.exits.remove(&pid) {
-            return Ok(exit);
-        }
-        if state.dead {
-            return Err(io::Error::other("the fork server is gone"));
-        }
-        state = client
-            .changed
-            .wait(state)
-            .unwrap_or_else(|p| p.into_inner());
-    }
+    Err(last)
 }
 
 /// Starts a worker through the fork server, serving a new pipe and `slot`.
 pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
     let (ours, theirs) = transport::pair()?;
-    let pid = server_fork(theirs, &slot)?;
-    Ok(Worker::new(pid, ours, slot, Reaper::Server))
+    let (pid, server) = server_fork(theirs, &slot)?;
+    Ok(Worker::new(pid, ours, slot, Reaper::Server(server)))
 }

@@ -55,6 +55,11 @@ impl StartMethod {
     }
 }
 
+/// The pid of this process's current fork server, if one runs.
+pub(crate) fn fork_server_pid() -> Option<u32> {
+    forkserver::server_pid()
+}
+
 /// Fails with `NeedsInit` when the method needs `init()` and it has not run.
 pub(crate) fn check_start_method(method: StartMethod) -> Result<(), PoolError> {
     match method {
@@ -83,8 +88,8 @@ pub(crate) struct Worker {
 pub(crate) enum Reaper {
     /// Our own child: `waitpid`.
     Child,
-    /// A child of the fork server: it reports the status.
-    Server,
+    /// A child of a fork server: that server reports the status.
+    Server(Arc<forkserver::ForkServerClient>),
 }
 
 impl Worker {
@@ -103,12 +108,21 @@ impl Worker {
         if let Some(exit) = self.exit {
             return Ok(exit);
         }
-        let exit = match self.reaper {
+        let exit = match &self.reaper {
             Reaper::Child => ipc_shm::os::reap(self.pid)?.into(),
-            Reaper::Server => forkserver::server_reap(self.pid)?,
+            Reaper::Server(server) => server.reap(self.pid)?,
         };
         self.exit = Some(exit);
         Ok(exit)
+    }
+
+    /// How a worker whose link broke ended: it is killed first if it still runs (a dying
+    /// process keeps the status it is dying with), then reaped; `None` if nobody can tell.
+    fn ended(&mut self) -> Option<Exit> {
+        if !self.wait_exit(Duration::from_millis(100)) {
+            self.kill();
+        }
+        self.reap().ok()
     }
 
     /// Sends SIGKILL.
@@ -154,58 +168,130 @@ pub(crate) fn theirs_handed_over(theirs: PipeLink) {
 /// How long a new worker may take to greet the pool (and to run its initializer).
 const STARTUP: Duration = Duration::from_secs(30);
 
+/// Why a worker could not be started, and whether the cause lies outside it, for the restart
+/// breaker (`sizing`): a worker's own failure (its initializer's error or panic, an exit, a
+/// crash, a hang, a different build) is what a restart loop is made of; a worker killed from
+/// outside (SIGKILL, SIGTERM: an operator, the OOM killer, a test) or lost with its fork server
+/// is not.
+#[derive(Debug)]
+pub(crate) struct StartFailure {
+    pub(crate) error: PoolError,
+    /// The worker died of a signal it did not raise itself, or its status is unknown.
+    pub(crate) outside: bool,
+}
+
+impl StartFailure {
+    fn own(error: impl Into<PoolError>) -> StartFailure {
+        StartFailure {
+            error: error.into(),
+            outside: false,
+        }
+    }
+}
+
+/// A failure to get a process at all (pipe, progress slot, fork) is the pool's own; a fork
+/// server that died while asked is a death from outside.
+impl From<PoolError> for StartFailure {
+    fn from(error: PoolError) -> StartFailure {
+        let outside = error == PoolError::from(SpawnErrorKind::ForkServerGone);
+        StartFailure { error, outside }
+    }
+}
+
+/// Whether a worker that ended with `exit` was ended from outside: by a signal other than the
+/// faults a process raises on itself (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS, SIGTRAP),
+/// by its parent's death, or in a way nobody could report. An exit with a status code is the
+/// worker's own doing.
+pub(crate) fn ended_from_outside(exit: Option<Exit>) -> bool {
+    use ipc_shm::os::Signal;
+    match exit {
+        Some(Exit::Code(code)) => code == ipc_shm::os::PARENT_GONE,
+        Some(Exit::Signal(s)) => ![
+            Signal::SIGSEGV,
+            Signal::SIGBUS,
+            Signal::SIGILL,
+            Signal::SIGFPE,
+            Signal::SIGABRT,
+            Signal::SIGSYS,
+            Signal::SIGTRAP,
+        ]
+        .iter()
+        .any(|&own| own as i32 == s),
+        None => true,
+    }
+}
+
 /// Receives the worker's greeting, checks it runs this very executable, and runs the
-/// initializer if there is one.
+/// initializer if there is one. On failure the worker may still run: the caller kills and
+/// reaps it.
 pub(crate) fn handshake(
     worker: &mut Worker,
     initializer: Option<&(TaskRef, Vec<u8>)>,
     buf: &mut Vec<u8>,
     frame: &mut Vec<u8>,
-) -> Result<(), PoolError> {
+) -> Result<(), StartFailure> {
     match worker.link.recv(buf, Some(STARTUP)) {
         Ok(()) => {}
         Err(LinkError::Timeout) => {
-            return Err(SpawnErrorKind::StartupTimeout(STARTUP).into());
+            return Err(StartFailure::own(SpawnErrorKind::StartupTimeout(STARTUP)));
         }
         Err(_) => {
-            let exit = worker.reap().ok();
-            return Err(SpawnErrorKind::ExitedAtStartup(exit).into());
+            let exit = worker.ended();
+            return Err(StartFailure {
+                error: SpawnErrorKind::ExitedAtStartup(exit).into(),
+                outside: ended_from_outside(exit),
+            });
         }
     }
     match protocol::unframe::<FromWorker>(buf) {
         Ok((FromWorker::Hello { exe, .. }, _)) => {
             let mine = ipc_shm::os::exe_identity().unwrap_or_default();
             if exe != mine {
-                return Err(PoolError::BuildMismatch {
+                return Err(StartFailure::own(PoolError::BuildMismatch {
                     detail: format!("worker executable {exe:?}, pool executable {mine:?}"),
-                });
+                }));
             }
         }
-        Ok(_) => return Err(SpawnErrorKind::BadGreeting(None).into()),
-        Err(e) => return Err(SpawnErrorKind::BadGreeting(Some(e)).into()),
+        Ok(_) => return Err(StartFailure::own(SpawnErrorKind::BadGreeting(None))),
+        Err(e) => return Err(StartFailure::own(SpawnErrorKind::BadGreeting(Some(e)))),
     }
     let Some((task, arg)) = initializer else {
         return Ok(());
     };
-    protocol::frame(&ToWorker::Init { task: *task }, arg, frame).map_err(SpawnErrorKind::Encode)?;
+    protocol::frame(&ToWorker::Init { task: *task }, arg, frame)
+        .map_err(|e| StartFailure::own(SpawnErrorKind::Encode(e)))?;
     if worker.link.send(frame).is_err() {
-        return Err(SpawnErrorKind::DiedBeforeInitializer.into());
+        let exit = worker.ended();
+        return Err(StartFailure {
+            error: SpawnErrorKind::DiedBeforeInitializer.into(),
+            outside: ended_from_outside(exit),
+        });
     }
     match worker.link.recv(buf, Some(STARTUP)) {
         Ok(()) => match protocol::unframe::<FromWorker>(buf) {
             Ok((FromWorker::InitDone, _)) => Ok(()),
-            Ok((FromWorker::InitFailed { failure }, _)) => Err(PoolError::InitializerFailed {
-                message: failure.to_string(),
-            }),
-            _ => Err(SpawnErrorKind::UnexpectedInitAnswer.into()),
+            // The initializer's own error or panic, reported by the worker: what the breaker
+            // is for.
+            Ok((FromWorker::InitFailed { failure }, _)) => {
+                Err(StartFailure::own(PoolError::InitializerFailed {
+                    message: failure.to_string(),
+                }))
+            }
+            _ => Err(StartFailure::own(SpawnErrorKind::UnexpectedInitAnswer)),
         },
+        Err(LinkError::Timeout) => Err(StartFailure::own(PoolError::InitializerFailed {
+            message: format!("the initializer did not finish within {STARTUP:?}"),
+        })),
         Err(_) => {
-            let exit = worker.reap().ok();
-            Err(PoolError::InitializerFailed {
-                message: format!(
-                    "the worker died in its initializer ({})",
-                    exit.map_or("unknown status".into(), |e| e.to_string())
-                ),
+            let exit = worker.ended();
+            Err(StartFailure {
+                error: PoolError::InitializerFailed {
+                    message: format!(
+                        "the worker died in its initializer ({})",
+                        exit.map_or("unknown status".into(), |e| e.to_string())
+                    ),
+                },
+                outside: ended_from_outside(exit),
             })
         }
     }

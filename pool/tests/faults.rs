@@ -1,0 +1,510 @@
+//! The standing fault suite (issue 14, items 1-3): a killed fork server, workers killed while
+//! they start, and chunks whose workers died before they could start them.
+//!
+//! Every test runs under a watchdog. Tests that kill processes they did not start by pid (the
+//! fork server, whatever worker is alive) run in a child re-run of this binary (the `ipc_tests`
+//! harness), so that no other test's pool is in reach. Each prints one `fault:` line of figures;
+//! reproduce them with
+//!
+//! ```text
+//! cargo test --release -p pool --test faults -- --nocapture 2>&1 | grep 'fault:'
+//! ```
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use ipc_shm::os;
+use ipc_tests::{child, child_entry};
+use pool::{Pool, PoolBuilder, PoolError, StartMethod, TaskError};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn squares(n: u64) -> Vec<u64> {
+    (0..n).map(square).collect()
+}
+
+fn crash(_: u64) -> u64 {
+    let _ = os::kill(os::pid(), os::Signal::SIGKILL);
+    unreachable!("killed itself")
+}
+
+/// An initializer slow enough (3 ms) that kills 1-4 ms apart land inside it.
+fn slow_init(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Waits (on a pidfd, no polling) until `pid` has ended; a pid already gone counts as ended.
+fn wait_gone(pid: u32, limit: Duration) {
+    if let Ok(fd) = os::pidfd(pid) {
+        assert!(
+            os::wait_exit(&fd, limit).expect("waiting on a pidfd"),
+            "process {pid} did not end within {limit:?}"
+        );
+    }
+}
+
+/// The processes whose parent is one of `parents` (from `/proc`; the name field may hold spaces
+/// and parentheses, so the fields are read after its last `)`).
+fn children_of(parents: &[u32]) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if state != Some("Z") && ppid.is_some_and(|p| parents.contains(&p)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A small deterministic generator for kill pacing (xorshift).
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn method_from_env() -> StartMethod {
+    match std::env::var("METHOD").as_deref() {
+        Ok("spawn") => StartMethod::Spawn,
+        Ok("fork") => StartMethod::Fork,
+        _ => StartMethod::ForkServer,
+    }
+}
+
+/// Runs a child entry under a watchdog, passes its `fault:` figures on, and asserts it passed.
+fn run_child(cmd: ipc_tests::ChildCommand) {
+    let outcome = cmd.watchdog(Duration::from_secs(120)).run();
+    for line in outcome.stdout.lines() {
+        if let Some(at) = line.find("fault:") {
+            eprintln!("{}", &line[at..]);
+        }
+    }
+    outcome.assert_success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 1: a killed fork server.
+
+/// Rounds of "SIGKILL the fork server, then map" in one pool.
+const SERVER_KILLS: usize = 3;
+
+child_entry! {
+    fn fork_server_killed() {
+        let started = Instant::now();
+        let pool = PoolBuilder::new()
+            .processes(2)
+            .start_method(StartMethod::ForkServer)
+            .build()
+            .expect("pool");
+        assert_eq!(pool.map(square, 0..100u64).unwrap(), squares(100));
+        let mut tasks = 100u64;
+        let mut servers = Vec::new();
+        for _ in 0..SERVER_KILLS {
+            let server = pool::__fork_server_pid().expect("a fork server runs");
+            servers.push(server);
+            let workers: Vec<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
+            os::kill(server, os::Signal::SIGKILL).unwrap();
+            // The server and, with it, its workers (PR_SET_PDEATHSIG) are gone before the pool
+            // is asked for anything: the pool must find out by itself.
+            wait_gone(server, Duration::from_secs(10));
+            for w in workers {
+                wait_gone(w, Duration::from_secs(10));
+            }
+            // Every task completes: the dead workers had started none of them, and the next
+            // request for a worker starts a new server instead of tripping the breaker.
+            assert_eq!(pool.map(square, 0..1000u64).unwrap(), squares(1000));
+            tasks += 1000;
+            assert_eq!(pool.workers(), 2);
+        }
+        // A second pool of the process builds and works (on the server started last).
+        let second = PoolBuilder::new()
+            .processes(2)
+            .start_method(StartMethod::ForkServer)
+            .build()
+            .expect("a second ForkServer pool after the server was killed");
+        assert_eq!(second.apply(square, 12).unwrap(), 144);
+        let last = pool::__fork_server_pid().expect("a fork server runs");
+        assert!(!servers.contains(&last), "{servers:?} {last}");
+        let restarts: u64 = pool.stats().workers.iter().map(|w| w.restarts).sum();
+        println!(
+            "fault: fork server SIGKILLed {SERVER_KILLS} times: {tasks} tasks, all Ok, \
+             {restarts} worker restarts, second pool Ok, {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_killed_fork_server_is_restarted_and_its_workers_are_lost_workers() {
+    run_child(child!(fork_server_killed));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 2: kills from outside while workers start are no restart loop.
+
+/// How many workers the kill storm ends.
+const STORM_KILLS: usize = 30;
+
+child_entry! {
+    fn kill_storm_at_start_up() {
+        let method = method_from_env();
+        let me = os::pid();
+        let started = Instant::now();
+        let killer = std::thread::spawn(move || {
+            let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(me);
+            let mut kills = 0;
+            let mut tries = 0;
+            // Bounded: 30 kills, or 10 s of trying.
+            while kills < STORM_KILLS && started.elapsed() < Duration::from_secs(10) {
+                tries += 1;
+                let server = pool::__fork_server_pid();
+                let parents: Vec<u32> = match server {
+                    Some(s) if method == StartMethod::ForkServer => vec![s],
+                    _ => vec![me],
+                };
+                let workers: Vec<u32> = children_of(&parents)
+                    .into_iter()
+                    .filter(|&p| Some(p) != server)
+                    .collect();
+                if !workers.is_empty() {
+                    let victim = workers[next_random(&mut seed) as usize % workers.len()];
+                    if os::kill(victim, os::Signal::SIGKILL).is_ok() {
+                        kills += 1;
+                    }
+                }
+                // Pacing of the storm (one kill every 1-4 ms), not synchronisation.
+                std::thread::sleep(Duration::from_micros(1000 + next_random(&mut seed) % 3000));
+            }
+            (kills, tries)
+        });
+        // Workers run a 3 ms initializer, so many kills land in it.
+        let pool = PoolBuilder::new()
+            .processes(4)
+            .start_method(method)
+            .initializer(slow_init, 3)
+            .build()
+            .expect("outside kills at start-up must not fail the build");
+        let built = started.elapsed();
+        // Keep asking for work while the storm lasts: a worker killed while idle is replaced
+        // when its driver next has a job, so these tasks (which may fail, their workers being
+        // killed under them) bring in the new workers the storm kills in their initializer.
+        let mut storm_tasks = 0u64;
+        while !killer.is_finished() {
+            let _ = pool.map(square, 0..64u64);
+            storm_tasks += 64;
+        }
+        let (kills, tries) = killer.join().unwrap();
+        assert_eq!(kills, STORM_KILLS, "the storm ended early ({tries} tries)");
+        // The pool survived the storm: every task of a map completes.
+        assert_eq!(pool.map(square, 0..2000u64).unwrap(), squares(2000));
+        let restarts: u64 = pool.stats().workers.iter().map(|w| w.restarts).sum();
+        println!(
+            "fault: {kills} SIGKILLs 1-4 ms apart at start-up ({method:?}, 3 ms initializer): \
+             built in {built:?}, {storm_tasks} tasks during the storm, then 2000 tasks all Ok, {restarts} worker restarts, {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn outside_kills_at_start_up_do_not_trip_the_breaker_spawn() {
+    run_child(child!(kill_storm_at_start_up).env("METHOD", "spawn"));
+}
+
+#[test]
+fn outside_kills_at_start_up_do_not_trip_the_breaker_forkserver() {
+    run_child(child!(kill_storm_at_start_up).env("METHOD", "forkserver"));
+}
+
+#[test]
+fn outside_kills_at_start_up_do_not_trip_the_breaker_fork() {
+    run_child(child!(kill_storm_at_start_up).env("METHOD", "fork"));
+}
+
+/// Succeeds in the first worker of the process, panics in every later one: the initializer's
+/// own failure, the loop the breaker is for. `marker` is a file only the first creates.
+fn init_only_once(marker: String) {
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+        .is_err()
+    {
+        panic!("the initializer refuses to run twice");
+    }
+}
+
+#[test]
+fn an_initializer_failing_on_its_own_trips_the_breaker_and_imap_answers_every_input() {
+    let _watchdog = ipc_tests::watchdog("the breaker test", Duration::from_secs(60));
+    let marker = std::env::temp_dir().join(format!(
+        "pool-faults-init-{}-{}",
+        os::pid(),
+        ipc_tests::ShmName::new("m").as_str()
+    ));
+    let marker = marker.to_string_lossy().into_owned();
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .initializer(init_only_once, marker.clone())
+        .restart_limit(3, Duration::from_secs(60))
+        .build()
+        .expect("the first worker initializes");
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    // Its worker dies; every replacement's initializer panics: the breaker trips, with the
+    // initializer's own error, and the task queued meanwhile fails with it.
+    assert!(matches!(
+        pool.apply(crash, 0),
+        Err(TaskError::WorkerLost { .. })
+    ));
+    let after = pool.apply(square, 4);
+    let _ = std::fs::remove_file(&marker);
+    match after {
+        Err(TaskError::Pool(PoolError::InitializerFailed { message })) => {
+            assert!(message.contains("refuses to run twice"), "{message}")
+        }
+        other => panic!("expected the breaker's InitializerFailed, got {other:?}"),
+    }
+    // After the trip, every input of a lazy map still gets an outcome: the breaker's error.
+    const N: usize = 1000;
+    let ordered: Vec<_> = pool.imap(square, 0..N as u64).collect();
+    assert_eq!(ordered.len(), N);
+    assert!(
+        ordered
+            .iter()
+            .all(|r| matches!(r, Err(TaskError::Pool(PoolError::InitializerFailed { .. }))))
+    );
+    assert_eq!(pool.imap_unordered(square, 0..N as u64).count(), N);
+    assert_eq!(pool.imap_chunked(square, 0..N as u64, 7).count(), N);
+    assert!(pool.map(square, 0..N as u64).is_err());
+    eprintln!(
+        "fault: initializer panicking on its own: breaker tripped; imap after the trip gave {N} of {N} outcomes"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 3: a chunk bounced by other deaths is never failed.
+
+/// Started flags of the tasks of `chunks_bounced_by_dead_workers_all_run`, in memory every
+/// forked worker shares with the test (an anonymous segment mapped before the pool forks).
+static STARTED: std::sync::OnceLock<ipc_shm::Segment> = std::sync::OnceLock::new();
+const FLAGS: ipc_shm::SliceOffset<AtomicU8> = ipc_shm::SliceOffset::from_raw(0, 4096);
+
+fn mark_started(i: u64) -> u64 {
+    if let Some(flags) = STARTED.get().and_then(|s| s.slice(FLAGS).ok())
+        && let Some(flag) = flags.get(i as usize)
+    {
+        flag.store(1, Ordering::Release);
+    }
+    i
+}
+
+/// Rounds of "kill every idle worker, then queue a chunked map".
+const BOUNCE_ROUNDS: usize = 10;
+
+#[test]
+fn chunks_bounced_by_dead_workers_all_run() {
+    let _watchdog = ipc_tests::watchdog("the bounce test", Duration::from_secs(120));
+    let segment = ipc_shm::SegmentBuilder::new(4096)
+        .type_tag(ipc_shm::TypeTag::from_name("pool-faults/started/v1"))
+        .create()
+        .unwrap();
+    let flags = STARTED.get_or_init(|| segment).slice(FLAGS).unwrap();
+    let pool: Pool = PoolBuilder::new()
+        .processes(4)
+        .start_method(StartMethod::Fork)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let (mut kills, mut tasks, mut lost_started, mut lost_never_started) = (0, 0, 0, 0);
+    for round in 0..BOUNCE_ROUNDS {
+        for f in flags.iter() {
+            f.store(0, Ordering::Relaxed);
+        }
+        // Every worker dies while idle; its driver finds out only when it hands it a job, so
+        // the first chunks go from one dead worker to the next before any replacement is up.
+        let workers: Vec<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
+        for &w in &workers {
+            os::kill(w, os::Signal::SIGKILL).unwrap();
+            kills += 1;
+        }
+        for &w in &workers {
+            wait_gone(w, Duration::from_secs(10));
+        }
+        let n = 64 * (1 + round as u64 % 4);
+        let results: Vec<_> = pool.imap_chunked(mark_started, 0..n, 64).collect();
+        assert_eq!(results.len() as u64, n);
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(*v, i as u64),
+                Err(TaskError::WorkerLost { .. }) if flags[i].load(Ordering::Acquire) == 1 => {
+                    lost_started += 1
+                }
+                Err(e) => {
+                    lost_never_started += 1;
+                    eprintln!("round {round}: task {i} never started and failed: {e}");
+                }
+            }
+        }
+        tasks += n;
+    }
+    eprintln!(
+        "fault: {kills} idle workers SIGKILLed over {BOUNCE_ROUNDS} rounds, {tasks} tasks in \
+         chunks of 64: {lost_never_started} never-started tasks failed, {lost_started} started \
+         tasks lost, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(lost_never_started, 0);
+}
+
+/// The pid of the test process, so that `Poison` decodes there (the pool re-slices chunks in
+/// the parent) and aborts only in a worker.
+static TEST_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// An argument whose decoding kills the worker before its task can start.
+#[derive(serde::Serialize)]
+struct Poison;
+
+impl<'de> serde::Deserialize<'de> for Poison {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Poison, D::Error> {
+        <() as serde::Deserialize>::deserialize(d)?;
+        if TEST_PID.get() != Some(&os::pid()) {
+            std::process::abort();
+        }
+        Ok(Poison)
+    }
+}
+
+fn swallow(_: Poison) -> u64 {
+    0
+}
+
+#[test]
+fn a_chunk_that_kills_its_decoder_fails_instead_of_looping() {
+    let _watchdog = ipc_tests::watchdog("the decoder-death test", Duration::from_secs(60));
+    TEST_PID.get_or_init(os::pid);
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .build()
+        .unwrap();
+    // Three workers die decoding it (the job reached them, no task started): it fails.
+    match pool.apply(swallow, Poison) {
+        Err(TaskError::WorkerLost { exit, .. }) => {
+            assert_eq!(exit, pool::Exit::Signal(os::Signal::SIGABRT as i32))
+        }
+        other => panic!("expected WorkerLost, got {other:?}"),
+    }
+    // The pool goes on.
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    let restarts: u64 = pool.stats().workers.iter().map(|w| w.restarts).sum();
+    assert_eq!(restarts, 3);
+}
+
+/// Started flags of `a_kill_storm_during_a_queued_map_fails_only_started_tasks`.
+static STARTED_STORM: std::sync::OnceLock<ipc_shm::Segment> = std::sync::OnceLock::new();
+
+fn mark_and_work(i: u64) -> u64 {
+    if let Some(flags) = STARTED_STORM.get().and_then(|s| s.slice(FLAGS).ok())
+        && let Some(flag) = flags.get(i as usize)
+    {
+        flag.store(1, Ordering::Release);
+    }
+    // Work long enough (200 us) for kills to land inside tasks as well as between them.
+    let until = Instant::now() + Duration::from_micros(200);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    i
+}
+
+/// Kills of the storm over a queued map.
+const MAP_STORM_KILLS: usize = 40;
+
+#[test]
+fn a_kill_storm_during_a_queued_map_fails_only_started_tasks() {
+    let _watchdog = ipc_tests::watchdog("the map-storm test", Duration::from_secs(120));
+    let segment = ipc_shm::SegmentBuilder::new(4096)
+        .type_tag(ipc_shm::TypeTag::from_name("pool-faults/started/v1"))
+        .create()
+        .unwrap();
+    let flags = STARTED_STORM.get_or_init(|| segment).slice(FLAGS).unwrap();
+    const N: u64 = 4000;
+    let pool: Pool = PoolBuilder::new()
+        .processes(4)
+        .start_method(StartMethod::Fork)
+        .max_in_flight(N as usize)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (results, kills) = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+            let mut kills = 0;
+            // Bounded: 40 kills, or until the map is over.
+            while kills < MAP_STORM_KILLS && !done.load(Ordering::Acquire) {
+                let workers: Vec<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
+                if !workers.is_empty() {
+                    let victim = workers[next_random(&mut seed) as usize % workers.len()];
+                    if os::kill(victim, os::Signal::SIGKILL).is_ok() {
+                        kills += 1;
+                    }
+                }
+                // Pacing of the storm (one kill every 1-4 ms), not synchronisation.
+                std::thread::sleep(Duration::from_micros(1000 + next_random(&mut seed) % 3000));
+            }
+            kills
+        });
+        // The whole map is queued at once (max_in_flight = N), in chunks of 50.
+        let results: Vec<_> = pool.imap_chunked(mark_and_work, 0..N, 50).collect();
+        done.store(true, Ordering::Release);
+        (results, killer.join().unwrap())
+    });
+    assert_eq!(results.len() as u64, N);
+    let (mut ok, mut lost_started, mut lost_never_started) = (0, 0, 0);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) => {
+                assert_eq!(*v, i as u64);
+                ok += 1;
+            }
+            Err(TaskError::WorkerLost { .. }) if flags[i].load(Ordering::Acquire) == 1 => {
+                lost_started += 1
+            }
+            Err(e) => {
+                lost_never_started += 1;
+                eprintln!("task {i} never started and failed: {e}");
+            }
+        }
+    }
+    eprintln!(
+        "fault: {kills} SIGKILLs 1-4 ms apart during a queued map of {N} tasks (chunks of 50, \
+         4 workers): {ok} Ok, {lost_started} started tasks lost, {lost_never_started} \
+         never-started tasks failed, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(lost_never_started, 0);
+    assert!(kills > 0);
+}
