@@ -76,3 +76,13 @@ fn descriptors_cross_a_socket_with_their_message() {
         0
     );
 }
+
+#[test]
+fn waiting_with_the_longest_timeout_does_not_overflow_the_clock() {
+    let _watchdog = ipc_tests::watchdog("wait_exit(Duration::MAX)", WATCHDOG);
+    let pid = os::fork_then(&[], || 5).expect("fork");
+    let pidfd = os::pidfd(pid).expect("pidfd of our child");
+    // `Instant::now() + Duration::MAX` panics; the wait must treat it as "no deadline".
+    assert!(os::wait_exit(&pidfd, Duration::MAX).expect("poll the pidfd"));
+    assert_eq!(os::reap(pid).expect("waitpid"), ExitStatus::Code(5));
+}

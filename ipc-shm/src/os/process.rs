@@ -158,15 +158,18 @@ pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
 /// An interrupted poll is resumed with the time left.
 pub fn wait_exit(pidfd: impl AsFd, timeout: Duration) -> io::Result<bool> {
     use rustix::event::{PollFd, PollFlags, Timespec};
-    let deadline = Instant::now() + timeout;
+    // A timeout past the clock's range (`Duration::MAX`) waits without a deadline.
+    let deadline = Instant::now().checked_add(timeout);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ts = Timespec {
-            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::from(left.subsec_nanos()),
-        };
+        let ts = deadline.map(|deadline| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
         let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-        match rustix::event::poll(&mut fds, Some(&ts)) {
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
             Ok(0) => return Ok(false),
             Ok(_) => return Ok(true),
             Err(rustix::io::Errno::INTR) => continue,
