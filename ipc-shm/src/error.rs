@@ -26,6 +26,13 @@ pub enum NameError {
         /// The rejected name.
         name: String,
     },
+    /// The name is `.` or `..`: a directory, not an object (it would resolve to `/dev/shm` itself
+    /// or to its parent).
+    #[error("shared-memory name {name:?} names a directory, not an object")]
+    Reserved {
+        /// The rejected name.
+        name: String,
+    },
     /// The name is longer than the system allows.
     #[error("shared-memory name is {len} bytes long; the limit is {max}")]
     TooLong {

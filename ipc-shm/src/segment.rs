@@ -46,6 +46,10 @@ fn check_name(name: &str) -> Result<(), NameError> {
     if name.contains('\0') {
         return Err(NameError::ContainsNul { name: name.into() });
     }
+    // A single path component can only leave /dev/shm as `.` or `..`.
+    if name == "." || name == ".." {
+        return Err(NameError::Reserved { name: name.into() });
+    }
     if name.len() > os::MAX_NAME_LEN {
         return Err(NameError::TooLong {
             len: name.len(),
