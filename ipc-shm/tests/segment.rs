@@ -286,11 +286,15 @@ fn segments_are_created_0600_or_exactly_the_mode_asked() {
     assert_eq!(mode2, 0o644);
 }
 
-/// Writes `bytes` as a POSIX shm object called `name` (a foreign or corrupted segment).
+/// Writes `bytes` as a POSIX shm object called `name` (a foreign or corrupted segment), mode
+/// `0o600` whatever the umask (a group- or world-writable one is refused before its bytes are
+/// read, which is not what these tests are about).
 fn write_object(name: &str, bytes: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
         .create_new(true)
         .write(true)
+        .mode(0o600)
         .open(dev_shm(name))
         .unwrap();
     f.write_all(bytes).unwrap();
