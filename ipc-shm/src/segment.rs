@@ -110,6 +110,11 @@ impl SegmentBuilder {
 
     /// The permission bits of a named segment (default `0o600`: only this user). Set exactly,
     /// whatever the umask.
+    ///
+    /// A mode that lets the group or others write (`0o660`, `0o666`) is refused by openers,
+    /// this user's included, unless they opt in with [`OpenOptions::allow_group_write`] or
+    /// [`OpenOptions::allow_world_write`]: from the mode alone an opener cannot tell that nobody
+    /// else wrote the object. Read bits for others (`0o644`) need no opt-in.
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode & 0o777;
         self

@@ -258,3 +258,42 @@ fn a_named_segment_truncated_after_open_is_reported_by_check_len_and_faults_on_a
         Err(SegmentOpenError::SizeMismatch { .. })
     ));
 }
+
+#[test]
+fn random_owners_and_modes_follow_the_rule() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED random_owners_and_modes_follow_the_rule: \
+             giving an object to `nobody` needs root"
+        );
+        return;
+    }
+    // A fixed xorshift sequence: every combination of owner and write bits, reproducibly.
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..200 {
+        let name = ShmName::new("rule");
+        let _seg = named(&name);
+        let uid = if next() % 2 == 0 { 0 } else { NOBODY };
+        let mode = (next() % 0o1000) as u32 | 0o600;
+        std::os::unix::fs::chown(dev_shm(&name), Some(uid), None).unwrap();
+        chmod(&name, mode);
+        let r = OpenOptions::new(TAG).open(&name);
+        match (uid, mode & 0o022) {
+            (0, 0) => assert!(r.is_ok(), "uid {uid} mode {mode:o}: {r:?}"),
+            (0, _) => assert!(
+                matches!(r, Err(SegmentOpenError::TooPermissive { mode: m }) if m == mode),
+                "uid {uid} mode {mode:o}: {r:?}"
+            ),
+            _ => assert!(
+                matches!(r, Err(SegmentOpenError::ForeignOwner { uid: NOBODY, .. })),
+                "uid {uid} mode {mode:o}: {r:?}"
+            ),
+        }
+    }
+}
