@@ -26,6 +26,13 @@ pub enum NameError {
         /// The rejected name.
         name: String,
     },
+    /// The name is `.` or `..`: a directory, not an object (it would resolve to `/dev/shm` itself
+    /// or to its parent).
+    #[error("shared-memory name {name:?} names a directory, not an object")]
+    Reserved {
+        /// The rejected name.
+        name: String,
+    },
     /// The name is longer than the system allows.
     #[error("shared-memory name is {len} bytes long; the limit is {max}")]
     TooLong {
@@ -110,6 +117,25 @@ pub enum SegmentOpenError {
     PermissionDenied {
         /// The name.
         name: String,
+    },
+    /// The object (opened by name) belongs to another user: possibly planted in the
+    /// world-writable `/dev/shm` before the real creator ran. Opt in to sharing between users
+    /// with [`OpenOptions::allow_other_owners`](crate::OpenOptions::allow_other_owners).
+    #[error("the shared-memory object belongs to uid {uid}, not to this process's uid {expected}")]
+    ForeignOwner {
+        /// The object's owner.
+        uid: u32,
+        /// This process's effective uid.
+        expected: u32,
+    },
+    /// The object (opened by name) is writable by its group or by others, so a process of
+    /// another user may have written (or may still write) it. Opt in with
+    /// [`OpenOptions::allow_group_write`](crate::OpenOptions::allow_group_write) or
+    /// [`OpenOptions::allow_world_write`](crate::OpenOptions::allow_world_write).
+    #[error("the shared-memory object's mode {mode:#05o} lets other users write it")]
+    TooPermissive {
+        /// The object's permission bits.
+        mode: u32,
     },
     /// The object is smaller than a header: truncated, or not a segment of this crate.
     #[error("the object is {actual} bytes, smaller than the {minimum}-byte segment header")]

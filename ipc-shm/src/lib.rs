@@ -9,7 +9,8 @@
 //! - A [`SegmentHeader`] at the start of every segment (magic, layout version, size, a caller-chosen
 //!   [`TypeTag`], and an initialised flag published last), checked by every opener *before* it
 //!   touches the payload, so a foreign, truncated, half-initialised or corrupted object is a typed
-//!   error and never a crash.
+//!   error and never a crash *at open*. (A named object truncated *after* it was opened can still
+//!   raise SIGBUS: see [Trust](#trust-planted-and-truncated-objects).)
 //! - [`ShmSafe`]: the one `unsafe trait` that marks types allowed to live in shared memory.
 //! - [`Layout`], [`Offset`] and [`SliceOffset`]: place several objects in one segment at aligned
 //!   offsets (offsets, never pointers, because each process maps the segment at its own address).
@@ -63,6 +64,26 @@
 //! assert_eq!(segment.get(counter)?.load(Ordering::Relaxed), 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Trust: planted and truncated objects
+//!
+//! `/dev/shm` is writable by every local user, so a name can be created by someone else before
+//! your creator runs. Opening **by name** ([`Segment::open`], [`OpenOptions::open`], and every
+//! queue or pipe opened by name on top of them) therefore refuses, on the `fstat` done before
+//! anything is mapped, an object not owned by the caller's effective uid
+//! ([`SegmentOpenError::ForeignOwner`]) or writable by its group or by others
+//! ([`SegmentOpenError::TooPermissive`]). Sharing between users is an explicit opt-in:
+//! [`OpenOptions::allow_other_owners`], [`OpenOptions::allow_group_write`],
+//! [`OpenOptions::allow_world_write`]. Segments are created `0o600` unless
+//! [`SegmentBuilder::mode`] says otherwise, and a creator that widens the mode must have its
+//! openers opt in too. Opening **from a descriptor** checks neither: the process that handed it
+//! over is the trust decision (see [`OpenOptions::from_fd`]).
+//!
+//! Named POSIX objects cannot be sealed: a process allowed to write one can truncate it after
+//! you mapped it, and touching a page past the new end raises **SIGBUS**. Anonymous (memfd)
+//! segments are size-sealed at creation (`ftruncate` fails with `EPERM`), so use them for
+//! anything facing a peer you do not trust; [`Segment::is_size_sealed`] tells you whether a
+//! descriptor you were sent is, and [`Segment::check_len`] whether a named one was truncated.
 //!
 //! # Lifetime
 //!

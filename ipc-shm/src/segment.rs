@@ -7,7 +7,11 @@
 //! error, not a SIGBUS; a zero-sized one may be a creator between `shm_open` and `ftruncate`, so
 //! it is waited for) → map → wait, for a bounded time, for `state == READY` (failing at once on a
 //! wrong magic) → check magic, version, recorded size against the real size, and the type tag →
-//! only then hand out the payload.
+//! only then hand out the payload. By name, the `fstat` also checks the owner and mode (a planted
+//! object is refused before it is mapped).
+//!
+//! What opening cannot do: stop a named object from being truncated *after* it was mapped. Only
+//! memfds can be size-sealed; see [`Segment`]'s "Truncation" section.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -45,6 +49,10 @@ fn check_name(name: &str) -> Result<(), NameError> {
     }
     if name.contains('\0') {
         return Err(NameError::ContainsNul { name: name.into() });
+    }
+    // A single path component can only leave /dev/shm as `.` or `..`.
+    if name == "." || name == ".." {
+        return Err(NameError::Reserved { name: name.into() });
     }
     if name.len() > os::MAX_NAME_LEN {
         return Err(NameError::TooLong {
@@ -102,6 +110,11 @@ impl SegmentBuilder {
 
     /// The permission bits of a named segment (default `0o600`: only this user). Set exactly,
     /// whatever the umask.
+    ///
+    /// A mode that lets the group or others write (`0o660`, `0o666`) is refused by openers,
+    /// this user's included, unless they opt in with [`OpenOptions::allow_group_write`] or
+    /// [`OpenOptions::allow_world_write`]: from the mode alone an opener cannot tell that nobody
+    /// else wrote the object. Read bits for others (`0o644`) need no opt-in.
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode & 0o777;
         self
@@ -242,6 +255,9 @@ pub struct OpenOptions {
     init_timeout: Duration,
     min_len: usize,
     unlink_on_drop: bool,
+    allow_other_owners: bool,
+    allow_group_write: bool,
+    allow_world_write: bool,
 }
 
 impl OpenOptions {
@@ -252,6 +268,9 @@ impl OpenOptions {
             init_timeout: DEFAULT_INIT_TIMEOUT,
             min_len: 0,
             unlink_on_drop: false,
+            allow_other_owners: false,
+            allow_group_write: false,
+            allow_world_write: false,
         }
     }
 
@@ -273,7 +292,68 @@ impl OpenOptions {
         self
     }
 
+    /// Accept a named object owned by another user (default `false`:
+    /// [`SegmentOpenError::ForeignOwner`]).
+    ///
+    /// `/dev/shm` is writable by everyone, so any local user can create a name before your
+    /// creator does and fill it with a valid-looking header and hostile contents; it then owns
+    /// the object and can keep writing it (or truncate it, see [`Segment`]) while you use it.
+    /// Turn this on only for deliberate sharing between users, together with
+    /// [`allow_group_write`](Self::allow_group_write) for a group-writable object, and treat
+    /// every byte as written by the other user.
+    pub fn allow_other_owners(mut self, allow: bool) -> Self {
+        self.allow_other_owners = allow;
+        self
+    }
+
+    /// Accept a named object that its group may write (mode `g+w`, e.g. `0o660`; default `false`:
+    /// [`SegmentOpenError::TooPermissive`]). Every member of the group can then write, truncate
+    /// or replace the contents under you. Applies to your own objects too: the mode, not the
+    /// owner, says who else may have written it.
+    pub fn allow_group_write(mut self, allow: bool) -> Self {
+        self.allow_group_write = allow;
+        self
+    }
+
+    /// Accept a named object that anyone may write (mode `o+w` and/or `g+w`, e.g. `0o666`;
+    /// default `false`: [`SegmentOpenError::TooPermissive`]). Every local user can then write,
+    /// truncate or replace the contents under you. Implies
+    /// [`allow_group_write`](Self::allow_group_write).
+    pub fn allow_world_write(mut self, allow: bool) -> Self {
+        self.allow_world_write = allow;
+        self
+    }
+
+    /// Refuses a named object another user owns or may write, unless the caller opted in.
+    fn check_owner(&self, stat: &os::ObjectStat) -> Result<(), SegmentOpenError> {
+        let expected = os::euid();
+        if stat.uid != expected && !self.allow_other_owners {
+            return Err(SegmentOpenError::ForeignOwner {
+                uid: stat.uid,
+                expected,
+            });
+        }
+        let group_write = stat.mode & 0o020 != 0;
+        let world_write = stat.mode & 0o002 != 0;
+        let allowed_group = self.allow_group_write || self.allow_world_write;
+        if (group_write && !allowed_group) || (world_write && !self.allow_world_write) {
+            return Err(SegmentOpenError::TooPermissive {
+                mode: stat.mode & 0o777,
+            });
+        }
+        Ok(())
+    }
+
     /// Opens the segment called `name`.
+    ///
+    /// Besides the header checks, the object must be owned by this process's effective uid and
+    /// writable by no one else (no `g+w`, no `o+w`), unless [`allow_other_owners`],
+    /// [`allow_group_write`] or [`allow_world_write`] say otherwise. This is checked on the
+    /// `fstat` done before anything is mapped, so a planted object is refused before it is read.
+    ///
+    /// [`allow_other_owners`]: Self::allow_other_owners
+    /// [`allow_group_write`]: Self::allow_group_write
+    /// [`allow_world_write`]: Self::allow_world_write
     pub fn open(&self, name: &str) -> Result<Segment, SegmentOpenError> {
         check_name(name)?;
         let fd = os::shm_open_existing(name).map_err(|e| match e.kind() {
@@ -291,6 +371,13 @@ impl OpenOptions {
 
     /// Opens the segment behind a descriptor (inherited across `fork` or `exec`, or received
     /// over a socket).
+    ///
+    /// The owner and mode are **not** checked here: a descriptor is not picked up from a shared
+    /// directory but handed to you by a process you chose to trust (your parent, or a peer you
+    /// accepted on a socket), and a memfd's mode is always `0o777` with no name to reach it by.
+    /// If the sender is not trusted, its object's owner proves nothing (it created it); what
+    /// protects you then is the header checks, and [`Segment::is_size_sealed`], which tells
+    /// whether the sender can still truncate the object under your mapping.
     pub fn from_fd(&self, fd: OwnedFd) -> Result<Segment, SegmentOpenError> {
         self.validate(fd, None)
     }
@@ -309,7 +396,14 @@ impl OpenOptions {
         let os_err = |op| move |source| SegmentOpenError::Os { op, source };
         // A zero-sized object may be a creator between shm_open and ftruncate: wait for it.
         let actual = loop {
-            let actual = os::len_of(fd.as_fd()).map_err(os_err("fstat"))?;
+            let stat = os::stat_of(fd.as_fd()).map_err(os_err("fstat"))?;
+            // Opened by name: the object may have been planted by another user. Checked on every
+            // fstat, so a planted empty object fails at once rather than after the wait. Only
+            // the owner (or root) can change owner or mode later, so passing once is enough.
+            if name.is_some() {
+                self.check_owner(&stat)?;
+            }
+            let actual = stat.len;
             if actual != 0 || start.elapsed() >= self.init_timeout {
                 break actual;
             }
@@ -414,6 +508,22 @@ impl Backoff {
 /// A `Segment` is `Send` and `Sync`; share it between threads with `Arc`. In a forked child
 /// the copy is valid as it is (the mapping is `MAP_SHARED`), and it never removes the name
 /// when dropped there: only the process that created (or opened) it does.
+///
+/// # Truncation
+///
+/// A **named** segment (POSIX shm) cannot be sealed: any process allowed to write the object can
+/// `ftruncate` it after you mapped it, and your next access to a page past the new end raises
+/// **SIGBUS**, which kills the process. Opening checks the real size against the header, so an
+/// object truncated *before* the open is a typed error ([`SegmentOpenError::SizeMismatch`] or
+/// [`SegmentOpenError::TooSmall`]); nothing in a library can soundly turn a later truncation into
+/// an error (catching SIGBUS needs a process-wide signal handler). [`Segment::check_len`]
+/// re-checks the size on demand and tells you that it happened, not that it will not.
+///
+/// An **anonymous** segment (memfd, [`SegmentBuilder`] without a name) is sealed against
+/// shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`) before it is handed out:
+/// `ftruncate` fails with `EPERM` in every process, so no peer can make you fault. Use memfd
+/// segments for anything shared with a process you do not trust, and check
+/// [`Segment::is_size_sealed`] on a descriptor such a process sends you.
 #[derive(Debug)]
 pub struct Segment {
     map: Mapping,
@@ -424,7 +534,9 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Opens the segment called `name`, which must carry `tag`, with default [`OpenOptions`].
+    /// Opens the segment called `name`, which must carry `tag`, with default [`OpenOptions`]:
+    /// the object must belong to this process's effective uid and be writable by no one else
+    /// (see [`OpenOptions::open`]).
     ///
     /// ```
     /// use ipc_shm::{Segment, SegmentBuilder, SegmentOpenError, TypeTag};
@@ -521,6 +633,35 @@ impl Segment {
     /// A slice of the `T`s at `offset`, after checking bounds and alignment.
     pub fn slice<T: ShmSafe>(&self, offset: SliceOffset<T>) -> Result<&[T], LayoutError> {
         self.map.slice(offset.offset(), offset.len())
+    }
+
+    /// Checks that the object still has the size this handle mapped: a
+    /// [`SegmentOpenError::SizeMismatch`] if another process truncated it since (accessing the
+    /// lost pages would raise SIGBUS), or an [`SegmentOpenError::Os`] if `fstat` fails.
+    ///
+    /// One `fstat`. It reports a truncation that already happened; one that happens after it
+    /// returns can still fault (see [`Segment`]'s "Truncation" section). Always `Ok` for a
+    /// size-sealed (memfd) segment.
+    pub fn check_len(&self) -> Result<(), SegmentOpenError> {
+        let mapped = (self.map.payload_len() + PAYLOAD_OFFSET) as u64;
+        let actual = os::len_of(self.fd.as_fd()).map_err(|source| SegmentOpenError::Os {
+            op: "fstat",
+            source,
+        })?;
+        if actual < mapped {
+            return Err(SegmentOpenError::SizeMismatch {
+                header: mapped,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the object is sealed against shrinking, so that no process can truncate it under
+    /// this mapping: `true` for segments this crate created as memfds, `false` for named segments
+    /// (which cannot be sealed) and for a descriptor whose sender did not seal it.
+    pub fn is_size_sealed(&self) -> bool {
+        os::is_shrink_sealed(self.fd.as_fd())
     }
 
     /// A second, independent handle on the same memory (a duplicated descriptor and a second

@@ -149,6 +149,43 @@ fn bad_names_are_refused() {
     drop(guard);
 }
 
+#[test]
+fn dot_names_are_invalid_not_an_os_error() {
+    // `.` and `..` are the only single path components that resolve outside /dev/shm.
+    for name in [".", ".."] {
+        assert!(
+            matches!(
+                SegmentBuilder::new(64).name(name).create(),
+                Err(SegmentCreateError::InvalidName(NameError::Reserved { name: ref n })) if n == name
+            ),
+            "create {name:?}"
+        );
+        assert!(
+            matches!(
+                Segment::open(name, TAG),
+                Err(SegmentOpenError::InvalidName(NameError::Reserved { .. }))
+            ),
+            "open {name:?}"
+        );
+        assert!(
+            matches!(
+                Segment::unlink(name),
+                Err(SegmentOpenError::InvalidName(NameError::Reserved { .. }))
+            ),
+            "unlink {name:?}"
+        );
+    }
+    // Names that merely contain dots are ordinary names.
+    for label in ["...", ".hidden", "a..b"] {
+        let name = format!("{label}-{}", ShmName::new("dots").as_str());
+        let guard = LongName(name.clone());
+        let seg = SegmentBuilder::new(64).name(&name).create().unwrap();
+        assert_eq!(seg.name(), Some(name.as_str()));
+        drop(seg);
+        drop(guard);
+    }
+}
+
 /// Unlinks a name built by hand when the test ends, whatever happens.
 struct LongName(String);
 impl Drop for LongName {
@@ -249,11 +286,15 @@ fn segments_are_created_0600_or_exactly_the_mode_asked() {
     assert_eq!(mode2, 0o644);
 }
 
-/// Writes `bytes` as a POSIX shm object called `name` (a foreign or corrupted segment).
+/// Writes `bytes` as a POSIX shm object called `name` (a foreign or corrupted segment), mode
+/// `0o600` whatever the umask (a group- or world-writable one is refused before its bytes are
+/// read, which is not what these tests are about).
 fn write_object(name: &str, bytes: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
         .create_new(true)
         .write(true)
+        .mode(0o600)
         .open(dev_shm(name))
         .unwrap();
     f.write_all(bytes).unwrap();

@@ -36,6 +36,12 @@ pub fn pid() -> u32 {
         .unsigned_abs()
 }
 
+/// This process's effective user id (the owner its new files get, and the one its opens check
+/// against).
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
 /// The parent's id (0 if the parent is outside this pid namespace).
 pub fn ppid() -> u32 {
     rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get().unsigned_abs())

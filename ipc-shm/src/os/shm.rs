@@ -15,8 +15,8 @@ pub const MAX_NAME_LEN: usize = 254;
 const SHM_DIR: &str = "/dev/shm/";
 
 /// The path of the object `/name`; a name that is empty, `.` or `..`, or holds a `/` or a NUL
-/// is refused with `EINVAL` (as glibc does), a longer one than [`MAX_NAME_LEN`] with
-/// `ENAMETOOLONG`.
+/// is refused with `EINVAL` (as glibc does; so no name resolves outside `/dev/shm`), a longer
+/// one than [`MAX_NAME_LEN`] with `ENAMETOOLONG`.
 fn shm_path(name: &str) -> io::Result<String> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
         return Err(rustix::io::Errno::INVAL.into());
@@ -92,6 +92,33 @@ pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
 
 /// The object's real size (from `fstat`).
 pub fn len_of(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(stat_of(fd)?.len)
+}
+
+/// What one `fstat` says about a shared-memory object: what an opener checks before it maps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectStat {
+    /// The size in bytes (a negative `st_size`, which no object has, reads as 0).
+    pub len: u64,
+    /// The owner's user id.
+    pub uid: u32,
+    /// The permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
+/// The object's size, owner and permission bits, from one `fstat`.
+pub fn stat_of(fd: BorrowedFd<'_>) -> io::Result<ObjectStat> {
     let st = rustix::fs::fstat(fd)?;
-    Ok(u64::try_from(st.st_size).unwrap_or(0))
+    Ok(ObjectStat {
+        len: u64::try_from(st.st_size).unwrap_or(0),
+        uid: st.st_uid,
+        mode: st.st_mode & 0o7777,
+    })
+}
+
+/// Whether the object's size is sealed against shrinking (`F_SEAL_SHRINK`), so that no process
+/// can truncate it under a mapping. Only memfds can carry seals; a named POSIX object, or any
+/// object that does not support sealing, gives `false`.
+pub fn is_shrink_sealed(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK))
 }
