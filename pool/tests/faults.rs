@@ -483,15 +483,21 @@ fn a_kill_storm_during_a_queued_map_fails_only_started_tasks() {
         (results, killer.join().unwrap())
     });
     assert_eq!(results.len() as u64, N);
-    let (mut ok, mut lost_started, mut lost_never_started) = (0, 0, 0);
+    let (mut ok, mut lost_started, mut lost_at_kill_point, mut lost_never_started) = (0, 0, 0, 0);
     for (i, r) in results.iter().enumerate() {
+        let flagged = |i: usize| flags[i].load(Ordering::Acquire) == 1;
         match r {
             Ok(v) => {
                 assert_eq!(*v, i as u64);
                 ok += 1;
             }
-            Err(TaskError::WorkerLost { .. }) if flags[i].load(Ordering::Acquire) == 1 => {
-                lost_started += 1
+            Err(TaskError::WorkerLost { .. }) if flagged(i) => lost_started += 1,
+            // The worker announces a task in its progress slot just before calling it; a kill
+            // between the two (well under a microsecond) fails that one task, which the pool
+            // must count as started (it cannot know the call did not begin: no task runs twice).
+            // Such a task is the next one of its chunk after the last that ran.
+            Err(TaskError::WorkerLost { .. }) if i % 50 == 0 || flagged(i - 1) => {
+                lost_at_kill_point += 1
             }
             Err(e) => {
                 lost_never_started += 1;
@@ -501,10 +507,11 @@ fn a_kill_storm_during_a_queued_map_fails_only_started_tasks() {
     }
     eprintln!(
         "fault: {kills} SIGKILLs 1-4 ms apart during a queued map of {N} tasks (chunks of 50, \
-         4 workers): {ok} Ok, {lost_started} started tasks lost, {lost_never_started} \
-         never-started tasks failed, {:?}",
+         4 workers): {ok} Ok, {lost_started} started tasks lost, {lost_at_kill_point} lost as \
+         they were being called, {lost_never_started} never-started tasks failed, {:?}",
         started.elapsed()
     );
     assert_eq!(lost_never_started, 0);
+    assert!(lost_at_kill_point <= kills, "at most one task per kill is at its kill point");
     assert!(kills > 0);
 }
