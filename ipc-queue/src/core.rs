@@ -801,6 +801,25 @@ mod loom_tests {
         });
     }
 
+    /// A getter dies registered on `data` (a SIGKILL mid-sleep leaves exactly its registration)
+    /// while a live getter waits: the put still wakes the live one, and once it has returned
+    /// the dead registration is gone (the put's notify, or the next one, cleared it).
+    #[test]
+    fn dead_getter_neither_blocks_nor_lingers() {
+        loom::model(|| {
+            let m = Model::new(32, u32::MAX);
+            let d = Arc::clone(&m);
+            let dead = thread::spawn(move || drop(d.ctl.put.data.listen()));
+            let g = Arc::clone(&m);
+            let live = thread::spawn(move || get_one(&g.core()).unwrap());
+            m.core().push(Src::One(&[3]), Wait::Until(None)).unwrap();
+            assert_eq!(live.join().unwrap(), [3]);
+            dead.join().unwrap();
+            m.ctl.put.data.notify_with(&Futex, u32::MAX);
+            assert_eq!(m.ctl.put.data.waiters(), 0);
+        });
+    }
+
     /// Two producers and two consumers, one message each: each got exactly once.
     #[test]
     fn mpmc_exactly_once() {

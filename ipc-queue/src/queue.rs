@@ -902,3 +902,36 @@ impl<T> JoinableQueue<T> {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A getter SIGKILLed while asleep leaves its registration in the `data` event count (here:
+    /// a token dropped without waiting, which is all a death leaves). The next put's notify
+    /// clears it, so later puts make no wake-up call (layout 1 paid one on every put, forever).
+    #[test]
+    fn dead_getter_registration_is_cleared_by_the_next_put() {
+        let q: Queue<u32> = QueueBuilder::new().capacity(1024).build().unwrap();
+        let core = q.shared.core().unwrap();
+        drop(core.ctl.put.data.listen());
+        assert_eq!(core.ctl.put.data.waiters(), 1);
+        q.put(1).unwrap();
+        assert_eq!(core.ctl.put.data.waiters(), 0);
+        q.put(2).unwrap();
+        assert_eq!(core.ctl.put.data.waiters(), 0);
+        assert_eq!(q.get().unwrap(), 1);
+    }
+
+    /// The same for a putter that died waiting for room: the next get clears it.
+    #[test]
+    fn dead_putter_registration_is_cleared_by_the_next_get() {
+        let q: Queue<u32> = QueueBuilder::new().capacity(1024).build().unwrap();
+        let core = q.shared.core().unwrap();
+        q.put(1).unwrap();
+        drop(core.ctl.get.space.listen());
+        assert_eq!(core.ctl.get.space.waiters(), 1);
+        assert_eq!(q.get().unwrap(), 1);
+        assert_eq!(core.ctl.get.space.waiters(), 0);
+    }
+}
