@@ -106,6 +106,8 @@ const ALIGN: usize = FRAME_ALIGN;
 pub(crate) const MAX_CAP: usize = 1 << 30;
 /// The smallest ring.
 pub(crate) const MIN_CAP: usize = 64;
+// Every message that fits in a ring fits in a frame, so `header` never falls back.
+const _: () = assert!(MAX_CAP - HDR <= MAX_FRAME_LEN);
 
 /// The ring room a frame carrying `len` payload bytes takes.
 #[inline]
@@ -113,8 +115,9 @@ pub(crate) const fn frame_len(len: usize) -> usize {
     padded_frame_len(len)
 }
 
-/// The header of a frame carrying `len` bytes (`len` at most [`MAX_FRAME_LEN`]: callers check
-/// it against the ring's capacity, which is smaller).
+/// The header of a frame carrying `len` bytes. Callers checked that the frame fits in the ring,
+/// so `len <= MAX_CAP - HDR <= MAX_FRAME_LEN` (asserted above); the all-zero fallback would be
+/// rejected by every reader as a bad check word, never taken as a length.
 #[inline]
 fn header(len: usize) -> [u8; HDR] {
     FrameHeader::new(len).map_or([0; HDR], FrameHeader::to_bytes)
@@ -396,6 +399,10 @@ impl<M: ByteRing, W: Waiter> Core<'_, M, W> {
         deadline: Option<Deadline>,
         mut ready: impl FnMut() -> bool,
     ) -> Result<(), Fail> {
+        // The caller's attempt under the lock already failed: no spin for a spent deadline.
+        if deadline.is_some_and(|d| d.has_passed()) {
+            return Err(Fail::Timeout);
+        }
         let started = std::time::Instant::now();
         if self.backoff.spin(&mut ready) {
             return Ok(());
