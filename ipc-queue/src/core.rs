@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //!
-//! One segment holds a [`Control`] block and then a ring of `cap` bytes (`cap` a power of two).
-//! Messages are *frames*: an 8-byte header (`len: u32` little-endian, then `len ^ FRAME_CHECK`)
-//! and `len` payload bytes, padded with zeros to a multiple of 8. A frame may wrap around the end
-//! of the ring; its header never does (positions are multiples of 8 and `cap` is too).
+//! One segment holds a [`Control`] block (see [`crate::control`]) and then a ring of `cap` bytes
+//! (`cap` a power of two, an [`ipc_shm::ShmRing`]). Messages are *frames* in
+//! [`ipc_shm::codec`]'s format: an 8-byte [`FrameHeader`] (`len: u32` little-endian, then a check
+//! word) and `len` payload bytes, padded with zeros to a multiple of 8 ([`padded_frame_len`]). A
+//! frame may wrap around the end of the ring; its header never does (positions are multiples of 8
+//! and `cap` is too).
 //!
 //! The queue's whole state is two 64-bit *commit words*:
 //!
@@ -19,12 +21,12 @@
 //!
 //! - **put** (one frame or a batch): encode outside any lock; take the put lock; check that the
 //!   queue is open, that the frames fit (bytes and, with a maximum, items); copy them to the ring
-//!   at `tail`; *then* publish them all at once with one release store of `tail`; unlock; wake
-//!   sleeping getters if the getter count says there are any.
+//!   at `tail`; *then* publish them all at once with one release store of `tail`; unlock; notify
+//!   the `data` event count (a system call only if a getter is registered).
 //! - **get** (one frame or up to N): take the get lock; read `tail`; validate each header
 //!   between `head` and `tail`; copy the frames out to a private buffer; *then* remove them
-//!   with one release store of `head`; unlock; wake sleeping putters if any; decode outside the
-//!   lock.
+//!   with one release store of `head`; unlock; notify the `space` event count; decode outside
+//!   the lock.
 //!
 //! Producers serialise among themselves and consumers among themselves, but a producer and a
 //! consumer never wait for each other's lock: they touch disjoint bytes, so a 64 KiB message
@@ -51,18 +53,25 @@
 //! program order under the put lock, and the ring is read in commit order.
 //!
 //! Every value read from shared memory is validated before use ([`Snapshot::new`], the header
-//! check in [`Core::pop`]): a scribbled commit word or header is [`Fail::Corrupted`], never an
-//! out-of-bounds copy or a panic.
+//! check in `Core::try_pop` through [`codec::frame_len`]): a scribbled commit word or header is
+//! [`Fail::Corrupted`], never an out-of-bounds copy or a panic.
 //!
 //! # Sleeping
 //!
-//! Getters on an empty queue spin briefly (an adaptive budget), then announce themselves in
-//! `get_waiters`, read `data_seq`, re-check `tail` and sleep on `data_seq`. A producer, after its
-//! `tail` store, reads `get_waiters`; only if it is non-zero does it bump `data_seq` and wake
-//! (so no system call when nobody sleeps). Putters on a full queue do the same with
-//! `put_waiters`, `space_seq` and `head`; `task_done` and `join` with `join_waiters`, `join_seq`
-//! and `done`. A waiter killed while asleep leaves its count raised, which only costs the other
-//! side a useless wake-up call per commit.
+//! Three waits, each on an [`EventCount`] of the control block, each with the same shape: spin
+//! through the handle's [`Backoff`] (a time budget that adapts to how long the other side
+//! takes), then `listen`, re-check the condition, `wait_with`, and feed the wait's duration back
+//! to the backoff (`slept`):
+//!
+//! | who waits | for | event count | notified by |
+//! |---|---|---|---|
+//! | getter | `tail` moved past `head`, or `closed` | `put.data` | every put, after its `tail` store; `close` |
+//! | putter | room for its first frame (and an item slot), or `closed` | `get.space` | every get, after its `head` store; `close` |
+//! | joiner | `done == tail.items` | `join.all_done` | the `task_done` that finishes the last task |
+//!
+//! A notify with nobody registered is one atomic read-modify-write, so an uncontended put or get
+//! makes no system call. A waiter killed while asleep leaves a registration that the next notify
+//! clears (`ipc_sync::eventcount`, "A waiter's death").
 //!
 //! # Memory ordering
 //!
@@ -72,162 +81,46 @@
 //!   copy-out of it happened-before.
 //! - The lock orders the commit words among holders of the same side (a new holder, also after
 //!   `OwnerDied`, sees the last holder's store).
-//! - Sleep/wake is a store-buffering pattern (writer: store the commit word, then read the
-//!   waiter count; sleeper: raise the count, then read the commit word), where two plain loads
-//!   could both miss. Both sides therefore access the *count* with read-modify-writes (the
-//!   writer with `fetch_add(0, AcqRel)`, the sleeper with `fetch_add(1, AcqRel)`), which are
-//!   totally ordered on that one word: if the writer's comes first, the sleeper's reads from it
-//!   and synchronises with it, so the writer's earlier commit store happens-before the sleeper's
-//!   `Acquire` load of the commit word, which must then see it; if the sleeper's comes first, the
-//!   writer reads a non-zero count and wakes. The sleeper reads the sequence word before the
-//!   re-check, so a bump between the re-check and the futex wait makes the wait return at once
-//!   (`Mismatch`). No `SeqCst` fence is needed (loom models `SeqCst` fences only partially; it
-//!   models this exactly: see the tests below).
+//! - Sleep and wake-up: "store the commit word, then notify" against "listen, then re-check the
+//!   commit word" is the event count's protocol, whose ordering argument is in
+//!   `ipc_sync::eventcount` ("Memory ordering"); nothing here adds to it. The conditions are
+//!   re-checked with `Acquire` loads of the words the notifier stored with `Release`.
 //! - `close` stores `closed` with `Release` while holding the put lock; a getter that loads it
 //!   with `Acquire` and then finds the ring empty knows every put committed before the close is
 //!   visible, so "closed and empty" is final.
 
-use ipc_sync::{Deadline, WaitOutcome, Waiter};
+use ipc_shm::ByteRing;
+use ipc_shm::codec::{self, FRAME_ALIGN, FrameHeader, HEADER_LEN, MAX_FRAME_LEN, padded_frame_len};
+use ipc_sync::{
+    Backoff, Deadline, EventCount, EventWait, LockFail, RawGuard, RawLock, SharedLock, Waiter,
+};
 
-use crate::lock::{LockFail, QLock, RawGuard, RawLock};
-use crate::mem::RingMem;
-use crate::sync::{AtomicU32, AtomicU64, Ordering, spin_hint};
+use crate::control::Control;
+use crate::sync::Ordering;
 
 /// The size of a frame header.
-pub(crate) const HDR: usize = 8;
+pub(crate) const HDR: usize = HEADER_LEN;
 /// Frames start at multiples of this.
-pub(crate) const ALIGN: usize = 8;
-/// XORed with the length to make the header's check word.
-pub(crate) const FRAME_CHECK: u32 = 0x9e37_79b9;
-/// The value of [`Config::magic`].
-pub(crate) const CONTROL_MAGIC: u64 = 0x7175_6575_6531_0001; // "queue1" v1
+const ALIGN: usize = FRAME_ALIGN;
 /// The largest ring.
 pub(crate) const MAX_CAP: usize = 1 << 30;
 /// The smallest ring.
 pub(crate) const MIN_CAP: usize = 64;
+// Every message that fits in a ring fits in a frame, so `header` never falls back.
+const _: () = assert!(MAX_CAP - HDR <= MAX_FRAME_LEN);
 
-/// The size of a frame carrying `len` payload bytes.
+/// The ring room a frame carrying `len` payload bytes takes.
 #[inline]
 pub(crate) const fn frame_len(len: usize) -> usize {
-    HDR + len.div_ceil(ALIGN) * ALIGN
+    padded_frame_len(len)
 }
 
-/// The header of a frame carrying `len` bytes.
+/// The header of a frame carrying `len` bytes. Callers checked that the frame fits in the ring,
+/// so `len <= MAX_CAP - HDR <= MAX_FRAME_LEN` (asserted above); the all-zero fallback would be
+/// rejected by every reader as a bad check word, never taken as a length.
 #[inline]
-pub(crate) fn header(len: u32) -> [u8; HDR] {
-    let mut h = [0u8; HDR];
-    h[..4].copy_from_slice(&len.to_le_bytes());
-    h[4..].copy_from_slice(&(len ^ FRAME_CHECK).to_le_bytes());
-    h
-}
-
-/// The payload length a header announces, if its check word matches.
-#[inline]
-pub(crate) fn parse_header(h: [u8; HDR]) -> Option<u32> {
-    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-    let check = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    (check == len ^ FRAME_CHECK).then_some(len)
-}
-
-/// Settings written once by the creator before the segment is published.
-#[repr(C, align(128))]
-#[derive(Debug)]
-pub(crate) struct Config {
-    /// [`CONTROL_MAGIC`].
-    pub(crate) magic: AtomicU64,
-    /// The ring's size in bytes.
-    pub(crate) cap: AtomicU64,
-    /// The most items the queue holds (`u32::MAX`: no limit but the bytes).
-    pub(crate) max_items: AtomicU64,
-    /// Non-zero once the queue is closed.
-    pub(crate) closed: AtomicU32,
-    _pad: AtomicU32,
-}
-
-/// The producers' side: written by every put.
-#[repr(C, align(128))]
-#[derive(Debug)]
-pub(crate) struct PutSide {
-    /// Serialises producers (and `close`).
-    pub(crate) lock: QLock,
-    /// The tail commit word.
-    pub(crate) tail: AtomicU64,
-    /// Getters asleep or about to sleep.
-    pub(crate) get_waiters: AtomicU32,
-    /// Bumped to wake getters.
-    pub(crate) data_seq: AtomicU32,
-}
-
-/// The consumers' side: written by every get.
-#[repr(C, align(128))]
-#[derive(Debug)]
-pub(crate) struct GetSide {
-    /// Serialises consumers.
-    pub(crate) lock: QLock,
-    /// The head commit word.
-    pub(crate) head: AtomicU64,
-    /// Putters asleep or about to sleep.
-    pub(crate) put_waiters: AtomicU32,
-    /// Bumped to wake putters.
-    pub(crate) space_seq: AtomicU32,
-}
-
-/// `JoinableQueue`'s counters.
-#[repr(C, align(128))]
-#[derive(Debug)]
-pub(crate) struct JoinSide {
-    /// Number of `task_done` calls (mod 2^32); unfinished tasks are `tail.items - done`.
-    pub(crate) done: AtomicU32,
-    /// Joiners asleep or about to sleep.
-    pub(crate) join_waiters: AtomicU32,
-    /// Bumped to wake joiners.
-    pub(crate) join_seq: AtomicU32,
-    _pad: AtomicU32,
-}
-
-/// The control block at the start of a queue's segment. All-zero bytes plus the [`Config`] is a
-/// valid empty, open queue.
-#[repr(C)]
-#[derive(Debug)]
-pub(crate) struct Control {
-    pub(crate) config: Config,
-    pub(crate) put: PutSide,
-    pub(crate) get: GetSide,
-    pub(crate) join: JoinSide,
-}
-
-#[cfg(loom)]
-impl Control {
-    /// A fresh control block on the heap, for the model checker.
-    pub(crate) fn new_model(cap: usize, max_items: u32) -> Control {
-        Control {
-            config: Config {
-                magic: AtomicU64::new(CONTROL_MAGIC),
-                cap: AtomicU64::new(cap as u64),
-                max_items: AtomicU64::new(u64::from(max_items)),
-                closed: AtomicU32::new(0),
-                _pad: AtomicU32::new(0),
-            },
-            put: PutSide {
-                lock: QLock::default(),
-                tail: AtomicU64::new(0),
-                get_waiters: AtomicU32::new(0),
-                data_seq: AtomicU32::new(0),
-            },
-            get: GetSide {
-                lock: QLock::default(),
-                head: AtomicU64::new(0),
-                put_waiters: AtomicU32::new(0),
-                space_seq: AtomicU32::new(0),
-            },
-            join: JoinSide {
-                done: AtomicU32::new(0),
-                join_waiters: AtomicU32::new(0),
-                join_seq: AtomicU32::new(0),
-                _pad: AtomicU32::new(0),
-            },
-        }
-    }
+fn header(len: usize) -> [u8; HDR] {
+    FrameHeader::new(len).map_or([0; HDR], FrameHeader::to_bytes)
 }
 
 /// How long a try-operation waits for a lock held by a live process before it reports the
@@ -267,7 +160,8 @@ impl From<LockFail> for Fail {
     fn from(e: LockFail) -> Fail {
         match e {
             LockFail::Timeout => Fail::Timeout,
-            LockFail::NotRecoverable => Fail::Broken,
+            // `NotRecoverable`, and any failure a later ipc-sync adds: the lock is unusable.
+            _ => Fail::Broken,
         }
     }
 }
@@ -344,71 +238,21 @@ pub(crate) enum Sink<'b> {
     Slice(&'b mut [u8]),
 }
 
-/// The adaptive spin budget of a handle: doubled when spinning found work or when the sleep
-/// that followed a failed spin was short (the other side was busy for a few microseconds, as
-/// with large messages: spinning a little longer would have caught it), halved after a long
-/// sleep (the other side is idle: stop burning the core). Halving after every sleep alone would
-/// be a trap: below the other side's usual turnaround no spin would ever succeed again.
-#[derive(Debug)]
-pub(crate) struct Spin(std::sync::atomic::AtomicU32);
-
-const SPIN_MIN: u32 = if cfg!(loom) { 0 } else { 16 };
-const SPIN_MAX: u32 = if cfg!(loom) { 0 } else { 4096 };
-/// A sleep shorter than this counts as "the other side was busy, not idle".
-const SHORT_WAIT: std::time::Duration = std::time::Duration::from_micros(100);
-
-impl Spin {
-    pub(crate) fn new() -> Spin {
-        Spin(std::sync::atomic::AtomicU32::new(SPIN_MAX.min(256)))
-    }
-
-    /// Spins up to the budget until `ready()`; grows the budget when that worked.
-    #[inline]
-    fn spin(&self, mut ready: impl FnMut() -> bool) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let budget = self.0.load(Relaxed).min(SPIN_MAX);
-        for i in 0..budget {
-            if ready() {
-                if i > 0 {
-                    self.0
-                        .store((budget * 2).clamp(SPIN_MIN, SPIN_MAX), Relaxed);
-                }
-                return true;
-            }
-            spin_hint();
-        }
-        false
-    }
-
-    /// After a failed spin and a sleep: grow if the whole wait since `started` was short,
-    /// shrink if it was long.
-    #[cold]
-    fn slept(&self, started: std::time::Instant) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let budget = self.0.load(Relaxed).min(SPIN_MAX);
-        let next = if started.elapsed() < SHORT_WAIT {
-            budget.saturating_mul(2)
-        } else {
-            budget / 2
-        };
-        self.0.store(next.clamp(SPIN_MIN, SPIN_MAX), Relaxed);
-    }
-}
-
 /// The algorithm over one control block and one ring.
 #[derive(Debug)]
 pub(crate) struct Core<'a, M, W> {
     pub(crate) ctl: &'a Control,
     pub(crate) mem: M,
     pub(crate) waiter: W,
-    pub(crate) spin: &'a Spin,
+    /// The handle's spin budget, shared by its waits.
+    pub(crate) backoff: &'a Backoff,
     /// The ring's size (validated, a power of two).
     pub(crate) cap: u32,
     /// The most items the queue may hold.
     pub(crate) max_items: u32,
 }
 
-impl<M: RingMem, W: Waiter> Core<'_, M, W> {
+impl<M: ByteRing, W: Waiter> Core<'_, M, W> {
     /// The current, validated commit words (lock-free; approximate while others run).
     #[inline]
     pub(crate) fn snapshot(&self) -> Result<Snapshot, Fail> {
@@ -426,7 +270,10 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
     /// Takes a lock, repairing (trivially: see the module docs) after an owner death.
     /// (`try_lock_deadline` bounds the wait of a try-operation.)
     #[inline]
-    fn lock<'l>(lock: &'l QLock, wait: Wait) -> Result<<QLock as RawLock>::Guard<'l>, Fail> {
+    fn lock<'l>(
+        lock: &'l SharedLock,
+        wait: Wait,
+    ) -> Result<<SharedLock as RawLock>::Guard<'l>, Fail> {
         // A try-operation still waits for the lock: holders keep it only for a copy, never
         // across a sleep, and a dead holder is recovered. "Try" means "do not wait for room or
         // for data". But it waits a bounded time: a lock word that a corrupted or hostile
@@ -488,13 +335,13 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
                 if n > free_bytes || free_items == 0 {
                     return Err(Fail::Full);
                 }
-                let len = payload.len() as u32;
-                self.mem.write(s.tail_pos, &header(len));
-                self.mem.write(s.tail_pos.wrapping_add(HDR as u32), payload);
+                let at = u64::from(s.tail_pos);
+                self.mem.write(at, &header(payload.len()));
+                self.mem.write(at + HDR as u64, payload);
                 let pad = n - HDR - payload.len();
                 if pad > 0 {
-                    let at = s.tail_pos.wrapping_add((HDR + payload.len()) as u32);
-                    self.mem.write(at, &[0u8; ALIGN][..pad]);
+                    self.mem
+                        .write(at + (HDR + payload.len()) as u64, &[0u8; ALIGN][..pad]);
                 }
                 (n, 1)
             }
@@ -503,7 +350,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
                 if items == 0 {
                     return Err(Fail::Full);
                 }
-                self.mem.write(s.tail_pos, &frames[..n]);
+                self.mem.write(u64::from(s.tail_pos), &frames[..n]);
                 (n, items)
             }
         };
@@ -513,23 +360,8 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
         );
         self.ctl.put.tail.store(new_tail, Ordering::Release);
         drop(guard);
-        // Read-modify-write: see "Memory ordering".
-        if self.ctl.put.get_waiters.fetch_add(0, Ordering::AcqRel) != 0 {
-            self.wake_getters();
-        }
+        self.ctl.put.data.notify_with(&self.waiter, u32::MAX);
         Ok((bytes, items))
-    }
-
-    #[cold]
-    fn wake_getters(&self) {
-        self.ctl.put.data_seq.fetch_add(1, Ordering::Release);
-        self.waiter.wake(&self.ctl.put.data_seq, u32::MAX);
-    }
-
-    #[cold]
-    fn wake_putters(&self) {
-        self.ctl.get.space_seq.fetch_add(1, Ordering::Release);
-        self.waiter.wake(&self.ctl.get.space_seq, u32::MAX);
     }
 
     /// Whether a frame of `need` bytes (and one item) would fit now.
@@ -543,43 +375,48 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
     #[cold]
     fn wait_space(&self, need: u32, deadline: Option<Deadline>) -> Result<(), Fail> {
         let ctl = self.ctl;
+        // A corrupted pair of words is "ready": the retry under the lock reports it.
         let ready = || {
             self.is_closed()
                 || self
                     .has_space(
-                        ctl.put.tail.load(Ordering::Relaxed),
+                        ctl.put.tail.load(Ordering::Acquire),
                         ctl.get.head.load(Ordering::Acquire),
                         need,
                     )
                     .unwrap_or(true)
         };
-        let started = std::time::Instant::now();
-        if self.spin.spin(ready) {
-            return Ok(());
-        }
-        ctl.get.put_waiters.fetch_add(1, Ordering::AcqRel);
-        let seq = ctl.get.space_seq.load(Ordering::Acquire);
-        let head = ctl.get.head.load(Ordering::Acquire);
-        let tail = ctl.put.tail.load(Ordering::Acquire);
-        let go = self.is_closed() || self.has_space(tail, head, need).unwrap_or(true);
-        let r = if go {
-            Ok(())
-        } else {
-            self.sleep(&ctl.get.space_seq, seq, deadline)
-        };
-        ctl.get.put_waiters.fetch_sub(1, Ordering::AcqRel);
-        self.spin.slept(started);
-        r
+        self.wait_on(&ctl.get.space, deadline, ready)
     }
 
-    /// Sleeps on `word` while it holds `seq`, unless `deadline` has passed.
-    fn sleep(&self, word: &AtomicU32, seq: u32, deadline: Option<Deadline>) -> Result<(), Fail> {
+    /// One wait on `ec` for `ready()`: spin through the backoff, then listen, re-check and
+    /// sleep (see "Sleeping"). `Ok` when `ready()` held or a notify came (the caller re-checks
+    /// under its lock), `Timeout` when `deadline` passed first.
+    #[cold]
+    fn wait_on(
+        &self,
+        ec: &EventCount,
+        deadline: Option<Deadline>,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), Fail> {
+        // The caller's attempt under the lock already failed: no spin for a spent deadline.
         if deadline.is_some_and(|d| d.has_passed()) {
             return Err(Fail::Timeout);
         }
-        match self.waiter.wait(word, seq, deadline) {
-            WaitOutcome::TimedOut => Err(Fail::Timeout),
-            _ => Ok(()),
+        let started = std::time::Instant::now();
+        if self.backoff.spin(&mut ready) {
+            return Ok(());
+        }
+        let token = ec.listen();
+        if ready() {
+            ec.cancel(token);
+            return Ok(());
+        }
+        let r = ec.wait_with(&self.waiter, token, deadline);
+        self.backoff.slept(started);
+        match r {
+            EventWait::Notified => Ok(()),
+            EventWait::TimedOut => Err(Fail::Timeout),
         }
     }
 
@@ -623,8 +460,11 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
         let mut last_len = 0usize;
         while n < max.min(s.items) {
             let mut h = [0u8; HDR];
-            self.mem.read(pos, &mut h);
-            let len = parse_header(h).ok_or(Fail::Corrupted("frame header"))? as usize;
+            self.mem.read(u64::from(pos), &mut h);
+            let len = codec::frame_len(h, self.cap as usize).map_err(|e| match e {
+                codec::FrameError::TooLong { .. } => Fail::Corrupted("frame length"),
+                _ => Fail::Corrupted("frame header"),
+            })?;
             let flen = frame_len(len);
             if flen > s.tail_pos.wrapping_sub(pos) as usize {
                 return Err(Fail::Corrupted("frame length"));
@@ -639,22 +479,23 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
         }
         match sink {
             Sink::Frames(out, _) => {
-                self.mem
-                    .append(s.head_pos, pos.wrapping_sub(s.head_pos) as usize, out);
+                self.mem.append(
+                    u64::from(s.head_pos),
+                    pos.wrapping_sub(s.head_pos) as usize,
+                    out,
+                );
             }
             Sink::Slice(buf) => {
                 let Some(dst) = buf.get_mut(..last_len) else {
                     return Err(Fail::BufferTooSmall(last_len));
                 };
-                self.mem.read(s.head_pos.wrapping_add(HDR as u32), dst);
+                self.mem.read(u64::from(s.head_pos) + HDR as u64, dst);
             }
         }
         let new_head = word(s.head_items.wrapping_add(n), pos);
         self.ctl.get.head.store(new_head, Ordering::Release);
         drop(guard);
-        if self.ctl.get.put_waiters.fetch_add(0, Ordering::AcqRel) != 0 {
-            self.wake_putters();
-        }
+        self.ctl.get.space.notify_with(&self.waiter, u32::MAX);
         Ok((n, last_len))
     }
 
@@ -669,22 +510,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
                 ctl.get.head.load(Ordering::Relaxed),
             ) || self.is_closed()
         };
-        let started = std::time::Instant::now();
-        if self.spin.spin(ready) {
-            return Ok(());
-        }
-        ctl.put.get_waiters.fetch_add(1, Ordering::AcqRel);
-        let seq = ctl.put.data_seq.load(Ordering::Acquire);
-        let tail = ctl.put.tail.load(Ordering::Acquire);
-        let head = ctl.get.head.load(Ordering::Acquire);
-        let r = if nonempty(tail, head) || self.is_closed() {
-            Ok(())
-        } else {
-            self.sleep(&ctl.put.data_seq, seq, deadline)
-        };
-        ctl.put.get_waiters.fetch_sub(1, Ordering::AcqRel);
-        self.spin.slept(started);
-        r
+        self.wait_on(&ctl.put.data, deadline, ready)
     }
 
     /// Closes the queue: later puts fail, gets drain and then fail.
@@ -692,8 +518,8 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
         let guard = Self::lock(&self.ctl.put.lock, Wait::Until(None))?;
         self.ctl.config.closed.store(1, Ordering::Release);
         drop(guard);
-        self.wake_getters();
-        self.wake_putters();
+        self.ctl.put.data.notify_with(&self.waiter, u32::MAX);
+        self.ctl.get.space.notify_with(&self.waiter, u32::MAX);
         Ok(())
     }
 
@@ -723,9 +549,8 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
                 Err(d) => done = d,
             }
         };
-        if done.wrapping_add(1) == put && join.join_waiters.fetch_add(0, Ordering::AcqRel) != 0 {
-            join.join_seq.fetch_add(1, Ordering::Release);
-            self.waiter.wake(&join.join_seq, u32::MAX);
+        if done.wrapping_add(1) == put {
+            join.all_done.notify_with(&self.waiter, u32::MAX);
         }
         Ok(())
     }
@@ -737,22 +562,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
             if self.unfinished() == 0 {
                 return Ok(());
             }
-            let started = std::time::Instant::now();
-            if self.spin.spin(|| self.unfinished() == 0) {
-                return Ok(());
-            }
-            ctl.join.join_waiters.fetch_add(1, Ordering::AcqRel);
-            let seq = ctl.join.join_seq.load(Ordering::Acquire);
-            let put = (ctl.put.tail.load(Ordering::Acquire) >> 32) as u32;
-            let done = ctl.join.done.load(Ordering::Acquire);
-            let r = if put == done {
-                Ok(())
-            } else {
-                self.sleep(&ctl.join.join_seq, seq, deadline)
-            };
-            ctl.join.join_waiters.fetch_sub(1, Ordering::AcqRel);
-            self.spin.slept(started);
-            r?;
+            self.wait_on(&ctl.join.all_done, deadline, || self.unfinished() == 0)?;
         }
     }
 }
@@ -760,7 +570,7 @@ impl<M: RingMem, W: Waiter> Core<'_, M, W> {
 /// The size of the first frame of a private frame buffer.
 fn first_frame(frames: &[u8]) -> Option<usize> {
     let h: [u8; HDR] = frames.get(..HDR)?.try_into().ok()?;
-    Some(frame_len(parse_header(h)? as usize))
+    Some(frame_len(codec::frame_len(h, MAX_FRAME_LEN).ok()?))
 }
 
 /// The bytes and count of the longest run of whole frames at the start of `frames` that fits in
@@ -785,7 +595,7 @@ pub(crate) fn frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = buf;
     std::iter::from_fn(move || {
         let h: [u8; HDR] = rest.get(..HDR)?.try_into().ok()?;
-        let len = parse_header(h)? as usize;
+        let len = codec::frame_len(h, MAX_FRAME_LEN).ok()?;
         let payload = rest.get(HDR..HDR + len)?;
         rest = rest.get(frame_len(len)..).unwrap_or(&[]);
         Some(payload)
@@ -793,7 +603,7 @@ pub(crate) fn frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 #[cfg(loom)]
-impl<W: Waiter> Core<'_, &crate::mem::ModelRing, W> {
+impl<W: Waiter> Core<'_, &ipc_shm::LoomRing, W> {
     /// A producer killed mid-put: takes the put lock, writes a frame of `payload` at the tail,
     /// and "dies" holding the lock, before its commit store.
     fn put_and_die(&self, payload: &[u8]) {
@@ -802,8 +612,9 @@ impl<W: Waiter> Core<'_, &crate::mem::ModelRing, W> {
         let head = self.ctl.get.head.load(Ordering::Acquire);
         let s = Snapshot::new(tail, head, self.cap).unwrap();
         if (self.cap - s.used) as usize >= frame_len(payload.len()) {
-            self.mem.write(s.tail_pos, &header(payload.len() as u32));
-            self.mem.write(s.tail_pos.wrapping_add(HDR as u32), payload);
+            let at = u64::from(s.tail_pos);
+            self.mem.write(at, &header(payload.len()));
+            self.mem.write(at + HDR as u64, payload);
         }
         guard.die();
     }
@@ -817,10 +628,11 @@ impl<W: Waiter> Core<'_, &crate::mem::ModelRing, W> {
         let s = Snapshot::new(tail, head, self.cap).unwrap();
         if s.items > 0 {
             let mut h = [0u8; HDR];
-            self.mem.read(s.head_pos, &mut h);
-            let len = parse_header(h).unwrap() as usize;
+            self.mem.read(u64::from(s.head_pos), &mut h);
+            let len = codec::frame_len(h, self.cap as usize).unwrap();
             let mut out = Vec::new();
-            self.mem.append(s.head_pos, frame_len(len), &mut out);
+            self.mem
+                .append(u64::from(s.head_pos), frame_len(len), &mut out);
         }
         guard.die();
     }
@@ -829,15 +641,15 @@ impl<W: Waiter> Core<'_, &crate::mem::ModelRing, W> {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use crate::mem::ModelRing;
+    use ipc_shm::LoomRing;
     use ipc_sync::Futex;
     use loom::sync::Arc;
     use loom::thread;
 
     struct Model {
         ctl: Control,
-        ring: ModelRing,
-        spin: Spin,
+        ring: LoomRing,
+        backoff: Backoff,
         cap: u32,
         max_items: u32,
     }
@@ -846,26 +658,26 @@ mod loom_tests {
         fn new(cap: usize, max_items: u32) -> Arc<Model> {
             Arc::new(Model {
                 ctl: Control::new_model(cap, max_items),
-                ring: ModelRing::new(cap),
-                spin: Spin::new(),
+                ring: LoomRing::new(cap).unwrap(),
+                backoff: Backoff::new(),
                 cap: cap as u32,
                 max_items,
             })
         }
 
-        fn core(&self) -> Core<'_, &ModelRing, Futex> {
+        fn core(&self) -> Core<'_, &LoomRing, Futex> {
             Core {
                 ctl: &self.ctl,
                 mem: &self.ring,
                 waiter: Futex,
-                spin: &self.spin,
+                backoff: &self.backoff,
                 cap: self.cap,
                 max_items: self.max_items,
             }
         }
     }
 
-    fn get_one(core: &Core<'_, &ModelRing, Futex>) -> Result<Vec<u8>, Fail> {
+    fn get_one(core: &Core<'_, &LoomRing, Futex>) -> Result<Vec<u8>, Fail> {
         let mut out = Vec::new();
         core.pop(&mut Sink::Frames(&mut out, 1), Wait::Until(None))?;
         Ok(frames(&out).next().unwrap().to_vec())
@@ -993,6 +805,25 @@ mod loom_tests {
             assert_eq!(get_one(&core).unwrap(), [1]);
             assert_eq!(get_one(&core).unwrap(), [2]);
             producer.join().unwrap();
+        });
+    }
+
+    /// A getter dies registered on `data` (a SIGKILL mid-sleep leaves exactly its registration)
+    /// while a live getter waits: the put still wakes the live one, and once it has returned
+    /// the dead registration is gone (the put's notify, or the next one, cleared it).
+    #[test]
+    fn dead_getter_neither_blocks_nor_lingers() {
+        loom::model(|| {
+            let m = Model::new(32, u32::MAX);
+            let d = Arc::clone(&m);
+            let dead = thread::spawn(move || drop(d.ctl.put.data.listen()));
+            let g = Arc::clone(&m);
+            let live = thread::spawn(move || get_one(&g.core()).unwrap());
+            m.core().push(Src::One(&[3]), Wait::Until(None)).unwrap();
+            assert_eq!(live.join().unwrap(), [3]);
+            dead.join().unwrap();
+            m.ctl.put.data.notify_with(&Futex, u32::MAX);
+            assert_eq!(m.ctl.put.data.waiters(), 0);
         });
     }
 

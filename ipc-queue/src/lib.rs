@@ -31,8 +31,10 @@
 //! a single atomic store of a 64-bit *commit word* (`items << 32 | bytes`), after the copy is
 //! complete. A process killed mid-copy therefore never published anything, and the next holder of
 //! the lock (told `OwnerDied`) has nothing to repair. The algorithm, its state table and its
-//! memory ordering are documented in the `core` module (source: `src/core.rs`), and
-//! model-checked with loom (`RUSTFLAGS="--cfg loom" cargo test --release -p ipc-queue --lib`).
+//! memory ordering are documented in the `core` module (source: `src/core.rs`; the control
+//! block's layout in `src/control.rs`), and model-checked with loom on the same code, over the
+//! loom ring, model lock and futex (`RUSTFLAGS="--cfg loom" cargo test --release -p ipc-queue
+//! --lib`).
 //!
 //! Delivery: a message is delivered when a consumer's commit store removes it. A consumer killed
 //! after that store and before `get` returns took the message with it, exactly as one killed
@@ -45,30 +47,40 @@
 //! messages would halve the bandwidth); a message that fails to decode is an error for that
 //! message only.
 //!
-//! Blocking: getters on an empty queue and putters on a full one spin briefly (an adaptive
-//! budget), then sleep on a futex ([`ipc_sync::futex`]); the other side wakes them only when a
-//! waiter count says somebody sleeps, so an uncontended put or get makes no system call.
+//! Blocking: getters on an empty queue and putters on a full one spin briefly (the shared
+//! [`ipc_sync::Backoff`], a time budget that adapts to how long the other side takes), then sleep
+//! on an [`ipc_sync::EventCount`] in the control block; the other side's notify makes a system
+//! call only when a waiter is registered, so an uncontended put or get makes none. A waiter
+//! SIGKILLed while asleep leaves a registration that the next notify clears.
 //!
 //! # Encoding
 //!
-//! Messages are encoded with bincode 2's serde support (standard configuration, variable-length
-//! integers). Note that serde encodes `Vec<u8>` element by element: wrap byte payloads in
-//! `serde_bytes` (7-10x faster for large payloads) or use the byte API.
+//! Messages are encoded with bincode 2's serde support in the workspace's one configuration,
+//! `ipc_shm::codec` (standard: variable-length integers; one decode limit, so a hostile length
+//! inside a message cannot make a consumer allocate without bound), and framed with that module's
+//! 8-byte header, which the pipe and the pool use too. Note that serde encodes `Vec<u8>` element
+//! by element: wrap byte payloads in `serde_bytes` (7-10x faster for large payloads) or use the
+//! byte API.
 //!
 //! # Dependencies
 //!
-//! - `ipc-shm`: the segment (creation, validation, naming, descriptor passing, `ShmSafe`).
-//! - `ipc-sync`: the robust `Lock` (owner-death recovery) and the workspace's one futex wrapper
-//!   (`Waiter`, `Futex`, `Deadline`).
-//! - `serde` + `bincode` (2.x with `serde`): the message encoding users asked for.
+//! - `ipc-shm`: the segment (creation, validation, naming, descriptor passing, `ShmSafe`), the
+//!   byte ring (`ShmRing`, and `LoomRing` for the models) and, with its `codec` feature, the
+//!   frame header, bincode configuration and decode limit.
+//! - `ipc-sync`: the robust `Lock` behind its `RawLock` trait (owner-death recovery; a model
+//!   lock under loom), `EventCount` (the wake-up protocol), `Backoff` (the spin policy) and the
+//!   workspace's one futex wrapper (`Waiter`, `Futex`, `Deadline`).
+//! - `serde` + `bincode` (2.x with `serde`): the message encoding users asked for (the public
+//!   errors carry bincode's error types).
 //! - `thiserror`: `Display`/`source` of the error enums.
 //! - `loom` (only under `--cfg loom`): model checking of the algorithm.
 #![deny(unsafe_code)]
 
+// Under loom only the model tests use the layout and the algorithm (the handles are not built).
+#[cfg_attr(loom, allow(dead_code))]
+mod control;
 #[cfg_attr(loom, allow(dead_code))]
 mod core;
-mod lock;
-mod mem;
 mod sync;
 
 #[cfg(not(loom))]

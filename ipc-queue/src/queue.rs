@@ -12,34 +12,25 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bincode::error::{DecodeError, EncodeError};
-use ipc_shm::{Layout, Offset, OpenOptions, Segment, SegmentBuilder, TypeTag};
-use ipc_sync::{Deadline, Futex};
+use bincode::error::DecodeError;
+use ipc_shm::codec;
+use ipc_shm::{Layout, Offset, OpenOptions, Segment, SegmentBuilder, ShmRing, TypeTag};
+use ipc_sync::{Backoff, Deadline, Futex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::core::{
-    CONTROL_MAGIC, Control, Core, Fail, HDR, MAX_CAP, MIN_CAP, Sink, Spin, Src, Wait, frame_len,
-    frames, header,
-};
+use crate::control::{CONTROL_MAGIC, Control};
+use crate::core::{Core, Fail, HDR, MAX_CAP, MIN_CAP, Sink, Src, Wait, frame_len, frames};
 use crate::error::*;
-use crate::mem::ShmRing;
 use crate::sync::Ordering;
 
-/// The type tag of a queue's segment.
-pub const QUEUE_TAG: TypeTag = TypeTag::from_name("ipc-queue/Queue/v1");
+/// The type tag of a queue's segment. `v2`: the control block's waits are event counts
+/// (`ipc_sync::EventCount`); a segment of a `v1` build is refused at open (a type-tag mismatch)
+/// instead of being misread.
+pub const QUEUE_TAG: TypeTag = TypeTag::from_name("ipc-queue/Queue/v2");
 
 /// The default capacity: 1 MiB of ring.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
-
-/// The bincode configuration of messages: bincode's standard (variable-length integers), with
-/// a 1 GiB limit on what one decode may claim, so a hostile length prefix cannot make a
-/// consumer allocate without bound.
-const CONFIG: bincode::config::Configuration<
-    bincode::config::LittleEndian,
-    bincode::config::Varint,
-    bincode::config::Limit<{ MAX_CAP }>,
-> = bincode::config::standard().with_limit::<{ MAX_CAP }>();
 
 /// Largest scratch buffer kept between calls.
 const KEEP_SCRATCH: usize = 4 << 20;
@@ -72,48 +63,32 @@ fn with_scratch<R>(
     })
 }
 
-/// bincode's writer over a vector.
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-impl bincode::enc::write::Writer for VecWriter<'_> {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
-        self.0.extend_from_slice(bytes);
-        Ok(())
-    }
+/// Why a value was not framed: bincode failed, or the encoding is longer than any frame (and so
+/// than any queue).
+#[derive(Debug)]
+enum FrameFail {
+    Encode(bincode::error::EncodeError),
+    TooLarge,
 }
 
-/// Appends `value` to `buf` as one frame; returns the frame's length.
+/// Appends `value` to `buf` as one frame padded for the ring; returns the frame's length. On
+/// error `buf` is left as it was.
 #[inline]
-fn encode_frame<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<usize, EncodeError> {
+fn encode_frame<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<usize, FrameFail> {
     let start = buf.len();
-    buf.extend_from_slice(&[0u8; HDR]);
-    if let Err(e) = bincode::serde::encode_into_writer(value, VecWriter(buf), CONFIG) {
-        buf.truncate(start);
-        return Err(e);
-    }
-    let len = buf.len() - start - HDR;
-    let Ok(len32) = u32::try_from(len) else {
-        buf.truncate(start);
-        return Err(EncodeError::Other("message longer than 4 GiB"));
-    };
-    buf[start..start + HDR].copy_from_slice(&header(len32));
+    let len = codec::encode_frame(value, buf).map_err(|e| match e {
+        codec::EncodeError::TooLong { .. } => FrameFail::TooLarge,
+        e => FrameFail::Encode(e.into()),
+    })?;
     let flen = frame_len(len);
     buf.resize(start + flen, 0);
     Ok(flen)
 }
 
-/// Decodes one message, which must use all of `payload`.
+/// Decodes one message, which must use all of `payload`, within the codec's decode limit.
 #[inline]
 fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
-    let (value, used) = bincode::serde::decode_from_slice(payload, CONFIG)?;
-    if used != payload.len() {
-        return Err(DecodeError::OtherString(format!(
-            "{} trailing bytes after the message",
-            payload.len() - used
-        )));
-    }
-    Ok(value)
+    codec::decode(payload).map_err(Into::into)
 }
 
 /// Builds a new queue: its capacity in bytes, an optional limit on the number of messages, and a
@@ -223,7 +198,7 @@ impl QueueBuilder {
             ring_off,
             cap: cap as u32,
             max_items,
-            spin: Spin::new(),
+            backoff: Backoff::new(),
         }))
     }
 
@@ -251,7 +226,8 @@ struct Shared {
     ring_off: usize,
     cap: u32,
     max_items: u32,
-    spin: Spin,
+    /// The spin budget of this process's handles (clones share it).
+    backoff: Backoff,
 }
 
 impl Shared {
@@ -285,23 +261,23 @@ impl Shared {
             ring_off,
             cap: cap as u32,
             max_items,
-            spin: Spin::new(),
+            backoff: Backoff::new(),
         })
     }
 
     #[inline]
-    fn core(&self) -> Result<Core<'_, ShmRing<'_>, Futex>, Fail> {
+    fn core(&self) -> Result<Core<'_, ShmRing<&Segment>, Futex>, Fail> {
         let ctl = self
             .segment
             .get(self.ctl)
             .map_err(|_| Fail::Corrupted("control block"))?;
         let mem = ShmRing::new(&self.segment, self.ring_off, self.cap as usize)
-            .ok_or(Fail::Corrupted("ring bounds"))?;
+            .map_err(|_| Fail::Corrupted("ring bounds"))?;
         Ok(Core {
             ctl,
             mem,
             waiter: Futex,
-            spin: &self.spin,
+            backoff: &self.backoff,
             cap: self.cap,
             max_items: self.max_items,
         })
@@ -582,14 +558,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         value: T,
         wait: Wait,
         err: impl FnOnce(T, Fail) -> E,
-        encode_err: impl FnOnce(T, EncodeError) -> E,
+        encode_err: impl FnOnce(T, bincode::error::EncodeError) -> E,
     ) -> Result<(), E> {
         let core = match self.shared.core() {
             Ok(c) => c,
             Err(f) => return Err(err(value, f)),
         };
         let r = with_scratch(&ENCODE, |buf| {
-            encode_frame(&value, buf).map_err(Ok)?;
+            match encode_frame(&value, buf) {
+                Ok(_) => {}
+                Err(FrameFail::Encode(e)) => return Err(Ok(e)),
+                Err(FrameFail::TooLarge) => return Err(Err(Fail::TooLarge)),
+            }
             if buf.len() > self.capacity() {
                 return Err(Err(Fail::TooLarge));
             }
@@ -688,7 +668,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                         return Err(PutManyError::TooLarge { sent });
                     }
                     Ok(_) => encoded += 1,
-                    Err(error) => {
+                    Err(FrameFail::TooLarge) => {
+                        flush(buf, &mut sent)?;
+                        return Err(PutManyError::TooLarge { sent });
+                    }
+                    Err(FrameFail::Encode(error)) => {
                         flush(buf, &mut sent)?;
                         return Err(PutManyError::Encode { sent, error });
                     }
@@ -916,5 +900,38 @@ impl<T> JoinableQueue<T> {
             .map_err(|_| JoinError::Timeout {
                 unfinished: c.unfinished(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A getter SIGKILLed while asleep leaves its registration in the `data` event count (here:
+    /// a token dropped without waiting, which is all a death leaves). The next put's notify
+    /// clears it, so later puts make no wake-up call (layout 1 paid one on every put, forever).
+    #[test]
+    fn dead_getter_registration_is_cleared_by_the_next_put() {
+        let q: Queue<u32> = QueueBuilder::new().capacity(1024).build().unwrap();
+        let core = q.shared.core().unwrap();
+        drop(core.ctl.put.data.listen());
+        assert_eq!(core.ctl.put.data.waiters(), 1);
+        q.put(1).unwrap();
+        assert_eq!(core.ctl.put.data.waiters(), 0);
+        q.put(2).unwrap();
+        assert_eq!(core.ctl.put.data.waiters(), 0);
+        assert_eq!(q.get().unwrap(), 1);
+    }
+
+    /// The same for a putter that died waiting for room: the next get clears it.
+    #[test]
+    fn dead_putter_registration_is_cleared_by_the_next_get() {
+        let q: Queue<u32> = QueueBuilder::new().capacity(1024).build().unwrap();
+        let core = q.shared.core().unwrap();
+        q.put(1).unwrap();
+        drop(core.ctl.get.space.listen());
+        assert_eq!(core.ctl.get.space.waiters(), 1);
+        assert_eq!(q.get().unwrap(), 1);
+        assert_eq!(core.ctl.get.space.waiters(), 0);
     }
 }

@@ -111,3 +111,138 @@ fn foreign_segment_is_refused() {
         "{r:?}"
     );
 }
+
+/// Where the ring starts in a queue's payload: after the 512-byte control block.
+const RING_OFFSET: usize = 512;
+
+/// A queue of capacity 1024 holding one message, `7u32` (a 1-byte payload), plus a second
+/// mapping of its segment through which the test scribbles, and the ring's first header.
+fn one_message_queue() -> (Queue<u32>, Segment) {
+    let q: Queue<u32> = QueueBuilder::new().capacity(1024).build().unwrap();
+    q.put(7).unwrap();
+    let seg = Segment::from_fd(q.fd().try_clone_to_owned().unwrap(), ipc_queue::QUEUE_TAG).unwrap();
+    let header: &[std::sync::atomic::AtomicU8] = seg
+        .slice(ipc_shm::SliceOffset::from_raw(RING_OFFSET, 8))
+        .unwrap();
+    let expected = ipc_shm::codec::FrameHeader::new(1).unwrap().to_bytes();
+    let found: Vec<u8> = header
+        .iter()
+        .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert_eq!(found, expected, "the first frame's header starts the ring");
+    (q, seg)
+}
+
+/// A header whose check word matches a length of `len`: the bytes a peer that meant harm (or a
+/// stray write of a plausible header) would leave.
+fn plausible_header(len: u32) -> Vec<u8> {
+    let mut h = len.to_le_bytes().to_vec();
+    h.extend_from_slice(&(len ^ 0x9e37_79b9).to_le_bytes());
+    h
+}
+
+/// Every get form on a queue whose first frame header is `header`: `Corrupted`, never a panic,
+/// a huge allocation or a message.
+fn assert_gets_corrupted(header: &[u8]) {
+    let (q, seg) = one_message_queue();
+    scribble(&seg, &[(RING_OFFSET, header.to_vec())]);
+    assert!(
+        matches!(q.try_get(), Err(ipc_queue::TryGetError::Corrupted(_))),
+        "{header:x?}"
+    );
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(1)),
+        Err(ipc_queue::GetTimeoutError::Corrupted(_))
+    ));
+    let mut buf = [0u8; 64];
+    assert!(matches!(
+        q.try_get_bytes(&mut buf),
+        Err(ipc_queue::GetBytesError::Corrupted(_))
+    ));
+    let mut out = Vec::new();
+    assert!(matches!(
+        q.try_get_many(&mut out, 4),
+        Err(ipc_queue::GetManyError::Corrupted(_))
+    ));
+    assert!(out.is_empty());
+}
+
+#[test]
+fn corrupted_frame_headers_are_errors() {
+    let _watchdog = ipc_tests::watchdog(
+        "corrupted_frame_headers_are_errors",
+        std::time::Duration::from_secs(60),
+    );
+    // A check word that does not match.
+    assert_gets_corrupted(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    // Plausible headers announcing more than was committed, more than the ring, more than any
+    // frame (1 GiB), and the largest u32.
+    for len in [64, 2000, (1 << 30) + 1, u32::MAX] {
+        assert_gets_corrupted(&plausible_header(len));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Any header over the first frame: the message back (only if it is the original header)
+    /// or `Corrupted`; oversized plausible lengths included.
+    #[test]
+    fn any_frame_header_is_the_message_or_corrupted(
+        header in prop_oneof![
+            prop::collection::vec(any::<u8>(), 8),
+            any::<u32>().prop_map(plausible_header),
+            (0u32..=16).prop_map(plausible_header),
+        ],
+    ) {
+        let _watchdog = ipc_tests::watchdog(
+            "any_frame_header_is_the_message_or_corrupted",
+            std::time::Duration::from_secs(60),
+        );
+        let (q, seg) = one_message_queue();
+        scribble(&seg, &[(RING_OFFSET, header.clone())]);
+        let original = ipc_shm::codec::FrameHeader::new(1).unwrap().to_bytes();
+        match q.try_get() {
+            Ok(v) => {
+                prop_assert_eq!(&header[..], &original[..]);
+                prop_assert_eq!(v, 7);
+            }
+            Err(ipc_queue::TryGetError::Corrupted(_)) => {
+                prop_assert_ne!(&header[..], &original[..]);
+            }
+            // A valid header whose length still ends inside the original frame's padding
+            // (2 to 8 bytes): the frame is well formed, its payload (the value and zeros) is
+            // not a `u32`. Payload bytes are not checksummed (crate docs); a typed error.
+            Err(ipc_queue::TryGetError::Decode(_)) => {
+                let h: [u8; 8] = header[..].try_into().unwrap();
+                let len = ipc_shm::codec::frame_len(h, 1024);
+                prop_assert!(matches!(len, Ok(2..=8)), "{len:?}");
+            }
+            Err(e) => prop_assert!(false, "unexpected {e:?}"),
+        }
+    }
+}
+
+/// A queue segment of the layout-1 build (separate waiter count and sequence words) is refused
+/// with a typed error at open, never misread: its type tag differs.
+#[test]
+fn layout_v1_segment_is_refused() {
+    let _watchdog = ipc_tests::watchdog(
+        "layout_v1_segment_is_refused",
+        std::time::Duration::from_secs(60),
+    );
+    let old = SegmentBuilder::new(4096)
+        .type_tag(ipc_shm::TypeTag::from_name("ipc-queue/Queue/v1"))
+        .create()
+        .unwrap();
+    let r = Queue::<u8>::from_fd(old.fd().try_clone_to_owned().unwrap());
+    assert!(
+        matches!(
+            r,
+            Err(ipc_queue::OpenError::Segment(
+                ipc_shm::SegmentOpenError::TagMismatch { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+}
