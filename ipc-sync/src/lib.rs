@@ -92,6 +92,7 @@
 pub mod backoff;
 pub mod barrier;
 pub mod condition;
+mod death_watch;
 pub mod event;
 pub mod eventcount;
 pub mod futex;

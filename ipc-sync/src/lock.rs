@@ -76,20 +76,33 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::death_watch::{Slept, Watch};
 use crate::futex::{Deadline, WaitOutcome};
 use crate::owner::{Env, Me, OwnerRecord, Sys};
 use crate::sync::{AtomicU32, AtomicU64, Ordering, spin_hint};
 use crate::waiter::{Futex, Waiter};
 
-/// How long a waiter sleeps before it checks whether the owner is still alive. This bounds how
-/// long a dead owner goes unnoticed (plus one procfs read per slice, only while waiting).
+/// How long a waiter sleeps before it checks whether the owner is still alive, when the death
+/// watch cannot watch that owner (see [`Lock`]'s "Owner death" docs): then this bounds how long
+/// a dead owner goes unnoticed (plus one procfs read per slice, only while waiting).
 pub const LIVENESS_SLICE: Duration = Duration::from_millis(20);
+
+/// A waiter's first sleep on an owner: short, so that a hand-off after a short critical section
+/// never pays for arming a death watch; a wait that outlasts it arms one.
+const FIRST_SLICE: Duration = Duration::from_micros(200);
+
+/// The slice of a watched sleep: the fallback for deaths the watch cannot see (a thread that
+/// exits alone, on kernels without thread pidfds) and for a watch opened on a reused id.
+const WATCHED_SLICE: Duration = Duration::from_millis(250);
 
 /// Consecutive liveness slices after which a lock word naming a live thread that never wrote
 /// its owner record is taken for garbage (see [`Lock`]'s "Owner death" docs).
 const UNRECORDED_SLICES: u32 = 50;
 
 pub(crate) const WAITERS: u32 = 1 << 31;
+/// A death watch saw the owner exit: waiters check it at once (a hint, as the kernel's
+/// `FUTEX_OWNER_DIED` bit of robust futexes, at the same position).
+pub(crate) const OWNER_DIED: u32 = 1 << 30;
 pub(crate) const TID_MASK: u32 = (1 << 30) - 1;
 
 const CONSISTENT: u32 = 0;
@@ -413,6 +426,10 @@ impl Lock {
     ) -> Result<Acquired, RawError> {
         let mut spun = false;
         let mut unrecorded = (0, 0);
+        // What this waiter knows of the owner it sleeps on.
+        let mut sleeping = Sleeping::new(0);
+        // The last word value whose OWNER_DIED hint was checked (checked once each).
+        let mut hint_checked = 0;
         loop {
             if self.state.load(Ordering::Acquire) == NOT_RECOVERABLE {
                 return Err(RawError::NotRecoverable);
@@ -443,6 +460,14 @@ impl Lock {
                 BACKOFF.spin(|| self.word.load(Ordering::Relaxed) & TID_MASK == 0);
                 continue;
             }
+            if w & OWNER_DIED != 0 && w != hint_checked {
+                // A death watch saw this owner exit: check now, not at the end of a slice.
+                hint_checked = w;
+                if !self.owner_alive(env, w) && self.take_over(me, w) {
+                    return self.acquired(me, true);
+                }
+                continue;
+            }
             if deadline.is_some_and(|d| d.has_passed()) {
                 if !self.owner_alive(env, w) && self.take_over(me, w) {
                     return self.acquired(me, true);
@@ -458,10 +483,53 @@ impl Lock {
                 continue;
             }
             *slept = true;
-            let slice = Deadline::min_with(deadline, LIVENESS_SLICE);
-            if Futex.wait(&self.word, w | WAITERS, Some(slice)) == WaitOutcome::TimedOut {
-                if !self.owner_alive_slice(env, w, &mut unrecorded)
-                    && self.take_over(me, w | WAITERS)
+            let expected = w | WAITERS;
+            if sleeping.owner != w & TID_MASK {
+                sleeping = Sleeping::new(w & TID_MASK);
+            }
+            if sleeping.slept && !sleeping.armed {
+                // A first short sleep did not end the wait: watch this owner from now on.
+                sleeping.armed = true;
+                sleeping.watch = env.watch(self.owner_record(expected));
+                // Checked after arming: if the owner is alive now, the pidfd opened before
+                // this check is the owner's (its id was not yet free to be reused).
+                if sleeping.watch.is_some()
+                    && !self.owner_alive(env, expected)
+                    && self.take_over(me, expected)
+                {
+                    return self.acquired(me, true);
+                }
+            }
+            let outcome = match &sleeping.watch {
+                Some(watch) => {
+                    let until = Deadline::min_with(deadline, WATCHED_SLICE);
+                    match watch.sleep(&self.word, expected, Some(until)) {
+                        Slept::Waited(outcome) => outcome,
+                        Slept::Fired => {
+                            // Used once: a watch whose owner still looks alive afterwards
+                            // (a reused id) is dropped, and slices take over.
+                            sleeping.watch = None;
+                            if !self.owner_alive(env, expected) && self.take_over(me, expected) {
+                                return self.acquired(me, true);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                None => {
+                    let slice = if sleeping.slept {
+                        LIVENESS_SLICE
+                    } else {
+                        FIRST_SLICE
+                    };
+                    let until = Deadline::min_with(deadline, slice);
+                    Futex.wait(&self.word, expected, Some(until))
+                }
+            };
+            sleeping.slept = true;
+            if outcome == WaitOutcome::TimedOut {
+                if !self.owner_alive_slice(env, expected, &mut unrecorded)
+                    && self.take_over(me, expected)
                 {
                     return self.acquired(me, true);
                 }
@@ -508,13 +576,19 @@ impl Lock {
 
     /// `(alive, recorded)`: whether the owner in word `w` runs, and whether its record names it.
     fn owner_check(&self, env: &impl Env, w: u32) -> (bool, bool) {
+        let record = self.owner_record(w);
+        (env.alive(record), record.detail.is_some())
+    }
+
+    /// The owner named by word `w`, with its record if the record is complete and names it.
+    fn owner_record(&self, w: u32) -> OwnerRecord {
         let tid = w & TID_MASK;
         let first = self.owner_tid.load(Ordering::Acquire);
         let pid = self.owner_pid.load(Ordering::Acquire);
         let start = self.owner_start.load(Ordering::Acquire);
         let second = self.owner_tid.load(Ordering::Acquire);
         let detail = (first == tid && second == tid).then_some((pid, start));
-        (env.alive(OwnerRecord { tid, detail }), detail.is_some())
+        OwnerRecord { tid, detail }
     }
 
     /// Like [`Lock::owner_alive`], for a waiter that checks once per liveness slice. A real
@@ -559,6 +633,47 @@ impl Lock {
     pub(crate) fn raw_mark_consistent(&self) {
         self.state.store(CONSISTENT, Ordering::Relaxed);
     }
+}
+
+/// What a waiter knows of the owner it sleeps on (internal to the slow path).
+#[derive(Debug)]
+struct Sleeping {
+    /// The owner's thread id, as in the word.
+    owner: u32,
+    /// It has slept on this owner at least once.
+    slept: bool,
+    /// It has tried to arm a watch on this owner.
+    armed: bool,
+    /// The armed watch, if the owner could be watched.
+    watch: Option<Watch>,
+}
+
+impl Sleeping {
+    fn new(owner: u32) -> Sleeping {
+        Sleeping {
+            owner,
+            slept: false,
+            armed: false,
+            watch: None,
+        }
+    }
+}
+
+/// Sets the `OWNER_DIED` hint on a lock word that still names `tid`, then wakes every sleeper
+/// on it, in every process: the death watch's report that thread `tid` has exited. The hint is
+/// only a request to check: waiters still ask procfs before taking the lock over, so a stale
+/// hint (the id reused by a new owner) costs each waiter one check. Changing the word, not just
+/// waking, keeps a waiter that is about to sleep from missing the report: its futex wait
+/// expects the word without the hint and returns at once.
+pub(crate) fn hint_owner_died(word: &AtomicU32, tid: u32) {
+    let mut w = word.load(Ordering::Relaxed);
+    while w & TID_MASK == tid && w & OWNER_DIED == 0 {
+        match word.compare_exchange_weak(w, w | OWNER_DIED, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(now) => w = now,
+        }
+    }
+    Futex.wake(word, u32::MAX);
 }
 
 impl<'a> LockGuard<'a> {
