@@ -316,8 +316,9 @@ mod model {
     use crate::owner::OwnerRecord;
     use crate::sync::AtomicU32;
 
-    /// How a sleep ended (no watch exists under loom).
+    /// How a sleep ended (no watch exists under loom, so it is never built).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[allow(dead_code)]
     pub(crate) enum Slept {
         /// The futex wait ran and ended this way.
         Waited(WaitOutcome),

@@ -89,7 +89,13 @@ pub const LIVENESS_SLICE: Duration = Duration::from_millis(20);
 
 /// A waiter's first sleep on an owner: short, so that a hand-off after a short critical section
 /// never pays for arming a death watch; a wait that outlasts it arms one.
+#[cfg(not(loom))]
 const FIRST_SLICE: Duration = Duration::from_micros(200);
+/// Under loom the model's time steps end timed sleeps, but a deadline that passes on the real
+/// clock during a model run ends one at once: a slice this short would make runs
+/// non-deterministic.
+#[cfg(loom)]
+const FIRST_SLICE: Duration = LIVENESS_SLICE;
 
 /// The slice of a watched sleep: the fallback for deaths the watch cannot see (a thread that
 /// exits alone, on kernels without thread pidfds) and for a watch opened on a reused id.
@@ -461,7 +467,12 @@ impl Lock {
                 continue;
             }
             if w & OWNER_DIED != 0 && w != hint_checked {
-                // A death watch saw this owner exit: check now, not at the end of a slice.
+                // A death watch saw this owner exit: check now, not at the end of a slice. The
+                // acquiring re-read pairs with the hint's release, so the check sees the death
+                // the watcher saw.
+                if self.word.load(Ordering::Acquire) != w {
+                    continue;
+                }
                 hint_checked = w;
                 if !self.owner_alive(env, w) && self.take_over(me, w) {
                     return self.acquired(me, true);
@@ -668,7 +679,7 @@ impl Sleeping {
 pub(crate) fn hint_owner_died(word: &AtomicU32, tid: u32) {
     let mut w = word.load(Ordering::Relaxed);
     while w & TID_MASK == tid && w & OWNER_DIED == 0 {
-        match word.compare_exchange_weak(w, w | OWNER_DIED, Ordering::Relaxed, Ordering::Relaxed) {
+        match word.compare_exchange_weak(w, w | OWNER_DIED, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => break,
             Err(now) => w = now,
         }
@@ -930,6 +941,41 @@ mod loom_tests {
             let mine = settle(&lock, lock.raw_lock(&env3, Wait::Until(None)));
             assert_eq!(mine + waiter.join().unwrap(), 1, "exactly one taker");
             assert!(lock.is_not_recoverable());
+        });
+    }
+
+    /// The death watch's report: the owner dies without time passing (no slice ends), so only
+    /// the `OWNER_DIED` hint and its wake can end the sleeps; loom reports a lost one as a
+    /// deadlock. Two waiters: exactly one takes the lock over.
+    #[test]
+    fn owner_died_hint_wakes_sleepers_without_a_slice() {
+        loom::model(|| {
+            crate::waiter::loom_timeouts_fire(false);
+            let lock = Arc::new(Lock::new());
+            let dead = Arc::new(AtomicU32::new(0));
+            let owner = TestEnv::new(1, &dead);
+            lock.raw_lock(&owner, Wait::Until(None)).unwrap();
+            let handles: Vec<_> = (2..=3)
+                .map(|tid| {
+                    let (lock, env) = (lock.clone(), TestEnv::new(tid, &dead));
+                    loom::thread::spawn(move || {
+                        let r = lock.raw_lock(&env, Wait::Until(None));
+                        let died = r == Ok(Acquired::OwnerDied);
+                        assert!(r.is_ok());
+                        if died {
+                            lock.raw_mark_consistent();
+                        }
+                        lock.raw_unlock();
+                        died
+                    })
+                })
+                .collect();
+            owner.die_unseen();
+            // What the death-watch thread does when the owner's pidfd fires.
+            hint_owner_died(&lock.word, owner.tid);
+            let died: u32 = handles.into_iter().map(|h| h.join().unwrap() as u32).sum();
+            assert_eq!(died, 1, "exactly one acquirer sees OwnerDied");
+            assert_eq!(lock.word.load(Ordering::Relaxed), 0);
         });
     }
 
