@@ -3,7 +3,9 @@
 //! # Algorithm
 //!
 //! The lock word (the futex) holds the owner's kernel thread id in its low 30 bits (0 =
-//! unlocked) and a `WAITERS` bit (bit 31) that says "somebody may sleep on this word".
+//! unlocked), a `WAITERS` bit (bit 31) that says "somebody may sleep on this word", and an
+//! `OWNER_DIED` hint (bit 30, as in the kernel's robust futexes) that a death watch sets when it
+//! sees the owner exit (see "Owner death").
 //!
 //! - **Lock, fast path**: one `compare_exchange(0, tid)`. No system call.
 //! - **Lock, slow path**: spin while the owner is running its critical section, for the shared
@@ -21,16 +23,34 @@
 //!
 //! # Owner death
 //!
-//! Waiters sleep in slices of [`LIVENESS_SLICE`] (a timed futex wait). When a slice ends
-//! without a wake-up, the waiter checks the owner in procfs: the owner is dead if its
-//! `/proc/<pid>/task/<tid>/stat` is gone, if it is a zombie (a SIGKILLed process stays one
-//! until reaped), or if the thread there started at another time than recorded (the tid was
-//! reused). A dead owner's lock is taken over by a `compare_exchange` from the exact word the
-//! waiter observed, so only one waiter takes it and a live new owner is never robbed. The taker
-//! gets [`LockError::OwnerDied`] carrying the guard, as pthread's robust mutexes give
-//! `EOWNERDEAD`. It repairs the protected data and calls [`LockGuard::mark_consistent`]; if it
-//! drops the guard without doing so, the lock becomes *not recoverable*: every later attempt
-//! fails with `NotRecoverable` (`ENOTRECOVERABLE`).
+//! A waiter learns of its owner's death from a **death watch** (`death_watch.rs`), with the
+//! procfs check below deciding. Its sleeps on an owner are short timed ones (`FIRST_SLICE`,
+//! 200 us) until one times out, so hand-offs after short critical sections cost nothing more.
+//! Once one times out, it arms a watch on the owner: a pidfd for the owner's thread
+//! (Linux 6.9's `PIDFD_THREAD`; before that, for its process), polled by one background thread
+//! per process. When the owner exits, that thread sets the word's `OWNER_DIED` hint bit and
+//! wakes every sleeper on the word (in every process); each checks the owner at once. Later
+//! sleeps are timed only as a fallback (`WATCHED_SLICE`, 250 ms) for what a watch cannot see.
+//! An owner the watch cannot watch (no record yet, its thread in the waiter's own process on a
+//! kernel without thread pidfds, the service unable to start) is checked after each slice of
+//! [`LIVENESS_SLICE`], as before the watch existed; so is everything under loom.
+//!
+//! The check reads procfs: the owner is dead if its `/proc/<pid>/task/<tid>/stat` is gone, if
+//! it is a zombie (a SIGKILLed process stays one until reaped), or if the thread there started
+//! at another time than recorded (the tid was reused). A dead owner's lock is taken over by a
+//! `compare_exchange` from the exact word the waiter observed, so only one waiter takes it and
+//! a live new owner is never robbed. A watch only wakes, never decides: a hint on a word whose
+//! owner is alive (its id reused) costs each waiter one check. The taker gets
+//! [`LockError::OwnerDied`] carrying the guard, as pthread's robust mutexes give `EOWNERDEAD`.
+//! It repairs the protected data and calls [`LockGuard::mark_consistent`]; if it drops the
+//! guard without doing so, the lock becomes *not recoverable*: every later attempt fails with
+//! `NotRecoverable` (`ENOTRECOVERABLE`).
+//!
+//! Why not the kernel's robust futex list (`set_robust_list`), which marks `FUTEX_OWNER_DIED`
+//! itself? glibc owns each thread's list head, and the list is linked through pointers stored
+//! in the locks, that is in shared memory another process may scribble; the kernel and glibc
+//! would follow them. A pidfd is this process's own descriptor: nothing read from shared
+//! memory is ever followed.
 //!
 //! A thread that exits while holding the lock counts as dead too (its process may live on).
 //! If the owner died in the few instructions between taking the word and writing its record,
@@ -51,12 +71,14 @@
 //! | `0` | `CONSISTENT` | unlocked (all-zero memory is this state) |
 //! | `tid` | `CONSISTENT` | held by thread `tid`, nobody sleeps |
 //! | `tid \| WAITERS` | `CONSISTENT` | held, somebody may sleep: unlock wakes one |
+//! | `tid \| OWNER_DIED [\| WAITERS]` | any | a death watch saw `tid` exit: each waiter checks it once |
 //! | `tid [\| WAITERS]` | `INCONSISTENT` | held by `tid`, which took it over from a dead owner and has not yet called `mark_consistent` |
 //! | any | `NOT_RECOVERABLE` | a taker dropped its guard without `mark_consistent`: every lock attempt fails |
 //!
 //! Transitions: `0 -> tid` (lock), `tid -> tid|WAITERS` (a waiter before sleeping),
 //! `0 -> tid|WAITERS` (acquire after sleeping), `x -> 0` (unlock), `dead|.. -> tid|WAITERS`
-//! (takeover, with `state -> INCONSISTENT`), `INCONSISTENT -> CONSISTENT` (mark_consistent),
+//! (takeover, with `state -> INCONSISTENT`), `tid.. -> tid..|OWNER_DIED` (a death watch, then
+//! wake all), `INCONSISTENT -> CONSISTENT` (mark_consistent),
 //! `INCONSISTENT -> NOT_RECOVERABLE` (guard dropped unrepaired; then unlock and wake everybody).
 //!
 //! ## Memory ordering
@@ -69,7 +91,10 @@
 //! is written by the lock holder only and read under the lock, except `NOT_RECOVERABLE`, which
 //! is stored `Release` before the unlocking swap and re-read by every waiter after each wake.
 //! Lost wake-ups are excluded by the futex: a waiter sleeps only if the word still holds the
-//! `WAITERS` value it saw, and an unlock changes the word before it wakes.
+//! `WAITERS` value it saw, and an unlock changes the word before it wakes. The same holds for a
+//! death watch's report: it sets `OWNER_DIED` (changing the word) before it wakes, with
+//! `Release`, and a waiter that sees the hint re-reads the word with `Acquire` before its check,
+//! so the check happens after the death the watcher saw.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -87,8 +112,8 @@ use crate::waiter::{Futex, Waiter};
 /// a dead owner goes unnoticed (plus one procfs read per slice, only while waiting).
 pub const LIVENESS_SLICE: Duration = Duration::from_millis(20);
 
-/// A waiter's first sleep on an owner: short, so that a hand-off after a short critical section
-/// never pays for arming a death watch; a wait that outlasts it arms one.
+/// A waiter's sleeps on an owner until one of them times out: short, so that hand-offs after
+/// short critical sections never pay for arming a death watch; a sleep that outlasts it arms one.
 #[cfg(not(loom))]
 const FIRST_SLICE: Duration = Duration::from_micros(200);
 /// Under loom the model's time steps end timed sleeps, but a deadline that passes on the real
@@ -498,19 +523,6 @@ impl Lock {
             if sleeping.owner != w & TID_MASK {
                 sleeping = Sleeping::new(w & TID_MASK);
             }
-            if sleeping.slept && !sleeping.armed {
-                // A first short sleep did not end the wait: watch this owner from now on.
-                sleeping.armed = true;
-                sleeping.watch = env.watch(self.owner_record(expected));
-                // Checked after arming: if the owner is alive now, the pidfd opened before
-                // this check is the owner's (its id was not yet free to be reused).
-                if sleeping.watch.is_some()
-                    && !self.owner_alive(env, expected)
-                    && self.take_over(me, expected)
-                {
-                    return self.acquired(me, true);
-                }
-            }
             let outcome = match &sleeping.watch {
                 Some(watch) => {
                     let until = Deadline::min_with(deadline, WATCHED_SLICE);
@@ -528,7 +540,7 @@ impl Lock {
                     }
                 }
                 None => {
-                    let slice = if sleeping.slept {
+                    let slice = if sleeping.armed {
                         LIVENESS_SLICE
                     } else {
                         FIRST_SLICE
@@ -537,8 +549,14 @@ impl Lock {
                     Futex.wait(&self.word, expected, Some(until))
                 }
             };
-            sleeping.slept = true;
             if outcome == WaitOutcome::TimedOut {
+                if !sleeping.armed {
+                    // The owner held on for a whole short sleep: watch it from now on. The
+                    // check below runs after the pidfd was opened: if the owner is alive then,
+                    // the pidfd is the owner's (its id was not free to be reused in between).
+                    sleeping.armed = true;
+                    sleeping.watch = env.watch(self.owner_record(expected));
+                }
                 if !self.owner_alive_slice(env, expected, &mut unrecorded)
                     && self.take_over(me, expected)
                 {
@@ -651,9 +669,7 @@ impl Lock {
 struct Sleeping {
     /// The owner's thread id, as in the word.
     owner: u32,
-    /// It has slept on this owner at least once.
-    slept: bool,
-    /// It has tried to arm a watch on this owner.
+    /// A sleep on this owner timed out and a watch was tried (until then, sleeps are short).
     armed: bool,
     /// The armed watch, if the owner could be watched.
     watch: Option<Watch>,
@@ -663,7 +679,6 @@ impl Sleeping {
     fn new(owner: u32) -> Sleeping {
         Sleeping {
             owner,
-            slept: false,
             armed: false,
             watch: None,
         }
