@@ -86,3 +86,44 @@ fn waiting_with_the_longest_timeout_does_not_overflow_the_clock() {
     assert!(os::wait_exit(&pidfd, Duration::MAX).expect("poll the pidfd"));
     assert_eq!(os::reap(pid).expect("waitpid"), ExitStatus::Code(5));
 }
+
+/// A thread pidfd in a one-shot epoll set reports its key once the thread exits (Linux 6.9;
+/// older kernels refuse the pidfd with EINVAL), and nothing while it runs.
+#[test]
+fn an_epoll_set_reports_a_thread_pidfd_once_the_thread_exits() {
+    let epoll = os::Epoll::new().expect("epoll");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // "<pid>/task/<tid>"
+        let link = std::fs::read_link("/proc/thread-self").unwrap();
+        let tid: u32 = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        tx.send(tid).unwrap();
+        go_rx.recv().unwrap();
+    });
+    let tid = rx.recv().unwrap();
+    let pidfd = match os::pidfd_thread(tid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            go_tx.send(()).unwrap();
+            thread.join().unwrap();
+            return;
+        }
+        Err(e) => panic!("pidfd_thread: {e}"),
+    };
+    epoll.add_oneshot(pidfd.as_fd(), 42).expect("add");
+    let mut keys = Vec::new();
+    epoll.wait(&mut keys, Some(Duration::ZERO)).expect("wait");
+    assert!(keys.is_empty(), "a running thread's pidfd fired");
+    go_tx.send(()).unwrap();
+    thread.join().unwrap();
+    epoll.wait(&mut keys, Some(WATCHDOG)).expect("wait");
+    assert_eq!(keys, [42]);
+    // One-shot: it does not report again.
+    epoll.wait(&mut keys, Some(Duration::ZERO)).expect("wait");
+    assert!(keys.is_empty());
+    epoll.remove(pidfd.as_fd()).expect("remove");
+    // A thread that is gone: ESRCH.
+    let gone = os::pidfd_thread(tid).expect_err("the thread has exited");
+    assert_eq!(gone.raw_os_error(), Some(os::ESRCH));
+}

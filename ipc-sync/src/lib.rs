@@ -18,10 +18,12 @@
 //! # Owner death
 //!
 //! [`Lock`], [`Mutex`] and [`RLock`] record their owner (thread id, process id, thread start
-//! time). Waiters sleep in slices of [`lock::LIVENESS_SLICE`] and check the owner in procfs
-//! after each: a dead owner (gone, zombie, or its id reused) is detected within a slice, and the
-//! next acquirer gets [`LockError::OwnerDied`] with the guard, as pthread's robust mutexes give
-//! `EOWNERDEAD`. It repairs the data and calls `mark_consistent`; otherwise the lock reports
+//! time). A waiter that sleeps longer than 200 us arms a *death watch* on the owner (a pidfd of
+//! its thread, or of its process on kernels before 6.9, polled by one background thread per
+//! process), which wakes the waiters the moment the owner exits; they then check the owner in
+//! procfs (gone, zombie, or its id reused). Owners a watch cannot see are checked after each
+//! [`lock::LIVENESS_SLICE`] (see the [`lock`] module). The next acquirer gets
+//! [`LockError::OwnerDied`] with the guard, as pthread's robust mutexes give `EOWNERDEAD`. It repairs the data and calls `mark_consistent`; otherwise the lock reports
 //! `NotRecoverable` from then on. Each module documents its algorithm with a state table, its
 //! memory ordering, and what a participant's death means.
 //!
@@ -82,7 +84,7 @@
 //!
 //! - `ipc-shm`: the [`ShmSafe`](ipc_shm::ShmSafe) contract the types implement, and the
 //!   workspace's OS layer [`ipc_shm::os`] for `pthread_atfork` (to invalidate the cached thread
-//!   id in a forked child).
+//!   id in a forked child), and pidfds and an epoll set for the death watch.
 //! - `rustix`: safe `futex` (the futex wrapper is this crate's own mechanism),
 //!   `clock_gettime(CLOCK_MONOTONIC)`, `gettid` and `getpid`.
 //! - `thiserror`: `Display` for the error enums.
@@ -92,6 +94,7 @@
 pub mod backoff;
 pub mod barrier;
 pub mod condition;
+mod death_watch;
 pub mod event;
 pub mod eventcount;
 pub mod futex;

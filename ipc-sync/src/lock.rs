@@ -3,7 +3,9 @@
 //! # Algorithm
 //!
 //! The lock word (the futex) holds the owner's kernel thread id in its low 30 bits (0 =
-//! unlocked) and a `WAITERS` bit (bit 31) that says "somebody may sleep on this word".
+//! unlocked), a `WAITERS` bit (bit 31) that says "somebody may sleep on this word", and an
+//! `OWNER_DIED` hint (bit 30, as in the kernel's robust futexes) that a death watch sets when it
+//! sees the owner exit (see "Owner death").
 //!
 //! - **Lock, fast path**: one `compare_exchange(0, tid)`. No system call.
 //! - **Lock, slow path**: spin while the owner is running its critical section, for the shared
@@ -21,16 +23,34 @@
 //!
 //! # Owner death
 //!
-//! Waiters sleep in slices of [`LIVENESS_SLICE`] (a timed futex wait). When a slice ends
-//! without a wake-up, the waiter checks the owner in procfs: the owner is dead if its
-//! `/proc/<pid>/task/<tid>/stat` is gone, if it is a zombie (a SIGKILLed process stays one
-//! until reaped), or if the thread there started at another time than recorded (the tid was
-//! reused). A dead owner's lock is taken over by a `compare_exchange` from the exact word the
-//! waiter observed, so only one waiter takes it and a live new owner is never robbed. The taker
-//! gets [`LockError::OwnerDied`] carrying the guard, as pthread's robust mutexes give
-//! `EOWNERDEAD`. It repairs the protected data and calls [`LockGuard::mark_consistent`]; if it
-//! drops the guard without doing so, the lock becomes *not recoverable*: every later attempt
-//! fails with `NotRecoverable` (`ENOTRECOVERABLE`).
+//! A waiter learns of its owner's death from a **death watch** (`death_watch.rs`), with the
+//! procfs check below deciding. Its sleeps on an owner are short timed ones (`FIRST_SLICE`,
+//! 200 us) until one times out, so hand-offs after short critical sections cost nothing more.
+//! Once one times out, it arms a watch on the owner: a pidfd for the owner's thread
+//! (Linux 6.9's `PIDFD_THREAD`; before that, for its process), polled by one background thread
+//! per process. When the owner exits, that thread sets the word's `OWNER_DIED` hint bit and
+//! wakes every sleeper on the word (in every process); each checks the owner at once. Later
+//! sleeps are timed only as a fallback (`WATCHED_SLICE`, 250 ms) for what a watch cannot see.
+//! An owner the watch cannot watch (no record yet, its thread in the waiter's own process on a
+//! kernel without thread pidfds, the service unable to start) is checked after each slice of
+//! [`LIVENESS_SLICE`], as before the watch existed; so is everything under loom.
+//!
+//! The check reads procfs: the owner is dead if its `/proc/<pid>/task/<tid>/stat` is gone, if
+//! it is a zombie (a SIGKILLed process stays one until reaped), or if the thread there started
+//! at another time than recorded (the tid was reused). A dead owner's lock is taken over by a
+//! `compare_exchange` from the exact word the waiter observed, so only one waiter takes it and
+//! a live new owner is never robbed. A watch only wakes, never decides: a hint on a word whose
+//! owner is alive (its id reused) costs each waiter one check. The taker gets
+//! [`LockError::OwnerDied`] carrying the guard, as pthread's robust mutexes give `EOWNERDEAD`.
+//! It repairs the protected data and calls [`LockGuard::mark_consistent`]; if it drops the
+//! guard without doing so, the lock becomes *not recoverable*: every later attempt fails with
+//! `NotRecoverable` (`ENOTRECOVERABLE`).
+//!
+//! Why not the kernel's robust futex list (`set_robust_list`), which marks `FUTEX_OWNER_DIED`
+//! itself? glibc owns each thread's list head, and the list is linked through pointers stored
+//! in the locks, that is in shared memory another process may scribble; the kernel and glibc
+//! would follow them. A pidfd is this process's own descriptor: nothing read from shared
+//! memory is ever followed.
 //!
 //! A thread that exits while holding the lock counts as dead too (its process may live on).
 //! If the owner died in the few instructions between taking the word and writing its record,
@@ -51,12 +71,14 @@
 //! | `0` | `CONSISTENT` | unlocked (all-zero memory is this state) |
 //! | `tid` | `CONSISTENT` | held by thread `tid`, nobody sleeps |
 //! | `tid \| WAITERS` | `CONSISTENT` | held, somebody may sleep: unlock wakes one |
+//! | `tid \| OWNER_DIED [\| WAITERS]` | any | a death watch saw `tid` exit: each waiter checks it once |
 //! | `tid [\| WAITERS]` | `INCONSISTENT` | held by `tid`, which took it over from a dead owner and has not yet called `mark_consistent` |
 //! | any | `NOT_RECOVERABLE` | a taker dropped its guard without `mark_consistent`: every lock attempt fails |
 //!
 //! Transitions: `0 -> tid` (lock), `tid -> tid|WAITERS` (a waiter before sleeping),
 //! `0 -> tid|WAITERS` (acquire after sleeping), `x -> 0` (unlock), `dead|.. -> tid|WAITERS`
-//! (takeover, with `state -> INCONSISTENT`), `INCONSISTENT -> CONSISTENT` (mark_consistent),
+//! (takeover, with `state -> INCONSISTENT`), `tid.. -> tid..|OWNER_DIED` (a death watch, then
+//! wake all), `INCONSISTENT -> CONSISTENT` (mark_consistent),
 //! `INCONSISTENT -> NOT_RECOVERABLE` (guard dropped unrepaired; then unlock and wake everybody).
 //!
 //! ## Memory ordering
@@ -69,27 +91,49 @@
 //! is written by the lock holder only and read under the lock, except `NOT_RECOVERABLE`, which
 //! is stored `Release` before the unlocking swap and re-read by every waiter after each wake.
 //! Lost wake-ups are excluded by the futex: a waiter sleeps only if the word still holds the
-//! `WAITERS` value it saw, and an unlock changes the word before it wakes.
+//! `WAITERS` value it saw, and an unlock changes the word before it wakes. The same holds for a
+//! death watch's report: it sets `OWNER_DIED` (changing the word) before it wakes, with
+//! `Release`, and a waiter that sees the hint re-reads the word with `Acquire` before its check,
+//! so the check happens after the death the watcher saw.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::death_watch::{Slept, Watch};
 use crate::futex::{Deadline, WaitOutcome};
 use crate::owner::{Env, Me, OwnerRecord, Sys};
 use crate::sync::{AtomicU32, AtomicU64, Ordering, spin_hint};
 use crate::waiter::{Futex, Waiter};
 
-/// How long a waiter sleeps before it checks whether the owner is still alive. This bounds how
-/// long a dead owner goes unnoticed (plus one procfs read per slice, only while waiting).
+/// How long a waiter sleeps before it checks whether the owner is still alive, when the death
+/// watch cannot watch that owner (see [`Lock`]'s "Owner death" docs): then this bounds how long
+/// a dead owner goes unnoticed (plus one procfs read per slice, only while waiting).
 pub const LIVENESS_SLICE: Duration = Duration::from_millis(20);
+
+/// A waiter's sleeps on an owner until one of them times out: short, so that hand-offs after
+/// short critical sections never pay for arming a death watch; a sleep that outlasts it arms one.
+#[cfg(not(loom))]
+const FIRST_SLICE: Duration = Duration::from_micros(200);
+/// Under loom the model's time steps end timed sleeps, but a deadline that passes on the real
+/// clock during a model run ends one at once: a slice this short would make runs
+/// non-deterministic.
+#[cfg(loom)]
+const FIRST_SLICE: Duration = LIVENESS_SLICE;
+
+/// The slice of a watched sleep: the fallback for deaths the watch cannot see (a thread that
+/// exits alone, on kernels without thread pidfds) and for a watch opened on a reused id.
+const WATCHED_SLICE: Duration = Duration::from_millis(250);
 
 /// Consecutive liveness slices after which a lock word naming a live thread that never wrote
 /// its owner record is taken for garbage (see [`Lock`]'s "Owner death" docs).
 const UNRECORDED_SLICES: u32 = 50;
 
 pub(crate) const WAITERS: u32 = 1 << 31;
+/// A death watch saw the owner exit: waiters check it at once (a hint, as the kernel's
+/// `FUTEX_OWNER_DIED` bit of robust futexes, at the same position).
+pub(crate) const OWNER_DIED: u32 = 1 << 30;
 pub(crate) const TID_MASK: u32 = (1 << 30) - 1;
 
 const CONSISTENT: u32 = 0;
@@ -413,6 +457,10 @@ impl Lock {
     ) -> Result<Acquired, RawError> {
         let mut spun = false;
         let mut unrecorded = (0, 0);
+        // What this waiter knows of the owner it sleeps on.
+        let mut sleeping = Sleeping::new(0);
+        // The last word value whose OWNER_DIED hint was checked (checked once each).
+        let mut hint_checked = 0;
         loop {
             if self.state.load(Ordering::Acquire) == NOT_RECOVERABLE {
                 return Err(RawError::NotRecoverable);
@@ -443,6 +491,19 @@ impl Lock {
                 BACKOFF.spin(|| self.word.load(Ordering::Relaxed) & TID_MASK == 0);
                 continue;
             }
+            if w & OWNER_DIED != 0 && w != hint_checked {
+                // A death watch saw this owner exit: check now, not at the end of a slice. The
+                // acquiring re-read pairs with the hint's release, so the check sees the death
+                // the watcher saw.
+                if self.word.load(Ordering::Acquire) != w {
+                    continue;
+                }
+                hint_checked = w;
+                if !self.owner_alive(env, w) && self.take_over(me, w) {
+                    return self.acquired(me, true);
+                }
+                continue;
+            }
             if deadline.is_some_and(|d| d.has_passed()) {
                 if !self.owner_alive(env, w) && self.take_over(me, w) {
                     return self.acquired(me, true);
@@ -458,10 +519,46 @@ impl Lock {
                 continue;
             }
             *slept = true;
-            let slice = Deadline::min_with(deadline, LIVENESS_SLICE);
-            if Futex.wait(&self.word, w | WAITERS, Some(slice)) == WaitOutcome::TimedOut {
-                if !self.owner_alive_slice(env, w, &mut unrecorded)
-                    && self.take_over(me, w | WAITERS)
+            let expected = w | WAITERS;
+            if sleeping.owner != w & TID_MASK {
+                sleeping = Sleeping::new(w & TID_MASK);
+            }
+            let outcome = match &sleeping.watch {
+                Some(watch) => {
+                    let until = Deadline::min_with(deadline, WATCHED_SLICE);
+                    match watch.sleep(&self.word, expected, Some(until)) {
+                        Slept::Waited(outcome) => outcome,
+                        Slept::Fired => {
+                            // Used once: a watch whose owner still looks alive afterwards
+                            // (a reused id) is dropped, and slices take over.
+                            sleeping.watch = None;
+                            if !self.owner_alive(env, expected) && self.take_over(me, expected) {
+                                return self.acquired(me, true);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                None => {
+                    let slice = if sleeping.armed {
+                        LIVENESS_SLICE
+                    } else {
+                        FIRST_SLICE
+                    };
+                    let until = Deadline::min_with(deadline, slice);
+                    Futex.wait(&self.word, expected, Some(until))
+                }
+            };
+            if outcome == WaitOutcome::TimedOut {
+                if !sleeping.armed {
+                    // The owner held on for a whole short sleep: watch it from now on. The
+                    // check below runs after the pidfd was opened: if the owner is alive then,
+                    // the pidfd is the owner's (its id was not free to be reused in between).
+                    sleeping.armed = true;
+                    sleeping.watch = env.watch(self.owner_record(expected));
+                }
+                if !self.owner_alive_slice(env, expected, &mut unrecorded)
+                    && self.take_over(me, expected)
                 {
                     return self.acquired(me, true);
                 }
@@ -508,13 +605,19 @@ impl Lock {
 
     /// `(alive, recorded)`: whether the owner in word `w` runs, and whether its record names it.
     fn owner_check(&self, env: &impl Env, w: u32) -> (bool, bool) {
+        let record = self.owner_record(w);
+        (env.alive(record), record.detail.is_some())
+    }
+
+    /// The owner named by word `w`, with its record if the record is complete and names it.
+    fn owner_record(&self, w: u32) -> OwnerRecord {
         let tid = w & TID_MASK;
         let first = self.owner_tid.load(Ordering::Acquire);
         let pid = self.owner_pid.load(Ordering::Acquire);
         let start = self.owner_start.load(Ordering::Acquire);
         let second = self.owner_tid.load(Ordering::Acquire);
         let detail = (first == tid && second == tid).then_some((pid, start));
-        (env.alive(OwnerRecord { tid, detail }), detail.is_some())
+        OwnerRecord { tid, detail }
     }
 
     /// Like [`Lock::owner_alive`], for a waiter that checks once per liveness slice. A real
@@ -559,6 +662,44 @@ impl Lock {
     pub(crate) fn raw_mark_consistent(&self) {
         self.state.store(CONSISTENT, Ordering::Relaxed);
     }
+}
+
+/// What a waiter knows of the owner it sleeps on (internal to the slow path).
+#[derive(Debug)]
+struct Sleeping {
+    /// The owner's thread id, as in the word.
+    owner: u32,
+    /// A sleep on this owner timed out and a watch was tried (until then, sleeps are short).
+    armed: bool,
+    /// The armed watch, if the owner could be watched.
+    watch: Option<Watch>,
+}
+
+impl Sleeping {
+    fn new(owner: u32) -> Sleeping {
+        Sleeping {
+            owner,
+            armed: false,
+            watch: None,
+        }
+    }
+}
+
+/// Sets the `OWNER_DIED` hint on a lock word that still names `tid`, then wakes every sleeper
+/// on it, in every process: the death watch's report that thread `tid` has exited. The hint is
+/// only a request to check: waiters still ask procfs before taking the lock over, so a stale
+/// hint (the id reused by a new owner) costs each waiter one check. Changing the word, not just
+/// waking, keeps a waiter that is about to sleep from missing the report: its futex wait
+/// expects the word without the hint and returns at once.
+pub(crate) fn hint_owner_died(word: &AtomicU32, tid: u32) {
+    let mut w = word.load(Ordering::Relaxed);
+    while w & TID_MASK == tid && w & OWNER_DIED == 0 {
+        match word.compare_exchange_weak(w, w | OWNER_DIED, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(now) => w = now,
+        }
+    }
+    Futex.wake(word, u32::MAX);
 }
 
 impl<'a> LockGuard<'a> {
@@ -815,6 +956,41 @@ mod loom_tests {
             let mine = settle(&lock, lock.raw_lock(&env3, Wait::Until(None)));
             assert_eq!(mine + waiter.join().unwrap(), 1, "exactly one taker");
             assert!(lock.is_not_recoverable());
+        });
+    }
+
+    /// The death watch's report: the owner dies without time passing (no slice ends), so only
+    /// the `OWNER_DIED` hint and its wake can end the sleeps; loom reports a lost one as a
+    /// deadlock. Two waiters: exactly one takes the lock over.
+    #[test]
+    fn owner_died_hint_wakes_sleepers_without_a_slice() {
+        loom::model(|| {
+            crate::waiter::loom_timeouts_fire(false);
+            let lock = Arc::new(Lock::new());
+            let dead = Arc::new(AtomicU32::new(0));
+            let owner = TestEnv::new(1, &dead);
+            lock.raw_lock(&owner, Wait::Until(None)).unwrap();
+            let handles: Vec<_> = (2..=3)
+                .map(|tid| {
+                    let (lock, env) = (lock.clone(), TestEnv::new(tid, &dead));
+                    loom::thread::spawn(move || {
+                        let r = lock.raw_lock(&env, Wait::Until(None));
+                        let died = r == Ok(Acquired::OwnerDied);
+                        assert!(r.is_ok());
+                        if died {
+                            lock.raw_mark_consistent();
+                        }
+                        lock.raw_unlock();
+                        died
+                    })
+                })
+                .collect();
+            owner.die_unseen();
+            // What the death-watch thread does when the owner's pidfd fires.
+            hint_owner_died(&lock.word, owner.tid);
+            let died: u32 = handles.into_iter().map(|h| h.join().unwrap() as u32).sum();
+            assert_eq!(died, 1, "exactly one acquirer sees OwnerDied");
+            assert_eq!(lock.word.load(Ordering::Relaxed), 0);
         });
     }
 

@@ -10,12 +10,14 @@
 //! but runs on a new thread id, so the cache is tagged with a fork generation that a
 //! `pthread_atfork` child handler bumps (see `os`).
 //!
-//! The algorithms reach identity and liveness through the [`Env`] trait, so the loom model
+//! The algorithms reach identity, liveness and the death watch (`crate::death_watch`, which
+//! wakes a sleeper when a watched owner exits) through the [`Env`] trait, so the loom model
 //! checks can give each modelled thread its own id and declare owners dead at will.
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
+use crate::death_watch::Watch;
 use crate::os;
 
 /// The identity of a (would-be) lock owner.
@@ -45,6 +47,12 @@ pub(crate) trait Env {
     /// Whether `owner` still runs. Must answer `true` when unsure: a wrong `false` hands a
     /// live owner's lock to someone else.
     fn alive(&self, owner: OwnerRecord) -> bool;
+    /// A [`Watch`] that wakes a sleeper when `owner` exits, if this environment can watch it
+    /// (none by default: the waiter then checks [`Env::alive`] once per timed slice).
+    fn watch(&self, owner: OwnerRecord) -> Option<Watch> {
+        let _ = owner;
+        None
+    }
 }
 
 /// The real environment: `gettid`, `getpid`, procfs.
@@ -59,6 +67,10 @@ impl Env for Sys {
 
     fn alive(&self, owner: OwnerRecord) -> bool {
         thread_alive(owner)
+    }
+
+    fn watch(&self, owner: OwnerRecord) -> Option<Watch> {
+        crate::death_watch::arm(owner, current().pid)
     }
 }
 
@@ -288,8 +300,14 @@ pub(crate) mod model {
 
         /// Declares this thread dead (it must not touch the primitive afterwards).
         pub(crate) fn die(&self) {
-            self.dead.fetch_or(1 << self.tid, Ordering::SeqCst);
+            self.die_unseen();
             crate::waiter::loom_time_passes();
+        }
+
+        /// Declares this thread dead without time passing: no timed slice ends because of it,
+        /// so only a death watch's wake-up can make a sleeper notice.
+        pub(crate) fn die_unseen(&self) {
+            self.dead.fetch_or(1 << self.tid, Ordering::SeqCst);
         }
     }
 

@@ -13,7 +13,8 @@ use crate::rlock::RLock;
 use crate::semaphore::{BoundedSemaphore, Semaphore};
 
 // SAFETY: (1) `#[repr(C)]`; (2) only atomics, no pointers; (3) every bit pattern is a valid
-// state: any word is "held by that tid" (a bogus tid is found dead and taken over), any
+// state: any word is "held by that tid" (a bogus tid is found dead and taken over; a set
+// OWNER_DIED bit only makes each waiter check that owner once), any
 // `state` value other than the named ones reads as "inconsistent" (the next acquirer gets
 // OwnerDied); all zeros is
 // unlocked; (4) all fields are atomics; (5) no Drop.

@@ -8,8 +8,8 @@
 //! |---|---|
 //! | [`shm`] | POSIX shared-memory names, memfd, seals, size |
 //! | [`fd`] | descriptors: ownership of inherited numbers, close-on-exec in a child, dup |
-//! | [`process`] | ids, fork, die-with-parent, pidfd, signals, reaping, `/proc` figures |
-//! | [`poll`](mod@poll) | waiting for readability |
+//! | [`process`] | ids, fork, die-with-parent, pidfd (process or thread), signals, reaping, `/proc` figures |
+//! | [`poll`](mod@poll) | waiting for readability: `poll`, and an [`Epoll`] set other threads add to |
 //! | [`socket`] | socketpairs, readiness bytes, `SCM_RIGHTS` |
 //! | [`signal`] | a `signalfd` for `SIGCHLD` (the fork server's reaper) |
 //!

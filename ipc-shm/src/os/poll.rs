@@ -1,9 +1,11 @@
-//! Waiting for descriptors to become readable.
+//! Waiting for descriptors to become readable: `poll` for a few descriptors, and an [`Epoll`]
+//! set that other threads add to while one thread waits on it.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use rustix::event::epoll;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 fn timespec(d: Duration) -> Timespec {
@@ -72,4 +74,63 @@ pub fn poll_one(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Ready {
 /// Whether the peer of this socket hung up (a non-blocking check).
 pub fn hung_up(fd: impl AsFd) -> bool {
     poll_one(fd.as_fd(), Some(Duration::ZERO)).hung_up
+}
+
+/// An epoll set of one-shot readability interests, each tagged with a caller's key.
+///
+/// Any thread may [`add_oneshot`](Epoll::add_oneshot) or [`remove`](Epoll::remove) a descriptor
+/// while another thread blocks in [`wait`](Epoll::wait): the kernel applies the change to the
+/// running wait at once, so no wake-up descriptor is needed. One-shot: a descriptor reports
+/// once, then stays silent until removed (a readable pidfd stays readable; a level-triggered
+/// interest would report it forever). Close-on-exec.
+#[derive(Debug)]
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    /// An empty set.
+    pub fn new() -> io::Result<Epoll> {
+        Ok(Epoll {
+            fd: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+        })
+    }
+
+    /// Reports `key` from [`wait`](Epoll::wait) once `fd` becomes readable (or hangs up), once.
+    /// The caller keeps `fd` open until it [`remove`](Epoll::remove)s it.
+    pub fn add_oneshot(&self, fd: BorrowedFd<'_>, key: u64) -> io::Result<()> {
+        Ok(epoll::add(
+            &self.fd,
+            fd,
+            epoll::EventData::new_u64(key),
+            epoll::EventFlags::IN | epoll::EventFlags::ONESHOT,
+        )?)
+    }
+
+    /// Forgets `fd` (call before closing it).
+    pub fn remove(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        Ok(epoll::delete(&self.fd, fd)?)
+    }
+
+    /// Waits up to `timeout` (`None`: forever) for interests to fire, and puts their keys in
+    /// `keys` (cleared first; empty after a timeout or a signal).
+    pub fn wait(&self, keys: &mut Vec<u64>, timeout: Option<Duration>) -> io::Result<()> {
+        keys.clear();
+        let mut events = Vec::with_capacity(32);
+        let ts = timeout.map(timespec);
+        match epoll::wait(
+            &self.fd,
+            rustix::buffer::spare_capacity(&mut events),
+            ts.as_ref(),
+        ) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        keys.extend(events.iter().map(|e| {
+            let data = e.data;
+            data.u64()
+        }));
+        Ok(())
+    }
 }

@@ -160,6 +160,23 @@ pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// `PIDFD_THREAD` (Linux 6.9): the pidfd names one thread, not a thread group (it is `O_EXCL`).
+const PIDFD_THREAD: u32 = 0o200;
+
+/// A pidfd for the thread `tid` (of any process): readable once that thread exits, even if its
+/// process lives on. Needs Linux 6.9 (`PIDFD_THREAD`): older kernels fail with `EINVAL`. A
+/// thread that is gone fails with [`ESRCH`] (see [`io::Error::raw_os_error`]).
+pub fn pidfd_thread(tid: u32) -> io::Result<OwnedFd> {
+    Ok(rustix::process::pidfd_open(
+        to_pid(tid)?,
+        rustix::process::PidfdFlags::from_bits_retain(PIDFD_THREAD),
+    )?)
+}
+
+/// The `errno` of "no such process" (what [`pidfd`] and [`pidfd_thread`] give for one that is
+/// gone).
+pub const ESRCH: i32 = rustix::io::Errno::SRCH.raw_os_error();
+
 /// Waits until the process behind `pidfd` exits or `timeout` passes; `true` if it exited.
 /// An interrupted poll is resumed with the time left.
 pub fn wait_exit(pidfd: impl AsFd, timeout: Duration) -> io::Result<bool> {
