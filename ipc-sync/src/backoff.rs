@@ -16,14 +16,31 @@
 //! | event | budget becomes | why |
 //! |---|---|---|
 //! | the condition came true within the first [`CLOCK_EVERY`] polls | unchanged | the budget is not what made it work |
-//! | the condition came true later in the spin | doubled | the peer answers in about this time: keep catching it |
-//! | the spin failed, and the sleep that followed was short (< [`SHORT_SLEEP`]) | doubled | the peer was busy, not idle: a slightly longer spin would have caught it |
+//! | the condition came true later in the spin | doubled (not in quarantine) | the peer answers in about this time: keep catching it |
+//! | the spin failed, and the sleep that followed was short (< [`SHORT_SLEEP`]) | doubled (not in quarantine) | the peer was busy, not idle: a slightly longer spin would have caught it |
 //! | the spin failed, and the sleep was long | halved | the peer is idle: stop burning the core |
+//! | two clock reads of one spin were [`PREEMPTED`] (5 us) or more apart | the minimum, and a quarantine starts | this thread lost the CPU: the machine is oversubscribed |
+//!
+//! **Quarantine.** A spin that sees a gap of [`PREEMPTED`] between two clock reads (they are
+//! ~0.2 us apart when the thread runs) was descheduled: another task, often the very peer it
+//! waits for on the same core, needed this CPU. It gives up at once, the budget drops to the
+//! minimum, and for [`QUARANTINE`] (5 ms, doubled for each preemption seen within one
+//! quarantine of the last, up to 64 times, 320 ms) no spin goes past the untimed
+//! [`CLOCK_EVERY`] polls and nothing grows the budget. Without it a same-core pair spins in
+//! turn: the peer can answer only after we stop spinning, our sleep is therefore "short", and
+//! the budget grew to and stayed at the maximum, so every exchange burned it (a hot 64 KiB
+//! round trip at load ~2 went from 9 us to 18-102 us; 171 us with 4 busy-loop processes).
 //!
 //! It never falls below `MIN` (1 us, or `max` if that is lower): halving after every sleep
 //! alone would be a trap, since below the peer's usual turnaround no spin would ever succeed
 //! again and the budget could never grow back. A maximum of zero never spins.
 //!
+//! **Why no yield phase.** crossbeam's `Backoff` yields (`sched_yield`) between spins before
+//! blocking; tried here (pure `PAUSE` for 2 us, then `yield_now` between polls up to the
+//! budget), it was the best quiet-machine figure but a disaster with 4 busy-loop processes on 2
+//! vCPUs: hot round trips of 1-6 **ms**, because on this kernel's EEVDF scheduler a yield pushes
+//! the yielder's deadline back a whole slice, behind every busy task on that CPU.
+
 //! # Measurements that chose it
 //!
 //! On the 2-vCPU reference VM:
@@ -45,7 +62,8 @@
 //! Under `--cfg loom` a backoff never spins (the models stay small; the sleeping path is the one
 //! worth checking).
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::sync::spin_hint;
@@ -59,10 +77,23 @@ pub const SHORT_SLEEP: Duration = Duration::from_micros(100);
 /// The approximate cost of one poll (a load and a `PAUSE`: 9 ns measured on the reference VM),
 /// used only to convert the old poll-counting knobs ([`Backoff::from_polls`]).
 pub const NANOS_PER_POLL: u32 = 10;
+/// A gap this long between two clock reads of one spin (which are ~0.2 us apart) means this
+/// thread lost the CPU: it was preempted, so the machine is oversubscribed.
+pub const PREEMPTED: Duration = Duration::from_micros(5);
+/// After a preemption is seen, the budget stays at its minimum for this long (doubled for
+/// each further preemption seen right after one, up to 64 times).
+pub const QUARANTINE: Duration = Duration::from_millis(5);
 
 const MIN_NS: u32 = 1_000;
 const INITIAL_NS: u32 = 4_000;
-const DEFAULT_MAX_NS: u32 = 50_000;
+const MAX_QUARANTINE_SHIFT: u32 = 6;
+
+/// Nanoseconds since the first call in this process (a clock the atomics can hold).
+fn now_ns(now: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// An adaptive spin budget (see the module docs for the policy).
 ///
@@ -85,14 +116,21 @@ pub struct Backoff {
     budget_ns: AtomicU32,
     /// The largest budget in nanoseconds; 0 never spins.
     max_ns: u32,
+    /// No growth before this time (`now_ns`): a preemption was seen recently.
+    quiet_until_ns: AtomicU64,
+    /// The last quarantine was `QUARANTINE << shift` (preemptions seen in a row).
+    quarantine_shift: AtomicU32,
 }
 
 impl Clone for Backoff {
-    /// A backoff with the same maximum, starting from this one's current budget.
+    /// A backoff with the same maximum, starting from this one's current budget (and
+    /// quarantine).
     fn clone(&self) -> Backoff {
         Backoff {
             budget_ns: AtomicU32::new(self.budget_ns.load(Relaxed)),
             max_ns: self.max_ns,
+            quiet_until_ns: AtomicU64::new(self.quiet_until_ns.load(Relaxed)),
+            quarantine_shift: AtomicU32::new(self.quarantine_shift.load(Relaxed)),
         }
     }
 }
@@ -106,10 +144,7 @@ impl Default for Backoff {
 impl Backoff {
     /// The default policy: start at 4 us, adapt within 1-50 us.
     pub const fn new() -> Backoff {
-        Backoff {
-            budget_ns: AtomicU32::new(INITIAL_NS),
-            max_ns: DEFAULT_MAX_NS,
-        }
+        Backoff::with_max(DEFAULT_MAX)
     }
 
     /// A backoff that spins at most `max` (saturating at ~4 s); `Duration::ZERO` never spins.
@@ -128,6 +163,8 @@ impl Backoff {
         Backoff {
             budget_ns: AtomicU32::new(initial),
             max_ns,
+            quiet_until_ns: AtomicU64::new(0),
+            quarantine_shift: AtomicU32::new(0),
         }
     }
 
@@ -162,7 +199,17 @@ impl Backoff {
             .clamp(self.min_ns(), self.max_ns)
     }
 
-    fn grow(&self) {
+    /// Whether a preemption was seen within the quarantine before `now`.
+    fn quarantined(&self, now: Instant) -> bool {
+        let until = self.quiet_until_ns.load(Relaxed);
+        until != 0 && now_ns(now) < until
+    }
+
+    /// Doubles the budget, unless a preemption was seen within the quarantine.
+    fn grow(&self, now: Instant) {
+        if self.quarantined(now) {
+            return;
+        }
         let next = self
             .load()
             .saturating_mul(2)
@@ -175,9 +222,31 @@ impl Backoff {
         self.budget_ns.store(next, Relaxed);
     }
 
+    /// A spin lost the CPU at `now`: the machine is oversubscribed. Cuts the budget to its
+    /// minimum and holds it there for the quarantine, which doubles if the last one has just
+    /// ended (preemptions keep coming) and restarts from [`QUARANTINE`] otherwise.
+    #[cold]
+    fn preempted(&self, now: Instant) {
+        let now = now_ns(now);
+        let until = self.quiet_until_ns.load(Relaxed);
+        let base = QUARANTINE.as_nanos() as u64;
+        let shift = self.quarantine_shift.load(Relaxed);
+        let shift = if until != 0 && now < until.saturating_add(base << shift) {
+            (shift + 1).min(MAX_QUARANTINE_SHIFT)
+        } else {
+            0
+        };
+        self.quarantine_shift.store(shift, Relaxed);
+        self.quiet_until_ns
+            .store(now.saturating_add(base << shift), Relaxed);
+        self.budget_ns.store(self.min_ns(), Relaxed);
+    }
+
     /// Polls `ready` (with a spin hint between polls) until it returns `true` or the budget is
-    /// spent; returns whether it did. Grows the budget if it succeeded late in the spin. Does
-    /// not call `ready` at all when the budget is zero (and never under loom).
+    /// spent; returns whether it did. Gives up at once, and stops spinning past the first
+    /// [`CLOCK_EVERY`] polls for the quarantine, if the thread lost the CPU for [`PREEMPTED`]
+    /// during the spin. Grows the budget if it succeeded late in the spin. Does not call `ready` at all when the budget is zero (and
+    /// never under loom).
     #[inline]
     pub fn spin(&self, mut ready: impl FnMut() -> bool) -> bool {
         if cfg!(loom) {
@@ -201,16 +270,29 @@ impl Backoff {
     #[cold]
     fn spin_slow(&self, budget: u32, mut ready: impl FnMut() -> bool) -> bool {
         let start = Instant::now();
+        if self.quarantined(start) {
+            // A preemption was seen lately: the machine is oversubscribed, and any spin
+            // longer than the untimed polls takes the CPU from a task that could use it.
+            return false;
+        }
         let budget = Duration::from_nanos(u64::from(budget));
+        let mut last = start;
         loop {
             for _ in 0..CLOCK_EVERY {
                 if ready() {
-                    self.grow();
+                    self.grow(last);
                     return true;
                 }
                 spin_hint();
             }
-            if start.elapsed() >= budget {
+            let now = Instant::now();
+            if now.saturating_duration_since(last) >= PREEMPTED {
+                self.preempted(now);
+                return false;
+            }
+            last = now;
+            let spent = now.saturating_duration_since(start);
+            if spent >= budget {
                 return false;
             }
         }
@@ -227,7 +309,7 @@ impl Backoff {
     #[cold]
     pub fn record_sleep(&self, waited: Duration) {
         if waited < SHORT_SLEEP {
-            self.grow();
+            self.grow(Instant::now());
         } else {
             self.shrink();
         }
@@ -325,6 +407,69 @@ mod tests {
             Backoff::with_max(Duration::from_secs(100)).max(),
             Duration::from_nanos(u64::from(u32::MAX))
         );
+    }
+
+    #[test]
+    fn a_preemption_cuts_the_budget_and_quarantines_growth() {
+        let b = Backoff::new();
+        for _ in 0..4 {
+            b.record_sleep(Duration::ZERO);
+        }
+        assert_eq!(b.budget(), DEFAULT_MAX);
+        let t = Instant::now();
+        b.preempted(t);
+        assert_eq!(b.budget(), Duration::from_nanos(u64::from(MIN_NS)));
+        // No growth within the quarantine, whatever the sleeps or spins say...
+        b.grow(t + QUARANTINE / 2);
+        b.preempted(Instant::now());
+        b.record_sleep(Duration::ZERO);
+        assert_eq!(b.budget(), Duration::from_nanos(u64::from(MIN_NS)));
+        assert!(b.quarantined(t + QUARANTINE / 2));
+        // ...and no timed spin either: only the untimed polls run.
+        let mut polls = 0u32;
+        b.preempted(Instant::now());
+        assert!(!b.spin(|| {
+            polls += 1;
+            false
+        }));
+        assert_eq!(polls, CLOCK_EVERY);
+        // After it, the budget grows again.
+        let after = Instant::now() + QUARANTINE * (1 << MAX_QUARANTINE_SHIFT) * 2;
+        assert!(!b.quarantined(after));
+        b.grow(after);
+        assert_eq!(b.budget(), Duration::from_micros(2));
+    }
+
+    #[test]
+    fn preemptions_in_a_row_lengthen_the_quarantine() {
+        let b = Backoff::new();
+        let t = Instant::now();
+        b.preempted(t);
+        // Again just after the first quarantine ended: the next one is twice as long.
+        let t2 = t + QUARANTINE + QUARANTINE / 2;
+        b.preempted(t2);
+        assert!(b.quarantined(t2 + QUARANTINE + QUARANTINE / 2));
+        assert!(!b.quarantined(t2 + 2 * QUARANTINE + QUARANTINE / 2));
+        // It is capped...
+        let mut now = t2;
+        for _ in 0..20 {
+            now += QUARANTINE;
+            b.preempted(now);
+        }
+        let cap = QUARANTINE * (1 << MAX_QUARANTINE_SHIFT);
+        assert!(b.quarantined(now + cap - QUARANTINE / 2));
+        assert!(!b.quarantined(now + cap + QUARANTINE / 2));
+        // ...and starts over once preemptions stop for a while.
+        let later = now + cap * 4;
+        b.preempted(later);
+        assert!(!b.quarantined(later + QUARANTINE + QUARANTINE / 2));
+    }
+
+    #[test]
+    fn a_zero_max_backoff_is_never_quarantined_into_spinning() {
+        let b = Backoff::never();
+        b.preempted(Instant::now());
+        assert_eq!(b.budget(), Duration::ZERO);
     }
 
     #[test]
