@@ -59,6 +59,24 @@
 //! message) was 51 us hot against 11 us asleep, because the spin gave up just before the peer
 //! answered and never grew. Growing after a short sleep fixes that.
 //!
+//! The preemption threshold and the quarantine were chosen A/B on the same machine in one
+//! interleaved run (benches' `compare --workloads pipe_rtt_hot,pipe_rtt_asleep,queue_spsc
+//! --sizes 64,64k --reps 5`, 3 repetitions each; load 3-5 from other builds, then with 4
+//! busy-loop processes added; medians of the repetitions, range in brackets). "Grow only"
+//! is the policy without preemption detection:
+//!
+//! | round trip | grow only | this policy | asleep (no spin) |
+//! |---|---|---|---|
+//! | hot 64 B, load 3 | 0.86 us (0.62-94) | 3.8 us (3.1-4.1) | 2.2 us |
+//! | hot 64 KiB, load 3 | 102 us (36-102) | 13.3 us (13.0-15.2) | 7.9-8.4 us |
+//! | hot 64 B, + 4 busy loops | 213 us (97-265) | 12.7 us (2.8-47) | 2.3-6.6 us |
+//! | hot 64 KiB, + 4 busy loops | 221 us (50-336) | 40.6 us (39-73) | 8.6-40 us |
+//!
+//! A 30 us threshold kept the quiet 64 B figure (0.7-1.1 us) but left 64 KiB at 36-38 us; 5 us
+//! and 10 us measured alike (64 KiB 11.7-12.4 against 12.5-23.4 us), so the lower one stays.
+//! Hot is still somewhat slower than asleep on a loaded 2-vCPU machine (the first spin after
+//! each quarantine pays for finding out again), but no longer by 10-50x.
+//!
 //! Under `--cfg loom` a backoff never spins (the models stay small; the sleeping path is the one
 //! worth checking).
 
