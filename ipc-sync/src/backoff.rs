@@ -24,8 +24,8 @@
 //! **Quarantine.** A spin that sees a gap of [`PREEMPTED`] between two clock reads (they are
 //! ~0.2 us apart when the thread runs) was descheduled: another task, often the very peer it
 //! waits for on the same core, needed this CPU. It gives up at once, the budget drops to the
-//! minimum, and for [`QUARANTINE`] (5 ms, doubled for each preemption seen within one
-//! quarantine of the last, up to 64 times, 320 ms) no spin goes past the untimed
+//! minimum, and for [`QUARANTINE`] (1 ms, doubled for each preemption seen within one
+//! quarantine of the last, up to 8 times, 8 ms) no spin goes past the untimed
 //! [`CLOCK_EVERY`] polls and nothing grows the budget. Without it a same-core pair spins in
 //! turn: the peer can answer only after we stop spinning, our sleep is therefore "short", and
 //! the budget grew to and stayed at the maximum, so every exchange burned it (a hot 64 KiB
@@ -72,8 +72,13 @@
 //! | hot 64 B, + 4 busy loops | 213 us (97-265) | 12.7 us (2.8-47) | 2.3-6.6 us |
 //! | hot 64 KiB, + 4 busy loops | 221 us (50-336) | 40.6 us (39-73) | 8.6-40 us |
 //!
-//! A 30 us threshold kept the quiet 64 B figure (0.7-1.1 us) but left 64 KiB at 36-38 us; 5 us
-//! and 10 us measured alike (64 KiB 11.7-12.4 against 12.5-23.4 us), so the lower one stays.
+//! (That run used a 5-320 ms quarantine.) A 30 us threshold kept the quiet 64 B figure
+//! (0.7-1.1 us) but left 64 KiB at 36-38 us; 5 us and 10 us measured alike (64 KiB 11.7-12.4
+//! against 12.5-23.4 us), so the lower one stays. A quarantine of up to 320 ms was too sticky
+//! once the load went away (criterion `round_trip_64B/pipe_hot` at load ~2: 2.7 us against
+//! 0.63 us without detection); 1-8 ms gives 0.59 us there and measured alike under the busy
+//! loops (hot 64 B 0.68-21 us, 64 KiB 23-66 us, against 10-12 and 32-42 us), and re-probing
+//! costs at most one preempted spin (<= 50 us) per 8 ms, under 1%.
 //! Hot is still somewhat slower than asleep on a loaded 2-vCPU machine (the first spin after
 //! each quarantine pays for finding out again), but no longer by 10-50x.
 //!
@@ -99,12 +104,12 @@ pub const NANOS_PER_POLL: u32 = 10;
 /// thread lost the CPU: it was preempted, so the machine is oversubscribed.
 pub const PREEMPTED: Duration = Duration::from_micros(5);
 /// After a preemption is seen, the budget stays at its minimum for this long (doubled for
-/// each further preemption seen right after one, up to 64 times).
-pub const QUARANTINE: Duration = Duration::from_millis(5);
+/// each further preemption seen right after one, up to 8 times: 8 ms).
+pub const QUARANTINE: Duration = Duration::from_millis(1);
 
 const MIN_NS: u32 = 1_000;
 const INITIAL_NS: u32 = 4_000;
-const MAX_QUARANTINE_SHIFT: u32 = 6;
+const MAX_QUARANTINE_SHIFT: u32 = 3;
 
 /// Nanoseconds since the first call in this process (a clock the atomics can hold).
 fn now_ns(now: Instant) -> u64 {
