@@ -16,14 +16,31 @@
 //! | event | budget becomes | why |
 //! |---|---|---|
 //! | the condition came true within the first [`CLOCK_EVERY`] polls | unchanged | the budget is not what made it work |
-//! | the condition came true later in the spin | doubled | the peer answers in about this time: keep catching it |
-//! | the spin failed, and the sleep that followed was short (< [`SHORT_SLEEP`]) | doubled | the peer was busy, not idle: a slightly longer spin would have caught it |
+//! | the condition came true later in the spin | doubled (not in quarantine) | the peer answers in about this time: keep catching it |
+//! | the spin failed, and the sleep that followed was short (< [`SHORT_SLEEP`]) | doubled (not in quarantine) | the peer was busy, not idle: a slightly longer spin would have caught it |
 //! | the spin failed, and the sleep was long | halved | the peer is idle: stop burning the core |
+//! | two clock reads of one spin were [`PREEMPTED`] (5 us) or more apart | the minimum, and a quarantine starts | this thread lost the CPU: the machine is oversubscribed |
+//!
+//! **Quarantine.** A spin that sees a gap of [`PREEMPTED`] between two clock reads (they are
+//! ~0.2 us apart when the thread runs) was descheduled: another task, often the very peer it
+//! waits for on the same core, needed this CPU. It gives up at once, the budget drops to the
+//! minimum, and for [`QUARANTINE`] (1 ms, doubled for each preemption seen within one
+//! quarantine of the last, up to 8 times, 8 ms) no spin goes past the untimed
+//! [`CLOCK_EVERY`] polls and nothing grows the budget. Without it a same-core pair spins in
+//! turn: the peer can answer only after we stop spinning, our sleep is therefore "short", and
+//! the budget grew to and stayed at the maximum, so every exchange burned it (a hot 64 KiB
+//! round trip at load ~2 went from 9 us to 18-102 us; 171 us with 4 busy-loop processes).
 //!
 //! It never falls below `MIN` (1 us, or `max` if that is lower): halving after every sleep
 //! alone would be a trap, since below the peer's usual turnaround no spin would ever succeed
 //! again and the budget could never grow back. A maximum of zero never spins.
 //!
+//! **Why no yield phase.** crossbeam's `Backoff` yields (`sched_yield`) between spins before
+//! blocking; tried here (pure `PAUSE` for 2 us, then `yield_now` between polls up to the
+//! budget), it was the best quiet-machine figure but a disaster with 4 busy-loop processes on 2
+//! vCPUs: hot round trips of 1-6 **ms**, because on this kernel's EEVDF scheduler a yield pushes
+//! the yielder's deadline back a whole slice, behind every busy task on that CPU.
+
 //! # Measurements that chose it
 //!
 //! On the 2-vCPU reference VM:
@@ -42,10 +59,34 @@
 //! message) was 51 us hot against 11 us asleep, because the spin gave up just before the peer
 //! answered and never grew. Growing after a short sleep fixes that.
 //!
+//! The preemption threshold and the quarantine were chosen A/B on the same machine in one
+//! interleaved run (benches' `compare --workloads pipe_rtt_hot,pipe_rtt_asleep,queue_spsc
+//! --sizes 64,64k --reps 5`, 3 repetitions each; load 3-5 from other builds, then with 4
+//! busy-loop processes added; medians of the repetitions, range in brackets). "Grow only"
+//! is the policy without preemption detection:
+//!
+//! | round trip | grow only | this policy | asleep (no spin) |
+//! |---|---|---|---|
+//! | hot 64 B, load 3 | 0.86 us (0.62-94) | 3.8 us (3.1-4.1) | 2.2 us |
+//! | hot 64 KiB, load 3 | 102 us (36-102) | 13.3 us (13.0-15.2) | 7.9-8.4 us |
+//! | hot 64 B, + 4 busy loops | 213 us (97-265) | 12.7 us (2.8-47) | 2.3-6.6 us |
+//! | hot 64 KiB, + 4 busy loops | 221 us (50-336) | 40.6 us (39-73) | 8.6-40 us |
+//!
+//! (That run used a 5-320 ms quarantine.) A 30 us threshold kept the quiet 64 B figure
+//! (0.7-1.1 us) but left 64 KiB at 36-38 us; 5 us and 10 us measured alike (64 KiB 11.7-12.4
+//! against 12.5-23.4 us), so the lower one stays. A quarantine of up to 320 ms was too sticky
+//! once the load went away (criterion `round_trip_64B/pipe_hot` at load ~2: 2.7 us against
+//! 0.63 us without detection); 1-8 ms gives 0.59 us there and measured alike under the busy
+//! loops (hot 64 B 0.68-21 us, 64 KiB 23-66 us, against 10-12 and 32-42 us), and re-probing
+//! costs at most one preempted spin (<= 50 us) per 8 ms, under 1%.
+//! Hot is still somewhat slower than asleep on a loaded 2-vCPU machine (the first spin after
+//! each quarantine pays for finding out again), but no longer by 10-50x.
+//!
 //! Under `--cfg loom` a backoff never spins (the models stay small; the sleeping path is the one
 //! worth checking).
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::sync::spin_hint;
@@ -59,10 +100,23 @@ pub const SHORT_SLEEP: Duration = Duration::from_micros(100);
 /// The approximate cost of one poll (a load and a `PAUSE`: 9 ns measured on the reference VM),
 /// used only to convert the old poll-counting knobs ([`Backoff::from_polls`]).
 pub const NANOS_PER_POLL: u32 = 10;
+/// A gap this long between two clock reads of one spin (which are ~0.2 us apart) means this
+/// thread lost the CPU: it was preempted, so the machine is oversubscribed.
+pub const PREEMPTED: Duration = Duration::from_micros(5);
+/// After a preemption is seen, the budget stays at its minimum for this long (doubled for
+/// each further preemption seen right after one, up to 8 times: 8 ms).
+pub const QUARANTINE: Duration = Duration::from_millis(1);
 
 const MIN_NS: u32 = 1_000;
 const INITIAL_NS: u32 = 4_000;
-const DEFAULT_MAX_NS: u32 = 50_000;
+const MAX_QUARANTINE_SHIFT: u32 = 3;
+
+/// Nanoseconds since the first call in this process (a clock the atomics can hold).
+fn now_ns(now: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// An adaptive spin budget (see the module docs for the policy).
 ///
@@ -85,14 +139,21 @@ pub struct Backoff {
     budget_ns: AtomicU32,
     /// The largest budget in nanoseconds; 0 never spins.
     max_ns: u32,
+    /// No growth before this time (`now_ns`): a preemption was seen recently.
+    quiet_until_ns: AtomicU64,
+    /// The last quarantine was `QUARANTINE << shift` (preemptions seen in a row).
+    quarantine_shift: AtomicU32,
 }
 
 impl Clone for Backoff {
-    /// A backoff with the same maximum, starting from this one's current budget.
+    /// A backoff with the same maximum, starting from this one's current budget (and
+    /// quarantine).
     fn clone(&self) -> Backoff {
         Backoff {
             budget_ns: AtomicU32::new(self.budget_ns.load(Relaxed)),
             max_ns: self.max_ns,
+            quiet_until_ns: AtomicU64::new(self.quiet_until_ns.load(Relaxed)),
+            quarantine_shift: AtomicU32::new(self.quarantine_shift.load(Relaxed)),
         }
     }
 }
@@ -106,10 +167,7 @@ impl Default for Backoff {
 impl Backoff {
     /// The default policy: start at 4 us, adapt within 1-50 us.
     pub const fn new() -> Backoff {
-        Backoff {
-            budget_ns: AtomicU32::new(INITIAL_NS),
-            max_ns: DEFAULT_MAX_NS,
-        }
+        Backoff::with_max(DEFAULT_MAX)
     }
 
     /// A backoff that spins at most `max` (saturating at ~4 s); `Duration::ZERO` never spins.
@@ -128,6 +186,8 @@ impl Backoff {
         Backoff {
             budget_ns: AtomicU32::new(initial),
             max_ns,
+            quiet_until_ns: AtomicU64::new(0),
+            quarantine_shift: AtomicU32::new(0),
         }
     }
 
@@ -162,7 +222,17 @@ impl Backoff {
             .clamp(self.min_ns(), self.max_ns)
     }
 
-    fn grow(&self) {
+    /// Whether a preemption was seen within the quarantine before `now`.
+    fn quarantined(&self, now: Instant) -> bool {
+        let until = self.quiet_until_ns.load(Relaxed);
+        until != 0 && now_ns(now) < until
+    }
+
+    /// Doubles the budget, unless a preemption was seen within the quarantine.
+    fn grow(&self, now: Instant) {
+        if self.quarantined(now) {
+            return;
+        }
         let next = self
             .load()
             .saturating_mul(2)
@@ -175,9 +245,31 @@ impl Backoff {
         self.budget_ns.store(next, Relaxed);
     }
 
+    /// A spin lost the CPU at `now`: the machine is oversubscribed. Cuts the budget to its
+    /// minimum and holds it there for the quarantine, which doubles if the last one has just
+    /// ended (preemptions keep coming) and restarts from [`QUARANTINE`] otherwise.
+    #[cold]
+    fn preempted(&self, now: Instant) {
+        let now = now_ns(now);
+        let until = self.quiet_until_ns.load(Relaxed);
+        let base = QUARANTINE.as_nanos() as u64;
+        let shift = self.quarantine_shift.load(Relaxed);
+        let shift = if until != 0 && now < until.saturating_add(base << shift) {
+            (shift + 1).min(MAX_QUARANTINE_SHIFT)
+        } else {
+            0
+        };
+        self.quarantine_shift.store(shift, Relaxed);
+        self.quiet_until_ns
+            .store(now.saturating_add(base << shift), Relaxed);
+        self.budget_ns.store(self.min_ns(), Relaxed);
+    }
+
     /// Polls `ready` (with a spin hint between polls) until it returns `true` or the budget is
-    /// spent; returns whether it did. Grows the budget if it succeeded late in the spin. Does
-    /// not call `ready` at all when the budget is zero (and never under loom).
+    /// spent; returns whether it did. Gives up at once, and stops spinning past the first
+    /// [`CLOCK_EVERY`] polls for the quarantine, if the thread lost the CPU for [`PREEMPTED`]
+    /// during the spin. Grows the budget if it succeeded late in the spin. Does not call `ready` at all when the budget is zero (and
+    /// never under loom).
     #[inline]
     pub fn spin(&self, mut ready: impl FnMut() -> bool) -> bool {
         if cfg!(loom) {
@@ -201,16 +293,29 @@ impl Backoff {
     #[cold]
     fn spin_slow(&self, budget: u32, mut ready: impl FnMut() -> bool) -> bool {
         let start = Instant::now();
+        if self.quarantined(start) {
+            // A preemption was seen lately: the machine is oversubscribed, and any spin
+            // longer than the untimed polls takes the CPU from a task that could use it.
+            return false;
+        }
         let budget = Duration::from_nanos(u64::from(budget));
+        let mut last = start;
         loop {
             for _ in 0..CLOCK_EVERY {
                 if ready() {
-                    self.grow();
+                    self.grow(last);
                     return true;
                 }
                 spin_hint();
             }
-            if start.elapsed() >= budget {
+            let now = Instant::now();
+            if now.saturating_duration_since(last) >= PREEMPTED {
+                self.preempted(now);
+                return false;
+            }
+            last = now;
+            let spent = now.saturating_duration_since(start);
+            if spent >= budget {
                 return false;
             }
         }
@@ -227,7 +332,7 @@ impl Backoff {
     #[cold]
     pub fn record_sleep(&self, waited: Duration) {
         if waited < SHORT_SLEEP {
-            self.grow();
+            self.grow(Instant::now());
         } else {
             self.shrink();
         }
@@ -325,6 +430,69 @@ mod tests {
             Backoff::with_max(Duration::from_secs(100)).max(),
             Duration::from_nanos(u64::from(u32::MAX))
         );
+    }
+
+    #[test]
+    fn a_preemption_cuts_the_budget_and_quarantines_growth() {
+        let b = Backoff::new();
+        for _ in 0..4 {
+            b.record_sleep(Duration::ZERO);
+        }
+        assert_eq!(b.budget(), DEFAULT_MAX);
+        let t = Instant::now();
+        b.preempted(t);
+        assert_eq!(b.budget(), Duration::from_nanos(u64::from(MIN_NS)));
+        // No growth within the quarantine, whatever the sleeps or spins say...
+        b.grow(t + QUARANTINE / 2);
+        b.preempted(Instant::now());
+        b.record_sleep(Duration::ZERO);
+        assert_eq!(b.budget(), Duration::from_nanos(u64::from(MIN_NS)));
+        assert!(b.quarantined(t + QUARANTINE / 2));
+        // ...and no timed spin either: only the untimed polls run.
+        let mut polls = 0u32;
+        b.preempted(Instant::now());
+        assert!(!b.spin(|| {
+            polls += 1;
+            false
+        }));
+        assert_eq!(polls, CLOCK_EVERY);
+        // After it, the budget grows again.
+        let after = Instant::now() + QUARANTINE * (1 << MAX_QUARANTINE_SHIFT) * 2;
+        assert!(!b.quarantined(after));
+        b.grow(after);
+        assert_eq!(b.budget(), Duration::from_micros(2));
+    }
+
+    #[test]
+    fn preemptions_in_a_row_lengthen_the_quarantine() {
+        let b = Backoff::new();
+        let t = Instant::now();
+        b.preempted(t);
+        // Again just after the first quarantine ended: the next one is twice as long.
+        let t2 = t + QUARANTINE + QUARANTINE / 2;
+        b.preempted(t2);
+        assert!(b.quarantined(t2 + QUARANTINE + QUARANTINE / 2));
+        assert!(!b.quarantined(t2 + 2 * QUARANTINE + QUARANTINE / 2));
+        // It is capped...
+        let mut now = t2;
+        for _ in 0..20 {
+            now += QUARANTINE;
+            b.preempted(now);
+        }
+        let cap = QUARANTINE * (1 << MAX_QUARANTINE_SHIFT);
+        assert!(b.quarantined(now + cap - QUARANTINE / 2));
+        assert!(!b.quarantined(now + cap + QUARANTINE / 2));
+        // ...and starts over once preemptions stop for a while.
+        let later = now + cap * 4;
+        b.preempted(later);
+        assert!(!b.quarantined(later + QUARANTINE + QUARANTINE / 2));
+    }
+
+    #[test]
+    fn a_zero_max_backoff_is_never_quarantined_into_spinning() {
+        let b = Backoff::never();
+        b.preempted(Instant::now());
+        assert_eq!(b.budget(), Duration::ZERO);
     }
 
     #[test]
