@@ -5,12 +5,11 @@
 //! never a panic or a hang (each case runs under a watchdog), and the receiver never allocates
 //! much more than its `max_message_size` (measured with a tracking allocator).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use ipc_pipe::{Connection, PipeBuilder, RecvError};
 use ipc_shm::codec::{FrameHeader, MAX_FRAME_LEN};
+use ipc_tests::alloc::{CountingAllocator, largest_allocation};
 use proptest::prelude::*;
 
 /// The receiver's maximum message size in these tests.
@@ -23,44 +22,9 @@ const ALLOC_BOUND: usize = 2 << 20;
 /// The frame header's check constant (`ipc_shm::codec`'s wire format).
 const CHECK: u32 = 0x9e37_79b9;
 
-/// The system allocator, recording the largest single allocation made by each thread.
-struct Tracking;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|m| m.set(m.get().max(size)));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
-// guarantees are ours; `note` only touches a const-initialised thread-local without destructor,
-// which never allocates.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged; `ptr` came from `System` through `alloc`/`realloc` above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+/// The harness's allocator, recording the largest single allocation of each thread.
 #[global_allocator]
-static ALLOC: Tracking = Tracking;
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
 /// A header with a valid check word announcing `len` (which may exceed any maximum).
 fn forged_header(len: u32) -> [u8; 8] {
@@ -121,13 +85,13 @@ fn receive_garbage(bytes: &[u8], as_value: bool) -> Vec<Result<(), RecvError>> {
 }
 
 fn receive_one(b: &Connection, as_value: bool) -> (Result<(), RecvError>, usize) {
-    LARGEST.with(|m| m.set(0));
-    let r = if as_value {
-        b.recv::<Value>().map(drop)
-    } else {
-        b.recv_bytes().map(drop)
-    };
-    (r, LARGEST.with(Cell::get))
+    largest_allocation(|| {
+        if as_value {
+            b.recv::<Value>().map(drop)
+        } else {
+            b.recv_bytes().map(drop)
+        }
+    })
 }
 
 proptest! {

@@ -512,6 +512,9 @@ fn a_kill_storm_during_a_queued_map_fails_only_started_tasks() {
         started.elapsed()
     );
     assert_eq!(lost_never_started, 0);
-    assert!(lost_at_kill_point <= kills, "at most one task per kill is at its kill point");
+    assert!(
+        lost_at_kill_point <= kills,
+        "at most one task per kill is at its kill point"
+    );
     assert!(kills > 0);
 }
