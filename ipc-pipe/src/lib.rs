@@ -178,7 +178,7 @@ pub use channel::{Receiver, Sender};
 pub use connection::Connection;
 pub use error::{
     Corruption, OpenError, PassError, PipeError, PollError, RecvError, RecvIntoError,
-    RecvTimeoutError, SendError, TryRecvError,
+    RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 #[cfg(not(loom))]
 pub use readiness::{Waitable, wait};

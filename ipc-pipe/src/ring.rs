@@ -131,7 +131,12 @@ pub(crate) struct Control {
     pub(crate) closed: [AtomicU32; 2],
     /// The process currently using end `i` (misuse detection, see `Connection`).
     pub(crate) user_pid: [AtomicU32; 2],
-    _pad: [u8; 128 - 48],
+    /// How many handles of end `i` were dropped (in any process): a change tells the peer's
+    /// sender to check its socket for hang-up once (`End::peer_dropped`). On the control
+    /// block's read-mostly line, so the per-send check costs no coherence traffic. Zero in a
+    /// fresh (zero-filled) segment.
+    pub(crate) dropped: [AtomicU32; 2],
+    _pad: [u8; 128 - 56],
     /// Ring `i` carries messages from end `i` to end `1 - i`.
     pub(crate) rings: [RingCtl; 2],
 }
@@ -173,7 +178,8 @@ impl Control {
             cap: caps.map(|c| AtomicU64::new(c as u64)),
             closed: [AtomicU32::new(0), AtomicU32::new(0)],
             user_pid: [AtomicU32::new(0), AtomicU32::new(0)],
-            _pad: [0; 128 - 48],
+            dropped: [AtomicU32::new(0), AtomicU32::new(0)],
+            _pad: [0; 128 - 56],
             rings: [RingCtl::new(), RingCtl::new()],
         }
     }
