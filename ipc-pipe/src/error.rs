@@ -222,7 +222,9 @@ recv_common! {
 recv_common! {
     /// Why [`recv_timeout`](crate::Connection::recv_timeout) returned nothing.
     pub enum RecvTimeoutError {
-        /// No message began to arrive before the timeout.
+        /// No whole message arrived before the timeout. Nothing was lost: a message that fits
+        /// in the ring stays there, and what arrived of a larger one is kept in the end for the
+        /// next receive.
         #[error("timed out waiting for a message")]
         Timeout,
     }

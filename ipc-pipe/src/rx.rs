@@ -31,8 +31,10 @@ impl Connection {
     }
 
     /// Like [`recv`](Connection::recv), but gives up with [`RecvTimeoutError::Timeout`] if no
-    /// message has begun to arrive within `timeout`. (A message larger than the ring that has
-    /// begun streaming is waited for to its end, or to the sender's death.)
+    /// whole message has arrived within `timeout`. A message that fits in the ring stays in it
+    /// until it is complete; one larger than the ring that timed out half-way is kept, as far
+    /// as it arrived, in this end, and the next receive resumes it (see the crate docs,
+    /// "Limits").
     ///
     /// ```
     /// use std::time::{Duration, Instant};
@@ -48,7 +50,9 @@ impl Connection {
         Ok(self.recv_value(Some(Deadline::after(timeout)), false)??)
     }
 
-    /// Receives a message if one is waiting, without blocking.
+    /// Receives a message if one is waiting whole, without blocking: otherwise
+    /// [`TryRecvError::Empty`] (having moved what arrived of a message larger than the ring into
+    /// this end, where the next receive resumes it).
     ///
     /// After the readiness fd of this end became readable, call it until it returns
     /// [`TryRecvError::Empty`]: that also re-arms the fd.
@@ -57,7 +61,8 @@ impl Connection {
     }
 
     /// Like [`recv_bytes`](Connection::recv_bytes), but gives up with
-    /// [`RecvTimeoutError::Timeout`] if no message has begun to arrive within `timeout`.
+    /// [`RecvTimeoutError::Timeout`] if no whole message has arrived within `timeout` (as
+    /// [`recv_timeout`](Connection::recv_timeout)).
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
         let mut buf = Vec::new();
         self.end

@@ -24,12 +24,15 @@ use ipc_shm::ByteRing;
 
 #[cfg(not(loom))]
 impl Connection {
+    /// Sends `value`, encoded with bincode, waiting as long as it takes for room in the ring
     /// for the message (a message larger than the ring is streamed as the receiver reads it).
     ///
     /// Fails with [`SendError::Disconnected`] if the other end is known to be gone: closed or
-    /// dropped everywhere (checked on every send), or dead (checked whenever this send has to
+    /// dropped everywhere (checked on every send: a load of the peer's drop counter, and one
+    /// `poll(2)` of the socket when it changed), or dead (checked whenever this send has to
     /// wait; a send into a ring with room to a peer that was just killed succeeds, and the
-    /// message is lost with the peer, as with a socket).
+    /// message is lost with the peer, as with a socket). Blocks while the ring is full; see
+    /// [`send_timeout`](Connection::send_timeout) and [`try_send`](Connection::try_send).
     ///
     /// ```
     /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]

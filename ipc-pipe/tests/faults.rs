@@ -40,6 +40,10 @@ fn wait_stopped(pid: u32) {
 /// message arrives intact and the stream stays framed.
 #[test]
 fn a_sender_stopped_mid_message_does_not_block_timed_receives() {
+    let _watchdog = ipc_tests::watchdog(
+        "ipc-pipe faults: a_sender_stopped_mid_message_does_not_block_timed_receives",
+        WATCHDOG,
+    );
     const LEN: usize = 1 << 20;
     let (a, b) = PipeBuilder::new().capacity(4096).duplex().unwrap();
     let mut a = Some(a);
@@ -79,6 +83,10 @@ fn a_sender_stopped_mid_message_does_not_block_timed_receives() {
 /// gathers what has arrived and returns `Empty`) gives the whole message once, never a part.
 #[test]
 fn try_recv_assembles_a_streamed_message_without_blocking() {
+    let _watchdog = ipc_tests::watchdog(
+        "ipc-pipe faults: try_recv_assembles_a_streamed_message_without_blocking",
+        WATCHDOG,
+    );
     const LEN: usize = 256 * 1024;
     let (a, b) = PipeBuilder::new().capacity(1024).duplex().unwrap();
     let mut a = Some(a);
@@ -106,6 +114,10 @@ fn try_recv_assembles_a_streamed_message_without_blocking() {
 /// stream stays consistent (the reader later gets exactly the messages that were sent).
 #[test]
 fn a_peer_that_does_not_read_times_sends_out() {
+    let _watchdog = ipc_tests::watchdog(
+        "ipc-pipe faults: a_peer_that_does_not_read_times_sends_out",
+        WATCHDOG,
+    );
     let (a, b) = PipeBuilder::new().capacity(1024).duplex().unwrap();
     let (ctl_a, ctl_b) = pipe().unwrap();
     let mut mine = Some((a, ctl_a));
@@ -160,6 +172,10 @@ fn a_peer_that_does_not_read_times_sends_out() {
 /// gives `Corrupted`, and so does a header whose check word is wrong. Never a hang.
 #[test]
 fn a_corrupted_length_is_an_error_or_a_timeout_never_a_hang() {
+    let _watchdog = ipc_tests::watchdog(
+        "ipc-pipe faults: a_corrupted_length_is_an_error_or_a_timeout_never_a_hang",
+        WATCHDOG,
+    );
     let (a, b) = PipeBuilder::new().capacity(4096).duplex().unwrap();
     let (ctl_a, ctl_b) = pipe().unwrap();
     let mut mine = Some((a, ctl_a));
@@ -220,6 +236,10 @@ fn a_corrupted_length_is_an_error_or_a_timeout_never_a_hang() {
 /// elsewhere is not mistaken for it.
 #[test]
 fn a_send_after_the_peer_was_dropped_is_disconnected() {
+    let _watchdog = ipc_tests::watchdog(
+        "ipc-pipe faults: a_send_after_the_peer_was_dropped_is_disconnected",
+        WATCHDOG,
+    );
     let (a, b) = pipe().unwrap();
     drop(b);
     assert!(matches!(a.send(&1u8), Err(SendError::Disconnected)));
