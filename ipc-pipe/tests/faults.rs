@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use ipc_pipe::{
-    Connection, PipeBuilder, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
-    TryRecvError, TrySendError, pipe,
+    Connection, PipeBuilder, RecvError, RecvIntoError, RecvTimeoutError, SendError,
+    SendTimeoutError, TryRecvError, TrySendError, pipe,
 };
 use ipc_shm::codec::FrameHeader;
 use ipc_tests::fork_child;
@@ -44,6 +44,13 @@ fn a_sender_stopped_mid_message_does_not_block_timed_receives() {
         "ipc-pipe faults: a_sender_stopped_mid_message_does_not_block_timed_receives",
         WATCHDOG,
     );
+    // Futex mode, then fd mode (the receiver sleeps in poll(2) on its socket).
+    for fd_mode in [false, true] {
+        stopped_sender(fd_mode);
+    }
+}
+
+fn stopped_sender(fd_mode: bool) {
     const LEN: usize = 1 << 20;
     let (a, b) = PipeBuilder::new().capacity(4096).duplex().unwrap();
     let mut a = Some(a);
@@ -54,6 +61,9 @@ fn a_sender_stopped_mid_message_does_not_block_timed_receives() {
         0
     });
     let a = a.unwrap();
+    if fd_mode {
+        a.set_pollable();
+    }
     // The header has arrived (poll is true once a streamed message has begun).
     assert!(a.poll(WATCHDOG).unwrap());
     child.signal(Signal::SIGSTOP);
@@ -71,6 +81,12 @@ fn a_sender_stopped_mid_message_does_not_block_timed_receives() {
     assert!(matches!(a.try_recv::<Vec<u8>>(), Err(TryRecvError::Empty)));
 
     child.signal(Signal::SIGCONT);
+    // A receive into a buffer too small completes the message into the end and keeps it there.
+    let mut small = [0u8; 16];
+    match a.recv_bytes_into(&mut small) {
+        Err(RecvIntoError::BufferTooSmall { needed }) => assert!(needed > LEN),
+        other => panic!("{other:?}"),
+    }
     // The next receive resumes the message where the timed-out ones left it.
     let got = a.recv_timeout::<Vec<u8>>(WATCHDOG).unwrap();
     assert_eq!(got.len(), LEN);
