@@ -71,9 +71,19 @@
 //! | empty        | `tail == head`                   | spin (adaptive), then sleep as above         |
 //! | header part  | `0 < tail - head < 8`            | wait for the rest of the header              |
 //! | message      | header complete, `len` validated | copy out what is published, free, repeat     |
+//! | partial      | a message larger than the ring   | kept in the end (`End::partial`, header      |
+//! |              | stopped at a deadline / `try`    | consumed); the next receive resumes it       |
 //! | corrupt      | `tail - head > cap`, bad check   | error; the end is unusable from then on      |
 //! | too large    | `len` > `max_message_size`       | `TooLarge`; the end is unusable from then on |
 //! | disconnected | empty and peer hung up / closed  | `Disconnected` (after all complete messages) |
+//!
+//! A message that fits in the ring is consumed only once all of it is published, so a receive
+//! that stops at its deadline leaves it in the ring. The timed and non-blocking sends write a
+//! frame only once the ring has room for all of it, so they never leave half a frame.
+//!
+//! `Control::dropped[i]` counts the handles of end `i` dropped anywhere (the drop closes its
+//! socket first, then increments with `Release`); the peer's sender loads it (`Acquire`) on every
+//! send and, only when it changed, polls its socket once for hang-up.
 //!
 //! This is the crate's one `unsafe`-allowed module, and only for the two `ShmSafe` impls of the
 //! types it defines (the promise that they may live in shared memory); the rings' bytes are

@@ -351,6 +351,10 @@ where
             let remaining = deadline.map(|d| d.remaining());
             if remaining == Some(Duration::ZERO) {
                 ring.tx_wait.fetch_and(!SLEEP, Ordering::Relaxed);
+                // A peer killed within the last slice is `Disconnected`, not a slow reader.
+                if self.link.hung_up() {
+                    return Err(Fail::Disconnected);
+                }
                 return Err(Fail::Timeout);
             }
             let outcome = self.waiter.wait(
