@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::connection::Connection;
 use crate::error::{
     OpenError, PassError, PollError, RecvError, RecvIntoError, RecvTimeoutError, SendError,
-    TryRecvError,
+    SendTimeoutError, TryRecvError, TrySendError,
 };
 
 /// The sending end of a one-way pipe made by [`channel`](crate::channel()).
@@ -30,6 +30,34 @@ impl Sender {
     /// See [`Connection::send_bytes`].
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
         self.0.send_bytes(bytes)
+    }
+
+    /// [`Connection::try_send`]: sends only if the whole message fits now; the value comes back.
+    pub fn try_send<T: Serialize>(&self, value: T) -> Result<(), TrySendError<T>> {
+        self.0.try_send(value)
+    }
+
+    /// [`Connection::send_timeout`]: waits at most `timeout` for room; the value comes back.
+    pub fn send_timeout<T: Serialize>(
+        &self,
+        value: T,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError<T>> {
+        self.0.send_timeout(value, timeout)
+    }
+
+    /// [`Connection::try_send_bytes`].
+    pub fn try_send_bytes<'a>(&self, bytes: &'a [u8]) -> Result<(), TrySendError<&'a [u8]>> {
+        self.0.try_send_bytes(bytes)
+    }
+
+    /// [`Connection::send_bytes_timeout`].
+    pub fn send_bytes_timeout<'a>(
+        &self,
+        bytes: &'a [u8],
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError<&'a [u8]>> {
+        self.0.send_bytes_timeout(bytes, timeout)
     }
 
     /// See [`Connection::close`].
@@ -70,6 +98,11 @@ impl Receiver {
     /// See [`Connection::recv_bytes`].
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
         self.0.recv_bytes()
+    }
+
+    /// [`Connection::recv_bytes_timeout`].
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
+        self.0.recv_bytes_timeout(timeout)
     }
 
     /// See [`Connection::recv_bytes_into`].

@@ -15,7 +15,7 @@
 //! file holds the state, the checks every slow path makes (closed, poisoned, owner) and the
 //! goodbye of a dropped end (`GONE` plus a wake-up of a sleeping peer).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ops::Deref;
 use std::time::Duration;
 
@@ -104,6 +104,13 @@ pub(crate) struct End<C, M, W, L> {
     /// Set after corruption or a message cut short by the peer's death: the stream is no longer
     /// framed, every later receive fails with this.
     pub(crate) broken: Cell<Option<BrokenKind>>,
+    /// A message larger than the ring whose receipt stopped at a deadline (or a `try_recv`):
+    /// the bytes received so far and the announced length. Its header is consumed; the next
+    /// receive resumes it (see `rx.rs`, `recv_into_vec`).
+    pub(crate) partial: RefCell<Option<(Vec<u8>, usize)>>,
+    /// The peer's drop count (`Control::dropped`) when this end last checked its socket for
+    /// hang-up (see `peer_dropped`).
+    pub(crate) peer_drops_seen: Cell<u32>,
 }
 
 impl<C, M, W, L> End<C, M, W, L>
@@ -152,6 +159,9 @@ where
             fd_mode: Cell::new(false),
             pid: Cell::new(pid),
             broken: Cell::new(None),
+            partial: RefCell::new(None),
+            // Zero, not the current count: a drop before this end was attached is checked once.
+            peer_drops_seen: Cell::new(0),
             ctl,
             link,
         })
@@ -173,6 +183,26 @@ where
     pub(crate) fn closed_flag(&self) -> bool {
         self.ctl.closed[0].load(Ordering::Acquire) != 0
             || self.ctl.closed[1].load(Ordering::Acquire) != 0
+    }
+
+    /// Whether the peer is known gone because a handle of it was dropped: one load of a
+    /// read-mostly word per call; only when the peer's drop count changed since the last check
+    /// does it ask the link (one `poll(2)`), so the hot path makes no system call. A drop that
+    /// left another handle of the peer open (a forked copy) costs that one check.
+    #[inline]
+    pub(crate) fn peer_dropped(&self) -> bool {
+        let drops = self.ctl.dropped[1 - self.side].load(Ordering::Acquire);
+        drops != self.peer_drops_seen.get() && self.peer_dropped_slow(drops)
+    }
+
+    #[cold]
+    fn peer_dropped_slow(&self, drops: u32) -> bool {
+        if self.link.hung_up() {
+            // Not recorded as seen: every later send checks again and fails the same way.
+            return true;
+        }
+        self.peer_drops_seen.set(drops);
+        false
     }
 
     /// Misuse detection (slow paths only; one `getpid`).
@@ -225,6 +255,9 @@ where
     /// and wakes the peer if it sleeps on either, as consumer of our outgoing ring or as
     /// producer into our incoming ring.
     pub(crate) fn say_goodbye(&self) {
+        // Counted before the wake-ups, after the link was closed: a peer that sees the new count
+        // and checks its socket finds the hang-up if this was the last handle.
+        self.ctl.dropped[self.side].fetch_add(1, Ordering::Release);
         let peer_rx = &self.tx_ring().rx_wait;
         let peer_tx = &self.rx_ring().tx_wait;
         for word in [peer_rx, peer_tx] {

@@ -78,7 +78,97 @@ pub enum SendError {
         /// The process recorded as using it.
         owner: u32,
     },
+    /// Only from the timed and non-blocking sends ([`try_send`](crate::Connection::try_send),
+    /// [`send_timeout`](crate::Connection::send_timeout) and their bytes forms): the frame
+    /// (an 8-byte header and `len` bytes) is larger than the outgoing ring of `capacity`
+    /// bytes, so it could only be streamed, which cannot stop at a deadline without breaking
+    /// the stream. Nothing was written; send it with the blocking `send`/`send_bytes`.
+    #[error("message of {len} bytes does not fit in the ring of {capacity} bytes")]
+    LargerThanRing {
+        /// The message's size.
+        len: usize,
+        /// The outgoing ring's capacity.
+        capacity: usize,
+    },
 }
+
+macro_rules! send_with_value {
+    ($(#[$m:meta])* $name:ident, $wait:ident, $wait_doc:literal, $wait_msg:literal) => {
+        $(#[$m])*
+        #[non_exhaustive]
+        pub enum $name<T> {
+            #[doc = $wait_doc]
+            $wait(T),
+            /// The send failed for another reason (see [`SendError`]); nothing of the message
+            /// was written.
+            Failed {
+                /// Why.
+                error: SendError,
+                /// The value, handed back.
+                value: T,
+            },
+        }
+
+        impl<T> $name<T> {
+            /// The value that was not sent.
+            pub fn into_inner(self) -> T {
+                match self {
+                    $name::$wait(value) | $name::Failed { value, .. } => value,
+                }
+            }
+        }
+
+        // Not derived: the value need not be `Debug` (as with `std::sync::mpsc`'s errors).
+        impl<T> std::fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self {
+                    $name::$wait(_) => write!(f, "{}(..)", stringify!($wait)),
+                    $name::Failed { error, .. } => f
+                        .debug_struct("Failed")
+                        .field("error", error)
+                        .finish_non_exhaustive(),
+                }
+            }
+        }
+
+        impl<T> std::fmt::Display for $name<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self {
+                    $name::$wait(_) => f.write_str($wait_msg),
+                    $name::Failed { .. } => f.write_str("send failed"),
+                }
+            }
+        }
+
+        impl<T> std::error::Error for $name<T> {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                match self {
+                    $name::$wait(_) => None,
+                    $name::Failed { error, .. } => Some(error),
+                }
+            }
+        }
+    };
+}
+
+send_with_value!(
+    /// Why [`try_send`](crate::Connection::try_send) or
+    /// [`try_send_bytes`](crate::Connection::try_send_bytes) did not send; the value comes back.
+    TrySendError,
+    Full,
+    "The outgoing ring has no room for the whole message now; nothing was written.",
+    "the pipe is full"
+);
+
+send_with_value!(
+    /// Why [`send_timeout`](crate::Connection::send_timeout) or
+    /// [`send_bytes_timeout`](crate::Connection::send_bytes_timeout) did not send; the value
+    /// comes back.
+    SendTimeoutError,
+    Timeout,
+    "The peer did not free room for the whole message before the timeout (it is alive but not reading); nothing was written.",
+    "timed out waiting for room in the pipe"
+);
 
 macro_rules! recv_common {
     ($(#[$m:meta])* $vis:vis enum $name:ident { $($extra:tt)* }) => {
@@ -132,7 +222,9 @@ recv_common! {
 recv_common! {
     /// Why [`recv_timeout`](crate::Connection::recv_timeout) returned nothing.
     pub enum RecvTimeoutError {
-        /// No message began to arrive before the timeout.
+        /// No whole message arrived before the timeout. Nothing was lost: a message that fits
+        /// in the ring stays there, and what arrived of a larger one is kept in the end for the
+        /// next receive.
         #[error("timed out waiting for a message")]
         Timeout,
     }

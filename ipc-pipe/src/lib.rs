@@ -10,7 +10,8 @@
 //!   [`Connection::recv_bytes_into`]), of any size up to 1 GiB: a message larger than the ring
 //!   is streamed through it while the receiver reads.
 //! - Blocking, with a timeout, or not at all: [`Connection::recv_timeout`],
-//!   [`Connection::try_recv`], [`Connection::poll`].
+//!   [`Connection::try_recv`], [`Connection::poll`], [`Connection::send_timeout`],
+//!   [`Connection::try_send`].
 //! - Peer death: when the other end is dropped or closed, or its process dies (even by
 //!   `SIGKILL`), receiving returns every message already sent and then
 //!   [`RecvError::Disconnected`]; a send that has to wait returns [`SendError::Disconnected`].
@@ -115,9 +116,19 @@
 //! - Sends to a peer killed by `SIGKILL` succeed while its ring has room (the messages are lost
 //!   with it, as with a socket's buffer); the first send that has to wait returns
 //!   `Disconnected`. Receives are exact: everything published before the death is delivered.
-//! - `recv_timeout` and `try_recv` never stop half-way through a message that fits in the ring;
-//!   a message larger than the ring, once it has started, is waited for to its end (the sender
-//!   streams it without pause) or to the sender's death.
+//! - Every receive and send honours its deadline at every wait (`try_*` do not wait). A
+//!   message that fits in the ring is consumed only once it is all there: `Timeout`/`Empty`
+//!   leave it in the ring. A message larger than the ring must be consumed as it arrives (the
+//!   sender needs the space): a receive that times out (or a `try_recv` that finds the ring
+//!   empty) half-way keeps what arrived in the end, and the next receive of any kind on that
+//!   end resumes it; nothing is handed out before it is complete, and framing is never lost.
+//!   The timed and non-blocking sends ([`Connection::send_timeout`], [`Connection::try_send`]
+//!   and the bytes forms) write a message only once the ring has room for all of it, so a
+//!   timeout leaves nothing behind; they refuse a message larger than the ring with
+//!   [`SendError::LargerThanRing`] (only the blocking sends stream).
+//! - A send fails with `Disconnected` once the peer's last handle was dropped or closed: each
+//!   send loads the peer's drop counter (a read-mostly word) and polls its socket only when
+//!   the counter changed since the last check.
 //! - Two ends that both send messages larger than their rings to each other without reading
 //!   deadlock, as two processes writing to each other's full sockets do.
 //! - The shared memory is untrusted: every counter and length read from it is validated, and
@@ -178,7 +189,7 @@ pub use channel::{Receiver, Sender};
 pub use connection::Connection;
 pub use error::{
     Corruption, OpenError, PassError, PipeError, PollError, RecvError, RecvIntoError,
-    RecvTimeoutError, SendError, TryRecvError,
+    RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 #[cfg(not(loom))]
 pub use readiness::{Waitable, wait};

@@ -8,7 +8,9 @@
 //! full/empty hand-offs of a message larger than the ring (both sides sleep and wake each
 //! other); a receiver asleep when its peer closes or is dropped, and a sender asleep on a full
 //! ring when its peer is dropped, end with `Disconnected`; a receiver whose peer was killed
-//! (socket closed, nobody wakes it) notices at the end of a futex slice. A hang shows up as a
+//! (socket closed, nobody wakes it) notices at the end of a futex slice; `try_recv` of a
+//! streamed message resumes it whole, `try_send` writes whole frames only, and a send after
+//! the peer's drop fails (issue 14). A hang shows up as a
 //! loom deadlock. The ends
 //! never spin (`Backoff::never()`, and a backoff never spins under loom anyway), so every wait goes through the futex slow path; fd mode (a
 //! `poll(2)` on the socket) is not modelled.
@@ -234,5 +236,70 @@ fn sigkilled_sender_is_noticed_after_a_slice() {
         assert_eq!(recv(&b).unwrap(), [5]);
         assert!(matches!(recv(&b), Err(Fail::Disconnected)));
         killed.join().unwrap();
+    });
+}
+
+/// `try_recv` of a message larger than the ring (issue 14, item 4): each non-blocking receive
+/// moves what arrived into the end's partial state and returns `Empty`, the sender goes on
+/// with the freed space, and the message is handed out once, whole and in order.
+#[test]
+fn try_recv_resumes_a_streamed_message() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let msg: Vec<u8> = (0..72).collect();
+        let expected = msg.clone();
+        let sender = thread::spawn(move || {
+            send(&a, &msg).unwrap();
+            a
+        });
+        let mut buf = Vec::new();
+        loop {
+            match b.recv_into_vec(&mut buf, None, true) {
+                Ok(()) => break,
+                Err(Fail::Empty) => thread::yield_now(),
+                Err(f) => panic!("{f:?}"),
+            }
+        }
+        assert_eq!(buf, expected);
+        drop(sender.join().unwrap());
+    });
+}
+
+/// `try_send` (issue 14, item 4): a frame is written only when the ring has room for all of
+/// it, so a sender that retries on `Empty` (full) never leaves half a frame, and a blocking
+/// receiver gets both messages whole (no lost wake-up on either side).
+#[test]
+fn try_send_writes_whole_frames_only() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let sender = thread::spawn(move || {
+            for byte in [1u8, 2] {
+                let body = [byte; 40];
+                let head = a.check_send_len(body.len()).unwrap();
+                loop {
+                    match a.send_frame_within(head, &body, None, true) {
+                        Ok(()) => break,
+                        Err(Fail::Empty) => thread::yield_now(),
+                        Err(f) => panic!("{f:?}"),
+                    }
+                }
+            }
+            a
+        });
+        assert_eq!(recv(&b).unwrap(), [1u8; 40]);
+        assert_eq!(recv(&b).unwrap(), [2u8; 40]);
+        drop(sender.join().unwrap());
+    });
+}
+
+/// A send after the peer's only handle was dropped (issue 14, item 8) fails at once with
+/// `Disconnected`, even into an empty ring: the drop counter tells the sender to check.
+#[test]
+fn send_after_the_peer_was_dropped_fails() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let dropper = thread::spawn(move || drop_end(b));
+        dropper.join().unwrap();
+        assert!(matches!(send(&a, &[1]), Err(SendError::Disconnected)));
     });
 }

@@ -71,9 +71,19 @@
 //! | empty        | `tail == head`                   | spin (adaptive), then sleep as above         |
 //! | header part  | `0 < tail - head < 8`            | wait for the rest of the header              |
 //! | message      | header complete, `len` validated | copy out what is published, free, repeat     |
+//! | partial      | a message larger than the ring   | kept in the end (`End::partial`, header      |
+//! |              | stopped at a deadline / `try`    | consumed); the next receive resumes it       |
 //! | corrupt      | `tail - head > cap`, bad check   | error; the end is unusable from then on      |
 //! | too large    | `len` > `max_message_size`       | `TooLarge`; the end is unusable from then on |
 //! | disconnected | empty and peer hung up / closed  | `Disconnected` (after all complete messages) |
+//!
+//! A message that fits in the ring is consumed only once all of it is published, so a receive
+//! that stops at its deadline leaves it in the ring. The timed and non-blocking sends write a
+//! frame only once the ring has room for all of it, so they never leave half a frame.
+//!
+//! `Control::dropped[i]` counts the handles of end `i` dropped anywhere (the drop closes its
+//! socket first, then increments with `Release`); the peer's sender loads it (`Acquire`) on every
+//! send and, only when it changed, polls its socket once for hang-up.
 //!
 //! This is the crate's one `unsafe`-allowed module, and only for the two `ShmSafe` impls of the
 //! types it defines (the promise that they may live in shared memory); the rings' bytes are
@@ -131,7 +141,12 @@ pub(crate) struct Control {
     pub(crate) closed: [AtomicU32; 2],
     /// The process currently using end `i` (misuse detection, see `Connection`).
     pub(crate) user_pid: [AtomicU32; 2],
-    _pad: [u8; 128 - 48],
+    /// How many handles of end `i` were dropped (in any process): a change tells the peer's
+    /// sender to check its socket for hang-up once (`End::peer_dropped`). On the control
+    /// block's read-mostly line, so the per-send check costs no coherence traffic. Zero in a
+    /// fresh (zero-filled) segment.
+    pub(crate) dropped: [AtomicU32; 2],
+    _pad: [u8; 128 - 56],
     /// Ring `i` carries messages from end `i` to end `1 - i`.
     pub(crate) rings: [RingCtl; 2],
 }
@@ -173,7 +188,8 @@ impl Control {
             cap: caps.map(|c| AtomicU64::new(c as u64)),
             closed: [AtomicU32::new(0), AtomicU32::new(0)],
             user_pid: [AtomicU32::new(0), AtomicU32::new(0)],
-            _pad: [0; 128 - 48],
+            dropped: [AtomicU32::new(0), AtomicU32::new(0)],
+            _pad: [0; 128 - 56],
             rings: [RingCtl::new(), RingCtl::new()],
         }
     }

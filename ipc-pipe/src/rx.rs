@@ -31,8 +31,10 @@ impl Connection {
     }
 
     /// Like [`recv`](Connection::recv), but gives up with [`RecvTimeoutError::Timeout`] if no
-    /// message has begun to arrive within `timeout`. (A message larger than the ring that has
-    /// begun streaming is waited for to its end, or to the sender's death.)
+    /// whole message has arrived within `timeout`. A message that fits in the ring stays in it
+    /// until it is complete; one larger than the ring that timed out half-way is kept, as far
+    /// as it arrived, in this end, and the next receive resumes it (see the crate docs,
+    /// "Limits").
     ///
     /// ```
     /// use std::time::{Duration, Instant};
@@ -48,7 +50,9 @@ impl Connection {
         Ok(self.recv_value(Some(Deadline::after(timeout)), false)??)
     }
 
-    /// Receives a message if one is waiting, without blocking.
+    /// Receives a message if one is waiting whole, without blocking: otherwise
+    /// [`TryRecvError::Empty`] (having moved what arrived of a message larger than the ring into
+    /// this end, where the next receive resumes it).
     ///
     /// After the readiness fd of this end became readable, call it until it returns
     /// [`TryRecvError::Empty`]: that also re-arms the fd.
@@ -57,7 +61,8 @@ impl Connection {
     }
 
     /// Like [`recv_bytes`](Connection::recv_bytes), but gives up with
-    /// [`RecvTimeoutError::Timeout`] if no message has begun to arrive within `timeout`.
+    /// [`RecvTimeoutError::Timeout`] if no whole message has arrived within `timeout` (as
+    /// [`recv_timeout`](Connection::recv_timeout)).
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
         let mut buf = Vec::new();
         self.end
@@ -90,6 +95,9 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvIntoError> {
+        if let Some(len) = self.end.finish_partial_into(buf)? {
+            return Ok(len);
+        }
         let len = self.end.wait_message(None, false)?;
         if len > buf.len() {
             return Err(RecvIntoError::BufferTooSmall { needed: len });
@@ -282,6 +290,10 @@ where
         nonblocking: bool,
     ) -> Result<usize, Fail> {
         self.check_broken()?;
+        if let Some(len) = self.peek_partial() {
+            // A streamed message has begun (its header is consumed, see `recv_into_vec`).
+            return Ok(len);
+        }
         self.wait_rx(HEADER as u64, deadline, nonblocking)?;
         let mut h = [0u8; HEADER];
         self.rx.read(self.rx_head.get(), &mut h);
@@ -339,15 +351,112 @@ where
         Ok(())
     }
 
+    /// Receives the next message into `buf`, honouring `deadline` (or not waiting at all when
+    /// `nonblocking`) at every wait, the body's included.
+    ///
+    /// A message that fits in the ring is consumed only once it is all there: a `Timeout` or
+    /// `Empty` leaves it (header and all) in the ring. A message larger than the ring cannot wait
+    /// there whole (the sender needs the space to go on), so once it has begun it is consumed as
+    /// it arrives into `buf`; a `Timeout` or `Empty` in the middle moves what arrived so far into
+    /// the end's `partial` state, and the next receive of any kind resumes it. Nothing is handed
+    /// out before the message is complete (never a torn message) and the framing is kept.
     pub(crate) fn recv_into_vec(
         &self,
         buf: &mut Vec<u8>,
         deadline: Option<Deadline>,
         nonblocking: bool,
     ) -> Result<(), Fail> {
+        self.check_broken()?;
+        if let Some((mut got, len)) = self.partial.take() {
+            return match self.stream_rest(&mut got, len, deadline, nonblocking) {
+                Ok(()) => {
+                    *buf = got;
+                    Ok(())
+                }
+                Err(f) => Err(self.keep_partial(got, len, f)),
+            };
+        }
         let len = self.wait_message(deadline, nonblocking)?;
         buf.clear();
-        buf.resize(len, 0);
-        self.read_body(buf)
+        if HEADER + len <= self.rx.cap() {
+            // All there (`wait_message` waited for the whole frame): no wait below.
+            buf.resize(len, 0);
+            return self.read_body(buf);
+        }
+        // Streamed: consume the header, then the body as it arrives.
+        self.rx_head
+            .set(self.rx_head.get().wrapping_add(HEADER as u64));
+        buf.reserve_exact(len);
+        match self.stream_rest(buf, len, deadline, nonblocking) {
+            Ok(()) => Ok(()),
+            Err(f) => Err(self.keep_partial(std::mem::take(buf), len, f)),
+        }
+    }
+
+    /// Appends the body of a streamed message to `got` until it holds `len` bytes, waiting at
+    /// most until `deadline` (not at all when `nonblocking`) whenever the ring is empty.
+    fn stream_rest(
+        &self,
+        got: &mut Vec<u8>,
+        len: usize,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<(), Fail> {
+        let mut head = self.rx_head.get();
+        while got.len() < len {
+            let mut avail = self.rx_tail_cache.get().wrapping_sub(head);
+            if avail == 0 {
+                // Free what we copied before waiting: the sender needs the space to go on.
+                self.publish_rx();
+                avail = self.wait_rx(1, deadline, nonblocking)?;
+            }
+            let n = (len - got.len()).min(avail as usize).min(self.rx.cap());
+            self.rx.append(head, n, got);
+            head = head.wrapping_add(n as u64);
+            self.rx_head.set(head);
+        }
+        self.publish_rx();
+        Ok(())
+    }
+
+    /// After a streamed receive stopped with `f`: a deadline (`Timeout`) or an empty ring
+    /// (`Empty`) keeps the message received so far for the next receive; anything else breaks
+    /// the stream (the message was cut short by the peer's death, or the ring is corrupt).
+    fn keep_partial(&self, got: Vec<u8>, len: usize, f: Fail) -> Fail {
+        match f {
+            Fail::Timeout | Fail::Empty => {
+                self.publish_rx();
+                *self.partial.borrow_mut() = Some((got, len));
+                f
+            }
+            f => self.poison(f),
+        }
+    }
+
+    /// The announced length of a streamed message in progress, if there is one.
+    fn peek_partial(&self) -> Option<usize> {
+        self.partial.borrow().as_ref().map(|(_, len)| *len)
+    }
+
+    /// `recv_bytes_into` over a streamed message in progress: completes it (blocking), then
+    /// copies it into `buf`, or keeps it and reports `BufferTooSmall` (as `Ok(None)` is "no
+    /// message in progress").
+    #[cfg(not(loom))]
+    pub(crate) fn finish_partial_into(
+        &self,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, RecvIntoError> {
+        let Some((mut got, len)) = self.partial.take() else {
+            return Ok(None);
+        };
+        if let Err(f) = self.stream_rest(&mut got, len, None, false) {
+            return Err(self.keep_partial(got, len, f).into());
+        }
+        if len > buf.len() {
+            *self.partial.borrow_mut() = Some((got, len));
+            return Err(RecvIntoError::BufferTooSmall { needed: len });
+        }
+        buf[..len].copy_from_slice(&got);
+        Ok(Some(len))
     }
 }

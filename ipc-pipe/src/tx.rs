@@ -4,7 +4,7 @@
 //! `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
 
 use std::ops::Deref;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[cfg(not(loom))]
 use serde::Serialize;
@@ -16,18 +16,23 @@ use ipc_sync::{Deadline, WaitOutcome, Waiter};
 use crate::connection::Connection;
 use crate::end::{End, Link, SLICE};
 use crate::error::{Fail, SendError};
+#[cfg(not(loom))]
+use crate::error::{SendTimeoutError, TrySendError};
 use crate::ring::{self, ARMED, Control, GONE, HEADER, SLEEP};
 use crate::sync::Ordering;
 use ipc_shm::ByteRing;
 
 #[cfg(not(loom))]
 impl Connection {
+    /// Sends `value`, encoded with bincode, waiting as long as it takes for room in the ring
     /// for the message (a message larger than the ring is streamed as the receiver reads it).
     ///
     /// Fails with [`SendError::Disconnected`] if the other end is known to be gone: closed or
-    /// dropped everywhere (checked on every send), or dead (checked whenever this send has to
+    /// dropped everywhere (checked on every send: a load of the peer's drop counter, and one
+    /// `poll(2)` of the socket when it changed), or dead (checked whenever this send has to
     /// wait; a send into a ring with room to a peer that was just killed succeeds, and the
-    /// message is lost with the peer, as with a socket).
+    /// message is lost with the peer, as with a socket). Blocks while the ring is full; see
+    /// [`send_timeout`](Connection::send_timeout) and [`try_send`](Connection::try_send).
     ///
     /// ```
     /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
@@ -91,6 +96,125 @@ impl Connection {
     pub fn send_bytes_quiet(&self, bytes: &[u8]) -> Result<(), SendError> {
         let head = self.end.check_send_len(bytes.len())?;
         self.end.send_frame(head, bytes, true)
+    }
+
+    /// Sends `value` if the whole message fits in the outgoing ring now, without waiting:
+    /// [`TrySendError::Full`] (with the value) when the ring has no room for it, and nothing
+    /// of it was written. A message larger than the ring is refused with
+    /// [`SendError::LargerThanRing`] (only the blocking [`send`](Connection::send) streams).
+    /// `value` may be a reference (`&T` is `Serialize`).
+    ///
+    /// ```
+    /// let (a, b) = ipc_pipe::PipeBuilder::new().capacity(64).duplex()?;
+    /// a.try_send(&[1u8; 32])?;
+    /// let back = a.try_send(&[2u8; 32]).unwrap_err();
+    /// assert!(matches!(back, ipc_pipe::TrySendError::Full(_)));
+    /// assert_eq!(b.recv::<[u8; 32]>()?, [1u8; 32]);
+    /// a.try_send(back.into_inner())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_send<T: Serialize>(&self, value: T) -> Result<(), TrySendError<T>> {
+        match self.send_value_within(&value, None, true) {
+            Ok(()) => Ok(()),
+            Err(None) => Err(TrySendError::Full(value)),
+            Err(Some(error)) => Err(TrySendError::Failed { error, value }),
+        }
+    }
+
+    /// Sends `value`, waiting at most `timeout` for room for the whole message:
+    /// [`SendTimeoutError::Timeout`] (with the value) when the peer does not free enough of
+    /// the ring in time (it is alive but not reading), and nothing of the message was written.
+    /// A message larger than the ring is refused with [`SendError::LargerThanRing`] (a
+    /// streamed message cannot be abandoned half-way without breaking the stream).
+    pub fn send_timeout<T: Serialize>(
+        &self,
+        value: T,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError<T>> {
+        match self.send_value_within(&value, Some(Deadline::after(timeout)), false) {
+            Ok(()) => Ok(()),
+            Err(None) => Err(SendTimeoutError::Timeout(value)),
+            Err(Some(error)) => Err(SendTimeoutError::Failed { error, value }),
+        }
+    }
+
+    /// [`try_send`](Connection::try_send) for raw bytes (received by
+    /// [`recv_bytes`](Connection::recv_bytes)).
+    pub fn try_send_bytes<'a>(&self, bytes: &'a [u8]) -> Result<(), TrySendError<&'a [u8]>> {
+        match self.send_bytes_within(bytes, None, true) {
+            Ok(()) => Ok(()),
+            Err(None) => Err(TrySendError::Full(bytes)),
+            Err(Some(error)) => Err(TrySendError::Failed {
+                error,
+                value: bytes,
+            }),
+        }
+    }
+
+    /// [`send_timeout`](Connection::send_timeout) for raw bytes.
+    pub fn send_bytes_timeout<'a>(
+        &self,
+        bytes: &'a [u8],
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError<&'a [u8]>> {
+        match self.send_bytes_within(bytes, Some(Deadline::after(timeout)), false) {
+            Ok(()) => Ok(()),
+            Err(None) => Err(SendTimeoutError::Timeout(bytes)),
+            Err(Some(error)) => Err(SendTimeoutError::Failed {
+                error,
+                value: bytes,
+            }),
+        }
+    }
+
+    /// Encodes `value` and sends it with [`send_bytes_within`](Connection::send_bytes_within).
+    fn send_value_within<T: Serialize>(
+        &self,
+        value: &T,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<(), Option<SendError>> {
+        let mut buf = self.scratch.take();
+        buf.clear();
+        let result = match ipc_shm::codec::encode_into(value, &mut buf) {
+            Ok(()) => self.send_bytes_within(&buf, deadline, nonblocking),
+            Err(ipc_shm::codec::EncodeError::TooLong { len, .. }) => {
+                Err(Some(SendError::TooLarge {
+                    len,
+                    max: self.end.settings.max_message,
+                }))
+            }
+            Err(e) => Err(Some(SendError::Encode(e.into()))),
+        };
+        if buf.capacity() <= 1 << 20 {
+            self.scratch.set(buf);
+        }
+        result
+    }
+
+    /// The timed and non-blocking send: `Err(None)` is "no room in time" (nothing written).
+    fn send_bytes_within(
+        &self,
+        bytes: &[u8],
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<(), Option<SendError>> {
+        let head = self.end.check_send_len(bytes.len())?;
+        let capacity = self.end.tx.cap();
+        if HEADER + bytes.len() > capacity {
+            return Err(Some(SendError::LargerThanRing {
+                len: bytes.len(),
+                capacity,
+            }));
+        }
+        match self
+            .end
+            .send_frame_within(head, bytes, deadline, nonblocking)
+        {
+            Ok(()) => Ok(()),
+            Err(Fail::Timeout | Fail::Empty) => Err(None),
+            Err(f) => Err(Some(f.into())),
+        }
     }
 
     /// Test hook (only with the `test-support` feature, which the crate's own tests enable):
@@ -160,9 +284,18 @@ where
         Ok(cap - used)
     }
 
-    /// Waits until at least `need` bytes are free (spinning, then sleeping in slices).
+    /// Waits until at least `need` bytes are free (spinning, then sleeping in slices), until
+    /// `deadline` (`Fail::Timeout`), or not at all when `nonblocking` (`Fail::Empty`: no room).
     #[cold]
-    pub(crate) fn wait_tx_slow(&self, need: u64) -> Result<u64, Fail> {
+    pub(crate) fn wait_tx_slow(
+        &self,
+        need: u64,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<u64, Fail> {
+        if nonblocking {
+            return self.wait_tx_sleep(need, None, true);
+        }
         let mut spun = Ok(0);
         let ready = self.settings.backoff.spin(|| match self.tx_free(need) {
             Ok(free) if free < need => false,
@@ -175,34 +308,60 @@ where
             return spun;
         }
         let started = Instant::now();
-        let woke = self.wait_tx_sleep(need);
+        let woke = self.wait_tx_sleep(need, deadline, false);
         self.settings.backoff.slept(started);
         woke
     }
 
-    /// Sleeps until at least `need` bytes are free (futex slices with hang-up checks).
-    fn wait_tx_sleep(&self, need: u64) -> Result<u64, Fail> {
+    /// Sleeps until at least `need` bytes are free (futex slices with hang-up checks), or
+    /// `deadline`; with `nonblocking`, checks once (hang-up included) and does not sleep.
+    fn wait_tx_sleep(
+        &self,
+        need: u64,
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<u64, Fail> {
         let ring = self.tx_ring();
-        // As in `wait_rx_slow`: the hang-up system call only after a slice timed out or when
-        // a handle of the peer was dropped.
-        let mut check_hup = false;
+        // As in `wait_rx_slow`: the hang-up system call only after a slice timed out, when
+        // a handle of the peer was dropped, or in a non-blocking call that found no room.
+        let mut check_hup = nonblocking;
         loop {
-            let expected = ring::arm_tx(ring);
+            let expected = if nonblocking {
+                ring.tx_wait.load(Ordering::Relaxed)
+            } else {
+                ring::arm_tx(ring)
+            };
             let head = ring::load_head(ring);
             let tail = self.tx_tail.get();
             let used = ring::validate_used(tail, head, self.tx.cap())?;
             self.tx_head_cache.set(head);
             let free = self.tx.cap() as u64 - used;
             if free >= need {
-                ring.tx_wait.fetch_and(!SLEEP, Ordering::Relaxed);
+                if !nonblocking {
+                    ring.tx_wait.fetch_and(!SLEEP, Ordering::Relaxed);
+                }
                 return Ok(free);
             }
             if self.closed_flag() || ((check_hup || expected & GONE != 0) && self.link.hung_up()) {
                 return Err(Fail::Disconnected);
             }
-            let outcome = self
-                .waiter
-                .wait(&ring.tx_wait, expected, Some(Deadline::after(SLICE)));
+            if nonblocking {
+                return Err(Fail::Empty);
+            }
+            let remaining = deadline.map(|d| d.remaining());
+            if remaining == Some(Duration::ZERO) {
+                ring.tx_wait.fetch_and(!SLEEP, Ordering::Relaxed);
+                // A peer killed within the last slice is `Disconnected`, not a slow reader.
+                if self.link.hung_up() {
+                    return Err(Fail::Disconnected);
+                }
+                return Err(Fail::Timeout);
+            }
+            let outcome = self.waiter.wait(
+                &ring.tx_wait,
+                expected,
+                Some(Deadline::min_with(deadline, SLICE)),
+            );
             check_hup = outcome == WaitOutcome::TimedOut;
             if check_hup {
                 self.check_owner()?;
@@ -223,7 +382,7 @@ where
             let mut free = self.tx_free(want)?;
             if free < want {
                 self.publish_tx();
-                free = self.wait_tx_slow(want)?;
+                free = self.wait_tx_slow(want, None, false)?;
             }
             let n = data.len().min(free as usize).min(cap);
             let tail = self.tx_tail.get();
@@ -245,7 +404,7 @@ where
         body: &[u8],
         quiet: bool,
     ) -> Result<(), SendError> {
-        if self.closed_flag() {
+        if self.closed_flag() || self.peer_dropped() {
             return Err(SendError::Disconnected);
         }
         self.write_stream(&head)?;
@@ -255,6 +414,32 @@ where
         } else {
             self.publish_tx();
         }
+        Ok(())
+    }
+
+    /// Sends one frame only if it can be written whole without waiting past `deadline` (or at
+    /// all, when `nonblocking`): waits for room for the whole frame first, so a `Timeout` or
+    /// `Empty` (no room) leaves nothing of it in the ring. The caller checked that the frame
+    /// fits in the ring.
+    pub(crate) fn send_frame_within(
+        &self,
+        head: [u8; HEADER],
+        body: &[u8],
+        deadline: Option<Deadline>,
+        nonblocking: bool,
+    ) -> Result<(), Fail> {
+        if self.closed_flag() || self.peer_dropped() {
+            return Err(Fail::Disconnected);
+        }
+        let whole = (HEADER + body.len()) as u64;
+        if self.tx_free(whole)? < whole {
+            self.publish_tx();
+            self.wait_tx_slow(whole, deadline, nonblocking)?;
+        }
+        // Room for all of it: neither write waits.
+        self.write_stream(&head)?;
+        self.write_stream(body)?;
+        self.publish_tx();
         Ok(())
     }
 
