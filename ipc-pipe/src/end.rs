@@ -30,6 +30,8 @@ use ipc_shm::ByteRing;
 pub(crate) const SLICE: Duration = Duration::from_millis(20);
 /// Default maximum message size: the largest frame of the shared codec (1 GiB).
 pub(crate) const MAX_MESSAGE_DEFAULT: usize = ipc_shm::codec::MAX_FRAME_LEN;
+/// Messages at least this long make an end sleep instead of spinning (see [`End::large`]).
+pub(crate) const LARGE_MESSAGE: usize = 16 * 1024;
 
 /// The per-end settings a builder hands to both ends (each end gets its own clone, so its
 /// backoff adapts to its own peer).
@@ -111,6 +113,14 @@ pub(crate) struct End<C, M, W, L> {
     /// The peer's drop count (`Control::dropped`) when this end last checked its socket for
     /// hang-up (see `peer_dropped`).
     pub(crate) peer_drops_seen: Cell<u32>,
+    /// Whether the last message this end sent or received was at least [`LARGE_MESSAGE`]
+    /// bytes. While it is, waits skip the spin and sleep at once. Spinning keeps both peers on
+    /// their own cores, so every byte of a large message crosses between caches. Sleeping lets
+    /// the scheduler run the woken peer on the waker's core, where the bytes already are.
+    /// Measured with `compare --workloads pipe_rtt_hot,pipe_rtt_asleep --sizes 64,64k`:
+    /// 64 KiB round trips took 20-22 us hot and 9 us asleep, while 64 B took 0.6 us hot and
+    /// 2.3 us asleep.
+    pub(crate) large: Cell<bool>,
 }
 
 impl<C, M, W, L> End<C, M, W, L>
@@ -162,6 +172,7 @@ where
             partial: RefCell::new(None),
             // Zero, not the current count: a drop before this end was attached is checked once.
             peer_drops_seen: Cell::new(0),
+            large: Cell::new(false),
             ctl,
             link,
         })

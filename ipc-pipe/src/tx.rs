@@ -14,7 +14,7 @@ use ipc_sync::{Deadline, WaitOutcome, Waiter};
 
 #[cfg(not(loom))]
 use crate::connection::Connection;
-use crate::end::{End, Link, SLICE};
+use crate::end::{End, LARGE_MESSAGE, Link, SLICE};
 use crate::error::{Fail, SendError};
 #[cfg(not(loom))]
 use crate::error::{SendTimeoutError, TrySendError};
@@ -296,6 +296,10 @@ where
         if nonblocking {
             return self.wait_tx_sleep(need, None, true);
         }
+        if self.large.get() {
+            // Large messages travel faster between peers that sleep (see `End::large`).
+            return self.wait_tx_sleep(need, deadline, false);
+        }
         let mut spun = Ok(0);
         let ready = self.settings.backoff.spin(|| match self.tx_free(need) {
             Ok(free) if free < need => false,
@@ -407,6 +411,7 @@ where
         if self.closed_flag() || self.peer_dropped() {
             return Err(SendError::Disconnected);
         }
+        self.large.set(body.len() >= LARGE_MESSAGE);
         self.write_stream(&head)?;
         self.write_stream(body)?;
         if quiet {
@@ -431,6 +436,7 @@ where
         if self.closed_flag() || self.peer_dropped() {
             return Err(Fail::Disconnected);
         }
+        self.large.set(body.len() >= LARGE_MESSAGE);
         let whole = (HEADER + body.len()) as u64;
         if self.tx_free(whole)? < whole {
             self.publish_tx();
