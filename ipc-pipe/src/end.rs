@@ -17,7 +17,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ops::Deref;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipc_sync::{Backoff, Waiter};
 
@@ -176,6 +176,36 @@ where
             ctl,
             link,
         })
+    }
+
+    /// The wait policy of both directions, once: unless the last message was large (see
+    /// [`End::large`]), spin through the end's `Backoff` until `count()` reaches `need`; then
+    /// `sleep()`, whose length tunes the backoff (it grows after a short sleep, where the peer
+    /// was busy rather than idle, and shrinks after a long one).
+    pub(crate) fn spin_then_sleep(
+        &self,
+        need: u64,
+        count: impl Fn() -> Result<u64, Fail>,
+        sleep: impl FnOnce() -> Result<u64, Fail>,
+    ) -> Result<u64, Fail> {
+        if self.large.get() {
+            return sleep();
+        }
+        let mut spun = Ok(0);
+        let ready = self.settings.backoff.spin(|| match count() {
+            Ok(n) if n < need => false,
+            r => {
+                spun = r;
+                true
+            }
+        });
+        if ready {
+            return spun;
+        }
+        let started = Instant::now();
+        let woke = sleep();
+        self.settings.backoff.slept(started);
+        woke
     }
 
     /// The outgoing ring's counters and wait words.

@@ -3,7 +3,7 @@
 //! below `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
 
 use std::ops::Deref;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[cfg(not(loom))]
 use serde::de::DeserializeOwned;
@@ -168,27 +168,11 @@ where
         if nonblocking {
             return self.wait_rx_sleep(need, deadline, true);
         }
-        if self.large.get() {
-            // Large messages travel faster between peers that sleep (see `End::large`).
-            return self.wait_rx_sleep(need, deadline, false);
-        }
-        let mut spun = Ok(0);
-        let ready = self.settings.backoff.spin(|| match self.rx_avail(need) {
-            Ok(avail) if avail < need => false,
-            r => {
-                spun = r;
-                true
-            }
-        });
-        if ready {
-            return spun;
-        }
-        let started = Instant::now();
-        let woke = self.wait_rx_sleep(need, deadline, false);
-        // Grows the spin after a short sleep (the peer was busy, not idle), shrinks it after a
-        // long one: see `ipc_sync::backoff`.
-        self.settings.backoff.slept(started);
-        woke
+        self.spin_then_sleep(
+            need,
+            || self.rx_avail(need),
+            || self.wait_rx_sleep(need, deadline, false),
+        )
     }
 
     /// Sleeps until `need` bytes are readable (see [`Connection::wait_rx_slow`]).

@@ -4,7 +4,7 @@
 //! `Connection` is generic over the waiter and is what the loom models in `model.rs` run.
 
 use std::ops::Deref;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[cfg(not(loom))]
 use serde::Serialize;
@@ -296,25 +296,11 @@ where
         if nonblocking {
             return self.wait_tx_sleep(need, None, true);
         }
-        if self.large.get() {
-            // Large messages travel faster between peers that sleep (see `End::large`).
-            return self.wait_tx_sleep(need, deadline, false);
-        }
-        let mut spun = Ok(0);
-        let ready = self.settings.backoff.spin(|| match self.tx_free(need) {
-            Ok(free) if free < need => false,
-            r => {
-                spun = r;
-                true
-            }
-        });
-        if ready {
-            return spun;
-        }
-        let started = Instant::now();
-        let woke = self.wait_tx_sleep(need, deadline, false);
-        self.settings.backoff.slept(started);
-        woke
+        self.spin_then_sleep(
+            need,
+            || self.tx_free(need),
+            || self.wait_tx_sleep(need, deadline, false),
+        )
     }
 
     /// Sleeps until at least `need` bytes are free (futex slices with hang-up checks), or
