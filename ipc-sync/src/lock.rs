@@ -864,6 +864,29 @@ mod loom_tests {
     use crate::owner::model::TestEnv;
     use loom::sync::Arc;
 
+    /// Two threads (tids 2 and 3) that each take `lock`, repair it if they got `OwnerDied`,
+    /// and unlock; each answers whether it was the one that saw `OwnerDied`.
+    fn spawn_acquirers(
+        lock: &Arc<Lock>,
+        dead: &Arc<AtomicU32>,
+    ) -> Vec<loom::thread::JoinHandle<bool>> {
+        (2..=3)
+            .map(|tid| {
+                let (lock, env) = (lock.clone(), TestEnv::new(tid, dead));
+                loom::thread::spawn(move || {
+                    let r = lock.raw_lock(&env, Wait::Until(None));
+                    let died = r == Ok(Acquired::OwnerDied);
+                    assert!(r.is_ok());
+                    if died {
+                        lock.raw_mark_consistent();
+                    }
+                    lock.raw_unlock();
+                    died
+                })
+            })
+            .collect()
+    }
+
     #[test]
     fn mutual_exclusion() {
         loom::model(|| {
@@ -903,21 +926,7 @@ mod loom_tests {
                 lock.raw_lock(&owner, Wait::Until(None)),
                 Ok(Acquired::Clean)
             );
-            let handles: Vec<_> = (2..=3)
-                .map(|tid| {
-                    let (lock, env) = (lock.clone(), TestEnv::new(tid, &dead));
-                    loom::thread::spawn(move || {
-                        let r = lock.raw_lock(&env, Wait::Until(None));
-                        let died = r == Ok(Acquired::OwnerDied);
-                        assert!(r.is_ok());
-                        if died {
-                            lock.raw_mark_consistent();
-                        }
-                        lock.raw_unlock();
-                        died
-                    })
-                })
-                .collect();
+            let handles = spawn_acquirers(&lock, &dead);
             owner.die(); // dies holding the lock
             let died: u32 = handles.into_iter().map(|h| h.join().unwrap() as u32).sum();
             assert_eq!(died, 1, "exactly one acquirer sees OwnerDied");
@@ -970,21 +979,7 @@ mod loom_tests {
             let dead = Arc::new(AtomicU32::new(0));
             let owner = TestEnv::new(1, &dead);
             lock.raw_lock(&owner, Wait::Until(None)).unwrap();
-            let handles: Vec<_> = (2..=3)
-                .map(|tid| {
-                    let (lock, env) = (lock.clone(), TestEnv::new(tid, &dead));
-                    loom::thread::spawn(move || {
-                        let r = lock.raw_lock(&env, Wait::Until(None));
-                        let died = r == Ok(Acquired::OwnerDied);
-                        assert!(r.is_ok());
-                        if died {
-                            lock.raw_mark_consistent();
-                        }
-                        lock.raw_unlock();
-                        died
-                    })
-                })
-                .collect();
+            let handles = spawn_acquirers(&lock, &dead);
             owner.die_unseen();
             // What the death-watch thread does when the owner's pidfd fires.
             hint_owner_died(&lock.word, owner.tid);
