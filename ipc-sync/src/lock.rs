@@ -691,6 +691,8 @@ impl Sleeping {
 /// hint (the id reused by a new owner) costs each waiter one check. Changing the word, not just
 /// waking, keeps a waiter that is about to sleep from missing the report: its futex wait
 /// expects the word without the hint and returns at once.
+// Under loom there is no death-watch thread; only the models call this.
+#[cfg_attr(all(loom, not(test)), allow(dead_code))]
 pub(crate) fn hint_owner_died(word: &AtomicU32, tid: u32) {
     let mut w = word.load(Ordering::Relaxed);
     while w & TID_MASK == tid && w & OWNER_DIED == 0 {
