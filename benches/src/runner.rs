@@ -36,6 +36,9 @@ pub struct Config {
     pub plot: Option<PathBuf>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Measure every workload a second time beside this many CPU-bound hog processes
+    /// (`--load N`; 0: quiet only).
+    pub load: usize,
 }
 
 impl Default for Config {
@@ -49,6 +52,7 @@ impl Default for Config {
             json: None,
             plot: None,
             progress: true,
+            load: 0,
         }
     }
 }
@@ -79,6 +83,9 @@ OPTIONS:
   --json FILE           write every sample, medians, spread and the system to FILE
   --plot DIR            write SVG charts to DIR
   --no-progress         no progress bar
+  --load N              measure every workload twice: quiet, then beside N CPU-bound
+                        hog processes, and print both side by side (how much each
+                        contender degrades on a busy machine)
   --list                list the workload ids and exit
   -h, --help            this text
 ";
@@ -149,7 +156,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
             "--no-crash-demo" => cfg.crash_demo = false,
             "--no-progress" => cfg.progress = false,
             "--workloads" | "--sizes" | "--workers" | "--pool-workers" | "--map-tasks"
-            | "--reps" | "--sample-ms" => {
+            | "--reps" | "--sample-ms" | "--load" => {
                 let v = value(&a)?;
                 later.push((a, v));
             }
@@ -174,6 +181,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
             "--map-tasks" => cfg.params.map_tasks = parse_size(&v)?.max(1) as u64,
             "--reps" => cfg.reps = parse_size(&v)?.max(1),
             "--sample-ms" => cfg.sample_time = Duration::from_millis(parse_size(&v)?.max(1) as u64),
+            "--load" => cfg.load = parse_size(&v)?,
             _ => {}
         }
     }
@@ -434,6 +442,10 @@ pub struct Report {
     pub sample_seconds: f64,
     /// Every workload.
     pub workloads: Vec<WorkloadResult>,
+    /// Hog processes beside the loaded pass (`--load N`; 0: no loaded pass).
+    pub load: usize,
+    /// Every workload again, measured beside `load` CPU-bound hogs (empty without `--load`).
+    pub loaded: Vec<WorkloadResult>,
     /// The crash demonstration.
     pub crash: Vec<CrashReport>,
     /// TARGETS.md rows.
@@ -756,6 +768,101 @@ pub fn headline(ws: &[WorkloadResult]) -> String {
     s
 }
 
+/// CPU-bound hog processes (busy loops), killed and reaped on drop: the `--load N` pass.
+#[derive(Debug)]
+struct Hogs {
+    /// Held only to be killed and reaped when the pass ends.
+    _children: Vec<crate::proc::Child>,
+}
+
+impl Hogs {
+    fn start(n: usize) -> Hogs {
+        Hogs {
+            _children: (0..n)
+                .map(|_| {
+                    crate::proc::fork(|| {
+                        let mut x = 0u64;
+                        loop {
+                            x = std::hint::black_box(x.wrapping_add(1));
+                        }
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How much slower `loaded` is than `quiet` for a contender (> 1: slower when loaded).
+fn slowdown(metric: Metric, quiet: f64, loaded: f64) -> f64 {
+    match metric {
+        Metric::Latency => loaded / quiet,
+        Metric::Throughput => quiet / loaded,
+    }
+}
+
+/// Quiet and loaded figures side by side, per workload and contender (markdown), with each
+/// workload's verdict: does ours degrade no more than the peer that is fastest when loaded?
+pub fn load_table(quiet: &[WorkloadResult], loaded: &[WorkloadResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| workload | contender | quiet | loaded | slowdown | ours degrades no more than the best loaded peer |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for (q, l) in quiet.iter().zip(loaded) {
+        let median = |w: &WorkloadResult, name: &str| {
+            w.contenders
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.summary.as_ref().map(|m| m.median))
+        };
+        let ours_slow = q
+            .contenders
+            .iter()
+            .find(|c| c.kind == Kind::Ours)
+            .and_then(|c| Some(slowdown(q.metric, median(q, &c.name)?, median(l, &c.name)?)));
+        let best_peer = l
+            .contenders
+            .iter()
+            .filter(|c| c.kind != Kind::Ours && c.kind != Kind::Floor && c.summary.is_some())
+            .max_by(|a, b| {
+                a.speed_vs_ours
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.speed_vs_ours.unwrap_or(0.0))
+            })
+            .and_then(|c| {
+                Some((
+                    c.name.as_str(),
+                    slowdown(q.metric, median(q, &c.name)?, median(l, &c.name)?),
+                ))
+            });
+        for c in &q.contenders {
+            let (Some(qm), Some(lm)) = (median(q, &c.name), median(l, &c.name)) else {
+                continue;
+            };
+            let verdict = match (c.kind, ours_slow, best_peer) {
+                (Kind::Ours, Some(o), Some((name, p))) => format!(
+                    "{} ({} vs {name} {})",
+                    if o <= p { "yes" } else { "NO" },
+                    fmt_ratio(o),
+                    fmt_ratio(p)
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {verdict} |",
+                q.id,
+                c.name,
+                fmt_value(q, qm),
+                fmt_value(l, lm),
+                fmt_ratio(slowdown(q.metric, qm, lm))
+            );
+        }
+    }
+    s
+}
+
 /// The crash table (markdown).
 pub fn crash_table(c: &[CrashReport]) -> String {
     let mut s = String::new();
@@ -893,9 +1000,17 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
     )?;
     let _ = workloads::tasks::spin_rounds_per_us();
     let selected = selected(cfg);
+    // The loaded pass measures the same workloads again (set-ups are one-shot, so a second,
+    // identical list), each right after its quiet pass so drift hits both alike.
+    let mut again: Vec<Option<Workload>> = if cfg.load > 0 {
+        self::selected(cfg).into_iter().map(Some).collect()
+    } else {
+        Vec::new()
+    };
+    let passes = if cfg.load > 0 { 2 } else { 1 };
     let total: u64 = selected
         .iter()
-        .map(|w| w.contenders.len() as u64 * (cfg.reps as u64 + 1))
+        .map(|w| w.contenders.len() as u64 * (cfg.reps as u64 + 1) * passes)
         .sum::<u64>()
         + u64::from(cfg.crash_demo);
     let bar = if cfg.progress {
@@ -912,13 +1027,25 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
         bar.set_style(style.progress_chars("=> "));
     }
     let mut results = Vec::new();
-    for w in selected {
+    let mut loaded = Vec::new();
+    for (i, w) in selected.into_iter().enumerate() {
         let r = measure(w, cfg, &bar);
         bar.suspend(|| -> std::io::Result<()> {
             writeln!(out, "{}", workload_table(&r))?;
             out.flush()
         })?;
         results.push(r);
+        if let Some(w) = again.get_mut(i).and_then(Option::take) {
+            let hogs = Hogs::start(cfg.load);
+            let mut r = measure(w, cfg, &bar);
+            drop(hogs);
+            r.title = format!("{}, beside {} CPU hogs", r.title, cfg.load);
+            bar.suspend(|| -> std::io::Result<()> {
+                writeln!(out, "{}", workload_table(&r))?;
+                out.flush()
+            })?;
+            loaded.push(r);
+        }
     }
     let crash = if cfg.crash_demo {
         bar.set_message("crash demonstration");
@@ -936,6 +1063,14 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
         "## Headline (speed vs ours: > 1x means faster than ours)\n"
     )?;
     writeln!(out, "{}", headline(&results))?;
+    if cfg.load > 0 {
+        writeln!(
+            out,
+            "## Quiet vs beside {} CPU hogs (slowdown: > 1x means slower when loaded)\n",
+            cfg.load
+        )?;
+        writeln!(out, "{}", load_table(&results, &loaded))?;
+    }
     if !crash.is_empty() {
         writeln!(out, "## Crash containment\n")?;
         writeln!(out, "{}", crash_table(&crash))?;
@@ -964,6 +1099,8 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
         reps: cfg.reps,
         sample_seconds: cfg.sample_time.as_secs_f64(),
         workloads: results,
+        load: cfg.load,
+        loaded,
         crash,
         targets,
         wall_seconds: start.elapsed().as_secs_f64(),

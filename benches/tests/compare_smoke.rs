@@ -10,40 +10,14 @@ fn compare_smoke_prints_every_row_and_valid_json() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("report.json");
     let plots = dir.join("plots");
-    let child = Command::new(env!("CARGO_BIN_EXE_compare"))
-        .args(["--smoke", "--no-progress", "--json"])
-        .arg(&json)
-        .arg("--plot")
-        .arg(&plots)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Watchdog: a hung runner is killed, and the test fails instead of hanging CI.
-    let pid = child.id() as i32;
-    let (done, finished) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if finished.recv_timeout(Duration::from_secs(120)).is_err() {
-            // SAFETY: kill(2) on our own child, not yet reaped (wait_with_output is still
-            // waiting for it), so the pid cannot have been reused.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            return true;
-        }
-        false
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = done.send(());
-    assert!(
-        !watchdog.join().unwrap(),
-        "compare --smoke did not finish within 120 s"
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "compare --smoke failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_compare(&[
+        "--smoke".as_ref(),
+        "--no-progress".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--plot".as_ref(),
+        plots.as_os_str(),
+    ]);
 
     // The headline table has one row per workload family, with ours measured.
     let headline = stdout
@@ -117,5 +91,89 @@ fn compare_smoke_prints_every_row_and_valid_json() {
     }
     assert!(!v["targets"].as_array().unwrap().is_empty());
     assert!(plots.join("workers.svg").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs the runner with `args` under a 120 s watchdog; returns its stdout (fails on failure).
+fn run_compare(args: &[&std::ffi::OsStr]) -> String {
+    let child = Command::new(env!("CARGO_BIN_EXE_compare"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Watchdog: a hung runner is killed, and the test fails instead of hanging CI.
+    let pid = child.id() as i32;
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(Duration::from_secs(120)).is_err() {
+            // SAFETY: kill(2) on our own child, not yet reaped (wait_with_output is still
+            // waiting for it), so the pid cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    assert!(
+        !watchdog.join().unwrap(),
+        "compare {args:?} did not finish within 120 s"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "compare {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    stdout.into_owned()
+}
+
+#[test]
+fn compare_load_pass_prints_quiet_and_loaded_side_by_side() {
+    let dir = std::env::temp_dir().join(format!("compare-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let stdout = run_compare(&[
+        "--smoke".as_ref(),
+        "--no-progress".as_ref(),
+        "--no-crash-demo".as_ref(),
+        "--workloads".as_ref(),
+        "lock_handoff,pipe_rtt_hot".as_ref(),
+        "--load".as_ref(),
+        "1".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    let table = stdout
+        .split("## Quiet vs beside 1 CPU hogs")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no quiet-vs-loaded table:\n{stdout}"));
+    for (id, ours) in [
+        ("lock_handoff", "ipc-sync Lock"),
+        ("pipe_rtt_hot/64B", "ipc-pipe"),
+    ] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {id} | {ours}")))
+            .unwrap_or_else(|| panic!("no loaded row for ours in {id}:\n{table}"));
+        assert!(
+            row.contains("yes (") || row.contains("NO ("),
+            "no verdict for {id}: {row}"
+        );
+    }
+    assert!(
+        stdout.contains("beside 1 CPU hogs (`lock_handoff`"),
+        "{stdout}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["load"].as_u64(), Some(1));
+    assert_eq!(
+        v["loaded"].as_array().unwrap().len(),
+        v["workloads"].as_array().unwrap().len()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

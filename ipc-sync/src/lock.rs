@@ -581,7 +581,12 @@ impl Lock {
         w & TID_MASK == 0
             && self
                 .word
-                .compare_exchange(w, me.tid | (w & WAITERS), Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(
+                    w,
+                    me.tid | (w & WAITERS),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 
