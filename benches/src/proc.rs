@@ -228,3 +228,33 @@ pub(crate) fn allow_procspawn() {
     // statically linked into the executable; none comes from a shared library.
     unsafe { procspawn::assert_spawn_is_safe() };
 }
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`), to be restored after
+/// [`pin_to_cpu`]; `None` if it cannot be read.
+pub fn cpu_mask() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data (a bit array): all-zero is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the size is that of `set`, which the kernel fills.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    (r == 0).then_some(set)
+}
+
+/// Restores a mask from [`cpu_mask`] on the calling thread (errors ignored: best effort).
+pub fn set_cpu_mask(set: &libc::cpu_set_t) {
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) };
+}
+
+/// Pins the calling thread to CPU `cpu` (the floor's same-core and cross-core placements);
+/// false if the CPU does not exist or may not be used.
+pub fn pin_to_cpu(cpu: usize) -> bool {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    // SAFETY: all-zero is a valid, empty cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), so CPU_SET stays inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0 }
+}

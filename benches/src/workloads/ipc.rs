@@ -368,25 +368,66 @@ fn shared_word() -> Result<(ipc_shm::Segment, ipc_shm::Offset<AtomicU32>), Strin
     Ok((seg, off))
 }
 
-/// The floor round trip: spinning (`spin`) or sleeping on a futex, a fresh responder per call.
-pub fn floor_ping_pong(spin: bool) -> ContenderSpec {
-    let name = if spin {
-        "floor: spin ping-pong (shared word)"
-    } else {
-        "floor: futex ping-pong (shared word)"
-    };
+/// Where the two processes of a floor ping-pong run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Wherever the scheduler puts them, as every other contender runs.
+    Scheduler,
+    /// Both pinned to CPU 0: every wake-up is a context switch on one core.
+    SameCore,
+    /// Pinned to CPUs 0 and 1: a sleeping peer's core may be halted and must be woken.
+    CrossCore,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Placement::Scheduler => "scheduler's placement",
+            Placement::SameCore => "same core, pinned",
+            Placement::CrossCore => "cross-core, pinned",
+        }
+    }
+}
+
+/// The floor's ping-pong between this process and a forked child on one shared word, spinning
+/// or sleeping in the futex, under `placement`. Only the floor rows are pinned (ours and the
+/// peers run where the scheduler puts them), so each row names its placement: a sleeping
+/// round trip costs several times more across cores (the idle vCPU is halted and must be
+/// woken) than on one core, and comparing a contender with the wrong one misleads.
+pub fn floor_ping_pong(spin: bool, placement: Placement) -> ContenderSpec {
+    let name = format!(
+        "floor: {} ping-pong (shared word, {})",
+        if spin { "spin" } else { "futex" },
+        placement.label()
+    );
     ContenderSpec::new(name, Kind::Floor, move || {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (parent_cpu, child_cpu) = match placement {
+            Placement::Scheduler => (None, None),
+            Placement::SameCore => (Some(0), Some(0)),
+            Placement::CrossCore if cpus >= 2 => (Some(0), Some(1)),
+            Placement::CrossCore => return Err("one CPU: no cross-core placement".into()),
+        };
         let (seg, off) = shared_word()?;
         Ok(Runner::new(1, move |iters| {
             let word = seg.get(off).map_err(|e| e.to_string())?;
             word.store(0, Ordering::Release);
             let child = fork(|| {
+                if let Some(cpu) = child_cpu {
+                    crate::proc::pin_to_cpu(cpu);
+                }
                 if spin {
                     spin_ping_pong(word, Side::Responder, 0)
                 } else {
                     futex_ping_pong(word, Side::Responder, 0)
                 }
             });
+            let saved = crate::proc::cpu_mask();
+            if let Some(cpu) = parent_cpu
+                && !crate::proc::pin_to_cpu(cpu)
+            {
+                return Err(format!("cannot pin to CPU {cpu}"));
+            }
             let start = Instant::now();
             if spin {
                 spin_ping_pong(word, Side::Initiator, iters);
@@ -394,6 +435,11 @@ pub fn floor_ping_pong(spin: bool) -> ContenderSpec {
                 futex_ping_pong(word, Side::Initiator, iters);
             }
             let t = start.elapsed();
+            if parent_cpu.is_some()
+                && let Some(mask) = &saved
+            {
+                crate::proc::set_cpu_mask(mask);
+            }
             if spin {
                 spin_ping_pong_stop(word);
             } else {
@@ -458,7 +504,12 @@ pub fn pipe_round_trip(p: &Params, hot: bool) -> Vec<Workload> {
                     }))
                 },
             ))
-            .with(floor_ping_pong(hot));
+            .with(floor_ping_pong(hot, Placement::Scheduler));
+            if !hot {
+                wl = wl
+                    .with(floor_ping_pong(false, Placement::SameCore))
+                    .with(floor_ping_pong(false, Placement::CrossCore));
+            }
             if hot {
                 wl = wl.with(ContenderSpec::new(
                     "crossbeam ping-pong, threads",
@@ -626,7 +677,9 @@ pub fn lock_handoff(_p: &Params) -> Workload {
             }))
         },
     ))
-    .with(floor_ping_pong(false))
+    .with(floor_ping_pong(false, Placement::Scheduler))
+    .with(floor_ping_pong(false, Placement::SameCore))
+    .with(floor_ping_pong(false, Placement::CrossCore))
     .note("the lock hand-off needs both parties awake; the futex floor is one sleeping round trip")
 }
 

@@ -21,7 +21,9 @@ mod pooled;
 pub mod python;
 pub mod tasks;
 
-pub use ipc::{Payload, floor_ping_pong, lock_handoff, pipe_round_trip, queue_mpmc, queue_spsc};
+pub use ipc::{
+    Payload, Placement, floor_ping_pong, lock_handoff, pipe_round_trip, queue_mpmc, queue_spsc,
+};
 pub use pooled::{cpu_tasks, crash_recovery, map_trivial, payload_tasks, pool_apply};
 
 /// One iteration count in, the time those iterations took out (or why it failed).
