@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::Pool;
 use crate::error::TaskError;
+use crate::job::CancelToken;
 use crate::result::{Sink, StreamSink};
 use crate::task::TaskRef;
 
@@ -17,8 +18,14 @@ use crate::task::TaskRef;
 /// It pulls arguments from its input only as results are consumed, keeping at most the pool's
 /// `max_in_flight` tasks submitted ahead, so an endless input works and memory stays bounded.
 /// Ordered (`imap`) iterators yield `Result<R, TaskError>` in argument order; unordered ones
-/// yield them as they complete. Every argument yields exactly one item: once the pool is closed
-/// or broken (its restart breaker tripped), each remaining argument yields that error.
+/// yield the same items as they complete, without the argument's index. Every argument yields
+/// exactly one item: once the pool is closed or broken (its restart breaker tripped), each
+/// remaining argument yields that error.
+///
+/// Dropping an `Imap` before its end stops it: no further input is pulled, its queued tasks
+/// never run, and the workers running its tasks are killed and replaced (their results would go
+/// nowhere). Like [`AsyncResult::cancel`](crate::AsyncResult::cancel), this never counts
+/// towards the restart breaker and touches no other task.
 ///
 /// ```
 /// fn double(x: u64) -> u64 {
@@ -43,8 +50,18 @@ pub struct Imap<'p, A, R, I> {
     in_flight: usize,
     results: Receiver<(u64, Result<R, TaskError>)>,
     sink: Arc<dyn Sink>,
+    cancel: Arc<CancelToken>,
     pending: BTreeMap<u64, Result<R, TaskError>>,
     _arg: std::marker::PhantomData<fn(A)>,
+}
+
+/// Cancels what is in flight (nothing, once every result was taken).
+impl<A, R, I> Drop for Imap<'_, A, R, I> {
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            self.cancel.cancel();
+        }
+    }
 }
 
 impl<A, R, I> std::fmt::Debug for Imap<'_, A, R, I> {
@@ -83,6 +100,7 @@ where
             in_flight: 0,
             results: rx,
             sink: Arc::new(StreamSink(tx)),
+            cancel: CancelToken::new(),
             pending: BTreeMap::new(),
             _arg: std::marker::PhantomData,
         }
@@ -102,10 +120,13 @@ where
                 break;
             }
             let n = chunk.len();
-            if let Err(e) =
-                self.pool
-                    .submit_chunk(self.task, &chunk, self.next_index, self.sink.clone())
-            {
+            if let Err(e) = self.pool.submit_chunk(
+                self.task,
+                &chunk,
+                self.next_index,
+                self.sink.clone(),
+                &self.cancel,
+            ) {
                 for i in 0..n as u64 {
                     self.sink.fail(self.next_index + i, e.clone());
                 }

@@ -89,10 +89,13 @@ mod wire;
 mod worker;
 
 pub use api::{Pool, PoolBuilder};
-pub use error::{ConfigError, EncodeError, Exit, OsError, PoolError, SpawnError, TaskError};
+pub use error::{
+    ConfigError, EncodeError, Exit, OsError, PanicLocation, PoolError, SpawnError, TaskError,
+    WorkerBacktrace,
+};
 pub use imap::Imap;
-pub use process::{Finished, Process, ProcessBuilder};
-pub use result::AsyncResult;
+pub use process::{DEFAULT_DROP_GRACE, Finished, Process, ProcessBuilder};
+pub use result::{AsyncResult, CancelOutcome};
 pub use start::StartMethod;
 pub use start::init::init;
 pub use stats::{PoolStats, WorkerState, WorkerStats};
