@@ -12,9 +12,10 @@
 //!
 //! | step | canceller ([`CancelToken::cancel`])           | driver running a job of the token              |
 //! |------|-----------------------------------------------|------------------------------------------------|
+//! | 0    | (`AsyncResult::cancel` has claimed the result with `Cancelled`) |                      |
 //! | 1    | sets `cancelled`                              | adds its worker's pid to `running` (lock)      |
 //! | 2    | locks `running`, SIGKILLs every pid in it     | checks `cancelled`: if set, fails the job unrun |
-//! | 3    | completes the handle's result with `Cancelled` | a killed worker's job fails with `Cancelled`   |
+//! | 3    |                                               | a killed worker's job fails with `Cancelled`   |
 //! | 4    |                                               | removes its pid (lock) before reaping the worker |
 //!
 //! Either the canceller finds the driver's pid in `running` (and kills it), or the driver sees

@@ -120,8 +120,8 @@ pub struct AsyncResult<T> {
 pub enum CancelOutcome {
     /// The result was already there (or another cancel came first): nothing changed.
     AlreadyDone,
-    /// No task of it was running: the queued ones were taken out and will never run. The
-    /// result is [`TaskError::Cancelled`].
+    /// No task of it was running when the cancel took effect: the queued ones were taken out
+    /// and will never run. The result is [`TaskError::Cancelled`].
     Dequeued,
     /// Tasks of it were running: their workers were killed (and are replaced), and the rest
     /// will never run. The result is [`TaskError::Cancelled`].
@@ -185,13 +185,13 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn cancel(&self) -> CancelOutcome {
-        if self.cell.is_ready() {
+        // Claim the result first: the driver of a killed worker fails the job with `Cancelled`
+        // too, and whoever completes the cell first decides what the caller is told.
+        if !self.cell.complete(Err(TaskError::Cancelled)) {
             return CancelOutcome::AlreadyDone;
         }
         let killed = self.cancel.as_ref().map_or(0, |c| c.cancel().killed);
-        if !self.cell.complete(Err(TaskError::Cancelled)) {
-            CancelOutcome::AlreadyDone
-        } else if killed > 0 {
+        if killed > 0 {
             CancelOutcome::KilledRunning
         } else {
             CancelOutcome::Dequeued
