@@ -93,6 +93,13 @@ pub enum TaskError {
     /// alike.
     #[error("the pool was terminated before the task finished")]
     Terminated,
+    /// The input iterator of an [`Imap`](crate::Imap) panicked (with this message) while the
+    /// `Imap` pulled arguments from it: the last item the `Imap` yields.
+    #[error("the input iterator panicked: {message}")]
+    InputPanicked {
+        /// The panic message.
+        message: String,
+    },
     /// The task was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel), or its
     /// [`Imap`](crate::Imap) was dropped) before it finished.
     #[error("the task was cancelled")]

@@ -471,3 +471,36 @@ fn dropping_a_running_non_daemon_process_is_bounded() {
     drop(child);
     assert!(!ipc_tests::process_is_running(pid));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A panicking imap input
+
+/// 0, 1, 2, 3, 4, then a panic.
+fn panicking_input() -> impl Iterator<Item = u64> {
+    (0..10u64).map(|x| {
+        assert!(x < 5, "bad input {x}");
+        x
+    })
+}
+
+#[test]
+fn a_panicking_imap_input_yields_the_results_before_it_then_an_error() {
+    let _watchdog = ipc_tests::watchdog("panicking input", WATCHDOG);
+    let pool = build(pool::default_start_method(), 2);
+    let expected_error = TaskError::InputPanicked {
+        message: "bad input 5".into(),
+    };
+    for chunksize in [1, 3] {
+        let items: Vec<_> = pool
+            .imap_chunked(square, panicking_input(), chunksize)
+            .collect();
+        let mut expected: Vec<Result<u64, TaskError>> = (0..5u64).map(|x| Ok(x * x)).collect();
+        expected.push(Err(expected_error.clone()));
+        assert_eq!(items, expected, "chunksize {chunksize}");
+    }
+    let mut items: Vec<_> = pool.imap_unordered(square, panicking_input()).collect();
+    assert_eq!(items.pop(), Some(Err(expected_error)));
+    let mut squares: Vec<u64> = items.into_iter().map(Result::unwrap).collect();
+    squares.sort();
+    assert_eq!(squares, vec![0, 1, 4, 9, 16]);
+}
