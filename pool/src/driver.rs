@@ -327,16 +327,25 @@ impl Driver {
             self.running = Some((cancel.clone(), pid));
         }
         let ran = self.run_registered(job);
-        self.leave_cancel();
+        if self.leave_cancel() && matches!(ran, Ran::Done) {
+            // A cancel may have sent this worker SIGKILL just after its job ended: never hand
+            // it another job (which its death would then fail); replace it.
+            if let Some(mut worker) = self.worker.take() {
+                worker.kill();
+                let _ = worker.reap();
+            }
+            return Ran::WorkerGone;
+        }
         ran
     }
 
     /// Takes the worker's pid out of the running job's cancel token (before the worker is
-    /// reaped: a cancel must never signal a pid that may be reused).
-    fn leave_cancel(&mut self) {
-        if let Some((cancel, pid)) = self.running.take() {
-            cancel.leave(pid);
-        }
+    /// reaped: a cancel must never signal a pid that may be reused). Returns whether the token
+    /// was cancelled while the worker was registered (see `CancelToken::leave`).
+    fn leave_cancel(&mut self) -> bool {
+        self.running
+            .take()
+            .is_some_and(|(cancel, pid)| cancel.leave(pid))
     }
 
     /// Sends `job` to the worker and collects its outcomes, handling death and timeouts.
@@ -472,7 +481,7 @@ impl Driver {
             return Ran::WorkerGone;
         };
         let pid = worker.pid;
-        self.leave_cancel();
+        let _ = self.leave_cancel();
         // The link failed: whether the worker died or only its pipe broke, make sure it is gone
         // before waiting for it (a dying process keeps the status it is dying with).
         worker.kill();

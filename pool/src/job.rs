@@ -16,7 +16,7 @@
 //! | 1    | sets `cancelled`                              | adds its worker's pid to `running` (lock)      |
 //! | 2    | locks `running`, SIGKILLs every pid in it     | checks `cancelled`: if set, fails the job unrun |
 //! | 3    |                                               | a killed worker's job fails with `Cancelled`   |
-//! | 4    |                                               | removes its pid (lock) before reaping the worker |
+//! | 4    |                                               | removes its pid (lock) before reaping the worker; if `cancelled` is set then, the worker may have been signalled after its job ended, so it is killed and replaced rather than given another job |
 //!
 //! Either the canceller finds the driver's pid in `running` (and kills it), or the driver sees
 //! the flag before it sends the job: a job of a cancelled token never runs to completion unseen.
@@ -104,7 +104,7 @@ impl CancelToken {
     pub(crate) fn enter(&self, pid: u32) -> bool {
         lock(&self.running).push(pid);
         if self.is_cancelled() {
-            self.leave(pid);
+            let _ = self.leave(pid);
             return false;
         }
         true
@@ -112,11 +112,17 @@ impl CancelToken {
 
     /// The worker `pid` no longer runs a job of this token (idempotent). Called before the
     /// worker is reaped, so that no kill reaches its pid once the pid may be reused.
-    pub(crate) fn leave(&self, pid: u32) {
+    ///
+    /// Returns whether the token was cancelled while `pid` was registered: the worker may have
+    /// been sent SIGKILL (a signal that may land after its job ended), so it must not be given
+    /// another job.
+    pub(crate) fn leave(&self, pid: u32) -> bool {
         let mut running = lock(&self.running);
-        if let Some(i) = running.iter().position(|&p| p == pid) {
-            running.swap_remove(i);
-        }
+        let Some(i) = running.iter().position(|&p| p == pid) else {
+            return false;
+        };
+        running.swap_remove(i);
+        self.is_cancelled()
     }
 }
 
