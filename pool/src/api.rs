@@ -343,7 +343,9 @@ impl Pool {
     /// Like [`apply_async`](Pool::apply_async), and runs `callback` with the result, or
     /// `error_callback` with the error, on a pool thread in the parent before the result is
     /// made available (Python's `callback` and `error_callback`). Keep callbacks short, and do
-    /// not wait on this pool from one: it runs on the thread that feeds a worker.
+    /// not wait on this pool from one: it runs on the thread that feeds a worker. (A task
+    /// refused at submission, or cancelled, has its `error_callback` run on the calling
+    /// thread.)
     pub fn apply_async_with<A, R>(
         &self,
         f: fn(A) -> R,
