@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::driver;
 use crate::error::{ConfigError, EncodeError, PoolError, SpawnErrorKind, TaskError};
-use crate::job::Job;
+use crate::job::{CancelToken, Job};
 use crate::registry::Registry;
 use crate::result::{
     AsyncResult, Callback, ErrorCallback, MapSink, OneSink, Progress, ResultCell, Sink,
@@ -308,8 +308,9 @@ impl Pool {
         args: &[A],
         first: u64,
         sink: Arc<dyn Sink>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Result<Job, TaskError> {
-        Job::new(self.registry.next_job_id(), task, args, first, sink)
+        Job::new(self.registry.next_job_id(), task, args, first, sink, cancel)
     }
 
     /// Runs `f(arg)` in a worker and waits for the result (Python's `apply`).
@@ -323,7 +324,7 @@ impl Pool {
     {
         let cell = ResultCell::new(None, None);
         let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
-        let job = self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink)?;
+        let job = self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink, None)?;
         if let Err(job) = driver::run_here(&self.registry, job) {
             self.submit(job)?;
         }
@@ -342,7 +343,9 @@ impl Pool {
     /// Like [`apply_async`](Pool::apply_async), and runs `callback` with the result, or
     /// `error_callback` with the error, on a pool thread in the parent before the result is
     /// made available (Python's `callback` and `error_callback`). Keep callbacks short, and do
-    /// not wait on this pool from one: it runs on the thread that feeds a worker.
+    /// not wait on this pool from one: it runs on the thread that feeds a worker. (A task
+    /// refused at submission, or cancelled, has its `error_callback` run on the calling
+    /// thread.)
     pub fn apply_async_with<A, R>(
         &self,
         f: fn(A) -> R,
@@ -375,15 +378,19 @@ impl Pool {
     {
         let cell = ResultCell::new(callback, error_callback);
         let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
-        match self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink) {
+        let cancel = CancelToken::new();
+        let args = std::slice::from_ref(&arg);
+        match self.new_job(TaskRef::new(f), args, 0, sink, Some(cancel.clone())) {
             Ok(job) => {
                 if let Err(e) = self.submit(job) {
-                    cell.complete(Err(e.into()));
+                    let _ = cell.complete(Err(e.into()));
                 }
             }
-            Err(e) => cell.complete(Err(e)),
+            Err(e) => {
+                let _ = cell.complete(Err(e));
+            }
         }
-        AsyncResult::new(cell)
+        AsyncResult::cancellable(cell, cancel)
     }
 
     /// Applies `f` to every argument in workers and returns the results in order (Python's
@@ -412,7 +419,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.map_async_inner(f, args, None, Some(Box::new(progress)))
+        self.map_async_inner(f, args, None, Some(Box::new(progress)), None, None)
             .get()
     }
 
@@ -441,8 +448,63 @@ impl Pool {
         self.map(f, args)
     }
 
+    /// [`starmap`](Pool::starmap) with an explicit chunk size (Python's `starmap(func,
+    /// iterable, chunksize)`).
+    ///
+    /// ```
+    /// fn add((a, b): (u32, u32)) -> u32 {
+    ///     a + b
+    /// }
+    ///
+    /// let pool = pool::Pool::new(2)?;
+    /// let sums = pool.starmap_chunked(add, vec![(1, 2), (3, 4), (5, 6)], 2)?;
+    /// assert_eq!(sums, vec![3, 7, 11]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn starmap_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: usize,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_chunked(f, args, chunksize)
+    }
+
+    /// Python's `starmap_async`: [`starmap`](Pool::starmap) whose results come later, in order,
+    /// through the [`AsyncResult`]; `chunksize` as in [`map_async`](Pool::map_async).
+    ///
+    /// ```
+    /// fn mul((a, b): (u64, u64)) -> u64 {
+    ///     a * b
+    /// }
+    ///
+    /// let pool = pool::Pool::new(2)?;
+    /// let pending = pool.starmap_async(mul, vec![(2, 3), (4, 5)], None);
+    /// assert_eq!(pending.get()?, vec![6, 20]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn starmap_async<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, args, chunksize)
+    }
+
     /// Starts a map; the results come later, in order, through the [`AsyncResult`]. `chunksize`
     /// `None` picks one automatically (as Python: about four chunks per worker).
+    /// [`AsyncResult::cancel`] cancels every chunk of the map.
     pub fn map_async<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -454,7 +516,55 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.map_async_inner(f, args, chunksize, None)
+        self.map_async_inner(f, args, chunksize, None, None, None)
+    }
+
+    /// Like [`map_async`](Pool::map_async), and runs `callback` with the results, or
+    /// `error_callback` with the map's (first) error, as
+    /// [`apply_async_with`](Pool::apply_async_with) does: once, on a pool thread in the parent
+    /// (on the calling thread when the map fails at submission or is cancelled), before the
+    /// result is made available (Python's `map_async(..., callback, error_callback)`). Keep
+    /// callbacks short, and do not wait on this pool from one.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = pool::Pool::new(2)?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let pending = pool.map_async_with(
+    ///     square,
+    ///     1..=3u64,
+    ///     None,
+    ///     move |squares: &Vec<u64>| tx.send(squares.iter().sum::<u64>()).unwrap(),
+    ///     |e| eprintln!("map failed: {e}"),
+    /// );
+    /// assert_eq!(pending.get()?, vec![1, 4, 9]);
+    /// assert_eq!(rx.recv()?, 14);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_async_with<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: Option<usize>,
+        callback: impl FnOnce(&Vec<R>) + Send + 'static,
+        error_callback: impl FnOnce(&TaskError) + Send + 'static,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_inner(
+            f,
+            args,
+            chunksize,
+            None,
+            Some(Box::new(callback)),
+            Some(Box::new(error_callback)),
+        )
     }
 
     fn map_async_inner<A, R, I>(
@@ -463,6 +573,8 @@ impl Pool {
         args: I,
         chunksize: Option<usize>,
         progress: Option<Progress>,
+        callback: Option<Callback<Vec<R>>>,
+        error_callback: Option<ErrorCallback>,
     ) -> AsyncResult<Vec<R>>
     where
         A: Serialize + DeserializeOwned,
@@ -470,29 +582,30 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let args: Vec<A> = args.into_iter().collect();
-        let cell = ResultCell::new(None, None);
+        let cell = ResultCell::new(callback, error_callback);
         let len = args.len();
         let sink: Arc<dyn Sink> = Arc::new(MapSink::new(cell.clone(), len, progress));
         let chunk = chunksize.unwrap_or_else(|| self.auto_chunksize(len)).max(1);
         let task = TaskRef::new(f);
+        let cancel = CancelToken::new();
         let mut first = 0u64;
         for chunk_args in args.chunks(chunk) {
             let n = chunk_args.len() as u64;
-            match self.new_job(task, chunk_args, first, sink.clone()) {
+            match self.new_job(task, chunk_args, first, sink.clone(), Some(cancel.clone())) {
                 Ok(job) => {
                     if let Err(e) = self.submit(job) {
-                        cell.complete(Err(e.into()));
+                        let _ = cell.complete(Err(e.into()));
                         break;
                     }
                 }
                 Err(e) => {
-                    cell.complete(Err(e));
+                    let _ = cell.complete(Err(e));
                     break;
                 }
             }
             first += n;
         }
-        AsyncResult::new(cell)
+        AsyncResult::cancellable(cell, cancel)
     }
 
     /// Python's heuristic: about four chunks per worker; one per task when a task timeout is
@@ -507,7 +620,8 @@ impl Pool {
 
     /// Lazily applies `f` to the arguments, yielding results in argument order (Python's
     /// `imap`). At most `max_in_flight` tasks (a builder setting) are sent ahead, so an endless
-    /// iterator works and memory stays bounded.
+    /// iterator works and memory stays bounded. Dropping the [`Imap`](crate::Imap) before its
+    /// end cancels the tasks it has in flight.
     pub fn imap<A, R, I>(&self, f: fn(A) -> R, args: I) -> crate::Imap<'_, A, R, I::IntoIter>
     where
         A: Serialize + DeserializeOwned,
@@ -532,8 +646,24 @@ impl Pool {
         crate::imap::Imap::new(self, f, args.into_iter(), true, chunksize)
     }
 
-    /// Like [`imap`](Pool::imap), but yields results as they complete (Python's
-    /// `imap_unordered`), each with its argument's index.
+    /// Like [`imap`](Pool::imap), but yields each result as soon as it arrives (Python's
+    /// `imap_unordered`): the same `Result<R, TaskError>` items, one per argument, in completion
+    /// order rather than argument order, and without the argument's index (return it from the
+    /// task, as in Python, when you need it).
+    ///
+    /// ```
+    /// fn tagged(x: u64) -> (u64, u64) {
+    ///     (x, x * x)
+    /// }
+    ///
+    /// let pool = pool::Pool::new(2)?;
+    /// let mut got: Vec<(u64, u64)> = pool
+    ///     .imap_unordered(tagged, 0..4u64)
+    ///     .collect::<Result<_, _>>()?;
+    /// got.sort();
+    /// assert_eq!(got, vec![(0, 0), (1, 1), (2, 4), (3, 9)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn imap_unordered<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -547,14 +677,46 @@ impl Pool {
         crate::imap::Imap::new(self, f, args.into_iter(), false, 1)
     }
 
+    /// Like [`imap_unordered`](Pool::imap_unordered), in chunks of `chunksize` (Python's
+    /// `imap_unordered(func, iterable, chunksize)`). A chunk's results arrive together (a long
+    /// chunk's results as its worker reports them), in completion order between chunks.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = pool::Pool::new(2)?;
+    /// let mut got: Vec<u64> = pool
+    ///     .imap_unordered_chunked(square, 0..10u64, 4)
+    ///     .collect::<Result<_, _>>()?;
+    /// got.sort();
+    /// assert_eq!(got, (0..10u64).map(square).collect::<Vec<_>>());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn imap_unordered_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        args: I,
+        chunksize: usize,
+    ) -> crate::Imap<'_, A, R, I::IntoIter>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        crate::imap::Imap::new(self, f, args.into_iter(), false, chunksize)
+    }
+
     pub(crate) fn submit_chunk<A: Serialize + DeserializeOwned>(
         &self,
         task: TaskRef,
         args: &[A],
         first: u64,
         sink: Arc<dyn Sink>,
+        cancel: &Arc<CancelToken>,
     ) -> Result<(), TaskError> {
-        let job = self.new_job(task, args, first, sink)?;
+        let job = self.new_job(task, args, first, sink, Some(cancel.clone()))?;
         self.submit(job).map_err(TaskError::from)
     }
 
@@ -567,7 +729,8 @@ impl Pool {
         self.registry.close();
     }
 
-    /// Kills every worker now. Unfinished tasks fail with [`TaskError::Terminated`].
+    /// Kills every worker now. Every unfinished task, queued or running, fails with
+    /// [`TaskError::Terminated`].
     pub fn terminate(&self) {
         self.registry.terminate();
     }

@@ -11,6 +11,8 @@
 //! | the task panics                | `Panicked`; the worker lives  | delivered          | run on      |
 //! | the worker dies (signal, exit) | `WorkerLost`                  | delivered          | requeued    |
 //! | `task_timeout` passes          | `Timeout`; the worker is killed | delivered        | requeued    |
+//! | the job's handle is cancelled  | `Cancelled`; the worker is killed | delivered (ignored) | `Cancelled` |
+//! | the pool is terminated         | `Terminated`; the worker is killed | delivered      | `Terminated` |
 //!
 //! Tasks that had not started run again on another worker however many times other deaths
 //! bounce them (a worker killed before it took the job, while idle or starting). The one bound:
@@ -24,6 +26,11 @@
 //! by the same driver; workers that keep failing at start-up trip the restart-loop breaker
 //! (`sizing`).
 //!
+//! A cancel (see `job`'s protocol) kills the worker from the cancelling thread; its driver
+//! settles the job like any death, with `Cancelled` for the job's tasks, and starts a new
+//! worker as it would after a crash. That is no start-up failure, so the restart breaker never
+//! counts it.
+//!
 //! A driver's state sits in a *seat* (a mutex): [`run_here`] lets a caller's thread borrow an
 //! idle seat and run its job on that worker directly.
 
@@ -32,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Exit, PoolError, TaskError};
-use crate::job::Job;
+use crate::job::{CancelToken, Job};
 use crate::registry::{Registry, lock};
 use crate::result::failure_to_error;
 use crate::start::{self, StartFailure, Worker};
@@ -235,6 +242,8 @@ pub(crate) struct Driver {
     frame: Vec<u8>,
     buf: Vec<u8>,
     pub(crate) tasks_limit: Option<u64>,
+    /// The cancel token of the job running now, while the worker's pid is registered in it.
+    running: Option<(Arc<CancelToken>, u32)>,
 }
 
 impl Driver {
@@ -246,6 +255,7 @@ impl Driver {
             frame: Vec::new(),
             buf: Vec::new(),
             tasks_limit: None,
+            running: None,
         }
     }
 
@@ -305,8 +315,41 @@ impl Driver {
         Ok(())
     }
 
+    /// Runs `job` on the worker, registered with the job's cancel token meanwhile (a job
+    /// whose handle is already cancelled fails with `Cancelled`, unrun).
+    fn run_job(&mut self, job: Job) -> Ran {
+        if let (Some(cancel), Some(worker)) = (&job.cancel, &self.worker) {
+            let pid = worker.pid;
+            if !cancel.enter(pid) {
+                self.registry.finish_job_error(&job, &TaskError::Cancelled);
+                return Ran::Done;
+            }
+            self.running = Some((cancel.clone(), pid));
+        }
+        let ran = self.run_registered(job);
+        if self.leave_cancel() && matches!(ran, Ran::Done) {
+            // A cancel may have sent this worker SIGKILL just after its job ended: never hand
+            // it another job (which its death would then fail); replace it.
+            if let Some(mut worker) = self.worker.take() {
+                worker.kill();
+                let _ = worker.reap();
+            }
+            return Ran::WorkerGone;
+        }
+        ran
+    }
+
+    /// Takes the worker's pid out of the running job's cancel token (before the worker is
+    /// reaped: a cancel must never signal a pid that may be reused). Returns whether the token
+    /// was cancelled while the worker was registered (see `CancelToken::leave`).
+    fn leave_cancel(&mut self) -> bool {
+        self.running
+            .take()
+            .is_some_and(|(cancel, pid)| cancel.leave(pid))
+    }
+
     /// Sends `job` to the worker and collects its outcomes, handling death and timeouts.
-    fn run_job(&mut self, mut job: Job) -> Ran {
+    fn run_registered(&mut self, mut job: Job) -> Ran {
         let registry = self.registry.clone();
         let Some(worker) = self.worker.as_mut() else {
             let _ = registry.tx_requeue(job);
@@ -431,21 +474,39 @@ impl Driver {
 
     /// The worker is gone while holding `job`: settle the job and drop the worker.
     /// `cause` is the error for the running argument (default: `WorkerLost` with its exit).
-    fn lost(&mut self, job: Job, reported: u64, cause: Option<TaskError>) -> Ran {
+    fn lost(&mut self, mut job: Job, reported: u64, cause: Option<TaskError>) -> Ran {
         let registry = self.registry.clone();
         let Some(mut worker) = self.worker.take() else {
             let _ = registry.tx_requeue(job);
             return Ran::WorkerGone;
         };
         let pid = worker.pid;
+        let _ = self.leave_cancel();
         // The link failed: whether the worker died or only its pipe broke, make sure it is gone
         // before waiting for it (a dying process keeps the status it is dying with).
         worker.kill();
         let exit = worker.reap().unwrap_or(Exit::Code(-1));
-        let cause = cause.unwrap_or(TaskError::WorkerLost { pid, exit });
         if let Some(w) = lock(&registry.table).get_mut(&self.id) {
             w.state = WorkerState::Starting;
         }
+        // Cut short by terminate() (which killed the worker) or by a cancel of the job's handle:
+        // every task of the job without an outcome gets that reason, whatever the worker was
+        // doing, and nothing runs again.
+        let stopped = if registry.terminated.load(Ordering::SeqCst) {
+            Some(TaskError::Terminated)
+        } else if job.is_cancelled() {
+            Some(TaskError::Cancelled)
+        } else {
+            None
+        };
+        if let Some(stopped) = stopped {
+            let end = job.first + job.count;
+            job.first = reported.min(end);
+            job.count = end - job.first;
+            registry.finish_job_error(&job, &stopped);
+            return Ran::WorkerGone;
+        }
+        let cause = cause.unwrap_or(TaskError::WorkerLost { pid, exit });
         let end = job.first + job.count;
         let words = worker.slot.words();
         // Whether the worker had taken this very job off its pipe before it died.

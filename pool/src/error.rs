@@ -55,10 +55,18 @@ impl From<ipc_shm::os::ExitStatus> for Exit {
 #[non_exhaustive]
 pub enum TaskError {
     /// The task panicked; the worker caught it and lives on.
-    #[error("the task panicked: {message}")]
+    ///
+    /// The `Display` is one line: the location and the message. The worker's backtrace, taken
+    /// when `RUST_BACKTRACE` is set (and not `0`) in the worker, is [`TaskError::backtrace`].
+    #[error("the task panicked{}: {message}", at(.location.as_ref()))]
+    #[non_exhaustive]
     Panicked {
         /// The panic message.
         message: String,
+        /// Where the task panicked (file, line, column), when the panic reported it.
+        location: Option<PanicLocation>,
+        /// The worker's backtrace at the panic, when `RUST_BACKTRACE` is set in the worker.
+        backtrace: Option<WorkerBacktrace>,
     },
     /// The worker running the task died (killed by a signal, or exited) before finishing it; a
     /// new worker replaces it.
@@ -81,12 +89,104 @@ pub enum TaskError {
     /// The result could not be encoded in the worker or decoded in the parent.
     #[error("the task's result could not be (de)serialized: {0}")]
     Result(String),
-    /// The pool was terminated (or dropped) before the task finished.
+    /// The pool was terminated (or dropped) before the task finished: queued and running tasks
+    /// alike.
     #[error("the pool was terminated before the task finished")]
     Terminated,
+    /// The input iterator of an [`Imap`](crate::Imap) panicked (with this message) while the
+    /// `Imap` pulled arguments from it: the last item the `Imap` yields.
+    #[error("the input iterator panicked: {message}")]
+    InputPanicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The task was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel), or its
+    /// [`Imap`](crate::Imap) was dropped) before it finished.
+    #[error("the task was cancelled")]
+    Cancelled,
     /// The pool could not run the task at all (see the inner error).
     #[error(transparent)]
     Pool(#[from] PoolError),
+}
+
+impl TaskError {
+    /// Where the task panicked, for a [`Panicked`](TaskError::Panicked) error that knows it.
+    ///
+    /// ```
+    /// fn fails(_: u32) -> u32 {
+    ///     panic!("no")
+    /// }
+    ///
+    /// let pool = pool::Pool::new(1)?;
+    /// let error = pool.apply(fails, 0).unwrap_err();
+    /// let at = error.panic_location().expect("a location");
+    /// assert!(at.file.ends_with(".rs"));
+    /// assert!(error.to_string().contains(&at.to_string()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn panic_location(&self) -> Option<&PanicLocation> {
+        match self {
+            TaskError::Panicked { location, .. } => location.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The worker's backtrace at the panic, as text, for a [`Panicked`](TaskError::Panicked)
+    /// error whose worker ran with `RUST_BACKTRACE` set (and not `0`); `None` otherwise.
+    /// Workers inherit the environment the way their start method gives it: `Fork` at the
+    /// worker's start, `ForkServer` and `Spawn` from the program's start.
+    pub fn backtrace(&self) -> Option<&str> {
+        match self {
+            TaskError::Panicked {
+                backtrace: Some(b), ..
+            } => Some(b.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// `" at file:line:col"` when the location is known.
+fn at(location: Option<&PanicLocation>) -> String {
+    location.map_or_else(String::new, |l| format!(" at {l}"))
+}
+
+/// Where a task panicked: the source location its panic reported.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct PanicLocation {
+    /// The source file, as the compiler named it.
+    pub file: String,
+    /// The line (from 1).
+    pub line: u32,
+    /// The column (from 1).
+    pub column: u32,
+}
+
+impl fmt::Display for PanicLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A worker's backtrace at a task's panic, as the worker printed it (see
+/// [`TaskError::backtrace`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerBacktrace(Arc<str>);
+
+impl WorkerBacktrace {
+    pub(crate) fn new(text: String) -> WorkerBacktrace {
+        WorkerBacktrace(text.into())
+    }
+
+    /// The backtrace's text (one frame per line or two, as `std::backtrace` prints it).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerBacktrace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Why the pool (or a `Process`) could not do what was asked.

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::Pool;
 use crate::error::TaskError;
+use crate::job::CancelToken;
 use crate::result::{Sink, StreamSink};
 use crate::task::TaskRef;
 
@@ -17,8 +18,17 @@ use crate::task::TaskRef;
 /// It pulls arguments from its input only as results are consumed, keeping at most the pool's
 /// `max_in_flight` tasks submitted ahead, so an endless input works and memory stays bounded.
 /// Ordered (`imap`) iterators yield `Result<R, TaskError>` in argument order; unordered ones
-/// yield them as they complete. Every argument yields exactly one item: once the pool is closed
-/// or broken (its restart breaker tripped), each remaining argument yields that error.
+/// yield the same items as they complete, without the argument's index. Every argument yields
+/// exactly one item: once the pool is closed or broken (its restart breaker tripped), each
+/// remaining argument yields that error. An input iterator that panics ends the input: the
+/// results of the arguments it gave before come first, then one
+/// [`TaskError::InputPanicked`], then the end (as Python's `imap` raises the input's
+/// exception after the results before it).
+///
+/// Dropping an `Imap` before its end stops it: no further input is pulled, its queued tasks
+/// never run, and the workers running its tasks are killed and replaced (their results would go
+/// nowhere). Like [`AsyncResult::cancel`](crate::AsyncResult::cancel), this never counts
+/// towards the restart breaker and touches no other task.
 ///
 /// ```
 /// fn double(x: u64) -> u64 {
@@ -36,6 +46,8 @@ pub struct Imap<'p, A, R, I> {
     task: TaskRef,
     input: I,
     input_done: bool,
+    /// The input iterator panicked: yielded once every result before it was.
+    input_panic: Option<TaskError>,
     ordered: bool,
     chunksize: usize,
     next_index: u64,
@@ -43,8 +55,18 @@ pub struct Imap<'p, A, R, I> {
     in_flight: usize,
     results: Receiver<(u64, Result<R, TaskError>)>,
     sink: Arc<dyn Sink>,
+    cancel: Arc<CancelToken>,
     pending: BTreeMap<u64, Result<R, TaskError>>,
     _arg: std::marker::PhantomData<fn(A)>,
+}
+
+/// Cancels what is in flight (nothing, once every result was taken).
+impl<A, R, I> Drop for Imap<'_, A, R, I> {
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            self.cancel.cancel();
+        }
+    }
 }
 
 impl<A, R, I> std::fmt::Debug for Imap<'_, A, R, I> {
@@ -76,6 +98,7 @@ where
             task: TaskRef::new(f),
             input,
             input_done: false,
+            input_panic: None,
             ordered,
             chunksize: chunksize.max(1),
             next_index: 0,
@@ -83,6 +106,7 @@ where
             in_flight: 0,
             results: rx,
             sink: Arc::new(StreamSink(tx)),
+            cancel: CancelToken::new(),
             pending: BTreeMap::new(),
             _arg: std::marker::PhantomData,
         }
@@ -96,16 +120,32 @@ where
         // Results held back for ordering count too, so memory stays bounded.
         let limit = self.pool.max_in_flight().max(self.chunksize);
         while !self.input_done && self.in_flight + self.pending.len() + self.chunksize <= limit {
-            let chunk: Vec<A> = self.input.by_ref().take(self.chunksize).collect();
+            let mut chunk: Vec<A> = Vec::with_capacity(self.chunksize.min(1024));
+            let input = &mut self.input;
+            let take = self.chunksize;
+            // A panicking input ends the input, as an exception in Python's `imap` input does:
+            // what it gave before still runs, then the panic is yielded as an error.
+            let pulled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                chunk.extend(input.by_ref().take(take));
+            }));
+            if let Err(payload) = pulled {
+                self.input_done = true;
+                self.input_panic = Some(TaskError::InputPanicked {
+                    message: crate::task::panic_message(&*payload),
+                });
+            }
             if chunk.is_empty() {
                 self.input_done = true;
                 break;
             }
             let n = chunk.len();
-            if let Err(e) =
-                self.pool
-                    .submit_chunk(self.task, &chunk, self.next_index, self.sink.clone())
-            {
+            if let Err(e) = self.pool.submit_chunk(
+                self.task,
+                &chunk,
+                self.next_index,
+                self.sink.clone(),
+                &self.cancel,
+            ) {
                 for i in 0..n as u64 {
                     self.sink.fail(self.next_index + i, e.clone());
                 }
@@ -137,7 +177,7 @@ where
                 return Some(r);
             }
             if self.in_flight == 0 {
-                return None;
+                return self.input_panic.take().map(Err);
             }
             let (index, result) = self.results.recv().ok()?;
             self.in_flight -= 1;

@@ -4,13 +4,40 @@
 //! caller makes it here, the registry queues it, a driver sends it to a worker. A job knows how
 //! to fail its arguments and how to cut itself, for the rare job that must be split after its
 //! worker died part-way through.
+//!
+//! A job submitted through a handle that can be cancelled (`apply_async`, `map_async`, an
+//! [`Imap`](crate::Imap)) shares a [`CancelToken`] with the other jobs of that handle.
+//!
+//! ## Cancellation protocol
+//!
+//! | step | canceller ([`CancelToken::cancel`])           | driver running a job of the token              |
+//! |------|-----------------------------------------------|------------------------------------------------|
+//! | 0    | (`AsyncResult::cancel` has claimed the result with `Cancelled`) |                      |
+//! | 1    | sets `cancelled`                              | adds its worker's pid to `running` (lock)      |
+//! | 2    | locks `running`, SIGKILLs every pid in it     | checks `cancelled`: if set, fails the job unrun |
+//! | 3    |                                               | a killed worker's job fails with `Cancelled`   |
+//! | 4    |                                               | removes its pid (lock) before reaping the worker; if `cancelled` is set then, the worker may have been signalled after its job ended, so it is killed and replaced rather than given another job |
+//!
+//! Either the canceller finds the driver's pid in `running` (and kills it), or the driver sees
+//! the flag before it sends the job: a job of a cancelled token never runs to completion unseen.
+//! A pid is removed before its worker is reaped, so a kill never reaches a reused pid of a
+//! process this pool reaped. A queued job of a cancelled token stays in the queue; the driver that
+//! takes it fails it at once, unrun.
+//!
+//! ## Memory ordering
+//!
+//! `cancelled` is stored and loaded `SeqCst`; `running` is a mutex. The flag store precedes the
+//! canceller's lock, and the driver's insertion precedes its flag load, so (with the mutex's
+//! total order) at least one side sees the other.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::TaskError;
+use crate::registry::lock;
 use crate::result::Sink;
 use crate::task::TaskRef;
 use crate::wire::codec;
@@ -30,6 +57,73 @@ pub(crate) struct Job {
     /// rare job that must be split after a worker died.
     reslice: fn(&[u8], usize, usize) -> Option<Vec<u8>>,
     pub(crate) sink: Arc<dyn Sink>,
+    /// Shared by the jobs of one cancellable handle (none for a synchronous `apply`).
+    pub(crate) cancel: Option<Arc<CancelToken>>,
+}
+
+/// What cancelling a handle did (returned by [`CancelToken::cancel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cancelled {
+    /// How many workers running the token's jobs were killed.
+    pub(crate) killed: usize,
+}
+
+/// The cancellation state shared by every job of one handle (see the module's protocol).
+#[derive(Debug, Default)]
+pub(crate) struct CancelToken {
+    cancelled: AtomicBool,
+    /// The pids of the workers running a job of this token right now.
+    running: Mutex<Vec<u32>>,
+}
+
+impl CancelToken {
+    pub(crate) fn new() -> Arc<CancelToken> {
+        Arc::new(CancelToken::default())
+    }
+
+    /// Whether the handle was cancelled.
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Cancels: sets the flag, then SIGKILLs every worker running one of the token's jobs.
+    pub(crate) fn cancel(&self) -> Cancelled {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let running = lock(&self.running);
+        for &pid in running.iter() {
+            let _ = ipc_shm::os::kill(pid, ipc_shm::os::Signal::SIGKILL);
+        }
+        Cancelled {
+            killed: running.len(),
+        }
+    }
+
+    /// A driver's worker `pid` is about to run a job of this token; `false` if the token is
+    /// already cancelled (the job must not run; nothing stays registered).
+    pub(crate) fn enter(&self, pid: u32) -> bool {
+        lock(&self.running).push(pid);
+        if self.is_cancelled() {
+            let _ = self.leave(pid);
+            return false;
+        }
+        true
+    }
+
+    /// The worker `pid` no longer runs a job of this token (idempotent). Called before the
+    /// worker is reaped, so that no kill reaches its pid once the pid may be reused.
+    ///
+    /// Returns whether the token was cancelled while `pid` was registered: the worker may have
+    /// been sent SIGKILL (a signal that may land after its job ended), so it must not be given
+    /// another job.
+    pub(crate) fn leave(&self, pid: u32) -> bool {
+        let mut running = lock(&self.running);
+        let Some(i) = running.iter().position(|&p| p == pid) else {
+            return false;
+        };
+        running.swap_remove(i);
+        self.is_cancelled()
+    }
 }
 
 fn reslice<A: Serialize + DeserializeOwned>(
@@ -51,6 +145,7 @@ impl Job {
         args: &[A],
         first: u64,
         sink: Arc<dyn Sink>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Result<Job, TaskError> {
         let bytes = codec::encode(args).map_err(|e| TaskError::Argument(e.to_string()))?;
         Ok(Job {
@@ -62,6 +157,7 @@ impl Job {
             attempts: 0,
             reslice: reslice::<A>,
             sink,
+            cancel,
         })
     }
 
@@ -70,6 +166,12 @@ impl Job {
         for i in 0..self.count {
             self.sink.fail(self.first + i, error.clone());
         }
+    }
+
+    /// Whether the job's handle was cancelled.
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
     }
 
     /// The job made of this job's arguments from global index `from` on.
@@ -94,6 +196,7 @@ impl Job {
             attempts: self.attempts,
             reslice: self.reslice,
             sink: self.sink.clone(),
+            cancel: self.cancel.clone(),
         })
     }
 }

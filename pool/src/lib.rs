@@ -1,14 +1,17 @@
 //! `Process` and a worker `Pool` with the API of Python's `multiprocessing`, that survives
 //! crashing, hanging and leaking workers.
 //!
-//! - [`Pool`]: `apply`, `apply_async` (with callbacks, and an [`AsyncResult`] that is also a
-//!   `Future`), `map`/`map_async`/`starmap` with automatic chunk sizes, lazy and bounded
-//!   `imap`/`imap_unordered`, `close`/`join`/`terminate`, and [`Pool::stats`].
+//! - [`Pool`]: Python's whole `Pool` API: `apply`, `apply_async` and `map_async` (with
+//!   callbacks, and an [`AsyncResult`] that is also a `Future`), `map`/`starmap`/`starmap_async`
+//!   with automatic or explicit chunk sizes, lazy and bounded `imap`/`imap_unordered`,
+//!   `close`/`join`/`terminate`; and what Python's lacks: cancellation
+//!   ([`AsyncResult::cancel`], dropping an [`Imap`]) and [`Pool::stats`].
 //! - [`PoolBuilder`]: processes (default: the CPUs this process may use, cgroup quota
 //!   respected), an initializer, `max_tasks_per_child` (with jitter), `max_memory_per_child`,
 //!   `task_timeout`, elastic sizing (`max_workers`, `min_idle`, `max_idle`, `idle_timeout`) and
 //!   the [`StartMethod`].
-//! - [`Process`]: one function in one child, its result or panic returned to the parent.
+//! - [`Process`]: one function in one child, its result or panic returned to the parent;
+//!   dropping it unjoined is bounded ([`ProcessBuilder::drop_grace`]).
 //!
 //! Tasks are plain functions `fn(A) -> R` (closures that capture nothing coerce to them) with
 //! serde arguments and results. A worker finds the function by its offset from an anchor symbol
@@ -27,7 +30,8 @@
 //!
 //! # Failures stay with their task
 //!
-//! A task that panics fails with [`TaskError::Panicked`] and its worker lives on. A worker that
+//! A task that panics fails with [`TaskError::Panicked`] (its message, location and, with
+//! `RUST_BACKTRACE` set in the worker, the worker's backtrace) and its worker lives on. A worker that
 //! dies (SIGKILL, SIGSEGV, `abort`, `exit`) fails only the task it was running with
 //! [`TaskError::WorkerLost`] and is replaced; the other tasks of its chunk that had not started
 //! run elsewhere, and no task ever runs twice. (Results of tasks shorter than 50 us that
@@ -38,6 +42,10 @@
 //! times that rate. Once it trips, every remaining task gets its error. A killed fork server
 //! costs only the workers it took with it: the next worker needed starts a new one. Python's `Pool` hangs in these cases and
 //! `ProcessPoolExecutor` breaks as a whole.
+//!
+//! A cancelled task fails with [`TaskError::Cancelled`] (a running one's worker is killed and
+//! replaced, which never counts towards the breaker); every task that [`Pool::terminate`] or
+//! dropping the pool cuts short, queued or running, fails with [`TaskError::Terminated`].
 //!
 //! The parent's death, even by SIGKILL, ends every worker (`PR_SET_PDEATHSIG`, and workers also
 //! see their pipe hang up). Pools, workers and the fork server talk only over descriptors they
@@ -89,10 +97,13 @@ mod wire;
 mod worker;
 
 pub use api::{Pool, PoolBuilder};
-pub use error::{ConfigError, EncodeError, Exit, OsError, PoolError, SpawnError, TaskError};
+pub use error::{
+    ConfigError, EncodeError, Exit, OsError, PanicLocation, PoolError, SpawnError, TaskError,
+    WorkerBacktrace,
+};
 pub use imap::Imap;
-pub use process::{Finished, Process, ProcessBuilder};
-pub use result::AsyncResult;
+pub use process::{DEFAULT_DROP_GRACE, Finished, Process, ProcessBuilder};
+pub use result::{AsyncResult, CancelOutcome};
 pub use start::StartMethod;
 pub use start::init::init;
 pub use stats::{PoolStats, WorkerState, WorkerStats};

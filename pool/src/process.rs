@@ -32,7 +32,15 @@ pub struct ProcessBuilder {
     name: Option<String>,
     daemon: bool,
     start_method: Option<StartMethod>,
+    drop_grace: Duration,
 }
+
+/// How long dropping a still-running non-daemon [`Process`] waits for its function by default
+/// (see [`ProcessBuilder::drop_grace`]).
+pub const DEFAULT_DROP_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a child has, after SIGTERM, before it gets SIGKILL (when a drop's grace ran out).
+const TERM_GRACE: Duration = Duration::from_secs(1);
 
 impl Default for ProcessBuilder {
     fn default() -> Self {
@@ -47,6 +55,7 @@ impl ProcessBuilder {
             name: None,
             daemon: false,
             start_method: None,
+            drop_grace: DEFAULT_DROP_GRACE,
         }
     }
 
@@ -57,10 +66,39 @@ impl ProcessBuilder {
     }
 
     /// A daemon is killed when its `Process` handle is dropped unjoined; a non-daemon is waited
-    /// for. Either way a child never outlives its parent process (it gets SIGKILL when the
-    /// parent dies).
+    /// for, up to its [`drop_grace`](ProcessBuilder::drop_grace). Either way a child never
+    /// outlives its parent process (it gets SIGKILL when the parent dies).
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
+        self
+    }
+
+    /// How long dropping the [`Process`] unjoined waits for a non-daemon child's function to
+    /// finish (default [`DEFAULT_DROP_GRACE`], 10 s). When it has not finished by then, the
+    /// child gets SIGTERM, then SIGKILL one second later, and is reaped: a drop never waits
+    /// longer than about `grace` + 1 s, and never leaves a child or a zombie behind (a
+    /// `join_timeout` that timed out cannot lead to a drop that hangs).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// fn forever(_: ()) {
+    ///     loop {
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let child = pool::ProcessBuilder::new()
+    ///     .drop_grace(Duration::from_millis(50))
+    ///     .spawn(forever, ())?;
+    /// let child = child.join_timeout(Duration::from_millis(10)).unwrap_err();
+    /// let started = Instant::now();
+    /// drop(child); // waits 50 ms, then SIGTERM, and reaps it
+    /// assert!(started.elapsed() < Duration::from_secs(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn drop_grace(mut self, grace: Duration) -> Self {
+        self.drop_grace = grace;
         self
     }
 
@@ -105,6 +143,7 @@ impl ProcessBuilder {
         Ok(Process {
             name: self.name.unwrap_or_else(|| format!("Process-{pid}")),
             daemon: self.daemon,
+            drop_grace: self.drop_grace,
             worker: Some(Box::new(worker)),
             buf,
             frame,
@@ -114,9 +153,18 @@ impl ProcessBuilder {
 }
 
 /// A child process running one function; its return value (or panic) comes back to the parent.
+///
+/// # Dropping
+///
+/// Dropping a `Process` that was not joined never blocks for long and never leaves a child
+/// behind: a daemon is killed at once; a non-daemon is given its
+/// [`drop_grace`](ProcessBuilder::drop_grace) (default 10 s) to finish its function, then gets
+/// SIGTERM, then SIGKILL a second later. Either way the child is reaped before `drop` returns.
+/// Join it to wait as long as it takes.
 pub struct Process<R> {
     name: String,
     daemon: bool,
+    drop_grace: Duration,
     // Boxed: keeps `join_timeout`'s `Err(Process)` small.
     worker: Option<Box<Worker>>,
     buf: Vec<u8>,
@@ -253,10 +301,26 @@ impl<R> Drop for Process<R> {
             if self.daemon {
                 w.kill();
             } else {
-                // Let it finish its function: send nothing, wait for it to report and exit.
-                let _ = w.link.recv(&mut self.buf, None);
-                if protocol::frame(&ToWorker::Exit, &[], &mut self.frame).is_ok() {
-                    let _ = w.link.send(&self.frame);
+                // Let it finish its function, for at most the grace period: wait for its report,
+                // then tell it to exit.
+                let reported = match w.link.recv(&mut self.buf, Some(self.drop_grace)) {
+                    Ok(()) => true,
+                    Err(LinkError::Timeout) => false,
+                    // Gone already (or its pipe broke): only the reaping is left.
+                    Err(_) => true,
+                };
+                if reported {
+                    if protocol::frame(&ToWorker::Exit, &[], &mut self.frame).is_ok() {
+                        let _ = w.link.send(&self.frame);
+                    }
+                    if !w.wait_exit(self.drop_grace.max(TERM_GRACE)) {
+                        w.kill();
+                    }
+                } else {
+                    let _ = ipc_shm::os::kill(w.pid, ipc_shm::os::Signal::SIGTERM);
+                    if !w.wait_exit(TERM_GRACE) {
+                        w.kill();
+                    }
                 }
             }
             let _ = w.reap();

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::error::TaskError;
+use crate::error::{TaskError, WorkerBacktrace};
+use crate::job::CancelToken;
 use crate::task::Failure;
 use crate::wire::codec;
 
@@ -21,6 +22,8 @@ pub(crate) type ErrorCallback = Box<dyn FnOnce(&TaskError) + Send>;
 /// What a [`ResultCell`] holds: the outcome once set, and who to tell.
 struct ResultState<T> {
     value: Option<Result<T, TaskError>>,
+    /// An outcome was accepted (its callback may still be running): later ones are ignored.
+    claimed: bool,
     ready: bool,
     success: bool,
     waker: Option<Waker>,
@@ -43,6 +46,7 @@ impl<T> ResultCell<T> {
         Arc::new(ResultCell {
             state: Mutex::new(ResultState {
                 value: None,
+                claimed: false,
                 ready: false,
                 success: false,
                 waker: None,
@@ -57,13 +61,15 @@ impl<T> ResultCell<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets the result once (later calls are ignored): runs the callback, then wakes waiters.
-    pub(crate) fn complete(&self, result: Result<T, TaskError>) {
+    /// Sets the result once (later calls are ignored and return `false`): runs the callback,
+    /// then wakes waiters.
+    pub(crate) fn complete(&self, result: Result<T, TaskError>) -> bool {
         let (callback, error_callback) = {
             let mut s = self.lock();
-            if s.ready || s.value.is_some() {
-                return;
+            if s.claimed {
+                return false;
             }
+            s.claimed = true;
             (s.callback.take(), s.error_callback.take())
         };
         // Callbacks run before the result becomes visible, as in Python, and outside the lock.
@@ -81,9 +87,6 @@ impl<T> ResultCell<T> {
         }
         let waker = {
             let mut s = self.lock();
-            if s.ready {
-                return;
-            }
             s.success = result.is_ok();
             s.value = Some(result);
             s.ready = true;
@@ -93,6 +96,7 @@ impl<T> ResultCell<T> {
         if let Some(w) = waker {
             w.wake();
         }
+        true
     }
 
     pub(crate) fn is_ready(&self) -> bool {
@@ -103,9 +107,25 @@ impl<T> ResultCell<T> {
 /// The result of a task submitted with `apply_async` or `map_async`, available later.
 ///
 /// Wait for it with [`get`](AsyncResult::get) (blocking), [`get_timeout`](AsyncResult::get_timeout),
-/// or `.await` (it is a `Future`). Like Python's `AsyncResult`, with `ready` and `successful`.
+/// or `.await` (it is a `Future`). Like Python's `AsyncResult`, with `ready` and `successful`,
+/// and [`cancel`](AsyncResult::cancel), which Python's lacks.
 pub struct AsyncResult<T> {
     cell: Arc<ResultCell<T>>,
+    cancel: Option<Arc<CancelToken>>,
+}
+
+/// What [`AsyncResult::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The result was already there (or another cancel came first): nothing changed.
+    AlreadyDone,
+    /// No task of it was running when the cancel took effect: the queued ones were taken out
+    /// and will never run. The result is [`TaskError::Cancelled`].
+    Dequeued,
+    /// Tasks of it were running: their workers were killed (and are replaced), and the rest
+    /// will never run. The result is [`TaskError::Cancelled`].
+    KilledRunning,
 }
 
 impl<T> fmt::Debug for AsyncResult<T> {
@@ -118,7 +138,64 @@ impl<T> fmt::Debug for AsyncResult<T> {
 
 impl<T> AsyncResult<T> {
     pub(crate) fn new(cell: Arc<ResultCell<T>>) -> AsyncResult<T> {
-        AsyncResult { cell }
+        AsyncResult { cell, cancel: None }
+    }
+
+    /// A result whose tasks share `cancel`.
+    pub(crate) fn cancellable(
+        cell: Arc<ResultCell<T>>,
+        cancel: Arc<CancelToken>,
+    ) -> AsyncResult<T> {
+        AsyncResult {
+            cell,
+            cancel: Some(cancel),
+        }
+    }
+
+    /// Cancels the task (every task, for a `map_async`): a queued task is taken out and never
+    /// runs; a running one has its worker killed and replaced. The result becomes
+    /// [`TaskError::Cancelled`] at once, and the `error_callback`, if any, runs with it on the
+    /// calling thread.
+    ///
+    /// Killing a worker for a cancel is no failure of the pool: it never counts towards the
+    /// restart breaker, and no other task is affected (the other tasks the killed worker would
+    /// have run go to the remaining workers). A result that is already there stays as it is
+    /// ([`CancelOutcome::AlreadyDone`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = pool::Pool::new(1)?;
+    /// let running = pool.apply_async(nap, 60_000);
+    /// let queued = pool.apply_async(nap, 1);
+    /// assert_eq!(queued.cancel(), pool::CancelOutcome::Dequeued);
+    /// // Wait until the worker runs the long task, then cancel it too.
+    /// while pool.stats().workers.iter().all(|w| w.current_task.is_none()) {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
+    /// assert_eq!(running.cancel(), pool::CancelOutcome::KilledRunning);
+    /// assert_eq!(running.get(), Err(pool::TaskError::Cancelled));
+    /// assert_eq!(queued.get(), Err(pool::TaskError::Cancelled));
+    /// assert_eq!(pool.apply(nap, 2)?, 2, "the worker was replaced");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&self) -> CancelOutcome {
+        // Claim the result first: the driver of a killed worker fails the job with `Cancelled`
+        // too, and whoever completes the cell first decides what the caller is told.
+        if !self.cell.complete(Err(TaskError::Cancelled)) {
+            return CancelOutcome::AlreadyDone;
+        }
+        let killed = self.cancel.as_ref().map_or(0, |c| c.cancel().killed);
+        if killed > 0 {
+            CancelOutcome::KilledRunning
+        } else {
+            CancelOutcome::Dequeued
+        }
     }
 
     /// Waits for the result and returns it.
@@ -206,7 +283,20 @@ pub(crate) trait Sink: Send + Sync {
 /// A worker-side failure as the caller sees it.
 pub(crate) fn failure_to_error(failure: Failure) -> TaskError {
     match failure {
-        Failure::Panicked(message) => TaskError::Panicked { message },
+        Failure::Panicked(message) => TaskError::Panicked {
+            message,
+            location: None,
+            backtrace: None,
+        },
+        Failure::PanickedAt {
+            message,
+            location,
+            backtrace,
+        } => TaskError::Panicked {
+            message,
+            location,
+            backtrace: backtrace.map(WorkerBacktrace::new),
+        },
         Failure::DecodeArgument(m) => TaskError::Argument(m),
         Failure::EncodeResult(m) => TaskError::Result(m),
     }
@@ -245,7 +335,7 @@ pub(crate) struct OneSink<R>(pub(crate) Arc<ResultCell<R>>);
 
 impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
     fn fail(&self, _index: u64, error: TaskError) {
-        self.0.complete(Err(error));
+        let _ = self.0.complete(Err(error));
     }
 
     fn deliver_encoded(&self, _first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64)) {
@@ -253,7 +343,7 @@ impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
         let (ok, failed) = counts(&outcomes);
         tally(ok, failed);
         if let Some(outcome) = outcomes.into_iter().next() {
-            self.0.complete(outcome);
+            let _ = self.0.complete(outcome);
         }
     }
 }
@@ -285,7 +375,7 @@ impl<R> MapSink<R> {
         let mut values = Vec::with_capacity(len);
         values.resize_with(len, || None);
         if len == 0 {
-            cell.complete(Ok(Vec::new()));
+            let _ = cell.complete(Ok(Vec::new()));
         }
         MapSink {
             cell,
@@ -339,7 +429,7 @@ impl<R> MapSink<R> {
                     .collect())
             }
         };
-        self.cell.complete(finished);
+        let _ = self.cell.complete(finished);
     }
 }
 

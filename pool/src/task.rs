@@ -19,11 +19,13 @@
 #![allow(unsafe_code)]
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::error::PanicLocation;
 use crate::wire::codec;
 
 /// The anchor every task offset is measured from. Never inlined, never merged: it must have an
@@ -42,8 +44,14 @@ fn anchor() -> usize {
 /// Why a task produced no result (the task's own failure, reported to its caller only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Failure {
-    /// The function panicked; the message.
+    /// A panic known by its message only.
     Panicked(String),
+    /// The function panicked: the message, where, and the worker's backtrace if it took one.
+    PanickedAt {
+        message: String,
+        location: Option<PanicLocation>,
+        backtrace: Option<String>,
+    },
     /// The argument could not be decoded in the worker.
     DecodeArgument(String),
     /// The result could not be encoded in the worker.
@@ -54,6 +62,12 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Panicked(m) => write!(f, "panicked: {m}"),
+            Failure::PanickedAt {
+                message,
+                location: Some(at),
+                ..
+            } => write!(f, "panicked at {at}: {message}"),
+            Failure::PanickedAt { message, .. } => write!(f, "panicked: {message}"),
             Failure::DecodeArgument(m) => write!(f, "the argument did not decode: {m}"),
             Failure::EncodeResult(m) => write!(f, "the result did not encode: {m}"),
         }
@@ -155,14 +169,64 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// What the worker's panic hook saw of the last panic on this thread: where, and the backtrace
+/// when one was asked for.
+struct PanicSeen {
+    location: Option<PanicLocation>,
+    backtrace: Option<String>,
+}
+
+thread_local! {
+    /// Set by the hook of [`install_panic_hook`], taken by [`invoke`] once the panic is caught.
+    static LAST_PANIC: RefCell<Option<PanicSeen>> = const { RefCell::new(None) };
+}
+
+/// Whether `RUST_BACKTRACE` asks for backtraces (set, and not `0`).
+fn backtraces_wanted() -> bool {
+    std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0")
+}
+
+/// Replaces the process's panic hook (in a worker) with one that prints nothing and records,
+/// for the task that panicked, its location and (when `RUST_BACKTRACE` is set) a backtrace:
+/// a task's panic is sent to its caller, and printing it in the worker too would only slow
+/// the worker down.
+pub(crate) fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| PanicLocation {
+            file: l.file().to_owned(),
+            line: l.line(),
+            column: l.column(),
+        });
+        let backtrace =
+            backtraces_wanted().then(|| std::backtrace::Backtrace::force_capture().to_string());
+        LAST_PANIC.with(|last| {
+            *last.borrow_mut() = Some(PanicSeen {
+                location,
+                backtrace,
+            })
+        });
+    }));
+}
+
+/// The caught panic `payload` as a failure, with what the hook recorded of it.
+fn panic_failure(payload: &(dyn Any + Send)) -> Failure {
+    let seen = LAST_PANIC.with(|last| last.borrow_mut().take());
+    let (location, backtrace) = seen.map_or((None, None), |s| (s.location, s.backtrace));
+    Failure::PanickedAt {
+        message: panic_message(payload),
+        location,
+        backtrace,
+    }
+}
+
 /// Calls one function on one argument, catching its panic.
 fn invoke<A, R>(func: usize, arg: A) -> Result<R, Failure> {
     // SAFETY: `func` is `base + offset` of an `fn(A) -> R` of this same executable, paired with
     // this very monomorphisation of the trampoline by `TaskRef::new` (the same build is what
     // `TaskRef::run`'s `SameBuild` proves); fn pointers and usize have the same size.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    catch_unwind(AssertUnwindSafe(|| f(arg)))
-        .map_err(|payload| Failure::Panicked(panic_message(&*payload)))
+    LAST_PANIC.with(|last| last.borrow_mut().take());
+    catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|payload| panic_failure(&*payload))
 }
 
 /// Encodes a run of outcomes as one sequence; an `R` that does not encode becomes an

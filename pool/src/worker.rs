@@ -36,9 +36,9 @@ const FLUSH_BYTES: usize = 1 << 20;
 
 /// Runs the worker loop on `link`; returns the process exit code.
 pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
-    // A task's panic is caught and its message sent to the caller; printing it (and a
-    // backtrace, with RUST_BACKTRACE set) in the worker too would only slow the worker down.
-    std::panic::set_hook(Box::new(|_| {}));
+    // A task's panic is caught and sent to the caller (message, location, and the backtrace
+    // when RUST_BACKTRACE is set); the hook prints nothing in the worker.
+    crate::task::install_panic_hook();
     let mut frame = Vec::new();
     // The pool checks this identity before it sends any task; `build` is the token of that
     // check that running a task needs.

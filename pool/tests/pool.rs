@@ -172,7 +172,7 @@ fn panics_fail_one_task_and_the_worker_lives(method: StartMethod) {
     let pool = build(method, 1);
     let before = pool.apply(my_pid, 0).unwrap();
     match pool.apply(explode, "deliberate".to_string()) {
-        Err(TaskError::Panicked { message }) => assert!(message.contains("deliberate")),
+        Err(TaskError::Panicked { message, .. }) => assert!(message.contains("deliberate")),
         other => panic!("expected a panic, got {other:?}"),
     }
     assert_eq!(
