@@ -21,6 +21,8 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -186,26 +188,63 @@ fn backtraces_wanted() -> bool {
     std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0")
 }
 
-/// Replaces the process's panic hook (in a worker) with one that prints nothing and records,
-/// for the task that panicked, its location and (when `RUST_BACKTRACE` is set) a backtrace:
-/// a task's panic is sent to its caller, and printing it in the worker too would only slow
-/// the worker down.
+/// Whether this process is a worker (set by [`install_panic_hook`]): the forwarding hook
+/// records a task's panic only then.
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// Set once the forwarding hook of [`install_forwarding_hook`] is in place in this process.
+static FORWARDING: Once = Once::new();
+
+/// Records, for the task that panicked, its location and (when `RUST_BACKTRACE` is set) a
+/// backtrace; prints nothing.
+fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let location = info.location().map(|l| PanicLocation {
+        file: l.file().to_owned(),
+        line: l.line(),
+        column: l.column(),
+    });
+    let backtrace =
+        backtraces_wanted().then(|| std::backtrace::Backtrace::force_capture().to_string());
+    LAST_PANIC.with(|last| {
+        *last.borrow_mut() = Some(PanicSeen {
+            location,
+            backtrace,
+        })
+    });
+}
+
+/// In the parent, before it forks a worker (`StartMethod::Fork`): installs, once per process,
+/// a hook that records a task's panic when this process is a worker and otherwise calls the
+/// hook it replaced. A forked worker then never calls `set_hook` itself: `set_hook` takes the
+/// hook's lock for writing, and if another thread of the parent was running a panic hook at
+/// the fork (holding that lock for reading), the child would wait for it forever.
+///
+/// A hook the user sets after this replaces ours in the parent and in workers forked later:
+/// their panics then reach the caller without a location.
+pub(crate) fn install_forwarding_hook() {
+    FORWARDING.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_WORKER.load(Ordering::Relaxed) {
+                record_panic(info);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// In a worker: a task's panic is caught and sent to its caller with its location and (when
+/// `RUST_BACKTRACE` is set) a backtrace; the hook prints nothing, since printing it in the
+/// worker too would only slow the worker down. A worker forked from a parent that installed
+/// [`install_forwarding_hook`] only flips that hook to recording (see there why it must not
+/// call `set_hook`); any other worker (spawned, or from the fork server: single-threaded
+/// processes) replaces the hook.
 pub(crate) fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| PanicLocation {
-            file: l.file().to_owned(),
-            line: l.line(),
-            column: l.column(),
-        });
-        let backtrace =
-            backtraces_wanted().then(|| std::backtrace::Backtrace::force_capture().to_string());
-        LAST_PANIC.with(|last| {
-            *last.borrow_mut() = Some(PanicSeen {
-                location,
-                backtrace,
-            })
-        });
-    }));
+    IN_WORKER.store(true, Ordering::Relaxed);
+    if !FORWARDING.is_completed() {
+        std::panic::set_hook(Box::new(record_panic));
+    }
 }
 
 /// The caught panic `payload` as a failure, with what the hook recorded of it.

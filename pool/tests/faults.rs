@@ -518,3 +518,65 @@ fn a_kill_storm_during_a_queued_map_fails_only_started_tasks() {
     );
     assert!(kills > 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A Fork worker forked while another thread of the parent runs a panic hook.
+
+fn panics(_: u64) -> u64 {
+    panic!("task panicked on purpose")
+}
+
+child_entry! {
+    fn fork_while_a_panic_hook_runs() {
+        // A hook that blocks (on the thread named "panicker" only) until told to go: while it
+        // runs, that thread holds the process's hook lock for reading, and so does every child
+        // forked meanwhile. Other panics go on to the hook it replaced (the pool's, installed
+        // by `pool::init`), as a user's chaining hook would.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (entered, hook_entered) = std::sync::mpsc::channel::<()>();
+        let wait = std::sync::Mutex::new(wait);
+        let entered = std::sync::Mutex::new(entered);
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some("panicker") {
+                let _ = entered.lock().map(|e| e.send(()));
+                let _ = wait.lock().map(|w| w.recv_timeout(Duration::from_secs(60)));
+            } else {
+                previous(info);
+            }
+        }));
+        let panicker = std::thread::Builder::new()
+            .name("panicker".into())
+            .spawn(|| panic!("a parent thread panics"))
+            .unwrap();
+        hook_entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the hook runs");
+        let started = Instant::now();
+        // Workers forked now must not wait for the hook lock (the startup timeout is 30 s; the
+        // harness's watchdog is longer, so a hang shows as StartupTimeout or the watchdog).
+        let pool = PoolBuilder::new()
+            .processes(1)
+            .start_method(StartMethod::Fork)
+            .build()
+            .expect("a Fork pool while a panic hook runs");
+        assert_eq!(pool.apply(square, 7).unwrap(), 49);
+        match pool.apply(panics, 0) {
+            Err(e @ TaskError::Panicked { .. }) => {
+                let at = e.panic_location().expect("the worker recorded where").to_string();
+                assert!(at.contains("faults.rs"), "{at}");
+            }
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(20), "the fork stalled for {took:?}");
+        go.send(()).unwrap();
+        assert!(panicker.join().is_err());
+        println!("fault: a Fork pool built and ran while a parent thread sat in a panic hook: {took:?}");
+    }
+}
+
+#[test]
+fn fork_workers_start_while_a_parent_thread_runs_a_panic_hook() {
+    run_child(child!(fork_while_a_panic_hook_runs));
+}

@@ -7,6 +7,8 @@ use crate::wire::transport;
 
 /// Forks a worker serving a new pipe and `slot`.
 pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
+    // Before the fork, in the parent: the child must not call `set_hook` (see there).
+    crate::task::install_forwarding_hook();
     let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (ours, theirs) = transport::pair()?;
     // The closure runs only in the child; the parent keeps both ends (the closure borrows them).

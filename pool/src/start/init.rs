@@ -32,7 +32,13 @@ pub fn init() {
     match role.as_ref().and_then(|r| r.to_str()) {
         Some(ROLE_SPAWN) => std::process::exit(super::spawn::run_spawned_worker()),
         Some(ROLE_SERVER) => std::process::exit(super::forkserver::run_server()),
-        _ => INITIALISED.store(true, Ordering::SeqCst),
+        _ => {
+            // Before any other thread exists: Fork workers must never call `set_hook` (see
+            // `install_forwarding_hook`), so the hook that records a task's panic is in place
+            // from the start and forwards every other panic to the hook it replaced.
+            crate::task::install_forwarding_hook();
+            INITIALISED.store(true, Ordering::SeqCst)
+        }
     }
 }
 
