@@ -238,4 +238,4 @@ fn check_repr(input: &DeriveInput) -> Result<(), Error> {
 // The README's code blocks, compiled and run as doctests so that they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
-mod readme_doctests {}
+mod readme {}

@@ -140,3 +140,8 @@ pub use ring::{ByteRing, HeapRing, ShmRing};
 pub use segment::{OpenOptions, Segment, SegmentBuilder, max_name_len};
 pub use shm_safe::ShmSafe;
 pub use value::{SharedSlice, SharedValue};
+
+// The README's code blocks are compiled and run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

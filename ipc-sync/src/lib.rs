@@ -121,3 +121,8 @@ pub use raw_lock::{LockFail, RawGuard, RawLock, SharedLock};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, ReleaseError, Semaphore};
 pub use waiter::{Futex, Waiter};
+
+// The README's code blocks are compiled and run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
