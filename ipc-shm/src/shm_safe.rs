@@ -45,7 +45,7 @@ use std::sync::atomic::{
 /// or `#[repr(transparent)]` and not packed, a struct (no enum, no union), no lifetime
 /// parameters, no `Drop` impl, and every field `ShmSafe` (so a raw pointer, reference, `Box`,
 /// `Vec`, `String` or `bool` field is a compile error naming the field). Type parameters are
-/// bounded `ShmSafe`. No `unsafe` in your code, and it builds under `#![deny(unsafe_code)]`.
+/// bounded `ShmSafe`. No `unsafe` in your code, and it builds under `#![forbid(unsafe_code)]`.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};

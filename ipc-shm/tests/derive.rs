@@ -2,10 +2,10 @@
 //! through `Layout` and updated by a forked child and the parent.
 //!
 //! This file is built under the workspace lints (`undocumented_unsafe_blocks`,
-//! `unsafe_op_in_unsafe_fn`, ...) and denies `unsafe_code`, so it also shows that the generated
-//! `unsafe impl` is accepted in a crate that forbids writing `unsafe` itself. The compile-fail
+//! `unsafe_op_in_unsafe_fn`, ...) and forbids `unsafe_code`, so it also shows that the generated
+//! `unsafe impl` is accepted in a crate that may not write `unsafe` itself. The compile-fail
 //! cases are in `ipc-shm-derive/tests/ui`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! What the derive accepts: atomics, integers, floats, arrays, nested derived structs,
 //! ipc_sync primitives, repr(transparent), repr(C, align), generic and const-generic structs,
-//! padding, and all of it under `#![deny(unsafe_code)]` and the workspace's unsafe lints.
-#![deny(unsafe_code, clippy::undocumented_unsafe_blocks)]
+//! padding, and all of it under `#![forbid(unsafe_code)]`.
+#![forbid(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
