@@ -50,6 +50,10 @@ where
 
 #[derive(ShmSafe)]
 #[repr(C)]
+struct Marker;
+
+#[derive(ShmSafe)]
+#[repr(C)]
 struct Shared {
     lock: Lock,
     rlock: RLock,
@@ -65,6 +69,7 @@ struct Shared {
     id: Id,
     ratio: f64,
     unit: (),
+    marker: Marker,
 }
 
 fn needs_shm_safe<T: ShmSafe>() {}
