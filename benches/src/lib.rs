@@ -38,3 +38,8 @@ pub fn init() {
 pub fn procspawn_ready() -> bool {
     PROCSPAWN_READY.load(Ordering::SeqCst)
 }
+
+// The README's code blocks are compiled and run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

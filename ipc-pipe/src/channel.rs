@@ -22,8 +22,8 @@ pub struct Sender(pub(crate) Connection);
 pub struct Receiver(pub(crate) Connection);
 
 impl Sender {
-    /// See [`Connection::send`].
-    pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
+    /// See [`Connection::send`]: `value` is a message or a reference to one.
+    pub fn send<M: Serialize>(&self, value: M) -> Result<(), SendError> {
         self.0.send(value)
     }
 

@@ -193,3 +193,8 @@ pub use error::{
 };
 #[cfg(not(loom))]
 pub use readiness::{Waitable, wait};
+
+// The README's code blocks are compiled and run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

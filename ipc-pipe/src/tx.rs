@@ -43,10 +43,25 @@ impl Connection {
     /// assert_eq!(b.recv::<Job>()?, Job { id: 7, name: "resize".into() });
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
+    ///
+    /// `value` is a message or a reference to one (serde implements `Serialize` for `&T`), so
+    /// `send(&job)` and `send(job)` both work, as `Queue::put` takes a `T` or a `&T`:
+    ///
+    /// ```
+    /// let (a, b) = ipc_pipe::pipe()?;
+    /// a.send((1u32, "by value"))?;
+    /// let text = String::from("by reference");
+    /// a.send(&text)?;
+    /// a.send("a str")?;
+    /// assert_eq!(b.recv::<(u32, String)>()?, (1, "by value".to_string()));
+    /// assert_eq!(b.recv::<String>()?, text);
+    /// assert_eq!(b.recv::<String>()?, "a str");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send<M: Serialize>(&self, value: M) -> Result<(), SendError> {
         let mut buf = self.scratch.take();
         buf.clear();
-        let result = match ipc_shm::codec::encode_into(value, &mut buf) {
+        let result = match ipc_shm::codec::encode_into(&value, &mut buf) {
             Ok(()) => match self.end.check_send_len(buf.len()) {
                 Ok(head) => self.end.send_frame(head, &buf, false),
                 Err(e) => Err(e),

@@ -96,3 +96,8 @@ pub use error::{
 };
 #[cfg(not(loom))]
 pub use queue::{DEFAULT_CAPACITY, JoinableQueue, QUEUE_TAG, Queue, QueueBuilder};
+
+// The README's code blocks are compiled and run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

@@ -4,6 +4,7 @@
 //! operation builds a [`Core`] (the algorithm of [`crate::core`]) over it. Encoding and decoding
 //! use per-thread scratch buffers, so a handle is `Send + Sync` and cheap to clone.
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
@@ -553,19 +554,19 @@ type DecodeFailures = (usize, usize, DecodeError);
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Encodes `value` into this thread's scratch buffer and runs `push` on the frame.
     #[inline]
-    fn push_value<E>(
+    fn push_value<B: Borrow<T>, E>(
         &self,
-        value: T,
+        value: B,
         wait: Wait,
-        err: impl FnOnce(T, Fail) -> E,
-        encode_err: impl FnOnce(T, bincode::error::EncodeError) -> E,
+        err: impl FnOnce(B, Fail) -> E,
+        encode_err: impl FnOnce(B, bincode::error::EncodeError) -> E,
     ) -> Result<(), E> {
         let core = match self.shared.core() {
             Ok(c) => c,
             Err(f) => return Err(err(value, f)),
         };
         let r = with_scratch(&ENCODE, |buf| {
-            match encode_frame(&value, buf) {
+            match encode_frame(value.borrow(), buf) {
                 Ok(_) => {}
                 Err(FrameFail::Encode(e)) => return Err(Ok(e)),
                 Err(FrameFail::TooLarge) => return Err(Err(Fail::TooLarge)),
@@ -583,7 +584,22 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Puts `value`, waiting for room. On failure the value comes back in the error.
-    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+    ///
+    /// `value` is a `T` or a `&T` (anything that borrows as `T`): `q.put(job)` and
+    /// `q.put(&job)` both work, as `Connection::send` takes a message or a reference to one,
+    /// and the error hands back what was given. (A `PutError<&T>` borrows, so `?` cannot carry
+    /// it into `Box<dyn Error>`; put by value there.)
+    ///
+    /// ```
+    /// let q: ipc_queue::Queue<(u32, String)> = ipc_queue::QueueBuilder::new().build()?;
+    /// q.put((1, "by value".to_string()))?;
+    /// let job = (2, "by reference".to_string());
+    /// q.put(&job).expect("open queue"); // `job` is still ours
+    /// assert_eq!(q.get()?, (1, "by value".to_string()));
+    /// assert_eq!(q.get()?, job);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put<B: Borrow<T>>(&self, value: B) -> Result<(), PutError<B>> {
         self.push_value(
             value,
             FOREVER,
@@ -596,8 +612,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         )
     }
 
-    /// Puts `value` if there is room now.
-    pub fn try_put(&self, value: T) -> Result<(), TryPutError<T>> {
+    /// Puts `value` (a `T` or a `&T`, as for [`put`](Queue::put)) if there is room now.
+    pub fn try_put<B: Borrow<T>>(&self, value: B) -> Result<(), TryPutError<B>> {
         self.push_value(
             value,
             Wait::No,
@@ -611,8 +627,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         )
     }
 
-    /// Puts `value`, waiting at most `timeout` for room.
-    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
+    /// Puts `value` (a `T` or a `&T`, as for [`put`](Queue::put)), waiting at most `timeout`
+    /// for room.
+    pub fn put_timeout<B: Borrow<T>>(
+        &self,
+        value: B,
+        timeout: Duration,
+    ) -> Result<(), PutTimeoutError<B>> {
         self.push_value(
             value,
             wait_for(timeout),

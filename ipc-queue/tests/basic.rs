@@ -88,11 +88,11 @@ fn too_large_hands_the_value_back() {
 #[test]
 fn close_fails_puts_and_drains_gets() {
     let q: Queue<String> = QueueBuilder::new().build().unwrap();
-    q.put("a".into()).unwrap();
-    q.put("b".into()).unwrap();
+    q.put(String::from("a")).unwrap();
+    q.put(String::from("b")).unwrap();
     q.close().unwrap();
     assert!(q.is_closed());
-    match q.put("c".into()) {
+    match q.put(String::from("c")) {
         Err(PutError::Closed(v)) => assert_eq!(v, "c"),
         other => panic!("{other:?}"),
     }

@@ -44,12 +44,24 @@ pub(crate) const STATE_ABANDONED: u32 = u32::from_le_bytes(*b"DEAD");
 /// (a 64-bit FNV-1a hash, usable in `const`), and put a version in the name when the layout
 /// behind it changes.
 ///
+/// # Names in errors
+///
+/// A tag is only a hash, so its `Display` (and so `TagMismatch`'s) shows the name only where
+/// this process knows it: tags built with [`TypeTag::named`] (the same hash as `from_name`, and
+/// the name is recorded) and the tags of this workspace's crates (queue, pipe, pool), which are
+/// always known. Any other tag shows as hex.
+///
 /// [`SegmentOpenError::TagMismatch`]: crate::SegmentOpenError::TagMismatch
 ///
 /// ```
 /// use ipc_shm::TypeTag;
 /// const QUEUE_V1: TypeTag = TypeTag::from_name("my-app/queue/v1");
 /// assert_ne!(QUEUE_V1, TypeTag::from_name("my-app/queue/v2"));
+///
+/// let state = TypeTag::named("my-app/state/v1"); // same hash, and errors can name it
+/// assert_eq!(state, TypeTag::from_name("my-app/state/v1"));
+/// assert_eq!(state.name(), Some("my-app/state/v1"));
+/// assert_eq!(state.to_string(), "type tag \"my-app/state/v1\" (0x79e82cc93d7cf671)");
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TypeTag(pub u64);
@@ -70,6 +82,23 @@ impl TypeTag {
         }
         TypeTag(hash)
     }
+
+    /// [`TypeTag::from_name`], also recording the name in this process, so that a
+    /// [`TagMismatch`](crate::SegmentOpenError::TagMismatch) involving the tag shows it. Not
+    /// `const`: keep `from_name` for a `const` tag and call `named` with the same name once at
+    /// start-up if you want it shown. Recording a name again changes nothing.
+    pub fn named(name: &'static str) -> TypeTag {
+        let tag = TypeTag::from_name(name);
+        names::register(tag.0, name);
+        tag
+    }
+
+    /// The name this tag was built from, if this process knows it (see
+    /// [Names in errors](TypeTag#names-in-errors)); `None` for [`TypeTag::UNTYPED`] and for
+    /// tags whose name was never recorded here.
+    pub fn name(self) -> Option<&'static str> {
+        names::lookup(self.0)
+    }
 }
 
 impl fmt::Debug for TypeTag {
@@ -80,7 +109,54 @@ impl fmt::Debug for TypeTag {
 
 impl fmt::Display for TypeTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "type tag {:#018x}", self.0)
+        match self.name() {
+            Some(name) => write!(f, "type tag {name:?} ({:#018x})", self.0),
+            None => write!(f, "type tag {:#018x}", self.0),
+        }
+    }
+}
+
+/// The names of tags this process knows, for error messages only (a peer supplies a hash,
+/// never a name, so nothing it writes can choose what is shown beyond picking a known tag).
+mod names {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, TryLockError};
+
+    /// The tag names of this workspace's crates, known in every process without registration.
+    /// A crate that adds or versions a tag adds its name here (ipc-tests checks the queue's).
+    const WORKSPACE: &[&str] = &[
+        "ipc-queue/Queue/v2",
+        "ipc-queue/Queue/v1",
+        "ipc-pipe/v2",
+        "ipc-pipe/v1",
+        "pool/worker-slot/v1",
+    ];
+
+    /// Names recorded by `TypeTag::named`, by hash.
+    static REGISTERED: Mutex<BTreeMap<u64, &'static str>> = Mutex::new(BTreeMap::new());
+
+    pub(super) fn register(hash: u64, name: &'static str) {
+        let mut names = REGISTERED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        names.entry(hash).or_insert(name);
+    }
+
+    pub(super) fn lookup(hash: u64) -> Option<&'static str> {
+        if let Some(name) = WORKSPACE
+            .iter()
+            .copied()
+            .find(|n| super::TypeTag::from_name(n).0 == hash)
+        {
+            return Some(name);
+        }
+        // `try_lock`: formatting an error never blocks, even in a child forked while another
+        // thread held the lock; at worst the name is missing from that one message.
+        match REGISTERED.try_lock() {
+            Ok(names) => names.get(&hash).copied(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().get(&hash).copied(),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 }
 
@@ -174,5 +250,64 @@ impl SegmentHeader {
     /// The process id of the creator (informational: the process may be gone, the id reused).
     pub fn creator_pid(&self) -> u32 {
         self.creator_pid.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Segment, SegmentBuilder, SegmentOpenError};
+
+    #[test]
+    fn named_tags_show_their_names_and_others_show_hex() {
+        let tag = TypeTag::named("ipc-shm/tests/named/v1");
+        assert_eq!(tag, TypeTag::from_name("ipc-shm/tests/named/v1"));
+        assert_eq!(tag.name(), Some("ipc-shm/tests/named/v1"));
+        assert_eq!(
+            tag.to_string(),
+            format!("type tag \"ipc-shm/tests/named/v1\" ({:#018x})", tag.0)
+        );
+        let anonymous = TypeTag::from_name("ipc-shm/tests/never-named");
+        assert_eq!(anonymous.name(), None);
+        assert_eq!(
+            anonymous.to_string(),
+            format!("type tag {:#018x}", anonymous.0)
+        );
+        assert_eq!(TypeTag::UNTYPED.name(), None);
+        // The workspace's own tags are known without registration.
+        assert_eq!(
+            TypeTag::from_name("ipc-queue/Queue/v2").name(),
+            Some("ipc-queue/Queue/v2")
+        );
+    }
+
+    /// Issue 11: `TagMismatch` showed two hashes; it names the tags this process knows.
+    #[test]
+    fn tag_mismatch_names_both_tags_when_known() {
+        let expected = TypeTag::named("ipc-shm/tests/expected/v1");
+        let queue = TypeTag::from_name("ipc-queue/Queue/v2");
+        let segment = SegmentBuilder::new(64).type_tag(queue).create().unwrap();
+        let fd = segment.fd().try_clone_to_owned().unwrap();
+        let err = Segment::from_fd(fd, expected).unwrap_err();
+        assert!(
+            matches!(err, SegmentOpenError::TagMismatch { .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "segment holds type tag \"ipc-queue/Queue/v2\" ({:#018x}), expected type tag \
+                 \"ipc-shm/tests/expected/v1\" ({:#018x})",
+                queue.0, expected.0
+            )
+        );
+        // A tag nobody named here is still shown, as hex.
+        let stranger = TypeTag::from_name("ipc-shm/tests/stranger");
+        let fd = segment.fd().try_clone_to_owned().unwrap();
+        let err = Segment::from_fd(fd, stranger).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(&format!("expected type tag {:#018x}", stranger.0))
+        );
     }
 }

@@ -11,7 +11,9 @@
 //!   touches the payload, so a foreign, truncated, half-initialised or corrupted object is a typed
 //!   error and never a crash *at open*. (A named object truncated *after* it was opened can still
 //!   raise SIGBUS: see [Trust](#trust-planted-and-truncated-objects).)
-//! - [`ShmSafe`]: the one `unsafe trait` that marks types allowed to live in shared memory.
+//! - [`ShmSafe`](trait@ShmSafe): the one `unsafe trait` that marks types allowed to live in
+//!   shared memory, and `#[derive(ShmSafe)]` (feature `derive`, on by default) that implements it
+//!   for your own `#[repr(C)]` structs after checking the contract at compile time.
 //! - [`Layout`], [`Offset`] and [`SliceOffset`]: place several objects in one segment at aligned
 //!   offsets (offsets, never pointers, because each process maps the segment at its own address).
 //! - [`SharedValue`] and [`SharedSlice`]: owned typed views like Python's `multiprocessing.Value`
@@ -46,7 +48,7 @@
 //! `u64` that another process writes while you read it is a data race), and must hold no pointers:
 //! each process maps the segment at a different address, so a pointer written by one is garbage in
 //! the other. Store offsets from the start of the payload instead, and bounds-check them on every
-//! use with [`Segment::get`] or [`Segment::slice`]. [`ShmSafe`] states these rules as a contract.
+//! use with [`Segment::get`] or [`Segment::slice`]. [`ShmSafe`](trait@ShmSafe) states these rules as a contract.
 //!
 //! # Example: two processes share a counter
 //!
@@ -105,7 +107,7 @@
 //! - `serde` and `bincode` (feature `codec` only): the shared message encoding.
 //! - `loom` (under `--cfg loom` only): the loom backend of the byte ring.
 //!
-//! `bytemuck` was considered as the basis of [`ShmSafe`], but its `Pod` requires `Copy`, which
+//! `bytemuck` was considered as the basis of [`ShmSafe`](trait@ShmSafe), but its `Pod` requires `Copy`, which
 //! atomics are not, and atomics are exactly what shared memory needs.
 #![deny(unsafe_code)]
 
@@ -127,6 +129,10 @@ pub use error::{
 };
 pub use header::{LAYOUT_VERSION, MAGIC, PAYLOAD_ALIGN, PAYLOAD_OFFSET, SegmentHeader, TypeTag};
 pub use inherit::{pass_fd_to_command, take_inherited_fd};
+/// `#[derive(ShmSafe)]` (feature `derive`, on by default): see the [`ShmSafe`](trait@ShmSafe)
+/// trait and the `ipc_shm_derive` crate for what it checks.
+#[cfg(feature = "derive")]
+pub use ipc_shm_derive::ShmSafe;
 pub use layout::{Layout, Offset, SliceOffset};
 #[cfg(loom)]
 pub use ring::LoomRing;
@@ -134,3 +140,8 @@ pub use ring::{ByteRing, HeapRing, ShmRing};
 pub use segment::{OpenOptions, Segment, SegmentBuilder, max_name_len};
 pub use shm_safe::ShmSafe;
 pub use value::{SharedSlice, SharedValue};
+
+// The README's code blocks are compiled and run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

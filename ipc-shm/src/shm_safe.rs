@@ -33,6 +33,58 @@ use std::sync::atomic::{
 ///
 /// Under these rules a `&T` into shared memory is sound in every process, and no `&mut T` is ever
 /// formed to memory another process may touch.
+///
+/// Padding between fields is allowed: this crate never copies a `T` into or out of a segment
+/// (it hands out `&T`, and code reads and writes through it field by field), so padding bytes
+/// are never read as part of a value.
+///
+/// # Your own types: `#[derive(ShmSafe)]`
+///
+/// With the default feature `derive`, `#[derive(ShmSafe)]` (the same name as the trait, as
+/// serde does) writes the impl after checking every point above at compile time: `#[repr(C)]`
+/// or `#[repr(transparent)]` and not packed, a struct (no enum, no union), no lifetime
+/// parameters, no `Drop` impl, and every field `ShmSafe` (so a raw pointer, reference, `Box`,
+/// `Vec`, `String` or `bool` field is a compile error naming the field). Type parameters are
+/// bounded `ShmSafe`. No `unsafe` in your code, and it builds under `#![forbid(unsafe_code)]`.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use ipc_shm::{Layout, SegmentBuilder, ShmSafe};
+/// use ipc_sync::Lock;
+///
+/// /// Shared by every worker: a lock for the multi-field update, counters read without it.
+/// #[derive(ShmSafe)]
+/// #[repr(C)]
+/// struct Stats {
+///     lock: Lock,                 // zeroed bytes are an unlocked lock
+///     jobs_done: AtomicU64,
+///     bytes_in: AtomicU64,
+///     per_worker: [AtomicU64; 4],
+/// }
+///
+/// let mut layout = Layout::new();
+/// let stats = layout.add::<Stats>()?;
+/// let segment = SegmentBuilder::new(layout.size()).create()?; // fork, or pass its descriptor
+///
+/// let s: &Stats = segment.get(stats)?;
+/// {
+///     // Err only if a holder died (see ipc_sync::LockError); LockFailure is that error without
+///     // the guard, so `?` can carry it.
+///     let _guard = s.lock.lock().map_err(ipc_sync::LockFailure::from)?;
+///     s.jobs_done.fetch_add(1, Ordering::Relaxed);
+///     s.bytes_in.fetch_add(512, Ordering::Relaxed);
+/// }
+/// s.per_worker[2].fetch_add(1, Ordering::Relaxed);
+/// assert_eq!(s.jobs_done.load(Ordering::Relaxed), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot live in shared memory (it is not `ShmSafe`)",
+    label = "not `ShmSafe`: it may hold an address, have invalid bit patterns or an undefined layout",
+    note = "shared memory holds integers, atomics, arrays of them, ipc_sync primitives and \
+            #[derive(ShmSafe)] #[repr(C)] structs of those; refer to other objects by \
+            `ipc_shm::Offset`, never by pointer or reference"
+)]
 pub unsafe trait ShmSafe: Sync + 'static {}
 
 macro_rules! shm_safe {

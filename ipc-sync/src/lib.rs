@@ -115,9 +115,14 @@ pub use condition::{CondGuard, Condition};
 pub use event::Event;
 pub use eventcount::{EventCount, EventWait, Token};
 pub use futex::{Deadline, WaitOutcome};
-pub use lock::{Lock, LockError, LockGuard, LockTimeoutError, TryLockError};
+pub use lock::{Lock, LockError, LockFailure, LockGuard, LockTimeoutError, TryLockError};
 pub use mutex::{Mutex, MutexGuard};
 pub use raw_lock::{LockFail, RawGuard, RawLock, SharedLock};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, ReleaseError, Semaphore};
 pub use waiter::{Futex, Waiter};
+
+// The README's code blocks are compiled and run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

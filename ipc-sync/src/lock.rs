@@ -240,6 +240,87 @@ pub enum LockTimeoutError<G> {
     NotRecoverable,
 }
 
+/// A lock error without its guard: what [`LockError`], [`TryLockError`] and
+/// [`LockTimeoutError`] become to leave the function that took the lock.
+///
+/// Those errors may hold the guard (`OwnerDied`: you hold the lock), which borrows the lock, so
+/// they are not `'static` and `?` cannot turn them into `Box<dyn Error>` or another owned error.
+/// `LockFailure` owns nothing: each of them converts into it with `From` (so `e.into()` and
+/// `.map_err(LockFailure::from)?` work), as std's `PoisonError` is reduced to a plain error.
+/// Converting drops the guard, which releases the lock; after `OwnerDied` that leaves the lock
+/// not recoverable, since nobody repaired what it protects (handle `OwnerDied` first if you
+/// can).
+///
+/// ```
+/// use ipc_shm::SharedValue;
+/// use ipc_sync::{Lock, LockError, LockFailure};
+///
+/// fn locked_work(lock: &Lock) -> Result<(), Box<dyn std::error::Error>> {
+///     let guard = match lock.lock() {
+///         Ok(guard) => guard,
+///         Err(LockError::OwnerDied(mut guard)) => {
+///             // repair the protected data, then:
+///             guard.mark_consistent();
+///             guard
+///         }
+///         Err(e) => return Err(LockFailure::from(e).into()),
+///     };
+///     drop(guard);
+///     let _again = lock.lock().map_err(LockFailure::from)?;
+///     Ok(())
+/// }
+///
+/// let lock = SharedValue::<Lock>::new_anonymous()?;
+/// locked_work(&lock)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockFailure {
+    /// The previous owner died holding the lock (the guard was dropped with the error, so the
+    /// lock is now not recoverable unless someone marked it consistent).
+    #[error("the previous owner of the lock died while holding it")]
+    OwnerDied,
+    /// See [`LockError::NotRecoverable`].
+    #[error("the lock is not recoverable: its owner died and nobody repaired it")]
+    NotRecoverable,
+    /// See [`TryLockError::WouldBlock`].
+    #[error("the lock is held")]
+    WouldBlock,
+    /// See [`LockTimeoutError::Timeout`].
+    #[error("timed out waiting for the lock")]
+    Timeout,
+}
+
+impl<G> From<LockError<G>> for LockFailure {
+    fn from(e: LockError<G>) -> Self {
+        match e {
+            LockError::OwnerDied(_) => LockFailure::OwnerDied,
+            LockError::NotRecoverable => LockFailure::NotRecoverable,
+        }
+    }
+}
+
+impl<G> From<TryLockError<G>> for LockFailure {
+    fn from(e: TryLockError<G>) -> Self {
+        match e {
+            TryLockError::WouldBlock => LockFailure::WouldBlock,
+            TryLockError::OwnerDied(_) => LockFailure::OwnerDied,
+            TryLockError::NotRecoverable => LockFailure::NotRecoverable,
+        }
+    }
+}
+
+impl<G> From<LockTimeoutError<G>> for LockFailure {
+    fn from(e: LockTimeoutError<G>) -> Self {
+        match e {
+            LockTimeoutError::Timeout => LockFailure::Timeout,
+            LockTimeoutError::OwnerDied(_) => LockFailure::OwnerDied,
+            LockTimeoutError::NotRecoverable => LockFailure::NotRecoverable,
+        }
+    }
+}
+
 impl<G> LockError<G> {
     /// The guard of an `OwnerDied` error (the caller holds the lock), else `None`.
     pub fn into_guard(self) -> Option<G> {
@@ -848,6 +929,51 @@ mod tests {
         assert!(lock.is_not_recoverable());
         assert!(matches!(lock.lock(), Err(LockError::NotRecoverable)));
         assert!(matches!(lock.try_lock(), Err(TryLockError::NotRecoverable)));
+    }
+
+    /// Issue 11: `Err(e) => return Err(e.into())` must compile into `Box<dyn Error>`, through
+    /// the guard-free `LockFailure`, and keep what went wrong.
+    #[test]
+    fn lock_errors_convert_into_an_owned_error() {
+        fn take(lock: &Lock) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let _g = match lock.lock() {
+                Ok(g) => g,
+                Err(e) => return Err(LockFailure::from(e).into()),
+            };
+            Ok(())
+        }
+        let lock = Arc::new(Lock::new());
+        let l2 = lock.clone();
+        std::thread::spawn(move || std::mem::forget(l2.lock().unwrap()))
+            .join()
+            .unwrap();
+        // OwnerDied: converting drops the guard unrepaired.
+        let e = take(&lock).unwrap_err();
+        assert_eq!(
+            e.downcast_ref::<LockFailure>(),
+            Some(&LockFailure::OwnerDied)
+        );
+        let e = take(&lock).unwrap_err();
+        assert_eq!(
+            e.downcast_ref::<LockFailure>(),
+            Some(&LockFailure::NotRecoverable)
+        );
+        let failure: LockFailure = lock.try_lock().unwrap_err().into();
+        assert_eq!(failure, LockFailure::NotRecoverable);
+        let failure: LockFailure = lock.lock_timeout(Duration::ZERO).unwrap_err().into();
+        assert_eq!(failure, LockFailure::NotRecoverable);
+
+        let held = Lock::new();
+        let _g = held.lock().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let f: LockFailure = held.try_lock().unwrap_err().into();
+                assert_eq!(f, LockFailure::WouldBlock);
+                let f: LockFailure = held.lock_timeout(Duration::ZERO).unwrap_err().into();
+                assert_eq!(f, LockFailure::Timeout);
+                assert_eq!(f.to_string(), "timed out waiting for the lock");
+            });
+        });
     }
 
     #[test]

@@ -150,3 +150,8 @@ pub fn default_start_method() -> StartMethod {
         StartMethod::Fork
     }
 }
+
+// The README's code blocks are compiled and run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

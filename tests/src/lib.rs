@@ -240,3 +240,13 @@ pub fn process_is_running(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+// The workspace's root README and this package's README: every code block is compiled and run
+// as a doctest (this package dev-depends on every crate), so no example can rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod root_readme {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

@@ -1,0 +1,8 @@
+#[derive(ipc_shm::ShmSafe)]
+#[repr(C)]
+enum State {
+    Idle,
+    Busy,
+}
+
+fn main() {}

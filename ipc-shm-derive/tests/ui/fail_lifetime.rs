@@ -1,0 +1,7 @@
+#[derive(ipc_shm::ShmSafe)]
+#[repr(C)]
+struct Borrowed<'a> {
+    n: &'a u64,
+}
+
+fn main() {}
