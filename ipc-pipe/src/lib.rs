@@ -179,6 +179,8 @@ mod readiness;
 mod ring;
 mod rx;
 mod sync;
+#[cfg(not(loom))]
+mod transfer;
 mod tx;
 
 #[cfg(not(loom))]

@@ -87,6 +87,8 @@ mod sync;
 mod error;
 #[cfg(not(loom))]
 mod queue;
+#[cfg(not(loom))]
+mod transfer;
 
 #[cfg(not(loom))]
 pub use error::{

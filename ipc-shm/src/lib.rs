@@ -120,6 +120,8 @@ pub mod os;
 mod ring;
 mod segment;
 mod shm_safe;
+#[cfg(feature = "serde")]
+pub mod transfer;
 mod value;
 
 pub use error::{

@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use crate::error::TaskError;
 use crate::result::Sink;
 use crate::task::TaskRef;
-use crate::wire::codec;
+use crate::wire::args::{self, Args};
+use ipc_shm::transfer::FdBatch;
 
 /// A job: one task function over a chunk of arguments.
 pub(crate) struct Job {
@@ -21,6 +22,8 @@ pub(crate) struct Job {
     pub(crate) task: TaskRef,
     /// The arguments, one bincode sequence (`Vec<A>`).
     pub(crate) args: Vec<u8>,
+    /// The descriptors of the IPC handles among the arguments, if any (`wire/args.rs`).
+    pub(crate) fds: Option<Arc<FdBatch>>,
     /// The global index of the first argument.
     pub(crate) first: u64,
     pub(crate) count: u64,
@@ -28,18 +31,8 @@ pub(crate) struct Job {
     pub(crate) attempts: u32,
     /// Re-encodes arguments `skip..skip + take` of `args` (monomorphised for `A`), for the
     /// rare job that must be split after a worker died.
-    reslice: fn(&[u8], usize, usize) -> Option<Vec<u8>>,
+    reslice: fn(&Args, usize, usize) -> Option<Args>,
     pub(crate) sink: Arc<dyn Sink>,
-}
-
-fn reslice<A: Serialize + DeserializeOwned>(
-    args: &[u8],
-    skip: usize,
-    take: usize,
-) -> Option<Vec<u8>> {
-    let args: Vec<A> = codec::decode(args).ok()?;
-    let part = args.get(skip..skip.checked_add(take)?)?;
-    codec::encode(part).ok()
 }
 
 impl Job {
@@ -52,15 +45,16 @@ impl Job {
         first: u64,
         sink: Arc<dyn Sink>,
     ) -> Result<Job, TaskError> {
-        let bytes = codec::encode(args).map_err(|e| TaskError::Argument(e.to_string()))?;
+        let encoded = args::encode(args).map_err(|e| TaskError::Argument(e.to_string()))?;
         Ok(Job {
             id,
             task,
-            args: bytes,
+            args: encoded.bytes,
+            fds: encoded.fds,
             first,
             count: args.len() as u64,
             attempts: 0,
-            reslice: reslice::<A>,
+            reslice: args::reslice::<A>,
             sink,
         })
     }
@@ -84,11 +78,16 @@ impl Job {
         if skip >= end {
             return None;
         }
-        let args = (self.reslice)(&self.args, skip as usize, (end - skip) as usize)?;
+        let whole = Args {
+            bytes: self.args.clone(),
+            fds: self.fds.clone(),
+        };
+        let part = (self.reslice)(&whole, skip as usize, (end - skip) as usize)?;
         Some(Job {
             id: self.id,
             task: self.task,
-            args,
+            args: part.bytes,
+            fds: part.fds,
             first: from,
             count: end - skip,
             attempts: self.attempts,
