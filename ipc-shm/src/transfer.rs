@@ -737,3 +737,133 @@ impl<'de, T: ShmSafe> Deserialize<'de> for SharedSlice<T> {
             .map_err(|_| D::Error::custom(bad_offset(KIND, wire.offset)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicU32, AtomicU64};
+
+    use super::*;
+    use crate::codec;
+
+    fn value() -> SharedValue<AtomicU32> {
+        SharedValue::new_anonymous().expect("value")
+    }
+
+    #[test]
+    fn a_handle_outside_a_context_is_a_clear_serde_error() {
+        let err = codec::encode(&value()).unwrap_err();
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(
+            source.is_some_and(|s| s.contains("send it through ipc-pipe or the pool")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn descriptors_no_handle_took_are_closed() {
+        let v = value();
+        let (_, pair, _) = encode(|| codec::encode(&(&v, &v)));
+        assert_eq!(pair.len(), 2);
+        let second = pair.fds[1].as_raw_fd();
+        let (single, batch, _) = encode(|| codec::encode(&v));
+        let single = single.expect("encodes");
+        // The one-handle message decoded with two descriptors under its batch id: it takes
+        // index 0, and index 1 is closed when the decode ends.
+        let two = FdBatch::from_parts(batch.id(), pair.into_fds());
+        let (got, error) = decode_with(Some(two), || {
+            codec::decode::<SharedValue<AtomicU32>>(&single)
+        });
+        assert!(error.is_none(), "{error:?}");
+        assert!(got.is_ok());
+        assert!(!os::is_open(second));
+    }
+
+    #[test]
+    fn an_index_taken_twice_is_refused() {
+        let v = value();
+        let (bytes, batch, _) = encode(|| codec::encode(&v));
+        let bytes = bytes.expect("encodes");
+        let twice = [bytes.as_slice(), bytes.as_slice()].concat();
+        let (got, error) = decode_with(Some(batch), || {
+            codec::decode::<(SharedValue<AtomicU32>, SharedValue<AtomicU32>)>(&twice)
+        });
+        assert!(got.is_err());
+        assert!(
+            matches!(error, Some(TransferError::AlreadyTaken { index: 0 })),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn another_layout_is_a_typed_error() {
+        let v = value();
+        let (bytes, batch, _) = encode(|| codec::encode(&v));
+        let bytes = bytes.expect("encodes");
+        let (got, error) = decode_with(Some(batch), || {
+            codec::decode::<SharedValue<AtomicU64>>(&bytes)
+        });
+        assert!(got.is_err());
+        assert!(
+            matches!(
+                error,
+                Some(TransferError::Layout {
+                    kind: "SharedValue",
+                    detail: LayoutMismatch::Type { .. }
+                })
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn the_lazy_decode_fetches_only_for_messages_with_handles() {
+        let (plain, batch, _) = encode(|| codec::encode(&5u32));
+        assert!(batch.is_empty());
+        let plain = plain.expect("encodes");
+        let (got, error) = decode(
+            |_| panic!("no fetch for a plain message"),
+            || codec::decode::<u32>(&plain),
+        );
+        assert_eq!(got.expect("decodes"), 5);
+        assert!(error.is_none());
+
+        let v = value();
+        let (bytes, batch, _) = encode(|| codec::encode(&v));
+        let bytes = bytes.expect("encodes");
+        let id = batch.id();
+        let mut fetched = 0;
+        let mut batch = Some(batch);
+        let (got, error) = decode(
+            |want| {
+                fetched += 1;
+                assert_eq!(want, id);
+                Ok(batch.take().expect("fetched once"))
+            },
+            || codec::decode::<SharedValue<AtomicU32>>(&bytes),
+        );
+        assert!(error.is_none(), "{error:?}");
+        got.expect("decodes")
+            .store(3, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(v.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(fetched, 1);
+    }
+
+    #[test]
+    fn a_segment_arrives_revalidated_without_its_name() {
+        let name = format!("ipc-shm-transfer-unit-{}", os::pid());
+        let tag = TypeTag::from_name("transfer-unit");
+        let seg = crate::SegmentBuilder::new(100)
+            .name(&name)
+            .type_tag(tag)
+            .create()
+            .expect("segment");
+        let (bytes, batch, _) = encode(|| codec::encode(&seg));
+        let bytes = bytes.expect("encodes");
+        let (got, error) = decode_with(Some(batch), || codec::decode::<Segment>(&bytes));
+        assert!(error.is_none());
+        let got = got.expect("decodes");
+        assert_eq!((got.len(), got.type_tag(), got.name()), (100, tag, None));
+        assert!(!got.unlinks_on_drop());
+    }
+}
