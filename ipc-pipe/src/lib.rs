@@ -111,6 +111,23 @@
 //! `getpid` is cheap next to sleeping). [`Connection::close`] closes an end for every process;
 //! dropping closes only this process's handle.
 //!
+//! # Handing objects over a pipe, and pipe ends to other processes
+//!
+//! [`Connection::send`] and [`Connection::recv`] encode and decode in the workspace's transfer
+//! context (`ipc_shm::transfer`): a message may contain an `ipc_shm::Segment`, a `SharedValue`
+//! or `SharedSlice` (a `Lock` in a segment, say), an `ipc_queue::Queue`, or another pipe end
+//! ([`Connection`], [`Sender`], [`Receiver`]). Their descriptors go over this end's socket
+//! (`SCM_RIGHTS`) just before the message is published, in a record that names the message's
+//! batch id, so a receiver never pairs descriptors with the wrong message; the receiver rebuilds
+//! each handle through the validated open path. Messages without handles cost nothing extra.
+//! [`Connection::send_bytes_with_fds`] and [`Connection::take_fds`] are the same for protocols
+//! that encode their own messages (the pool's).
+//!
+//! **A pipe end moved into a message is gone from the sender**: it is marked given away, cannot
+//! be sent again (`SendError::Transfer`), and dropping it releases it quietly (the peer sees no
+//! hang-up: the end lives on in the receiver, which becomes its user). An end cannot be sent
+//! over its own pipe. The pool hands ends to `Process`es and workers the same way.
+//!
 //! # Limits
 //!
 //! - Sends to a peer killed by `SIGKILL` succeed while its ring has room (the messages are lost

@@ -18,6 +18,11 @@
 //!   and `Array`.
 //! - [`pass_fd_to_command`] and [`take_inherited_fd`]: hand a descriptor to an exec'ed child
 //!   without leaking it into unrelated children.
+//! - `transfer` (feature `serde`, which `codec` turns on): `Serialize`/`Deserialize` for
+//!   [`Segment`], [`SharedValue`] and [`SharedSlice`] that work only inside a message whose
+//!   transport carries descriptors (`ipc_pipe::Connection::send`, the pool's arguments): the
+//!   descriptor travels with the message (`SCM_RIGHTS`) and the receiver re-validates the
+//!   header. The queue and the pipe build their own handles' transfer on it.
 //!
 //! # Shared pieces the other crates build on
 //!
@@ -91,6 +96,10 @@
 //! told to persist it ([`SegmentBuilder::unlink_on_drop`]); a forked child's copy never unlinks.
 //! Anonymous (memfd) segments have no name at all, so nothing can leak after a crash: prefer them
 //! whenever the other processes are your own children.
+//!
+//! Handed to another process inside a message (`transfer`), a segment is a duplicated
+//! descriptor: the receiver's handle has no name and never unlinks; a memfd lives while any
+//! process holds a descriptor or a mapping of it.
 //!
 //! # Dependencies
 //!

@@ -7,7 +7,7 @@
 //! *transfer context*:
 //!
 //! - **Encoding** ([`encode`]): a handle duplicates its descriptor(s) into the outgoing
-//!   [`FdBatch`] (`F_DUPFD_CLOEXEC`, through [`os::dup`](crate::os::dup)) and serialises an
+//!   [`FdBatch`] (`F_DUPFD_CLOEXEC`, through [`os::dup`]) and serialises an
 //!   [`FdRef`] (the batch's id and the index in it) plus what the receiver must check: the
 //!   segment's payload length and [`TypeTag`], and for a `SharedValue` or `SharedSlice` its offset
 //!   and the layout of `T` (size, alignment and a hash of its type name).
