@@ -35,6 +35,10 @@ use crate::end::Link;
 const RECORD: u8 = 0xFD;
 /// A record's length: marker, batch id, count.
 const RECORD_LEN: usize = 10;
+/// The most batches kept waiting for their message: a peer that sends descriptors nobody asks
+/// for cannot fill this process's descriptor table (the oldest are closed first; a message
+/// still wanting one gets `Missing`).
+const MAX_WAITING: usize = 64;
 
 /// Batches parsed from the socket, in arrival order.
 #[derive(Debug, Default)]
@@ -75,6 +79,9 @@ impl Incoming {
         let mut id = [0u8; 8];
         id.copy_from_slice(&record[1..9]);
         let id = u64::from_le_bytes(id);
+        if self.ready.len() >= MAX_WAITING {
+            self.ready.pop_front();
+        }
         if usize::from(record[9]) != fds.len() {
             self.ready.push_back(Err(
                 "a record's descriptor count does not match what arrived",

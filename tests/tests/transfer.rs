@@ -179,6 +179,74 @@ fn pool_tasks_receive_a_queue_on_each_start_method() {
     }
 }
 
+/// A task: marks its slot of the handed slice and puts its index on the handed joinable queue;
+/// also checks the bare segment it was handed.
+fn mark(
+    (seg, slots, jq, i): (
+        ipc_shm::Segment,
+        ipc_shm::SharedSlice<AtomicU32>,
+        ipc_queue::JoinableQueue<u64>,
+        usize,
+    ),
+) -> u64 {
+    assert_eq!(seg.type_tag(), TypeTag::from_name("transfer-test/bare"));
+    slots[i].store(i as u32 + 1, Ordering::Relaxed);
+    jq.put(i as u64).expect("put");
+    seg.len() as u64
+}
+
+/// A `Process` that sends on the channel end it was handed.
+fn send_on(tx: ipc_pipe::Sender) {
+    tx.send(&"from the child").expect("send");
+}
+
+#[test]
+fn segments_slices_joinable_queues_and_channel_ends_travel_on_each_start_method() {
+    let _w = ipc_tests::watchdog("other kinds", WATCHDOG);
+    for method in METHODS {
+        let seg = SegmentBuilder::new(256)
+            .type_tag(TypeTag::from_name("transfer-test/bare"))
+            .create()
+            .expect("segment");
+        let slots = ipc_shm::SharedSlice::<AtomicU32>::new_anonymous(4).expect("slice");
+        let jq: ipc_queue::JoinableQueue<u64> = QueueBuilder::new()
+            .capacity(1 << 16)
+            .build_joinable()
+            .expect("joinable");
+        let pool = PoolBuilder::new()
+            .processes(2)
+            .start_method(method)
+            .build()
+            .expect("pool");
+        let args: Vec<_> = (0..4)
+            .map(|i| {
+                let seg = seg.try_clone().expect("clone");
+                (seg, slots.clone(), jq.clone(), i)
+            })
+            .collect();
+        assert_eq!(pool.map(mark, args).expect("map"), [256; 4], "{method:?}");
+        let marks: Vec<u32> = slots.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+        assert_eq!(marks, [1, 2, 3, 4], "{method:?}");
+        for _ in 0..4 {
+            jq.get().expect("get");
+            jq.task_done().expect("done");
+        }
+        jq.join();
+
+        let (tx, rx) = ipc_pipe::channel().expect("channel");
+        let child = ProcessBuilder::new()
+            .start_method(method)
+            .spawn(send_on, tx)
+            .expect("spawn");
+        assert_eq!(
+            rx.recv_timeout::<String>(Duration::from_secs(30))
+                .expect("recv"),
+            "from the child"
+        );
+        child.join().result.expect("child");
+    }
+}
+
 /// A task that received a pipe end it cannot have: the pool refuses it at submit time.
 fn take_end(conn: Connection) -> usize {
     conn.side()
@@ -317,4 +385,31 @@ fn a_forged_descriptor_index_is_a_typed_error() {
         matches!(error, Some(TransferError::WrongBatch { .. })),
         "{error:?}"
     );
+}
+
+/// A `Process` that dies holding the lock it was handed.
+fn die_holding(lock: SharedValue<Lock>) {
+    let guard = lock.lock().expect("lock");
+    std::mem::forget(guard);
+    std::process::exit(3);
+}
+
+#[test]
+fn a_handed_lock_reports_its_owner_death_to_the_parent_on_each_start_method() {
+    let _w = ipc_tests::watchdog("owner death", WATCHDOG);
+    for method in METHODS {
+        let lock = SharedValue::<Lock>::new_anonymous().expect("lock");
+        let child = ProcessBuilder::new()
+            .start_method(method)
+            .spawn(die_holding, lock.clone())
+            .expect("spawn");
+        assert!(child.join().result.is_err(), "{method:?}");
+        match lock.lock_timeout(Duration::from_secs(30)) {
+            Err(ipc_sync::LockTimeoutError::OwnerDied(mut guard)) => guard.mark_consistent(),
+            other => panic!(
+                "{method:?}: expected OwnerDied, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
 }
