@@ -63,10 +63,11 @@
 //! | `readiness.rs`  | futex/fd mode switch, readiness fd, `poll`, [`wait`]                |
 //! | `channel.rs`    | [`Sender`], [`Receiver`]                                            |
 //! | `inherit.rs`    | passing an end across `exec` or as raw descriptors                  |
+//! | `transfer.rs`   | an end inside a message (serde through `ipc_shm::transfer`)         |
 //! | `end.rs`        | `End<C, M, W, L>`: one end's state, generic over memory and waiter  |
 //! |                 | (the bytes are `ipc_shm`'s shared byte ring: `ShmRing`, `LoomRing`)  |
 //! | `ring.rs`       | the shared control block and the ring/wake protocol (state table)   |
-//! | `os.rs`         | socketpair, `poll`, pids: the production link of an end             |
+//! | `os.rs`         | socketpair, `poll`, pids, descriptor records: the production link   |
 //! | `model.rs`      | loom models of the real send/receive paths                          |
 //!
 //! Each end also owns one end of a Unix socketpair. The kernel tracks it: when every copy of

@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use ipc_shm::transfer::{self, FdRef, TransferError};
+use ipc_shm::transfer::{self, FdRef, Refused, TransferError};
 use serde::de::Error as _;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -43,7 +43,7 @@ impl Connection {
         Arc::as_ptr(&self.seg) as usize
     }
 
-    fn to_wire(&self) -> Result<EndWire, TransferError> {
+    fn to_wire(&self) -> Result<EndWire, Refused> {
         let refuse = |reason| transfer::fail(TransferError::NotTransferable { kind: KIND, reason });
         if self.given_away.get() || self.released {
             return Err(refuse("it was already given away"));
@@ -60,7 +60,7 @@ impl Connection {
         Ok(wire)
     }
 
-    fn from_wire(wire: EndWire) -> Result<Connection, TransferError> {
+    fn from_wire(wire: EndWire) -> Result<Connection, Refused> {
         let shm = transfer::take_fd(wire.shm, KIND)?;
         let sock = transfer::take_fd(wire.sock, KIND)?;
         Connection::from_raw_parts(shm, sock, usize::from(wire.side)).map_err(|e| {

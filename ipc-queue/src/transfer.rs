@@ -15,7 +15,7 @@
 //! `Process`.
 
 use ipc_shm::TypeTag;
-use ipc_shm::transfer::{self, FdRef, TransferError};
+use ipc_shm::transfer::{self, FdRef, Refused, TransferError};
 use serde::de::Error as _;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -36,7 +36,7 @@ fn item_hash<T>() -> u64 {
     TypeTag::from_name(std::any::type_name::<T>()).0
 }
 
-fn rebuild<T>(wire: QueueWire) -> Result<Queue<T>, TransferError> {
+fn rebuild<T>(wire: QueueWire) -> Result<Queue<T>, Refused> {
     let fd = transfer::take_fd(wire.fd, KIND)?;
     if wire.item != item_hash::<T>() {
         return Err(transfer::fail(TransferError::Invalid {

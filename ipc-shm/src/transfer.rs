@@ -256,7 +256,7 @@ impl FdBatch {
         FdBatch { id, fds }
     }
 
-    /// The batch's id (unique in the sending process).
+    /// The batch's id (unique in the sending process; 0 for a batch with no descriptors).
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -295,6 +295,8 @@ impl FdBatch {
 /// One context on a thread's stack.
 enum Frame {
     Encode {
+        /// Allocated when the first descriptor is put (0 while there is none), so that a
+        /// message without handles costs no atomic operation.
         id: u64,
         fds: Vec<OwnedFd>,
         /// The identity of the channel the message goes over (see [`encode_over`]).
@@ -365,9 +367,8 @@ fn encode_inner<R>(
     channel: Option<usize>,
     f: impl FnOnce() -> R,
 ) -> (R, FdBatch, Option<TransferError>) {
-    let id = next_batch_id();
     let pushed = Pushed::push(Frame::Encode {
-        id,
+        id: 0,
         fds: Vec::new(),
         channel,
         error: None,
@@ -440,74 +441,48 @@ pub fn decode<R>(
     }
 }
 
-/// Records `e` as the context's first error (if a context is in force) and returns it.
-fn record(e: TransferError) -> TransferError {
+/// A handle's failure as serde sees it: the message of a [`TransferError`] that was recorded in
+/// the context in force (whose [`encode`]/[`decode`] caller gets the typed error). Pass it to
+/// `S::Error::custom` / `D::Error::custom`.
+#[derive(Debug, Clone)]
+pub struct Refused(String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Records `e` as the first error of the context in force (if there is one) and returns its
+/// message for serde.
+fn record(e: TransferError) -> Refused {
+    let message = match std::error::Error::source(&e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    };
     STACK.with(|s| {
         if let Some(Frame::Encode { error, .. } | Frame::Decode { error, .. }) =
             s.borrow_mut().last_mut()
             && error.is_none()
         {
-            // The context keeps the typed error; serde gets its message.
-            *error = Some(copy_of(&e));
+            *error = Some(e);
         }
     });
-    e
-}
-
-/// A second copy of an error for the serde side (whose error type only carries a message).
-fn copy_of(e: &TransferError) -> TransferError {
-    use TransferError as T;
-    match e {
-        T::NoContext { kind } => T::NoContext { kind },
-        T::TooMany { max } => T::TooMany { max: *max },
-        T::Dup(io) => T::Dup(std::io::Error::new(io.kind(), io.to_string())),
-        T::NotTransferable { kind, reason } => T::NotTransferable { kind, reason },
-        T::OutOfRange { index, count } => T::OutOfRange {
-            index: *index,
-            count: *count,
-        },
-        T::AlreadyTaken { index } => T::AlreadyTaken { index: *index },
-        T::WrongBatch { expected, found } => T::WrongBatch {
-            expected: *expected,
-            found: *found,
-        },
-        T::Missing { batch } => T::Missing { batch: *batch },
-        T::Recv(io) => T::Recv(std::io::Error::new(io.kind(), io.to_string())),
-        T::Corrupted { what } => T::Corrupted { what },
-        T::Open(o) => T::Invalid {
-            kind: "segment",
-            what: match o {
-                SegmentOpenError::TagMismatch { .. } => "type tag mismatch",
-                SegmentOpenError::VersionMismatch { .. } => "layout version mismatch",
-                SegmentOpenError::BadMagic { .. } => "bad magic",
-                SegmentOpenError::SizeMismatch { .. } | SegmentOpenError::TooSmall { .. } => {
-                    "size mismatch"
-                }
-                _ => "header validation failed",
-            },
-        },
-        T::LengthMismatch { expected, found } => T::LengthMismatch {
-            expected: *expected,
-            found: *found,
-        },
-        T::Layout { kind, detail } => T::Layout {
-            kind,
-            detail: detail.clone(),
-        },
-        T::Invalid { kind, what } => T::Invalid { kind, what },
-    }
+    Refused(message)
 }
 
 /// Records `e` in the context in force (the typed error [`encode`]/[`decode`] return) and
-/// returns it, for a handle's `Serialize`/`Deserialize` impl that failed for its own reasons
-/// (a queue or pipe whose checks failed): `Err(S::Error::custom(transfer::fail(e)))`.
-pub fn fail(e: TransferError) -> TransferError {
+/// returns its message, for a handle's `Serialize`/`Deserialize` impl that failed for its own
+/// reasons (a queue or pipe whose checks failed): `Err(D::Error::custom(transfer::fail(e)))`.
+pub fn fail(e: TransferError) -> Refused {
     record(e)
 }
 
 /// For a handle's `Serialize` impl: duplicates `fd` into the outgoing batch of the encoding in
 /// force and returns where it is. `kind` names the handle in the error outside a context.
-pub fn put_fd(fd: BorrowedFd<'_>, kind: &'static str) -> Result<FdRef, TransferError> {
+pub fn put_fd(fd: BorrowedFd<'_>, kind: &'static str) -> Result<FdRef, Refused> {
     let result = STACK.with(|s| {
         let mut stack = s.borrow_mut();
         let Some(Frame::Encode { id, fds, error, .. }) = stack.last_mut() else {
@@ -524,6 +499,9 @@ pub fn put_fd(fd: BorrowedFd<'_>, kind: &'static str) -> Result<FdRef, TransferE
             return Err(TransferError::TooMany { max: MAX_FDS });
         }
         let dup = os::dup(fd).map_err(TransferError::Dup)?;
+        if *id == 0 {
+            *id = next_batch_id();
+        }
         let index = fds.len() as u32;
         fds.push(dup);
         Ok(FdRef { batch: *id, index })
@@ -533,7 +511,7 @@ pub fn put_fd(fd: BorrowedFd<'_>, kind: &'static str) -> Result<FdRef, TransferE
 
 /// For a handle's `Deserialize` impl: takes the descriptor `r` names out of the incoming batch
 /// of the decoding in force. Each index can be taken once.
-pub fn take_fd(r: FdRef, kind: &'static str) -> Result<OwnedFd, TransferError> {
+pub fn take_fd(r: FdRef, kind: &'static str) -> Result<OwnedFd, Refused> {
     let result = STACK.with(|s| {
         let mut stack = s.borrow_mut();
         let Some(Frame::Decode { batch, need, .. }) = stack.last_mut() else {
@@ -562,7 +540,7 @@ pub fn take_fd(r: FdRef, kind: &'static str) -> Result<OwnedFd, TransferError> {
     });
     match result {
         // Not an error yet: the lazy decode fetches the batch and runs again.
-        Err(e @ TransferError::Missing { .. }) if needs_fetch() => Err(e),
+        Err(e @ TransferError::Missing { .. }) if needs_fetch() => Err(Refused(e.to_string())),
         r => r.map_err(record),
     }
 }
@@ -608,7 +586,7 @@ struct SegmentWire {
 }
 
 impl SegmentWire {
-    fn of(seg: &Segment, kind: &'static str) -> Result<SegmentWire, TransferError> {
+    fn of(seg: &Segment, kind: &'static str) -> Result<SegmentWire, Refused> {
         Ok(SegmentWire {
             fd: put_fd(seg.fd(), kind)?,
             tag: seg.type_tag().0,
@@ -616,7 +594,7 @@ impl SegmentWire {
         })
     }
 
-    fn open(self, kind: &'static str) -> Result<Segment, TransferError> {
+    fn open(self, kind: &'static str) -> Result<Segment, Refused> {
         let fd = take_fd(self.fd, kind)?;
         let seg = OpenOptions::new(TypeTag(self.tag))
             .from_fd(fd)
@@ -660,7 +638,7 @@ struct ValueWire {
     ty: TypeCheck,
 }
 
-fn check_type<T>(kind: &'static str, found: TypeCheck) -> Result<(), TransferError> {
+fn check_type<T>(kind: &'static str, found: TypeCheck) -> Result<(), Refused> {
     if found == TypeCheck::of::<T>() {
         return Ok(());
     }
@@ -673,7 +651,7 @@ fn check_type<T>(kind: &'static str, found: TypeCheck) -> Result<(), TransferErr
     }))
 }
 
-fn bad_offset(kind: &'static str, offset: u64) -> TransferError {
+fn bad_offset(kind: &'static str, offset: u64) -> Refused {
     record(TransferError::Layout {
         kind,
         detail: LayoutMismatch::Offset { offset },

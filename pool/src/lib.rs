@@ -171,8 +171,8 @@
 //!
 //! A call reads downward through the private modules: `api` (the `Pool` handle and its
 //! builder) makes a `job`, queues it in the `registry` (or runs it on an idle worker's seat),
-//! a `driver` thread sends it down the `wire` (`protocol`, `codec`, `transport` over
-//! `ipc-pipe`) to a worker (`worker`, started by `start/`: fork, spawn, fork server and
+//! a `driver` thread sends it down the `wire` (`protocol`, `codec`, `args`: arguments that
+//! carry IPC handles and their descriptors, `transport` over `ipc-pipe`) to a worker (`worker`, started by `start/`: fork, spawn, fork server and
 //! [`init`]). `sizing` grows, shrinks and recycles workers and holds the restart breaker;
 //! `result` and `imap` hand outcomes back; `task` and `slot` are the two halves that run in
 //! the worker (the function trampoline, the progress words in shared memory).
