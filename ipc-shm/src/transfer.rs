@@ -16,10 +16,14 @@
 //!   `Process` arguments.
 //! - **Decoding** ([`decode`], [`decode_with`]): a handle takes its descriptor back by index and
 //!   rebuilds itself through the normal, validated open path ([`OpenOptions::from_fd`]), so the
-//!   header (magic, version, size, tag) is checked again on the receiving side. Descriptors of
-//!   the batch that no handle took are closed when decoding ends. An index out of range, a
-//!   descriptor taken twice, a batch that did not arrive, or a layout that does not match is a
-//!   typed [`TransferError`].
+//!   header (magic, version, size, tag) is checked again on the receiving side. The batch's
+//!   descriptors are closed when decoding ends (each handle owns a duplicate). An index out of
+//!   range, a batch that did not arrive or belongs to another message, or a layout that does
+//!   not match is a typed [`TransferError`].
+//!
+//! Clones of one handle (a queue cloned into each of many task arguments, two views of one
+//! segment) share one open descriptor, and travel as one entry of the batch, so a message
+//! carries at most [`MAX_FDS`] *distinct* objects.
 //!
 //! Outside a context, serialising a handle fails with a serde error that says so ("a Segment
 //! carries a descriptor: send it through ipc-pipe or the pool"); there is never a silent
@@ -75,7 +79,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -115,8 +119,9 @@ pub enum TransferError {
         /// [`MAX_FDS`].
         max: usize,
     },
-    /// Duplicating a descriptor for the outgoing batch failed (the descriptor table is full).
-    #[error("could not duplicate a descriptor for sending")]
+    /// Duplicating a descriptor failed (the descriptor table is full): for the outgoing batch,
+    /// or for a handle rebuilt from the incoming one.
+    #[error("could not duplicate a descriptor")]
     Dup(#[source] std::io::Error),
     /// The handle cannot travel: a pipe end already given away, or an end sent over its own
     /// pipe.
@@ -135,12 +140,6 @@ pub enum TransferError {
         index: u32,
         /// How many descriptors arrived.
         count: usize,
-    },
-    /// Two handles of the message refer to the same descriptor.
-    #[error("descriptor {index} of the message is referred to twice")]
-    AlreadyTaken {
-        /// The index in the message.
-        index: u32,
     },
     /// The message refers to a batch other than the one that came with it.
     #[error(
@@ -299,13 +298,16 @@ enum Frame {
         /// message without handles costs no atomic operation.
         id: u64,
         fds: Vec<OwnedFd>,
+        /// The numbers of the descriptors `fds` duplicate: a handle whose descriptor is already
+        /// in the batch (clones of one queue, views of one segment) reuses its index.
+        sources: Vec<RawFd>,
         /// The identity of the channel the message goes over (see [`encode_over`]).
         channel: Option<usize>,
         error: Option<TransferError>,
     },
     Decode {
         /// The batch in force, or `None` until a handle asks for one.
-        batch: Option<(u64, Vec<Option<OwnedFd>>)>,
+        batch: Option<(u64, Vec<OwnedFd>)>,
         /// The batch a handle asked for while none was in force.
         need: Option<u64>,
         error: Option<TransferError>,
@@ -370,6 +372,7 @@ fn encode_inner<R>(
     let pushed = Pushed::push(Frame::Encode {
         id: 0,
         fds: Vec::new(),
+        sources: Vec::new(),
         channel,
         error: None,
     });
@@ -394,7 +397,7 @@ pub fn sending_over(channel: usize) -> bool {
 /// [`TransferError::Missing`].
 pub fn decode_with<R>(batch: Option<FdBatch>, f: impl FnOnce() -> R) -> (R, Option<TransferError>) {
     let pushed = Pushed::push(Frame::Decode {
-        batch: batch.map(|b| (b.id, b.fds.into_iter().map(Some).collect())),
+        batch: batch.map(|b| (b.id, b.fds)),
         need: None,
         error: None,
     });
@@ -485,7 +488,14 @@ pub fn fail(e: TransferError) -> Refused {
 pub fn put_fd(fd: BorrowedFd<'_>, kind: &'static str) -> Result<FdRef, Refused> {
     let result = STACK.with(|s| {
         let mut stack = s.borrow_mut();
-        let Some(Frame::Encode { id, fds, error, .. }) = stack.last_mut() else {
+        let Some(Frame::Encode {
+            id,
+            fds,
+            sources,
+            error,
+            ..
+        }) = stack.last_mut()
+        else {
             return Err(TransferError::NoContext { kind });
         };
         if error.is_some() {
@@ -493,6 +503,14 @@ pub fn put_fd(fd: BorrowedFd<'_>, kind: &'static str) -> Result<FdRef, Refused> 
             return Err(TransferError::NotTransferable {
                 kind,
                 reason: "an earlier handle of the message failed",
+            });
+        }
+        if let Some(index) = sources.iter().position(|&raw| raw == fd.as_raw_fd()) {
+            // The same open descriptor (a clone of a handle already in the message): one copy
+            // travels, and each handle rebuilt from it gets its own duplicate.
+            return Ok(FdRef {
+                batch: *id,
+                index: index as u32,
             });
         }
         if fds.len() >= MAX_FDS {
@@ -504,13 +522,15 @@ pub fn put_fd(fd: BorrowedFd<'_>, kind: &'static str) -> Result<FdRef, Refused> 
         }
         let index = fds.len() as u32;
         fds.push(dup);
+        sources.push(fd.as_raw_fd());
         Ok(FdRef { batch: *id, index })
     });
     result.map_err(record)
 }
 
-/// For a handle's `Deserialize` impl: takes the descriptor `r` names out of the incoming batch
-/// of the decoding in force. Each index can be taken once.
+/// For a handle's `Deserialize` impl: a duplicate of the descriptor `r` names in the incoming
+/// batch of the decoding in force (several handles may name one index: clones of one object
+/// travel once). The batch's own descriptors are closed when the decoding ends.
 pub fn take_fd(r: FdRef, kind: &'static str) -> Result<OwnedFd, Refused> {
     let result = STACK.with(|s| {
         let mut stack = s.borrow_mut();
@@ -529,14 +549,11 @@ pub fn take_fd(r: FdRef, kind: &'static str) -> Result<OwnedFd, Refused> {
             });
         }
         let count = fds.len();
-        let slot = fds
-            .get_mut(r.index as usize)
-            .ok_or(TransferError::OutOfRange {
-                index: r.index,
-                count,
-            })?;
-        slot.take()
-            .ok_or(TransferError::AlreadyTaken { index: r.index })
+        let fd = fds.get(r.index as usize).ok_or(TransferError::OutOfRange {
+            index: r.index,
+            count,
+        })?;
+        os::dup(fd.as_fd()).map_err(TransferError::Dup)
     });
     match result {
         // Not an error yet: the lazy decode fetches the batch and runs again.
@@ -741,13 +758,13 @@ mod tests {
     #[test]
     fn descriptors_no_handle_took_are_closed() {
         let v = value();
-        let (_, pair, _) = encode(|| codec::encode(&(&v, &v)));
+        let (_, pair, _) = encode(|| codec::encode(&(&v, value())));
         assert_eq!(pair.len(), 2);
         let second = pair.fds[1].as_raw_fd();
         let (single, batch, _) = encode(|| codec::encode(&v));
         let single = single.expect("encodes");
-        // The one-handle message decoded with two descriptors under its batch id: it takes
-        // index 0, and index 1 is closed when the decode ends.
+        // The one-handle message decoded with two descriptors under its batch id: it uses
+        // index 0 (its handle gets a duplicate), and both are closed when the decode ends.
         let two = FdBatch::from_parts(batch.id(), pair.into_fds());
         let (got, error) = decode_with(Some(two), || {
             codec::decode::<SharedValue<AtomicU32>>(&single)
@@ -758,19 +775,24 @@ mod tests {
     }
 
     #[test]
-    fn an_index_taken_twice_is_refused() {
+    fn clones_of_one_object_travel_as_one_descriptor() {
         let v = value();
-        let (bytes, batch, _) = encode(|| codec::encode(&v));
+        let (bytes, batch, _) = encode(|| codec::encode(&(&v, v.clone(), value())));
+        // `v` and its clone share one descriptor; the third value has its own.
+        assert_eq!(batch.len(), 2);
         let bytes = bytes.expect("encodes");
-        let twice = [bytes.as_slice(), bytes.as_slice()].concat();
-        let (got, error) = decode_with(Some(batch), || {
-            codec::decode::<(SharedValue<AtomicU32>, SharedValue<AtomicU32>)>(&twice)
-        });
-        assert!(got.is_err());
-        assert!(
-            matches!(error, Some(TransferError::AlreadyTaken { index: 0 })),
-            "{error:?}"
+        type Three = (
+            SharedValue<AtomicU32>,
+            SharedValue<AtomicU32>,
+            SharedValue<AtomicU32>,
         );
+        let (got, error) = decode_with(Some(batch), || codec::decode::<Three>(&bytes));
+        assert!(error.is_none(), "{error:?}");
+        let (a, b, c) = got.expect("decodes");
+        a.store(4, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(b.load(std::sync::atomic::Ordering::Relaxed), 4);
+        assert_eq!(v.load(std::sync::atomic::Ordering::Relaxed), 4);
+        assert_eq!(c.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -168,14 +168,18 @@ fn pool_tasks_receive_a_queue_on_each_start_method() {
             .build()
             .expect("pool");
         assert_eq!(pool.apply(put_double, (q.clone(), 21)).expect("apply"), 21);
-        let args: Vec<_> = (0..6u64).map(|i| (q.clone(), i)).collect();
+        // Many arguments, so chunks hold many clones of the queue: they travel as one
+        // descriptor per chunk.
+        let args: Vec<_> = (0..300u64).map(|i| (q.clone(), i)).collect();
         assert_eq!(
             pool.map(put_double, args).expect("map"),
-            (0..6).collect::<Vec<_>>()
+            (0..300).collect::<Vec<_>>()
         );
-        let mut got: Vec<u64> = (0..7).map(|_| q.try_get().expect("a value")).collect();
+        let mut got: Vec<u64> = (0..301).map(|_| q.try_get().expect("a value")).collect();
         got.sort_unstable();
-        assert_eq!(got, [0, 2, 4, 6, 8, 10, 42], "{method:?}");
+        let mut want: Vec<u64> = (0..300).map(|i| i * 2).chain([42]).collect();
+        want.sort_unstable();
+        assert_eq!(got, want, "{method:?}");
     }
 }
 
