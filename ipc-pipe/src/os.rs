@@ -35,10 +35,12 @@ use crate::end::Link;
 const RECORD: u8 = 0xFD;
 /// A record's length: marker, batch id, count.
 const RECORD_LEN: usize = 10;
-/// The most batches kept waiting for their message: a peer that sends descriptors nobody asks
-/// for cannot fill this process's descriptor table (the oldest are closed first; a message
-/// still wanting one gets `Missing`).
-const MAX_WAITING: usize = 64;
+/// The most batches the fd-mode drain keeps waiting for their messages: a peer that sends
+/// descriptors nobody asks for cannot fill this process's descriptor table (the oldest are
+/// closed first; a message still wanting one gets `Missing`). A receiver fetching a batch reads
+/// the socket only up to it, so records further on stay in the kernel (counted against the
+/// sender's descriptor limit) and never meet this cap.
+const MAX_WAITING: usize = 1024;
 
 /// Batches parsed from the socket, in arrival order.
 #[derive(Debug, Default)]
@@ -104,17 +106,25 @@ impl Socket {
         Socket(Some(fd), RefCell::new(Incoming::default()))
     }
 
-    /// Reads everything pending on the socket, parsing descriptor records; `true` at end of
-    /// stream (the peer hung up).
-    fn read_pending(&self) -> io::Result<bool> {
+    /// Reads what is pending on the socket, parsing descriptor records, until the socket is
+    /// empty or (with `until`) batch `until` has arrived; `true` at end of stream (the peer hung
+    /// up).
+    fn read_pending(&self, until: Option<u64>) -> io::Result<bool> {
         let mut buf = [0u8; 256];
         loop {
             match os::recv_with_fds(self.fd(), &mut buf) {
                 Ok((0, _)) => return Ok(true),
                 Ok((n, fds)) => {
                     let more = n == buf.len() || !fds.is_empty();
-                    self.1.borrow_mut().parse(&buf[..n], fds);
-                    if !more {
+                    let mut incoming = self.1.borrow_mut();
+                    incoming.parse(&buf[..n], fds);
+                    let found = until.is_some_and(|id| {
+                        incoming
+                            .ready
+                            .iter()
+                            .any(|b| b.as_ref().is_ok_and(|b| b.id() == id))
+                    });
+                    if !more || found {
                         return Ok(false);
                     }
                 }
@@ -139,7 +149,7 @@ impl Socket {
             if read {
                 return Err(TransferError::Missing { batch: id });
             }
-            self.read_pending().map_err(TransferError::Recv)?;
+            self.read_pending(Some(id)).map_err(TransferError::Recv)?;
             read = true;
         }
     }
@@ -195,7 +205,7 @@ impl Link for Socket {
 
     fn drain(&self) -> bool {
         // Not `os::drain`: a plain read would close the descriptors of a record.
-        self.read_pending().unwrap_or(false)
+        self.read_pending(None).unwrap_or(false)
     }
 
     fn notify(&self) {

@@ -74,3 +74,19 @@ fn channel_ends_travel_and_keep_working() {
         Err(ipc_pipe::RecvError::Disconnected)
     ));
 }
+
+#[test]
+fn a_burst_of_messages_with_handles_keeps_every_batch_until_its_message() {
+    let _w = ipc_tests::watchdog("burst", Duration::from_secs(60));
+    let (a, b) = ipc_pipe::pipe().expect("pipe");
+    // Every record is on the receiver's socket before it receives the first message.
+    let values: Vec<_> = (0..200).map(value).collect();
+    for v in &values {
+        a.send(v).expect("send");
+    }
+    b.set_pollable();
+    for i in 0..200u32 {
+        let v: SharedValue<AtomicU32> = b.recv_timeout(Duration::from_secs(10)).expect("recv");
+        assert_eq!(v.load(Ordering::Relaxed), i);
+    }
+}
