@@ -111,7 +111,9 @@
 //!   kill, pdeathsig, sockets and `SCM_RIGHTS`); nix for `fork` and `signalfd` only; libc for
 //!   `_exit` and `pthread_atfork` only.
 //! - `thiserror`: the `Display` and `source` of the error enums.
-//! - `serde` and `bincode` (feature `codec` only): the shared message encoding.
+//! - `serde` and `bincode` (feature `codec` only): the shared message encoding. `serde` alone
+//!   (feature `serde`, which `codec` implies) for `transfer`: a feature rather than always on, so
+//!   that a user of segments alone does not compile serde.
 //! - `loom` (under `--cfg loom` only): the loom backend of the byte ring.
 //!
 //! `bytemuck` was considered as the basis of [`ShmSafe`], but its `Pod` requires `Copy`, which

@@ -82,7 +82,6 @@ impl ProcessBuilder {
         start::check_start_method(method)?;
         let args = args::encode(std::slice::from_ref(&arg))
             .map_err(|e| ConfigError::Argument(EncodeError::new(e)))?;
-
         let mut worker = start::start(method)?;
         let mut buf = Vec::new();
         let mut frame = Vec::new();
