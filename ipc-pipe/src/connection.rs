@@ -129,6 +129,9 @@ pub struct Connection {
     pub(crate) scratch: Cell<Vec<u8>>,
     /// Set by `release`: drop closes descriptors only.
     pub(crate) released: bool,
+    /// Set when the end was serialised into a message (handed to another process, see
+    /// `transfer.rs`): it cannot be sent again, and dropping it releases it quietly.
+    pub(crate) given_away: Cell<bool>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -188,6 +191,7 @@ impl Connection {
             end,
             scratch: Cell::new(Vec::new()),
             released: false,
+            given_away: Cell::new(false),
             _not_sync: PhantomData,
         })
     }
@@ -233,7 +237,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // Close our socket first, so that a woken peer that checks for hang-up sees it.
         drop(self.end.link.take());
-        if self.released {
+        if self.released || self.given_away.get() {
             return;
         }
         self.end.say_goodbye();

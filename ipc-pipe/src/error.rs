@@ -78,6 +78,11 @@ pub enum SendError {
         /// The process recorded as using it.
         owner: u32,
     },
+    /// A handle in the message could not travel (see [`ipc_shm::transfer`]): outside the
+    /// message's reach (a pipe end already given away, an end sent over its own pipe), too many
+    /// descriptors, or the socket refused them. Nothing of the message was written.
+    #[error("a handle in the message cannot be sent")]
+    Transfer(#[source] ipc_shm::transfer::TransferError),
     /// Only from the timed and non-blocking sends ([`try_send`](crate::Connection::try_send),
     /// [`send_timeout`](crate::Connection::send_timeout) and their bytes forms): the frame
     /// (an 8-byte header and `len` bytes) is larger than the outgoing ring of `capacity`
@@ -194,6 +199,11 @@ macro_rules! recv_common {
             /// The shared control block holds impossible values (a buggy or hostile peer).
             #[error(transparent)]
             Corrupted(#[from] Corruption),
+            /// The message decoded, but a handle in it (a segment, queue or pipe end; see
+            /// [`ipc_shm::transfer`]) could not be rebuilt: its descriptors did not arrive or
+            /// do not match, or the object failed validation. The message was consumed.
+            #[error("a handle in the message could not be received")]
+            Transfer(#[source] ipc_shm::transfer::TransferError),
             /// Another process is using this end.
             #[error("this end is in use by process {owner}")]
             WrongProcess {
@@ -247,6 +257,28 @@ recv_common! {
     /// Why [`poll`](crate::Connection::poll) or [`wait`](crate::wait) failed.
     pub enum PollError {}
 }
+
+/// Why a received message did not become a value: its bytes, or a handle in it.
+#[derive(Debug)]
+pub(crate) enum DecodeFail {
+    Decode(bincode::error::DecodeError),
+    Transfer(ipc_shm::transfer::TransferError),
+}
+
+macro_rules! from_decode_fail {
+    ($($name:ident),*) => {$(
+        impl From<DecodeFail> for $name {
+            fn from(f: DecodeFail) -> $name {
+                match f {
+                    DecodeFail::Decode(e) => $name::Decode(e),
+                    DecodeFail::Transfer(e) => $name::Transfer(e),
+                }
+            }
+        }
+    )*};
+}
+
+from_decode_fail!(RecvError, TryRecvError, RecvTimeoutError);
 
 /// The internal failure of a receive, converted into each operation's enum.
 #[derive(Debug)]

@@ -63,10 +63,11 @@
 //! | `readiness.rs`  | futex/fd mode switch, readiness fd, `poll`, [`wait`]                |
 //! | `channel.rs`    | [`Sender`], [`Receiver`]                                            |
 //! | `inherit.rs`    | passing an end across `exec` or as raw descriptors                  |
+//! | `transfer.rs`   | an end inside a message (serde through `ipc_shm::transfer`)         |
 //! | `end.rs`        | `End<C, M, W, L>`: one end's state, generic over memory and waiter  |
 //! |                 | (the bytes are `ipc_shm`'s shared byte ring: `ShmRing`, `LoomRing`)  |
 //! | `ring.rs`       | the shared control block and the ring/wake protocol (state table)   |
-//! | `os.rs`         | socketpair, `poll`, pids: the production link of an end             |
+//! | `os.rs`         | socketpair, `poll`, pids, descriptor records: the production link   |
 //! | `model.rs`      | loom models of the real send/receive paths                          |
 //!
 //! Each end also owns one end of a Unix socketpair. The kernel tracks it: when every copy of
@@ -110,6 +111,23 @@
 //! a copy claimed by another live process gets `WrongProcess` (checked on slow paths, where a
 //! `getpid` is cheap next to sleeping). [`Connection::close`] closes an end for every process;
 //! dropping closes only this process's handle.
+//!
+//! # Handing objects over a pipe, and pipe ends to other processes
+//!
+//! [`Connection::send`] and [`Connection::recv`] encode and decode in the workspace's transfer
+//! context (`ipc_shm::transfer`): a message may contain an `ipc_shm::Segment`, a `SharedValue`
+//! or `SharedSlice` (a `Lock` in a segment, say), an `ipc_queue::Queue`, or another pipe end
+//! ([`Connection`], [`Sender`], [`Receiver`]). Their descriptors go over this end's socket
+//! (`SCM_RIGHTS`) just before the message is published, in a record that names the message's
+//! batch id, so a receiver never pairs descriptors with the wrong message; the receiver rebuilds
+//! each handle through the validated open path. Messages without handles cost nothing extra.
+//! [`Connection::send_bytes_with_fds`] and [`Connection::take_fds`] are the same for protocols
+//! that encode their own messages (the pool's).
+//!
+//! **A pipe end moved into a message is gone from the sender**: it is marked given away, cannot
+//! be sent again (`SendError::Transfer`), and dropping it releases it quietly (the peer sees no
+//! hang-up: the end lives on in the receiver, which becomes its user). An end cannot be sent
+//! over its own pipe. The pool hands ends to `Process`es and workers the same way.
 //!
 //! # Limits
 //!
@@ -179,6 +197,8 @@ mod readiness;
 mod ring;
 mod rx;
 mod sync;
+#[cfg(not(loom))]
+mod transfer;
 mod tx;
 
 #[cfg(not(loom))]

@@ -16,7 +16,7 @@ use crate::connection::Connection;
 use crate::end::{End, LARGE_MESSAGE, Link, SLICE};
 use crate::error::Fail;
 #[cfg(not(loom))]
-use crate::error::{RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
+use crate::error::{DecodeFail, RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
 use crate::ring::{self, ARMED, Control, Corruption, GONE, HEADER, SLEEP};
 use crate::sync::Ordering;
 use ipc_shm::ByteRing;
@@ -106,14 +106,38 @@ impl Connection {
         Ok(len)
     }
 
+    /// The descriptors that came with a message, by the batch id its handles name (the
+    /// counterpart of [`send_bytes_with_fds`](Connection::send_bytes_with_fds); `recv` and
+    /// friends call it by themselves). Call it after receiving the message's bytes: the
+    /// descriptors were queued before the message was published. Batches that came before it
+    /// and were never taken are closed; a batch that is not there is
+    /// [`TransferError::Missing`](ipc_shm::transfer::TransferError::Missing).
+    pub fn take_fds(
+        &self,
+        batch: u64,
+    ) -> Result<ipc_shm::transfer::FdBatch, ipc_shm::transfer::TransferError> {
+        self.end.link.take_batch(batch)
+    }
+
     pub(crate) fn recv_value<T: DeserializeOwned>(
         &self,
         deadline: Option<Deadline>,
         nonblocking: bool,
-    ) -> Result<Result<T, bincode::error::DecodeError>, Fail> {
+    ) -> Result<Result<T, DecodeFail>, Fail> {
         let mut buf = self.scratch.take();
         let r = self.end.recv_into_vec(&mut buf, deadline, nonblocking);
-        let out = r.map(|()| ipc_shm::codec::decode(&buf).map_err(Into::into));
+        let out = r.map(|()| {
+            // Handles in the message fetch their descriptors from the socket only if there
+            // are any (see `ipc_shm::transfer::decode`).
+            let (value, transfer) = ipc_shm::transfer::decode(
+                |id| self.take_fds(id),
+                || ipc_shm::codec::decode::<T>(&buf),
+            );
+            match (transfer, value) {
+                (Some(e), _) => Err(DecodeFail::Transfer(e)),
+                (None, v) => v.map_err(|e| DecodeFail::Decode(e.into())),
+            }
+        });
         if buf.capacity() <= 1 << 20 {
             self.scratch.set(buf);
         }

@@ -5,7 +5,11 @@
 
 use std::ops::Deref;
 use std::time::Duration;
+#[cfg(not(loom))]
+use std::time::Instant;
 
+#[cfg(not(loom))]
+use ipc_shm::transfer::{self, FdBatch, TransferError};
 #[cfg(not(loom))]
 use serde::Serialize;
 
@@ -61,16 +65,16 @@ impl Connection {
     pub fn send<M: Serialize>(&self, value: M) -> Result<(), SendError> {
         let mut buf = self.scratch.take();
         buf.clear();
-        let result = match ipc_shm::codec::encode_into(&value, &mut buf) {
+        let (encoded, batch) = self.encode_message(&value, &mut buf);
+        let result = match encoded {
             Ok(()) => match self.end.check_send_len(buf.len()) {
-                Ok(head) => self.end.send_frame(head, &buf, false),
+                Ok(head) => self
+                    .send_batch(&batch, None)
+                    .map_err(|e| e.unwrap_or(SendError::Disconnected))
+                    .and_then(|()| self.end.send_frame(head, &buf, false)),
                 Err(e) => Err(e),
             },
-            Err(ipc_shm::codec::EncodeError::TooLong { len, .. }) => Err(SendError::TooLarge {
-                len,
-                max: self.end.settings.max_message,
-            }),
-            Err(e) => Err(SendError::Encode(e.into())),
+            Err(e) => Err(e),
         };
         if buf.capacity() <= 1 << 20 {
             self.scratch.set(buf);
@@ -191,15 +195,12 @@ impl Connection {
     ) -> Result<(), Option<SendError>> {
         let mut buf = self.scratch.take();
         buf.clear();
-        let result = match ipc_shm::codec::encode_into(value, &mut buf) {
-            Ok(()) => self.send_bytes_within(&buf, deadline, nonblocking),
-            Err(ipc_shm::codec::EncodeError::TooLong { len, .. }) => {
-                Err(Some(SendError::TooLarge {
-                    len,
-                    max: self.end.settings.max_message,
-                }))
-            }
-            Err(e) => Err(Some(SendError::Encode(e.into()))),
+        let (encoded, batch) = self.encode_message(&value, &mut buf);
+        let result = match encoded {
+            Ok(()) => self
+                .send_batch(&batch, deadline.map(|d| Instant::now() + d.remaining()))
+                .and_then(|()| self.send_bytes_within(&buf, deadline, nonblocking)),
+            Err(e) => Err(Some(e)),
         };
         if buf.capacity() <= 1 << 20 {
             self.scratch.set(buf);
@@ -230,6 +231,87 @@ impl Connection {
             Err(Fail::Timeout | Fail::Empty) => Err(None),
             Err(f) => Err(Some(f.into())),
         }
+    }
+
+    /// Encodes `value` into `buf` in a transfer context over this pipe (see
+    /// [`ipc_shm::transfer`]): handles in it put their descriptors into the returned batch.
+    fn encode_message<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+    ) -> (Result<(), SendError>, FdBatch) {
+        let (encoded, batch, transfer) = transfer::encode_over(self.channel_id(), || {
+            ipc_shm::codec::encode_into(value, buf)
+        });
+        let result = match (transfer, encoded) {
+            (Some(e), _) => Err(SendError::Transfer(e)),
+            (None, Ok(())) => Ok(()),
+            (None, Err(ipc_shm::codec::EncodeError::TooLong { len, .. })) => {
+                Err(SendError::TooLarge {
+                    len,
+                    max: self.end.settings.max_message,
+                })
+            }
+            (None, Err(e)) => Err(SendError::Encode(e.into())),
+        };
+        (result, batch)
+    }
+
+    /// Sends the descriptors of `batch` (nothing for an empty one) ahead of its message (see
+    /// the "Descriptor records" of `os.rs`). `Err(None)`: no room before `deadline`.
+    fn send_batch(
+        &self,
+        batch: &FdBatch,
+        deadline: Option<Instant>,
+    ) -> Result<(), Option<SendError>> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if self.end.closed_flag() || self.end.peer_dropped() {
+            return Err(Some(SendError::Disconnected));
+        }
+        self.end
+            .link
+            .send_batch(batch, deadline)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => None,
+                std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::NotConnected => Some(SendError::Disconnected),
+                _ => Some(SendError::Transfer(TransferError::Recv(e))),
+            })
+    }
+
+    /// Sends `bytes` as one message, with the descriptors of `fds` ahead of it, for a protocol
+    /// that encodes its own messages in a transfer context ([`ipc_shm::transfer::encode`]) and
+    /// keeps the batch (the pool does, to resend a task's arguments to another worker). The
+    /// receiver gets the bytes from [`recv_bytes`](Connection::recv_bytes) and the
+    /// descriptors from [`take_fds`](Connection::take_fds) with the batch's id. An empty batch
+    /// sends nothing extra.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use ipc_shm::{SharedValue, transfer};
+    ///
+    /// let (a, b) = ipc_pipe::pipe()?;
+    /// let flag = SharedValue::<AtomicU32>::new_anonymous()?;
+    /// let (bytes, batch, _) = transfer::encode(|| ipc_shm::codec::encode(&flag));
+    /// a.send_bytes_with_fds(&bytes?, &batch)?;
+    ///
+    /// let bytes = b.recv_bytes()?;
+    /// let fds = b.take_fds(batch.id())?;
+    /// let (got, _) = transfer::decode_with(Some(fds), || {
+    ///     ipc_shm::codec::decode::<SharedValue<AtomicU32>>(&bytes)
+    /// });
+    /// got?.store(7, Ordering::Relaxed);
+    /// assert_eq!(flag.load(Ordering::Relaxed), 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_bytes_with_fds(&self, bytes: &[u8], fds: &FdBatch) -> Result<(), SendError> {
+        let head = self.end.check_send_len(bytes.len())?;
+        self.send_batch(fds, None)
+            .map_err(|e| e.unwrap_or(SendError::Disconnected))?;
+        self.end.send_frame(head, bytes, false)
     }
 
     /// Test hook (only with the `test-support` feature, which the crate's own tests enable):

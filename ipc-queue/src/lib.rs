@@ -24,6 +24,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Handing a queue to other processes
+//!
+//! Besides `fork`, names and inherited descriptors, a queue is an argument like any other for the
+//! pool (`ProcessBuilder::spawn`, `PoolBuilder::initializer`, tasks) and can be sent over an
+//! `ipc_pipe::Connection`: its descriptor travels with the message (`SCM_RIGHTS`) and the
+//! receiver validates the segment header, the control block and the item type again (see
+//! `ipc_shm::transfer`). Sending duplicates: both processes use the one queue; the creator of a
+//! named queue unlinks its name, receivers never do; an anonymous queue lives while any process
+//! holds it. Outside such a message a queue refuses to serialise.
+//!
 //! # Design
 //!
 //! One [`ipc_shm`] segment holds a control block and a byte ring. Producers serialise on one
@@ -87,6 +97,8 @@ mod sync;
 mod error;
 #[cfg(not(loom))]
 mod queue;
+#[cfg(not(loom))]
+mod transfer;
 
 #[cfg(not(loom))]
 pub use error::{

@@ -864,6 +864,11 @@ impl<T> std::ops::Deref for JoinableQueue<T> {
 }
 
 impl<T> JoinableQueue<T> {
+    /// The joinable view of a queue's handle (the received side of `transfer.rs`).
+    pub(crate) fn from_queue(queue: Queue<T>) -> Self {
+        JoinableQueue { queue }
+    }
+
     /// Opens the joinable queue called `name`.
     pub fn open(name: &str) -> Result<Self, OpenError> {
         Ok(JoinableQueue {

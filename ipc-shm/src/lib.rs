@@ -20,6 +20,11 @@
 //!   and `Array`.
 //! - [`pass_fd_to_command`] and [`take_inherited_fd`]: hand a descriptor to an exec'ed child
 //!   without leaking it into unrelated children.
+//! - `transfer` (feature `serde`, which `codec` turns on): `Serialize`/`Deserialize` for
+//!   [`Segment`], [`SharedValue`] and [`SharedSlice`] that work only inside a message whose
+//!   transport carries descriptors (`ipc_pipe::Connection::send`, the pool's arguments): the
+//!   descriptor travels with the message (`SCM_RIGHTS`) and the receiver re-validates the
+//!   header. The queue and the pipe build their own handles' transfer on it.
 //!
 //! # Shared pieces the other crates build on
 //!
@@ -94,6 +99,10 @@
 //! Anonymous (memfd) segments have no name at all, so nothing can leak after a crash: prefer them
 //! whenever the other processes are your own children.
 //!
+//! Handed to another process inside a message (`transfer`), a segment is a duplicated
+//! descriptor: the receiver's handle has no name and never unlinks; a memfd lives while any
+//! process holds a descriptor or a mapping of it.
+//!
 //! # Dependencies
 //!
 //! - `memmap2`: the mapping itself (`MmapRaw`, which hands out a raw pointer and never a `&mut`
@@ -104,7 +113,9 @@
 //!   kill, pdeathsig, sockets and `SCM_RIGHTS`); nix for `fork` and `signalfd` only; libc for
 //!   `_exit` and `pthread_atfork` only.
 //! - `thiserror`: the `Display` and `source` of the error enums.
-//! - `serde` and `bincode` (feature `codec` only): the shared message encoding.
+//! - `serde` and `bincode` (feature `codec` only): the shared message encoding. `serde` alone
+//!   (feature `serde`, which `codec` implies) for `transfer`: a feature rather than always on, so
+//!   that a user of segments alone does not compile serde.
 //! - `loom` (under `--cfg loom` only): the loom backend of the byte ring.
 //!
 //! `bytemuck` was considered as the basis of [`ShmSafe`](trait@ShmSafe), but its `Pod` requires `Copy`, which
@@ -122,6 +133,8 @@ pub mod os;
 mod ring;
 mod segment;
 mod shm_safe;
+#[cfg(feature = "serde")]
+pub mod transfer;
 mod value;
 
 pub use error::{

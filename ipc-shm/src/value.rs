@@ -53,6 +53,22 @@ impl<T: ShmSafe> SharedValue<T> {
     pub fn segment(&self) -> &Arc<Segment> {
         &self.segment
     }
+
+    /// Where the value is in its segment.
+    pub fn offset(&self) -> Offset<T> {
+        self.offset
+    }
+}
+
+/// Another handle on the same value (the segment is shared, not copied): for a thread, or to
+/// hand to another process while keeping this one (see [`crate::transfer`]).
+impl<T: ShmSafe> Clone for SharedValue<T> {
+    fn clone(&self) -> Self {
+        SharedValue {
+            segment: Arc::clone(&self.segment),
+            offset: self.offset,
+        }
+    }
 }
 
 impl<T: ShmSafe> Deref for SharedValue<T> {
@@ -109,6 +125,21 @@ impl<T: ShmSafe> SharedSlice<T> {
     /// The segment the slice lives in.
     pub fn segment(&self) -> &Arc<Segment> {
         &self.segment
+    }
+
+    /// Where the slice is in its segment.
+    pub fn offset(&self) -> SliceOffset<T> {
+        self.offset
+    }
+}
+
+/// Another handle on the same slice (the segment is shared, not copied).
+impl<T: ShmSafe> Clone for SharedSlice<T> {
+    fn clone(&self) -> Self {
+        SharedSlice {
+            segment: Arc::clone(&self.segment),
+            offset: self.offset,
+        }
     }
 }
 

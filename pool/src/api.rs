@@ -26,7 +26,7 @@ use crate::result::{
 use crate::start::{self, StartMethod};
 use crate::stats::PoolStats;
 use crate::task::TaskRef;
-use crate::wire::codec;
+use crate::wire::args::{self, Args};
 
 /// Builds a [`Pool`].
 ///
@@ -58,7 +58,7 @@ pub struct PoolBuilder {
     max_memory_per_child: Option<u64>,
     task_timeout: Option<Duration>,
     start_method: Option<StartMethod>,
-    initializer: Option<(TaskRef, Vec<u8>)>,
+    initializer: Option<(TaskRef, Args)>,
     initializer_error: Option<EncodeError>,
     restart_limit: (u32, Duration),
     max_in_flight: Option<usize>,
@@ -101,7 +101,7 @@ impl PoolBuilder {
     /// there is reported as [`PoolError::InitializerFailed`]: by `build` for the first workers,
     /// and through the restart breaker ([`restart_limit`](PoolBuilder::restart_limit)) later.
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
-        match codec::encode(std::slice::from_ref(&arg)) {
+        match args::encode(std::slice::from_ref(&arg)) {
             Ok(buf) => self.initializer = Some((TaskRef::new(f), buf)),
             Err(e) => self.initializer_error = Some(EncodeError::new(e)),
         }
@@ -227,7 +227,7 @@ pub(crate) struct Settings {
     pub(crate) max_memory_per_child: Option<u64>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) start_method: StartMethod,
-    pub(crate) initializer: Option<(TaskRef, Vec<u8>)>,
+    pub(crate) initializer: Option<(TaskRef, Args)>,
     pub(crate) restart_limit: (u32, Duration),
     pub(crate) max_in_flight: usize,
 }

@@ -359,6 +359,7 @@ impl Driver {
             &ToWorker::Run {
                 job: job.id,
                 task: job.task,
+                fds: job.fds.as_ref().map(|b| b.id()),
             },
             &job.args,
             &mut self.frame,
@@ -368,7 +369,11 @@ impl Driver {
         }
         let mut reported = job.first; // every index below this has an outcome
         let end = job.first + job.count;
-        if worker.link.send(&self.frame).is_err() {
+        if worker
+            .link
+            .send_with_fds(&self.frame, job.fds.as_deref())
+            .is_err()
+        {
             return self.lost(job, reported, None);
         }
         let timeout = registry.settings.task_timeout;

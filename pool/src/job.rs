@@ -40,7 +40,8 @@ use crate::error::TaskError;
 use crate::registry::lock;
 use crate::result::Sink;
 use crate::task::TaskRef;
-use crate::wire::codec;
+use crate::wire::args::{self, Args};
+use ipc_shm::transfer::FdBatch;
 
 /// A job: one task function over a chunk of arguments.
 pub(crate) struct Job {
@@ -48,6 +49,8 @@ pub(crate) struct Job {
     pub(crate) task: TaskRef,
     /// The arguments, one bincode sequence (`Vec<A>`).
     pub(crate) args: Vec<u8>,
+    /// The descriptors of the IPC handles among the arguments, if any (`wire/args.rs`).
+    pub(crate) fds: Option<Arc<FdBatch>>,
     /// The global index of the first argument.
     pub(crate) first: u64,
     pub(crate) count: u64,
@@ -55,7 +58,7 @@ pub(crate) struct Job {
     pub(crate) attempts: u32,
     /// Re-encodes arguments `skip..skip + take` of `args` (monomorphised for `A`), for the
     /// rare job that must be split after a worker died.
-    reslice: fn(&[u8], usize, usize) -> Option<Vec<u8>>,
+    reslice: fn(&Args, usize, usize) -> Option<Args>,
     pub(crate) sink: Arc<dyn Sink>,
     /// Shared by the jobs of one cancellable handle (none for a synchronous `apply`).
     pub(crate) cancel: Option<Arc<CancelToken>>,
@@ -126,16 +129,6 @@ impl CancelToken {
     }
 }
 
-fn reslice<A: Serialize + DeserializeOwned>(
-    args: &[u8],
-    skip: usize,
-    take: usize,
-) -> Option<Vec<u8>> {
-    let args: Vec<A> = codec::decode(args).ok()?;
-    let part = args.get(skip..skip.checked_add(take)?)?;
-    codec::encode(part).ok()
-}
-
 impl Job {
     /// The job `id` running `task` over `args`, the first of which has global index `first`;
     /// outcomes go to `sink`.
@@ -147,15 +140,16 @@ impl Job {
         sink: Arc<dyn Sink>,
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<Job, TaskError> {
-        let bytes = codec::encode(args).map_err(|e| TaskError::Argument(e.to_string()))?;
+        let encoded = args::encode(args).map_err(|e| TaskError::Argument(e.to_string()))?;
         Ok(Job {
             id,
             task,
-            args: bytes,
+            args: encoded.bytes,
+            fds: encoded.fds,
             first,
             count: args.len() as u64,
             attempts: 0,
-            reslice: reslice::<A>,
+            reslice: args::reslice::<A>,
             sink,
             cancel,
         })
@@ -186,11 +180,16 @@ impl Job {
         if skip >= end {
             return None;
         }
-        let args = (self.reslice)(&self.args, skip as usize, (end - skip) as usize)?;
+        let whole = Args {
+            bytes: self.args.clone(),
+            fds: self.fds.clone(),
+        };
+        let part = (self.reslice)(&whole, skip as usize, (end - skip) as usize)?;
         Some(Job {
             id: self.id,
             task: self.task,
-            args,
+            args: part.bytes,
+            fds: part.fds,
             first: from,
             count: end - skip,
             attempts: self.attempts,

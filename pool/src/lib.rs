@@ -51,6 +51,112 @@
 //! see their pipe hang up). Pools, workers and the fork server talk only over descriptors they
 //! inherit; no filesystem name is created, and shared memory is anonymous (memfd, `0600`).
 //!
+//! # Handing IPC objects to processes and workers
+//!
+//! Python's `Process(target=f, args=(queue, lock))` and `Pool(initializer=init,
+//! initargs=(queue,))` work the same way here: an `ipc_queue::Queue` or `JoinableQueue`, an
+//! `ipc_pipe::Connection` (or `Sender`/`Receiver`), an `ipc_shm::Segment`, and a
+//! `SharedValue`/`SharedSlice` (which is how a `Lock`, `Event`, `Semaphore`, `Barrier`,
+//! `Condition` or `RLock` living in a segment travels: `SharedValue<ipc_sync::Lock>`) may be
+//! arguments of [`ProcessBuilder::spawn`], [`PoolBuilder::initializer`] and every task
+//! ([`Pool::apply`], [`Pool::map`], ...), on all three start methods. The descriptor travels
+//! with the message (`SCM_RIGHTS` over the worker's pipe, as Python's resource sharer does),
+//! and the worker rebuilds the handle through the validated open path, so the segment header
+//! (and a queue's or pipe's control block, and a `SharedValue`'s layout) is checked again
+//! there. This is also how the default [`StartMethod::ForkServer`] workers, which inherit
+//! nothing the parent created after start-up, get them. See `ipc_shm::transfer` for the
+//! mechanism.
+//!
+//! A handle that cannot travel (a pipe end already given away, too many descriptors) fails the
+//! submit: `apply` returns [`TaskError::Argument`], `spawn` a [`ConfigError::Argument`]; it never
+//! reaches the worker. Results do not carry handles (a handle in a result fails with
+//! [`TaskError::Result`]): create shared objects in the parent and hand them down.
+//!
+//! Ownership: sending duplicates a queue, segment or shared value (both processes use the same
+//! memory; the creator of a named segment unlinks it, receivers never do; a memfd lives while
+//! any process holds it). A pipe end is different: it has one user, and **a pipe end moved into
+//! a child is gone from the parent** (the parent's handle is released quietly when dropped, and
+//! cannot be sent again). With [`StartMethod::Fork`] the child also inherits a copy of every
+//! descriptor the parent had at the fork, the parent's own pipe ends included, so the child
+//! does not see the parent's end hang up when the parent drops it: end such conversations with
+//! a message. A `Lock`'s owner-death recovery works across all the processes it was handed to.
+//!
+//! A producer and a consumer `Process` on one queue:
+//!
+//! ```
+//! use ipc_queue::{Queue, QueueBuilder};
+//!
+//! fn produce(q: Queue<u64>) {
+//!     for i in 1..=3 {
+//!         q.put(i).unwrap();
+//!     }
+//! }
+//!
+//! fn consume(q: Queue<u64>) -> u64 {
+//!     (0..3).map(|_| q.get().unwrap()).sum()
+//! }
+//!
+//! let q: Queue<u64> = QueueBuilder::new().build()?;
+//! let consumer = pool::ProcessBuilder::new().spawn(consume, q.clone())?;
+//! let producer = pool::ProcessBuilder::new().spawn(produce, q.clone())?;
+//! producer.join().result?;
+//! assert_eq!(consumer.join().result?, 6);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A pool whose initializer receives a `Lock` and a counter:
+//!
+//! ```
+//! use std::sync::OnceLock;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use ipc_shm::SharedValue;
+//! use ipc_sync::Lock;
+//!
+//! static SHARED: OnceLock<(SharedValue<Lock>, SharedValue<AtomicU64>)> = OnceLock::new();
+//!
+//! fn init(shared: (SharedValue<Lock>, SharedValue<AtomicU64>)) {
+//!     let _ = SHARED.set(shared);
+//! }
+//!
+//! fn count(_: u32) {
+//!     let (lock, counter) = SHARED.get().expect("the initializer ran");
+//!     let _guard = lock.lock().expect("the lock");
+//!     // Not atomic on purpose: the lock makes the read-modify-write safe.
+//!     counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+//! }
+//!
+//! let lock = SharedValue::<Lock>::new_anonymous()?;
+//! let counter = SharedValue::<AtomicU64>::new_anonymous()?;
+//! let pool = pool::PoolBuilder::new()
+//!     .processes(2)
+//!     .initializer(init, (lock, counter.clone()))
+//!     .build()?;
+//! pool.map(count, 0..100u32)?;
+//! assert_eq!(counter.load(Ordering::Relaxed), 100);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A `Process` that talks over a pipe:
+//!
+//! ```
+//! use ipc_pipe::Connection;
+//!
+//! fn shout(conn: Connection) {
+//!     while let Ok(line) = conn.recv::<String>() {
+//!         conn.send(&line.to_uppercase()).unwrap();
+//!     }
+//! }
+//!
+//! let (mine, theirs) = ipc_pipe::pipe()?;
+//! // `theirs` moves into the child: this process no longer holds that end.
+//! let child = pool::ProcessBuilder::new().spawn(shout, theirs)?;
+//! mine.send(&"hello")?;
+//! assert_eq!(mine.recv::<String>()?, "HELLO");
+//! drop(mine); // the child's `recv` sees the hang-up, and it returns
+//! child.join().result?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Start methods
 //!
 //! See [`StartMethod`]. `ForkServer` and `Spawn` need [`init`] to run first in the program; with
@@ -73,8 +179,8 @@
 //!
 //! A call reads downward through the private modules: `api` (the `Pool` handle and its
 //! builder) makes a `job`, queues it in the `registry` (or runs it on an idle worker's seat),
-//! a `driver` thread sends it down the `wire` (`protocol`, `codec`, `transport` over
-//! `ipc-pipe`) to a worker (`worker`, started by `start/`: fork, spawn, fork server and
+//! a `driver` thread sends it down the `wire` (`protocol`, `codec`, `args`: arguments that
+//! carry IPC handles and their descriptors, `transport` over `ipc-pipe`) to a worker (`worker`, started by `start/`: fork, spawn, fork server and
 //! [`init`]). `sizing` grows, shrinks and recycles workers and holds the restart breaker;
 //! `result` and `imap` hand outcomes back; `task` and `slot` are the two halves that run in
 //! the worker (the function trampoline, the progress words in shared memory).

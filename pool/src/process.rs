@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{ConfigError, EncodeError, Exit, PoolError, TaskError};
 use crate::start::{self, StartMethod, Worker};
 use crate::task::TaskRef;
-use crate::wire::codec;
+use crate::wire::args;
 use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
 
 /// Builds a [`Process`].
@@ -118,7 +118,7 @@ impl ProcessBuilder {
             .start_method
             .unwrap_or_else(crate::default_start_method);
         start::check_start_method(method)?;
-        let args = codec::encode(std::slice::from_ref(&arg))
+        let args = args::encode(std::slice::from_ref(&arg))
             .map_err(|e| ConfigError::Argument(EncodeError::new(e)))?;
         let mut worker = start::start(method)?;
         let mut buf = Vec::new();
@@ -132,13 +132,14 @@ impl ProcessBuilder {
             &ToWorker::Run {
                 job: 1,
                 task: TaskRef::new(f),
+                fds: args.batch_id(),
             },
-            &args,
+            &args.bytes,
             &mut frame,
         )
         .map_err(|e| ConfigError::Argument(EncodeError::new(e)))?;
         // A send failure means the child is already gone; `join` reports how it ended.
-        let _ = worker.link.send(&frame);
+        let _ = worker.link.send_with_fds(&frame, args.fds.as_deref());
         let pid = worker.pid;
         Ok(Process {
             name: self.name.unwrap_or_else(|| format!("Process-{pid}")),

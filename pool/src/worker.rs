@@ -12,6 +12,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ipc_shm::transfer::{self, FdBatch};
+
 use crate::slot::{ProgressSlot, ProgressWords};
 use crate::task::{ChunkCtx, Failure, SameBuild};
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
@@ -62,9 +64,14 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
         };
         match header {
             ToWorker::Exit => return code::OK,
-            ToWorker::Init { task } => {
+            ToWorker::Init { task, fds } => {
                 let mut ctx = InitCtx { failure: None };
-                let _ = task.run(&build, payload, &mut ctx);
+                match take_batch(link, fds) {
+                    Ok(batch) => {
+                        let _ = with_batch(batch, || task.run(&build, payload, &mut ctx));
+                    }
+                    Err(failure) => ctx.failure = Some(failure),
+                }
                 match ctx.failure {
                     None => {
                         if send(link, &FromWorker::InitDone, &[], &mut frame).is_err() {
@@ -77,7 +84,18 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                     }
                 }
             }
-            ToWorker::Run { job, task } => {
+            ToWorker::Run { job, task, fds } => {
+                // The descriptors of handles among the arguments came ahead of the frame.
+                let batch = match take_batch(link, fds) {
+                    Ok(batch) => batch,
+                    Err(failure) => {
+                        let header = FromWorker::ChunkFailed { job, failure };
+                        if send(link, &header, &[], &mut frame).is_err() {
+                            return code::LINK;
+                        }
+                        continue;
+                    }
+                };
                 let words = slot.words();
                 words.job.store(job, Ordering::Release);
                 let mut ctx = JobCtx {
@@ -88,7 +106,7 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                     last_flush: Instant::now(),
                     frame: &mut frame,
                 };
-                let sent = task.run(&build, payload, &mut ctx);
+                let sent = with_batch(batch, || task.run(&build, payload, &mut ctx));
                 words.item.store(0, Ordering::Release);
                 if sent.is_err() {
                     return code::LINK;
@@ -179,6 +197,27 @@ impl ChunkCtx for InitCtx {
     fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()> {
         self.failure = Some(failure);
         Ok(())
+    }
+}
+
+/// The descriptor batch `fds` names (`wire/args.rs`), taken from the link; a failure is the
+/// arguments' (they cannot be decoded without it).
+fn take_batch(link: &mut dyn Link, fds: Option<u64>) -> Result<Option<FdBatch>, Failure> {
+    match fds {
+        None => Ok(None),
+        Some(id) => link
+            .take_fds(id)
+            .map(Some)
+            .map_err(|e| Failure::DecodeArgument(format!("the handles' descriptors: {e}"))),
+    }
+}
+
+/// Runs `f` (a task's decode and calls) with `batch` as the transfer context's incoming
+/// descriptors; those no handle took are closed afterwards.
+fn with_batch<R>(batch: Option<FdBatch>, f: impl FnOnce() -> R) -> R {
+    match batch {
+        None => f(),
+        Some(batch) => transfer::decode_with(Some(batch), f).0,
     }
 }
 

@@ -71,6 +71,21 @@ pub fn poll_one(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Ready {
     out.first().copied().unwrap_or_default()
 }
 
+/// Waits up to `timeout` (`None`: forever) for `fd` to become writable; `Ok(false)` when the
+/// time ran out. A hang-up or error counts as ready (the write that follows reports it). An
+/// interrupted wait is resumed with the whole timeout.
+pub fn wait_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut polls = [PollFd::from_borrowed_fd(fd, PollFlags::OUT)];
+    let ts = timeout.map(timespec);
+    loop {
+        match rustix::event::poll(&mut polls, ts.as_ref()) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Whether the peer of this socket hung up (a non-blocking check).
 pub fn hung_up(fd: impl AsFd) -> bool {
     poll_one(fd.as_fd(), Some(Duration::ZERO)).hung_up

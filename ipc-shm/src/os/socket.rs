@@ -53,7 +53,9 @@ pub fn drain(fd: BorrowedFd<'_>) -> bool {
 }
 
 /// The most descriptors [`send_with_fds`] and [`recv_with_fds`] carry in one message.
-pub const MAX_FDS: usize = 4;
+/// (64: enough for a message handing a few queues, pipe ends and shared values at once, far
+/// below the kernel's `SCM_MAX_FD` of 253; the control buffer is on the stack.)
+pub const MAX_FDS: usize = 64;
 
 /// Sends `bytes` as one message on the socket `sock`, with `fds` attached (`SCM_RIGHTS`, at
 /// most [`MAX_FDS`]). Never raises `SIGPIPE`; EINTR is retried.

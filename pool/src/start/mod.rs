@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::error::{Exit, PoolError, SpawnErrorKind};
 use crate::slot::ProgressSlot;
 use crate::task::TaskRef;
+use crate::wire::args::Args;
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 use crate::wire::transport::PipeLink;
 
@@ -226,7 +227,7 @@ pub(crate) fn ended_from_outside(exit: Option<Exit>) -> bool {
 /// reaps it.
 pub(crate) fn handshake(
     worker: &mut Worker,
-    initializer: Option<&(TaskRef, Vec<u8>)>,
+    initializer: Option<&(TaskRef, Args)>,
     buf: &mut Vec<u8>,
     frame: &mut Vec<u8>,
 ) -> Result<(), StartFailure> {
@@ -258,9 +259,17 @@ pub(crate) fn handshake(
     let Some((task, arg)) = initializer else {
         return Ok(());
     };
-    protocol::frame(&ToWorker::Init { task: *task }, arg, frame)
+    let init = ToWorker::Init {
+        task: *task,
+        fds: arg.batch_id(),
+    };
+    protocol::frame(&init, &arg.bytes, frame)
         .map_err(|e| StartFailure::own(SpawnErrorKind::Encode(e)))?;
-    if worker.link.send(frame).is_err() {
+    if worker
+        .link
+        .send_with_fds(frame, arg.fds.as_deref())
+        .is_err()
+    {
         let exit = worker.ended();
         return Err(StartFailure {
             error: SpawnErrorKind::DiedBeforeInitializer.into(),

@@ -96,13 +96,14 @@ fn frames_round_trip() {
         &ToWorker::Run {
             job: 7,
             task: task(),
+            fds: None,
         },
         &payload,
         &mut out,
     )
     .expect("frames");
     let (header, rest) = unframe::<ToWorker>(&out).expect("unframes");
-    assert!(matches!(header, ToWorker::Run { job: 7, task: t } if t == task()));
+    assert!(matches!(header, ToWorker::Run { job: 7, task: t, fds: None } if t == task()));
     assert_eq!(rest, payload);
     assert_eq!(codec::decode::<Vec<u64>>(rest).expect("decodes"), [1, 2, 3]);
 

@@ -5,6 +5,7 @@
 //! Everything a data path sends to a worker goes down through here; nothing in this module
 //! knows about jobs, drivers or the pool's state.
 
+pub(crate) mod args;
 pub(crate) mod codec;
 pub(crate) mod protocol;
 pub(crate) mod transport;

@@ -25,6 +25,7 @@
 use std::time::Duration;
 
 use ipc_shm::codec::{HEADER_LEN, frame_len};
+use ipc_shm::transfer::{FdBatch, TransferError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -34,10 +35,15 @@ use crate::wire::codec::{self, CodecDecodeError, CodecEncodeError};
 /// Pool → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// Run the task on every argument of the payload.
-    Run { job: u64, task: TaskRef },
-    /// Run the initializer on the payload's single argument.
-    Init { task: TaskRef },
+    /// Run the task on every argument of the payload. `fds`: the id of the descriptor batch
+    /// that came ahead of the frame, if the arguments hand IPC objects over (`wire/args.rs`).
+    Run {
+        job: u64,
+        task: TaskRef,
+        fds: Option<u64>,
+    },
+    /// Run the initializer on the payload's single argument (`fds` as for `Run`).
+    Init { task: TaskRef, fds: Option<u64> },
     /// Finish and exit with status 0.
     Exit,
 }
@@ -85,6 +91,18 @@ pub(crate) trait Link: Send {
     }
     /// Receives one frame into `buf` (replacing its contents), waiting at most `timeout`.
     fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), LinkError>;
+    /// Sends one frame with the descriptors of `fds` ahead of it (see `wire/args.rs`).
+    /// Defaults to `send` without descriptors, and fails if there are some.
+    fn send_with_fds(&mut self, frame: &[u8], fds: Option<&FdBatch>) -> Result<(), LinkError> {
+        match fds {
+            None => self.send(frame),
+            Some(_) => Err(LinkError::Broken),
+        }
+    }
+    /// Takes the descriptor batch `id` that came ahead of the last frame received.
+    fn take_fds(&mut self, id: u64) -> Result<FdBatch, TransferError> {
+        Err(TransferError::Missing { batch: id })
+    }
 }
 
 /// Builds a frame in `out` (replacing its contents): the header as one codec frame, then the

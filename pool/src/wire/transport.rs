@@ -4,6 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ipc_pipe::{Connection, PipeBuilder};
+use ipc_shm::transfer::{FdBatch, TransferError};
 
 use std::sync::Arc;
 
@@ -68,6 +69,20 @@ impl PipeLink {
 }
 
 impl Link for PipeLink {
+    fn send_with_fds(&mut self, frame: &[u8], fds: Option<&FdBatch>) -> Result<(), LinkError> {
+        let Some(fds) = fds else {
+            return self.send(frame);
+        };
+        self.0.send_bytes_with_fds(frame, fds).map_err(|e| match e {
+            ipc_pipe::SendError::Disconnected => LinkError::Disconnected,
+            _ => LinkError::Broken,
+        })
+    }
+
+    fn take_fds(&mut self, id: u64) -> Result<FdBatch, TransferError> {
+        self.0.take_fds(id)
+    }
+
     fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
         self.0.send_bytes(frame).map_err(|e| match e {
             ipc_pipe::SendError::Disconnected => LinkError::Disconnected,
