@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::driver;
-use crate::error::{ConfigError, EncodeError, PoolError, SpawnErrorKind, TaskError};
+use crate::error::{ConfigError, PoolError, SpawnErrorKind, TaskError};
 use crate::job::{CancelToken, Job};
 use crate::registry::Registry;
 use crate::result::{
@@ -59,7 +59,7 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     start_method: Option<StartMethod>,
     initializer: Option<(TaskRef, Args)>,
-    initializer_error: Option<EncodeError>,
+    initializer_error: Option<ConfigError>,
     restart_limit: (u32, Duration),
     max_in_flight: Option<usize>,
 }
@@ -103,7 +103,9 @@ impl PoolBuilder {
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
         match args::encode(std::slice::from_ref(&arg)) {
             Ok(buf) => self.initializer = Some((TaskRef::new(f), buf)),
-            Err(e) => self.initializer_error = Some(EncodeError::new(e)),
+            Err(e) => {
+                self.initializer_error = Some(e.into_config_error(ConfigError::InitializerArgument))
+            }
         }
         self
     }
@@ -184,7 +186,7 @@ impl PoolBuilder {
     /// initializer.
     pub fn build(self) -> Result<Pool, PoolError> {
         if let Some(e) = self.initializer_error {
-            return Err(ConfigError::InitializerArgument(e).into());
+            return Err(e.into());
         }
         if self.task_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroTaskTimeout.into());

@@ -86,6 +86,11 @@ pub enum TaskError {
     /// The argument could not be encoded in the parent or decoded in the worker.
     #[error("the task's argument could not be (de)serialized: {0}")]
     Argument(String),
+    /// The argument holds an IPC handle that cannot be sent to a worker (a pipe end already
+    /// given away, an end sent over its own pipe, too many descriptors): refused at submit
+    /// time, before anything reached a worker.
+    #[error("the task's argument holds a handle that cannot be sent to a worker")]
+    Unsendable(#[source] HandleError),
     /// The result could not be encoded in the worker or decoded in the parent.
     #[error("the task's result could not be (de)serialized: {0}")]
     Result(String),
@@ -337,6 +342,47 @@ pub enum ConfigError {
     /// A `Process`'s argument (or its task message) does not encode.
     #[error("invalid process configuration: the argument does not encode")]
     Argument(#[source] EncodeError),
+    /// The initializer's or a `Process`'s argument holds an IPC handle that cannot be sent (a
+    /// pipe end already given away, an end sent over its own pipe, too many descriptors).
+    #[error("invalid configuration: the argument holds a handle that cannot be sent")]
+    UnsendableArgument(#[source] HandleError),
+}
+
+/// Why an IPC handle in an argument could not travel: its `source()` is the
+/// [`ipc_shm::transfer::TransferError`] that says why. Two `HandleError`s are equal when they
+/// say the same thing.
+#[derive(Debug, Clone)]
+pub struct HandleError(Arc<ipc_shm::transfer::TransferError>);
+
+impl HandleError {
+    pub(crate) fn new(e: ipc_shm::transfer::TransferError) -> HandleError {
+        HandleError(Arc::new(e))
+    }
+
+    /// The transfer error.
+    pub fn transfer_error(&self) -> &ipc_shm::transfer::TransferError {
+        &self.0
+    }
+}
+
+impl PartialEq for HandleError {
+    fn eq(&self, other: &HandleError) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for HandleError {}
+
+impl fmt::Display for HandleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the handle cannot be sent: {}", self.0)
+    }
+}
+
+impl Error for HandleError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 /// Why a worker (or a [`Process`](crate::Process) child) could not be started.

@@ -140,7 +140,7 @@ impl Job {
         sink: Arc<dyn Sink>,
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<Job, TaskError> {
-        let encoded = args::encode(args).map_err(|e| TaskError::Argument(e.to_string()))?;
+        let encoded = args::encode(args).map_err(args::ArgsError::into_task_error)?;
         Ok(Job {
             id,
             task,

@@ -68,7 +68,8 @@
 //! mechanism.
 //!
 //! A handle that cannot travel (a pipe end already given away, too many descriptors) fails the
-//! submit: `apply` returns [`TaskError::Argument`], `spawn` a [`ConfigError::Argument`]; it never
+//! submit: `apply` returns [`TaskError::Unsendable`], `spawn` and `initializer` a
+//! [`ConfigError::UnsendableArgument`], each with the [`HandleError`] that says why; it never
 //! reaches the worker. Results do not carry handles (a handle in a result fails with
 //! [`TaskError::Result`]): create shared objects in the parent and hand them down.
 //!
@@ -204,8 +205,8 @@ mod worker;
 
 pub use api::{Pool, PoolBuilder};
 pub use error::{
-    ConfigError, EncodeError, Exit, OsError, PanicLocation, PoolError, SpawnError, TaskError,
-    WorkerBacktrace,
+    ConfigError, EncodeError, Exit, HandleError, OsError, PanicLocation, PoolError, SpawnError,
+    TaskError, WorkerBacktrace,
 };
 pub use imap::Imap;
 pub use process::{DEFAULT_DROP_GRACE, Finished, Process, ProcessBuilder};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{ConfigError, EncodeError, Exit, PoolError, TaskError};
+use crate::error::{ConfigError, Exit, PoolError, TaskError};
 use crate::start::{self, StartMethod, Worker};
 use crate::task::TaskRef;
 use crate::wire::args;
@@ -119,7 +119,7 @@ impl ProcessBuilder {
             .unwrap_or_else(crate::default_start_method);
         start::check_start_method(method)?;
         let args = args::encode(std::slice::from_ref(&arg))
-            .map_err(|e| ConfigError::Argument(EncodeError::new(e)))?;
+            .map_err(|e| e.into_config_error(ConfigError::Argument))?;
         let mut worker = start::start(method)?;
         let mut buf = Vec::new();
         let mut frame = Vec::new();
@@ -137,7 +137,7 @@ impl ProcessBuilder {
             &args.bytes,
             &mut frame,
         )
-        .map_err(|e| ConfigError::Argument(EncodeError::new(e)))?;
+        .map_err(|e| ConfigError::Argument(crate::EncodeError::new(e)))?;
         // A send failure means the child is already gone; `join` reports how it ended.
         let _ = worker.link.send_with_fds(&frame, args.fds.as_deref());
         let pid = worker.pid;

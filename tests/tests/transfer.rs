@@ -282,13 +282,35 @@ fn an_end_already_given_away_fails_the_submit_not_the_worker() {
     );
     let pool = PoolBuilder::new().processes(1).build().expect("pool");
     match pool.apply(take_end, b) {
-        Err(TaskError::Argument(message)) => {
-            assert!(message.contains("given away"), "{message}")
-        }
-        other => panic!("expected an argument error, got {other:?}"),
+        Err(TaskError::Unsendable(e)) => assert!(
+            matches!(e.transfer_error(), TransferError::NotTransferable { .. }),
+            "{e}"
+        ),
+        other => panic!("expected an unsendable-handle error, got {other:?}"),
     }
-    let spawned = ProcessBuilder::new().spawn(take_end, given_away_end(&c));
-    assert!(spawned.is_err());
+    match ProcessBuilder::new().spawn(take_end, given_away_end(&c)) {
+        Err(pool::PoolError::Config(pool::ConfigError::UnsendableArgument(e))) => {
+            assert!(e.to_string().contains("given away"), "{e}")
+        }
+        other => panic!(
+            "expected an unsendable-argument error, got {:?}",
+            other.err()
+        ),
+    }
+    fn init_with_end(_: Connection) {}
+    match PoolBuilder::new()
+        .processes(1)
+        .initializer(init_with_end, given_away_end(&c))
+        .build()
+    {
+        Err(pool::PoolError::Config(pool::ConfigError::UnsendableArgument(e))) => {
+            assert!(e.to_string().contains("given away"), "{e}")
+        }
+        other => panic!(
+            "expected an unsendable initializer argument, got {:?}",
+            other.err()
+        ),
+    }
 }
 
 /// An end that was already given away (sent over another pipe), for the `spawn` refusal.

@@ -41,13 +41,47 @@ impl Args {
     }
 }
 
+/// Why arguments could not be encoded.
+#[derive(Debug)]
+pub(crate) enum ArgsError {
+    /// A handle in them cannot travel (the transfer context's own error).
+    Handle(ipc_shm::transfer::TransferError),
+    /// The codec refused them.
+    Codec(CodecEncodeError),
+}
+
+impl ArgsError {
+    /// The task's error for arguments that could not be submitted.
+    pub(crate) fn into_task_error(self) -> crate::TaskError {
+        match self {
+            ArgsError::Handle(e) => crate::TaskError::Unsendable(crate::HandleError::new(e)),
+            ArgsError::Codec(e) => crate::TaskError::Argument(e.to_string()),
+        }
+    }
+
+    /// The builder's error for an initializer's or a `Process`'s argument.
+    pub(crate) fn into_config_error(
+        self,
+        codec: fn(crate::EncodeError) -> crate::ConfigError,
+    ) -> crate::ConfigError {
+        match self {
+            ArgsError::Handle(e) => {
+                crate::ConfigError::UnsendableArgument(crate::HandleError::new(e))
+            }
+            ArgsError::Codec(e) => codec(crate::EncodeError::new(e)),
+        }
+    }
+}
+
 /// Encodes `args` in a transfer context. An argument that cannot travel (a pipe end already
-/// given away, too many descriptors) fails here with the codec's error, whose message says
-/// why.
-pub(crate) fn encode<A: Serialize>(args: &[A]) -> Result<Args, CodecEncodeError> {
-    let (bytes, batch, _) = transfer::encode(|| codec::encode(args));
-    // A handle's failure is also `bytes`' error (serde's, carrying the same message).
-    let bytes = bytes?;
+/// given away, too many descriptors) fails here, at submit time, with the transfer error that
+/// says why.
+pub(crate) fn encode<A: Serialize>(args: &[A]) -> Result<Args, ArgsError> {
+    let (bytes, batch, handle) = transfer::encode(|| codec::encode(args));
+    if let Some(e) = handle {
+        return Err(ArgsError::Handle(e));
+    }
+    let bytes = bytes.map_err(ArgsError::Codec)?;
     let fds = (!batch.is_empty()).then(|| Arc::new(batch));
     Ok(Args { bytes, fds })
 }
