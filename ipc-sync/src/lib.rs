@@ -42,7 +42,8 @@
 //! # Waiting
 //!
 //! Uncontended operations make no system call; unlock, set, release and notify wake only when
-//! somebody sleeps; waiters spin briefly (the adaptive [`Backoff`]) and then sleep in the
+//! somebody sleeps; waiters spin briefly (the adaptive [`Backoff`]; a `Lock` does not spin, see
+//! [`lock`]) and then sleep in the
 //! kernel. Every blocking
 //! call has a timeout form taking an absolute [`Deadline`] on the monotonic clock, so signals
 //! (`EINTR`) never stretch or shorten a wait. [`futex`] is the workspace's one futex wrapper
