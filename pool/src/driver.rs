@@ -244,6 +244,8 @@ pub(crate) struct Driver {
     pub(crate) tasks_limit: Option<u64>,
     /// The cancel token of the job running now, while the worker's pid is registered in it.
     running: Option<(Arc<CancelToken>, u32)>,
+    /// When this driver saw its worker die, until a replacement is ready (`replaced_in`).
+    lost_at: Option<Instant>,
 }
 
 impl Driver {
@@ -256,6 +258,7 @@ impl Driver {
             buf: Vec::new(),
             tasks_limit: None,
             running: None,
+            lost_at: None,
         }
     }
 
@@ -303,6 +306,7 @@ impl Driver {
                 rss_bytes: 0,
                 cpu_time: Duration::ZERO,
                 started: Instant::now(),
+                replaced_in: self.lost_at.take().map(|seen| seen.elapsed()),
             },
         );
         drop(table);
@@ -486,6 +490,7 @@ impl Driver {
             return Ran::WorkerGone;
         };
         let pid = worker.pid;
+        self.lost_at = Some(Instant::now());
         let _ = self.leave_cancel();
         // The link failed: whether the worker died or only its pipe broke, make sure it is gone
         // before waiting for it (a dying process keeps the status it is dying with).

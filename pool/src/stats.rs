@@ -38,6 +38,11 @@ pub struct WorkerStats {
     pub cpu_time: Duration,
     /// When this process started.
     pub started: Instant,
+    /// For a worker that replaced one that died (crashed, was killed for a timeout or a
+    /// cancel): how long the replacement took, from the moment the pool saw the death to this
+    /// worker being ready for tasks (started, handshake and initializer done). `None` for a
+    /// first worker or one that replaced a retired worker.
+    pub replaced_in: Option<Duration>,
     pub(crate) busy_since: Option<Instant>,
 }
 

@@ -190,6 +190,10 @@ fn panics_fail_one_task_and_the_worker_lives(method: StartMethod) {
 
 fn crashes_fail_one_task_and_the_worker_is_replaced(method: StartMethod) {
     let pool = build(method, 2);
+    assert!(
+        pool.stats().workers.iter().all(|w| w.replaced_in.is_none()),
+        "first workers replaced nobody"
+    );
     for how in ["abort", "exit3", "segv", "kill"] {
         let lost = match pool.apply(crash, how.to_string()) {
             Err(TaskError::WorkerLost { exit, pid }) => {
@@ -218,6 +222,17 @@ fn crashes_fail_one_task_and_the_worker_is_replaced(method: StartMethod) {
             );
             std::thread::sleep(Duration::from_millis(2));
         }
+        // The replacement says how long replacing took, measured inside the pool.
+        let replaced: Vec<Duration> = pool
+            .stats()
+            .workers
+            .iter()
+            .filter_map(|w| w.replaced_in)
+            .collect();
+        assert!(
+            !replaced.is_empty() && replaced.iter().all(|d| *d < Duration::from_secs(20)),
+            "{how}: {replaced:?}"
+        );
     }
     // A crash inside a chunk fails that task only; the others of the chunk still run (exactly
     // once: those before it were reported before it started, those after run elsewhere).
