@@ -44,7 +44,7 @@ impl<T: ShmSafe> SharedValue<T> {
         let mut layout = Layout::new();
         let offset = layout.add::<T>().map_err(layout_to_create)?;
         let segment = SegmentBuilder::new(layout.size())
-            .type_tag(TypeTag::from_name(std::any::type_name::<T>()))
+            .type_tag(TypeTag::named(std::any::type_name::<T>()))
             .create()?;
         SharedValue::new(Arc::new(segment), offset).map_err(layout_to_create)
     }
@@ -117,7 +117,7 @@ impl<T: ShmSafe> SharedSlice<T> {
         let mut layout = Layout::new();
         let offset = layout.add_slice::<T>(len).map_err(layout_to_create)?;
         let segment = SegmentBuilder::new(layout.size())
-            .type_tag(TypeTag::from_name(std::any::type_name::<[T]>()))
+            .type_tag(TypeTag::named(std::any::type_name::<[T]>()))
             .create()?;
         SharedSlice::new(Arc::new(segment), offset).map_err(layout_to_create)
     }
