@@ -152,6 +152,15 @@ pub struct Token {
     registered: bool,
 }
 
+impl Token {
+    /// Whether the registration is counted. `false` beyond [`MAX_REGISTERED`]: such a waiter
+    /// is still woken by every notify while the count is not zero, but must also re-check
+    /// after each [`UNREGISTERED_SLICE`] (as [`EventCount::wait`] does for it).
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
+}
+
 /// How [`EventCount::wait`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventWait {
@@ -317,6 +326,49 @@ impl EventCount {
                 Ok(_) => return EventWait::TimedOut,
                 Err(now) => w = now,
             }
+        }
+    }
+
+    /// The futex word, for a waiter that sleeps on many event counts at once through
+    /// [`futex::wait_any`](crate::futex::wait_any) instead of [`wait`](EventCount::wait) (an
+    /// async reactor): sleep on it while it holds the value [`pending`](EventCount::pending)
+    /// returned. Never store to it.
+    pub fn futex_word(&self) -> &AtomicU32 {
+        &self.word
+    }
+
+    /// The external-sleeper form of [`wait`](EventCount::wait)'s check: `None` when a notify
+    /// came after `token`'s [`listen`](EventCount::listen) (the wait is over, as `wait`
+    /// returning [`EventWait::Notified`]: re-check the condition; the token is spent), or
+    /// `Some(value)`: the word's current value, to sleep on with
+    /// [`futex::wait_any`](crate::futex::wait_any) (a notify changes the word, so the sleep
+    /// cannot miss it). The load is `Acquire`, as in `wait`.
+    ///
+    /// ```
+    /// use ipc_sync::EventCount;
+    /// let ec = EventCount::new();
+    /// let token = ec.listen();
+    /// let value = ec.pending(&token).expect("no notify yet");
+    /// // ... sleep on `ec.futex_word()` while it holds `value`, with other words ...
+    /// # let _ = value;
+    /// ec.notify_all();
+    /// assert_eq!(ec.pending(&token), None); // notified: re-check the condition
+    /// ```
+    pub fn pending(&self, token: &Token) -> Option<u32> {
+        let w = self.word.load(Ordering::Acquire);
+        (seq(w) == seq(token.seen)).then_some(w)
+    }
+
+    /// The external-sleeper form of [`wait`](EventCount::wait)'s stolen-wake step: call it
+    /// when a sleep on [`futex_word`](EventCount::futex_word) was ended by a wake-up (for
+    /// [`futex::wait_any`](crate::futex::wait_any): `Woken` with this word's index) while
+    /// [`pending`](EventCount::pending) still returns `Some` for every token the sleeper
+    /// holds on this event count. The wake was meant for an older sleeper, which may now sleep
+    /// without a registration; this re-adds one (or passes the wake on when the count is full),
+    /// exactly as a waiter in `wait` does. Then sleep again.
+    pub fn stolen_wake(&self, token: &Token) {
+        if token.registered {
+            let _ = self.compensate(&Futex, seq(token.seen));
         }
     }
 

@@ -150,6 +150,73 @@ pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Deadline>) -> Wait
     }
 }
 
+/// The most words one [`wait_any`] sleeps on (the kernel's `FUTEX_WAITV_MAX`).
+pub const WAIT_ANY_MAX: usize = 128;
+
+/// How a [`wait_any`] ended. Every outcome means "re-check the conditions".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitAnyOutcome {
+    /// Woken by a [`wake`] on `words[i]` (or spuriously).
+    Woken(usize),
+    /// One of the words did not hold its expected value when the wait began (`EAGAIN`).
+    Mismatch,
+    /// A signal arrived (`EINTR`).
+    Interrupted,
+    /// The deadline passed (`ETIMEDOUT`).
+    TimedOut,
+    /// The kernel has no `futex_waitv` (Linux before 5.16, or a seccomp filter refused it), or
+    /// refused the arguments (more than [`WAIT_ANY_MAX`] words): nothing slept. Fall back to
+    /// [`wait`] in slices.
+    Unsupported,
+}
+
+/// Sleeps while every `(word, expected)` pair of `words` holds, until a [`wake`] on any of the
+/// words or `deadline`: `futex_waitv(2)` (Linux >= 5.16), for one thread that waits for many
+/// words at once (an async reactor sleeping for every task that awaits some event count).
+///
+/// The same rules as [`wait`]: shared futexes only (each entry is `FUTEX2_SIZE_U32` without
+/// `FUTEX2_PRIVATE`, so a wake from another process that maps the word meets it), an absolute
+/// `CLOCK_MONOTONIC` deadline, and outcomes instead of errors. The kernel compares every word
+/// and queues the sleeper on all of them atomically with respect to [`wake`], so a wake-up that
+/// follows a change of any word is never lost. At most [`WAIT_ANY_MAX`] words.
+///
+/// ```
+/// use std::sync::atomic::AtomicU32;
+/// use std::time::Duration;
+/// use ipc_sync::futex::{self, Deadline, WaitAnyOutcome};
+///
+/// let (a, b) = (AtomicU32::new(0), AtomicU32::new(7));
+/// // `b` is not 8: the kernel refuses to sleep.
+/// assert_eq!(futex::wait_any(&[(&a, 0), (&b, 8)], None), WaitAnyOutcome::Mismatch);
+/// let r = futex::wait_any(&[(&a, 0), (&b, 7)], Some(Deadline::after(Duration::from_millis(2))));
+/// assert_eq!(r, WaitAnyOutcome::TimedOut);
+/// ```
+pub fn wait_any(words: &[(&AtomicU32, u32)], deadline: Option<Deadline>) -> WaitAnyOutcome {
+    if words.is_empty() || words.len() > WAIT_ANY_MAX {
+        return WaitAnyOutcome::Unsupported;
+    }
+    let mut waits = [sys::Wait::new(); WAIT_ANY_MAX];
+    for (wait, (word, expected)) in waits.iter_mut().zip(words) {
+        wait.val = u64::from(*expected);
+        wait.uaddr = sys::WaitPtr::new(word.as_ptr().cast());
+        // No FUTEX2_PRIVATE: a shared futex, as everywhere in the workspace.
+        wait.flags = sys::WaitFlags::SIZE_U32;
+    }
+    let r = sys::waitv(
+        &waits[..words.len()],
+        sys::WaitvFlags::empty(),
+        deadline.as_ref().map(|d| &d.ts),
+        ClockId::Monotonic,
+    );
+    match r {
+        Ok(i) => WaitAnyOutcome::Woken(i),
+        Err(Errno::AGAIN) => WaitAnyOutcome::Mismatch,
+        Err(Errno::INTR) => WaitAnyOutcome::Interrupted,
+        Err(Errno::TIMEDOUT) => WaitAnyOutcome::TimedOut,
+        Err(_) => WaitAnyOutcome::Unsupported,
+    }
+}
+
 /// Wakes up to `n` processes or threads sleeping in [`wait`] on `word`; returns how many woke.
 ///
 /// A wake costs a system call (~70 ns even with nobody waiting): callers track whether anybody
