@@ -160,6 +160,8 @@
 // models, where nothing uses it.
 #![cfg_attr(loom, allow(dead_code))]
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod async_io;
 #[cfg(not(loom))]
 mod builder;
 #[cfg(not(loom))]
