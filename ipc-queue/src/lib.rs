@@ -83,10 +83,14 @@ mod control;
 mod core;
 mod sync;
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod async_io;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
 mod queue;
+#[cfg(all(feature = "tokio", not(loom)))]
+mod reactor;
 
 #[cfg(not(loom))]
 pub use error::{
