@@ -1,0 +1,402 @@
+//! The async API (feature `tokio` of ipc-pipe and ipc-queue) under a real tokio runtime, across
+//! processes: the child side is sync (a forked child, or a re-run of this binary), the parent
+//! awaits. Peers are SIGKILLed while a task awaits, and every test runs under a watchdog.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use ipc_pipe::{Connection, PipeBuilder, RecvError, SendError, pipe};
+use ipc_queue::{Queue, QueueBuilder};
+use ipc_tests::{ChildProcess, ShmName, child, child_entry, fork_child};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+/// How long an await that must end (a dead peer) may take before the test fails.
+const MUST_END: Duration = Duration::from_secs(10);
+
+/// A runtime with two worker threads, as a small service would have.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Polls `fut` once (inside the runtime) and reports whether it is still waiting.
+async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
+}
+
+/// Forks a child that runs `body` with `theirs` (dropping `mine` there first); the parent's
+/// copy of `theirs` is dropped with the closure, as a parent must after a fork.
+fn fork_with(
+    mine: &mut Option<Connection>,
+    theirs: Connection,
+    body: impl FnOnce(Connection) -> i32,
+) -> ChildProcess {
+    fork_child(WATCHDOG, || {
+        drop(mine.take());
+        body(theirs)
+    })
+}
+
+// ---- Connection ----
+
+/// A child sends with the sync API; the parent awaits every message, then the child's exit
+/// ends the next await with `Disconnected`.
+#[test]
+fn recv_async_gets_a_forked_childs_messages_then_disconnected() {
+    let _watchdog = ipc_tests::watchdog("recv_async from a child", WATCHDOG);
+    let (a, b) = pipe().unwrap();
+    let mut a = Some(a);
+    let child = fork_with(&mut a, b, |b| {
+        for i in 0..100u64 {
+            b.send(&(i, format!("message {i}"))).unwrap();
+        }
+        b.send_bytes(&[7u8; 100_000]).unwrap(); // larger than nothing, smaller than the ring
+        0
+    });
+    let mut a = a.unwrap();
+    runtime().block_on(async move {
+        for i in 0..100u64 {
+            let (n, text): (u64, String) = a.recv_async().await.unwrap();
+            assert_eq!((n, text), (i, format!("message {i}")));
+        }
+        assert_eq!(a.recv_bytes_async().await.unwrap(), vec![7u8; 100_000]);
+        let end = tokio::time::timeout(MUST_END, a.recv_async::<u64>()).await;
+        assert!(matches!(end, Ok(Err(RecvError::Disconnected))), "{end:?}");
+    });
+    child.wait().assert_success();
+}
+
+/// The parent's sends wait for room (a 4 KiB ring, 1 MiB in total) while a slow sync reader
+/// drains it in the child; the child's sum proves every byte arrived in order.
+#[test]
+fn send_async_waits_for_room_while_a_child_reads() {
+    let _watchdog = ipc_tests::watchdog("send_async to a child", WATCHDOG);
+    let (a, b) = PipeBuilder::new().capacity(4096).duplex().unwrap();
+    let mut a = Some(a);
+    let child = fork_with(&mut a, b, |b| {
+        let mut total = 0u64;
+        for i in 0..1024u64 {
+            let (n, block): (u64, Vec<u8>) = b.recv().unwrap();
+            assert_eq!(n, i);
+            total += block.iter().map(|&x| u64::from(x)).sum::<u64>();
+        }
+        b.send(&total).unwrap();
+        0
+    });
+    let mut a = a.unwrap();
+    runtime().block_on(async move {
+        let mut expected = 0u64;
+        for i in 0..1024u64 {
+            let block = vec![(i % 251) as u8; 1000];
+            expected += block.iter().map(|&x| u64::from(x)).sum::<u64>();
+            a.send_async(&(i, block)).await.unwrap();
+        }
+        assert_eq!(a.recv_async::<u64>().await.unwrap(), expected);
+        // A message the ring cannot hold whole is refused, not half-sent.
+        let big = a.send_bytes_async(&[0u8; 8192]).await;
+        assert!(
+            matches!(big, Err(SendError::LargerThanRing { len: 8192, .. })),
+            "{big:?}"
+        );
+    });
+    child.wait().assert_success();
+}
+
+/// Cancel safety: a receive abandoned by `tokio::time::timeout` loses nothing, and a message
+/// sent afterwards is the next one received. The futures are `Send` (spawned on the runtime).
+#[test]
+fn a_timed_out_recv_async_loses_nothing() {
+    let _watchdog = ipc_tests::watchdog("recv_async timeout", WATCHDOG);
+    let (a, b) = pipe().unwrap();
+    let mut a = Some(a);
+    let child = fork_with(&mut a, b, |b| {
+        // Wait for the parent's go (it has timed out by then), then answer twice.
+        let go: String = b.recv().unwrap();
+        b.send(&format!("{go}: first")).unwrap();
+        b.send(&format!("{go}: second")).unwrap();
+        0
+    });
+    let a = a.unwrap();
+    runtime().block_on(async move {
+        let task = tokio::spawn(async move {
+            let mut a = a;
+            for _ in 0..3 {
+                let r =
+                    tokio::time::timeout(Duration::from_millis(20), a.recv_async::<String>()).await;
+                assert!(r.is_err(), "nothing was sent yet: {r:?}");
+            }
+            a.send_async("go").await.unwrap();
+            let first: String = a.recv_async().await.unwrap();
+            let second: String = a.recv_async().await.unwrap();
+            (first, second)
+        });
+        let (first, second) = task.await.unwrap();
+        assert_eq!(first, "go: first");
+        assert_eq!(second, "go: second");
+    });
+    child.wait().assert_success();
+}
+
+/// A peer SIGKILLed while a task awaits `recv_async` ends the await with `Disconnected`
+/// (the kernel's hang-up on the readiness fd), well within the watchdog.
+#[test]
+fn a_peer_sigkilled_during_recv_async_ends_it_with_disconnected() {
+    let _watchdog = ipc_tests::watchdog("recv_async and SIGKILL", WATCHDOG);
+    let (a, b) = pipe().unwrap();
+    let mut a = Some(a);
+    let child = fork_with(&mut a, b, |b| {
+        b.send(&"ready").unwrap();
+        let _ = b.recv::<u8>(); // never answered: killed here
+        0
+    });
+    let mut a = a.unwrap();
+    runtime().block_on(async {
+        assert_eq!(a.recv_async::<String>().await.unwrap(), "ready");
+        let mut recv = Box::pin(a.recv_async::<u8>());
+        assert!(poll_once(&mut recv).await.is_pending(), "nothing was sent");
+        child.kill();
+        let r = tokio::time::timeout(MUST_END, recv).await;
+        assert!(matches!(r, Ok(Err(RecvError::Disconnected))), "{r:?}");
+    });
+    assert_eq!(child.wait().signal(), Some(9));
+}
+
+/// The same for a send waiting for room in a full ring: the reader's death ends it with
+/// `Disconnected`.
+#[test]
+fn a_peer_sigkilled_during_send_async_ends_it_with_disconnected() {
+    let _watchdog = ipc_tests::watchdog("send_async and SIGKILL", WATCHDOG);
+    let (a, b) = PipeBuilder::new().capacity(64).duplex().unwrap();
+    let mut a = Some(a);
+    let child = fork_with(&mut a, b, |b| {
+        b.send(&"ready").unwrap();
+        let _ = b.recv::<u8>(); // never answered: killed here
+        0
+    });
+    let mut a = a.unwrap();
+    runtime().block_on(async {
+        assert_eq!(a.recv_async::<String>().await.unwrap(), "ready");
+        a.send_async(&[1u8; 32]).await.unwrap(); // fills the ring (nobody reads it)
+        let mut send = Box::pin(a.send_async(&[2u8; 32]));
+        assert!(poll_once(&mut send).await.is_pending(), "the ring is full");
+        child.kill();
+        let r = tokio::time::timeout(MUST_END, send).await;
+        assert!(matches!(r, Ok(Err(SendError::Disconnected))), "{r:?}");
+    });
+    assert_eq!(child.wait().signal(), Some(9));
+}
+
+// ---- Queue ----
+
+/// A forked child puts with the sync API while the parent awaits each message.
+#[test]
+fn get_async_gets_a_forked_producers_messages() {
+    let _watchdog = ipc_tests::watchdog("get_async from a child", WATCHDOG);
+    let q: Queue<(u64, String)> = QueueBuilder::new().capacity(4096).build().unwrap();
+    let producer = q.clone();
+    let child = fork_child(WATCHDOG, move || {
+        for i in 0..500u64 {
+            producer.put((i, format!("item {i}"))).unwrap();
+        }
+        producer.close().unwrap();
+        0
+    });
+    runtime().block_on(async move {
+        for i in 0..500u64 {
+            assert_eq!(q.get_async().await.unwrap(), (i, format!("item {i}")));
+        }
+        let end = tokio::time::timeout(MUST_END, q.get_async()).await;
+        assert!(
+            matches!(end, Ok(Err(ipc_queue::GetError::Closed))),
+            "{end:?}"
+        );
+    });
+    child.wait().assert_success();
+}
+
+/// `put_async` waits for room (one item at a time) while a sync consumer in a child gets.
+#[test]
+fn put_async_waits_for_a_forked_consumer() {
+    let _watchdog = ipc_tests::watchdog("put_async to a child", WATCHDOG);
+    let q: Queue<u64> = QueueBuilder::new().max_items(1).build().unwrap();
+    let consumer = q.clone();
+    let child = fork_child(WATCHDOG, move || {
+        let sum: u64 = (0..200).map(|_| consumer.get().unwrap()).sum();
+        i32::from(sum != (0..200u64).sum::<u64>())
+    });
+    runtime().block_on(async move {
+        for i in 0..200u64 {
+            q.put_async(i).await.unwrap();
+        }
+    });
+    child.wait().assert_success();
+}
+
+/// Cancel safety of `get_async`: three gets abandoned by a timeout take nothing, and the item
+/// put afterwards (by a child) is got whole, once.
+#[test]
+fn a_timed_out_get_async_loses_nothing() {
+    let _watchdog = ipc_tests::watchdog("get_async timeout", WATCHDOG);
+    let q: Queue<String> = QueueBuilder::new().capacity(4096).build().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        for _ in 0..3 {
+            let r = tokio::time::timeout(Duration::from_millis(20), q.get_async()).await;
+            assert!(r.is_err(), "nothing was put yet: {r:?}");
+        }
+    });
+    let producer = q.clone();
+    let child = fork_child(WATCHDOG, move || {
+        producer.put("after the timeouts".to_string()).unwrap();
+        0
+    });
+    child.wait().assert_success();
+    rt.block_on(async {
+        assert_eq!(q.get_async().await.unwrap(), "after the timeouts");
+        let none = tokio::time::timeout(Duration::from_millis(20), q.get_async()).await;
+        assert!(none.is_err(), "exactly once: {none:?}");
+    });
+    assert!(q.is_empty());
+}
+
+/// The environment variable naming the queue of the hundred-tasks child.
+const HUNDRED_QUEUE: &str = "IPC_TESTS_ASYNC_QUEUE";
+/// The environment variable naming the queue the child reports on.
+const HUNDRED_REPORT: &str = "IPC_TESTS_ASYNC_REPORT";
+
+/// The threads of this process.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+// 100 tasks on a two-thread runtime await one queue: the process has a handful of threads
+// while they wait (no thread per waiter), and each task gets one item.
+child_entry! {
+    fn hundred_tasks_child() {
+        let q: Queue<u64> = Queue::open(&std::env::var(HUNDRED_QUEUE).unwrap()).unwrap();
+        let report: Queue<u64> = Queue::open(&std::env::var(HUNDRED_REPORT).unwrap()).unwrap();
+        let before = thread_count();
+        let rt = runtime();
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+        let got = rt.block_on(async {
+            let tasks: Vec<_> = (0..100)
+                .map(|_| {
+                    let (q, ready) = (q.clone(), ready_tx.clone());
+                    tokio::spawn(async move {
+                        ready.send(()).unwrap();
+                        q.get_async().await.unwrap()
+                    })
+                })
+                .collect();
+            for _ in 0..100 {
+                ready_rx.recv().await.unwrap();
+            }
+            tokio::task::yield_now().await;
+            // The runtime's 2 workers, the queue's reactor, maybe tokio's blocking pool
+            // thread: not one thread per waiting task.
+            let during = thread_count();
+            assert!(during <= before + 5, "{before} threads before, {during} while 100 tasks wait");
+            report.put(during as u64).unwrap();
+            let mut got = Vec::new();
+            for t in tasks {
+                got.push(t.await.unwrap());
+            }
+            got
+        });
+        let mut got = got;
+        got.sort_unstable();
+        assert_eq!(got, (0..100).collect::<Vec<u64>>());
+    }
+}
+
+#[test]
+fn hundred_tasks_await_one_queue_without_a_thread_each() {
+    let name = ShmName::new("async-100");
+    let report_name = ShmName::new("async-100-report");
+    let q: Queue<u64> = QueueBuilder::new().name(&name).build().unwrap();
+    let report: Queue<u64> = QueueBuilder::new().name(&report_name).build().unwrap();
+    let child = child!(hundred_tasks_child)
+        .env(HUNDRED_QUEUE, name.as_str())
+        .env(HUNDRED_REPORT, report_name.as_str())
+        .watchdog(WATCHDOG)
+        .spawn();
+    // The child reports once its 100 tasks wait; only then are the items put.
+    let threads = report.get_timeout(WATCHDOG).unwrap();
+    assert!(threads < 20, "{threads} threads");
+    for i in 0..100u64 {
+        q.put(i).unwrap();
+    }
+    child.wait().assert_success();
+}
+
+/// A payload whose every byte says which message it is, so a torn or mixed message shows.
+fn payload(seq: u64) -> Vec<u8> {
+    let mut v = vec![(seq % 251) as u8; 100_000];
+    v[..8].copy_from_slice(&seq.to_le_bytes());
+    v
+}
+
+fn check(msg: &[u8]) -> u64 {
+    let seq = u64::from_le_bytes(msg[..8].try_into().unwrap());
+    assert_eq!(msg.len(), 100_000, "message {seq} has the wrong length");
+    assert!(
+        msg[8..].iter().all(|&b| b == (seq % 251) as u8),
+        "message {seq} is corrupted"
+    );
+    seq
+}
+
+/// A producer SIGKILLed while putting large messages (so most likely in the middle of a copy,
+/// holding the put lock) leaves nothing torn: the awaiting consumer gets only whole messages,
+/// in order, and keeps working with the next producer, whose puts recover the lock.
+#[test]
+fn a_producer_killed_mid_put_leaves_the_async_consumer_working() {
+    let _watchdog = ipc_tests::watchdog("get_async and a killed producer", WATCHDOG);
+    let q: Queue<Vec<u8>> = QueueBuilder::new().capacity(1 << 20).build().unwrap();
+    let producer = q.clone();
+    let first = fork_child(WATCHDOG, move || {
+        for seq in 0.. {
+            producer.put(payload(seq)).unwrap();
+        }
+        0
+    });
+    let rt = runtime();
+    let mut next = rt.block_on(async {
+        let mut next = 0;
+        // Get a few, then kill it while it puts more (the consumer keeps getting, so the
+        // producer is mostly encoding or copying a message).
+        while next < 20 {
+            let seq = check(&q.get_async().await.unwrap());
+            assert_eq!(seq, next, "in order, none lost, none twice");
+            next += 1;
+        }
+        next
+    });
+    first.kill();
+    assert_eq!(first.wait().signal(), Some(9));
+    // What it committed before dying: whole messages only, in order.
+    while let Ok(msg) = q.try_get() {
+        assert_eq!(check(&msg), next);
+        next += 1;
+    }
+    let producer = q.clone();
+    let second = fork_child(WATCHDOG, move || {
+        for seq in 1_000_000..1_000_005 {
+            producer.put(payload(seq)).unwrap();
+        }
+        0
+    });
+    rt.block_on(async {
+        for seq in 1_000_000..1_000_005 {
+            let got = tokio::time::timeout(MUST_END, q.get_async()).await;
+            assert_eq!(check(&got.unwrap().unwrap()), seq);
+        }
+    });
+    second.wait().assert_success();
+    assert!(next >= 20);
+}
