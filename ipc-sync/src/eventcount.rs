@@ -55,6 +55,16 @@
 //! after the bump are counted by themselves. So a notify that reads `count == 0` has nobody to
 //! wake. The loom models below check this, including the stolen wake.
 //!
+//! ## Sleeping elsewhere (async waiters)
+//!
+//! A waiter need not sleep in [`EventCount::wait`]: it may `listen`, re-check, and hand its
+//! token to a thread that sleeps for many waiters at once ([`futex::wait_any`] over each
+//! event count's [`futex_word`](EventCount::futex_word), with the value
+//! [`pending`](EventCount::pending) returned). `pending` is `wait`'s check (`seq` moved:
+//! notified), and [`stolen_wake`](EventCount::stolen_wake) is its stolen-wake step, so the
+//! registration rules above, and the notifier's side, are the same. `ipc-queue`'s async reactor
+//! works this way.
+//!
 //! ## A waiter's death
 //!
 //! A waiter SIGKILLed while asleep leaves the kernel's sleep queue but not `count`. The next
@@ -91,6 +101,8 @@
 //! count has such a wrap-around window (the earlier separate 32-bit `seq` was bumped on every
 //! notify, without a system call, so it wrapped in a comparable time).
 
+#[cfg(doc)]
+use crate::futex;
 use crate::futex::{Deadline, WaitOutcome};
 use crate::sync::{AtomicU32, Ordering};
 use crate::waiter::{Futex, Waiter};
@@ -330,7 +342,7 @@ impl EventCount {
     }
 
     /// The futex word, for a waiter that sleeps on many event counts at once through
-    /// [`futex::wait_any`](crate::futex::wait_any) instead of [`wait`](EventCount::wait) (an
+    /// [`futex::wait_any`] instead of [`wait`](EventCount::wait) (an
     /// async reactor): sleep on it while it holds the value [`pending`](EventCount::pending)
     /// returned. Never store to it.
     pub fn futex_word(&self) -> &AtomicU32 {
@@ -341,7 +353,7 @@ impl EventCount {
     /// came after `token`'s [`listen`](EventCount::listen) (the wait is over, as `wait`
     /// returning [`EventWait::Notified`]: re-check the condition; the token is spent), or
     /// `Some(value)`: the word's current value, to sleep on with
-    /// [`futex::wait_any`](crate::futex::wait_any) (a notify changes the word, so the sleep
+    /// [`futex::wait_any`] (a notify changes the word, so the sleep
     /// cannot miss it). The load is `Acquire`, as in `wait`.
     ///
     /// ```
@@ -361,7 +373,7 @@ impl EventCount {
 
     /// The external-sleeper form of [`wait`](EventCount::wait)'s stolen-wake step: call it
     /// when a sleep on [`futex_word`](EventCount::futex_word) was ended by a wake-up (for
-    /// [`futex::wait_any`](crate::futex::wait_any): `Woken` with this word's index) while
+    /// [`futex::wait_any`]: `Woken` with this word's index) while
     /// [`pending`](EventCount::pending) still returns `Some` for every token the sleeper
     /// holds on this event count. The wake was meant for an older sleeper, which may now sleep
     /// without a registration; this re-adds one (or passes the wake on when the count is full),
@@ -477,6 +489,26 @@ mod tests {
         let ec = EventCount::new();
         assert_eq!(ec.notify_all(), 0);
         assert_eq!(ec.word.load(Ordering::Relaxed), 0);
+    }
+
+    /// An external sleeper's view: `pending` until a notify, and a stolen wake re-adds the
+    /// registration an older sleeper may have lost, as a thread in `wait` does.
+    #[test]
+    fn external_sleeper_pending_and_stolen_wake() {
+        let ec = EventCount::new();
+        let token = ec.listen();
+        assert!(token.is_registered());
+        let value = ec.pending(&token).unwrap();
+        assert_eq!(value, ec.futex_word().load(Ordering::Relaxed));
+        ec.stolen_wake(&token);
+        assert_eq!(
+            ec.waiters(),
+            2,
+            "one registration added for the robbed sleeper"
+        );
+        ec.notify_all();
+        assert_eq!(ec.pending(&token), None);
+        assert_eq!(ec.waiters(), 0);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!   absolute `CLOCK_MONOTONIC` time ([`Deadline`]). A wait interrupted by a signal and retried
 //!   keeps the same deadline, so retries never stretch a timeout, and the kernel never returns
 //!   `ETIMEDOUT` before the deadline, so timeouts never end early.
+//! - **Many words, one sleeper.** [`wait_any`] (`futex_waitv`, Linux >= 5.16) sleeps on up to
+//!   [`WAIT_ANY_MAX`] words at once under the same two rules: the async reactor of
+//!   `ipc-queue` sleeps there for every task that awaits an event count.
 //! - **Outcomes, not errors.** `EAGAIN` (the word no longer held the expected value), `EINTR` (a
 //!   signal) and `ETIMEDOUT` are ordinary results ([`WaitOutcome`]); callers re-check their
 //!   condition and loop.
@@ -231,4 +234,47 @@ pub fn wake(word: &AtomicU32, n: u32) -> usize {
 #[inline]
 pub fn wake_all(word: &AtomicU32) -> usize {
     wake(word, u32::MAX)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// `wait_any` is a shared futex wait: a wake from another process (a forked child, on a
+    /// shared mapping) reaches it, and it reports which word woke it. With a private futex the
+    /// child's wakes would never arrive and the wait would time out.
+    #[test]
+    fn wait_any_is_woken_from_another_process_and_names_the_word() {
+        let seg = ipc_shm::SegmentBuilder::new(64).create().unwrap();
+        let words = seg
+            .get(ipc_shm::Offset::<[AtomicU32; 2]>::from_raw(0))
+            .unwrap();
+        let child = ipc_tests::fork_child(Duration::from_secs(30), || {
+            // Wake word 1 until the parent says (through word 0) that a wake arrived.
+            while words[0].load(Ordering::Acquire) == 0 {
+                wake(&words[1], 1);
+                std::hint::spin_loop();
+            }
+            0
+        });
+        let deadline = Deadline::after(Duration::from_secs(10));
+        let outcome = loop {
+            match wait_any(&[(&words[0], 0), (&words[1], 0)], Some(deadline)) {
+                WaitAnyOutcome::Interrupted => continue,
+                other => break other,
+            }
+        };
+        words[0].store(1, Ordering::Release);
+        child.wait().assert_success();
+        assert_eq!(outcome, WaitAnyOutcome::Woken(1));
+    }
+
+    #[test]
+    fn wait_any_refuses_what_the_kernel_cannot_take() {
+        let word = AtomicU32::new(0);
+        assert_eq!(wait_any(&[], None), WaitAnyOutcome::Unsupported);
+        let too_many = vec![(&word, 0); WAIT_ANY_MAX + 1];
+        assert_eq!(wait_any(&too_many, None), WaitAnyOutcome::Unsupported);
+    }
 }
