@@ -205,9 +205,13 @@ impl Connection {
     /// let (mut a, mut b) = ipc_pipe::PipeBuilder::new().capacity(64).duplex()?;
     /// a.send_async(&[1u8; 32]).await?;
     /// // The ring is full: this send waits until `b` reads, with no thread blocked meanwhile.
-    /// let reader = tokio::spawn(async move { b.recv_async::<[u8; 32]>().await });
+    /// let reader = tokio::spawn(async move {
+    ///     let first = b.recv_async::<[u8; 32]>().await?;
+    ///     let second = b.recv_async::<[u8; 32]>().await?;
+    ///     Ok::<_, ipc_pipe::RecvError>((first, second))
+    /// });
     /// a.send_async(&[2u8; 32]).await?;
-    /// assert_eq!(reader.await??, [1u8; 32]);
+    /// assert_eq!(reader.await??, ([1u8; 32], [2u8; 32]));
     /// # Ok(())
     /// # }
     /// ```
