@@ -351,9 +351,10 @@ fn check(msg: &[u8]) -> u64 {
     seq
 }
 
-/// A producer SIGKILLed while putting large messages (so most likely in the middle of a copy,
-/// holding the put lock) leaves nothing torn: the awaiting consumer gets only whole messages,
-/// in order, and keeps working with the next producer, whose puts recover the lock.
+/// A producer SIGKILLed while putting large messages (so most likely in the middle of an
+/// encode or a copy, perhaps holding the put lock) leaves nothing torn: the consumer task,
+/// awaiting throughout, gets only whole messages, in order, and goes on with the next producer,
+/// whose puts recover the lock.
 #[test]
 fn a_producer_killed_mid_put_leaves_the_async_consumer_working() {
     let _watchdog = ipc_tests::watchdog("get_async and a killed producer", WATCHDOG);
@@ -366,37 +367,47 @@ fn a_producer_killed_mid_put_leaves_the_async_consumer_working() {
         0
     });
     let rt = runtime();
-    let mut next = rt.block_on(async {
-        let mut next = 0;
-        // Get a few, then kill it while it puts more (the consumer keeps getting, so the
-        // producer is mostly encoding or copying a message).
-        while next < 20 {
-            let seq = check(&q.get_async().await.unwrap());
-            assert_eq!(seq, next, "in order, none lost, none twice");
-            next += 1;
+    let (got_twenty, twenty) = std::sync::mpsc::channel();
+    let consumer_q = q.clone();
+    let consumer = rt.spawn(async move {
+        let (mut next, mut second) = (0u64, SECOND);
+        loop {
+            let seq = check(&consumer_q.get_async().await.unwrap());
+            if seq >= SECOND {
+                assert_eq!(seq, second, "the second producer's, in order");
+                second += 1;
+                if second == SECOND + 5 {
+                    return next;
+                }
+            } else {
+                assert_eq!(seq, next, "in order, none lost, none twice");
+                next += 1;
+                if next == 20 {
+                    got_twenty.send(()).unwrap();
+                }
+            }
         }
-        next
     });
+    // Kill it while it puts more (the consumer keeps getting, so it is mostly encoding or
+    // copying a message), and wait for the death.
+    twenty.recv_timeout(WATCHDOG).unwrap();
     first.kill();
     assert_eq!(first.wait().signal(), Some(9));
-    // What it committed before dying: whole messages only, in order.
-    while let Ok(msg) = q.try_get() {
-        assert_eq!(check(&msg), next);
-        next += 1;
-    }
     let producer = q.clone();
     let second = fork_child(WATCHDOG, move || {
-        for seq in 1_000_000..1_000_005 {
+        for seq in SECOND..SECOND + 5 {
             producer.put(payload(seq)).unwrap();
         }
         0
     });
-    rt.block_on(async {
-        for seq in 1_000_000..1_000_005 {
-            let got = tokio::time::timeout(MUST_END, q.get_async()).await;
-            assert_eq!(check(&got.unwrap().unwrap()), seq);
-        }
-    });
     second.wait().assert_success();
-    assert!(next >= 20);
+    let from_first = rt
+        .block_on(async { tokio::time::timeout(MUST_END, consumer).await })
+        .expect("the consumer got the second producer's messages")
+        .unwrap();
+    assert!(from_first >= 20);
+    assert!(q.is_empty());
 }
+
+/// The first sequence number of the second producer.
+const SECOND: u64 = 1_000_000;
