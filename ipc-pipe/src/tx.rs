@@ -367,7 +367,7 @@ where
     /// `Ok(true)`: `need` bytes are free now; `Ok(false)`: armed, await the readiness fd;
     /// `Disconnected` when the peer hung up or closed (one `poll(2)`: the ring is full, so
     /// this is the slow path anyway).
-    #[cfg(all(feature = "tokio", not(loom)))]
+    #[cfg(any(feature = "tokio", loom))]
     pub(crate) fn arm_tx_fd(&self, need: u64) -> Result<bool, Fail> {
         let ring = self.tx_ring();
         let hung_up = self.link.drain();
