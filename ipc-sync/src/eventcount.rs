@@ -567,6 +567,75 @@ mod loom_tests {
         (Arc::new(EventCount::new()), Arc::new(AtomicU32::new(0)))
     }
 
+    /// An external sleeper's wait (the async reactor's steps): `pending` gives the value to
+    /// sleep on, a wake-up with `pending` still `Some` is a stolen wake (`stolen_wake`).
+    fn external_wait_until(ec: &EventCount, mut ready: impl FnMut() -> bool) {
+        loop {
+            if ready() {
+                return;
+            }
+            let token = ec.listen();
+            if ready() {
+                ec.cancel(token);
+                return;
+            }
+            while let Some(value) = ec.pending(&token) {
+                if Futex.wait(ec.futex_word(), value, None) == WaitOutcome::Woken
+                    && ec.pending(&token).is_some()
+                {
+                    ec.stolen_wake(&token);
+                }
+            }
+        }
+    }
+
+    /// A waiter that sleeps elsewhere (as the async reactor does for a task) is reached by a
+    /// notify like a sleeper in `wait`: a lost wake-up is a loom deadlock.
+    #[test]
+    fn external_sleeper_is_not_lost() {
+        loom::model(|| {
+            let (ec, flag) = setup();
+            let (e2, f2) = (ec.clone(), flag.clone());
+            let t = loom::thread::spawn(move || {
+                f2.store(1, Ordering::Release);
+                e2.notify_all();
+            });
+            external_wait_until(&ec, || flag.load(Ordering::Acquire) == 1);
+            t.join().unwrap();
+        });
+    }
+
+    /// An external sleeper and a thread in `wait`, for two permits that come with one
+    /// `notify_one` each: both return (a wake taken by the wrong one is passed on by the
+    /// stolen-wake rule on either side).
+    #[test]
+    fn external_and_thread_sleepers_share_notifies() {
+        loom::model(|| {
+            let (ec, permits) = setup();
+            let take = |p: &AtomicU32| {
+                let mut v = p.load(Ordering::Acquire);
+                while v > 0 {
+                    match p.compare_exchange(v, v - 1, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => return true,
+                        Err(now) => v = now,
+                    }
+                }
+                false
+            };
+            let (e2, p2) = (ec.clone(), permits.clone());
+            let thread_sleeper =
+                loom::thread::spawn(move || while !e2.wait_until(&Futex, None, || take(&p2)) {});
+            let (e3, p3) = (ec.clone(), permits.clone());
+            let external = loom::thread::spawn(move || external_wait_until(&e3, || take(&p3)));
+            for _ in 0..2 {
+                permits.fetch_add(1, Ordering::AcqRel);
+                ec.notify_one();
+            }
+            thread_sleeper.join().unwrap();
+            external.join().unwrap();
+        });
+    }
+
     /// A waiter waits for a flag that a notifier sets and notifies once: a lost wake-up would
     /// leave it asleep (loom reports a deadlock).
     #[test]
