@@ -85,10 +85,11 @@ pub enum SendError {
     #[error("cannot register the readiness fd with the tokio reactor")]
     Reactor(#[source] io::Error),
     /// Only from the timed and non-blocking sends ([`try_send`](crate::Connection::try_send),
-    /// [`send_timeout`](crate::Connection::send_timeout) and their bytes forms): the frame
-    /// (an 8-byte header and `len` bytes) is larger than the outgoing ring of `capacity`
-    /// bytes, so it could only be streamed, which cannot stop at a deadline without breaking
-    /// the stream. Nothing was written; send it with the blocking `send`/`send_bytes`.
+    /// [`send_timeout`](crate::Connection::send_timeout) and their bytes forms) and the async
+    /// sends (feature `tokio`): the frame (an 8-byte header and `len` bytes) is larger than
+    /// the outgoing ring of `capacity` bytes, so it could only be streamed, which cannot stop
+    /// at a deadline (or a dropped future) without breaking the stream. Nothing was written;
+    /// send it with the blocking `send`/`send_bytes`.
     #[error("message of {len} bytes does not fit in the ring of {capacity} bytes")]
     LargerThanRing {
         /// The message's size.
