@@ -141,24 +141,24 @@ impl Connection {
     /// source). Switches the end to fd mode ([`set_pollable`](Connection::set_pollable)).
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let (mut parent, child) = ipc_pipe::pipe()?;
-    /// // (In real use `child` is in another process; a thread shows the same protocol.)
-    /// let worker = std::thread::spawn(move || {
-    ///     let job: u64 = child.recv().unwrap();
-    ///     child.send(&(job * 2)).unwrap();
-    /// });
-    /// parent.send_async(&21u64).await?;
-    /// assert_eq!(parent.recv_async::<u64>().await?, 42);
-    /// worker.join().unwrap();
-    /// // The worker's end is gone: the next receive says so instead of waiting forever.
-    /// assert!(matches!(
-    ///     parent.recv_async::<u64>().await,
-    ///     Err(ipc_pipe::RecvError::Disconnected)
-    /// ));
-    /// # Ok(())
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let (mut parent, child) = ipc_pipe::pipe()?;
+    ///     // (In real use `child` is in another process; a thread shows the same protocol.)
+    ///     let worker = std::thread::spawn(move || {
+    ///         let job: u64 = child.recv().unwrap();
+    ///         child.send(&(job * 2)).unwrap();
+    ///     });
+    ///     parent.send_async(&21u64).await?;
+    ///     assert_eq!(parent.recv_async::<u64>().await?, 42);
+    ///     worker.join().unwrap();
+    ///     // The worker's end is gone: the next receive says so instead of waiting forever.
+    ///     assert!(matches!(
+    ///         parent.recv_async::<u64>().await,
+    ///         Err(ipc_pipe::RecvError::Disconnected)
+    ///     ));
+    ///     Ok(())
+    /// }
     /// ```
     pub async fn recv_async<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
         self.set_pollable();

@@ -116,17 +116,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// `async_io` module docs in the source).
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use ipc_queue::{Queue, QueueBuilder};
     ///
-    /// let q: Queue<String> = QueueBuilder::new().capacity(1 << 16).build()?;
-    /// let producer = q.clone(); // in real use: a forked or exec'ed process
-    /// let waiter = tokio::spawn(async move { q.get_async().await });
-    /// std::thread::spawn(move || producer.put("work".to_string()).unwrap());
-    /// assert_eq!(waiter.await??, "work");
-    /// # Ok(())
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let q: Queue<String> = QueueBuilder::new().capacity(1 << 16).build()?;
+    ///     let producer = q.clone(); // in real use: a forked or exec'ed process
+    ///     let waiter = tokio::spawn(async move { q.get_async().await });
+    ///     std::thread::spawn(move || producer.put("work".to_string()).unwrap());
+    ///     assert_eq!(waiter.await??, "work");
+    ///     Ok(())
+    /// }
     /// ```
     pub async fn get_async(&self) -> Result<T, GetError> {
         loop {
