@@ -1,4 +1,5 @@
-//! Async get and put (feature `tokio`): [`Queue::get_async`] and [`Queue::put_async`], for
+//! Async get and put (feature `tokio`): [`Queue::get_async`] and [`Queue::put_async`] (and
+//! the bytes forms [`Queue::get_bytes_async`], [`Queue::put_bytes_async`]), for
 //! tokio (or any executor: the futures need no runtime of their own), without a thread per
 //! waiter.
 //!
@@ -37,7 +38,7 @@ use serde::de::DeserializeOwned;
 
 use ipc_sync::EventCount;
 
-use crate::error::{GetError, PutError, TryGetError, TryPutError};
+use crate::error::{GetBytesError, GetError, PutBytesError, PutError, TryGetError, TryPutError};
 use crate::queue::{Queue, Shared};
 use crate::reactor::{Source, WaitFor};
 
@@ -72,6 +73,57 @@ impl Source for QueueWait {
 const NO_CONTROL: &str = "control block";
 
 impl<T> Queue<T> {
+    /// Puts one message of raw bytes, awaiting room: [`put_bytes`](Queue::put_bytes) for
+    /// async code (feature `tokio`), cancel-safe as [`put_async`](Queue::put_async) (a dropped
+    /// future put nothing).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let q: ipc_queue::Queue<()> = ipc_queue::QueueBuilder::new().build()?;
+    /// q.put_bytes_async(b"raw").await?;
+    /// let mut buf = [0u8; 16];
+    /// let n = q.get_bytes_async(&mut buf).await?;
+    /// assert_eq!(&buf[..n], b"raw");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn put_bytes_async(&self, bytes: &[u8]) -> Result<(), PutBytesError> {
+        loop {
+            match self.try_put_bytes(bytes) {
+                Err(PutBytesError::Full) => {}
+                r => return r,
+            }
+            let wait = self
+                .listen(Which::Space)
+                .ok_or(PutBytesError::Corrupted(NO_CONTROL))?;
+            match self.try_put_bytes(bytes) {
+                Err(PutBytesError::Full) => wait.await,
+                r => return r,
+            }
+        }
+    }
+
+    /// Gets one message's bytes into `buf`, awaiting one; returns its length:
+    /// [`get_bytes`](Queue::get_bytes) for async code (feature `tokio`). A message longer than
+    /// `buf` stays queued ([`GetBytesError::BufferTooSmall`]). Cancel-safe as
+    /// [`get_async`](Queue::get_async) (a dropped future took no message).
+    pub async fn get_bytes_async(&self, buf: &mut [u8]) -> Result<usize, GetBytesError> {
+        loop {
+            match self.try_get_bytes(buf) {
+                Err(GetBytesError::Empty) => {}
+                r => return r,
+            }
+            let wait = self
+                .listen(Which::Data)
+                .ok_or(GetBytesError::Corrupted(NO_CONTROL))?;
+            match self.try_get_bytes(buf) {
+                Err(GetBytesError::Empty) => wait.await,
+                r => return r,
+            }
+        }
+    }
+
     /// Registers on the event count of `which` (as a sleeper about to re-check does) and
     /// returns the wait, which cancels the registration if it is dropped un-awaited.
     fn listen(&self, which: Which) -> Option<WaitFor> {

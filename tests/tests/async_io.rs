@@ -151,8 +151,10 @@ fn a_peer_sigkilled_during_recv_async_ends_it_with_disconnected() {
     let mut a = Some(a);
     let child = fork_with(&mut a, b, |b| {
         b.send(&"ready").unwrap();
-        let _ = b.recv::<u8>(); // never answered: killed here
-        0
+        // Holds its end, reads nothing, until it is killed.
+        loop {
+            std::thread::park();
+        }
     });
     let mut a = a.unwrap();
     runtime().block_on(async {
@@ -175,8 +177,10 @@ fn a_peer_sigkilled_during_send_async_ends_it_with_disconnected() {
     let mut a = Some(a);
     let child = fork_with(&mut a, b, |b| {
         b.send(&"ready").unwrap();
-        let _ = b.recv::<u8>(); // never answered: killed here
-        0
+        // Holds its end, reads nothing, until it is killed.
+        loop {
+            std::thread::park();
+        }
     });
     let mut a = a.unwrap();
     runtime().block_on(async {
@@ -215,6 +219,39 @@ fn get_async_gets_a_forked_producers_messages() {
             matches!(end, Ok(Err(ipc_queue::GetError::Closed))),
             "{end:?}"
         );
+    });
+    child.wait().assert_success();
+}
+
+/// The bytes forms: a child's raw messages are awaited (a too-short buffer leaves the message
+/// queued), and `put_bytes_async` waits for room while the child gets.
+#[test]
+fn bytes_forms_of_the_queue_across_processes() {
+    let _watchdog = ipc_tests::watchdog("queue bytes async", WATCHDOG);
+    let to_parent: Queue<()> = QueueBuilder::new().capacity(256).build().unwrap();
+    let to_child: Queue<()> = QueueBuilder::new().capacity(256).build().unwrap();
+    let (up, down) = (to_parent.clone(), to_child.clone());
+    let child = fork_child(WATCHDOG, move || {
+        up.put_bytes(b"twelve bytes").unwrap();
+        let mut buf = [0u8; 200];
+        for i in 0..20u8 {
+            let n = down.get_bytes(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[i; 100][..]);
+        }
+        0
+    });
+    runtime().block_on(async {
+        let mut small = [0u8; 4];
+        let r = to_parent.get_bytes_async(&mut small).await;
+        let too_small = ipc_queue::GetBytesError::BufferTooSmall { needed: 12 };
+        assert_eq!(r, Err(too_small));
+        let mut buf = [0u8; 64];
+        let n = to_parent.get_bytes_async(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"twelve bytes");
+        // 256 bytes of ring hold two 100-byte messages: the rest wait for the child.
+        for i in 0..20u8 {
+            to_child.put_bytes_async(&[i; 100]).await.unwrap();
+        }
     });
     child.wait().assert_success();
 }
