@@ -56,6 +56,10 @@
 //!   efficient).
 //! - After `fork`, a child that uses the async API starts its own reactor thread (the parent's
 //!   registrations are dropped in the child: their tasks did not survive the fork).
+//! - While it sleeps on a queue's word the thread holds that queue's shared state (so the
+//!   mapping outlives the wait). A dropped future kicks it to let go at once; a process that
+//!   exits within those microseconds after dropping the last handle of a named queue it
+//!   created leaves the name, as one killed would.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -151,8 +155,7 @@ impl Reactor {
             },
         );
         drop(inner);
-        self.kick.fetch_add(1, Ordering::Release);
-        futex::wake(&self.kick, 1);
+        self.kick();
         (id, served)
     }
 
@@ -177,7 +180,10 @@ impl Reactor {
         }
     }
 
-    /// Removes entry `id` (its future was dropped), cancelling a registration still pending.
+    /// Removes entry `id` (its future was dropped), cancelling a registration still pending,
+    /// and kicks the thread, so that it stops sleeping on the word and lets go of the queue's
+    /// mapping (the last handle of a queue may be the one whose future was just dropped; its
+    /// segment is unmapped, and a creator's name unlinked, when the thread lets go).
     fn deregister(&self, id: u64) {
         let entry = self.lock().entries.remove(&id);
         if let Some(Entry {
@@ -185,10 +191,19 @@ impl Reactor {
             token: Some(token),
             ..
         }) = entry
-            && let Some(ec) = source.event_count()
         {
-            ec.cancel(token);
+            if let Some(ec) = source.event_count() {
+                ec.cancel(token);
+            }
+            drop(source);
+            self.kick();
         }
+    }
+
+    /// Makes the thread re-read the entries.
+    fn kick(&self) {
+        self.kick.fetch_add(1, Ordering::Release);
+        futex::wake(&self.kick, 1);
     }
 
     /// The thread: sleep on every awaited word, wake the tasks whose wait is over.

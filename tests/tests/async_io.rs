@@ -301,6 +301,29 @@ fn a_timed_out_get_async_loses_nothing() {
     assert!(q.is_empty());
 }
 
+/// A dropped `get_async` lets go of the queue at once: the reactor thread, which held the
+/// queue's mapping while it slept on its word, is kicked, so the creator's last handle going
+/// away still unlinks the name (without the kick the name stayed until the reactor woke for
+/// another reason).
+#[test]
+fn a_dropped_get_async_lets_the_queue_go() {
+    let name = ShmName::new("async-drop");
+    let q: Queue<u8> = QueueBuilder::new().name(&name).build().unwrap();
+    runtime().block_on(async {
+        let r = tokio::time::timeout(Duration::from_millis(10), q.get_async()).await;
+        assert!(r.is_err());
+    });
+    drop(q);
+    let deadline = std::time::Instant::now() + MUST_END;
+    while !ipc_tests::shm_names_with_prefix(name.as_str()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the name was not unlinked"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// The environment variable naming the queue of the hundred-tasks child.
 const HUNDRED_QUEUE: &str = "IPC_TESTS_ASYNC_QUEUE";
 /// The environment variable naming the queue the child reports on.
