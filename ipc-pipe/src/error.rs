@@ -83,11 +83,18 @@ pub enum SendError {
     /// descriptors, or the socket refused them. Nothing of the message was written.
     #[error("a handle in the message cannot be sent")]
     Transfer(#[source] ipc_shm::transfer::TransferError),
+    /// Only from the async sends (feature `tokio`): the end's readiness fd could not be
+    /// registered with the tokio reactor (`epoll_ctl` failed, or the runtime is shutting down).
+    /// Nothing was written.
+    #[cfg(feature = "tokio")]
+    #[error("cannot register the readiness fd with the tokio reactor")]
+    Reactor(#[source] io::Error),
     /// Only from the timed and non-blocking sends ([`try_send`](crate::Connection::try_send),
-    /// [`send_timeout`](crate::Connection::send_timeout) and their bytes forms): the frame
-    /// (an 8-byte header and `len` bytes) is larger than the outgoing ring of `capacity`
-    /// bytes, so it could only be streamed, which cannot stop at a deadline without breaking
-    /// the stream. Nothing was written; send it with the blocking `send`/`send_bytes`.
+    /// [`send_timeout`](crate::Connection::send_timeout) and their bytes forms) and the async
+    /// sends (feature `tokio`): the frame (an 8-byte header and `len` bytes) is larger than
+    /// the outgoing ring of `capacity` bytes, so it could only be streamed, which cannot stop
+    /// at a deadline (or a dropped future) without breaking the stream. Nothing was written;
+    /// send it with the blocking `send`/`send_bytes`.
     #[error("message of {len} bytes does not fit in the ring of {capacity} bytes")]
     LargerThanRing {
         /// The message's size.
@@ -216,8 +223,15 @@ macro_rules! recv_common {
 
 recv_common! {
     /// Why [`recv`](crate::Connection::recv) or [`recv_bytes`](crate::Connection::recv_bytes)
-    /// failed.
-    pub enum RecvError {}
+    /// (or, with feature `tokio`, `recv_async`/`recv_bytes_async`) failed.
+    pub enum RecvError {
+        /// Only from the async receives (feature `tokio`): the end's readiness fd could not be
+        /// registered with the tokio reactor (`epoll_ctl` failed, or the runtime is shutting
+        /// down). Nothing was received.
+        #[cfg(feature = "tokio")]
+        #[error("cannot register the readiness fd with the tokio reactor")]
+        Reactor(#[source] io::Error),
+    }
 }
 
 recv_common! {

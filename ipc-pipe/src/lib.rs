@@ -21,6 +21,11 @@
 //!   hangs up, for poll/epoll/mio/tokio; [`wait`] waits on several ends like
 //!   `multiprocessing.connection.wait`.
 //!
+//! - Async (feature `tokio`): `recv_async`, `recv_bytes_async`, `send_async` and
+//!   `send_bytes_async` await on the readiness fd through `tokio::io::unix::AsyncFd`, with no
+//!   thread per waiting task; cancel-safe, and a dead peer ends the await with `Disconnected`
+//!   (see `Connection::recv_async`, which has a runnable example).
+//!
 //! ```
 //! use std::time::Duration;
 //!
@@ -61,6 +66,7 @@
 //! | `tx.rs`         | send path: `send*` -> framing -> streaming -> wait for space        |
 //! | `rx.rs`         | receive path: `recv*` -> wait for a message -> copy out -> free     |
 //! | `readiness.rs`  | futex/fd mode switch, readiness fd, `poll`, [`wait`]                |
+//! | `async_io.rs`   | feature `tokio`: the async receive and send on `AsyncFd`            |
 //! | `channel.rs`    | [`Sender`], [`Receiver`]                                            |
 //! | `inherit.rs`    | passing an end across `exec` or as raw descriptors                  |
 //! | `transfer.rs`   | an end inside a message (serde through `ipc_shm::transfer`)         |
@@ -172,12 +178,15 @@
 //!   `ipc_shm::codec`.
 //! - `thiserror`: `Display` and `source` of the error enums.
 //! - `loom` (only under `--cfg loom`): model checking of the send and receive paths.
+//! - `tokio` (only with feature `tokio`, its `net` feature): `AsyncFd` for the async API.
 #![deny(unsafe_code)]
 // Under `--cfg loom` the crate builds only the protocol (`end`, `tx`, `rx`, `ring`) and
 // its models; the test-support self dev-dependency also builds that reduced library without the
 // models, where nothing uses it.
 #![cfg_attr(loom, allow(dead_code))]
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod async_io;
 #[cfg(not(loom))]
 mod builder;
 #[cfg(not(loom))]

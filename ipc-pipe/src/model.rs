@@ -10,10 +10,12 @@
 //! ring when its peer is dropped, end with `Disconnected`; a receiver whose peer was killed
 //! (socket closed, nobody wakes it) notices at the end of a futex slice; `try_recv` of a
 //! streamed message resumes it whole, `try_send` writes whole frames only, and a send after
-//! the peer's drop fails (issue 14). A hang shows up as a
-//! loom deadlock. The ends
-//! never spin (`Backoff::never()`, and a backoff never spins under loom anyway), so every wait goes through the futex slow path; fd mode (a
-//! `poll(2)` on the socket) is not modelled.
+//! the peer's drop fails (issue 14); the async receive and send (feature `tokio`) are woken
+//! through the readiness fd (`ARMED` and a readiness byte, modelled as a counter with a futex).
+//! A hang shows up as a loom deadlock. The ends
+//! never spin (`Backoff::never()`, and a backoff never spins under loom anyway), so every wait
+//! goes through the futex slow path; the blocking fd-mode sleep (a `poll(2)` on the socket) is
+//! not modelled.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p ipc-pipe --release --lib`.
 
@@ -22,18 +24,32 @@ use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
 use ipc_shm::{ByteRing, LoomRing};
-use ipc_sync::{Backoff, Futex};
+use ipc_sync::{Backoff, Futex, Waiter};
 
 use crate::end::{End, Link, Settings};
 use crate::error::{Fail, SendError};
 use crate::ring::Control;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU32, Ordering};
 
-/// The modelled socket of one end: hang-up is "the peer's flag is set".
+/// The modelled socket of one end: hang-up is "the peer's flag is set"; readiness bytes are a
+/// counter per end (`notify` adds one to the peer's and wakes it, `drain` empties this end's),
+/// which a modelled async task awaits ([`ModelLink::await_readable`]).
 #[derive(Debug)]
 struct ModelLink {
     mine: Arc<AtomicBool>,
     peer: Arc<AtomicBool>,
+    ready_mine: Arc<AtomicU32>,
+    ready_peer: Arc<AtomicU32>,
+}
+
+impl ModelLink {
+    /// What an async task's `AsyncFd::readable().await` does here: sleep until a readiness
+    /// byte is pending (a lost byte shows up as a loom deadlock).
+    fn await_readable(&self) {
+        while self.ready_mine.load(Ordering::SeqCst) == 0 {
+            Futex.wait(&self.ready_mine, 0, None);
+        }
+    }
 }
 
 impl Link for ModelLink {
@@ -42,10 +58,14 @@ impl Link for ModelLink {
     }
 
     fn drain(&self) -> bool {
+        self.ready_mine.swap(0, Ordering::SeqCst);
         self.hung_up()
     }
 
-    fn notify(&self) {}
+    fn notify(&self) {
+        self.ready_peer.fetch_add(1, Ordering::SeqCst);
+        Futex.wake(&self.ready_peer, u32::MAX);
+    }
 
     fn sleep(&self, _timeout: Option<std::time::Duration>) {
         thread::yield_now();
@@ -97,9 +117,12 @@ fn pair(caps: [usize; 2]) -> (ModelEnd, ModelEnd) {
         backoff: Backoff::never(),
         max_message: 1 << 20,
     };
+    let ready = [Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0))];
     let link = |me: usize| ModelLink {
         mine: flags[me].clone(),
         peer: flags[1 - me].clone(),
+        ready_mine: ready[me].clone(),
+        ready_peer: ready[1 - me].clone(),
     };
     let a = End::attach(
         ctl.clone(),
@@ -301,5 +324,65 @@ fn send_after_the_peer_was_dropped_fails() {
         let dropper = thread::spawn(move || drop_end(b));
         dropper.join().unwrap();
         assert!(matches!(send(&a, &[1]), Err(SendError::Disconnected)));
+    });
+}
+
+/// The async receive (`async_io.rs`, feature `tokio`): an end in fd mode retries the
+/// non-blocking receive and otherwise awaits its readiness fd. The sender's publication must
+/// reach it through `ARMED` and a readiness byte (a lost one is a loom deadlock), and the
+/// messages arrive whole and in order.
+#[test]
+fn async_recv_is_woken_through_the_fd() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        b.fd_mode.set(true);
+        let sender = thread::spawn(move || {
+            send(&a, &[1, 2, 3]).unwrap();
+            send(&a, &[4]).unwrap();
+            a
+        });
+        for expected in [&[1u8, 2, 3][..], &[4]] {
+            let mut buf = Vec::new();
+            loop {
+                match b.recv_into_vec(&mut buf, None, true) {
+                    Ok(()) => break,
+                    Err(Fail::Empty) => b.link.await_readable(),
+                    Err(f) => panic!("{f:?}"),
+                }
+            }
+            assert_eq!(buf, expected);
+        }
+        drop(sender.join().unwrap());
+    });
+}
+
+/// The async send (`async_io.rs`): on a full ring it arms `ARMED` in `tx_wait`
+/// (`End::arm_tx_fd`) and awaits its readiness fd; the receiver freeing room must write the
+/// byte that wakes it (a lost one is a loom deadlock), and the frames arrive whole.
+#[test]
+fn async_send_is_woken_through_the_fd_when_room_appears() {
+    loom::model(|| {
+        let (a, b) = pair([64, 64]);
+        let receiver = thread::spawn(move || {
+            assert_eq!(recv(&b).unwrap(), [1u8; 40]);
+            assert_eq!(recv(&b).unwrap(), [2u8; 40]);
+            b
+        });
+        a.fd_mode.set(true);
+        for byte in [1u8, 2] {
+            let body = [byte; 40];
+            let head = a.check_send_len(body.len()).unwrap();
+            loop {
+                match a.send_frame_within(head, &body, None, true) {
+                    Ok(()) => break,
+                    Err(Fail::Empty) => {}
+                    Err(f) => panic!("{f:?}"),
+                }
+                if !a.arm_tx_fd(48).unwrap() {
+                    a.link.await_readable();
+                }
+            }
+        }
+        drop(receiver.join().unwrap());
     });
 }

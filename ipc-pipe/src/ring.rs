@@ -30,8 +30,9 @@
 //! | `rx_wait` | consumer: `SLEEP` before a futex wait,         | producer: `swap(0)` after it   |
 //! |           | `ARMED` when its readiness fd is in use        | published bytes, then it wakes |
 //! |           | producer end dropping: `GONE`                  | the futex and/or writes a byte |
-//! | `tx_wait` | producer: `SLEEP` before waiting for space     | consumer: `swap(0)` after it   |
-//! |           | consumer end dropping: `GONE`                  | freed space, then futex wake   |
+//! | `tx_wait` | producer: `SLEEP` before waiting for space,    | consumer: `swap(0)` after it   |
+//! |           | `ARMED` when an async sender awaits its fd     | freed space, then futex wake   |
+//! |           | consumer end dropping: `GONE`                  | and/or writes a byte           |
 //!
 //! Consumer waiting for data: `rx_wait.fetch_or(SLEEP)`, re-load `tail`; only if still empty
 //! `futex_wait(rx_wait, value_with_SLEEP)`. Producer: publish `tail`, `rx_wait.swap(0)`; only
@@ -95,7 +96,8 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// `rx_wait`/`tx_wait` bit: the waiter is (about to be) asleep on the futex.
 pub(crate) const SLEEP: u32 = 1;
 /// `rx_wait` bit: the consumer waits through its readiness fd; the producer writes one byte to
-/// the socket after publishing.
+/// the socket after publishing. `tx_wait` bit: an async producer (feature `tokio`) awaits room
+/// through its readiness fd; the consumer writes one byte to the socket after freeing space.
 pub(crate) const ARMED: u32 = 2;
 /// Either word: the other end's handle was dropped in some process; re-check for hang-up.
 pub(crate) const GONE: u32 = 4;

@@ -280,18 +280,25 @@ where
         }
     }
 
-    /// Publishes the consumer's head and wakes a producer waiting for space.
+    /// Publishes the consumer's head and wakes a producer waiting for space: on the futex
+    /// (`SLEEP`) or, for an async sender (`ARMED`, see `tx.rs`, `arm_tx_fd`), with a byte to
+    /// its readiness fd.
     #[inline]
     pub(crate) fn publish_rx(&self) {
         let bits = ring::publish_head(self.rx_ring(), self.rx_head.get());
-        if bits & SLEEP != 0 {
-            self.wake_tx_slow();
+        if bits & (SLEEP | ARMED) != 0 {
+            self.wake_tx_slow(bits);
         }
     }
 
     #[cold]
-    pub(crate) fn wake_tx_slow(&self) {
-        self.waiter.wake(&self.rx_ring().tx_wait, 1);
+    pub(crate) fn wake_tx_slow(&self, bits: u32) {
+        if bits & SLEEP != 0 {
+            self.waiter.wake(&self.rx_ring().tx_wait, 1);
+        }
+        if bits & ARMED != 0 {
+            self.link.notify();
+        }
     }
 
     /// Waits for the next message to be ready (its header, and the whole message if it fits in

@@ -456,6 +456,31 @@ where
         }
     }
 
+    /// The async sender's wait for room (fd mode, `async_io.rs`): drains this end's readiness
+    /// socket, sets `ARMED` in the outgoing ring's `tx_wait` (so the consumer's next
+    /// `publish_rx` writes a byte to that socket) and re-checks the free space, as
+    /// `wait_tx_sleep` does with `SLEEP` before a futex wait (the same "Memory ordering"
+    /// argument of `ring.rs`: an RMW of the wait word, then an `Acquire` load of `head`).
+    /// `Ok(true)`: `need` bytes are free now; `Ok(false)`: armed, await the readiness fd;
+    /// `Disconnected` when the peer hung up or closed (one `poll(2)`: the ring is full, so
+    /// this is the slow path anyway).
+    #[cfg(any(feature = "tokio", loom))]
+    pub(crate) fn arm_tx_fd(&self, need: u64) -> Result<bool, Fail> {
+        let ring = self.tx_ring();
+        let hung_up = self.link.drain();
+        ring.tx_wait.fetch_or(ARMED, Ordering::AcqRel);
+        let head = ring::load_head(ring);
+        let used = ring::validate_used(self.tx_tail.get(), head, self.tx.cap())?;
+        self.tx_head_cache.set(head);
+        if self.tx.cap() as u64 - used >= need {
+            return Ok(true);
+        }
+        if hung_up || self.closed_flag() || self.link.hung_up() {
+            return Err(Fail::Disconnected);
+        }
+        Ok(false)
+    }
+
     /// Copies `data` into the outgoing ring, streaming it through when it is larger than the
     /// free space (publishing each chunk so the consumer can start on it).
     pub(crate) fn write_stream(&self, mut data: &[u8]) -> Result<(), Fail> {

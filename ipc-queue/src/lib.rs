@@ -63,6 +63,18 @@
 //! call only when a waiter is registered, so an uncontended put or get makes none. A waiter
 //! SIGKILLed while asleep leaves a registration that the next notify clears.
 //!
+//! # Async (feature `tokio`)
+//!
+//! `Queue::get_async` and `Queue::put_async` wait without blocking the calling thread and
+//! without a thread per waiter: an async waiter registers on the queue's event count exactly as
+//! a sleeping thread does, and one reactor thread per process sleeps for all of them on the
+//! event counts' futex words at once (`futex_waitv`, Linux >= 5.16, through
+//! `ipc_sync::futex::wait_any`). Producers and consumers in other processes cannot tell the
+//! difference, so the sync path is unchanged. Both are cancel-safe: a dropped get future took
+//! no message, a dropped put future put nothing. The futures need no particular runtime.
+//! (`src/reactor.rs` has the protocol and why not an eventfd; `Queue::get_async` a runnable
+//! example.)
+//!
 //! # Encoding
 //!
 //! Messages are encoded with bincode 2's serde support in the workspace's one configuration,
@@ -93,10 +105,14 @@ mod control;
 mod core;
 mod sync;
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod async_io;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
 mod queue;
+#[cfg(all(feature = "tokio", not(loom)))]
+mod reactor;
 #[cfg(not(loom))]
 mod transfer;
 

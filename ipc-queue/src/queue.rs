@@ -221,7 +221,7 @@ fn layout(cap: usize) -> Option<(Offset<Control>, usize, usize)> {
 
 /// What every handle of one queue in this process shares.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     segment: Segment,
     ctl: Offset<Control>,
     ring_off: usize,
@@ -264,6 +264,12 @@ impl Shared {
             max_items,
             backoff: Backoff::new(),
         })
+    }
+
+    /// The control block, validated (the async waiters reach the event counts through it).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn control(&self) -> Option<&Control> {
+        self.segment.get(self.ctl).ok()
     }
 
     #[inline]
@@ -321,7 +327,7 @@ fn broken(f: Fail) -> &'static str {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Queue<T> {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     _type: PhantomData<fn(T) -> T>,
 }
 

@@ -55,6 +55,16 @@
 //! after the bump are counted by themselves. So a notify that reads `count == 0` has nobody to
 //! wake. The loom models below check this, including the stolen wake.
 //!
+//! ## Sleeping elsewhere (async waiters)
+//!
+//! A waiter need not sleep in [`EventCount::wait`]: it may `listen`, re-check, and hand its
+//! token to a thread that sleeps for many waiters at once ([`futex::wait_any`] over each
+//! event count's [`futex_word`](EventCount::futex_word), with the value
+//! [`pending`](EventCount::pending) returned). `pending` is `wait`'s check (`seq` moved:
+//! notified), and [`stolen_wake`](EventCount::stolen_wake) is its stolen-wake step, so the
+//! registration rules above, and the notifier's side, are the same. `ipc-queue`'s async reactor
+//! works this way.
+//!
 //! ## A waiter's death
 //!
 //! A waiter SIGKILLed while asleep leaves the kernel's sleep queue but not `count`. The next
@@ -91,6 +101,8 @@
 //! count has such a wrap-around window (the earlier separate 32-bit `seq` was bumped on every
 //! notify, without a system call, so it wrapped in a comparable time).
 
+#[cfg(doc)]
+use crate::futex;
 use crate::futex::{Deadline, WaitOutcome};
 use crate::sync::{AtomicU32, Ordering};
 use crate::waiter::{Futex, Waiter};
@@ -150,6 +162,15 @@ pub struct Token {
     seen: u32,
     /// Whether `count` holds this waiter (false beyond `MAX_REGISTERED`).
     registered: bool,
+}
+
+impl Token {
+    /// Whether the registration is counted. `false` beyond [`MAX_REGISTERED`]: such a waiter
+    /// is still woken by every notify while the count is not zero, but must also re-check
+    /// after each [`UNREGISTERED_SLICE`] (as [`EventCount::wait`] does for it).
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
 }
 
 /// How [`EventCount::wait`] ended.
@@ -320,6 +341,49 @@ impl EventCount {
         }
     }
 
+    /// The futex word, for a waiter that sleeps on many event counts at once through
+    /// [`futex::wait_any`] instead of [`wait`](EventCount::wait) (an
+    /// async reactor): sleep on it while it holds the value [`pending`](EventCount::pending)
+    /// returned. Never store to it.
+    pub fn futex_word(&self) -> &AtomicU32 {
+        &self.word
+    }
+
+    /// The external-sleeper form of [`wait`](EventCount::wait)'s check: `None` when a notify
+    /// came after `token`'s [`listen`](EventCount::listen) (the wait is over, as `wait`
+    /// returning [`EventWait::Notified`]: re-check the condition; the token is spent), or
+    /// `Some(value)`: the word's current value, to sleep on with
+    /// [`futex::wait_any`] (a notify changes the word, so the sleep
+    /// cannot miss it). The load is `Acquire`, as in `wait`.
+    ///
+    /// ```
+    /// use ipc_sync::EventCount;
+    /// let ec = EventCount::new();
+    /// let token = ec.listen();
+    /// let value = ec.pending(&token).expect("no notify yet");
+    /// // ... sleep on `ec.futex_word()` while it holds `value`, with other words ...
+    /// # let _ = value;
+    /// ec.notify_all();
+    /// assert_eq!(ec.pending(&token), None); // notified: re-check the condition
+    /// ```
+    pub fn pending(&self, token: &Token) -> Option<u32> {
+        let w = self.word.load(Ordering::Acquire);
+        (seq(w) == seq(token.seen)).then_some(w)
+    }
+
+    /// The external-sleeper form of [`wait`](EventCount::wait)'s stolen-wake step: call it
+    /// when a sleep on [`futex_word`](EventCount::futex_word) was ended by a wake-up (for
+    /// [`futex::wait_any`]: `Woken` with this word's index) while
+    /// [`pending`](EventCount::pending) still returns `Some` for every token the sleeper
+    /// holds on this event count. The wake was meant for an older sleeper, which may now sleep
+    /// without a registration; this re-adds one (or passes the wake on when the count is full),
+    /// exactly as a waiter in `wait` does. Then sleep again.
+    pub fn stolen_wake(&self, token: &Token) {
+        if token.registered {
+            let _ = self.compensate(&Futex, seq(token.seen));
+        }
+    }
+
     /// Waits until `ready()` returns true or `deadline` passes, returning its last value: the
     /// whole protocol (check, listen, re-check, wait) in one call.
     pub fn wait_until<W: Waiter + ?Sized>(
@@ -427,6 +491,26 @@ mod tests {
         assert_eq!(ec.word.load(Ordering::Relaxed), 0);
     }
 
+    /// An external sleeper's view: `pending` until a notify, and a stolen wake re-adds the
+    /// registration an older sleeper may have lost, as a thread in `wait` does.
+    #[test]
+    fn external_sleeper_pending_and_stolen_wake() {
+        let ec = EventCount::new();
+        let token = ec.listen();
+        assert!(token.is_registered());
+        let value = ec.pending(&token).unwrap();
+        assert_eq!(value, ec.futex_word().load(Ordering::Relaxed));
+        ec.stolen_wake(&token);
+        assert_eq!(
+            ec.waiters(),
+            2,
+            "one registration added for the robbed sleeper"
+        );
+        ec.notify_all();
+        assert_eq!(ec.pending(&token), None);
+        assert_eq!(ec.waiters(), 0);
+    }
+
     #[test]
     fn timeout_takes_the_registration_back() {
         let ec = EventCount::new();
@@ -481,6 +565,75 @@ mod loom_tests {
     fn setup() -> (Arc<EventCount>, Arc<AtomicU32>) {
         crate::waiter::loom_timeouts_fire(false);
         (Arc::new(EventCount::new()), Arc::new(AtomicU32::new(0)))
+    }
+
+    /// An external sleeper's wait (the async reactor's steps): `pending` gives the value to
+    /// sleep on, a wake-up with `pending` still `Some` is a stolen wake (`stolen_wake`).
+    fn external_wait_until(ec: &EventCount, mut ready: impl FnMut() -> bool) {
+        loop {
+            if ready() {
+                return;
+            }
+            let token = ec.listen();
+            if ready() {
+                ec.cancel(token);
+                return;
+            }
+            while let Some(value) = ec.pending(&token) {
+                if Futex.wait(ec.futex_word(), value, None) == WaitOutcome::Woken
+                    && ec.pending(&token).is_some()
+                {
+                    ec.stolen_wake(&token);
+                }
+            }
+        }
+    }
+
+    /// A waiter that sleeps elsewhere (as the async reactor does for a task) is reached by a
+    /// notify like a sleeper in `wait`: a lost wake-up is a loom deadlock.
+    #[test]
+    fn external_sleeper_is_not_lost() {
+        loom::model(|| {
+            let (ec, flag) = setup();
+            let (e2, f2) = (ec.clone(), flag.clone());
+            let t = loom::thread::spawn(move || {
+                f2.store(1, Ordering::Release);
+                e2.notify_all();
+            });
+            external_wait_until(&ec, || flag.load(Ordering::Acquire) == 1);
+            t.join().unwrap();
+        });
+    }
+
+    /// An external sleeper and a thread in `wait`, for two permits that come with one
+    /// `notify_one` each: both return (a wake taken by the wrong one is passed on by the
+    /// stolen-wake rule on either side).
+    #[test]
+    fn external_and_thread_sleepers_share_notifies() {
+        loom::model(|| {
+            let (ec, permits) = setup();
+            let take = |p: &AtomicU32| {
+                let mut v = p.load(Ordering::Acquire);
+                while v > 0 {
+                    match p.compare_exchange(v, v - 1, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => return true,
+                        Err(now) => v = now,
+                    }
+                }
+                false
+            };
+            let (e2, p2) = (ec.clone(), permits.clone());
+            let thread_sleeper =
+                loom::thread::spawn(move || while !e2.wait_until(&Futex, None, || take(&p2)) {});
+            let (e3, p3) = (ec.clone(), permits.clone());
+            let external = loom::thread::spawn(move || external_wait_until(&e3, || take(&p3)));
+            for _ in 0..2 {
+                permits.fetch_add(1, Ordering::AcqRel);
+                ec.notify_one();
+            }
+            thread_sleeper.join().unwrap();
+            external.join().unwrap();
+        });
     }
 
     /// A waiter waits for a flag that a notifier sets and notifies once: a lost wake-up would

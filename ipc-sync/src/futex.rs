@@ -9,6 +9,9 @@
 //!   absolute `CLOCK_MONOTONIC` time ([`Deadline`]). A wait interrupted by a signal and retried
 //!   keeps the same deadline, so retries never stretch a timeout, and the kernel never returns
 //!   `ETIMEDOUT` before the deadline, so timeouts never end early.
+//! - **Many words, one sleeper.** [`wait_any`] (`futex_waitv`, Linux >= 5.16) sleeps on up to
+//!   [`WAIT_ANY_MAX`] words at once under the same two rules: the async reactor of
+//!   `ipc-queue` sleeps there for every task that awaits an event count.
 //! - **Outcomes, not errors.** `EAGAIN` (the word no longer held the expected value), `EINTR` (a
 //!   signal) and `ETIMEDOUT` are ordinary results ([`WaitOutcome`]); callers re-check their
 //!   condition and loop.
@@ -150,6 +153,73 @@ pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Deadline>) -> Wait
     }
 }
 
+/// The most words one [`wait_any`] sleeps on (the kernel's `FUTEX_WAITV_MAX`).
+pub const WAIT_ANY_MAX: usize = 128;
+
+/// How a [`wait_any`] ended. Every outcome means "re-check the conditions".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitAnyOutcome {
+    /// Woken by a [`wake`] on `words[i]` (or spuriously).
+    Woken(usize),
+    /// One of the words did not hold its expected value when the wait began (`EAGAIN`).
+    Mismatch,
+    /// A signal arrived (`EINTR`).
+    Interrupted,
+    /// The deadline passed (`ETIMEDOUT`).
+    TimedOut,
+    /// The kernel has no `futex_waitv` (Linux before 5.16, or a seccomp filter refused it), or
+    /// refused the arguments (more than [`WAIT_ANY_MAX`] words): nothing slept. Fall back to
+    /// [`wait`] in slices.
+    Unsupported,
+}
+
+/// Sleeps while every `(word, expected)` pair of `words` holds, until a [`wake`] on any of the
+/// words or `deadline`: `futex_waitv(2)` (Linux >= 5.16), for one thread that waits for many
+/// words at once (an async reactor sleeping for every task that awaits some event count).
+///
+/// The same rules as [`wait`]: shared futexes only (each entry is `FUTEX2_SIZE_U32` without
+/// `FUTEX2_PRIVATE`, so a wake from another process that maps the word meets it), an absolute
+/// `CLOCK_MONOTONIC` deadline, and outcomes instead of errors. The kernel compares every word
+/// and queues the sleeper on all of them atomically with respect to [`wake`], so a wake-up that
+/// follows a change of any word is never lost. At most [`WAIT_ANY_MAX`] words.
+///
+/// ```
+/// use std::sync::atomic::AtomicU32;
+/// use std::time::Duration;
+/// use ipc_sync::futex::{self, Deadline, WaitAnyOutcome};
+///
+/// let (a, b) = (AtomicU32::new(0), AtomicU32::new(7));
+/// // `b` is not 8: the kernel refuses to sleep.
+/// assert_eq!(futex::wait_any(&[(&a, 0), (&b, 8)], None), WaitAnyOutcome::Mismatch);
+/// let r = futex::wait_any(&[(&a, 0), (&b, 7)], Some(Deadline::after(Duration::from_millis(2))));
+/// assert_eq!(r, WaitAnyOutcome::TimedOut);
+/// ```
+pub fn wait_any(words: &[(&AtomicU32, u32)], deadline: Option<Deadline>) -> WaitAnyOutcome {
+    if words.is_empty() || words.len() > WAIT_ANY_MAX {
+        return WaitAnyOutcome::Unsupported;
+    }
+    let mut waits = [sys::Wait::new(); WAIT_ANY_MAX];
+    for (wait, (word, expected)) in waits.iter_mut().zip(words) {
+        wait.val = u64::from(*expected);
+        wait.uaddr = sys::WaitPtr::new(word.as_ptr().cast());
+        // No FUTEX2_PRIVATE: a shared futex, as everywhere in the workspace.
+        wait.flags = sys::WaitFlags::SIZE_U32;
+    }
+    let r = sys::waitv(
+        &waits[..words.len()],
+        sys::WaitvFlags::empty(),
+        deadline.as_ref().map(|d| &d.ts),
+        ClockId::Monotonic,
+    );
+    match r {
+        Ok(i) => WaitAnyOutcome::Woken(i),
+        Err(Errno::AGAIN) => WaitAnyOutcome::Mismatch,
+        Err(Errno::INTR) => WaitAnyOutcome::Interrupted,
+        Err(Errno::TIMEDOUT) => WaitAnyOutcome::TimedOut,
+        Err(_) => WaitAnyOutcome::Unsupported,
+    }
+}
+
 /// Wakes up to `n` processes or threads sleeping in [`wait`] on `word`; returns how many woke.
 ///
 /// A wake costs a system call (~70 ns even with nobody waiting): callers track whether anybody
@@ -164,4 +234,47 @@ pub fn wake(word: &AtomicU32, n: u32) -> usize {
 #[inline]
 pub fn wake_all(word: &AtomicU32) -> usize {
     wake(word, u32::MAX)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// `wait_any` is a shared futex wait: a wake from another process (a forked child, on a
+    /// shared mapping) reaches it, and it reports which word woke it. With a private futex the
+    /// child's wakes would never arrive and the wait would time out.
+    #[test]
+    fn wait_any_is_woken_from_another_process_and_names_the_word() {
+        let seg = ipc_shm::SegmentBuilder::new(64).create().unwrap();
+        let words = seg
+            .get(ipc_shm::Offset::<[AtomicU32; 2]>::from_raw(0))
+            .unwrap();
+        let child = ipc_tests::fork_child(Duration::from_secs(30), || {
+            // Wake word 1 until the parent says (through word 0) that a wake arrived.
+            while words[0].load(Ordering::Acquire) == 0 {
+                wake(&words[1], 1);
+                std::hint::spin_loop();
+            }
+            0
+        });
+        let deadline = Deadline::after(Duration::from_secs(10));
+        let outcome = loop {
+            match wait_any(&[(&words[0], 0), (&words[1], 0)], Some(deadline)) {
+                WaitAnyOutcome::Interrupted => continue,
+                other => break other,
+            }
+        };
+        words[0].store(1, Ordering::Release);
+        child.wait().assert_success();
+        assert_eq!(outcome, WaitAnyOutcome::Woken(1));
+    }
+
+    #[test]
+    fn wait_any_refuses_what_the_kernel_cannot_take() {
+        let word = AtomicU32::new(0);
+        assert_eq!(wait_any(&[], None), WaitAnyOutcome::Unsupported);
+        let too_many = vec![(&word, 0); WAIT_ANY_MAX + 1];
+        assert_eq!(wait_any(&too_many, None), WaitAnyOutcome::Unsupported);
+    }
 }
