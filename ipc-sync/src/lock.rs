@@ -538,10 +538,11 @@ impl Lock {
 
     #[cold]
     fn raw_lock_slow(&self, env: &impl Env, me: Me, wait: Wait) -> Result<Acquired, RawError> {
-        let started = std::time::Instant::now();
+        // A backoff that never spins learns nothing from sleeps: no clock read for it.
+        let started = (!BACKOFF.max().is_zero()).then(std::time::Instant::now);
         let mut slept = false;
         let r = self.lock_loop(env, me, wait, &mut slept);
-        if slept {
+        if let (true, Some(started)) = (slept, started) {
             BACKOFF.slept(started);
         }
         r
