@@ -54,6 +54,7 @@ fn compare_smoke_prints_every_row_and_valid_json() {
         "procspawn pool",
         "socketpair",
         "ipc-channel",
+        "iceoryx2 publish-subscribe",
         "floor: spin ping-pong",
         "floor: futex ping-pong",
         "memcpy",

@@ -359,7 +359,7 @@ fn pipe_echo(builder: PipeBuilder) -> Result<(ipc_pipe::Connection, Child), Stri
 }
 
 /// A word in fresh shared memory for the floor ping-pongs.
-fn shared_word() -> Result<(ipc_shm::Segment, ipc_shm::Offset<AtomicU32>), String> {
+pub(crate) fn shared_word() -> Result<(ipc_shm::Segment, ipc_shm::Offset<AtomicU32>), String> {
     let mut layout = Layout::new();
     let off = layout.add::<AtomicU32>().map_err(|e| e.to_string())?;
     let seg = SegmentBuilder::new(layout.size())
@@ -511,6 +511,7 @@ pub fn pipe_round_trip(p: &Params, hot: bool) -> Vec<Workload> {
                     .with(floor_ping_pong(false, Placement::CrossCore));
             }
             if hot {
+                wl = wl.with(super::iceoryx::ping_pong(size));
                 wl = wl.with(ContenderSpec::new(
                     "crossbeam ping-pong, threads",
                     Kind::Thread,

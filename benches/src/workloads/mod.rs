@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 pub mod crash;
+mod iceoryx;
 mod ipc;
 mod peers;
 mod pooled;

@@ -1,0 +1,251 @@
+//! iceoryx2, the strongest Rust IPC peer, in the pipe round trip: publish-subscribe between two
+//! processes, each message copied into a loaned sample (iceoryx2's `send-copy` mode, so both
+//! sides copy the bytes once, as ours do), the receivers polling `receive()` in a busy loop, as
+//! iceoryx2's own benchmark does. Its services live in shared memory of its own; the echo child
+//! is stopped with a message (never killed), so every port and node is dropped and iceoryx2
+//! removes what it created.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use iceoryx2::port::publisher::Publisher;
+use iceoryx2::port::subscriber::Subscriber;
+use iceoryx2::prelude::*;
+
+use super::{ContenderSpec, Kind, Runner};
+use crate::proc::{Child, fork};
+
+/// The child has its ports: the parent may create its own.
+const CHILD_READY: u32 = 1;
+/// The parent has its ports: the child may start echoing.
+const PARENT_READY: u32 = 2;
+/// The child could not set up (its error went to stderr).
+const CHILD_FAILED: u32 = 3;
+
+type Service = ipc::Service;
+type Tx = Publisher<Service, [u8], ()>;
+type Rx = Subscriber<Service, [u8], ()>;
+
+/// iceoryx2's configuration for one contender: its files (shared memory in `/dev/shm`, node and
+/// service records under a root directory) carry a prefix of our own, so that [`Leftovers`]
+/// can remove what iceoryx2 keeps after its last node is gone (its global management segment).
+fn config(tag: &str) -> Result<Config, String> {
+    let mut c = Config::default();
+    c.global.prefix = FileName::new(format!("iox2bench{tag}_").as_bytes())
+        .map_err(|e| format!("iceoryx2 prefix: {e:?}"))?;
+    c.global.set_root_path(
+        &Path::new(root_dir(tag).as_bytes()).map_err(|e| format!("iceoryx2 root: {e:?}"))?,
+    );
+    Ok(c)
+}
+
+fn root_dir(tag: &str) -> String {
+    format!("/tmp/iox2bench{tag}/")
+}
+
+/// Removes a contender's iceoryx2 files once its nodes are gone.
+struct Leftovers(String);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let prefix = format!("iox2bench{}_", self.0);
+        if let Ok(dir) = std::fs::read_dir("/dev/shm") {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(root_dir(&self.0));
+    }
+}
+
+fn node(config: &Config) -> Result<Node<Service>, String> {
+    NodeBuilder::new()
+        .config(config)
+        .signal_handling_mode(SignalHandlingMode::Disabled)
+        .create::<Service>()
+        .map_err(|e| format!("iceoryx2 node: {e:?}"))
+}
+
+/// Unique service names for one contender (several may exist in one run).
+fn names() -> (String, String, String) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tag = format!("{}x{n}", std::process::id());
+    let base = format!("ipc-bench/{tag}");
+    (format!("{base}/ping"), format!("{base}/pong"), tag)
+}
+
+fn service(
+    node: &Node<Service>,
+    name: &str,
+) -> Result<
+    iceoryx2::service::port_factory::publish_subscribe::PortFactory<Service, [u8], ()>,
+    String,
+> {
+    let name: ServiceName = name.try_into().map_err(|e| format!("{e:?}"))?;
+    node.service_builder(&name)
+        .publish_subscribe::<[u8]>()
+        .max_publishers(1)
+        .max_subscribers(1)
+        .subscriber_max_buffer_size(2)
+        .history_size(0)
+        .enable_safe_overflow(false)
+        .open_or_create()
+        .map_err(|e| format!("iceoryx2 service {name}: {e:?}"))
+}
+
+fn ports(
+    node: &Node<Service>,
+    send_on: &str,
+    receive_on: &str,
+    size: usize,
+) -> Result<(Tx, Rx), String> {
+    let tx = service(node, send_on)?
+        .publisher_builder()
+        .initial_max_slice_len(size.max(1))
+        .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+        .create()
+        .map_err(|e| format!("iceoryx2 publisher: {e:?}"))?;
+    let rx = service(node, receive_on)?
+        .subscriber_builder()
+        .create()
+        .map_err(|e| format!("iceoryx2 subscriber: {e:?}"))?;
+    Ok((tx, rx))
+}
+
+/// Copies `bytes` into a loaned sample and sends it.
+fn send(tx: &Tx, bytes: &[u8]) -> Result<(), String> {
+    let sample = tx
+        .loan_slice_uninit(bytes.len())
+        .map_err(|e| format!("iceoryx2 loan: {e:?}"))?;
+    sample
+        .write_from_slice(bytes)
+        .send()
+        .map(|_| ())
+        .map_err(|e| format!("iceoryx2 send: {e:?}"))
+}
+
+/// Busy-polls `rx` for the next sample and copies it into `buf`; returns its length.
+fn receive(rx: &Rx, buf: &mut [u8]) -> Result<usize, String> {
+    loop {
+        match rx.receive() {
+            Ok(Some(sample)) => {
+                let p = sample.payload();
+                let n = p.len().min(buf.len());
+                buf[..n].copy_from_slice(&p[..n]);
+                return Ok(p.len());
+            }
+            Ok(None) => std::hint::spin_loop(),
+            Err(e) => return Err(format!("iceoryx2 receive: {e:?}")),
+        }
+    }
+}
+
+/// Waits (polling, in set-up only: nothing is timed here) until `flag` leaves `from`.
+fn await_change(flag: &AtomicU32, from: u32) -> Result<u32, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = flag.load(Ordering::Acquire);
+        if v != from {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err("iceoryx2 echo child did not start".into());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// The echo child: answers every message with its copy, until an empty message.
+fn echo(
+    config: &Config,
+    ping: &str,
+    pong: &str,
+    size: usize,
+    flag: &AtomicU32,
+) -> Result<(), String> {
+    let node = node(config)?;
+    let (tx, rx) = ports(&node, pong, ping, size)?;
+    flag.store(CHILD_READY, Ordering::Release);
+    await_change(flag, CHILD_READY)?;
+    let mut buf = vec![0u8; size.max(1)];
+    loop {
+        let n = receive(&rx, &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        send(&tx, &buf[..n])?;
+    }
+}
+
+/// The parent's side and the child, stopped by a message on drop.
+struct Pair {
+    tx: Tx,
+    rx: Rx,
+    _node: Node<Service>,
+    child: Option<Child>,
+    /// The set-up flag's segment, kept until the child is gone.
+    _flag: ipc_shm::Segment,
+    /// Dropped last, once both processes' nodes are gone.
+    _leftovers: Leftovers,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        if send(&self.tx, &[]).is_ok()
+            && let Some(child) = self.child.take()
+        {
+            child.wait();
+        }
+    }
+}
+
+/// The round trip of `size` bytes (`pipe_rtt_hot`).
+pub(crate) fn ping_pong(size: usize) -> ContenderSpec {
+    ContenderSpec::new(
+        "iceoryx2 publish-subscribe (copy, busy poll)",
+        Kind::Process,
+        move || {
+            set_log_level(LogLevel::Error);
+            let (ping, pong, tag) = names();
+            let leftovers = Leftovers(tag.clone());
+            let config = config(&tag)?;
+            let (seg, off) = super::ipc::shared_word()?;
+            let flag = seg.get(off).map_err(|e| e.to_string())?;
+            let (p2, q2) = (ping.clone(), pong.clone());
+            let child = fork(|| {
+                if let Err(e) = echo(&config, &p2, &q2, size, flag) {
+                    eprintln!("{e}");
+                    flag.store(CHILD_FAILED, Ordering::Release);
+                }
+            });
+            if await_change(flag, 0)? == CHILD_FAILED {
+                return Err("the iceoryx2 echo child failed to set up".into());
+            }
+            let node = node(&config)?;
+            let (tx, rx) = ports(&node, &ping, &pong, size)?;
+            flag.store(PARENT_READY, Ordering::Release);
+            let mut pair = Pair {
+                tx,
+                rx,
+                _node: node,
+                child: Some(child),
+                _flag: seg,
+                _leftovers: leftovers,
+            };
+            let msg = vec![7u8; size.max(1)];
+            let mut buf = vec![0u8; size.max(1)];
+            Ok(Runner::new(1, move |iters| {
+                let pair = &mut pair;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    send(&pair.tx, &msg)?;
+                    receive(&pair.rx, &mut buf)?;
+                }
+                Ok(start.elapsed())
+            }))
+        },
+    )
+}
