@@ -28,9 +28,12 @@ pub(crate) struct Job {
     pub(crate) attempts: u32,
     /// Re-encodes arguments `skip..skip + take` of `args` (monomorphised for `A`), for the
     /// rare job that must be split after a worker died.
-    reslice: fn(&[u8], usize, usize) -> Option<Vec<u8>>,
+    reslice: Reslice,
     pub(crate) sink: Arc<dyn Sink>,
 }
+
+/// Re-encodes arguments `skip..skip + take` of an encoded `Vec<A>` (monomorphised for `A`).
+pub(crate) type Reslice = fn(&[u8], usize, usize) -> Option<Vec<u8>>;
 
 fn reslice<A: Serialize + DeserializeOwned>(
     args: &[u8],
@@ -65,6 +68,37 @@ impl Job {
         })
     }
 
+    /// A job over arguments that are already encoded (one bincode `Vec<A>` of `count`), with
+    /// the `reslice` function of their type: how a cluster node runs a chunk it received
+    /// without knowing `A` (`cluster::node`).
+    #[cfg(feature = "nats")]
+    pub(crate) fn from_encoded(
+        id: u64,
+        task: TaskRef,
+        args: Vec<u8>,
+        count: u64,
+        reslice: Reslice,
+        sink: Arc<dyn Sink>,
+    ) -> Job {
+        Job {
+            id,
+            task,
+            args,
+            first: 0,
+            count,
+            attempts: 0,
+            reslice,
+            sink,
+        }
+    }
+
+    /// This job's re-slicing function (monomorphised for its argument type), which a cluster
+    /// caller locates by offset for the node that may have to split the chunk.
+    #[cfg(feature = "nats")]
+    pub(crate) fn reslice_fn(&self) -> Reslice {
+        self.reslice
+    }
+
     /// Fails every argument of the job with `error`.
     pub(crate) fn fail_all(&self, error: &TaskError) {
         for i in 0..self.count {
@@ -78,7 +112,7 @@ impl Job {
     }
 
     /// The job made of this job's arguments with global indexes `from..to`.
-    fn slice(&self, from: u64, to: u64) -> Option<Job> {
+    pub(crate) fn slice(&self, from: u64, to: u64) -> Option<Job> {
         let skip = from.checked_sub(self.first)?;
         let end = to.checked_sub(self.first)?.min(self.count);
         if skip >= end {

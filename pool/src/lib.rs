@@ -73,6 +73,8 @@
 #![deny(unsafe_code)]
 
 mod api;
+#[cfg(feature = "nats")]
+pub mod cluster;
 mod driver;
 mod error;
 mod imap;
