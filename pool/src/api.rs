@@ -616,7 +616,14 @@ impl Pool {
         reslice: crate::job::Reslice,
         sink: Arc<dyn Sink>,
     ) -> Result<(), PoolError> {
-        let job = Job::from_encoded(self.registry.next_job_id(), task, args, count, reslice, sink);
+        let job = Job::from_encoded(
+            self.registry.next_job_id(),
+            task,
+            args,
+            count,
+            reslice,
+            sink,
+        );
         self.submit(job)
     }
 

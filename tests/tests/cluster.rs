@@ -78,11 +78,18 @@ impl NatsServer {
     /// Runs the server and waits until it logs that it is ready.
     fn spawn(&mut self) {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
+        ])
+        .arg(&self.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         os::command_dies_with_parent(&mut cmd);
         let mut child = cmd.spawn().expect("starting nats-server");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -202,7 +209,12 @@ fn crash(how: String) -> u64 {
 /// The parent process id of `pid` (from /proc).
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Kills the node this task runs on (the ancestor whose command line names the node entry).
@@ -241,7 +253,10 @@ fn the_pool_api_on_two_nodes() {
 
     let expected: Vec<u64> = (0..2000).map(|x| x * 2).collect();
     assert_eq!(pool.map(double, 0..2000u64).as_ref(), Ok(&expected));
-    assert_eq!(pool.map_chunked(double, 0..2000u64, 7).as_ref(), Ok(&expected));
+    assert_eq!(
+        pool.map_chunked(double, 0..2000u64, 7).as_ref(),
+        Ok(&expected)
+    );
     assert_eq!(
         pool.starmap(add, (0..100u64).map(|i| (i, i))),
         Ok((0..100).map(|i| 2 * i).collect())
@@ -278,8 +293,14 @@ fn the_pool_api_on_two_nodes() {
     assert_eq!(stats.in_flight, 0, "{stats:?}");
     assert!(stats.done >= 2000 * 2 + 100 + 600 + 500, "{stats:?}");
     pool.close();
-    assert!(pool.join_timeout(Duration::from_secs(30)), "close and join finish");
-    assert_eq!(pool.apply(double, 1), Err(TaskError::Pool(PoolError::Closed)));
+    assert!(
+        pool.join_timeout(Duration::from_secs(30)),
+        "close and join finish"
+    );
+    assert_eq!(
+        pool.apply(double, 1),
+        Err(TaskError::Pool(PoolError::Closed))
+    );
 }
 
 #[test]
@@ -329,8 +350,15 @@ fn failures_stay_with_their_task_and_the_node_lives_on() {
     );
     let start = Instant::now();
     let r = timed.apply(crash, "sleep".to_owned());
-    assert!(matches!(r, Err(TaskError::Timeout { limit }) if limit == Duration::from_millis(500)), "{r:?}");
-    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert!(
+        matches!(r, Err(TaskError::Timeout { limit }) if limit == Duration::from_millis(500)),
+        "{r:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(timed.apply(double, 4), Ok(8), "the node lives on");
 }
 
@@ -412,7 +440,9 @@ fn a_node_of_another_build_refuses_the_task() {
     assert!(
         matches!(
             &r,
-            Err(TaskError::Pool(PoolError::Cluster(ClusterError::BuildMismatch { .. })))
+            Err(TaskError::Pool(PoolError::Cluster(
+                ClusterError::BuildMismatch { .. }
+            )))
         ),
         "{r:?}"
     );
@@ -433,7 +463,10 @@ fn the_server_restarted_mid_map_neither_loses_nor_hangs() {
     let started = Instant::now();
     while !result.ready() && pool.stats().done < n / 3 {
         result.wait_timeout(Duration::from_millis(10));
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress before the restart");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no progress before the restart"
+        );
     }
     server.restart();
     match result.get_timeout(Duration::from_secs(120)) {

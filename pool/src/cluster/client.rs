@@ -164,7 +164,10 @@ impl Dispatcher {
         }
         self.shared.stopping.store(true, Ordering::SeqCst);
         reader.abort();
-        let left: Vec<Job> = lock(&self.shared.in_flight).drain().map(|(_, j)| j).collect();
+        let left: Vec<Job> = lock(&self.shared.in_flight)
+            .drain()
+            .map(|(_, j)| j)
+            .collect();
         for job in left {
             registry.finish_job_error(&job, &TaskError::Terminated);
         }
@@ -202,7 +205,7 @@ impl Dispatcher {
             let frame = match self.frame(&job) {
                 Ok(f) => f,
                 Err(e) => {
-                    self.shared.registry.finish_job_error(&job, &e.into());
+                    self.shared.registry.finish_job_error(&job, &e);
                     continue;
                 }
             };
@@ -364,8 +367,12 @@ impl Shared {
                             match segment {
                                 wire::Segment::Outcomes { first, count, len } => {
                                     let bytes = &payload[offset..offset + len as usize];
-                                    job.sink
-                                        .deliver_encoded(job.first + first, count, bytes, &tally);
+                                    job.sink.deliver_encoded(
+                                        job.first + first,
+                                        count,
+                                        bytes,
+                                        &tally,
+                                    );
                                 }
                                 wire::Segment::Failed { index, error } => {
                                     let e = error.into_task_error(&header.node);

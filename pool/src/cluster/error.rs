@@ -91,7 +91,9 @@ pub enum ClusterError {
     },
     /// The node that took the task runs a different build of the program, so it cannot find
     /// the task's function; it refused the task rather than run the wrong code.
-    #[error("node {node} runs a different build of the program than the caller; it refused the task")]
+    #[error(
+        "node {node} runs a different build of the program than the caller; it refused the task"
+    )]
     BuildMismatch {
         /// The node (host name and pid).
         node: String,

@@ -213,7 +213,11 @@ impl NatsCluster {
     }
 
     /// Authenticate with a user name and password.
-    pub fn user_and_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn user_and_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
         self.auth.user_password = Some((user.into(), password.into()));
         self
     }
@@ -332,14 +336,13 @@ impl NatsCluster {
 /// local worker per CPU) until it is killed. See [`NodeBuilder`] for the settings.
 ///
 /// ```no_run
-/// fn main() {
-///     if let Ok(url) = std::env::var("MY_NODE_URL") {
-///         let err = pool::cluster::serve(&url).unwrap_err();
-///         eprintln!("node stopped: {err}");
-///         std::process::exit(1);
-///     }
-///     // ... the caller's program ...
+/// // First thing in `main`:
+/// if let Ok(url) = std::env::var("MY_NODE_URL") {
+///     let err = pool::cluster::serve(&url).unwrap_err();
+///     eprintln!("node stopped: {err}");
+///     std::process::exit(1);
 /// }
+/// // ... the caller's program ...
 /// ```
 pub fn serve(url: &str) -> Result<std::convert::Infallible, ClusterError> {
     NodeBuilder::new(NatsCluster::new(url)).serve()

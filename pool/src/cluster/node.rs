@@ -150,7 +150,11 @@ struct Node {
 impl Node {
     /// Pulls chunks, at most `capacity` at once, forever; re-creates the consumer after the
     /// server went away.
-    async fn pull(self: Arc<Self>, cluster: &NatsCluster, capacity: usize) -> Result<Infallible, ClusterError> {
+    async fn pull(
+        self: Arc<Self>,
+        cluster: &NatsCluster,
+        capacity: usize,
+    ) -> Result<Infallible, ClusterError> {
         let permits = Arc::new(tokio::sync::Semaphore::new(capacity));
         let mut first = true;
         loop {
@@ -246,7 +250,12 @@ impl Node {
     }
 
     /// Steps 3-5: whether this node may run the chunk.
-    fn check(&self, header: &TaskHeader, args: &[u8], delivered: u32) -> Result<SameBuild, Refusal> {
+    fn check(
+        &self,
+        header: &TaskHeader,
+        args: &[u8],
+        delivered: u32,
+    ) -> Result<SameBuild, Refusal> {
         let Some(same) = SameBuild::matching(&self.build, &header.build) else {
             return Err(Refusal::BuildMismatch {
                 node_build: self.build,
@@ -273,7 +282,12 @@ impl Node {
         args: &[u8],
         same: &SameBuild,
     ) -> (ResultBody, Vec<u8>) {
-        let refuse = |message: String| (ResultBody::Refused(Refusal::NodePool { message }), Vec::new());
+        let refuse = |message: String| {
+            (
+                ResultBody::Refused(Refusal::NodePool { message }),
+                Vec::new(),
+            )
+        };
         let pool = match tokio::task::block_in_place(|| self.pool_for(header.timeout_ms)) {
             Ok(p) => p,
             Err(message) => return refuse(message),

@@ -198,7 +198,11 @@ pub(crate) fn validate(
     };
     for segment in segments {
         match segment {
-            Segment::Outcomes { first, count: n, len } => {
+            Segment::Outcomes {
+                first,
+                count: n,
+                len,
+            } => {
                 let end = first
                     .checked_add(*n)
                     .filter(|&e| e <= count && *n > 0)
