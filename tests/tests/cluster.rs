@@ -206,6 +206,11 @@ fn crash(how: String) -> u64 {
     }
 }
 
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
 /// The parent process id of `pid` (from /proc).
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -411,6 +416,23 @@ fn a_chunk_whose_nodes_die_fails_after_max_attempts() {
         )))
     );
     assert_eq!(pool.apply(double, 5), Ok(10), "the other node lives on");
+}
+
+#[test]
+fn a_task_longer_than_ack_wait_is_not_redelivered() {
+    let _watchdog = ipc_tests::watchdog("long_task", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("long") else {
+        return;
+    };
+    let name = cluster_name("long");
+    let _nodes = [start_node(&server, &name), start_node(&server, &name)];
+    // The nodes' ack_wait is 1 s: without in-progress acks, this 3.5 s task would be redelivered
+    // to the other node, whose delivery count (2) exceeds max_attempts(1).
+    let pool = PoolBuilder::new()
+        .cluster(NatsCluster::new(server.url()).name(&name).max_attempts(1))
+        .build()
+        .expect("a pool");
+    assert_eq!(pool.apply(sleep_ms, 3500), Ok(3500));
 }
 
 #[test]
