@@ -97,7 +97,7 @@ pub use process::{Finished, Process, ProcessBuilder};
 pub use result::AsyncResult;
 pub use start::StartMethod;
 pub use start::init::init;
-pub use stats::{PoolStats, WorkerState, WorkerStats};
+pub use stats::{NodeStats, PoolStats, WorkerState, WorkerStats};
 
 /// A progress hook for [`Pool::map_with_progress`] that draws an `indicatif` progress bar on
 /// standard error.

@@ -240,6 +240,36 @@ fn kill_my_node(_: u32) -> u32 {
 }
 
 #[test]
+fn an_unreachable_server_is_a_typed_error_at_build() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let r = PoolBuilder::new()
+        .cluster(NatsCluster::new(format!("nats://127.0.0.1:{port}")))
+        .build();
+    let Err(PoolError::Cluster(ClusterError::Connect { url, source })) = r else {
+        panic!("{r:?}");
+    };
+    assert!(url.ends_with(&port.to_string()));
+    assert!(
+        std::error::Error::source(&source).is_some(),
+        "the client's error is kept"
+    );
+    let bad_name = PoolBuilder::new()
+        .cluster(NatsCluster::new("nats://127.0.0.1:1").name("a.b"))
+        .build();
+    assert!(
+        matches!(
+            bad_name,
+            Err(PoolError::Cluster(ClusterError::Config { .. }))
+        ),
+        "{bad_name:?}"
+    );
+}
+
+#[test]
 fn the_pool_api_on_two_nodes() {
     let _watchdog = ipc_tests::watchdog("the_pool_api_on_two_nodes", Duration::from_secs(240));
     let Some(server) = NatsServer::start("api") else {
@@ -297,6 +327,20 @@ fn the_pool_api_on_two_nodes() {
     let stats = pool.stats();
     assert_eq!(stats.in_flight, 0, "{stats:?}");
     assert!(stats.done >= 2000 * 2 + 100 + 600 + 500, "{stats:?}");
+    // Nodes report themselves every second: wait for both, each with its two workers.
+    let started = Instant::now();
+    let mut nodes = pool.stats().nodes;
+    while nodes.len() < 2 && started.elapsed() < Duration::from_secs(20) {
+        let _ = pool
+            .apply_async(double, 0)
+            .wait_timeout(Duration::from_millis(100));
+        nodes = pool.stats().nodes;
+    }
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for node in &nodes {
+        assert_eq!(node.workers.len(), 2, "{node:?}");
+        assert!(node.done > 0, "{node:?}");
+    }
     pool.close();
     assert!(
         pool.join_timeout(Duration::from_secs(30)),

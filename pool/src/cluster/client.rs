@@ -20,12 +20,13 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::wire::{self, ResultBody, ResultHeader, TaskHeader};
+use super::wire::{self, NodeReport, ResultBody, ResultHeader, TaskHeader, WorkerReport};
 use super::{ClusterError, NatsCluster, NatsError, setup};
 use crate::api::Settings;
 use crate::error::{PoolError, TaskError};
 use crate::job::Job;
 use crate::registry::{Registry, lock};
+use crate::stats::NodeStats;
 use crate::task::ResliceRef;
 use crate::wire::protocol;
 
@@ -83,6 +84,14 @@ pub(crate) fn start(settings: Settings) -> Result<Arc<Registry>, PoolError> {
     })?;
     let max_payload = client.server_info().max_payload.max(1024);
     let registry = Arc::new(Registry::new(settings));
+    let nodes = Arc::new(Mutex::new(HashMap::new()));
+    let subscribed = rt.block_on(client.subscribe(format!("pool.{}.nodes", cluster.name)));
+    if let Ok(reports) = subscribed {
+        rt.spawn(read_reports(reports, nodes.clone()));
+    }
+    let _ = registry
+        .nodes
+        .set(Box::new(move || node_stats(&lock(&nodes))));
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         tasks_subject: format!("pool.{}.tasks.{pool_id}", cluster.name),
@@ -209,7 +218,7 @@ impl Dispatcher {
                     continue;
                 }
             };
-            if frame.len() > self.max_payload {
+            if frame.len() > self.max_payload || job.count > wire::MAX_TASKS_PER_MESSAGE {
                 if job.count <= 1 {
                     let e = ClusterError::TooLarge {
                         len: frame.len(),
@@ -386,6 +395,43 @@ impl Shared {
         }
         self.notify_if_drained();
     }
+}
+
+/// The latest report of every node, and when it arrived.
+type NodeTable = HashMap<String, (Instant, NodeReport)>;
+
+/// Keeps the latest report of every node.
+async fn read_reports(mut reports: async_nats::Subscriber, nodes: Arc<Mutex<NodeTable>>) {
+    while let Some(msg) = reports.next().await {
+        if let Ok((report, rest)) = protocol::unframe::<NodeReport>(&msg.payload)
+            && rest.is_empty()
+        {
+            let mut table = lock(&nodes);
+            table.retain(|_, (at, _)| at.elapsed() < STALE);
+            table.insert(report.node.clone(), (Instant::now(), report));
+        }
+    }
+}
+
+/// A node whose last report is older than this is left out of `stats` (it reports every second).
+const STALE: Duration = Duration::from_secs(3);
+
+/// The nodes that reported recently, for `Pool::stats`.
+fn node_stats(table: &NodeTable) -> Vec<NodeStats> {
+    let mut nodes: Vec<NodeStats> = table
+        .values()
+        .filter(|(at, _)| at.elapsed() < STALE)
+        .map(|(at, r)| NodeStats {
+            name: r.node.clone(),
+            workers: r.workers.iter().map(WorkerReport::stats).collect(),
+            in_flight: r.in_flight,
+            done: r.done,
+            failed: r.failed,
+            last_seen: at.elapsed(),
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes
 }
 
 /// Reads this pool's results through an ordered consumer, re-created from the last sequence

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +28,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::wire::{
-    self, BuildId, Refusal, ResultBody, ResultHeader, Segment, TaskHeader, WireError,
+    self, BuildId, NodeReport, Refusal, ResultBody, ResultHeader, Segment, TaskHeader, WireError,
+    WorkerReport,
 };
 use super::{ClusterError, NatsCluster, setup};
 use crate::error::TaskError;
@@ -114,8 +116,11 @@ impl NodeBuilder {
         let capacity = self.max_in_flight.unwrap_or(processes * 2);
         rt.block_on(async move {
             let client = setup::connect(&self.cluster, &format!("pool-node-{name}")).await?;
-            let js = jetstream::new(client);
+            let js = jetstream::new(client.clone());
             let node = Arc::new(Node {
+                client,
+                nodes_subject: format!("pool.{}.nodes", self.cluster.name),
+                in_flight: AtomicU64::new(0),
                 results_prefix: format!("pool.{}.results.", self.cluster.name),
                 name,
                 build: wire::build_id(),
@@ -123,6 +128,14 @@ impl NodeBuilder {
                 processes,
                 pools: Mutex::new(HashMap::from([(None, Arc::new(local))])),
                 ack_wait: self.ack_wait,
+            });
+            let reporter = node.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(REPORT_EVERY);
+                loop {
+                    every.tick().await;
+                    reporter.report().await;
+                }
             });
             node.pull(&self.cluster, capacity).await
         })
@@ -135,8 +148,15 @@ fn node_name() -> String {
     format!("{}:{}", host.trim(), std::process::id())
 }
 
+/// How often a node reports itself on `pool.<name>.nodes` (for callers' `stats`).
+pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
+
 /// A running node.
 struct Node {
+    client: async_nats::Client,
+    nodes_subject: String,
+    /// Tasks held: running, or waiting for a local worker.
+    in_flight: AtomicU64,
     name: String,
     build: BuildId,
     js: jetstream::Context,
@@ -230,7 +250,12 @@ impl Node {
         }
         let (body, payload) = match self.check(&header, args, delivered) {
             Err(refusal) => (ResultBody::Refused(refusal), Vec::new()),
-            Ok(same) => self.run(&msg, &header, args, &same).await,
+            Ok(same) => {
+                self.in_flight.fetch_add(header.count, Ordering::Relaxed);
+                let ran = self.run(&msg, &header, args, &same).await;
+                self.in_flight.fetch_sub(header.count, Ordering::Relaxed);
+                ran
+            }
         };
         let result = ResultHeader {
             job: header.job,
@@ -247,6 +272,34 @@ impl Node {
             let _ = msg.ack().await;
         }
         // Not stored: no ack, so the chunk is redelivered after `ack_wait`.
+    }
+
+    /// Publishes this node's [`NodeReport`] (best effort: a lost report only makes the node
+    /// look idle for a second).
+    async fn report(&self) {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
+        let mut report = NodeReport {
+            node: self.name.clone(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            done: 0,
+            failed: 0,
+            workers: Vec::new(),
+        };
+        for pool in pools {
+            let stats = pool.stats();
+            report.done += stats.done;
+            report.failed += stats.failed;
+            report
+                .workers
+                .extend(stats.workers.iter().map(WorkerReport::new));
+        }
+        let mut frame = Vec::new();
+        if protocol::frame(&report, &[], &mut frame).is_ok() {
+            let _ = self
+                .client
+                .publish(self.nodes_subject.clone(), Bytes::from(frame))
+                .await;
+        }
     }
 
     /// Steps 3-5: whether this node may run the chunk.
@@ -266,7 +319,10 @@ impl Node {
                 attempts: delivered - 1,
             });
         }
-        if header.count == 0 || wire::sequence_len(args) != Some(header.count) {
+        if header.count == 0
+            || header.count > wire::MAX_TASKS_PER_MESSAGE
+            || wire::sequence_len(args) != Some(header.count)
+        {
             return Err(Refusal::BadTask {
                 detail: format!("the payload does not hold {} arguments", header.count),
             });

@@ -16,11 +16,12 @@
 //! is refused as [`ClusterError::BadFrame`](super::ClusterError::BadFrame).
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Exit, TaskError};
+use crate::stats::{WorkerState, WorkerStats};
 use crate::task::{ResliceRef, TaskRef};
 
 /// A build's identity: the length of its executable and a 64-bit hash of all its bytes. Two
@@ -56,6 +57,10 @@ fn hash(bytes: &[u8]) -> u64 {
     h = h.wrapping_mul(K);
     h ^ (h >> 29)
 }
+
+/// The most tasks one message may carry: a caller splits larger chunks, a node refuses a
+/// message that claims more (so a hostile count cannot make it report millions of failures).
+pub(crate) const MAX_TASKS_PER_MESSAGE: u64 = 1 << 20;
 
 /// Caller → node: run `task` over the payload's `count` arguments.
 #[derive(Debug, Serialize, Deserialize)]
@@ -245,6 +250,83 @@ pub(crate) fn sequence_len(bytes: &[u8]) -> Option<u64> {
         252 => Some(u64::from(u32::from_le_bytes(*rest.first_chunk::<4>()?))),
         253 => Some(u64::from_le_bytes(*rest.first_chunk::<8>()?)),
         _ => None,
+    }
+}
+
+/// Node → every caller, once a second on the cluster's core subject `pool.<name>.nodes`: what
+/// the node is doing, for `Pool::stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct NodeReport {
+    pub(crate) node: String,
+    pub(crate) in_flight: u64,
+    pub(crate) done: u64,
+    pub(crate) failed: u64,
+    pub(crate) workers: Vec<WorkerReport>,
+}
+
+/// One worker of a node, in a [`NodeReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerReport {
+    pid: u32,
+    state: u8,
+    current_task: Option<u64>,
+    running_us: Option<u64>,
+    tasks_done: u64,
+    tasks_failed: u64,
+    restarts: u64,
+    rss_bytes: u64,
+    cpu_us: u64,
+    age_us: u64,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl WorkerReport {
+    pub(crate) fn new(w: &WorkerStats) -> WorkerReport {
+        WorkerReport {
+            pid: w.pid,
+            state: match w.state {
+                WorkerState::Starting => 0,
+                WorkerState::Idle => 1,
+                WorkerState::Busy => 2,
+                WorkerState::Retiring => 3,
+            },
+            current_task: w.current_task,
+            running_us: w.current_task_runtime.map(micros),
+            tasks_done: w.tasks_done,
+            tasks_failed: w.tasks_failed,
+            restarts: w.restarts,
+            rss_bytes: w.rss_bytes,
+            cpu_us: micros(w.cpu_time),
+            age_us: micros(w.started.elapsed()),
+        }
+    }
+
+    /// The worker as the caller's `stats` shows it (its start time taken back from its age).
+    pub(crate) fn stats(&self) -> WorkerStats {
+        let now = Instant::now();
+        let ago = |us: u64| now.checked_sub(Duration::from_micros(us)).unwrap_or(now);
+        let running = self.running_us.map(Duration::from_micros);
+        WorkerStats {
+            pid: self.pid,
+            state: match self.state {
+                0 => WorkerState::Starting,
+                2 => WorkerState::Busy,
+                3 => WorkerState::Retiring,
+                _ => WorkerState::Idle,
+            },
+            current_task: self.current_task,
+            current_task_runtime: running,
+            tasks_done: self.tasks_done,
+            tasks_failed: self.tasks_failed,
+            restarts: self.restarts,
+            rss_bytes: self.rss_bytes,
+            cpu_time: Duration::from_micros(self.cpu_us),
+            started: ago(self.age_us),
+            busy_since: self.running_us.map(ago),
+        }
     }
 }
 
