@@ -385,11 +385,22 @@ fn failures_stay_with_their_task_and_the_node_lives_on() {
     }
     // A chunk with a crash in the middle: the other tasks of the chunk still get their results.
     let mixed = ["ok", "segv", "ok", "ok"].map(String::from);
-    let chunk: Vec<_> = pool
-        .imap_chunked(crash, mixed, 4)
-        .map(|r| r.is_ok())
-        .collect();
-    assert_eq!(chunk, [true, false, true, true]);
+    let chunk: Vec<_> = pool.imap_chunked(crash, mixed, 4).collect();
+    // (The first task's result may be lost with its worker, as locally: a result of a task
+    // shorter than 50 us finished just before the crash is not sent yet.)
+    assert!(
+        matches!(chunk[0], Ok(7) | Err(TaskError::WorkerLost { .. })),
+        "{chunk:?}"
+    );
+    assert!(
+        matches!(chunk[1], Err(TaskError::WorkerLost { .. })),
+        "{chunk:?}"
+    );
+    assert_eq!(
+        chunk[2..],
+        [Ok(7), Ok(7)],
+        "the rest of the chunk ran elsewhere"
+    );
     assert_eq!(pool.apply(double, 3), Ok(6), "the node lives on");
 
     let timed = cluster_pool(
