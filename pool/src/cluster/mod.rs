@@ -56,6 +56,14 @@
 //! - The pool's `initializer`, `processes` and sizing settings do not apply: each node sizes its
 //!   own local pool ([`NodeBuilder::processes`]).
 //!
+//! # Progress and stats
+//!
+//! `map_with_progress` reports as results arrive, as locally. [`Pool::stats`](crate::Pool::stats)
+//! counts the pool's tasks (`submitted`, `done`, `failed`, `in_flight`) and lists the nodes
+//! that reported in the last 3 s ([`PoolStats::nodes`](crate::PoolStats::nodes)): each node's
+//! workers (pid, state, current task, memory, CPU time) and the tasks it holds. Nodes report
+//! once a second on the cluster's core subject `pool.<name>.nodes`.
+//!
 //! # Clean-up
 //!
 //! Every pool publishes and reads subjects with a name unique to it, purges them on
