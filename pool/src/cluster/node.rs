@@ -90,7 +90,7 @@ impl NodeBuilder {
     }
 
     /// How many chunks the node holds at once, running or waiting for a local worker
-    /// (default: two per local worker).
+    /// (default: four per local worker, at least 8), which hides the round trips to the server.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = Some(n.max(1));
         self
@@ -113,7 +113,7 @@ impl NodeBuilder {
                 message: e.to_string(),
             })?;
         let rt = super::runtime("pool-node", 2)?;
-        let capacity = self.max_in_flight.unwrap_or(processes * 2);
+        let capacity = self.max_in_flight.unwrap_or((processes * 4).max(8));
         rt.block_on(async move {
             let client = setup::connect(&self.cluster, &format!("pool-node-{name}")).await?;
             let js = jetstream::new(client.clone());
@@ -344,7 +344,12 @@ impl Node {
                 Vec::new(),
             )
         };
-        let pool = match tokio::task::block_in_place(|| self.pool_for(header.timeout_ms)) {
+        // The pool exists but for a chunk with a new timeout; only making one blocks.
+        let existing = lock(&self.pools).get(&header.timeout_ms).cloned();
+        let pool = match existing.map_or_else(
+            || tokio::task::block_in_place(|| self.pool_for(header.timeout_ms)),
+            Ok,
+        ) {
             Ok(p) => p,
             Err(message) => return refuse(message),
         };
