@@ -98,7 +98,8 @@ impl PoolBuilder {
     /// (feature `nats`); every `Pool` method works the same. See [`crate::cluster`] for the
     /// nodes, the guarantees and where they differ from a local pool's. `processes`,
     /// `max_workers` and the sizing settings then do not apply (each node sizes its own local
-    /// pool); `task_timeout` is enforced on the nodes.
+    /// pool); `task_timeout` is enforced on the nodes; an `initializer` is refused by `build`
+    /// ([`ClusterError::Config`](crate::cluster::ClusterError::Config)).
     #[cfg(feature = "nats")]
     pub fn cluster(mut self, cluster: crate::cluster::NatsCluster) -> Self {
         self.cluster = Some(cluster);
@@ -206,6 +207,12 @@ impl PoolBuilder {
         }
         #[cfg(feature = "nats")]
         if let Some(cluster) = self.cluster {
+            if self.initializer.is_some() {
+                return Err(crate::cluster::ClusterError::Config {
+                    detail: "an initializer does not run on cluster nodes".to_owned(),
+                }
+                .into());
+            }
             let settings = Settings {
                 processes: 0,
                 // The cluster's one dispatcher counts as the one "worker", so the pool never
@@ -671,8 +678,13 @@ impl Pool {
         self.registry.stats()
     }
 
-    /// The number of live workers.
+    /// The number of live workers (of a cluster pool: the workers of the nodes that reported in
+    /// the last few seconds).
     pub fn workers(&self) -> usize {
+        #[cfg(feature = "nats")]
+        if self.registry.settings.cluster.is_some() {
+            return self.stats().nodes.iter().map(|n| n.workers.len()).sum();
+        }
         self.registry.workers.load(Ordering::SeqCst)
     }
 }

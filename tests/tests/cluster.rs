@@ -267,6 +267,18 @@ fn an_unreachable_server_is_a_typed_error_at_build() {
         ),
         "{bad_name:?}"
     );
+    fn setup(_: u32) {}
+    let with_initializer = PoolBuilder::new()
+        .initializer(setup, 1)
+        .cluster(NatsCluster::new("nats://127.0.0.1:1"))
+        .build();
+    assert!(
+        matches!(
+            with_initializer,
+            Err(PoolError::Cluster(ClusterError::Config { .. }))
+        ),
+        "{with_initializer:?}"
+    );
 }
 
 #[test]
@@ -342,6 +354,7 @@ fn the_pool_api_on_two_nodes() {
     }
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     assert!(counted(&nodes) >= stats.done, "{nodes:?}");
+    assert_eq!(pool.workers(), 4, "two nodes of two workers");
     for node in &nodes {
         assert_eq!(node.workers.len(), 2, "{node:?}");
         assert!(node.last_seen < Duration::from_secs(3), "{node:?}");
