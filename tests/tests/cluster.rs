@@ -584,7 +584,16 @@ fn chaos_nodes_killed_and_restarted_during_a_large_map() {
     };
     let name = cluster_name("chaos");
     let mut nodes: Vec<ChildProcess> = (0..3).map(|_| start_node(&server, &name)).collect();
-    let pool = cluster_pool(&server, &name, PoolBuilder::new());
+    // Retry lost chunks however often their nodes are killed: a chunk may meet several victims
+    // in a row, and this test is about losing nothing (max_attempts has its own test).
+    let pool = PoolBuilder::new()
+        .cluster(
+            NatsCluster::new(server.url())
+                .name(&name)
+                .max_attempts(1000),
+        )
+        .build()
+        .expect("a cluster pool");
     let n = 100_000u64;
     let chunk = 250;
     let started = Instant::now();
