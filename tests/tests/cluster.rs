@@ -139,6 +139,20 @@ impl Drop for NatsServer {
     }
 }
 
+/// How many messages the stream `stream` holds now (read with the NATS client itself).
+fn stream_messages(server: &NatsServer, stream: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.expect("the stream");
+        stream.info().await.expect("its info").state.messages
+    })
+}
+
 /// A cluster name unique to this test process and test.
 fn cluster_name(label: &str) -> String {
     format!("t{}_{label}", std::process::id())
@@ -359,11 +373,19 @@ fn the_pool_api_on_two_nodes() {
         assert_eq!(node.workers.len(), 2, "{node:?}");
         assert!(node.last_seen < Duration::from_secs(3), "{node:?}");
     }
+    let results_stream = format!("POOL_{name}_RESULTS");
+    assert!(
+        stream_messages(&server, &results_stream) > 0,
+        "results are stored"
+    );
     pool.close();
     assert!(
         pool.join_timeout(Duration::from_secs(30)),
         "close and join finish"
     );
+    // Closing removed the pool's messages from both streams.
+    assert_eq!(stream_messages(&server, &results_stream), 0);
+    assert_eq!(stream_messages(&server, &format!("POOL_{name}_TASKS")), 0);
     assert_eq!(
         pool.apply(double, 1),
         Err(TaskError::Pool(PoolError::Closed))
