@@ -70,7 +70,8 @@ OPTIONS:
   --workloads A,B,..    only workloads whose id or family starts with these
                         (apply, map_trivial, cpu_10us, cpu_100us, payload_1MiB,
                         crash_recovery, queue_spsc, queue_mpmc, pipe_rtt_hot,
-                        pipe_rtt_asleep, lock_handoff; `--list` shows every id)
+                        pipe_rtt_asleep, lock_handoff, cluster_apply, cluster_map;
+                        `--list` shows every id)
   --sizes 64,4096,..    message sizes in bytes for the queue and pipe workloads
                         (suffixes k/K = KiB, m/M = MiB; default 64,64k)
   --workers 1,2,..      worker counts for the CPU-bound workloads (default 1..CPUs)
@@ -148,6 +149,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
                     slow_peer_tasks: 10,
                     max_msgs: 5_000,
                     python: false,
+                    cluster: false,
                 };
                 cfg.reps = 2;
                 cfg.sample_time = Duration::from_millis(2);

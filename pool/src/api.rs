@@ -62,6 +62,8 @@ pub struct PoolBuilder {
     initializer_error: Option<ConfigError>,
     restart_limit: (u32, Duration),
     max_in_flight: Option<usize>,
+    #[cfg(feature = "nats")]
+    cluster: Option<crate::cluster::NatsCluster>,
 }
 
 impl Default for PoolBuilder {
@@ -87,7 +89,21 @@ impl PoolBuilder {
             initializer_error: None,
             restart_limit: (5, Duration::from_secs(10)),
             max_in_flight: None,
+            #[cfg(feature = "nats")]
+            cluster: None,
         }
+    }
+
+    /// Runs the pool's tasks on a NATS JetStream cluster of nodes instead of local workers
+    /// (feature `nats`); every `Pool` method works the same. See [`crate::cluster`] for the
+    /// nodes, the guarantees and where they differ from a local pool's. `processes`,
+    /// `max_workers` and the sizing settings then do not apply (each node sizes its own local
+    /// pool); `task_timeout` is enforced on the nodes; an `initializer` is refused by `build`
+    /// ([`ClusterError::Config`](crate::cluster::ClusterError::Config)).
+    #[cfg(feature = "nats")]
+    pub fn cluster(mut self, cluster: crate::cluster::NatsCluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// How many workers to start (and keep, at least). Default: the CPUs this process may use,
@@ -191,6 +207,35 @@ impl PoolBuilder {
         if self.task_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroTaskTimeout.into());
         }
+        #[cfg(feature = "nats")]
+        if let Some(cluster) = self.cluster {
+            if self.initializer.is_some() {
+                return Err(crate::cluster::ClusterError::Config {
+                    detail: "an initializer does not run on cluster nodes".to_owned(),
+                }
+                .into());
+            }
+            let settings = Settings {
+                processes: 0,
+                // The cluster's one dispatcher counts as the one "worker", so the pool never
+                // grows local workers.
+                max_workers: 1,
+                min_idle: 0,
+                max_idle: 1,
+                idle_timeout: None,
+                max_tasks_per_child: None,
+                max_memory_per_child: None,
+                task_timeout: self.task_timeout,
+                start_method: StartMethod::Fork,
+                initializer: None,
+                restart_limit: self.restart_limit,
+                max_in_flight: self.max_in_flight.unwrap_or(cluster.default_in_flight()),
+                cluster: Some(cluster),
+            };
+            return Ok(Pool {
+                registry: crate::cluster::start(settings)?,
+            });
+        }
         let processes = self.processes.unwrap_or_else(ipc_shm::os::available_cpus);
         if processes == 0 && self.max_workers.unwrap_or(0) == 0 {
             return Err(ConfigError::NoWorkers.into());
@@ -211,6 +256,8 @@ impl PoolBuilder {
             initializer: self.initializer,
             restart_limit: self.restart_limit,
             max_in_flight: self.max_in_flight.unwrap_or((max_workers * 4).max(16)),
+            #[cfg(feature = "nats")]
+            cluster: None,
         };
         Pool::start(settings)
     }
@@ -232,6 +279,9 @@ pub(crate) struct Settings {
     pub(crate) initializer: Option<(TaskRef, Args)>,
     pub(crate) restart_limit: (u32, Duration),
     pub(crate) max_in_flight: usize,
+    /// Where the tasks run when not on local workers (feature `nats`).
+    #[cfg(feature = "nats")]
+    pub(crate) cluster: Option<crate::cluster::NatsCluster>,
 }
 
 /// A pool of worker processes, like Python's `multiprocessing.Pool`.
@@ -616,6 +666,10 @@ impl Pool {
         if self.registry.settings.task_timeout.is_some() {
             return 1;
         }
+        #[cfg(feature = "nats")]
+        if let Some(cluster) = &self.registry.settings.cluster {
+            return cluster.auto_chunksize(len);
+        }
         let workers = self.registry.settings.max_workers.max(1);
         len.div_ceil(workers * 4).max(1)
     }
@@ -722,6 +776,28 @@ impl Pool {
         self.submit(job).map_err(TaskError::from)
     }
 
+    /// Queues a job whose arguments are already encoded (a cluster node running a chunk it
+    /// received; `cluster::node`).
+    #[cfg(feature = "nats")]
+    pub(crate) fn submit_encoded(
+        &self,
+        task: TaskRef,
+        args: Vec<u8>,
+        count: u64,
+        reslice: crate::job::Reslice,
+        sink: Arc<dyn Sink>,
+    ) -> Result<(), PoolError> {
+        let job = Job::from_encoded(
+            self.registry.next_job_id(),
+            task,
+            args,
+            count,
+            reslice,
+            sink,
+        );
+        self.submit(job)
+    }
+
     pub(crate) fn max_in_flight(&self) -> usize {
         self.registry.settings.max_in_flight
     }
@@ -767,8 +843,13 @@ impl Pool {
         self.registry.stats()
     }
 
-    /// The number of live workers.
+    /// The number of live workers (of a cluster pool: the workers of the nodes that reported in
+    /// the last few seconds).
     pub fn workers(&self) -> usize {
+        #[cfg(feature = "nats")]
+        if self.registry.settings.cluster.is_some() {
+            return self.stats().nodes.iter().map(|n| n.workers.len()).sum();
+        }
         self.registry.workers.load(Ordering::SeqCst)
     }
 }

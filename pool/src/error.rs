@@ -242,6 +242,11 @@ pub enum PoolError {
     /// A system call failed.
     #[error(transparent)]
     Os(#[from] OsError),
+    /// The cluster (feature `nats`) could not take or run the task: a node of another build,
+    /// a task delivered `max_attempts` times, the NATS server unreachable, a refused frame.
+    #[cfg(feature = "nats")]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl PoolError {

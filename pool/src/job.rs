@@ -58,7 +58,7 @@ pub(crate) struct Job {
     pub(crate) attempts: u32,
     /// Re-encodes arguments `skip..skip + take` of `args` (monomorphised for `A`), for the
     /// rare job that must be split after a worker died.
-    reslice: fn(&Args, usize, usize) -> Option<Args>,
+    reslice: Reslice,
     pub(crate) sink: Arc<dyn Sink>,
     /// Shared by the jobs of one cancellable handle (none for a synchronous `apply`).
     pub(crate) cancel: Option<Arc<CancelToken>>,
@@ -129,6 +129,10 @@ impl CancelToken {
     }
 }
 
+/// Re-encodes arguments `skip..skip + take` of encoded arguments, descriptors included
+/// (`wire::args::reslice` monomorphised for the argument type).
+pub(crate) type Reslice = fn(&Args, usize, usize) -> Option<Args>;
+
 impl Job {
     /// The job `id` running `task` over `args`, the first of which has global index `first`;
     /// outcomes go to `sink`.
@@ -155,6 +159,41 @@ impl Job {
         })
     }
 
+    /// A job over arguments that are already encoded (one bincode `Vec<A>` of `count`), with
+    /// the `reslice` function of their type: how a cluster node runs a chunk it received
+    /// without knowing `A` (`cluster::node`).
+    #[cfg(feature = "nats")]
+    pub(crate) fn from_encoded(
+        id: u64,
+        task: TaskRef,
+        args: Vec<u8>,
+        count: u64,
+        reslice: Reslice,
+        sink: Arc<dyn Sink>,
+    ) -> Job {
+        Job {
+            id,
+            task,
+            args,
+            // A cluster message carries no descriptors (handles do not travel between
+            // machines): a handle in a cluster task's argument fails to encode at submit.
+            fds: None,
+            first: 0,
+            count,
+            attempts: 0,
+            reslice,
+            sink,
+            cancel: None,
+        }
+    }
+
+    /// This job's re-slicing function (monomorphised for its argument type), which a cluster
+    /// caller locates by offset for the node that may have to split the chunk.
+    #[cfg(feature = "nats")]
+    pub(crate) fn reslice_fn(&self) -> Reslice {
+        self.reslice
+    }
+
     /// Fails every argument of the job with `error`.
     pub(crate) fn fail_all(&self, error: &TaskError) {
         for i in 0..self.count {
@@ -174,7 +213,7 @@ impl Job {
     }
 
     /// The job made of this job's arguments with global indexes `from..to`.
-    fn slice(&self, from: u64, to: u64) -> Option<Job> {
+    pub(crate) fn slice(&self, from: u64, to: u64) -> Option<Job> {
         let skip = from.checked_sub(self.first)?;
         let end = to.checked_sub(self.first)?.min(self.count);
         if skip >= end {

@@ -188,6 +188,8 @@
 #![deny(unsafe_code)]
 
 mod api;
+#[cfg(feature = "nats")]
+pub mod cluster;
 mod driver;
 mod error;
 mod imap;
@@ -213,7 +215,7 @@ pub use process::{DEFAULT_DROP_GRACE, Finished, Process, ProcessBuilder};
 pub use result::{AsyncResult, CancelOutcome};
 pub use start::StartMethod;
 pub use start::init::init;
-pub use stats::{PoolStats, WorkerState, WorkerStats};
+pub use stats::{NodeStats, PoolStats, WorkerState, WorkerStats};
 
 /// A progress hook for [`Pool::map_with_progress`] that draws an `indicatif` progress bar on
 /// standard error.

@@ -48,6 +48,9 @@ pub(crate) struct Registry {
     done: AtomicU64,
     failed: AtomicU64,
     in_flight: AtomicU64,
+    /// A cluster pool's view of its nodes, for `stats` (feature `nats`).
+    #[cfg(feature = "nats")]
+    pub(crate) nodes: std::sync::OnceLock<Box<dyn Fn() -> Vec<crate::NodeStats> + Send + Sync>>,
 }
 
 /// Locks `m`, ignoring poisoning (every critical section leaves its data consistent).
@@ -81,6 +84,8 @@ impl Registry {
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            #[cfg(feature = "nats")]
+            nodes: std::sync::OnceLock::new(),
             settings,
         }
     }
@@ -234,6 +239,10 @@ impl Registry {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             queued: self.rx.len() as u64,
             workers,
+            #[cfg(feature = "nats")]
+            nodes: self.nodes.get().map(|f| f()).unwrap_or_default(),
+            #[cfg(not(feature = "nats"))]
+            nodes: Vec::new(),
         }
     }
 }

@@ -61,4 +61,25 @@ pub struct PoolStats {
     pub queued: u64,
     /// Every live worker.
     pub workers: Vec<WorkerStats>,
+    /// The cluster's nodes that reported in the last few seconds, each with its workers (a pool
+    /// built with `PoolBuilder::cluster`, feature `nats`); empty for a local pool.
+    pub nodes: Vec<NodeStats>,
+}
+
+/// One node of a cluster pool, as its last report showed it.
+#[derive(Debug, Clone)]
+pub struct NodeStats {
+    /// The node's name: its host name and pid.
+    pub name: String,
+    /// Its local workers.
+    pub workers: Vec<WorkerStats>,
+    /// Tasks it holds (running, or waiting for one of its workers), of every pool of the
+    /// cluster.
+    pub in_flight: u64,
+    /// Tasks it finished with a result since it started.
+    pub done: u64,
+    /// Tasks that failed on it since it started.
+    pub failed: u64,
+    /// How long ago its last report arrived.
+    pub last_seen: Duration,
 }

@@ -137,6 +137,37 @@ impl TaskRef {
     }
 }
 
+/// A job's argument re-slicer ([`crate::job::Reslice`], monomorphised for the argument type),
+/// located like a task function: by its offset from the anchor. A cluster caller sends it with
+/// each chunk, so that a node, which does not know the argument type, can split the chunk when
+/// one of its local workers dies part-way through (the rest of the chunk runs elsewhere).
+#[cfg(feature = "nats")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ResliceRef(i64);
+
+#[cfg(feature = "nats")]
+impl ResliceRef {
+    /// The reference to `f`, a `reslice::<A>` of this executable.
+    pub(crate) fn new(f: crate::job::Reslice) -> ResliceRef {
+        ResliceRef(f as *const () as usize as i64 - anchor() as i64)
+    }
+
+    /// The function this reference was made from, in this process.
+    ///
+    /// `build` is the proof that makes this safe: a node makes it only after the caller's build
+    /// identity (a hash of its whole executable) matched its own.
+    pub(crate) fn resolve(self, build: &SameBuild) -> crate::job::Reslice {
+        let _ = build;
+        let addr = (anchor() as i64).wrapping_add(self.0) as usize;
+        // SAFETY: transmuting a `usize` to a fn pointer is sound if the address is that of a
+        // function of that exact type. `build` proves that the caller that made this reference
+        // with `ResliceRef::new` runs this very executable (same content hash), so anchor +
+        // offset is the address of the `Reslice`-typed function the offset was taken from; a
+        // function pointer and a `usize` have the same size on this target.
+        unsafe { std::mem::transmute::<usize, crate::job::Reslice>(addr) }
+    }
+}
+
 /// The executable identity this worker announces in its `Hello`: device, inode, size and
 /// modification time of `/proc/self/exe`.
 pub(crate) type ExeIdentity = (u64, u64, u64, i64);
@@ -157,6 +188,13 @@ impl SameBuild {
     pub(crate) fn announce() -> (ExeIdentity, SameBuild) {
         let exe = ipc_shm::os::exe_identity().unwrap_or_default();
         (exe, SameBuild { _private: () })
+    }
+
+    /// The token for a cluster node, made only when the build identity a caller sent (a hash
+    /// of its whole executable, `cluster::wire::build_id`) equals this node's own.
+    #[cfg(feature = "nats")]
+    pub(crate) fn matching<T: PartialEq>(ours: &T, theirs: &T) -> Option<SameBuild> {
+        (ours == theirs).then_some(SameBuild { _private: () })
     }
 }
 

@@ -9,11 +9,13 @@
 //!
 //! Families: [`pool_apply`], [`map_trivial`], [`cpu_tasks`], [`payload_tasks`],
 //! [`crash_recovery`] (and [`crash::containment`], the crash demonstration), [`queue_spsc`],
-//! [`queue_mpmc`], [`pipe_round_trip`], [`lock_handoff`]. [`all`] lists them for a
+//! [`queue_mpmc`], [`pipe_round_trip`], [`lock_handoff`], [`cluster`] (the pool on a NATS
+//! JetStream cluster of local nodes, beside the raw engine). [`all`] lists them for a
 //! [`Params`].
 
 use std::time::Duration;
 
+mod cluster;
 pub mod crash;
 mod iceoryx;
 mod ipc;
@@ -22,6 +24,7 @@ mod pooled;
 pub mod python;
 pub mod tasks;
 
+pub use cluster::cluster;
 pub use ipc::{
     Payload, Placement, floor_ping_pong, lock_handoff, pipe_round_trip, queue_mpmc, queue_spsc,
 };
@@ -203,6 +206,8 @@ pub struct Params {
     pub max_msgs: u64,
     /// Measure Python's multiprocessing when python3 is present.
     pub python: bool,
+    /// Measure the pool on a NATS cluster (the `cluster` family; needs `nats-server` on PATH).
+    pub cluster: bool,
 }
 
 impl Default for Params {
@@ -218,6 +223,7 @@ impl Default for Params {
             slow_peer_tasks: 2000,
             max_msgs: 200_000,
             python: true,
+            cluster: true,
         }
     }
 }
@@ -248,6 +254,9 @@ pub fn all(p: &Params) -> Vec<Workload> {
     w.extend(pipe_round_trip(p, true));
     w.extend(pipe_round_trip(p, false));
     w.push(lock_handoff(p));
+    if p.cluster {
+        w.extend(cluster(p));
+    }
     w
 }
 

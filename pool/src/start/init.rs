@@ -21,7 +21,9 @@ static INITIALISED: AtomicBool = AtomicBool::new(false);
 /// before `main`, and calling it again does nothing).
 ///
 /// In a process started as a worker or as the fork server, it never returns: the process does
-/// that job and exits. Everywhere else it returns at once.
+/// that job and exits. With the `nats` feature, a process whose environment has
+/// `POOL_CLUSTER_NODE=<url>` becomes a cluster node here and never returns either (see
+/// `pool::cluster::serve_if_node`). Everywhere else it returns at once.
 ///
 /// ```
 /// pool::init(); // first thing in `main`
@@ -37,7 +39,13 @@ pub fn init() {
             // `install_forwarding_hook`), so the hook that records a task's panic is in place
             // from the start and forwards every other panic to the hook it replaced.
             crate::task::install_forwarding_hook();
-            INITIALISED.store(true, Ordering::SeqCst)
+            INITIALISED.store(true, Ordering::SeqCst);
+            // Node mode (feature `nats`): `POOL_CLUSTER_NODE=<url>` makes this program a
+            // cluster node, which serves until it is killed.
+            #[cfg(feature = "nats")]
+            if let Some(code) = crate::cluster::serve_if_node() {
+                std::process::exit(code);
+            }
         }
     }
 }

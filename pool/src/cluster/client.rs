@@ -1,0 +1,478 @@
+//! The caller's side of a cluster pool: the dispatcher that publishes the registry's jobs as
+//! task messages, and the reader that delivers result messages to their jobs' sinks.
+//!
+//! The seam is the registry's job queue: every `Pool` method makes jobs exactly as for local
+//! workers (with their sinks, callbacks, progress hooks and `imap`'s bound), and this module
+//! takes the place of the local drivers. The dispatcher is the registry's one "worker", so the
+//! pool never grows local ones.
+//!
+//! A job in flight sits in the `in_flight` table from just before its message is published until
+//! its first result arrives; the reader removes it there, so a second result for the same job
+//! (a redelivered chunk that ran twice) finds nothing and is dropped. That table is the whole
+//! exactly-once mechanism on this side.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::wire::{self, NodeReport, ResultBody, ResultHeader, TaskHeader, WorkerReport};
+use super::{ClusterError, NatsCluster, NatsError, setup};
+use crate::api::Settings;
+use crate::error::{PoolError, TaskError};
+use crate::job::Job;
+use crate::registry::{Registry, lock};
+use crate::stats::NodeStats;
+use crate::task::ResliceRef;
+use crate::wire::protocol;
+
+/// How many queued jobs the dispatcher publishes before it waits for their acknowledgements.
+const PUBLISH_BATCH: usize = 256;
+
+/// What the dispatcher thread and the reader task share.
+struct Shared {
+    registry: Arc<Registry>,
+    cluster: NatsCluster,
+    /// Jobs published and not answered yet, by id.
+    in_flight: Mutex<HashMap<u64, Job>>,
+    /// Signalled when `in_flight` becomes empty.
+    drained: Condvar,
+    /// Results dropped as duplicates.
+    duplicates: AtomicU64,
+    /// Set when the pool stops: the reader ends.
+    stopping: AtomicBool,
+    tasks_subject: String,
+    results_subject: String,
+    pool_id: String,
+}
+
+/// A name no other pool has: this host's pid, the time and a counter.
+fn unique_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!(
+        "{:x}{:x}{:x}",
+        std::process::id(),
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Starts a cluster pool: connects, makes the streams, starts the reader and the dispatcher.
+pub(crate) fn start(settings: Settings) -> Result<Arc<Registry>, PoolError> {
+    let Some(cluster) = settings.cluster.clone() else {
+        return Err(ClusterError::Config {
+            detail: "no cluster given".to_owned(),
+        }
+        .into());
+    };
+    cluster.check()?;
+    let rt = super::runtime("pool-cluster", 2)?;
+    let pool_id = unique_id();
+    let (client, js, streams) = rt.block_on(async {
+        let client = setup::connect(&cluster, &format!("pool-caller-{pool_id}")).await?;
+        let js = jetstream::new(client.clone());
+        let streams = setup::streams(&js, &cluster).await?;
+        Ok::<_, ClusterError>((client, js, streams))
+    })?;
+    let max_payload = client.server_info().max_payload.max(1024);
+    let registry = Arc::new(Registry::new(settings));
+    let nodes = Arc::new(Mutex::new(HashMap::new()));
+    let subscribed = rt.block_on(client.subscribe(format!("pool.{}.nodes", cluster.name)));
+    if let Ok(reports) = subscribed {
+        rt.spawn(read_reports(reports, nodes.clone()));
+    }
+    let _ = registry
+        .nodes
+        .set(Box::new(move || node_stats(&lock(&nodes))));
+    let shared = Arc::new(Shared {
+        registry: registry.clone(),
+        tasks_subject: format!("pool.{}.tasks.{pool_id}", cluster.name),
+        results_subject: format!("pool.{}.results.{pool_id}", cluster.name),
+        cluster,
+        in_flight: Mutex::new(HashMap::new()),
+        drained: Condvar::new(),
+        duplicates: AtomicU64::new(0),
+        stopping: AtomicBool::new(false),
+        pool_id,
+    });
+    let reader = rt.spawn(read_results(shared.clone(), streams.results.clone()));
+    registry.workers.fetch_add(1, Ordering::SeqCst);
+    let dispatcher = Dispatcher {
+        shared,
+        js,
+        streams,
+        max_payload,
+        build: wire::build_id(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("pool-cluster".to_owned())
+        .spawn(move || dispatcher.run(rt, reader));
+    match handle {
+        Ok(h) => {
+            lock(&registry.drivers).push(h);
+            Ok(registry)
+        }
+        Err(e) => {
+            registry.workers.fetch_sub(1, Ordering::SeqCst);
+            Err(PoolError::os("spawning the cluster dispatcher", e))
+        }
+    }
+}
+
+/// The dispatcher thread's state.
+struct Dispatcher {
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    streams: setup::Streams,
+    max_payload: usize,
+    build: wire::BuildId,
+}
+
+impl Dispatcher {
+    /// Publishes jobs until the pool is closed and drained (or terminated), waits for the
+    /// results of what is in flight, then cleans up.
+    fn run(self, rt: tokio::runtime::Runtime, reader: tokio::task::JoinHandle<()>) {
+        let registry = self.shared.registry.clone();
+        loop {
+            if registry.terminated.load(Ordering::SeqCst) {
+                break;
+            }
+            let first = match registry.next_job(Some(Duration::from_millis(50))) {
+                None => break,
+                Some(Err(())) => continue,
+                Some(Ok(job)) => job,
+            };
+            let mut batch = vec![first];
+            while batch.len() < PUBLISH_BATCH {
+                match registry.next_job(Some(Duration::ZERO)) {
+                    Some(Ok(job)) => batch.push(job),
+                    _ => break,
+                }
+            }
+            rt.block_on(self.publish_all(batch));
+        }
+        // Closed: wait for what is in flight (a `terminate` cuts this short).
+        {
+            let mut in_flight = lock(&self.shared.in_flight);
+            while !in_flight.is_empty() && !registry.terminated.load(Ordering::SeqCst) {
+                in_flight = self
+                    .shared
+                    .drained
+                    .wait_timeout(in_flight, Duration::from_millis(50))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        reader.abort();
+        let left: Vec<Job> = lock(&self.shared.in_flight)
+            .drain()
+            .map(|(_, j)| j)
+            .collect();
+        for job in left {
+            registry.finish_job_error(&job, &TaskError::Terminated);
+        }
+        rt.block_on(self.clean_up());
+        rt.shutdown_timeout(Duration::from_secs(1));
+        registry.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Removes this pool's messages from both streams (bounded: a server that is down does not
+    /// hold up `close`; the streams' `max_age` removes them later then).
+    async fn clean_up(&self) {
+        let purge = async {
+            let _ = self
+                .streams
+                .tasks
+                .purge()
+                .filter(self.shared.tasks_subject.clone())
+                .await;
+            let _ = self
+                .streams
+                .results
+                .purge()
+                .filter(self.shared.results_subject.clone())
+                .await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), purge).await;
+    }
+
+    /// Publishes a batch of jobs, splitting those too large for one message, and fails the
+    /// tasks of those that could not be published.
+    async fn publish_all(&self, batch: Vec<Job>) {
+        let mut pending = batch;
+        let mut sends = Vec::new();
+        while let Some(mut job) = pending.pop() {
+            let frame = match self.frame(&job) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.shared.registry.finish_job_error(&job, &e);
+                    continue;
+                }
+            };
+            if frame.len() > self.max_payload || job.count > wire::MAX_TASKS_PER_MESSAGE {
+                if job.count <= 1 {
+                    let e = ClusterError::TooLarge {
+                        len: frame.len(),
+                        max: self.max_payload,
+                    };
+                    self.shared.registry.finish_job_error(&job, &e.into());
+                    continue;
+                }
+                let mid = job.first + job.count / 2;
+                let end = job.first + job.count;
+                match (job.slice(job.first, mid), job.slice(mid, end)) {
+                    (Some(mut a), Some(mut b)) => {
+                        a.id = self.shared.registry.next_job_id();
+                        b.id = self.shared.registry.next_job_id();
+                        pending.push(a);
+                        pending.push(b);
+                    }
+                    _ => {
+                        let e = TaskError::Argument("the chunk could not be split".to_owned());
+                        self.shared.registry.finish_job_error(&job, &e);
+                    }
+                }
+                continue;
+            }
+            let id = job.id;
+            // The arguments now live in the message; the job keeps its sink.
+            job.args = Vec::new();
+            lock(&self.shared.in_flight).insert(id, job);
+            sends.push(self.publish_one(id, Bytes::from(frame)));
+        }
+        for (id, result) in futures_util::future::join_all(sends).await {
+            if let Err(source) = result {
+                let job = lock(&self.shared.in_flight).remove(&id);
+                if let Some(job) = job {
+                    let e = ClusterError::Publish { source };
+                    self.shared.registry.finish_job_error(&job, &e.into());
+                    self.shared.notify_if_drained();
+                }
+            }
+        }
+    }
+
+    /// The task message of `job`.
+    fn frame(&self, job: &Job) -> Result<Vec<u8>, TaskError> {
+        let header = TaskHeader {
+            job: job.id,
+            task: job.task,
+            reslice: ResliceRef::new(job.reslice_fn()),
+            count: job.count,
+            build: self.build,
+            max_attempts: self.shared.cluster.max_attempts,
+            timeout_ms: self
+                .shared
+                .registry
+                .settings
+                .task_timeout
+                .map(|t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
+            reply: self.shared.results_subject.clone(),
+        };
+        let mut out = Vec::with_capacity(job.args.len() + 128);
+        protocol::frame(&header, &job.args, &mut out)
+            .map_err(|e| TaskError::Argument(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Publishes one message until the server acknowledges it or the publish timeout passes.
+    /// The message id lets the stream drop a copy that a retry published twice.
+    async fn publish_one(&self, id: u64, frame: Bytes) -> (u64, Result<(), NatsError>) {
+        let deadline = Instant::now() + self.shared.cluster.publish_timeout;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}-{id}", self.shared.pool_id).as_str(),
+        );
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let sent = self
+                .js
+                .publish_with_headers(
+                    self.shared.tasks_subject.clone(),
+                    headers.clone(),
+                    frame.clone(),
+                )
+                .await;
+            let error = match sent {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return (id, Ok(())),
+                    Err(e) => NatsError::new(e),
+                },
+                Err(e) => NatsError::new(e),
+            };
+            if Instant::now() >= deadline || self.shared.registry.terminated.load(Ordering::SeqCst)
+            {
+                return (id, Err(error));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Shared {
+    fn notify_if_drained(&self) {
+        if lock(&self.in_flight).is_empty() {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Delivers one result message to its job (the first for that job; later ones are dropped).
+    fn on_result(&self, bytes: &[u8]) {
+        let (header, payload) = match protocol::unframe::<ResultHeader>(bytes) {
+            Ok(v) => v,
+            // A frame that does not decode names no job: nothing to deliver it to. (Its job, if
+            // any, stays in flight until a well-formed result arrives.)
+            Err(_) => return,
+        };
+        let Some(job) = lock(&self.in_flight).remove(&header.job) else {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let registry = &self.registry;
+        match header.body {
+            ResultBody::Refused(refusal) => {
+                let error: TaskError = match refusal {
+                    wire::Refusal::BuildMismatch { .. } => ClusterError::BuildMismatch {
+                        node: header.node.clone(),
+                    },
+                    wire::Refusal::AttemptsExhausted { attempts } => {
+                        ClusterError::AttemptsExhausted { attempts }
+                    }
+                    wire::Refusal::BadTask { detail } => ClusterError::BadFrame {
+                        peer: "this caller (as the node saw it)".to_owned(),
+                        detail,
+                    },
+                    wire::Refusal::NodePool { message } => ClusterError::Node {
+                        node: header.node.clone(),
+                        message,
+                    },
+                }
+                .into();
+                registry.finish_job_error(&job, &error);
+            }
+            ResultBody::Ran(segments) => {
+                match wire::validate(&segments, job.count, payload.len()) {
+                    Err(detail) => {
+                        let e = ClusterError::BadFrame {
+                            peer: format!("node {}", header.node),
+                            detail,
+                        };
+                        registry.finish_job_error(&job, &e.into());
+                    }
+                    Ok(offsets) => {
+                        let tally = |ok: u64, failed: u64| registry.tally(ok, failed);
+                        for (segment, offset) in segments.into_iter().zip(offsets) {
+                            match segment {
+                                wire::Segment::Outcomes { first, count, len } => {
+                                    let bytes = &payload[offset..offset + len as usize];
+                                    job.sink.deliver_encoded(
+                                        job.first + first,
+                                        count,
+                                        bytes,
+                                        &tally,
+                                    );
+                                }
+                                wire::Segment::Failed { index, error } => {
+                                    let e = error.into_task_error(&header.node);
+                                    registry.deliver_error(&job, job.first + index, e);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.notify_if_drained();
+    }
+}
+
+/// The latest report of every node, and when it arrived.
+type NodeTable = HashMap<String, (Instant, NodeReport)>;
+
+/// Keeps the latest report of every node.
+async fn read_reports(mut reports: async_nats::Subscriber, nodes: Arc<Mutex<NodeTable>>) {
+    while let Some(msg) = reports.next().await {
+        if let Ok((report, rest)) = protocol::unframe::<NodeReport>(&msg.payload)
+            && rest.is_empty()
+        {
+            let mut table = lock(&nodes);
+            table.retain(|_, (at, _)| at.elapsed() < STALE);
+            table.insert(report.node.clone(), (Instant::now(), report));
+        }
+    }
+}
+
+/// A node whose last report is older than this is left out of `stats` (it reports every second).
+const STALE: Duration = Duration::from_secs(3);
+
+/// The nodes that reported recently, for `Pool::stats`.
+fn node_stats(table: &NodeTable) -> Vec<NodeStats> {
+    let mut nodes: Vec<NodeStats> = table
+        .values()
+        .filter(|(at, _)| at.elapsed() < STALE)
+        .map(|(at, r)| NodeStats {
+            name: r.node.clone(),
+            workers: r.workers.iter().map(WorkerReport::stats).collect(),
+            in_flight: r.in_flight,
+            done: r.done,
+            failed: r.failed,
+            last_seen: at.elapsed(),
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes
+}
+
+/// Reads this pool's results through an ordered consumer, re-created from the last sequence
+/// seen whenever it fails (a server restart), until the pool stops.
+async fn read_results(shared: Arc<Shared>, results: stream::Stream) {
+    let mut next_sequence = 0u64;
+    loop {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let deliver_policy = if next_sequence == 0 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: next_sequence,
+            }
+        };
+        let created = results
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: shared.results_subject.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await;
+        let messages = match created {
+            Ok(c) => c.messages().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(mut messages) = messages {
+            while let Some(item) = messages.next().await {
+                match item {
+                    Ok(msg) => {
+                        if let Ok(info) = msg.info() {
+                            next_sequence = info.stream_sequence + 1;
+                        }
+                        shared.on_result(&msg.payload);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,461 @@
+//! A cluster node: pulls task chunks from the cluster's work queue and runs them on a local
+//! process pool of its own, one result message per chunk.
+//!
+//! For each chunk, in this order:
+//!
+//! | step | what                                                             | on failure                     |
+//! |------|------------------------------------------------------------------|--------------------------------|
+//! | 1    | unframe the header (frame check, one decode limit)                | terminate the message (`AckTerm`): it can never run |
+//! | 2    | the reply subject lies inside this cluster's result subjects      | `AckTerm`                      |
+//! | 3    | same build as the caller (content hash of the executable)         | result `Refused(BuildMismatch)` |
+//! | 4    | delivered at most `max_attempts` times                            | result `Refused(AttemptsExhausted)` |
+//! | 5    | the payload is a sequence of exactly `count` arguments            | result `Refused(BadTask)`      |
+//! | 6    | run on the local pool (per-task failures are outcomes), sending in-progress acks every `ack_wait / 3` | |
+//! | 7    | publish the result to the result stream, and only then ack         | not acked: redelivered after `ack_wait` |
+//!
+//! Step 7's order is what makes a node's death lose nothing: a chunk is acknowledged only once
+//! its result is stored, so a node that dies earlier leaves it to be redelivered (and a node
+//! that dies between the two leaves a duplicate, which the caller drops).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::wire::{
+    self, BuildId, NodeReport, Refusal, ResultBody, ResultHeader, Segment, TaskHeader, WireError,
+    WorkerReport,
+};
+use super::{ClusterError, NatsCluster, setup};
+use crate::error::TaskError;
+use crate::registry::lock;
+use crate::result::Sink;
+use crate::task::SameBuild;
+use crate::wire::protocol;
+use crate::{Pool, PoolBuilder};
+
+/// Serves as a node of a cluster: its local pool's size, how quickly a lost node's chunks go to
+/// another node, and how many chunks it holds at once.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pool::cluster::{NatsCluster, NodeBuilder};
+///
+/// let cluster = NatsCluster::new("nats://10.0.0.1:4222").credentials_file("/etc/pool/node.creds");
+/// let err = NodeBuilder::new(cluster)
+///     .processes(16)
+///     .ack_wait(Duration::from_secs(3))
+///     .serve()
+///     .unwrap_err(); // serves until the process is killed, or fails
+/// eprintln!("{err}");
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a node builder does nothing until `serve` is called"]
+pub struct NodeBuilder {
+    cluster: NatsCluster,
+    processes: Option<usize>,
+    ack_wait: Duration,
+    max_in_flight: Option<usize>,
+}
+
+impl NodeBuilder {
+    /// A node of `cluster`, with one local worker per CPU and an `ack_wait` of 5 s.
+    pub fn new(cluster: NatsCluster) -> NodeBuilder {
+        NodeBuilder {
+            cluster,
+            processes: None,
+            ack_wait: Duration::from_secs(5),
+            max_in_flight: None,
+        }
+    }
+
+    /// How many local workers the node's pool has (default: the CPUs it may use).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n.max(1));
+        self
+    }
+
+    /// JetStream's `AckWait` for the nodes' shared consumer, when this node is the one that
+    /// creates it (default 5 s): a node lost without a word has its chunks redelivered after
+    /// this. Running chunks send in-progress acks three times per `ack_wait`, so long tasks are
+    /// not affected.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait.max(Duration::from_millis(300));
+        self
+    }
+
+    /// How many chunks the node holds at once, running or waiting for a local worker
+    /// (default: four per local worker, at least 8), which hides the round trips to the server.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = Some(n.max(1));
+        self
+    }
+
+    /// Connects and serves until the process is killed; returns only if the node cannot start
+    /// (no server, refused credentials, no local pool).
+    pub fn serve(self) -> Result<Infallible, ClusterError> {
+        self.cluster.check()?;
+        let processes = self
+            .processes
+            .unwrap_or_else(ipc_shm::os::available_cpus)
+            .max(1);
+        let name = node_name();
+        let local = PoolBuilder::new()
+            .processes(processes)
+            .build()
+            .map_err(|e| ClusterError::Node {
+                node: name.clone(),
+                message: e.to_string(),
+            })?;
+        let rt = super::runtime("pool-node", 2)?;
+        let capacity = self.max_in_flight.unwrap_or((processes * 4).max(8));
+        rt.block_on(async move {
+            let client = setup::connect(&self.cluster, &format!("pool-node-{name}")).await?;
+            let js = jetstream::new(client.clone());
+            let node = Arc::new(Node {
+                client,
+                nodes_subject: format!("pool.{}.nodes", self.cluster.name),
+                in_flight: AtomicU64::new(0),
+                results_prefix: format!("pool.{}.results.", self.cluster.name),
+                name,
+                build: wire::build_id(),
+                js,
+                processes,
+                pools: Mutex::new(HashMap::from([(None, Arc::new(local))])),
+                ack_wait: self.ack_wait,
+            });
+            let reporter = node.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(REPORT_EVERY);
+                loop {
+                    every.tick().await;
+                    reporter.report().await;
+                }
+            });
+            node.pull(&self.cluster, capacity).await
+        })
+    }
+}
+
+/// This node's name: host name and pid.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), std::process::id())
+}
+
+/// How often a node reports itself on `pool.<name>.nodes` (for callers' `stats`).
+pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// A running node.
+struct Node {
+    client: async_nats::Client,
+    nodes_subject: String,
+    /// Tasks held: running, or waiting for a local worker.
+    in_flight: AtomicU64,
+    name: String,
+    build: BuildId,
+    js: jetstream::Context,
+    processes: usize,
+    /// The local pools, by task timeout in milliseconds (a pool enforces one timeout).
+    pools: Mutex<HashMap<Option<u64>, Arc<Pool>>>,
+    ack_wait: Duration,
+    results_prefix: String,
+}
+
+impl Node {
+    /// Pulls chunks, at most `capacity` at once, forever; re-creates the consumer after the
+    /// server went away.
+    async fn pull(
+        self: Arc<Self>,
+        cluster: &NatsCluster,
+        capacity: usize,
+    ) -> Result<Infallible, ClusterError> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(capacity));
+        let mut first = true;
+        loop {
+            let consumer = async {
+                let streams = setup::streams(&self.js, cluster).await?;
+                setup::node_consumer(&streams.tasks, self.ack_wait).await
+            }
+            .await;
+            let consumer = match consumer {
+                Ok(c) => c,
+                // At start, a server that refuses is the caller's error to see.
+                Err(e) if first => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            first = false;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(capacity)
+                .expires(Duration::from_secs(4))
+                .heartbeat(Duration::from_secs(1))
+                .messages()
+                .await;
+            let Ok(mut messages) = messages else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            loop {
+                // The semaphore is never closed.
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                match messages.next().await {
+                    Some(Ok(msg)) => {
+                        let node = self.clone();
+                        tokio::spawn(async move {
+                            node.handle(msg).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(_)) | None => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Steps 1-7 of the module docs for one message.
+    async fn handle(self: Arc<Self>, msg: jetstream::Message) {
+        let delivered = msg
+            .info()
+            .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+            .unwrap_or(1)
+            .max(1);
+        let Ok((header, args)) = protocol::unframe::<TaskHeader>(&msg.payload) else {
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        };
+        let reply_ok = header
+            .reply
+            .strip_prefix(self.results_prefix.as_str())
+            .is_some_and(|id| {
+                !id.is_empty()
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+        if !reply_ok {
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+        let (body, payload) = match self.check(&header, args, delivered) {
+            Err(refusal) => (ResultBody::Refused(refusal), Vec::new()),
+            Ok(same) => {
+                self.in_flight.fetch_add(header.count, Ordering::Relaxed);
+                let ran = self.run(&msg, &header, args, &same).await;
+                self.in_flight.fetch_sub(header.count, Ordering::Relaxed);
+                ran
+            }
+        };
+        let result = ResultHeader {
+            job: header.job,
+            node: self.name.clone(),
+            attempt: delivered,
+            body,
+        };
+        let mut frame = Vec::with_capacity(payload.len() + 64);
+        if protocol::frame(&result, &payload, &mut frame).is_err() {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+        if self.publish(header.reply, Bytes::from(frame)).await {
+            let _ = msg.ack().await;
+        }
+        // Not stored: no ack, so the chunk is redelivered after `ack_wait`.
+    }
+
+    /// Publishes this node's [`NodeReport`] (best effort: a lost report only makes the node
+    /// look idle for a second).
+    async fn report(&self) {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
+        let mut report = NodeReport {
+            node: self.name.clone(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            done: 0,
+            failed: 0,
+            workers: Vec::new(),
+        };
+        for pool in pools {
+            let stats = pool.stats();
+            report.done += stats.done;
+            report.failed += stats.failed;
+            report
+                .workers
+                .extend(stats.workers.iter().map(WorkerReport::new));
+        }
+        let mut frame = Vec::new();
+        if protocol::frame(&report, &[], &mut frame).is_ok() {
+            let _ = self
+                .client
+                .publish(self.nodes_subject.clone(), Bytes::from(frame))
+                .await;
+        }
+    }
+
+    /// Steps 3-5: whether this node may run the chunk.
+    fn check(
+        &self,
+        header: &TaskHeader,
+        args: &[u8],
+        delivered: u32,
+    ) -> Result<SameBuild, Refusal> {
+        let Some(same) = SameBuild::matching(&self.build, &header.build) else {
+            return Err(Refusal::BuildMismatch {
+                node_build: self.build,
+            });
+        };
+        if delivered > header.max_attempts {
+            return Err(Refusal::AttemptsExhausted {
+                attempts: delivered - 1,
+            });
+        }
+        if header.count == 0
+            || header.count > wire::MAX_TASKS_PER_MESSAGE
+            || wire::sequence_len(args) != Some(header.count)
+        {
+            return Err(Refusal::BadTask {
+                detail: format!("the payload does not hold {} arguments", header.count),
+            });
+        }
+        Ok(same)
+    }
+
+    /// Step 6: runs the chunk on the local pool for its timeout, with in-progress acks.
+    async fn run(
+        &self,
+        msg: &jetstream::Message,
+        header: &TaskHeader,
+        args: &[u8],
+        same: &SameBuild,
+    ) -> (ResultBody, Vec<u8>) {
+        let refuse = |message: String| {
+            (
+                ResultBody::Refused(Refusal::NodePool { message }),
+                Vec::new(),
+            )
+        };
+        // The pool exists but for a chunk with a new timeout; only making one blocks.
+        let existing = lock(&self.pools).get(&header.timeout_ms).cloned();
+        let pool = match existing.map_or_else(
+            || tokio::task::block_in_place(|| self.pool_for(header.timeout_ms)),
+            Ok,
+        ) {
+            Ok(p) => p,
+            Err(message) => return refuse(message),
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let sink = Arc::new(NodeSink(Mutex::new(SinkState {
+            segments: Vec::new(),
+            payload: Vec::new(),
+            left: header.count,
+            done: Some(tx),
+        })));
+        if let Err(e) = pool.submit_encoded(
+            header.task,
+            args.to_vec(),
+            header.count,
+            header.reslice.resolve(same),
+            sink,
+        ) {
+            return refuse(e.to_string());
+        }
+        let mut tick = tokio::time::interval(self.ack_wait / 3);
+        tick.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut rx => break r,
+                _ = tick.tick() => {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        };
+        match outcome {
+            Ok((segments, payload)) => (ResultBody::Ran(segments), payload),
+            Err(_) => refuse("the local pool dropped the chunk".to_owned()),
+        }
+    }
+
+    /// The local pool for tasks with this timeout (made on first use).
+    fn pool_for(&self, timeout_ms: Option<u64>) -> Result<Arc<Pool>, String> {
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools.get(&timeout_ms) {
+            return Ok(p.clone());
+        }
+        let mut builder = PoolBuilder::new().processes(self.processes);
+        if let Some(ms) = timeout_ms {
+            builder = builder.task_timeout(Duration::from_millis(ms.max(1)));
+        }
+        let pool = Arc::new(builder.build().map_err(|e| e.to_string())?);
+        pools.insert(timeout_ms, pool.clone());
+        Ok(pool)
+    }
+
+    /// Step 7: stores the result, retrying while the server is away (up to a minute).
+    async fn publish(&self, subject: String, frame: Bytes) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut delay = Duration::from_millis(50);
+        loop {
+            if let Ok(ack) = self.js.publish(subject.clone(), frame.clone()).await
+                && ack.await.is_ok()
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// What a chunk's local job produced so far.
+struct SinkState {
+    segments: Vec<Segment>,
+    payload: Vec<u8>,
+    left: u64,
+    done: Option<tokio::sync::oneshot::Sender<(Vec<Segment>, Vec<u8>)>>,
+}
+
+/// Collects a chunk's outcomes on a node, as they come from its local pool, and hands them over
+/// once every task has one.
+struct NodeSink(Mutex<SinkState>);
+
+impl NodeSink {
+    fn add(&self, segment: Segment, bytes: &[u8], tasks: u64) {
+        let mut s = lock(&self.0);
+        s.segments.push(segment);
+        s.payload.extend_from_slice(bytes);
+        s.left = s.left.saturating_sub(tasks);
+        if s.left == 0
+            && let Some(done) = s.done.take()
+        {
+            let segments = std::mem::take(&mut s.segments);
+            let payload = std::mem::take(&mut s.payload);
+            let _ = done.send((segments, payload));
+        }
+    }
+}
+
+impl Sink for NodeSink {
+    fn fail(&self, index: u64, error: TaskError) {
+        let error = WireError::from(error);
+        self.add(Segment::Failed { index, error }, &[], 1);
+    }
+
+    fn deliver_encoded(&self, first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64)) {
+        tally(count, 0);
+        let len = payload.len() as u64;
+        self.add(Segment::Outcomes { first, count, len }, payload, count);
+    }
+}

@@ -1,0 +1,654 @@
+//! The pool on a NATS JetStream cluster (`pool` feature `nats`), against the real server: each
+//! test starts `nats-server -js` on a free loopback port with a temporary store directory, and
+//! nodes that are this test binary re-run in node mode (children of the harness, under its
+//! watchdog, killed on drop).
+//!
+//! Without `nats-server` on PATH (or in /usr/sbin) these tests fail when `CI` is set, and
+//! otherwise print loudly that they were skipped and why.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ipc_shm::os;
+use ipc_tests::{ChildCommand, ChildProcess, child, child_entry};
+use pool::cluster::{ClusterError, NatsCluster, NodeBuilder};
+use pool::{Pool, PoolBuilder, PoolError, TaskError};
+
+/// A `nats-server -js` on a free loopback port with its own store directory; killed and its
+/// directory removed on drop.
+struct NatsServer {
+    bin: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Where `nats-server` is, if installed.
+fn nats_server_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+impl NatsServer {
+    /// Starts a server, or `None` (after saying so loudly) when `nats-server` is missing
+    /// outside CI. Under CI (`CI` set) a missing server fails the test.
+    fn start(label: &str) -> Option<NatsServer> {
+        let Some(bin) = nats_server_binary() else {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "nats-server is not installed, and CI is set: the cluster tests must run \
+                     (.ci/run installs it with apt-get install nats-server)"
+                );
+            }
+            eprintln!(
+                "\n**********\nSKIPPED cluster test `{label}`: nats-server is not on PATH. \
+                 Install it (apt-get install nats-server) to run the cluster tests.\n**********\n"
+            );
+            return None;
+        };
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pool-nats-{}-{label}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("a store directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = NatsServer {
+            bin,
+            port,
+            dir,
+            child: None,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    /// Runs the server and waits until it logs that it is ready.
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
+        ])
+        .arg(&self.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        os::command_dies_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("starting nats-server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Server is ready") {
+                    let _ = tx.send(Ok(()));
+                }
+                log.push(line);
+            }
+            let _ = tx.send(Err(log.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => self.child = Some(child),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nats-server did not become ready: {other:?}");
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM: a clean shutdown, which keeps the store) and starts it again on
+    /// the same port and store.
+    fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = os::kill(child.id(), os::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How many messages the stream `stream` holds now (read with the NATS client itself).
+fn stream_messages(server: &NatsServer, stream: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.expect("the stream");
+        stream.info().await.expect("its info").state.messages
+    })
+}
+
+/// A cluster name unique to this test process and test.
+fn cluster_name(label: &str) -> String {
+    format!("t{}_{label}", std::process::id())
+}
+
+child_entry! {
+    fn cluster_node() {
+        let url = std::env::var("TEST_NATS_URL").expect("TEST_NATS_URL");
+        let name = std::env::var("TEST_CLUSTER").expect("TEST_CLUSTER");
+        let err = NodeBuilder::new(NatsCluster::new(url).name(name))
+            .processes(2)
+            .ack_wait(Duration::from_secs(1))
+            .serve()
+            .unwrap_err();
+        panic!("node stopped: {err}");
+    }
+}
+
+/// A node process (this binary in node mode) of cluster `name`.
+fn start_node(server: &NatsServer, name: &str) -> ChildProcess {
+    child!(cluster_node)
+        .env("TEST_NATS_URL", server.url())
+        .env("TEST_CLUSTER", name)
+        .watchdog(Duration::from_secs(600))
+        .spawn()
+}
+
+fn cluster_pool(server: &NatsServer, name: &str, builder: PoolBuilder) -> Pool {
+    builder
+        .cluster(NatsCluster::new(server.url()).name(name))
+        .build()
+        .expect("a cluster pool")
+}
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn add((a, b): (u64, u64)) -> u64 {
+    a + b
+}
+
+fn pid_of_worker(_: u32) -> u32 {
+    os::pid()
+}
+
+fn slow_double(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(5));
+    x * 2
+}
+
+fn crash(how: String) -> u64 {
+    match how.as_str() {
+        "panic" => panic!("boom"),
+        "segv" => loop {
+            // The first SIGSEGV may meet std's stack-overflow handler, which restores the
+            // default action and returns; the next one kills.
+            os::kill(os::pid(), os::Signal::SIGSEGV).expect("kill");
+        },
+        "sleep" => {
+            std::thread::sleep(Duration::from_secs(30));
+            1
+        }
+        _ => 7,
+    }
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// The parent process id of `pid` (from /proc).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Kills the node this task runs on (the ancestor whose command line names the node entry).
+fn kill_my_node(_: u32) -> u32 {
+    let mut pid = os::pid();
+    while let Some(parent) = parent_of(pid) {
+        pid = parent;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("cluster_node") {
+            os::kill(pid, os::Signal::SIGKILL).expect("kill the node");
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        if pid <= 1 {
+            break;
+        }
+    }
+    panic!("no node above this worker");
+}
+
+#[test]
+fn an_unreachable_server_is_a_typed_error_at_build() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let r = PoolBuilder::new()
+        .cluster(NatsCluster::new(format!("nats://127.0.0.1:{port}")))
+        .build();
+    let Err(PoolError::Cluster(ClusterError::Connect { url, source })) = r else {
+        panic!("{r:?}");
+    };
+    assert!(url.ends_with(&port.to_string()));
+    assert!(
+        std::error::Error::source(&source).is_some(),
+        "the client's error is kept"
+    );
+    let bad_name = PoolBuilder::new()
+        .cluster(NatsCluster::new("nats://127.0.0.1:1").name("a.b"))
+        .build();
+    assert!(
+        matches!(
+            bad_name,
+            Err(PoolError::Cluster(ClusterError::Config { .. }))
+        ),
+        "{bad_name:?}"
+    );
+    fn setup(_: u32) {}
+    let with_initializer = PoolBuilder::new()
+        .initializer(setup, 1)
+        .cluster(NatsCluster::new("nats://127.0.0.1:1"))
+        .build();
+    assert!(
+        matches!(
+            with_initializer,
+            Err(PoolError::Cluster(ClusterError::Config { .. }))
+        ),
+        "{with_initializer:?}"
+    );
+}
+
+#[test]
+fn the_pool_api_on_two_nodes() {
+    let _watchdog = ipc_tests::watchdog("the_pool_api_on_two_nodes", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("api") else {
+        return;
+    };
+    let name = cluster_name("api");
+    let _nodes = [start_node(&server, &name), start_node(&server, &name)];
+    let pool = cluster_pool(&server, &name, PoolBuilder::new());
+
+    assert_eq!(pool.apply(double, 21), Ok(42));
+    assert_eq!(pool.apply_async(double, 4).get(), Ok(8));
+    let (tx, rx) = mpsc::channel();
+    let result = pool.apply_async_with(double, 5, move |r| tx.send(*r).unwrap(), |_| {});
+    assert_eq!(result.get(), Ok(10));
+    assert_eq!(rx.recv(), Ok(10), "the callback ran");
+
+    let expected: Vec<u64> = (0..2000).map(|x| x * 2).collect();
+    assert_eq!(pool.map(double, 0..2000u64).as_ref(), Ok(&expected));
+    assert_eq!(
+        pool.map_chunked(double, 0..2000u64, 7).as_ref(),
+        Ok(&expected)
+    );
+    assert_eq!(
+        pool.starmap(add, (0..100u64).map(|i| (i, i))),
+        Ok((0..100).map(|i| 2 * i).collect())
+    );
+    let ordered: Vec<u64> = pool
+        .imap(double, 0..300u64)
+        .map(|r| r.expect("a result"))
+        .collect();
+    assert_eq!(ordered, (0..300).map(|x| x * 2).collect::<Vec<_>>());
+    let mut seen: Vec<u64> = pool
+        .imap_unordered(double, 0..300u64)
+        .map(|r| r.expect("a result"))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..300).map(|x| x * 2).collect::<Vec<_>>());
+
+    let (ptx, prx) = mpsc::channel();
+    let out = pool.map_with_progress(double, 0..500u64, move |done, total| {
+        let _ = ptx.send((done, total));
+    });
+    assert_eq!(out.map(|v| v.len()), Ok(500));
+    let last = prx.try_iter().last().expect("progress was reported");
+    assert_eq!(last, (500, 500));
+
+    // Tasks ran in several worker processes.
+    let pids: HashSet<u32> = pool
+        .map_chunked(pid_of_worker, 0..400u32, 1)
+        .expect("pids")
+        .into_iter()
+        .collect();
+    assert!(pids.len() >= 2, "{pids:?}");
+
+    let stats = pool.stats();
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+    assert!(stats.done >= 2000 * 2 + 100 + 600 + 500, "{stats:?}");
+    // Nodes report themselves every second: wait for both (each with its two workers) and for
+    // reports that count every task this pool ran (a node may have run a few twice).
+    let started = Instant::now();
+    let counted = |nodes: &[pool::NodeStats]| nodes.iter().map(|n| n.done).sum::<u64>();
+    let mut nodes = pool.stats().nodes;
+    while (nodes.len() < 2 || counted(&nodes) < stats.done)
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        let _ = pool
+            .apply_async(double, 0)
+            .wait_timeout(Duration::from_millis(100));
+        nodes = pool.stats().nodes;
+    }
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert!(counted(&nodes) >= stats.done, "{nodes:?}");
+    assert_eq!(pool.workers(), 4, "two nodes of two workers");
+    for node in &nodes {
+        assert_eq!(node.workers.len(), 2, "{node:?}");
+        assert!(node.last_seen < Duration::from_secs(3), "{node:?}");
+    }
+    let results_stream = format!("POOL_{name}_RESULTS");
+    assert!(
+        stream_messages(&server, &results_stream) > 0,
+        "results are stored"
+    );
+    pool.close();
+    assert!(
+        pool.join_timeout(Duration::from_secs(30)),
+        "close and join finish"
+    );
+    // Closing removed the pool's messages from both streams.
+    assert_eq!(stream_messages(&server, &results_stream), 0);
+    assert_eq!(stream_messages(&server, &format!("POOL_{name}_TASKS")), 0);
+    assert_eq!(
+        pool.apply(double, 1),
+        Err(TaskError::Pool(PoolError::Closed))
+    );
+}
+
+#[test]
+fn failures_stay_with_their_task_and_the_node_lives_on() {
+    let _watchdog = ipc_tests::watchdog("failures_stay_with_their_task", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("failures") else {
+        return;
+    };
+    let name = cluster_name("failures");
+    let _node = start_node(&server, &name);
+    let pool = cluster_pool(&server, &name, PoolBuilder::new());
+    let args = ["ok", "panic", "ok", "segv", "ok"].map(String::from);
+    let outcomes: Vec<Result<u64, TaskError>> = pool.imap(crash, args.clone()).collect();
+    assert_eq!(outcomes.len(), 5);
+    for (how, outcome) in args.iter().zip(outcomes) {
+        match how.as_str() {
+            "ok" => assert_eq!(outcome, Ok(7)),
+            "panic" => assert!(
+                matches!(&outcome, Err(TaskError::Panicked { message, .. }) if message == "boom"),
+                "{outcome:?}"
+            ),
+            _ => assert!(
+                matches!(
+                    outcome,
+                    Err(TaskError::WorkerLost {
+                        exit: pool::Exit::Signal(11),
+                        ..
+                    })
+                ),
+                "{outcome:?}"
+            ),
+        }
+    }
+    // A chunk with a crash in the middle: the other tasks of the chunk still get their results.
+    let mixed = ["ok", "segv", "ok", "ok"].map(String::from);
+    let chunk: Vec<_> = pool.imap_chunked(crash, mixed, 4).collect();
+    // (The first task's result may be lost with its worker, as locally: a result of a task
+    // shorter than 50 us finished just before the crash is not sent yet.)
+    assert!(
+        matches!(chunk[0], Ok(7) | Err(TaskError::WorkerLost { .. })),
+        "{chunk:?}"
+    );
+    assert!(
+        matches!(chunk[1], Err(TaskError::WorkerLost { .. })),
+        "{chunk:?}"
+    );
+    assert_eq!(
+        chunk[2..],
+        [Ok(7), Ok(7)],
+        "the rest of the chunk ran elsewhere"
+    );
+    assert_eq!(pool.apply(double, 3), Ok(6), "the node lives on");
+
+    let timed = cluster_pool(
+        &server,
+        &name,
+        PoolBuilder::new().task_timeout(Duration::from_millis(500)),
+    );
+    let start = Instant::now();
+    let r = timed.apply(crash, "sleep".to_owned());
+    assert!(
+        matches!(r, Err(TaskError::Timeout { limit }) if limit == Duration::from_millis(500)),
+        "{r:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(timed.apply(double, 4), Ok(8), "the node lives on");
+}
+
+#[test]
+fn a_killed_node_loses_no_work_and_each_result_arrives_once() {
+    let _watchdog = ipc_tests::watchdog("a_killed_node_loses_no_work", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("kill") else {
+        return;
+    };
+    let name = cluster_name("kill");
+    let victim = start_node(&server, &name);
+    let _other = start_node(&server, &name);
+    let pool = cluster_pool(&server, &name, PoolBuilder::new());
+    let n = 600u64;
+    let mut seen = HashSet::new();
+    let mut victim = Some(victim);
+    for r in pool.imap_unordered(slow_double, 0..n) {
+        let v = r.expect("a result");
+        assert!(v % 2 == 0 && v < 2 * n, "{v}");
+        assert!(seen.insert(v / 2), "result {v} arrived twice");
+        if seen.len() == n as usize / 4 {
+            let v = victim.take().expect("the victim");
+            v.kill();
+            let outcome = v.wait();
+            assert_eq!(outcome.signal(), Some(9), "{outcome:?}");
+        }
+    }
+    assert_eq!(seen.len(), n as usize, "every result arrived");
+    assert!(victim.is_none(), "the node was killed mid-map");
+}
+
+#[test]
+fn a_chunk_whose_nodes_die_fails_after_max_attempts() {
+    let _watchdog = ipc_tests::watchdog("max_attempts", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("attempts") else {
+        return;
+    };
+    let name = cluster_name("attempts");
+    let _nodes = [start_node(&server, &name), start_node(&server, &name)];
+    let pool = PoolBuilder::new()
+        .cluster(NatsCluster::new(server.url()).name(&name).max_attempts(1))
+        .build()
+        .expect("a pool");
+    // The first delivery kills its node; with max_attempts(1) the redelivery is not run.
+    let r = pool.apply(kill_my_node, 0);
+    assert_eq!(
+        r,
+        Err(TaskError::Pool(PoolError::Cluster(
+            ClusterError::AttemptsExhausted { attempts: 1 }
+        )))
+    );
+    assert_eq!(pool.apply(double, 5), Ok(10), "the other node lives on");
+}
+
+#[test]
+fn a_task_longer_than_ack_wait_is_not_redelivered() {
+    let _watchdog = ipc_tests::watchdog("long_task", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("long") else {
+        return;
+    };
+    let name = cluster_name("long");
+    let _nodes = [start_node(&server, &name), start_node(&server, &name)];
+    // The nodes' ack_wait is 1 s: without in-progress acks, this 3.5 s task would be redelivered
+    // to the other node, whose delivery count (2) exceeds max_attempts(1).
+    let pool = PoolBuilder::new()
+        .cluster(NatsCluster::new(server.url()).name(&name).max_attempts(1))
+        .build()
+        .expect("a pool");
+    assert_eq!(pool.apply(sleep_ms, 3500), Ok(3500));
+}
+
+#[test]
+fn a_node_of_another_build_refuses_the_task() {
+    let _watchdog = ipc_tests::watchdog("another_build", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("build") else {
+        return;
+    };
+    let name = cluster_name("build");
+    // Another build: this binary with bytes appended (its content hash differs), started in node
+    // mode through the environment (`pool::init` sees POOL_CLUSTER_NODE before `main`).
+    let copy = server.dir.join("other-build");
+    let mut bytes = std::fs::read(std::env::current_exe().expect("this binary")).expect("read");
+    bytes.extend_from_slice(b"another build");
+    std::fs::write(&copy, bytes).expect("write the copy");
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut cmd = Command::new(&copy);
+    cmd.env(pool::cluster::NODE_ENV, server.url())
+        .env("POOL_CLUSTER_NAME", &name)
+        .env("POOL_CLUSTER_PROCESSES", "1");
+    let _node = ChildCommand::new(cmd, "node of another build")
+        .watchdog(Duration::from_secs(600))
+        .spawn();
+    let pool = cluster_pool(&server, &name, PoolBuilder::new());
+    let r = pool.apply(double, 2);
+    assert!(
+        matches!(
+            &r,
+            Err(TaskError::Pool(PoolError::Cluster(
+                ClusterError::BuildMismatch { .. }
+            )))
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn the_server_restarted_mid_map_neither_loses_nor_hangs() {
+    let _watchdog = ipc_tests::watchdog("server_restart", Duration::from_secs(300));
+    let Some(mut server) = NatsServer::start("restart") else {
+        return;
+    };
+    let name = cluster_name("restart");
+    let _nodes = [start_node(&server, &name), start_node(&server, &name)];
+    let pool = cluster_pool(&server, &name, PoolBuilder::new());
+    let n = 400u64;
+    let result = pool.map_async(slow_double, 0..n, Some(2));
+    // Restart once a third of the map is done (watched through the pool's counters).
+    let started = Instant::now();
+    while !result.ready() && pool.stats().done < n / 3 {
+        result.wait_timeout(Duration::from_millis(10));
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no progress before the restart"
+        );
+    }
+    server.restart();
+    match result.get_timeout(Duration::from_secs(120)) {
+        Ok(Ok(v)) => assert_eq!(v, (0..n).map(|x| x * 2).collect::<Vec<_>>()),
+        Ok(Err(e)) => {
+            assert!(
+                matches!(e, TaskError::Pool(PoolError::Cluster(_))),
+                "not a clear cluster error: {e:?}"
+            );
+        }
+        Err(_) => panic!("the map hung after the server restarted"),
+    }
+}
+
+#[test]
+fn chaos_nodes_killed_and_restarted_during_a_large_map() {
+    let _watchdog = ipc_tests::watchdog("chaos", Duration::from_secs(400));
+    let Some(server) = NatsServer::start("chaos") else {
+        return;
+    };
+    let name = cluster_name("chaos");
+    let mut nodes: Vec<ChildProcess> = (0..3).map(|_| start_node(&server, &name)).collect();
+    // Retry lost chunks however often their nodes are killed: a chunk may meet several victims
+    // in a row, and this test is about losing nothing (max_attempts has its own test).
+    let pool = PoolBuilder::new()
+        .cluster(
+            NatsCluster::new(server.url())
+                .name(&name)
+                .max_attempts(1000),
+        )
+        .build()
+        .expect("a cluster pool");
+    let n = 100_000u64;
+    let chunk = 250;
+    let started = Instant::now();
+    let result = pool.map_async(double, 0..n, Some(chunk));
+    // Kill a node (round robin, seeded by the clock) each time another tenth of the map is done,
+    // and start a new one in its place.
+    let mut kills = 0;
+    let mut next = n / 10;
+    let mut victim = (started.elapsed().subsec_nanos() as usize) % nodes.len();
+    while !result.ready() {
+        let done = pool.stats().done;
+        if done >= next && next < n {
+            nodes[victim].kill();
+            nodes[victim] = start_node(&server, &name);
+            kills += 1;
+            victim = (victim + 1) % nodes.len();
+            next += n / 10;
+        }
+        result.wait_timeout(Duration::from_millis(20));
+    }
+    let values = result.get().expect("every task has a result");
+    let elapsed = started.elapsed();
+    assert_eq!(values.len(), n as usize);
+    assert!(
+        values.iter().enumerate().all(|(i, v)| *v == i as u64 * 2),
+        "a result is wrong or out of place"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.done, n, "{stats:?}");
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    eprintln!(
+        "chaos: {n} tasks in chunks of {chunk}, {kills} node SIGKILLs and restarts, 0 lost, \
+         0 duplicated, {elapsed:?}"
+    );
+    assert!(kills >= 3, "only {kills} kills happened");
+}
