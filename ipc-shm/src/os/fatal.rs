@@ -64,17 +64,29 @@ static PREVIOUS_SIGINFO: [AtomicBool; 32] = [const { AtomicBool::new(false) }; 3
 /// socket, not the descriptor); it is kept open for the rest of the process. Once per process:
 /// a second call fails with [`io::ErrorKind::AlreadyExists`].
 ///
+/// A child that crashes tells its parent so, and how, before it is gone:
+///
 /// ```
+/// use std::os::fd::AsFd;
 /// use std::sync::atomic::{AtomicU64, Ordering};
-/// let (mine, peer) = ipc_shm::os::socketpair()?;
-/// static DYING: AtomicU64 = AtomicU64::new(0);
-/// # if false {
-/// ipc_shm::os::install_death_notice(&DYING, mine)?;
-/// // ... a crash now stores its signal into DYING and hangs up on `peer` ...
-/// # }
-/// assert_eq!(DYING.load(Ordering::Acquire), 0);
-/// # drop(peer);
-/// # Ok::<(), std::io::Error>(())
+/// use ipc_shm::{SharedValue, os};
+///
+/// let dying = SharedValue::<AtomicU64>::new_anonymous()?;
+/// let (mine, peer) = os::socketpair()?;
+/// let pid = os::fork_then(&[peer.as_fd()], || {
+///     // The handler needs the word for the rest of the process.
+///     let word: &'static SharedValue<AtomicU64> = Box::leak(Box::new(dying.clone()));
+///     let installed = mine.try_clone().and_then(|socket| os::install_death_notice(word, socket));
+///     if installed.is_ok() {
+///         std::process::abort();
+///     }
+///     1
+/// })?;
+/// // The hang-up comes before the kernel has torn the child down; the word says why.
+/// assert!(os::wait_readable(&[peer.as_fd()], None)?[0]);
+/// assert_eq!(dying.load(Ordering::Acquire), os::Signal::SIGABRT as u64);
+/// assert_eq!(os::reap(pid)?, os::ExitStatus::Signal(os::Signal::SIGABRT as i32));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn install_death_notice(word: &'static AtomicU64, socket: OwnedFd) -> io::Result<()> {
     if INSTALLED.swap(true, Ordering::AcqRel) {
