@@ -26,6 +26,16 @@
 //! by the same driver; workers that keep failing at start-up trip the restart-loop breaker
 //! (`sizing`).
 //!
+//! A worker that crashes (a fatal signal it raises itself) says so before it is gone: its crash
+//! handler stores the signal into the slot's `dying` word and hangs up its link
+//! (`worker::serve`). The driver then settles the job at once with `WorkerLost { exit:
+//! Signal(dying) }` and starts the replacement without waiting for the kernel to tear the old
+//! process down (milliseconds for a large process); the old process is reaped afterwards, off
+//! the replacement's path (`bury`). A worker killed from outside (SIGKILL: no handler runs) is
+//! reaped first, as ever, for its exit status. A job run on a caller's thread (`run_here`)
+//! returns to the caller as soon as it is settled: the seat's driver thread is woken to start
+//! the replacement.
+//!
 //! A cancel (see `job`'s protocol) kills the worker from the cancelling thread; its driver
 //! settles the job like any death, with `Cancelled` for the job's tasks, and starts a new
 //! worker as it would after a crash. That is no start-up failure, so the restart breaker never
@@ -104,9 +114,10 @@ pub(crate) fn run_here(this: &Registry, job: Job) -> Result<(), Job> {
         d.set_state(WorkerState::Busy);
         match d.run_job(job) {
             Ran::Done => d.after_task(),
-            // Replace the worker now rather than when its driver next wakes up.
+            // The caller has its outcome: its return must not wait for a new process. The
+            // seat's driver thread, woken, starts the replacement now.
             Ran::WorkerGone => {
-                let _ = d.ensure_worker();
+                let _ = d.wake.0.try_send(());
             }
         }
         d.set_state(WorkerState::Idle);
@@ -137,13 +148,17 @@ fn drive(
         if registry.terminated.load(Ordering::SeqCst) {
             break;
         }
-        let started = {
+        let (started, wake) = {
             let mut d = lock(&seat);
-            if d.worker.is_none() {
+            let started = if d.worker.is_none() {
                 d.ensure_worker()
             } else {
                 Ok(())
-            }
+            };
+            // A nudge from before this point is answered (the worker is in place or its start
+            // failed): only a new loss on a caller's thread may wake the wait below.
+            while d.wake.1.try_recv().is_ok() {}
+            (started, d.wake.1.clone())
         };
         if let Err(failure) = started {
             if registry.record_failure(&failure) {
@@ -159,7 +174,7 @@ fn drive(
             d.idle_limit()
         };
         registry.idle.fetch_add(1, Ordering::SeqCst);
-        let next = registry.next_job(idle_limit);
+        let next = registry.next_job(idle_limit, &wake);
         registry.idle.fetch_sub(1, Ordering::SeqCst);
         match next {
             Some(Ok(job)) => {
@@ -177,6 +192,10 @@ fn drive(
                 }
             }
             Some(Err(())) => {
+                // Woken because the worker was lost on a caller's thread: replace it.
+                if lock(&seat).worker.is_none() {
+                    continue;
+                }
                 if idle_limit.is_some() && lock(&seat).may_shrink() {
                     break;
                 }
@@ -246,6 +265,14 @@ pub(crate) struct Driver {
     running: Option<(Arc<CancelToken>, u32)>,
     /// When this driver saw its worker die, until a replacement is ready (`replaced_in`).
     lost_at: Option<Instant>,
+    /// Crashed workers whose job was settled from their `dying` word, not reaped yet
+    /// (`bury`, once the replacement is ready).
+    dead: Vec<Worker>,
+    /// The driver thread's nudge: `run_here` lost this seat's worker, start a new one.
+    wake: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
 }
 
 impl Driver {
@@ -259,6 +286,8 @@ impl Driver {
             tasks_limit: None,
             running: None,
             lost_at: None,
+            dead: Vec::new(),
+            wake: crossbeam_channel::bounded(1),
         }
     }
 
@@ -316,7 +345,26 @@ impl Driver {
             .max_tasks_per_child
             .map(|n| crate::sizing::jitter(n, pid));
         self.worker = Some(worker);
+        self.bury();
         Ok(())
+    }
+
+    /// Reaps the crashed workers settled early (`lost`): those already gone here, the others
+    /// on a thread of their own, so that nobody waits for their teardown.
+    fn bury(&mut self) {
+        for mut worker in self.dead.drain(..) {
+            if !matches!(worker.try_reap(), Ok(None)) {
+                continue;
+            }
+            let reaper = std::thread::Builder::new()
+                .name("pool-reaper".into())
+                .spawn(move || {
+                    let _ = worker.reap();
+                });
+            // No thread to spare: the handle went with the failed spawn; the process stays a
+            // zombie until ours ends, which costs a pid and nothing else.
+            drop(reaper);
+        }
     }
 
     /// Runs `job` on the worker, registered with the job's cancel token meanwhile (a job
@@ -493,9 +541,17 @@ impl Driver {
         self.lost_at = Some(Instant::now());
         let _ = self.leave_cancel();
         // The link failed: whether the worker died or only its pipe broke, make sure it is gone
-        // before waiting for it (a dying process keeps the status it is dying with).
+        // (a dying process keeps the status it is dying with; the pid stays ours until reaped).
         worker.kill();
-        let exit = worker.reap().unwrap_or(Exit::Code(-1));
+        let slot = worker.slot.clone();
+        let exit = match slot.dying() {
+            // Its crash handler said how it ends: settle now, reap once the replacement runs.
+            Some(signal) => {
+                self.dead.push(worker);
+                Exit::Signal(signal)
+            }
+            None => worker.reap().unwrap_or(Exit::Code(-1)),
+        };
         if let Some(w) = lock(&registry.table).get_mut(&self.id) {
             w.state = WorkerState::Starting;
         }
@@ -518,11 +574,11 @@ impl Driver {
         }
         let cause = cause.unwrap_or(TaskError::WorkerLost { pid, exit });
         let end = job.first + job.count;
-        let words = worker.slot.words();
+        let words = slot.words();
         // Whether the worker had taken this very job off its pipe before it died.
         let received = words.job.load(Ordering::Acquire) == job.id;
         let running = if received {
-            worker.slot.current_item().map(|i| job.first + i)
+            slot.current_item().map(|i| job.first + i)
         } else {
             None
         };
@@ -569,6 +625,9 @@ impl Driver {
     fn retire(&mut self) {
         if let Some(worker) = self.worker.take() {
             finish_worker(worker);
+        }
+        for mut worker in self.dead.drain(..) {
+            let _ = worker.reap();
         }
     }
 }

@@ -140,8 +140,13 @@ impl Registry {
     }
 
     /// The next job for an idle driver; `None` when the driver should stop (closed and
-    /// drained), `Some(Err(()))` after `idle` passed with no job.
-    pub(crate) fn next_job(&self, idle: Option<Duration>) -> Option<Result<Job, ()>> {
+    /// drained), `Some(Err(()))` after `idle` passed with no job or when `wake` received (the
+    /// driver's own nudge: its worker was lost on a caller's thread and awaits replacement).
+    pub(crate) fn next_job(
+        &self,
+        idle: Option<Duration>,
+        wake: &Receiver<()>,
+    ) -> Option<Result<Job, ()>> {
         if self.closed.load(Ordering::SeqCst) {
             return self.rx.try_recv().ok().map(Ok);
         }
@@ -149,6 +154,7 @@ impl Registry {
         crossbeam_channel::select! {
             recv(self.rx) -> job => job.ok().map(Ok),
             recv(self.stop_rx) -> _ => self.rx.try_recv().ok().map(Ok),
+            recv(wake) -> _ => Some(Err(())),
             default(wait) => Some(Err(())),
         }
     }

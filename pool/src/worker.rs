@@ -5,6 +5,12 @@
 //! job is done, and also as soon as 50 us of work have accumulated, so that a death loses no
 //! result of a slow task and at most 50 us of fast ones.
 //!
+//! Before it greets the pool, the worker installs the early death notice
+//! (`ipc_shm::os::install_death_notice`): a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT,
+//! SIGTRAP, SIGSYS) stores its signal into the slot's `dying` word and shuts the link's socket
+//! down, so the pool learns of the death, and how it ends, before the kernel has torn the
+//! process down (milliseconds for a large process).
+//!
 //! This is the one place where a task reference received from the pool becomes a call. It needs
 //! no `unsafe`: the call goes through [`crate::task`], and its justification, the executable
 //! check of the handshake, is the `SameBuild` token that announcing the `Hello` yields.
@@ -17,6 +23,7 @@ use ipc_shm::transfer::{self, FdBatch};
 use crate::slot::{ProgressSlot, ProgressWords};
 use crate::task::{ChunkCtx, Failure, SameBuild};
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
+use crate::wire::transport::PipeLink;
 
 /// Exit codes of a worker process.
 pub(crate) mod code {
@@ -35,6 +42,18 @@ pub(crate) mod code {
 /// the next one starts, so a crash in one task never loses another's result.
 const FLUSH_EVERY: Duration = Duration::from_micros(50);
 const FLUSH_BYTES: usize = 1 << 20;
+
+/// Serves the pool on `link` in a new worker process: installs the death notice (on the slot's
+/// `dying` word and the link's socket), then runs the worker loop; returns the exit code.
+pub(crate) fn serve(mut link: PipeLink, slot: &ProgressSlot) -> i32 {
+    // The handler needs the word for the rest of the process: this process ends with the loop.
+    let kept: &'static ProgressSlot = Box::leak(Box::new(slot.clone()));
+    // Without the notice (a descriptor limit) a crash is still seen, by the reap.
+    if let Ok(socket) = link.hangup_fd() {
+        let _ = ipc_shm::os::install_death_notice(&kept.words().dying, socket);
+    }
+    run(&mut link, slot)
+}
 
 /// Runs the worker loop on `link`; returns the process exit code.
 pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {

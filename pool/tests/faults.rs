@@ -13,7 +13,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use ipc_shm::os;
+use ipc_shm::{SharedValue, os};
+use ipc_sync::Event;
 use ipc_tests::{child, child_entry};
 use pool::{Pool, PoolBuilder, PoolError, StartMethod, TaskError};
 
@@ -579,4 +580,96 @@ child_entry! {
 #[test]
 fn fork_workers_start_while_a_parent_thread_runs_a_panic_hook() {
     run_child(child!(fork_while_a_panic_hook_runs));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12 item 4: a crash is reported before the crashed process is reaped.
+
+/// The initializer of `crash_reported_before_reaped`: workers start only while `gate` is set.
+fn wait_for_gate(gate: SharedValue<Event>) {
+    gate.wait();
+}
+
+fn abort_task(_: u64) -> u64 {
+    std::process::abort()
+}
+
+fn segv_task(_: u64) -> u64 {
+    loop {
+        // The first SIGSEGV may meet std's stack-overflow handler, which restores the default
+        // action and returns; the next one kills.
+        os::kill(os::pid(), os::Signal::SIGSEGV).unwrap();
+    }
+}
+
+child_entry! {
+    fn crash_reported_before_reaped() {
+        let method = method_from_env();
+        let gate = SharedValue::<Event>::new_anonymous().expect("the gate");
+        gate.set();
+        let pool = PoolBuilder::new()
+            .processes(1)
+            .start_method(method)
+            .initializer(wait_for_gate, gate.clone())
+            .build()
+            .expect("pool");
+        for (task, signal) in [
+            (abort_task as fn(u64) -> u64, os::Signal::SIGABRT),
+            (segv_task, os::Signal::SIGSEGV),
+        ] {
+            let old = pool.stats().workers[0].pid;
+            // The replacement cannot finish starting (its initializer waits for the gate), so
+            // nothing the pool does after the crash can have reaped the crashed worker yet...
+            gate.clear();
+            // ... and neither can the fork server, which reaps its children itself.
+            let server = (method == StartMethod::ForkServer)
+                .then(|| pool::__fork_server_pid().expect("a fork server runs"));
+            if let Some(server) = server {
+                os::kill(server, os::Signal::SIGSTOP).unwrap();
+            }
+            // Without the early notice the pool reaps before it reports (and with the server
+            // stopped never reports at all): this bound only turns that hang into a failure.
+            let lost = pool
+                .apply_async(task, 0)
+                .get_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("{method:?}: no WorkerLost while the worker is unreaped"));
+            match lost {
+                Err(TaskError::WorkerLost { pid, exit }) => {
+                    assert_eq!(pid, old);
+                    assert_eq!(exit, pool::Exit::Signal(signal as i32));
+                }
+                other => panic!("{method:?}: expected WorkerLost, got {other:?}"),
+            }
+            // The crashed process was not reaped before its task got its outcome: it still has
+            // its /proc entry (tearing down, or a zombie).
+            assert!(
+                std::path::Path::new(&format!("/proc/{old}")).exists(),
+                "{method:?}: worker {old} was reaped before WorkerLost was delivered"
+            );
+            if let Some(server) = server {
+                os::kill(server, os::Signal::SIGCONT).unwrap();
+            }
+            gate.set();
+            // The next task runs on the replacement; the crashed process is reaped.
+            assert_eq!(pool.apply(square, 7).unwrap(), 49);
+            assert_ne!(pool.stats().workers[0].pid, old);
+            wait_gone(old, Duration::from_secs(10));
+        }
+        println!("fault: {method:?}: abort and SIGSEGV reported before the worker was reaped");
+    }
+}
+
+#[test]
+fn fork_crash_is_reported_before_the_worker_is_reaped() {
+    run_child(child!(crash_reported_before_reaped).env("METHOD", "fork"));
+}
+
+#[test]
+fn spawn_crash_is_reported_before_the_worker_is_reaped() {
+    run_child(child!(crash_reported_before_reaped).env("METHOD", "spawn"));
+}
+
+#[test]
+fn forkserver_crash_is_reported_before_the_worker_is_reaped() {
+    run_child(child!(crash_reported_before_reaped).env("METHOD", "forkserver"));
 }

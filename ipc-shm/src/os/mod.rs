@@ -12,15 +12,18 @@
 //! | [`poll`](mod@poll) | waiting for readability: `poll`, and an [`Epoll`] set other threads add to |
 //! | [`socket`] | socketpairs, readiness bytes, `SCM_RIGHTS` |
 //! | [`signal`] | a `signalfd` for `SIGCHLD` (the fork server's reaper) |
+//! | [`fatal`] | the early death notice: a crash stores its signal and hangs up before the teardown |
 //!
 //! The OS crates, one per purpose: `rustix` wherever it has a safe form; `nix` for `fork(2)` and
 //! `signalfd(2)`, which rustix does not offer (and for the [`Signal`] type, which the test
-//! harness's public API already uses); `libc` for `_exit(2)` alone.
+//! harness's public API already uses, and `sigaction`); `libc` for `_exit(2)` and, inside the
+//! crash handler, `shutdown`, `signal` and `raise`.
 //!
 //! Safe functions return typed `io::Result`s; the few `unsafe fn`s carry `# Safety` sections.
-//! Only [`fd`] and [`process`] allow `unsafe` (borrowing raw numbers, `pre_exec`, `fork`,
-//! `_exit`, `pthread_atfork`); the other files are safe code over rustix and nix.
+//! Only [`fd`], [`process`] and [`fatal`] allow `unsafe` (borrowing raw numbers, `pre_exec`,
+//! `fork`, `_exit`, `pthread_atfork`, `sigaction` and the crash handler); the other files are safe code over rustix and nix.
 
+pub mod fatal;
 pub mod fd;
 pub mod poll;
 pub mod process;
@@ -28,6 +31,7 @@ pub mod shm;
 pub mod signal;
 pub mod socket;
 
+pub use fatal::*;
 pub use fd::*;
 pub use poll::*;
 pub use process::*;

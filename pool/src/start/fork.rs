@@ -19,7 +19,7 @@ pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
             ours.forget_in_child();
         }
         match theirs.take() {
-            Some(mut link) => crate::worker::run(&mut link, &slot),
+            Some(link) => crate::worker::serve(link, &slot),
             None => crate::worker::code::LINK,
         }
     })

@@ -154,9 +154,7 @@ fn server_fork_one(
             .ok()
             .and_then(ProgressSlot::from_segment);
         match (link, slot) {
-            (Ok(conn), Some(slot)) => {
-                crate::worker::run(&mut PipeLink::from_connection(conn), &slot)
-            }
+            (Ok(conn), Some(slot)) => crate::worker::serve(PipeLink::from_connection(conn), &slot),
             _ => crate::worker::code::LINK,
         }
     })
@@ -204,6 +202,16 @@ impl ForkServerClient {
     fn mark_dead(&self) {
         self.lock().dead = true;
         self.changed.notify_all();
+    }
+
+    /// How worker `pid` ended, if the server has reported it (never blocks).
+    pub(crate) fn try_reap(&self, pid: u32) -> io::Result<Option<Exit>> {
+        let mut state = self.lock();
+        match state.exits.remove(&pid) {
+            Some(exit) => Ok(Some(exit)),
+            None if state.dead => Err(io::Error::other("the fork server is gone")),
+            None => Ok(None),
+        }
     }
 
     /// Waits for the server to report how worker `pid` ended.

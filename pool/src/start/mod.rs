@@ -117,6 +117,19 @@ impl Worker {
         Ok(exit)
     }
 
+    /// How the worker ended, if it has (never blocks); a later [`reap`](Worker::reap) repeats it.
+    pub(crate) fn try_reap(&mut self) -> io::Result<Option<Exit>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let exit = match &self.reaper {
+            Reaper::Child => ipc_shm::os::try_reap(self.pid)?.map(Into::into),
+            Reaper::Server(server) => server.try_reap(self.pid)?,
+        };
+        self.exit = exit;
+        Ok(exit)
+    }
+
     /// How a worker whose link broke ended: it is killed first if it still runs (a dying
     /// process keeps the status it is dying with), then reaped; `None` if nobody can tell.
     fn ended(&mut self) -> Option<Exit> {

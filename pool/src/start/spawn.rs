@@ -50,7 +50,7 @@ pub(super) fn run_spawned_worker() -> i32 {
         .ok()
         .and_then(ProgressSlot::from_segment);
     match (link, slot) {
-        (Ok(mut link), Some(slot)) => crate::worker::run(&mut link, &slot),
+        (Ok(link), Some(slot)) => crate::worker::serve(link, &slot),
         _ => crate::worker::code::LINK,
     }
 }

@@ -63,6 +63,12 @@ impl PipeLink {
         self.0.into_raw_parts()
     }
 
+    /// A duplicate of this end's socket, for the crash handler to shut down: the pool's end
+    /// then sees the hang-up at once (see `worker::serve`).
+    pub(crate) fn hangup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.0.readiness_fd().try_clone_to_owned()
+    }
+
     pub(crate) fn from_connection(conn: Connection) -> PipeLink {
         PipeLink(conn)
     }
