@@ -141,18 +141,20 @@ impl Dispatcher {
     /// results of what is in flight, then cleans up.
     fn run(self, rt: tokio::runtime::Runtime, reader: tokio::task::JoinHandle<()>) {
         let registry = self.shared.registry.clone();
+        // The dispatcher has no worker of its own to replace: nothing ever nudges it.
+        let no_wake = crossbeam_channel::never::<()>();
         loop {
             if registry.terminated.load(Ordering::SeqCst) {
                 break;
             }
-            let first = match registry.next_job(Some(Duration::from_millis(50))) {
+            let first = match registry.next_job(Some(Duration::from_millis(50)), &no_wake) {
                 None => break,
                 Some(Err(())) => continue,
                 Some(Ok(job)) => job,
             };
             let mut batch = vec![first];
             while batch.len() < PUBLISH_BATCH {
-                match registry.next_job(Some(Duration::ZERO)) {
+                match registry.next_job(Some(Duration::ZERO), &no_wake) {
                     Some(Ok(job)) => batch.push(job),
                     _ => break,
                 }
