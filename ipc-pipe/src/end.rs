@@ -192,7 +192,15 @@ where
             return sleep();
         }
         let mut spun = Ok(0);
-        let ready = self.settings.backoff.spin(|| match count() {
+        // Record where we wait, and do not spin for a peer that last waited on this CPU: it
+        // cannot answer before we stop (both on one core, as on a busy machine).
+        let me = ipc_sync::cpu_tag();
+        let mine = &self.ctl.cpu[self.side];
+        if mine.load(Ordering::Relaxed) != me {
+            mine.store(me, Ordering::Relaxed);
+        }
+        let peer = self.ctl.cpu[1 - self.side].load(Ordering::Relaxed);
+        let ready = self.settings.backoff.spin_beside(peer, || match count() {
             Ok(n) if n < need => false,
             r => {
                 spun = r;

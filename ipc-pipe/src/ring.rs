@@ -148,7 +148,12 @@ pub(crate) struct Control {
     /// block's read-mostly line, so the per-send check costs no coherence traffic. Zero in a
     /// fresh (zero-filled) segment.
     pub(crate) dropped: [AtomicU32; 2],
-    _pad: [u8; 128 - 56],
+    /// The CPU end `i` last waited on, as `ipc_sync::cpu_tag` records it (CPU + 1; 0 unknown,
+    /// which is what a peer of an older build leaves there): a waiter does not spin for a peer
+    /// that last ran on its own CPU (`End::spin_then_sleep`). Written only when it changes, so
+    /// it stays on the read-mostly line.
+    pub(crate) cpu: [AtomicU32; 2],
+    _pad: [u8; 128 - 64],
     /// Ring `i` carries messages from end `i` to end `1 - i`.
     pub(crate) rings: [RingCtl; 2],
 }
@@ -191,7 +196,8 @@ impl Control {
             closed: [AtomicU32::new(0), AtomicU32::new(0)],
             user_pid: [AtomicU32::new(0), AtomicU32::new(0)],
             dropped: [AtomicU32::new(0), AtomicU32::new(0)],
-            _pad: [0; 128 - 56],
+            cpu: [AtomicU32::new(0), AtomicU32::new(0)],
+            _pad: [0; 128 - 64],
             rings: [RingCtl::new(), RingCtl::new()],
         }
     }

@@ -110,7 +110,7 @@ mod shm;
 pub mod sync;
 pub mod waiter;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, cpu_tag};
 pub use barrier::{Barrier, BarrierWaitError};
 pub use condition::{CondGuard, Condition};
 pub use event::Event;

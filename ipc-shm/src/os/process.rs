@@ -28,6 +28,13 @@ fn to_pid(pid: u32) -> io::Result<Pid> {
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
+/// The CPU the calling thread runs on right now (`getcpu`, through the vDSO: a few
+/// nanoseconds). It may have moved by the time the caller looks at the answer: a hint for
+/// spinning decisions, never for correctness.
+pub fn current_cpu() -> u32 {
+    u32::try_from(rustix::thread::sched_getcpu()).unwrap_or(u32::MAX)
+}
+
 /// This process's id.
 pub fn pid() -> u32 {
     rustix::process::getpid()
