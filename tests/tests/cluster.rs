@@ -118,11 +118,12 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server (SIGTERM: a clean shutdown, which keeps the store) and starts it again on
-    /// the same port and store.
-    fn restart(&mut self) {
+    /// Ends the server with `signal` (SIGTERM: a clean shutdown, which keeps the store; SIGKILL:
+    /// a crash, whatever it had not written to its store is lost) and starts it again on the
+    /// same port and store.
+    fn restart_after(&mut self, signal: os::Signal) {
         if let Some(mut child) = self.child.take() {
-            let _ = os::kill(child.id(), os::Signal::SIGTERM);
+            let _ = os::kill(child.id(), signal);
             let _ = child.wait();
         }
         self.spawn();
@@ -567,25 +568,37 @@ fn a_node_of_another_build_refuses_the_task() {
 
 #[test]
 fn the_server_restarted_mid_map_neither_loses_nor_hangs() {
-    let _watchdog = ipc_tests::watchdog("server_restart", Duration::from_secs(300));
-    let Some(mut server) = NatsServer::start("restart") else {
+    server_ends_mid_map("restart", os::Signal::SIGTERM);
+}
+
+#[test]
+fn the_server_killed_mid_map_neither_loses_nor_hangs() {
+    server_ends_mid_map("killed", os::Signal::SIGKILL);
+}
+
+/// A map across two nodes whose server ends with `signal` a third of the way through and starts
+/// again on the same port and store: every result arrives right, or the map fails with a clear
+/// cluster error; it never hangs and never returns a wrong result.
+fn server_ends_mid_map(tag: &str, signal: os::Signal) {
+    let _watchdog = ipc_tests::watchdog(&format!("server_{tag}"), Duration::from_secs(300));
+    let Some(mut server) = NatsServer::start(tag) else {
         return;
     };
-    let name = cluster_name("restart");
+    let name = cluster_name(tag);
     let _nodes = [start_node(&server, &name), start_node(&server, &name)];
     let pool = cluster_pool(&server, &name, PoolBuilder::new());
     let n = 400u64;
     let result = pool.map_async(slow_double, 0..n, Some(2));
-    // Restart once a third of the map is done (watched through the pool's counters).
+    // End the server once a third of the map is done (watched through the pool's counters).
     let started = Instant::now();
     while !result.ready() && pool.stats().done < n / 3 {
         result.wait_timeout(Duration::from_millis(10));
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "no progress before the restart"
+            "no progress before the server ended"
         );
     }
-    server.restart();
+    server.restart_after(signal);
     match result.get_timeout(Duration::from_secs(120)) {
         Ok(Ok(v)) => assert_eq!(v, (0..n).map(|x| x * 2).collect::<Vec<_>>()),
         Ok(Err(e)) => {
@@ -594,7 +607,7 @@ fn the_server_restarted_mid_map_neither_loses_nor_hangs() {
                 "not a clear cluster error: {e:?}"
             );
         }
-        Err(_) => panic!("the map hung after the server restarted"),
+        Err(_) => panic!("the map hung after the server ended ({tag})"),
     }
 }
 
