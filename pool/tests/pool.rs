@@ -57,22 +57,7 @@ fn build(method: StartMethod, processes: usize) -> Pool {
         .expect("pool")
 }
 
-/// One copy of each semantic test per start method.
-macro_rules! per_method {
-    ($($test:ident),* $(,)?) => {
-        mod fork {
-            $( #[test] fn $test() { super::$test(pool::StartMethod::Fork) } )*
-        }
-        mod forkserver {
-            $( #[test] fn $test() { super::$test(pool::StartMethod::ForkServer) } )*
-        }
-        mod spawn {
-            $( #[test] fn $test() { super::$test(pool::StartMethod::Spawn) } )*
-        }
-    };
-}
-
-per_method!(
+ipc_tests::per_start_method!(
     apply_map_and_async,
     callbacks_run_in_the_parent,
     imap_is_lazy_and_ordered,

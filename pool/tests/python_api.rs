@@ -77,22 +77,7 @@ fn wait_replaced(pool: &Pool, gone: u32) {
     }
 }
 
-/// One copy of each test per start method.
-macro_rules! per_method {
-    ($($test:ident),* $(,)?) => {
-        mod fork {
-            $( #[test] fn $test() { super::$test(pool::StartMethod::Fork) } )*
-        }
-        mod forkserver {
-            $( #[test] fn $test() { super::$test(pool::StartMethod::ForkServer) } )*
-        }
-        mod spawn {
-            $( #[test] fn $test() { super::$test(pool::StartMethod::Spawn) } )*
-        }
-    };
-}
-
-per_method!(
+ipc_tests::per_start_method!(
     terminate_fails_running_and_queued_tasks_with_terminated,
     cancel_takes_out_a_queued_task_and_kills_a_running_one,
     panicked_points_at_the_panicking_line,

@@ -105,6 +105,24 @@ macro_rules! child {
     };
 }
 
+/// One copy of each test per pool start method: `per_start_method!(a, b)` declares modules
+/// `fork`, `forkserver` and `spawn`, each with tests `a` and `b` calling `super::a(method)`. The
+/// caller's crate must depend on `pool` (the macro names `pool::StartMethod` where it expands).
+#[macro_export]
+macro_rules! per_start_method {
+    ($($test:ident),* $(,)?) => {
+        mod fork {
+            $( #[test] fn $test() { super::$test(pool::StartMethod::Fork) } )*
+        }
+        mod forkserver {
+            $( #[test] fn $test() { super::$test(pool::StartMethod::ForkServer) } )*
+        }
+        mod spawn {
+            $( #[test] fn $test() { super::$test(pool::StartMethod::Spawn) } )*
+        }
+    };
+}
+
 /// The test name of an entry: its module path without the crate name, then the function.
 #[doc(hidden)]
 pub fn entry_test_name(module_path: &str, name: &str) -> String {
