@@ -312,6 +312,19 @@ fn the_pool_api_on_two_nodes() {
     let result = pool.apply_async_with(double, 5, move |r| tx.send(*r).unwrap(), |_| {});
     assert_eq!(result.get(), Ok(10));
     assert_eq!(rx.recv(), Ok(10), "the callback ran");
+    // Handles (issue 11) travel to local workers, not to other machines: refused at submit.
+    fn counter_value(v: ipc_shm::SharedValue<std::sync::atomic::AtomicU64>) -> u64 {
+        v.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    let counter = ipc_shm::SharedValue::<std::sync::atomic::AtomicU64>::new_anonymous()
+        .expect("a shared counter");
+    assert!(
+        matches!(
+            pool.apply(counter_value, counter),
+            Err(TaskError::Unsendable(_))
+        ),
+        "a handle in a cluster task's argument must be refused at submit"
+    );
 
     let expected: Vec<u64> = (0..2000).map(|x| x * 2).collect();
     assert_eq!(pool.map(double, 0..2000u64).as_ref(), Ok(&expected));

@@ -213,6 +213,18 @@ impl Dispatcher {
         let mut pending = batch;
         let mut sends = Vec::new();
         while let Some(mut job) = pending.pop() {
+            if job.fds.is_some() {
+                // Descriptors do not cross machines: a handle (a queue, a pipe end, a segment)
+                // in a cluster task's argument is refused here, before anything is published.
+                let e = TaskError::Unsendable(crate::HandleError::new(
+                    ipc_shm::transfer::TransferError::NotTransferable {
+                        kind: "IPC handle",
+                        reason: "descriptors do not travel to cluster nodes on other machines",
+                    },
+                ));
+                self.shared.registry.finish_job_error(&job, &e);
+                continue;
+            }
             let frame = match self.frame(&job) {
                 Ok(f) => f,
                 Err(e) => {
