@@ -1,7 +1,6 @@
 //! The one-way ends made by [`channel`](crate::channel): [`Sender`] and [`Receiver`], thin
 //! wrappers over a [`Connection`] that expose one direction.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -66,7 +65,11 @@ impl Sender {
     }
 
     /// See [`Connection::pass_to_command`].
-    pub fn pass_to_command(&self, cmd: &mut Command, key: &str) -> Result<(), PassError> {
+    pub fn pass_to_command(
+        &self,
+        cmd: &mut (impl ipc_shm::ChildSetup + ?Sized),
+        key: &str,
+    ) -> Result<(), PassError> {
         self.0.pass_to_command(cmd, key)
     }
 
@@ -121,7 +124,11 @@ impl Receiver {
     }
 
     /// See [`Connection::pass_to_command`].
-    pub fn pass_to_command(&self, cmd: &mut Command, key: &str) -> Result<(), PassError> {
+    pub fn pass_to_command(
+        &self,
+        cmd: &mut (impl ipc_shm::ChildSetup + ?Sized),
+        key: &str,
+    ) -> Result<(), PassError> {
         self.0.pass_to_command(cmd, key)
     }
 

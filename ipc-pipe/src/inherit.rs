@@ -2,8 +2,8 @@
 //! [`Connection::from_inherited`]) or by descriptors ([`Connection::into_raw_parts`],
 //! [`Connection::from_raw_parts`]). Across `fork` nothing is needed.
 
+use ipc_shm::ChildSetup;
 use std::os::fd::OwnedFd;
-use std::process::Command;
 use std::sync::Arc;
 
 use ipc_shm::OpenOptions;
@@ -15,14 +15,18 @@ use crate::error::{OpenError, PassError};
 use crate::ring::Corruption;
 
 impl Connection {
-    /// Makes the child that `cmd` starts inherit this end, under environment variables starting
+    /// Makes the child that `cmd` (a `Command` or an `ipc_shm::os::Spawn`) starts inherit this end, under environment variables starting
     /// with `key`; the child calls [`Connection::from_inherited`] with the same key. Drop this
     /// end afterwards in the parent (and `cmd` once the child runs), or the other end will not
     /// see the child's death.
-    pub fn pass_to_command(&self, cmd: &mut Command, key: &str) -> Result<(), PassError> {
+    pub fn pass_to_command(
+        &self,
+        cmd: &mut (impl ChildSetup + ?Sized),
+        key: &str,
+    ) -> Result<(), PassError> {
         ipc_shm::pass_fd_to_command(cmd, self.seg.fd(), &format!("{key}_SHM"))?;
         ipc_shm::pass_fd_to_command(cmd, self.sock(), &format!("{key}_SOCK"))?;
-        cmd.env(format!("{key}_SIDE"), self.end.side.to_string());
+        cmd.set_env(&format!("{key}_SIDE"), self.end.side.to_string().as_ref());
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! Handing a descriptor to an exec'ed child without leaking it into unrelated children.
 //!
 //! Every descriptor this workspace opens is close-on-exec. To give one to a particular child,
-//! [`pass_fd_to_command`] duplicates it into the `Command` and clears close-on-exec *in the
-//! child only* (between `fork` and `exec`), then names the number in an environment variable.
+//! [`pass_fd_to_command`] duplicates it into the `Command` (or [`os::Spawn`]: any
+//! [`ChildSetup`]) and clears close-on-exec *in the child only* (between `fork` and `exec`, or
+//! by a `posix_spawn` file action), then names the number in an environment variable.
 //! The child claims it once with [`take_inherited_fd`].
 #![allow(unsafe_code)]
 
@@ -34,11 +35,46 @@ static TAKEN: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
 /// // In the child: let fd = ipc_shm::take_inherited_fd("MY_FD")?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn pass_fd_to_command(cmd: &mut Command, fd: BorrowedFd<'_>, key: &str) -> io::Result<()> {
+pub fn pass_fd_to_command(
+    cmd: &mut (impl ChildSetup + ?Sized),
+    fd: BorrowedFd<'_>,
+    key: &str,
+) -> io::Result<()> {
     let dup = os::dup(fd)?;
-    cmd.env(key, dup.as_raw_fd().to_string());
-    os::inherit_in_child(cmd, dup);
+    cmd.set_env(key, dup.as_raw_fd().to_string().as_ref());
+    cmd.keep_open(dup);
     Ok(())
+}
+
+/// A child process being set up, which descriptors and environment variables can be handed to:
+/// `std::process::Command` (started by `fork` + `exec`), or [`os::Spawn`] (started by
+/// `posix_spawn`, which does not copy this process: the one to use from a large process).
+pub trait ChildSetup {
+    /// Sets the environment variable `key` in the child.
+    fn set_env(&mut self, key: &str, value: &std::ffi::OsStr);
+    /// Keeps `fd` open in the child under its number here, close-on-exec in this process
+    /// meanwhile (so that no other child inherits it); closed here when `self` is dropped.
+    fn keep_open(&mut self, fd: OwnedFd);
+}
+
+impl ChildSetup for Command {
+    fn set_env(&mut self, key: &str, value: &std::ffi::OsStr) {
+        self.env(key, value);
+    }
+
+    fn keep_open(&mut self, fd: OwnedFd) {
+        os::inherit_in_child(self, fd);
+    }
+}
+
+impl ChildSetup for os::Spawn {
+    fn set_env(&mut self, key: &str, value: &std::ffi::OsStr) {
+        self.env(key, value);
+    }
+
+    fn keep_open(&mut self, fd: OwnedFd) {
+        os::Spawn::keep_open(self, fd);
+    }
 }
 
 /// Claims the descriptor named by the environment variable `key`, as set up by

@@ -110,8 +110,8 @@
 //! - `rustix`, `nix` and `libc`: behind [`os`], the workspace's OS layer: every system call the
 //!   crates make outside the futex wrapper, so that another OS can be added in one place. rustix
 //!   wherever it has a safe form (shm, memfd, seals, `fstat`, `ftruncate`, pidfd, poll, waitpid,
-//!   kill, pdeathsig, sockets and `SCM_RIGHTS`); nix for `fork` and `signalfd` only; libc for
-//!   `_exit` and `pthread_atfork` only.
+//!   kill, pdeathsig, sockets and `SCM_RIGHTS`); nix for `fork`, `signalfd` and `posix_spawn`
+//!   only; libc for `_exit` and `pthread_atfork` only.
 //! - `thiserror`: the `Display` and `source` of the error enums.
 //! - `serde` and `bincode` (feature `codec` only): the shared message encoding. `serde` alone
 //!   (feature `serde`, which `codec` implies) for `transfer`: a feature rather than always on, so
@@ -141,7 +141,7 @@ pub use error::{
     InheritError, LayoutError, NameError, RingError, SegmentCreateError, SegmentOpenError,
 };
 pub use header::{LAYOUT_VERSION, MAGIC, PAYLOAD_ALIGN, PAYLOAD_OFFSET, SegmentHeader, TypeTag};
-pub use inherit::{pass_fd_to_command, take_inherited_fd};
+pub use inherit::{ChildSetup, pass_fd_to_command, take_inherited_fd};
 /// `#[derive(ShmSafe)]` (feature `derive`, on by default): see the [`ShmSafe`](trait@ShmSafe)
 /// trait and the `ipc_shm_derive` crate for what it checks.
 #[cfg(feature = "derive")]

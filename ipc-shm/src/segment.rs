@@ -15,7 +15,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::error::{LayoutError, NameError, SegmentCreateError, SegmentOpenError};
@@ -678,8 +677,8 @@ impl Segment {
         })
     }
 
-    /// Arranges for the child that `cmd` will start to inherit this segment's descriptor, named
-    /// by the environment variable `key`; the child opens it with [`OpenOptions::from_inherited`].
+    /// Arranges for the child that `cmd` (a `Command` or an [`os::Spawn`](crate::os::Spawn))
+    /// will start to inherit this segment's descriptor, named by the environment variable `key`; the child opens it with [`OpenOptions::from_inherited`].
     /// The descriptor stays close-on-exec in this process, so other children never see it.
     ///
     /// ```no_run
@@ -696,7 +695,11 @@ impl Segment {
     /// let seg = OpenOptions::new(TAG).from_inherited("MY_APP_SEGMENT_FD")?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn pass_to_command(&self, cmd: &mut Command, key: &str) -> io::Result<()> {
+    pub fn pass_to_command(
+        &self,
+        cmd: &mut (impl crate::ChildSetup + ?Sized),
+        key: &str,
+    ) -> io::Result<()> {
         inherit::pass_fd_to_command(cmd, self.fd.as_fd(), key)
     }
 }

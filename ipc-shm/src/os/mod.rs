@@ -11,11 +11,12 @@
 //! | [`process`] | ids, fork, die-with-parent, pidfd (process or thread), signals, reaping, `/proc` figures |
 //! | [`poll`](mod@poll) | waiting for readability: `poll`, and an [`Epoll`] set other threads add to |
 //! | [`socket`] | socketpairs, readiness bytes, `SCM_RIGHTS` |
+//! | [`spawn`](mod@spawn) | starting a program with `posix_spawn` (no copy of this process), descriptors kept open in the child only |
 //! | [`signal`] | a `signalfd` for `SIGCHLD` (the fork server's reaper) |
 //! | [`fatal`] | the early death notice: a crash stores its signal and hangs up before the teardown |
 //!
-//! The OS crates, one per purpose: `rustix` wherever it has a safe form; `nix` for `fork(2)` and
-//! `signalfd(2)`, which rustix does not offer (and for the [`Signal`] type, which the test
+//! The OS crates, one per purpose: `rustix` wherever it has a safe form; `nix` for `fork(2)`,
+//! `signalfd(2)` and `posix_spawn(3)`, which rustix does not offer (and for the [`Signal`] type, which the test
 //! harness's public API already uses, and `sigaction`); `libc` for `_exit(2)` and, inside the
 //! crash handler, `shutdown`, `signal` and `raise`.
 //!
@@ -30,6 +31,7 @@ pub mod process;
 pub mod shm;
 pub mod signal;
 pub mod socket;
+pub mod spawn;
 
 pub use fatal::*;
 pub use fd::*;
@@ -38,3 +40,4 @@ pub use process::*;
 pub use shm::*;
 pub use signal::*;
 pub use socket::*;
+pub use spawn::*;

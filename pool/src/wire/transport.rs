@@ -1,6 +1,5 @@
 //! The link to a worker: an `ipc_pipe::Connection` behind the [`Link`] boundary.
 
-use std::process::Command;
 use std::time::Duration;
 
 use ipc_pipe::{Connection, PipeBuilder};
@@ -44,7 +43,11 @@ impl PipeLink {
         self.0.release();
     }
 
-    pub(crate) fn pass_to_command(&self, cmd: &mut Command, key: &str) -> Result<(), PoolError> {
+    pub(crate) fn pass_to_command(
+        &self,
+        cmd: &mut (impl ipc_shm::ChildSetup + ?Sized),
+        key: &str,
+    ) -> Result<(), PoolError> {
         self.0
             .pass_to_command(cmd, key)
             .map_err(|e| SpawnErrorKind::PipePass(Arc::new(e)).into())
