@@ -945,9 +945,14 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
             ("pool fork", 100e-6),
             ("pool forkserver", 400e-6),
             ("pool spawn", 400e-6),
+            ("pool fork + warm spare", 100e-6),
+            ("pool forkserver + warm spare", 400e-6),
+            ("pool spawn + warm spare", 400e-6),
         ] {
             let replaced = w.median_of(&format!("{name}: death seen -> replacement ready"));
-            let lost = w.median_of(&format!("{name}: crash -> WorkerLost"));
+            // A spare does not change detection: its rows share the plain method's.
+            let method = name.trim_end_matches(" + warm spare");
+            let lost = w.median_of(&format!("{method}: crash -> WorkerLost"));
             push(
                 &format!(
                     "replacing a dead worker ({})",

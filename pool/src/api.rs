@@ -62,6 +62,7 @@ pub struct PoolBuilder {
     initializer_error: Option<ConfigError>,
     restart_limit: (u32, Duration),
     max_in_flight: Option<usize>,
+    warm_spare: bool,
     #[cfg(feature = "nats")]
     cluster: Option<crate::cluster::NatsCluster>,
 }
@@ -89,6 +90,7 @@ impl PoolBuilder {
             initializer_error: None,
             restart_limit: (5, Duration::from_secs(10)),
             max_in_flight: None,
+            warm_spare: false,
             #[cfg(feature = "nats")]
             cluster: None,
         }
@@ -198,6 +200,35 @@ impl PoolBuilder {
         self
     }
 
+    /// Keep one more worker started, greeted and initialised, beside the pool's workers: a
+    /// worker that dies (a crash, a kill, a timeout, a cancel) or is recycled
+    /// (`max_tasks_per_child`, `max_memory_per_child`) is replaced by it at once, and the next
+    /// spare is started in the background. Replacing a worker then costs microseconds instead
+    /// of a start (a `fork` of the pool's process grows with its size; `Spawn` pays the
+    /// program's start-up). The price: one more idle process, all the time. Default: off.
+    ///
+    /// A spare runs no task until it replaces a worker, and then is exactly that worker; one
+    /// found dead when needed is reaped and a worker is started as without a spare. The
+    /// restart breaker counts the drivers' own starts only.
+    ///
+    /// ```
+    /// fn boom(_: u32) {
+    ///     std::process::abort();
+    /// }
+    ///
+    /// let pool = pool::PoolBuilder::new()
+    ///     .processes(1)
+    ///     .warm_spare(true)
+    ///     .build()?;
+    /// assert!(matches!(pool.apply(boom, 0), Err(pool::TaskError::WorkerLost { .. })));
+    /// assert_eq!(pool.apply(|x: u32| x + 1, 1)?, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn warm_spare(mut self, on: bool) -> Self {
+        self.warm_spare = on;
+        self
+    }
+
     /// Starts the workers. Returns once every initial worker has started and run the
     /// initializer.
     pub fn build(self) -> Result<Pool, PoolError> {
@@ -230,6 +261,7 @@ impl PoolBuilder {
                 initializer: None,
                 restart_limit: self.restart_limit,
                 max_in_flight: self.max_in_flight.unwrap_or(cluster.default_in_flight()),
+                warm_spare: false,
                 cluster: Some(cluster),
             };
             return Ok(Pool {
@@ -256,6 +288,7 @@ impl PoolBuilder {
             initializer: self.initializer,
             restart_limit: self.restart_limit,
             max_in_flight: self.max_in_flight.unwrap_or((max_workers * 4).max(16)),
+            warm_spare: self.warm_spare,
             #[cfg(feature = "nats")]
             cluster: None,
         };
@@ -279,6 +312,8 @@ pub(crate) struct Settings {
     pub(crate) initializer: Option<(TaskRef, Args)>,
     pub(crate) restart_limit: (u32, Duration),
     pub(crate) max_in_flight: usize,
+    /// Keep a warm spare worker (`spare`).
+    pub(crate) warm_spare: bool,
     /// Where the tasks run when not on local workers (feature `nats`).
     #[cfg(feature = "nats")]
     pub(crate) cluster: Option<crate::cluster::NatsCluster>,
@@ -346,6 +381,10 @@ impl Pool {
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(SpawnErrorKind::DriverEnded.into()),
             }
+        }
+        if pool.registry.settings.warm_spare {
+            crate::spare::Spare::start_keeper(&pool.registry)
+                .map_err(|e| PoolError::os("spawning the spare's keeper thread", e))?;
         }
         Ok(pool)
     }

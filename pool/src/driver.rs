@@ -153,6 +153,8 @@ fn drive(
             let started = if d.worker.is_none() {
                 d.ensure_worker()
             } else {
+                // A warm spare took the seat in `lost`: reap the dead worker now.
+                d.bury();
                 Ok(())
             };
             // A nudge from before this point is answered (the worker is in place or its start
@@ -307,16 +309,45 @@ impl Driver {
         if self.worker.is_some() {
             return Ok(());
         }
-        let was_replacement = lock(&self.registry.table).contains_key(&self.id);
+        if self.adopt_spare(true) {
+            return Ok(());
+        }
         let mut worker = start::start(self.registry.settings.start_method)?;
-        let pid = worker.pid;
         let initializer = self.registry.settings.initializer.as_ref();
         if let Err(e) = start::handshake(&mut worker, initializer, &mut self.buf, &mut self.frame) {
             worker.kill();
             let _ = worker.reap();
             return Err(e);
         }
+        self.install(worker);
+        Ok(())
+    }
+
+    /// Takes the pool's warm spare (`spare`) as this seat's worker, if the pool keeps one and
+    /// it is ready (or, with `wait`, ready soon) and alive; returns whether it did.
+    fn adopt_spare(&mut self, wait: bool) -> bool {
+        if self.worker.is_some() || !self.registry.settings.warm_spare {
+            return false;
+        }
+        if self.registry.terminated.load(Ordering::SeqCst) {
+            return false;
+        }
+        match self.registry.spare.take(wait) {
+            Some(worker) => {
+                self.install(worker);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes `worker`, started and greeted, this seat's worker: its statistics (a replacement
+    /// keeps the seat's restart and failure counts, and records how long it took since the
+    /// death was seen) and its task limit.
+    fn install(&mut self, worker: Worker) {
+        let pid = worker.pid;
         let mut table = lock(&self.registry.table);
+        let was_replacement = table.contains_key(&self.id);
         let restarts = table
             .get(&self.id)
             .map_or(0, |w| w.restarts + u64::from(was_replacement));
@@ -346,12 +377,11 @@ impl Driver {
             .map(|n| crate::sizing::jitter(n, pid));
         self.worker = Some(worker);
         self.bury();
-        Ok(())
     }
 
     /// Reaps the crashed workers settled early (`lost`): those already gone here, the others
     /// on a thread of their own, so that nobody waits for their teardown.
-    fn bury(&mut self) {
+    pub(crate) fn bury(&mut self) {
         for mut worker in self.dead.drain(..) {
             if !matches!(worker.try_reap(), Ok(None)) {
                 continue;
@@ -540,6 +570,9 @@ impl Driver {
         let pid = worker.pid;
         self.lost_at = Some(Instant::now());
         let _ = self.leave_cancel();
+        // A warm spare takes the seat first, before the job is settled: the seat is back in
+        // service at once (the old worker is reaped afterwards, off this path).
+        let adopted = self.adopt_spare(false);
         // The link failed: whether the worker died or only its pipe broke, make sure it is gone
         // (a dying process keeps the status it is dying with; the pid stays ours until reaped).
         worker.kill();
@@ -552,7 +585,7 @@ impl Driver {
             }
             None => worker.reap().unwrap_or(Exit::Code(-1)),
         };
-        if let Some(w) = lock(&registry.table).get_mut(&self.id) {
+        if !adopted && let Some(w) = lock(&registry.table).get_mut(&self.id) {
             w.state = WorkerState::Starting;
         }
         // Cut short by terminate() (which killed the worker) or by a cancel of the job's handle:

@@ -199,6 +199,7 @@ mod registry;
 mod result;
 mod sizing;
 mod slot;
+mod spare;
 mod start;
 mod stats;
 mod task;

@@ -18,6 +18,7 @@ use crate::api::Settings;
 use crate::driver::Seat;
 use crate::error::{PoolError, TaskError};
 use crate::job::Job;
+use crate::spare::Spare;
 use crate::stats::{PoolStats, WorkerStats};
 
 /// What the drivers and the pool handle share.
@@ -44,6 +45,8 @@ pub(crate) struct Registry {
     pub(crate) drivers: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) seats: RwLock<Vec<Seat>>,
     pub(crate) table: Mutex<HashMap<usize, WorkerStats>>,
+    /// The warm spare, if the pool keeps one (`settings.warm_spare`).
+    pub(crate) spare: Spare,
     submitted: AtomicU64,
     done: AtomicU64,
     failed: AtomicU64,
@@ -80,6 +83,7 @@ impl Registry {
             drivers: Mutex::new(Vec::new()),
             seats: RwLock::new(Vec::new()),
             table: Mutex::new(HashMap::new()),
+            spare: Spare::default(),
             submitted: AtomicU64::new(0),
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -190,6 +194,7 @@ impl Registry {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         lock(&self.stop_tx).take();
+        self.spare.stop();
     }
 
     /// Closes and fails every queued job with `error`.
@@ -207,12 +212,14 @@ impl Registry {
         for stats in lock(&self.table).values() {
             let _ = ipc_shm::os::kill(stats.pid, ipc_shm::os::Signal::SIGKILL);
         }
+        self.spare.kill();
         while let Ok(job) = self.rx.try_recv() {
             self.finish_job_error(&job, &TaskError::Terminated);
         }
     }
 
-    /// Joins every driver thread (drivers started meanwhile too).
+    /// Joins every driver thread (drivers started meanwhile too), then the spare's keeper
+    /// (which must outlive the workers it started, see `spare`).
     pub(crate) fn join_drivers(&self) {
         loop {
             let handles: Vec<_> = std::mem::take(&mut *lock(&self.drivers));
@@ -223,6 +230,7 @@ impl Registry {
                 let _ = h.join();
             }
         }
+        self.spare.join();
     }
 
     /// A snapshot of the counters and of every worker.

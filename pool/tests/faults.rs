@@ -673,3 +673,88 @@ fn spawn_crash_is_reported_before_the_worker_is_reaped() {
 fn forkserver_crash_is_reported_before_the_worker_is_reaped() {
     run_child(child!(crash_reported_before_reaped).env("METHOD", "forkserver"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The warm spare: it replaces a dead worker, a dead spare is never used, and it ends with the
+// pool.
+
+/// The worker processes of this (child) process's pools that are not among `workers`: the
+/// spare, once one is ready or starting.
+fn spares(method: StartMethod, workers: &[u32]) -> Vec<u32> {
+    let server = pool::__fork_server_pid();
+    let parents = match server {
+        Some(s) if method == StartMethod::ForkServer => vec![s],
+        _ => vec![os::pid()],
+    };
+    children_of(&parents)
+        .into_iter()
+        .filter(|p| Some(*p) != server && !workers.contains(p))
+        .collect()
+}
+
+/// Waits (bounded) until exactly one process besides `workers` serves the pool: the spare.
+fn the_spare(method: StartMethod, pool: &Pool) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers: Vec<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
+        if let [spare] = spares(method, &workers)[..] {
+            return spare;
+        }
+        assert!(Instant::now() < deadline, "{method:?}: no spare appeared");
+        // Polling /proc for a process the keeper starts (no event to wait on).
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+child_entry! {
+    fn warm_spare_replaces() {
+        let method = method_from_env();
+        let pool = PoolBuilder::new()
+            .processes(1)
+            .start_method(method)
+            .warm_spare(true)
+            .build()
+            .expect("pool");
+        // A crash: the spare takes the seat, and its replacement figure is set.
+        let spare = the_spare(method, &pool);
+        let old = pool.stats().workers[0].pid;
+        assert!(matches!(pool.apply(abort_task, 0), Err(TaskError::WorkerLost { pid, .. }) if pid == old));
+        assert_eq!(pool.apply(square, 7).unwrap(), 49);
+        let stats = pool.stats();
+        assert_eq!(stats.workers.len(), 1);
+        assert_eq!(stats.workers[0].pid, spare, "{method:?}: the spare did not take the seat");
+        assert_eq!(stats.workers[0].restarts, 1);
+        assert!(stats.workers[0].replaced_in.is_some());
+        wait_gone(old, Duration::from_secs(10));
+        // A spare killed while it waits is never handed a task: the next replacement is a
+        // fresh worker (or the next spare), and every task still gets its right outcome.
+        let dead = the_spare(method, &pool);
+        os::kill(dead, os::Signal::SIGKILL).unwrap();
+        wait_gone(dead, Duration::from_secs(10));
+        assert!(matches!(pool.apply(abort_task, 0), Err(TaskError::WorkerLost { .. })));
+        assert_eq!(pool.map(square, 0..100u64).unwrap(), squares(100));
+        let now = pool.stats().workers[0].pid;
+        assert_ne!(now, dead, "{method:?}: a dead spare took the seat");
+        // The pool's end takes its spare with it.
+        let last = the_spare(method, &pool);
+        drop(pool);
+        wait_gone(now, Duration::from_secs(10));
+        wait_gone(last, Duration::from_secs(10));
+        println!("fault: {method:?}: warm spare took the seat; a killed spare was not used");
+    }
+}
+
+#[test]
+fn fork_warm_spare_replaces_a_dead_worker() {
+    run_child(child!(warm_spare_replaces).env("METHOD", "fork"));
+}
+
+#[test]
+fn spawn_warm_spare_replaces_a_dead_worker() {
+    run_child(child!(warm_spare_replaces).env("METHOD", "spawn"));
+}
+
+#[test]
+fn forkserver_warm_spare_replaces_a_dead_worker() {
+    run_child(child!(warm_spare_replaces).env("METHOD", "forkserver"));
+}
