@@ -32,9 +32,10 @@
 //! Signal(dying) }` and starts the replacement without waiting for the kernel to tear the old
 //! process down (milliseconds for a large process); the old process is reaped afterwards, off
 //! the replacement's path (`bury`). A worker killed from outside (SIGKILL: no handler runs) is
-//! reaped first, as ever, for its exit status. A job run on a caller's thread (`run_here`)
-//! returns to the caller as soon as it is settled: the seat's driver thread is woken to start
-//! the replacement.
+//! reaped first, as ever, for its exit status. With a warm spare (`spare`), the spare takes
+//! the seat in `lost` before anything else, and the driver starts nothing. A job run on a
+//! caller's thread (`run_here`) returns to the caller as soon as it is settled: the seat's
+//! driver thread is woken to start the replacement.
 //!
 //! A cancel (see `job`'s protocol) kills the worker from the cancelling thread; its driver
 //! settles the job like any death, with `Cancelled` for the job's tasks, and starts a new

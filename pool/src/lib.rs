@@ -8,8 +8,9 @@
 //!   ([`AsyncResult::cancel`], dropping an [`Imap`]) and [`Pool::stats`].
 //! - [`PoolBuilder`]: processes (default: the CPUs this process may use, cgroup quota
 //!   respected), an initializer, `max_tasks_per_child` (with jitter), `max_memory_per_child`,
-//!   `task_timeout`, elastic sizing (`max_workers`, `min_idle`, `max_idle`, `idle_timeout`) and
-//!   the [`StartMethod`].
+//!   `task_timeout`, elastic sizing (`max_workers`, `min_idle`, `max_idle`, `idle_timeout`), a
+//!   warm spare that replaces a dead worker in microseconds (`warm_spare`) and the
+//!   [`StartMethod`].
 //! - [`Process`]: one function in one child, its result or panic returned to the parent;
 //!   dropping it unjoined is bounded ([`ProcessBuilder::drop_grace`]).
 //!
