@@ -80,10 +80,13 @@ impl std::fmt::Display for Failure {
 pub(crate) trait ChunkCtx {
     /// Argument `index` (within the chunk) is about to run.
     fn started(&mut self, index: usize);
-    /// Whether enough time or data has accumulated to send what is ready.
-    fn flush_due(&mut self, pending_bytes_hint: usize) -> bool;
-    /// Sends the outcomes of arguments `first..first + count` (an encoded sequence of
-    /// `Result<R, Failure>`); `done` on the chunk's last call. `Err` if the pool is gone.
+    /// Whether enough time or data (`pending_bytes` of encoded outcomes) has accumulated to
+    /// send what is ready.
+    fn flush_due(&mut self, pending_bytes: usize) -> bool;
+    /// Sends the outcomes of arguments `first..first + count`: `outcomes` holds their `count`
+    /// encodings (each a `Result<R, Failure>`) one after the other, without the sequence's
+    /// length, which the context puts in front (on the wire they are one
+    /// `Vec<Result<R, Failure>>`); `done` on the chunk's last call. `Err` if the pool is gone.
     fn flush(&mut self, first: usize, count: usize, outcomes: &[u8], done: bool) -> Result<(), ()>;
     /// The chunk's arguments could not be decoded at all.
     fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()>;
@@ -306,27 +309,25 @@ fn invoke<A, R>(func: usize, arg: A) -> Result<R, Failure> {
     catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|payload| panic_failure(&*payload))
 }
 
-/// Encodes a run of outcomes as one sequence; an `R` that does not encode becomes an
-/// `EncodeResult` failure for that argument only.
-fn encode_outcomes<R: Serialize>(outcomes: &[Result<R, Failure>]) -> Vec<u8> {
-    if let Ok(bytes) = codec::encode(outcomes) {
-        return bytes;
+/// Appends the encoding of one outcome to `out`; an `R` that does not encode becomes an
+/// `EncodeResult` failure for that argument only (a `Result<(), Failure>`'s `Err` encodes as
+/// every `Result<R, Failure>`'s does).
+#[inline]
+fn encode_outcome<R: Serialize>(outcome: &Result<R, Failure>, out: &mut Vec<u8>) {
+    if let Err(e) = codec::encode_into(outcome, out) {
+        // `encode_into` left `out` as it was.
+        let failed: Result<(), Failure> = Err(Failure::EncodeResult(e.to_string()));
+        let _ = codec::encode_into(&failed, out);
     }
-    let mut bytes = codec::encode(&(outcomes.len() as u64)).unwrap_or_default();
-    for outcome in outcomes {
-        let mark = bytes.len();
-        if let Err(e) = codec::encode_into(outcome, &mut bytes) {
-            bytes.truncate(mark);
-            let failed: Result<(), Failure> = Err(Failure::EncodeResult(e.to_string()));
-            let _ = codec::encode_into(&failed, &mut bytes);
-        }
-    }
-    bytes
 }
 
 /// Flush-check granularity: the clock is read once per this many arguments.
 const CHECK_EVERY: usize = 16;
 
+/// The trampoline: decodes the chunk's arguments (all of them before any task runs: a chunk
+/// that does not decode fails whole, unrun), runs the function on each, and encodes each
+/// outcome as soon as it is known, straight into the bytes that go to the pool (no vector of
+/// outcomes in between).
 fn call_chunk<A: DeserializeOwned, R: Serialize>(
     func: usize,
     input: &[u8],
@@ -337,22 +338,20 @@ fn call_chunk<A: DeserializeOwned, R: Serialize>(
         Err(e) => return ctx.chunk_failed(Failure::DecodeArgument(e.to_string())),
     };
     let total = args.len();
-    let mut outcomes: Vec<Result<R, Failure>> = Vec::with_capacity(total.min(1 << 16));
+    let mut out = Vec::new();
     let mut first = 0;
     for (i, arg) in args.into_iter().enumerate() {
         ctx.started(i);
-        outcomes.push(invoke(func, arg));
+        encode_outcome(&invoke::<A, R>(func, arg), &mut out);
         let ran = i + 1;
         if ran < total
             && (ran - first == 1 || (ran - first).is_multiple_of(CHECK_EVERY))
-            && ctx.flush_due((ran - first) * std::mem::size_of::<R>())
+            && ctx.flush_due(out.len())
         {
-            let bytes = encode_outcomes(&outcomes);
-            ctx.flush(first, outcomes.len(), &bytes, false)?;
+            ctx.flush(first, ran - first, &out, false)?;
             first = ran;
-            outcomes.clear();
+            out.clear();
         }
     }
-    let bytes = encode_outcomes(&outcomes);
-    ctx.flush(first, outcomes.len(), &bytes, true)
+    ctx.flush(first, total - first, &out, true)
 }

@@ -152,8 +152,8 @@ impl ChunkCtx for JobCtx<'_> {
         self.done += 1;
     }
 
-    fn flush_due(&mut self, pending_bytes_hint: usize) -> bool {
-        pending_bytes_hint >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY
+    fn flush_due(&mut self, pending_bytes: usize) -> bool {
+        pending_bytes >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY
     }
 
     fn flush(&mut self, first: usize, count: usize, outcomes: &[u8], done: bool) -> Result<(), ()> {
@@ -165,15 +165,14 @@ impl ChunkCtx for JobCtx<'_> {
             count: count as u64,
             done,
         };
-        if done {
-            send(self.link, &header, outcomes, self.frame).map_err(drop)
-        } else {
-            // An intermediate report only has to survive this worker's death: it goes into the
-            // pipe without waking the driver, which reads it with the job's last report (or
-            // after the death). A copy, not a wake-up, per report.
-            protocol::frame(&header, outcomes, self.frame).map_err(drop)?;
-            self.link.send_quiet(self.frame).map_err(drop)
-        }
+        protocol::seq_frame_head(&header, count, self.frame).map_err(drop)?;
+        // An intermediate report only has to survive this worker's death: it goes into the
+        // pipe without waking the driver, which reads it with the job's last report (or after
+        // the death). A copy, not a wake-up, per report; the outcomes go from the trampoline's
+        // buffer straight into the pipe.
+        self.link
+            .send_vectored(&[self.frame, outcomes], !done)
+            .map_err(drop)
     }
 
     fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()> {
@@ -193,20 +192,20 @@ struct InitCtx {
 impl ChunkCtx for InitCtx {
     fn started(&mut self, _index: usize) {}
 
-    fn flush_due(&mut self, _pending_bytes_hint: usize) -> bool {
+    fn flush_due(&mut self, _pending_bytes: usize) -> bool {
         false
     }
 
     fn flush(
         &mut self,
         _first: usize,
-        _count: usize,
+        count: usize,
         outcomes: &[u8],
         _done: bool,
     ) -> Result<(), ()> {
         // One `Result<(), Failure>`: the initializer's outcome.
-        if let Ok(results) = crate::wire::codec::decode::<Vec<Result<(), Failure>>>(outcomes)
-            && let Some(Err(failure)) = results.into_iter().next()
+        if count == 1
+            && let Ok(Err(failure)) = crate::wire::codec::decode::<Result<(), Failure>>(outcomes)
         {
             self.failure = Some(failure);
         }
