@@ -347,30 +347,72 @@ fn counts<R>(outcomes: &[Result<R, TaskError>]) -> (u64, u64) {
     (ok, outcomes.len() as u64 - ok)
 }
 
-/// One task's result into an [`AsyncResult`].
-pub(crate) struct OneSink<R>(pub(crate) Arc<ResultCell<R>>);
-
-impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
+/// One task's result: the cell itself is the sink (no allocation of its own).
+impl<R: DeserializeOwned + Send> Sink for ResultCell<R> {
     fn fail(&self, _index: u64, error: TaskError) {
-        let _ = self.0.complete(Err(error));
+        let _ = self.complete(Err(error));
     }
 
     fn deliver_encoded(&self, _first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64)) {
-        let outcome = match MapRun::<R>::decode(count, payload) {
-            Ok(run) => {
+        let outcome = match codec::decode::<OneRun<R>>(payload) {
+            Ok(run) if run.len == count => {
                 tally(run.len - run.failed, run.failed);
-                match (run.failure, run.values.into_iter().next()) {
-                    (Some(failure), _) => Err(failure_to_error(failure)),
-                    (None, Some(value)) => Ok(value),
-                    (None, None) => return,
+                match run.first {
+                    Some(outcome) => outcome.map_err(failure_to_error),
+                    None => return,
                 }
+            }
+            Ok(run) => {
+                tally(0, count);
+                Err(TaskError::Result(format!(
+                    "expected {count} outcomes, got {}",
+                    run.len
+                )))
             }
             Err(e) => {
                 tally(0, count);
-                Err(e)
+                Err(TaskError::Result(e.to_string()))
             }
         };
-        let _ = self.0.complete(outcome);
+        let _ = self.complete(outcome);
+    }
+}
+
+/// The outcome of an `apply`, decoded from a `Results` payload (one `Vec<Result<R, Failure>>`
+/// on the wire) without a vector: the first outcome, and how many there were and failed.
+struct OneRun<R> {
+    first: Option<Result<R, Failure>>,
+    len: u64,
+    failed: u64,
+}
+
+impl<'de, R: Deserialize<'de>> Deserialize<'de> for OneRun<R> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Outcomes<R>(PhantomData<R>);
+        impl<'de, R: Deserialize<'de>> Visitor<'de> for Outcomes<R> {
+            type Value = OneRun<R>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of outcomes")
+            }
+
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<OneRun<R>, S::Error> {
+                let mut run = OneRun {
+                    first: None,
+                    len: 0,
+                    failed: 0,
+                };
+                while let Some(outcome) = seq.next_element::<Result<R, Failure>>()? {
+                    run.len += 1;
+                    run.failed += u64::from(outcome.is_err());
+                    if run.first.is_none() {
+                        run.first = Some(outcome);
+                    }
+                }
+                Ok(run)
+            }
+        }
+        d.deserialize_seq(Outcomes(PhantomData))
     }
 }
 

@@ -22,7 +22,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -78,8 +78,8 @@ impl std::fmt::Display for Failure {
 
 /// What a chunk trampoline needs from the worker around it.
 pub(crate) trait ChunkCtx {
-    /// Argument `index` (within the chunk) is about to run.
-    fn started(&mut self, index: usize);
+    /// The chunk has `tasks` arguments, about to run (called once, before the first).
+    fn begin(&mut self, _tasks: usize) {}
     /// Whether enough time or data (`pending_bytes` of encoded outcomes) has accumulated to
     /// send what is ready.
     fn flush_due(&mut self, pending_bytes: usize) -> bool;
@@ -92,8 +92,11 @@ pub(crate) trait ChunkCtx {
     fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()>;
 }
 
-/// Runs the function at `func` over an encoded chunk of arguments.
-type Trampoline = fn(func: usize, input: &[u8], ctx: &mut dyn ChunkCtx) -> Result<(), ()>;
+/// Runs the function at `func` over an encoded chunk of arguments, storing 1 + the index of
+/// the argument about to run into `running` before each (the worker's progress word: a plain
+/// store, not a call through `ctx`, on the path of every task).
+type Trampoline =
+    fn(func: usize, input: &[u8], running: &AtomicU64, ctx: &mut dyn ChunkCtx) -> Result<(), ()>;
 
 /// A function located by offsets from the anchor: what the parent sends the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,7 +116,8 @@ impl TaskRef {
         }
     }
 
-    /// Runs the referenced function over `input` in this (worker) process.
+    /// Runs the referenced function over `input` in this (worker) process; `running` gets 1 +
+    /// the index (within the chunk) of the argument about to run, before each.
     ///
     /// `build` is the proof that makes this safe: it exists only once this worker has
     /// announced its executable's identity, and the pool sends tasks only to a worker whose
@@ -122,6 +126,7 @@ impl TaskRef {
         &self,
         build: &SameBuild,
         input: &[u8],
+        running: &AtomicU64,
         ctx: &mut dyn ChunkCtx,
     ) -> Result<(), ()> {
         let _ = build;
@@ -136,7 +141,7 @@ impl TaskRef {
         // in the pool; a function pointer and a `usize` have the same size on this target.
         let trampoline: Trampoline =
             unsafe { std::mem::transmute::<usize, Trampoline>(trampoline_addr) };
-        trampoline(func_addr, input, ctx)
+        trampoline(func_addr, input, running, ctx)
     }
 }
 
@@ -331,6 +336,7 @@ const CHECK_EVERY: usize = 16;
 fn call_chunk<A: DeserializeOwned, R: Serialize>(
     func: usize,
     input: &[u8],
+    running: &AtomicU64,
     ctx: &mut dyn ChunkCtx,
 ) -> Result<(), ()> {
     let args: Vec<A> = match codec::decode(input) {
@@ -338,10 +344,11 @@ fn call_chunk<A: DeserializeOwned, R: Serialize>(
         Err(e) => return ctx.chunk_failed(Failure::DecodeArgument(e.to_string())),
     };
     let total = args.len();
+    ctx.begin(total);
     let mut out = Vec::new();
     let mut first = 0;
     for (i, arg) in args.into_iter().enumerate() {
-        ctx.started(i);
+        running.store(i as u64 + 1, Ordering::Release);
         encode_outcome(&invoke::<A, R>(func, arg), &mut out);
         let ran = i + 1;
         if ran < total
