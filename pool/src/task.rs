@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::PanicLocation;
 use crate::wire::codec;
+use crate::wire::outcome::OkWire;
 
 /// The anchor every task offset is measured from. Never inlined, never merged: it must have an
 /// address of its own in the binary.
@@ -319,7 +320,12 @@ fn invoke<A, R>(func: usize, arg: A) -> Result<R, Failure> {
 /// every `Result<R, Failure>`'s does).
 #[inline]
 fn encode_outcome<R: Serialize>(outcome: &Result<R, Failure>, out: &mut Vec<u8>) {
-    if let Err(e) = codec::encode_into(outcome, out) {
+    let encoded = match outcome {
+        // The bytes of `Ok(value)`, written more cheaply (`wire::outcome`).
+        Ok(value) => codec::encode_into(&OkWire(value), out),
+        Err(_) => codec::encode_into(outcome, out),
+    };
+    if let Err(e) = encoded {
         // `encode_into` left `out` as it was.
         let failed: Result<(), Failure> = Err(Failure::EncodeResult(e.to_string()));
         let _ = codec::encode_into(&failed, out);
