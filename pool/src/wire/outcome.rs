@@ -8,10 +8,9 @@
 //! `Err(failure)`. Written as such a tuple, a worker's `Ok` outcome skips serde's enum
 //! machinery (an enum access and a varint per outcome): a `map` of 1 M trivial tasks went from
 //! 52-59 to 66-68 M tasks/s (interleaved A/B on the 2-vCPU VM). The bytes are the same, and
-//! every reader decodes
-//! them as `Result<R, Failure>` (the tests below check it). Reading them as a tuple too was
-//! tried and measured slower than bincode's enum path (its tuple access is not inlined), so the
-//! reading side keeps `Result`.
+//! every reader decodes them as `Result<R, Failure>` (the tests below check it). Reading them
+//! as a tuple too was tried and measured slower than bincode's enum path (its tuple access is
+//! not inlined), so the reading side keeps `Result`.
 
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 
