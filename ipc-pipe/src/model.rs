@@ -155,7 +155,7 @@ fn drop_end(end: ModelEnd) {
 
 fn send(end: &ModelEnd, body: &[u8]) -> Result<(), SendError> {
     let head = end.check_send_len(body.len())?;
-    end.send_frame(head, body, false)
+    end.send_frame(head, &[body], false)
 }
 
 fn recv(end: &ModelEnd) -> Result<Vec<u8>, Fail> {

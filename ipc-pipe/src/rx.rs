@@ -70,6 +70,31 @@ impl Connection {
         Ok(buf)
     }
 
+    /// Receives the next message into `buf` (replacing its contents, keeping its allocation),
+    /// waiting at most `timeout` (as [`recv_bytes_timeout`](Connection::recv_bytes_timeout)),
+    /// or as long as it takes when `None` (then never [`RecvTimeoutError::Timeout`]). A
+    /// receiver of many messages reuses one buffer instead of allocating one per message.
+    ///
+    /// ```
+    /// let (a, b) = ipc_pipe::pipe()?;
+    /// let mut buf = Vec::new();
+    /// for word in [&b"one"[..], b"three"] {
+    ///     a.send_bytes(word)?;
+    ///     b.recv_bytes_into_vec(&mut buf, None)?;
+    ///     assert_eq!(buf, word);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_bytes_into_vec(
+        &self,
+        buf: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<(), RecvTimeoutError> {
+        self.end
+            .recv_into_vec(buf, timeout.map(Deadline::after), false)?;
+        Ok(())
+    }
+
     /// Receives the next message as bytes (any message: one sent by
     /// [`send_bytes`](Connection::send_bytes) gives back exactly its bytes).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {

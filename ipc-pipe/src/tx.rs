@@ -71,7 +71,7 @@ impl Connection {
                 Ok(head) => self
                     .send_batch(&batch, None)
                     .map_err(|e| e.unwrap_or(SendError::Disconnected))
-                    .and_then(|()| self.end.send_frame(head, &buf, false)),
+                    .and_then(|()| self.end.send_frame(head, &[&buf], false)),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -94,7 +94,43 @@ impl Connection {
     /// ```
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
         let head = self.end.check_send_len(bytes.len())?;
-        self.end.send_frame(head, bytes, false)
+        self.end.send_frame(head, &[bytes], false)
+    }
+
+    /// Sends the concatenation of `parts` as one message (received whole by
+    /// [`recv_bytes`](Connection::recv_bytes), as if sent by `send_bytes(&parts.concat())`),
+    /// without copying the parts together first: each is copied once, straight into the ring.
+    /// For a small header in front of a large payload built elsewhere.
+    ///
+    /// ```
+    /// let (a, b) = ipc_pipe::pipe()?;
+    /// let payload = vec![9u8; 100_000];
+    /// let reader = std::thread::spawn(move || b.recv_bytes());
+    /// a.send_bytes_vectored(&[b"head:", &payload])?;
+    /// let got = reader.join().unwrap()?;
+    /// assert_eq!(&got[..5], b"head:");
+    /// assert_eq!(got.len(), 5 + payload.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_bytes_vectored(&self, parts: &[&[u8]]) -> Result<(), SendError> {
+        let head = self.end.check_send_len(vectored_len(parts))?;
+        self.end.send_frame(head, parts, false)
+    }
+
+    /// [`send_bytes_vectored`](Connection::send_bytes_vectored) that does not wake a sleeping
+    /// receiver, as [`send_bytes_quiet`](Connection::send_bytes_quiet).
+    ///
+    /// ```
+    /// let (a, b) = ipc_pipe::pipe()?;
+    /// a.send_bytes_vectored_quiet(&[b"par", b"tial"])?;
+    /// a.send_bytes(b"done")?;
+    /// assert_eq!(b.recv_bytes()?, b"partial");
+    /// assert_eq!(b.recv_bytes()?, b"done");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_bytes_vectored_quiet(&self, parts: &[&[u8]]) -> Result<(), SendError> {
+        let head = self.end.check_send_len(vectored_len(parts))?;
+        self.end.send_frame(head, parts, true)
     }
 
     /// Like [`send_bytes`](Connection::send_bytes), but does not wake a receiver that sleeps:
@@ -114,7 +150,7 @@ impl Connection {
     /// ```
     pub fn send_bytes_quiet(&self, bytes: &[u8]) -> Result<(), SendError> {
         let head = self.end.check_send_len(bytes.len())?;
-        self.end.send_frame(head, bytes, true)
+        self.end.send_frame(head, &[bytes], true)
     }
 
     /// Sends `value` if the whole message fits in the outgoing ring now, without waiting:
@@ -311,7 +347,7 @@ impl Connection {
         let head = self.end.check_send_len(bytes.len())?;
         self.send_batch(fds, None)
             .map_err(|e| e.unwrap_or(SendError::Disconnected))?;
-        self.end.send_frame(head, bytes, false)
+        self.end.send_frame(head, &[bytes], false)
     }
 
     /// Test hook (only with the `test-support` feature, which the crate's own tests enable):
@@ -508,20 +544,22 @@ where
         Ok(())
     }
 
-    /// Sends one frame whose payload is `frame[HEADER..]`; `frame[..HEADER]` is overwritten with
-    /// the length.
+    /// Sends one frame: the header `head` (of the parts' total length), then the parts of its
+    /// body in order.
     pub(crate) fn send_frame(
         &self,
         head: [u8; HEADER],
-        body: &[u8],
+        parts: &[&[u8]],
         quiet: bool,
     ) -> Result<(), SendError> {
         if self.closed_flag() || self.peer_dropped() {
             return Err(SendError::Disconnected);
         }
-        self.large.set(body.len() >= LARGE_MESSAGE);
+        self.large.set(vectored_len(parts) >= LARGE_MESSAGE);
         self.write_stream(&head)?;
-        self.write_stream(body)?;
+        for part in parts {
+            self.write_stream(part)?;
+        }
         if quiet {
             self.publish_tx_quiet();
         } else {
@@ -568,4 +606,11 @@ where
             .map(FrameHeader::to_bytes)
             .map_err(|_| SendError::TooLarge { len, max })
     }
+}
+
+/// The length of the message made of `parts` (saturating: an impossible length is refused as
+/// too large).
+#[inline]
+fn vectored_len(parts: &[&[u8]]) -> usize {
+    parts.iter().fold(0usize, |n, p| n.saturating_add(p.len()))
 }

@@ -20,9 +20,7 @@ use crate::driver;
 use crate::error::{ConfigError, PoolError, SpawnErrorKind, TaskError};
 use crate::job::{CancelToken, Job};
 use crate::registry::Registry;
-use crate::result::{
-    AsyncResult, Callback, ErrorCallback, MapSink, OneSink, Progress, ResultCell, Sink,
-};
+use crate::result::{AsyncResult, Callback, ErrorCallback, MapSink, Progress, ResultCell, Sink};
 use crate::start::{self, StartMethod};
 use crate::stats::PoolStats;
 use crate::task::TaskRef;
@@ -414,7 +412,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let cell = ResultCell::new(None, None);
-        let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
+        let sink: Arc<dyn Sink> = cell.clone();
         let job = self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink, None)?;
         if let Err(job) = driver::run_here(&self.registry, job) {
             self.submit(job)?;
@@ -468,7 +466,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let cell = ResultCell::new(callback, error_callback);
-        let sink: Arc<dyn Sink> = Arc::new(OneSink(cell.clone()));
+        let sink: Arc<dyn Sink> = cell.clone();
         let cancel = CancelToken::new();
         let args = std::slice::from_ref(&arg);
         match self.new_job(TaskRef::new(f), args, 0, sink, Some(cancel.clone())) {

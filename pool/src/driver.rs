@@ -438,25 +438,28 @@ impl Driver {
             let _ = registry.tx_requeue(job);
             return Ran::WorkerGone;
         };
-        if let Err(e) = protocol::frame(
-            &ToWorker::Run {
-                job: job.id,
-                task: job.task,
-                fds: job.fds.as_ref().map(|b| b.id()),
-            },
-            &job.args,
-            &mut self.frame,
-        ) {
+        let header = ToWorker::Run {
+            job: job.id,
+            task: job.task,
+            fds: job.fds.as_ref().map(|b| b.id()),
+        };
+        // The frame's head is built here; the arguments go from the job straight into the
+        // pipe (copied together only in the rare job that hands descriptors over).
+        let framed = match job.fds.as_deref() {
+            None => protocol::frame(&header, &[], &mut self.frame),
+            Some(_) => protocol::frame(&header, &job.args, &mut self.frame),
+        };
+        if let Err(e) = framed {
             registry.finish_job_error(&job, &TaskError::Argument(e.to_string()));
             return Ran::Done;
         }
         let mut reported = job.first; // every index below this has an outcome
         let end = job.first + job.count;
-        if worker
-            .link
-            .send_with_fds(&self.frame, job.fds.as_deref())
-            .is_err()
-        {
+        let sent = match job.fds.as_deref() {
+            None => worker.link.send_vectored(&[&self.frame, &job.args], false),
+            Some(fds) => worker.link.send_with_fds(&self.frame, Some(fds)),
+        };
+        if sent.is_err() {
             return self.lost(job, reported, None);
         }
         let timeout = registry.settings.task_timeout;

@@ -1,13 +1,16 @@
 //! Results that arrive later: [`AsyncResult`], and the sinks that fill them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::error::{TaskError, WorkerBacktrace};
 use crate::job::CancelToken;
@@ -26,6 +29,10 @@ struct ResultState<T> {
     claimed: bool,
     ready: bool,
     success: bool,
+    /// Threads blocked on the condition variable: `complete` wakes them only if there are
+    /// some (a wake-up is a system call even when nobody waits, and the common `apply` sets
+    /// its result before anyone waits).
+    waiting: usize,
     waker: Option<Waker>,
     callback: Option<Callback<T>>,
     error_callback: Option<ErrorCallback>,
@@ -49,6 +56,7 @@ impl<T> ResultCell<T> {
                 claimed: false,
                 ready: false,
                 success: false,
+                waiting: 0,
                 waker: None,
                 callback,
                 error_callback,
@@ -59,6 +67,32 @@ impl<T> ResultCell<T> {
 
     fn lock(&self) -> MutexGuard<'_, ResultState<T>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the outcome is set, or until `deadline`; returns the state, locked.
+    fn wait_ready(&self, deadline: Option<Instant>) -> MutexGuard<'_, ResultState<T>> {
+        let mut s = self.lock();
+        while !s.ready {
+            // Counted while blocked, under the lock `complete` sets `ready` under: it wakes
+            // us if and only if we count.
+            s.waiting += 1;
+            s = match deadline {
+                None => self.ready.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        s.waiting -= 1;
+                        return s;
+                    }
+                    self.ready
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            s.waiting -= 1;
+        }
+        s
     }
 
     /// Sets the result once (later calls are ignored and return `false`): runs the callback,
@@ -85,14 +119,16 @@ impl<T> ResultCell<T> {
                 }
             }
         }
-        let waker = {
+        let (waker, waiting) = {
             let mut s = self.lock();
             s.success = result.is_ok();
             s.value = Some(result);
             s.ready = true;
-            s.waker.take()
+            (s.waker.take(), s.waiting > 0)
         };
-        self.ready.notify_all();
+        if waiting {
+            self.ready.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -200,10 +236,7 @@ impl<T> AsyncResult<T> {
 
     /// Waits for the result and returns it.
     pub fn get(self) -> Result<T, TaskError> {
-        let mut s = self.cell.lock();
-        while !s.ready {
-            s = self.cell.ready.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
+        let mut s = self.cell.wait_ready(None);
         s.value.take().unwrap_or(Err(TaskError::Terminated))
     }
 
@@ -218,29 +251,13 @@ impl<T> AsyncResult<T> {
 
     /// Waits until the result is available.
     pub fn wait(&self) {
-        let mut s = self.cell.lock();
-        while !s.ready {
-            s = self.cell.ready.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
+        drop(self.cell.wait_ready(None));
     }
 
     /// Waits at most `timeout`; returns whether the result is available.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = crate::deadline_after(timeout);
-        let mut s = self.cell.lock();
-        while !s.ready {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            s = self
-                .cell
-                .ready
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+        self.cell.wait_ready(Some(deadline)).ready
     }
 
     /// Whether the result is available.
@@ -330,26 +347,81 @@ fn counts<R>(outcomes: &[Result<R, TaskError>]) -> (u64, u64) {
     (ok, outcomes.len() as u64 - ok)
 }
 
-/// One task's result into an [`AsyncResult`].
-pub(crate) struct OneSink<R>(pub(crate) Arc<ResultCell<R>>);
-
-impl<R: DeserializeOwned + Send> Sink for OneSink<R> {
+/// One task's result: the cell itself is the sink (no allocation of its own).
+impl<R: DeserializeOwned + Send> Sink for ResultCell<R> {
     fn fail(&self, _index: u64, error: TaskError) {
-        let _ = self.0.complete(Err(error));
+        let _ = self.complete(Err(error));
     }
 
     fn deliver_encoded(&self, _first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64)) {
-        let outcomes = decode_outcomes::<R>(count, payload);
-        let (ok, failed) = counts(&outcomes);
-        tally(ok, failed);
-        if let Some(outcome) = outcomes.into_iter().next() {
-            let _ = self.0.complete(outcome);
+        let outcome = match codec::decode::<OneRun<R>>(payload) {
+            Ok(run) if run.len == count => {
+                tally(run.len - run.failed, run.failed);
+                match run.first {
+                    Some(outcome) => outcome.map_err(failure_to_error),
+                    None => return,
+                }
+            }
+            Ok(run) => {
+                tally(0, count);
+                Err(TaskError::Result(format!(
+                    "expected {count} outcomes, got {}",
+                    run.len
+                )))
+            }
+            Err(e) => {
+                tally(0, count);
+                Err(TaskError::Result(e.to_string()))
+            }
+        };
+        let _ = self.complete(outcome);
+    }
+}
+
+/// The outcome of an `apply`, decoded from a `Results` payload (one `Vec<Result<R, Failure>>`
+/// on the wire) without a vector: the first outcome, and how many there were and failed.
+struct OneRun<R> {
+    first: Option<Result<R, Failure>>,
+    len: u64,
+    failed: u64,
+}
+
+impl<'de, R: Deserialize<'de>> Deserialize<'de> for OneRun<R> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Outcomes<R>(PhantomData<R>);
+        impl<'de, R: Deserialize<'de>> Visitor<'de> for Outcomes<R> {
+            type Value = OneRun<R>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of outcomes")
+            }
+
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<OneRun<R>, S::Error> {
+                let mut run = OneRun {
+                    first: None,
+                    len: 0,
+                    failed: 0,
+                };
+                while let Some(outcome) = seq.next_element::<Result<R, Failure>>()? {
+                    run.len += 1;
+                    run.failed += u64::from(outcome.is_err());
+                    if run.first.is_none() {
+                        run.first = Some(outcome);
+                    }
+                }
+                Ok(run)
+            }
         }
+        d.deserialize_seq(Outcomes(PhantomData))
     }
 }
 
 /// All results of a map, in order, into an [`AsyncResult`] of a `Vec`; the first error (by
 /// arrival) fails the whole map at once, as in Python.
+///
+/// Results arrive in runs (one per `Results` message: consecutive arguments of one job), each
+/// decoded straight into a `Vec<R>` outside the lock ([`MapRun`]) and kept as it is; the runs
+/// are put together once, when the last one arrives (no copy at all when there is one run).
 pub(crate) struct MapSink<R> {
     cell: Arc<ResultCell<Vec<R>>>,
     slots: Mutex<MapSlots<R>>,
@@ -361,8 +433,9 @@ pub(crate) struct MapSink<R> {
 pub(crate) type Progress = Box<dyn Fn(u64, u64) + Send + Sync>;
 
 struct MapSlots<R> {
-    values: Vec<Option<R>>,
-    missing: usize,
+    /// The runs received, by the global index of their first result; they never overlap.
+    runs: BTreeMap<u64, Vec<R>>,
+    missing: u64,
     failed: bool,
 }
 
@@ -372,16 +445,14 @@ impl<R> MapSink<R> {
         len: usize,
         progress: Option<Progress>,
     ) -> MapSink<R> {
-        let mut values = Vec::with_capacity(len);
-        values.resize_with(len, || None);
         if len == 0 {
             let _ = cell.complete(Ok(Vec::new()));
         }
         MapSink {
             cell,
             slots: Mutex::new(MapSlots {
-                values,
-                missing: len,
+                runs: BTreeMap::new(),
+                missing: len as u64,
                 failed: false,
             }),
             progress,
@@ -389,60 +460,158 @@ impl<R> MapSink<R> {
         }
     }
 
-    fn store(&self, first: u64, outcomes: Vec<Result<R, TaskError>>) {
+    fn lock(&self) -> MutexGuard<'_, MapSlots<R>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails the map with `error` (unless it has failed or finished already).
+    fn fail_map(&self, error: TaskError) {
+        {
+            let mut s = self.lock();
+            if s.failed || s.missing == 0 {
+                return;
+            }
+            s.failed = true;
+        }
+        let _ = self.cell.complete(Err(error));
+    }
+
+    /// Stores the results of arguments `first..first + values.len()`; the last run completes
+    /// the map.
+    fn store(&self, first: u64, values: Vec<R>) {
+        let n = values.len() as u64;
+        if n == 0 {
+            return;
+        }
         let finished = {
-            let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = self.lock();
             if s.failed {
                 return;
             }
-            let mut error = None;
-            for (i, outcome) in outcomes.into_iter().enumerate() {
-                match outcome {
-                    Err(e) => {
-                        error = Some(e);
-                        break;
-                    }
-                    Ok(v) => {
-                        let Some(slot) = s.values.get_mut(first as usize + i) else {
-                            break;
-                        };
-                        if slot.is_none() {
-                            *slot = Some(v);
-                            s.missing -= 1;
+            // A driver reports every argument once, so runs never overlap nor leave the map;
+            // if one did, the map fails rather than mix up or lose results.
+            let end = first.checked_add(n).filter(|&e| e <= self.total);
+            let before_ok = s
+                .runs
+                .range(..first)
+                .next_back()
+                .is_none_or(|(&at, run)| at + run.len() as u64 <= first);
+            let after_ok =
+                end.is_some_and(|e| s.runs.range(first..).next().is_none_or(|(&at, _)| at >= e));
+            if !(before_ok && after_ok) {
+                s.failed = true;
+                drop(s);
+                let _ = self.cell.complete(Err(TaskError::Result(format!(
+                    "results for arguments {first}..{} overlap others or lie beyond the map's {}",
+                    first.saturating_add(n),
+                    self.total
+                ))));
+                return;
+            }
+            s.runs.insert(first, values);
+            s.missing -= n;
+            if let Some(progress) = &self.progress {
+                progress(self.total - s.missing, self.total);
+            }
+            if s.missing > 0 {
+                return;
+            }
+            let mut runs = std::mem::take(&mut s.runs).into_values();
+            let mut all = runs.next().unwrap_or_default();
+            all.reserve_exact(self.total as usize - all.len());
+            for run in runs {
+                all.extend(run);
+            }
+            all
+        };
+        let _ = self.cell.complete(Ok(finished));
+    }
+}
+
+/// A run of outcomes decoded for a map (or an `apply`): the payload of one `Results` message (one
+/// `Vec<Result<R, Failure>>` on the wire) with the values put straight into a `Vec<R>`: the
+/// values before the first failure, that failure, and how many outcomes there were and failed.
+struct MapRun<R> {
+    values: Vec<R>,
+    failure: Option<Failure>,
+    len: u64,
+    failed: u64,
+}
+
+impl<R: DeserializeOwned> MapRun<R> {
+    /// Decodes a `Results` payload that must hold `count` outcomes; the error says what was
+    /// wrong with it.
+    fn decode(count: u64, payload: &[u8]) -> Result<MapRun<R>, TaskError> {
+        match codec::decode::<MapRun<R>>(payload) {
+            Ok(run) if run.len == count => Ok(run),
+            Ok(run) => Err(TaskError::Result(format!(
+                "expected {count} outcomes, got {}",
+                run.len
+            ))),
+            Err(e) => Err(TaskError::Result(e.to_string())),
+        }
+    }
+}
+
+impl<'de, R: Deserialize<'de>> Deserialize<'de> for MapRun<R> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Outcomes<R>(PhantomData<R>);
+        impl<'de, R: Deserialize<'de>> Visitor<'de> for Outcomes<R> {
+            type Value = MapRun<R>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of outcomes")
+            }
+
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<MapRun<R>, S::Error> {
+                // As serde's own `Vec`: believe the announced length for at most 1 MiB of
+                // values up front (a hostile length cannot make us allocate), grow beyond.
+                let cap = seq
+                    .size_hint()
+                    .unwrap_or(0)
+                    .min((1 << 20) / std::mem::size_of::<R>().max(1));
+                let mut run = MapRun {
+                    values: Vec::with_capacity(cap),
+                    failure: None,
+                    len: 0,
+                    failed: 0,
+                };
+                while let Some(outcome) = seq.next_element::<Result<R, Failure>>()? {
+                    run.len += 1;
+                    match outcome {
+                        Ok(v) if run.failure.is_none() => run.values.push(v),
+                        Ok(_) => {}
+                        Err(f) => {
+                            run.failed += 1;
+                            run.failure.get_or_insert(f);
                         }
                     }
                 }
+                Ok(run)
             }
-            if let Some(e) = error {
-                s.failed = true;
-                Err(e)
-            } else {
-                if let Some(progress) = &self.progress {
-                    progress(self.total - s.missing as u64, self.total);
-                }
-                if s.missing > 0 {
-                    return;
-                }
-                Ok(std::mem::take(&mut s.values)
-                    .into_iter()
-                    .flatten()
-                    .collect())
-            }
-        };
-        let _ = self.cell.complete(finished);
+        }
+        d.deserialize_seq(Outcomes(PhantomData))
     }
 }
 
 impl<R: DeserializeOwned + Send> Sink for MapSink<R> {
-    fn fail(&self, index: u64, error: TaskError) {
-        self.store(index, vec![Err(error)]);
+    fn fail(&self, _index: u64, error: TaskError) {
+        self.fail_map(error);
     }
 
     fn deliver_encoded(&self, first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64)) {
-        let outcomes = decode_outcomes::<R>(count, payload);
-        let (ok, failed) = counts(&outcomes);
-        tally(ok, failed);
-        self.store(first, outcomes);
+        let run = match MapRun::<R>::decode(count, payload) {
+            Ok(run) => run,
+            Err(e) => {
+                tally(0, count);
+                return self.fail_map(e);
+            }
+        };
+        tally(run.len - run.failed, run.failed);
+        match run.failure {
+            None => self.store(first, run.values),
+            Some(failure) => self.fail_map(failure_to_error(failure)),
+        }
     }
 }
 

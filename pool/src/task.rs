@@ -22,13 +22,14 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PanicLocation;
 use crate::wire::codec;
+use crate::wire::outcome::OkWire;
 
 /// The anchor every task offset is measured from. Never inlined, never merged: it must have an
 /// address of its own in the binary.
@@ -78,19 +79,25 @@ impl std::fmt::Display for Failure {
 
 /// What a chunk trampoline needs from the worker around it.
 pub(crate) trait ChunkCtx {
-    /// Argument `index` (within the chunk) is about to run.
-    fn started(&mut self, index: usize);
-    /// Whether enough time or data has accumulated to send what is ready.
-    fn flush_due(&mut self, pending_bytes_hint: usize) -> bool;
-    /// Sends the outcomes of arguments `first..first + count` (an encoded sequence of
-    /// `Result<R, Failure>`); `done` on the chunk's last call. `Err` if the pool is gone.
+    /// The chunk has `tasks` arguments, about to run (called once, before the first).
+    fn begin(&mut self, _tasks: usize) {}
+    /// Whether enough time or data (`pending_bytes` of encoded outcomes) has accumulated to
+    /// send what is ready.
+    fn flush_due(&mut self, pending_bytes: usize) -> bool;
+    /// Sends the outcomes of arguments `first..first + count`: `outcomes` holds their `count`
+    /// encodings (each a `Result<R, Failure>`) one after the other, without the sequence's
+    /// length, which the context puts in front (on the wire they are one
+    /// `Vec<Result<R, Failure>>`); `done` on the chunk's last call. `Err` if the pool is gone.
     fn flush(&mut self, first: usize, count: usize, outcomes: &[u8], done: bool) -> Result<(), ()>;
     /// The chunk's arguments could not be decoded at all.
     fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()>;
 }
 
-/// Runs the function at `func` over an encoded chunk of arguments.
-type Trampoline = fn(func: usize, input: &[u8], ctx: &mut dyn ChunkCtx) -> Result<(), ()>;
+/// Runs the function at `func` over an encoded chunk of arguments, storing 1 + the index of
+/// the argument about to run into `running` before each (the worker's progress word: a plain
+/// store, not a call through `ctx`, on the path of every task).
+type Trampoline =
+    fn(func: usize, input: &[u8], running: &AtomicU64, ctx: &mut dyn ChunkCtx) -> Result<(), ()>;
 
 /// A function located by offsets from the anchor: what the parent sends the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -110,7 +117,8 @@ impl TaskRef {
         }
     }
 
-    /// Runs the referenced function over `input` in this (worker) process.
+    /// Runs the referenced function over `input` in this (worker) process; `running` gets 1 +
+    /// the index (within the chunk) of the argument about to run, before each.
     ///
     /// `build` is the proof that makes this safe: it exists only once this worker has
     /// announced its executable's identity, and the pool sends tasks only to a worker whose
@@ -119,6 +127,7 @@ impl TaskRef {
         &self,
         build: &SameBuild,
         input: &[u8],
+        running: &AtomicU64,
         ctx: &mut dyn ChunkCtx,
     ) -> Result<(), ()> {
         let _ = build;
@@ -133,7 +142,7 @@ impl TaskRef {
         // in the pool; a function pointer and a `usize` have the same size on this target.
         let trampoline: Trampoline =
             unsafe { std::mem::transmute::<usize, Trampoline>(trampoline_addr) };
-        trampoline(func_addr, input, ctx)
+        trampoline(func_addr, input, running, ctx)
     }
 }
 
@@ -306,30 +315,34 @@ fn invoke<A, R>(func: usize, arg: A) -> Result<R, Failure> {
     catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|payload| panic_failure(&*payload))
 }
 
-/// Encodes a run of outcomes as one sequence; an `R` that does not encode becomes an
-/// `EncodeResult` failure for that argument only.
-fn encode_outcomes<R: Serialize>(outcomes: &[Result<R, Failure>]) -> Vec<u8> {
-    if let Ok(bytes) = codec::encode(outcomes) {
-        return bytes;
+/// Appends the encoding of one outcome to `out`; an `R` that does not encode becomes an
+/// `EncodeResult` failure for that argument only (a `Result<(), Failure>`'s `Err` encodes as
+/// every `Result<R, Failure>`'s does).
+#[inline]
+fn encode_outcome<R: Serialize>(outcome: &Result<R, Failure>, out: &mut Vec<u8>) {
+    let encoded = match outcome {
+        // The bytes of `Ok(value)`, written more cheaply (`wire::outcome`).
+        Ok(value) => codec::encode_into(&OkWire(value), out),
+        Err(_) => codec::encode_into(outcome, out),
+    };
+    if let Err(e) = encoded {
+        // `encode_into` left `out` as it was.
+        let failed: Result<(), Failure> = Err(Failure::EncodeResult(e.to_string()));
+        let _ = codec::encode_into(&failed, out);
     }
-    let mut bytes = codec::encode(&(outcomes.len() as u64)).unwrap_or_default();
-    for outcome in outcomes {
-        let mark = bytes.len();
-        if let Err(e) = codec::encode_into(outcome, &mut bytes) {
-            bytes.truncate(mark);
-            let failed: Result<(), Failure> = Err(Failure::EncodeResult(e.to_string()));
-            let _ = codec::encode_into(&failed, &mut bytes);
-        }
-    }
-    bytes
 }
 
 /// Flush-check granularity: the clock is read once per this many arguments.
 const CHECK_EVERY: usize = 16;
 
+/// The trampoline: decodes the chunk's arguments (all of them before any task runs: a chunk
+/// that does not decode fails whole, unrun), runs the function on each, and encodes each
+/// outcome as soon as it is known, straight into the bytes that go to the pool (no vector of
+/// outcomes in between).
 fn call_chunk<A: DeserializeOwned, R: Serialize>(
     func: usize,
     input: &[u8],
+    running: &AtomicU64,
     ctx: &mut dyn ChunkCtx,
 ) -> Result<(), ()> {
     let args: Vec<A> = match codec::decode(input) {
@@ -337,22 +350,21 @@ fn call_chunk<A: DeserializeOwned, R: Serialize>(
         Err(e) => return ctx.chunk_failed(Failure::DecodeArgument(e.to_string())),
     };
     let total = args.len();
-    let mut outcomes: Vec<Result<R, Failure>> = Vec::with_capacity(total.min(1 << 16));
+    ctx.begin(total);
+    let mut out = Vec::new();
     let mut first = 0;
     for (i, arg) in args.into_iter().enumerate() {
-        ctx.started(i);
-        outcomes.push(invoke(func, arg));
+        running.store(i as u64 + 1, Ordering::Release);
+        encode_outcome(&invoke::<A, R>(func, arg), &mut out);
         let ran = i + 1;
         if ran < total
             && (ran - first == 1 || (ran - first).is_multiple_of(CHECK_EVERY))
-            && ctx.flush_due((ran - first) * std::mem::size_of::<R>())
+            && ctx.flush_due(out.len())
         {
-            let bytes = encode_outcomes(&outcomes);
-            ctx.flush(first, outcomes.len(), &bytes, false)?;
+            ctx.flush(first, ran - first, &out, false)?;
             first = ran;
-            outcomes.clear();
+            out.clear();
         }
     }
-    let bytes = encode_outcomes(&outcomes);
-    ctx.flush(first, outcomes.len(), &bytes, true)
+    ctx.flush(first, total - first, &out, true)
 }

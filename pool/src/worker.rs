@@ -15,7 +15,7 @@
 //! no `unsafe`: the call goes through [`crate::task`], and its justification, the executable
 //! check of the handshake, is the `SameBuild` token that announcing the `Hello` yields.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ipc_shm::transfer::{self, FdBatch};
@@ -87,7 +87,9 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                 let mut ctx = InitCtx { failure: None };
                 match take_batch(link, fds) {
                     Ok(batch) => {
-                        let _ = with_batch(batch, || task.run(&build, payload, &mut ctx));
+                        // The initializer's progress is nobody's business.
+                        let running = AtomicU64::new(0);
+                        let _ = with_batch(batch, || task.run(&build, payload, &running, &mut ctx));
                     }
                     Err(failure) => ctx.failure = Some(failure),
                 }
@@ -122,10 +124,10 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                     words,
                     job,
                     done: words.done.load(Ordering::Relaxed),
-                    last_flush: Instant::now(),
+                    last_flush: None,
                     frame: &mut frame,
                 };
-                let sent = with_batch(batch, || task.run(&build, payload, &mut ctx));
+                let sent = with_batch(batch, || task.run(&build, payload, &words.item, &mut ctx));
                 words.item.store(0, Ordering::Release);
                 if sent.is_err() {
                     return code::LINK;
@@ -141,39 +143,43 @@ struct JobCtx<'a> {
     words: &'a ProgressWords,
     job: u64,
     done: u64,
-    last_flush: Instant,
+    /// When outcomes were last sent (or the chunk began); only read for chunks of more than
+    /// one task (a one-task chunk, an `apply`, sends its outcome when done and never asks).
+    last_flush: Option<Instant>,
     frame: &'a mut Vec<u8>,
 }
 
 impl ChunkCtx for JobCtx<'_> {
-    #[inline]
-    fn started(&mut self, index: usize) {
-        self.words.item.store(index as u64 + 1, Ordering::Release);
-        self.done += 1;
+    fn begin(&mut self, tasks: usize) {
+        if tasks > 1 {
+            self.last_flush = Some(Instant::now());
+        }
     }
 
-    fn flush_due(&mut self, pending_bytes_hint: usize) -> bool {
-        pending_bytes_hint >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_EVERY
+    fn flush_due(&mut self, pending_bytes: usize) -> bool {
+        pending_bytes >= FLUSH_BYTES || self.last_flush.is_none_or(|at| at.elapsed() >= FLUSH_EVERY)
     }
 
     fn flush(&mut self, first: usize, count: usize, outcomes: &[u8], done: bool) -> Result<(), ()> {
+        self.done += count as u64;
         self.words.done.store(self.done, Ordering::Release);
-        self.last_flush = Instant::now();
+        if !done {
+            self.last_flush = Some(Instant::now());
+        }
         let header = FromWorker::Results {
             job: self.job,
             first: first as u64,
             count: count as u64,
             done,
         };
-        if done {
-            send(self.link, &header, outcomes, self.frame).map_err(drop)
-        } else {
-            // An intermediate report only has to survive this worker's death: it goes into the
-            // pipe without waking the driver, which reads it with the job's last report (or
-            // after the death). A copy, not a wake-up, per report.
-            protocol::frame(&header, outcomes, self.frame).map_err(drop)?;
-            self.link.send_quiet(self.frame).map_err(drop)
-        }
+        protocol::seq_frame_head(&header, count, self.frame).map_err(drop)?;
+        // An intermediate report only has to survive this worker's death: it goes into the
+        // pipe without waking the driver, which reads it with the job's last report (or after
+        // the death). A copy, not a wake-up, per report; the outcomes go from the trampoline's
+        // buffer straight into the pipe.
+        self.link
+            .send_vectored(&[self.frame, outcomes], !done)
+            .map_err(drop)
     }
 
     fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()> {
@@ -191,22 +197,20 @@ struct InitCtx {
 }
 
 impl ChunkCtx for InitCtx {
-    fn started(&mut self, _index: usize) {}
-
-    fn flush_due(&mut self, _pending_bytes_hint: usize) -> bool {
+    fn flush_due(&mut self, _pending_bytes: usize) -> bool {
         false
     }
 
     fn flush(
         &mut self,
         _first: usize,
-        _count: usize,
+        count: usize,
         outcomes: &[u8],
         _done: bool,
     ) -> Result<(), ()> {
         // One `Result<(), Failure>`: the initializer's outcome.
-        if let Ok(results) = crate::wire::codec::decode::<Vec<Result<(), Failure>>>(outcomes)
-            && let Some(Err(failure)) = results.into_iter().next()
+        if count == 1
+            && let Ok(Err(failure)) = crate::wire::codec::decode::<Result<(), Failure>>(outcomes)
         {
             self.failure = Some(failure);
         }

@@ -300,7 +300,22 @@ fn recycling_changes_pids(method: StartMethod) {
         "only {} distinct worker pids",
         distinct.len()
     );
-    assert!(pool.stats().workers.iter().all(|w| w.restarts > 0));
+    // Every seat recycles its worker: the map may return while a seat's first replacement is
+    // still starting (its fifth task was among the first, and the other seat ran the rest), so
+    // the count is awaited, within a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = pool.stats();
+        if stats.workers.iter().all(|w| w.restarts > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a seat never replaced its worker: {:?}",
+            stats.workers
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     // Retired workers exit after their replacements start; none is left behind.
     drop(pool);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

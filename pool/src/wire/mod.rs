@@ -7,6 +7,7 @@
 
 pub(crate) mod args;
 pub(crate) mod codec;
+pub(crate) mod outcome;
 pub(crate) mod protocol;
 pub(crate) mod transport;
 

@@ -89,7 +89,19 @@ pub(crate) trait Link: Send {
     fn send_quiet(&mut self, frame: &[u8]) -> Result<(), LinkError> {
         self.send(frame)
     }
-    /// Receives one frame into `buf` (replacing its contents), waiting at most `timeout`.
+    /// Sends one frame made of `parts` (a frame's head, then its payload) without copying them
+    /// together first; `quiet` as [`send_quiet`](Link::send_quiet). Defaults to copying them
+    /// into one frame.
+    fn send_vectored(&mut self, parts: &[&[u8]], quiet: bool) -> Result<(), LinkError> {
+        let frame = parts.concat();
+        if quiet {
+            self.send_quiet(&frame)
+        } else {
+            self.send(&frame)
+        }
+    }
+    /// Receives one frame into `buf` (replacing its contents, reusing its allocation), waiting
+    /// at most `timeout`.
     fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), LinkError>;
     /// Sends one frame with the descriptors of `fds` ahead of it (see `wire/args.rs`).
     /// Defaults to `send` without descriptors, and fails if there are some.
@@ -116,6 +128,19 @@ pub(crate) fn frame<H: Serialize>(
     ipc_shm::codec::encode_frame(header, out)?;
     out.extend_from_slice(payload);
     Ok(())
+}
+
+/// Builds in `out` (replacing its contents) the head of a frame whose payload is a sequence of
+/// `count` values encoded one after the other: the header as one codec frame, then the
+/// sequence's length. Sent in front of those encodings, it makes the same frame as [`frame`]
+/// with the sequence encoded as one value.
+pub(crate) fn seq_frame_head<H: Serialize>(
+    header: &H,
+    count: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecEncodeError> {
+    frame(header, &[], out)?;
+    codec::encode_into(&(count as u64), out)
 }
 
 /// Splits a frame into its decoded header and its payload.

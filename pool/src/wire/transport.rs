@@ -14,6 +14,10 @@ use crate::wire::protocol::{Link, LinkError};
 /// frame limit, so the pipe and the decoder agree on one bound.
 const MAX_FRAME: usize = ipc_shm::codec::MAX_FRAME_LEN;
 
+/// The receive buffer a link keeps between frames (a larger one, left by a large chunk, is
+/// shrunk back once small frames follow).
+const KEEP_BUFFER: usize = 4 << 20;
+
 /// One end of a worker's pipe.
 #[derive(Debug)]
 pub(crate) struct PipeLink(Connection);
@@ -106,19 +110,30 @@ impl Link for PipeLink {
         })
     }
 
+    fn send_vectored(&mut self, parts: &[&[u8]], quiet: bool) -> Result<(), LinkError> {
+        let sent = if quiet {
+            self.0.send_bytes_vectored_quiet(parts)
+        } else {
+            self.0.send_bytes_vectored(parts)
+        };
+        sent.map_err(|e| match e {
+            ipc_pipe::SendError::Disconnected => LinkError::Disconnected,
+            _ => LinkError::Broken,
+        })
+    }
+
     fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<(), LinkError> {
-        let received = match timeout {
-            Some(t) => self.0.recv_bytes_timeout(t).map_err(|e| match e {
+        self.0
+            .recv_bytes_into_vec(buf, timeout)
+            .map_err(|e| match e {
                 ipc_pipe::RecvTimeoutError::Timeout => LinkError::Timeout,
                 ipc_pipe::RecvTimeoutError::Disconnected => LinkError::Disconnected,
                 _ => LinkError::Broken,
-            })?,
-            None => self.0.recv_bytes().map_err(|e| match e {
-                ipc_pipe::RecvError::Disconnected => LinkError::Disconnected,
-                _ => LinkError::Broken,
-            })?,
-        };
-        *buf = received;
+            })?;
+        // A buffer that once held a large chunk is not kept at that size for good.
+        if buf.capacity() > KEEP_BUFFER && buf.len() <= KEEP_BUFFER / 4 {
+            buf.shrink_to(KEEP_BUFFER);
+        }
         Ok(())
     }
 }
