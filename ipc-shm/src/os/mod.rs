@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`shm`] | POSIX shared-memory names, memfd, seals, size |
 //! | [`fd`] | descriptors: ownership of inherited numbers, close-on-exec in a child, dup |
-//! | [`process`] | ids, fork, die-with-parent, pidfd (process or thread), signals, reaping, `/proc` figures |
+//! | [`process`] | ids, fork, die-with-parent, pidfd (process or thread), signals, reaping, `/proc` figures, how much freed heap the allocator keeps |
 //! | [`poll`](mod@poll) | waiting for readability: `poll`, and an [`Epoll`] set other threads add to |
 //! | [`socket`] | socketpairs, readiness bytes, `SCM_RIGHTS` |
 //! | [`signal`] | a `signalfd` for `SIGCHLD` (the fork server's reaper) |
@@ -16,7 +16,7 @@
 //!
 //! The OS crates, one per purpose: `rustix` wherever it has a safe form; `nix` for `fork(2)` and
 //! `signalfd(2)`, which rustix does not offer (and for the [`Signal`] type, which the test
-//! harness's public API already uses, and `sigaction`); `libc` for `_exit(2)` and, inside the
+//! harness's public API already uses, and `sigaction`); `libc` for `_exit(2)`, glibc's `mallopt(3)` and, inside the
 //! crash handler, `shutdown`, `signal` and `raise`.
 //!
 //! Safe functions return typed `io::Result`s; the few `unsafe fn`s carry `# Safety` sections.
