@@ -54,6 +54,7 @@ use crate::registry::{Registry, lock};
 use crate::result::failure_to_error;
 use crate::start::{self, StartFailure, Worker};
 use crate::stats::{WorkerState, WorkerStats};
+use crate::wire::bulk::BulkOut;
 use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
 
 /// How many times a job's worker may die while decoding the job's arguments (before any of its
@@ -260,6 +261,8 @@ pub(crate) struct Driver {
     pub(crate) worker: Option<Worker>,
     frame: Vec<u8>,
     buf: Vec<u8>,
+    /// The seat's bulk area, for large arguments (`wire/bulk.rs`).
+    bulk: BulkOut,
     pub(crate) tasks_limit: Option<u64>,
     /// The cancel token of the job running now, while the worker's pid is registered in it.
     running: Option<(Arc<CancelToken>, u32)>,
@@ -283,6 +286,7 @@ impl Driver {
             worker: None,
             frame: Vec::new(),
             buf: Vec::new(),
+            bulk: BulkOut::default(),
             tasks_limit: None,
             running: None,
             lost_at: None,
@@ -407,13 +411,20 @@ impl Driver {
             let _ = registry.tx_requeue(job);
             return Ran::WorkerGone;
         };
+        // Large arguments go through the bulk area. It is rewritten only here, and a job is
+        // sent only once the last one has ended, so the worker never reads it mid-write.
+        let bulk = self
+            .bulk
+            .offer(&mut *worker.link, worker.pid, &job.args, &mut self.frame);
+        let payload: &[u8] = if bulk.is_some() { &[] } else { &job.args };
         if let Err(e) = protocol::frame(
             &ToWorker::Run {
                 job: job.id,
                 task: job.task,
                 fds: job.fds.as_ref().map(|b| b.id()),
+                bulk,
             },
-            &job.args,
+            payload,
             &mut self.frame,
         ) {
             registry.finish_job_error(&job, &TaskError::Argument(e.to_string()));
