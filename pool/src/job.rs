@@ -65,10 +65,10 @@ pub(crate) struct Job {
 }
 
 /// A large job gives its argument buffer back when it ends, for the next large encode
-/// (`wire/spare.rs`).
+/// (`wire/recycle.rs`).
 impl Drop for Job {
     fn drop(&mut self) {
-        crate::wire::spare::give(std::mem::take(&mut self.args));
+        crate::wire::recycle::give(std::mem::take(&mut self.args));
     }
 }
 

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::wire::codec::{self, CodecEncodeError};
-use crate::wire::spare;
+use crate::wire::recycle;
 
 /// Encoded arguments: one bincode sequence, and the descriptors their handles put in a batch
 /// (`None` when they carry none, the common case).
@@ -79,7 +79,7 @@ impl ArgsError {
 /// says why.
 pub(crate) fn encode<A: Serialize>(args: &[A]) -> Result<Args, ArgsError> {
     let (bytes, batch, handle) = transfer::encode(|| {
-        let mut bytes = spare::buffer_for(args);
+        let mut bytes = recycle::buffer_for(args);
         codec::encode_into(args, &mut bytes).map(|()| bytes)
     });
     if let Some(e) = handle {

@@ -2,7 +2,7 @@
 //! [`codec`] (the workspace's one codec, `ipc_shm::codec`: bincode over serde with one decode
 //! limit), the [`transport`] (an `ipc_pipe` connection behind the `Link` boundary) and the
 //! [`bulk`] area that large arguments take instead of the transport's ring (encoded into
-//! [`spare`] buffers of earlier jobs).
+//! [`recycle`]d buffers of earlier jobs).
 //!
 //! Everything a data path sends to a worker goes down through here; nothing in this module
 //! knows about jobs, drivers or the pool's state.
@@ -11,7 +11,7 @@ pub(crate) mod args;
 pub(crate) mod bulk;
 pub(crate) mod codec;
 pub(crate) mod protocol;
-pub(crate) mod spare;
+pub(crate) mod recycle;
 pub(crate) mod transport;
 
 #[cfg(test)]
