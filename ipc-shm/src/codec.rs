@@ -308,6 +308,21 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
     Ok(())
 }
 
+/// The length of `value`'s encoding, found without writing it (byte strings are counted, not
+/// copied): for a caller that wants a buffer of the right size before it encodes.
+///
+/// ```
+/// let value = ("job", vec![1u8; 1000]);
+/// assert_eq!(ipc_shm::codec::encoded_len(&value)?, ipc_shm::codec::encode(&value)?.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeError> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, BINCODE_CONFIG)
+        .map_err(EncodeError::Bincode)?;
+    Ok(size.bytes_written)
+}
+
 /// The encoding of `value` in a new vector.
 #[inline]
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {

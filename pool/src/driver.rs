@@ -55,6 +55,7 @@ use crate::registry::{Registry, lock};
 use crate::result::failure_to_error;
 use crate::start::{self, StartFailure, Worker};
 use crate::stats::{WorkerState, WorkerStats};
+use crate::wire::bulk::BulkOut;
 use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
 
 /// How many times a job's worker may die while decoding the job's arguments (before any of its
@@ -263,6 +264,8 @@ pub(crate) struct Driver {
     pub(crate) worker: Option<Worker>,
     frame: Vec<u8>,
     buf: Vec<u8>,
+    /// The seat's bulk area, for large arguments (`wire/bulk.rs`).
+    bulk: BulkOut,
     pub(crate) tasks_limit: Option<u64>,
     /// The cancel token of the job running now, while the worker's pid is registered in it.
     running: Option<(Arc<CancelToken>, u32)>,
@@ -286,6 +289,7 @@ impl Driver {
             worker: None,
             frame: Vec::new(),
             buf: Vec::new(),
+            bulk: BulkOut::default(),
             tasks_limit: None,
             running: None,
             lost_at: None,
@@ -438,16 +442,23 @@ impl Driver {
             let _ = registry.tx_requeue(job);
             return Ran::WorkerGone;
         };
+        // Large arguments go through the bulk area. It is rewritten only here, and a job is
+        // sent only once the last one has ended, so the worker never reads it mid-write.
+        let bulk = self
+            .bulk
+            .offer(&mut *worker.link, worker.pid, &job.args, &mut self.frame);
+        let payload: &[u8] = if bulk.is_some() { &[] } else { &job.args };
         let header = ToWorker::Run {
             job: job.id,
             task: job.task,
             fds: job.fds.as_ref().map(|b| b.id()),
+            bulk,
         };
         // The frame's head is built here; the arguments go from the job straight into the
         // pipe (copied together only in the rare job that hands descriptors over).
         let framed = match job.fds.as_deref() {
             None => protocol::frame(&header, &[], &mut self.frame),
-            Some(_) => protocol::frame(&header, &job.args, &mut self.frame),
+            Some(_) => protocol::frame(&header, payload, &mut self.frame),
         };
         if let Err(e) = framed {
             registry.finish_job_error(&job, &TaskError::Argument(e.to_string()));
@@ -456,7 +467,7 @@ impl Driver {
         let mut reported = job.first; // every index below this has an outcome
         let end = job.first + job.count;
         let sent = match job.fds.as_deref() {
-            None => worker.link.send_vectored(&[&self.frame, &job.args], false),
+            None => worker.link.send_vectored(&[&self.frame, payload], false),
             Some(fds) => worker.link.send_with_fds(&self.frame, Some(fds)),
         };
         if sent.is_err() {

@@ -64,6 +64,14 @@ pub(crate) struct Job {
     pub(crate) cancel: Option<Arc<CancelToken>>,
 }
 
+/// A large job gives its argument buffer back when it ends, for the next large encode
+/// (`wire/recycle.rs`).
+impl Drop for Job {
+    fn drop(&mut self) {
+        crate::wire::recycle::give(std::mem::take(&mut self.args));
+    }
+}
+
 /// What cancelling a handle did (returned by [`CancelToken::cancel`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Cancelled {

@@ -133,6 +133,7 @@ impl ProcessBuilder {
                 job: 1,
                 task: TaskRef::new(f),
                 fds: args.batch_id(),
+                bulk: None,
             },
             &args.bytes,
             &mut frame,

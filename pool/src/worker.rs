@@ -11,6 +11,13 @@
 //! down, so the pool learns of the death, and how it ends, before the kernel has torn the
 //! process down (milliseconds for a large process).
 //!
+//! A worker keeps up to 64 MiB of freed heap (`ipc_shm::os::keep_freed_heap`): a task's
+//! arguments are decoded into new allocations, and with glibc's defaults a worker running
+//! tasks with megabyte arguments would return that memory after each task and take every page
+//! fault again on the next, which costs more than the copies themselves. A worker's resident
+//! size can therefore stay up to that much above what its tasks hold (`max_memory_per_child`
+//! counts it).
+//!
 //! This is the one place where a task reference received from the pool becomes a call. It needs
 //! no `unsafe`: the call goes through [`crate::task`], and its justification, the executable
 //! check of the handshake, is the `SameBuild` token that announcing the `Hello` yields.
@@ -22,6 +29,7 @@ use ipc_shm::transfer::{self, FdBatch};
 
 use crate::slot::{ProgressSlot, ProgressWords};
 use crate::task::{ChunkCtx, Failure, SameBuild};
+use crate::wire::bulk::BulkIn;
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 use crate::wire::transport::PipeLink;
 
@@ -43,9 +51,16 @@ pub(crate) mod code {
 const FLUSH_EVERY: Duration = Duration::from_micros(50);
 const FLUSH_BYTES: usize = 1 << 20;
 
+/// Freed heap a worker keeps rather than returning it to the kernel at once
+/// (`ipc_shm::os::keep_freed_heap`).
+const KEEP_FREED_HEAP: usize = 64 << 20;
+
 /// Serves the pool on `link` in a new worker process: installs the death notice (on the slot's
 /// `dying` word and the link's socket), then runs the worker loop; returns the exit code.
 pub(crate) fn serve(mut link: PipeLink, slot: &ProgressSlot) -> i32 {
+    // Large arguments are decoded into fresh allocations task after task; without this, glibc
+    // hands each one back to the kernel and the next task faults it in again (module docs).
+    ipc_shm::os::keep_freed_heap(KEEP_FREED_HEAP);
     // The handler needs the word for the rest of the process: this process ends with the loop.
     let kept: &'static ProgressSlot = Box::leak(Box::new(slot.clone()));
     // Without the notice (a descriptor limit) a crash is still seen, by the reap.
@@ -72,6 +87,7 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
         return code::LINK;
     }
     let mut buf = Vec::new();
+    let mut bulk = BulkIn::default();
     loop {
         match link.recv(&mut buf, None) {
             Ok(()) => {}
@@ -105,7 +121,17 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                     }
                 }
             }
-            ToWorker::Run { job, task, fds } => {
+            ToWorker::Bulk { fds } => match take_batch(link, fds) {
+                Ok(batch) => with_batch(batch, || bulk.adopt(payload)),
+                // Without its descriptor the area stays missing: the job that needs it fails.
+                Err(_) => bulk.adopt(&[]),
+            },
+            ToWorker::Run {
+                job,
+                task,
+                fds,
+                bulk: in_bulk,
+            } => {
                 // The descriptors of handles among the arguments came ahead of the frame.
                 let batch = match take_batch(link, fds) {
                     Ok(batch) => batch,
@@ -116,6 +142,20 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                         }
                         continue;
                     }
+                };
+                // Large arguments wait in the bulk area: copy them out before anything else.
+                let payload = match in_bulk {
+                    None => payload,
+                    Some(len) => match bulk.take(len) {
+                        Ok(bytes) => bytes,
+                        Err(failure) => {
+                            let header = FromWorker::ChunkFailed { job, failure };
+                            if send(link, &header, &[], &mut frame).is_err() {
+                                return code::LINK;
+                            }
+                            continue;
+                        }
+                    },
                 };
                 let words = slot.words();
                 words.job.store(job, Ordering::Release);

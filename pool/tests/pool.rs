@@ -44,6 +44,19 @@ fn crash(how: String) -> u64 {
     }
 }
 
+/// The length and a position-weighted checksum of `bytes` (a swapped or stale byte changes it).
+fn checksum(bytes: Vec<u8>) -> (usize, u64) {
+    let sum = bytes.iter().enumerate().fold(0u64, |acc, (i, &b)| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(b) ^ i as u64)
+    });
+    (bytes.len(), sum)
+}
+
+/// `len` bytes that differ with `seed`.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
+}
+
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -67,6 +80,7 @@ ipc_tests::per_start_method!(
     timeouts_kill_and_replace_the_worker,
     recycling_changes_pids,
     close_join_and_terminate,
+    large_arguments_arrive_whole_across_growth_and_replacement,
 );
 
 fn apply_map_and_async(method: StartMethod) {
@@ -648,4 +662,31 @@ fn a_zero_task_timeout_is_refused() {
         .build()
         .unwrap();
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
+
+/// Arguments from 128 KiB up go through the seat's bulk area (pool/src/wire/bulk.rs): they
+/// arrive whole when the area grows, when a small argument (the link path) comes between two
+/// large ones, in chunks of several, and on the worker that replaces a crashed one (which must
+/// be handed the area again).
+fn large_arguments_arrive_whole_across_growth_and_replacement(method: StartMethod) {
+    let pool = build(method, 1);
+    for (len, seed) in [(200 << 10, 1u8), (3 << 20, 2), (64, 3), (150 << 10, 4)] {
+        let arg = pattern(len, seed);
+        assert_eq!(
+            pool.apply(checksum, arg.clone()).unwrap(),
+            checksum(arg),
+            "{len}"
+        );
+    }
+    let args: Vec<Vec<u8>> = (0..5).map(|i| pattern(300 << 10, 10 + i)).collect();
+    let expected: Vec<_> = args.iter().cloned().map(checksum).collect();
+    assert_eq!(pool.map_chunked(checksum, args, 2).unwrap(), expected);
+    let before = pool.stats().workers[0].pid;
+    assert!(matches!(
+        pool.apply(crash, "abort".to_string()),
+        Err(TaskError::WorkerLost { .. })
+    ));
+    let arg = pattern(1 << 20, 99);
+    assert_eq!(pool.apply(checksum, arg.clone()).unwrap(), checksum(arg));
+    assert_ne!(pool.stats().workers[0].pid, before);
 }

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`shm`] | POSIX shared-memory names, memfd, seals, size |
 //! | [`fd`] | descriptors: ownership of inherited numbers, close-on-exec in a child, dup |
-//! | [`process`] | ids, fork, die-with-parent, pidfd (process or thread), signals, reaping, `/proc` figures |
+//! | [`process`] | ids, fork, die-with-parent, pidfd (process or thread), signals, reaping, `/proc` figures, how much freed heap the allocator keeps |
 //! | [`poll`](mod@poll) | waiting for readability: `poll`, and an [`Epoll`] set other threads add to |
 //! | [`socket`] | socketpairs, readiness bytes, `SCM_RIGHTS` |
 //! | [`spawn`](mod@spawn) | starting a program with `posix_spawn` (no copy of this process), descriptors kept open in the child only |
@@ -17,7 +17,7 @@
 //!
 //! The OS crates, one per purpose: `rustix` wherever it has a safe form; `nix` for `fork(2)`,
 //! `signalfd(2)` and `posix_spawn(3)`, which rustix does not offer (and for the [`Signal`] type, which the test
-//! harness's public API already uses, and `sigaction`); `libc` for `_exit(2)` and, inside the
+//! harness's public API already uses, and `sigaction`); `libc` for `_exit(2)`, glibc's `mallopt(3)` and, inside the
 //! crash handler, `shutdown`, `signal` and `raise`.
 //!
 //! Safe functions return typed `io::Result`s; the few `unsafe fn`s carry `# Safety` sections.

@@ -293,3 +293,34 @@ pub fn page_size() -> u64 {
 pub fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// Lets this process keep up to `bytes` of freed heap instead of handing it back to the kernel
+/// at once, and serve allocations below `bytes` from that heap rather than from fresh mappings
+/// (glibc's `M_TRIM_THRESHOLD` and `M_MMAP_THRESHOLD`). Returns whether the allocator took it
+/// (`false` on a C library other than glibc, or for a value it refuses).
+///
+/// Why: with glibc's defaults a process that allocates and frees a few MiB per operation (a
+/// pool worker decoding 1 MiB arguments, task after task) gives the memory back after each
+/// operation and then takes every page fault again on the next one, which costs more than
+/// copying the bytes. A worker process can afford to keep a few tens of MiB.
+pub fn keep_freed_heap(bytes: usize) -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        let Ok(value) = libc::c_int::try_from(bytes) else {
+            return false;
+        };
+        // SAFETY: `mallopt` has no memory-safety preconditions: it takes a parameter number
+        // and a value, and returns 0 (refused) or 1 (taken). Both parameters are documented
+        // glibc tunables; a value the allocator does not accept is refused, not acted on.
+        let trim = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, value) };
+        // SAFETY: as above; the mmap threshold is capped by glibc (32 MiB on 64-bit), a larger
+        // value is refused and the default dynamic threshold stays.
+        let mmap = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, value.min(32 << 20)) };
+        trim == 1 && mmap == 1
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        let _ = bytes;
+        false
+    }
+}

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::wire::codec::{self, CodecEncodeError};
+use crate::wire::recycle;
 
 /// Encoded arguments: one bincode sequence, and the descriptors their handles put in a batch
 /// (`None` when they carry none, the common case).
@@ -77,7 +78,10 @@ impl ArgsError {
 /// given away, too many descriptors) fails here, at submit time, with the transfer error that
 /// says why.
 pub(crate) fn encode<A: Serialize>(args: &[A]) -> Result<Args, ArgsError> {
-    let (bytes, batch, handle) = transfer::encode(|| codec::encode(args));
+    let (bytes, batch, handle) = transfer::encode(|| {
+        let mut bytes = recycle::buffer_for(args);
+        codec::encode_into(args, &mut bytes).map(|()| bytes)
+    });
     if let Some(e) = handle {
         return Err(ArgsError::Handle(e));
     }

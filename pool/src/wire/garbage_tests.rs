@@ -97,13 +97,16 @@ fn frames_round_trip() {
             job: 7,
             task: task(),
             fds: None,
+            bulk: None,
         },
         &payload,
         &mut out,
     )
     .expect("frames");
     let (header, rest) = unframe::<ToWorker>(&out).expect("unframes");
-    assert!(matches!(header, ToWorker::Run { job: 7, task: t, fds: None } if t == task()));
+    assert!(
+        matches!(header, ToWorker::Run { job: 7, task: t, fds: None, bulk: None } if t == task())
+    );
     assert_eq!(rest, payload);
     assert_eq!(codec::decode::<Vec<u64>>(rest).expect("decodes"), [1, 2, 3]);
 

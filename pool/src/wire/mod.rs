@@ -1,14 +1,18 @@
 //! The wire between the pool and its workers: the [`protocol`] (frames and messages), the
 //! [`codec`] (the workspace's one codec, `ipc_shm::codec`: bincode over serde with one decode
-//! limit) and the [`transport`] (an `ipc_pipe` connection behind the `Link` boundary).
+//! limit), the [`transport`] (an `ipc_pipe` connection behind the `Link` boundary) and the
+//! [`bulk`] area that large arguments take instead of the transport's ring (encoded into
+//! [`recycle`]d buffers of earlier jobs).
 //!
 //! Everything a data path sends to a worker goes down through here; nothing in this module
 //! knows about jobs, drivers or the pool's state.
 
 pub(crate) mod args;
+pub(crate) mod bulk;
 pub(crate) mod codec;
 pub(crate) mod outcome;
 pub(crate) mod protocol;
+pub(crate) mod recycle;
 pub(crate) mod transport;
 
 #[cfg(test)]

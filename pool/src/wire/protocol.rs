@@ -37,11 +37,17 @@ use crate::wire::codec::{self, CodecDecodeError, CodecEncodeError};
 pub(crate) enum ToWorker {
     /// Run the task on every argument of the payload. `fds`: the id of the descriptor batch
     /// that came ahead of the frame, if the arguments hand IPC objects over (`wire/args.rs`).
+    /// `bulk`: the arguments are not in the payload (which is empty) but in the seat's bulk
+    /// area, this many bytes (`wire/bulk.rs`).
     Run {
         job: u64,
         task: TaskRef,
         fds: Option<u64>,
+        bulk: Option<u64>,
     },
+    /// The payload is the seat's bulk area (one transferred `Segment`, its descriptor in the
+    /// batch `fds`): keep it for the `Run` frames that name it (`wire/bulk.rs`).
+    Bulk { fds: Option<u64> },
     /// Run the initializer on the payload's single argument (`fds` as for `Run`).
     Init { task: TaskRef, fds: Option<u64> },
     /// Finish and exit with status 0.

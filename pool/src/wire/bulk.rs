@@ -1,0 +1,186 @@
+//! The bulk area: a large job's arguments travel through a shared segment of the worker's seat
+//! instead of streaming through the link's ring.
+//!
+//! A link's ring holds 256 KiB per direction. A 1 MiB argument streamed through it is copied
+//! in four or more pieces, and each piece waits for the other side to drain the last one: the
+//! driver and the worker must both be on a CPU at once, over and over, and each time one of
+//! them sleeps the hand-off costs a futex wake-up (tens of microseconds on a VM whose idle vCPU
+//! is halted). With more workers than free CPUs that is most of the time. Instead, arguments
+//! of at least [`BULK_MIN`] bytes are copied once into the seat's bulk segment, and the `Run`
+//! frame says how long they are (`ToWorker::Run { bulk: Some(len) }`); the worker copies them
+//! out, once, into a buffer it keeps, whenever it gets to the frame. Nobody waits for anybody.
+//!
+//! | step | who | copies |
+//! |---|---|---|
+//! | submit: encode the arguments | the caller | 1 |
+//! | `offer`: into the bulk segment | the seat's driver | 1 (the link path: into the frame, then into the ring) |
+//! | `take`: out into the worker's buffer | the worker | 1 (the link path: out of the ring into a new `Vec`) |
+//! | decode | the worker | 1 |
+//!
+//! The segment is created when a seat first sends a large job (sized to the next power of two,
+//! at least [`BULK_MIN`] and at most [`BULK_MAX`]; larger arguments take the link path), grows
+//! when a larger one comes, and is handed to each new worker of the seat once, as a transferred
+//! [`Segment`] (`ToWorker::Bulk`, its descriptor by `SCM_RIGHTS`, its header validated by the
+//! worker like any other handle's). The buffers on both sides are kept, so a steady stream of
+//! large arguments faults no page after the first.
+//!
+//! ## Who may touch the bytes
+//!
+//! The driver writes the area only while its worker holds no job: a driver sends one `Run` and
+//! waits for that job to end before the next (`Driver::run_registered`), and the worker copies
+//! the area out before it reports anything about the job. So the worker never reads bytes being
+//! written. Even if a peer broke that rule, no reference to the shared bytes is ever formed
+//! (both copies go through [`ipc_shm::ShmRing`], bounds-checked against the segment's own
+//! length) and the length in the frame is checked against the area before the copy: a broken
+//! peer can change the values the worker decodes (which the codec then rejects as data), never
+//! make a copy leave the segment.
+
+use ipc_shm::{ByteRing, Segment, SegmentBuilder, ShmRing, TypeTag};
+
+use crate::task::Failure;
+use crate::wire::args;
+use crate::wire::protocol::{self, Link, ToWorker};
+
+/// Arguments at least this long go through the bulk area (smaller ones fit the ring with room
+/// to spare, and take one copy fewer there than a separate message would cost).
+pub(crate) const BULK_MIN: usize = 128 << 10;
+/// Arguments longer than this take the link path, so that one huge argument does not pin a
+/// segment of its size to the seat for the pool's life.
+pub(crate) const BULK_MAX: usize = 64 << 20;
+/// The type tag of bulk segments.
+const TAG: TypeTag = TypeTag::from_name("pool-bulk/v1");
+
+/// The driver's side: the seat's segment, and which worker has it.
+#[derive(Debug, Default)]
+pub(crate) struct BulkOut {
+    area: Option<Segment>,
+    /// The worker (by pid) that was handed the current segment.
+    sent_to: Option<u32>,
+}
+
+impl BulkOut {
+    /// Places `bytes` in the bulk area for the worker `pid` at the other end of `link`,
+    /// handing it the segment first if it does not have it (a `Bulk` frame built in `frame`).
+    /// Returns the length to put in the `Run` frame, or `None`: the arguments take the link
+    /// path (short, too long, or the area could not be made or handed over; the link path
+    /// always works, and a broken link shows on the `Run` frame that follows).
+    pub(crate) fn offer(
+        &mut self,
+        link: &mut dyn Link,
+        pid: u32,
+        bytes: &[u8],
+        frame: &mut Vec<u8>,
+    ) -> Option<u64> {
+        if !(BULK_MIN..=BULK_MAX).contains(&bytes.len()) {
+            return None;
+        }
+        let cap = bytes.len().next_power_of_two();
+        if self.area.as_ref().is_none_or(|seg| area_cap(seg) < cap) {
+            self.area = None;
+            self.sent_to = None;
+            self.area = Some(SegmentBuilder::new(cap).type_tag(TAG).create().ok()?);
+        }
+        let seg = self.area.as_ref()?;
+        if self.sent_to != Some(pid) {
+            let handed = args::encode(std::slice::from_ref(seg)).ok()?;
+            let header = ToWorker::Bulk {
+                fds: handed.batch_id(),
+            };
+            protocol::frame(&header, &handed.bytes, frame).ok()?;
+            link.send_with_fds(frame, handed.fds.as_deref()).ok()?;
+            self.sent_to = Some(pid);
+        }
+        ShmRing::new(seg, 0, area_cap(seg)).ok()?.write_at(0, bytes);
+        u64::try_from(bytes.len()).ok()
+    }
+}
+
+/// The worker's side: the segment it was handed, and the buffer it copies arguments into.
+#[derive(Debug, Default)]
+pub(crate) struct BulkIn {
+    area: Option<Segment>,
+    buf: Vec<u8>,
+}
+
+impl BulkIn {
+    /// Adopts the segment of a `Bulk` frame's payload (decoded with its descriptors in force:
+    /// the caller runs this inside the frame's transfer context). A payload that is not one
+    /// bulk segment leaves the worker without an area: the next `Run` that needs it fails
+    /// alone, with `DecodeArgument`.
+    pub(crate) fn adopt(&mut self, payload: &[u8]) {
+        self.area = crate::wire::codec::decode::<Vec<Segment>>(payload)
+            .ok()
+            .and_then(|mut v| v.pop())
+            .filter(|seg| seg.type_tag() == TAG);
+    }
+
+    /// The `len` argument bytes the driver placed in the area, copied out into this worker's
+    /// buffer.
+    pub(crate) fn take(&mut self, len: u64) -> Result<&[u8], Failure> {
+        let missing = || Failure::DecodeArgument("the pool's bulk area is missing".into());
+        let seg = self.area.as_ref().ok_or_else(missing)?;
+        let ring = ShmRing::new(seg, 0, area_cap(seg)).map_err(|_| missing())?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| n <= ring.cap())
+            .ok_or_else(|| {
+                Failure::DecodeArgument(format!(
+                    "{len} argument bytes announced in a bulk area of {}",
+                    ring.cap()
+                ))
+            })?;
+        self.buf.clear();
+        ring.append(0, len, &mut self.buf);
+        Ok(&self.buf)
+    }
+}
+
+/// The usable part of a bulk segment: the largest power of two that fits its payload.
+fn area_cap(seg: &Segment) -> usize {
+    match seg.len() {
+        0 => 0,
+        n => 1 << n.ilog2(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area(len: usize) -> Segment {
+        SegmentBuilder::new(len)
+            .type_tag(TAG)
+            .create()
+            .expect("segment")
+    }
+
+    #[test]
+    fn the_worker_copies_out_exactly_what_was_placed_and_refuses_lengths_beyond_the_area() {
+        let seg = area(300 << 10); // usable: 256 KiB
+        ShmRing::new(&seg, 0, area_cap(&seg))
+            .expect("ring")
+            .write_at(0, &[5u8; 1000]);
+        let mut bulk = BulkIn {
+            area: Some(seg),
+            buf: Vec::new(),
+        };
+        assert_eq!(bulk.take(1000).expect("in the area"), &[5u8; 1000][..]);
+        assert!(matches!(
+            bulk.take((256 << 10) + 1),
+            Err(Failure::DecodeArgument(m)) if m.contains("bulk area of 262144")
+        ));
+        assert!(matches!(
+            bulk.take(u64::MAX),
+            Err(Failure::DecodeArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_worker_without_an_area_fails_the_job_and_a_foreign_payload_is_not_adopted() {
+        let mut bulk = BulkIn::default();
+        assert!(matches!(bulk.take(1), Err(Failure::DecodeArgument(m)) if m.contains("missing")));
+        bulk.adopt(b"not a segment");
+        assert!(bulk.area.is_none());
+        assert_eq!(area_cap(&area(1)), 1);
+    }
+}
