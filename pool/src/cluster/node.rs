@@ -89,8 +89,12 @@ impl NodeBuilder {
         self
     }
 
-    /// How many chunks the node holds at once, running or waiting for a local worker
-    /// (default: four per local worker, at least 8), which hides the round trips to the server.
+    /// How many chunks the node holds at once, running or waiting for a local worker, fixed.
+    ///
+    /// By default the node adapts: it holds four chunks per local worker (at least 8) while
+    /// chunks are slow, so that one node does not take work another could start, and up to
+    /// 64 per worker while they are short (about 20 ms of work), which hides the round trips
+    /// to the server and the hand-offs to the local workers.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = Some(n.max(1));
         self
@@ -113,7 +117,10 @@ impl NodeBuilder {
                 message: e.to_string(),
             })?;
         let rt = super::runtime("pool-node", 2)?;
-        let capacity = self.max_in_flight.unwrap_or((processes * 4).max(8));
+        let capacity = match self.max_in_flight {
+            Some(n) => Capacity::fixed(n),
+            None => Capacity::adaptive(processes),
+        };
         rt.block_on(async move {
             let client = setup::connect(&self.cluster, &format!("pool-node-{name}")).await?;
             let js = jetstream::new(client.clone());
@@ -121,6 +128,7 @@ impl NodeBuilder {
                 client,
                 nodes_subject: format!("pool.{}.nodes", self.cluster.name),
                 in_flight: AtomicU64::new(0),
+                chunks_ran: AtomicU64::new(0),
                 results_prefix: format!("pool.{}.results.", self.cluster.name),
                 name,
                 build: wire::build_id(),
@@ -148,6 +156,71 @@ fn node_name() -> String {
     format!("{}:{}", host.trim(), std::process::id())
 }
 
+/// About how much work (in time) an adaptive node holds beyond what its workers run.
+pub(crate) const QUEUE_TIME: Duration = Duration::from_millis(20);
+
+/// How many chunks a node holds in steps 1-6: between `floor` and `ceiling`, by Little's law
+/// the rate at which chunks complete times [`QUEUE_TIME`].
+#[derive(Debug, Clone, Copy)]
+struct Capacity {
+    floor: usize,
+    ceiling: usize,
+}
+
+impl Capacity {
+    fn fixed(n: usize) -> Capacity {
+        Capacity {
+            floor: n,
+            ceiling: n,
+        }
+    }
+
+    fn adaptive(processes: usize) -> Capacity {
+        Capacity {
+            floor: (processes * 4).max(8),
+            ceiling: (processes * 64).max(64),
+        }
+    }
+
+    /// Every [`ADAPT_EVERY`], sets `permits` (whose total starts at `floor`) to the chunks
+    /// completed per second (up at once, down by [`DECAY`] per tick) times [`QUEUE_TIME`],
+    /// within `floor..=ceiling`.
+    async fn adapt(self, permits: Arc<tokio::sync::Semaphore>, node: Arc<Node>) {
+        let mut every = tokio::time::interval(ADAPT_EVERY);
+        let mut current = self.floor;
+        let mut rate = 0.0f64;
+        let mut last = node.chunks_ran.load(Ordering::Relaxed);
+        loop {
+            every.tick().await;
+            let now = node.chunks_ran.load(Ordering::Relaxed);
+            let window = (now - last) as f64 / ADAPT_EVERY.as_secs_f64();
+            last = now;
+            // Up at once, down slowly: a map's first chunks find the room its last ones had.
+            rate = window.max(rate * DECAY);
+            let target =
+                ((rate * QUEUE_TIME.as_secs_f64()).ceil() as usize).clamp(self.floor, self.ceiling);
+            if target > current {
+                permits.add_permits(target - current);
+                current = target;
+            } else if target < current {
+                // Only permits not held can be taken back; the rest on a later tick.
+                current -= permits.forget_permits(current - target);
+            }
+        }
+    }
+}
+
+/// How much of the completion rate an adaptive node remembers per [`ADAPT_EVERY`] (its room
+/// halves in about 1.3 s once chunks stop or slow down).
+const DECAY: f64 = 0.95;
+
+/// How often an adaptive node resizes what it holds.
+const ADAPT_EVERY: Duration = Duration::from_millis(100);
+
+/// How many chunks a node may have in step 7 (its result being stored) per chunk it may hold
+/// in steps 1-6.
+const STORING_PER_HELD: usize = 4;
+
 /// How often a node reports itself on `pool.<name>.nodes` (for callers' `stats`).
 pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -157,6 +230,8 @@ struct Node {
     nodes_subject: String,
     /// Tasks held: running, or waiting for a local worker.
     in_flight: AtomicU64,
+    /// Chunks run so far (for [`Capacity::adapt`]).
+    chunks_ran: AtomicU64,
     name: String,
     build: BuildId,
     js: jetstream::Context,
@@ -173,9 +248,15 @@ impl Node {
     async fn pull(
         self: Arc<Self>,
         cluster: &NatsCluster,
-        capacity: usize,
+        capacity: Capacity,
     ) -> Result<Infallible, ClusterError> {
-        let permits = Arc::new(tokio::sync::Semaphore::new(capacity));
+        let permits = Arc::new(tokio::sync::Semaphore::new(capacity.floor));
+        let storing = Arc::new(tokio::sync::Semaphore::new(
+            capacity.ceiling * STORING_PER_HELD,
+        ));
+        if capacity.ceiling > capacity.floor {
+            tokio::spawn(capacity.adapt(permits.clone(), self.clone()));
+        }
         let mut first = true;
         loop {
             let consumer = async {
@@ -195,7 +276,7 @@ impl Node {
             first = false;
             let messages = consumer
                 .stream()
-                .max_messages_per_batch(capacity)
+                .max_messages_per_batch(capacity.floor)
                 .expires(Duration::from_secs(4))
                 .heartbeat(Duration::from_secs(1))
                 .messages()
@@ -212,10 +293,8 @@ impl Node {
                 match messages.next().await {
                     Some(Ok(msg)) => {
                         let node = self.clone();
-                        tokio::spawn(async move {
-                            node.handle(msg).await;
-                            drop(permit);
-                        });
+                        let storing = storing.clone();
+                        tokio::spawn(node.handle(msg, permit, storing));
                     }
                     Some(Err(_)) | None => break,
                 }
@@ -224,8 +303,17 @@ impl Node {
         }
     }
 
-    /// Steps 1-7 of the module docs for one message.
-    async fn handle(self: Arc<Self>, msg: jetstream::Message) {
+    /// Steps 1-7 of the module docs for one message. `held` (one of the node's capacity)
+    /// is given back once the chunk ran (steps 1-6), after a permit of `storing` is taken for
+    /// step 7: the local workers go on with the next chunks while this result's store waits
+    /// for the server's round trip, and a server that is slow to store still bounds what the
+    /// node holds.
+    async fn handle(
+        self: Arc<Self>,
+        msg: jetstream::Message,
+        held: tokio::sync::OwnedSemaphorePermit,
+        storing: Arc<tokio::sync::Semaphore>,
+    ) {
         let delivered = msg
             .info()
             .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
@@ -254,6 +342,7 @@ impl Node {
                 self.in_flight.fetch_add(header.count, Ordering::Relaxed);
                 let ran = self.run(&msg, &header, args, &same).await;
                 self.in_flight.fetch_sub(header.count, Ordering::Relaxed);
+                self.chunks_ran.fetch_add(1, Ordering::Relaxed);
                 ran
             }
         };
@@ -268,6 +357,11 @@ impl Node {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             return;
         }
+        // The semaphore is never closed.
+        let Ok(_storing) = storing.acquire_owned().await else {
+            return;
+        };
+        drop(held);
         if self.publish(header.reply, Bytes::from(frame)).await {
             let _ = msg.ack().await;
         }
