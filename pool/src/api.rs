@@ -786,6 +786,7 @@ impl Pool {
         count: u64,
         reslice: crate::job::Reslice,
         sink: Arc<dyn Sink>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Result<(), PoolError> {
         let job = Job::from_encoded(
             self.registry.next_job_id(),
@@ -794,6 +795,7 @@ impl Pool {
             count,
             reslice,
             sink,
+            cancel,
         );
         self.submit(job)
     }

@@ -170,6 +170,7 @@ impl Job {
         count: u64,
         reslice: Reslice,
         sink: Arc<dyn Sink>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Job {
         Job {
             id,
@@ -183,7 +184,7 @@ impl Job {
             attempts: 0,
             reslice,
             sink,
-            cancel: None,
+            cancel,
         }
     }
 

@@ -315,6 +315,39 @@ fn slow_double_where(x: u64) -> (u64, String) {
     (x * 2, std::env::var("TEST_NODE_TAG").unwrap_or_default())
 }
 
+/// Marks `<dir>/started-<pid>`, runs 60 s, then marks `<dir>/finished-<pid>`.
+fn long_marked(dir: String) -> u32 {
+    let pid = os::pid();
+    std::fs::write(format!("{dir}/started-{pid}"), b"").expect("mark the start");
+    std::thread::sleep(Duration::from_secs(60));
+    std::fs::write(format!("{dir}/finished-{pid}"), b"").expect("mark the end");
+    pid
+}
+
+/// Whether process `pid` has ended (gone, or a zombie not reaped yet).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// The pids in the `<prefix>-<pid>` marks in `dir`.
+fn marks(dir: &std::path::Path, prefix: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir(dir)
+        .expect("the marks' directory")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix(&format!("{prefix}-"))?.parse().ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -640,6 +673,51 @@ fn a_node_cut_off_from_the_server_loses_no_work() {
     let stats = pool.stats();
     assert_eq!((stats.done, stats.failed), (n, 0), "{stats:?}");
     eprintln!("cut: {by_victim} of {n} results from the victim (before the cut)");
+}
+
+#[test]
+fn terminate_stops_the_chunks_running_on_nodes() {
+    let _watchdog = ipc_tests::watchdog("terminate_on_nodes", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("terminate") else {
+        return;
+    };
+    let name = cluster_name("terminate");
+    let _node = start_node(&server, &name);
+    let marks_dir = server.dir.join("marks");
+    std::fs::create_dir_all(&marks_dir).expect("a directory for the marks");
+    let dir = marks_dir.to_string_lossy().into_owned();
+    let pool = cluster_pool(&server, &name, PoolBuilder::new());
+    // Two 60 s tasks, one per worker of the node, and a third that waits for a worker.
+    let result = pool.map_async(long_marked, vec![dir.clone(); 3], Some(1));
+    let started = Instant::now();
+    while marks(&marks_dir, "started").len() < 2 {
+        result.wait_timeout(Duration::from_millis(20));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the tasks did not start"
+        );
+    }
+    let running = marks(&marks_dir, "started");
+    pool.terminate();
+    match result.get_timeout(Duration::from_secs(10)) {
+        Ok(r) => assert_eq!(r, Err(TaskError::Terminated)),
+        Err(_) => panic!("terminate did not settle the map"),
+    }
+    // The workers running the pool's tasks on the node are stopped well before their tasks'
+    // 60 s (without the cancel, they would run to the end).
+    let stopping = Instant::now();
+    while !running.iter().all(|&pid| ended(pid)) {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(20),
+            "the node still runs the terminated pool's tasks: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(marks(&marks_dir, "finished"), Vec::<u32>::new());
+    // The queued third task never started, and the node lives on for other pools.
+    let other = cluster_pool(&server, &name, PoolBuilder::new());
+    assert_eq!(other.apply(double, 21), Ok(42));
+    assert_eq!(marks(&marks_dir, "started"), running);
 }
 
 #[test]

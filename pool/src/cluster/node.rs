@@ -10,18 +10,27 @@
 //! | 3    | same build as the caller (content hash of the executable)         | result `Refused(BuildMismatch)` |
 //! | 4    | delivered at most `max_attempts` times                            | result `Refused(AttemptsExhausted)` |
 //! | 5    | the payload is a sequence of exactly `count` arguments            | result `Refused(BadTask)`      |
-//! | 6    | run on the local pool (per-task failures are outcomes), sending in-progress acks every `ack_wait / 3` | |
+//! | 6    | run on the local pool (per-task failures are outcomes), sending in-progress acks every `ack_wait / 3` | the pool was cancelled: `AckTerm`, no result |
 //! | 7    | publish the result to the result stream, and only then ack         | not acked: redelivered after `ack_wait` |
 //!
 //! Step 7's order is what makes a node's death lose nothing: a chunk is acknowledged only once
 //! its result is stored, so a node that dies earlier leaves it to be redelivered (and a node
 //! that dies between the two leaves a duplicate, which the caller drops).
+//!
+//! # Cancel
+//!
+//! A caller's `terminate` (or a pool dropped without `close`) publishes its result subject on
+//! the cluster's core subject `pool.<name>.cancel`. Every node listens there: it marks the pool
+//! cancelled (remembered for the cluster's `ttl`) and cancels the local jobs of the pool's
+//! chunks, which kills the local workers running them (the local pool's cancel; the workers
+//! are replaced as after any cancel). A chunk of a cancelled pool, running, waiting for a local
+//! worker or delivered later, is terminated (`AckTerm`) with no result: nobody reads it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
@@ -33,6 +42,7 @@ use super::wire::{
 };
 use super::{ClusterError, NatsCluster, setup};
 use crate::error::TaskError;
+use crate::job::CancelToken;
 use crate::registry::lock;
 use crate::result::Sink;
 use crate::task::SameBuild;
@@ -124,8 +134,16 @@ impl NodeBuilder {
         rt.block_on(async move {
             let client = setup::connect(&self.cluster, &format!("pool-node-{name}")).await?;
             let js = jetstream::new(client.clone());
+            // Subscribed before the first chunk is pulled, so no cancel is missed; the client
+            // subscribes again by itself after a reconnection.
+            let cancels = client
+                .subscribe(cancel_subject(&self.cluster))
+                .await
+                .map_err(|e| ClusterError::jetstream("subscribing to the cancel subject", e))?;
             let node = Arc::new(Node {
                 client,
+                cancels: Mutex::new(Cancels::default()),
+                remember_cancels: self.cluster.ttl,
                 nodes_subject: format!("pool.{}.nodes", self.cluster.name),
                 in_flight: AtomicU64::new(0),
                 chunks_ran: AtomicU64::new(0),
@@ -137,6 +155,7 @@ impl NodeBuilder {
                 pools: Mutex::new(HashMap::from([(None, Arc::new(local))])),
                 ack_wait: self.ack_wait,
             });
+            tokio::spawn(node.clone().listen_for_cancels(cancels));
             let reporter = node.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(REPORT_EVERY);
@@ -149,6 +168,25 @@ impl NodeBuilder {
         })
     }
 }
+
+/// The cluster's core subject on which callers announce that a pool was terminated (the payload
+/// is the pool's result subject).
+pub(crate) fn cancel_subject(cluster: &NatsCluster) -> String {
+    format!("pool.{}.cancel", cluster.name)
+}
+
+/// The pools whose chunks this node holds (one cancel token each, shared by their chunks'
+/// local jobs) and the pools cancelled lately, by result subject.
+#[derive(Default)]
+struct Cancels {
+    /// A pool's token and how many of its chunks hold it.
+    tokens: HashMap<String, (Arc<CancelToken>, usize)>,
+    /// Cancelled pools and when the cancel arrived.
+    cancelled: HashMap<String, Instant>,
+}
+
+/// The most cancelled pools a node remembers (the oldest is forgotten first).
+const MAX_CANCELLED: usize = 4096;
 
 /// This node's name: host name and pid.
 fn node_name() -> String {
@@ -227,6 +265,9 @@ pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// A running node.
 struct Node {
     client: async_nats::Client,
+    cancels: Mutex<Cancels>,
+    /// How long a cancelled pool is remembered (the cluster's `ttl`: its chunks are gone then).
+    remember_cancels: Duration,
     nodes_subject: String,
     /// Tasks held: running, or waiting for a local worker.
     in_flight: AtomicU64,
@@ -323,26 +364,27 @@ impl Node {
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         };
-        let reply_ok = header
-            .reply
-            .strip_prefix(self.results_prefix.as_str())
-            .is_some_and(|id| {
-                !id.is_empty()
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            });
-        if !reply_ok {
+        if !self.is_result_subject(&header.reply) {
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         }
         let (body, payload) = match self.check(&header, args, delivered) {
             Err(refusal) => (ResultBody::Refused(refusal), Vec::new()),
             Ok(same) => {
+                // A chunk of a cancelled pool is dropped: its caller is gone.
+                let Some(token) = self.enter(&header.reply) else {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    return;
+                };
                 self.in_flight.fetch_add(header.count, Ordering::Relaxed);
-                let ran = self.run(&msg, &header, args, &same).await;
+                let ran = self.run(&msg, &header, args, &same, &token).await;
                 self.in_flight.fetch_sub(header.count, Ordering::Relaxed);
                 self.chunks_ran.fetch_add(1, Ordering::Relaxed);
+                self.leave(&header.reply);
+                if token.is_cancelled() {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    return;
+                }
                 ran
             }
         };
@@ -366,6 +408,74 @@ impl Node {
             let _ = msg.ack().await;
         }
         // Not stored: no ack, so the chunk is redelivered after `ack_wait`.
+    }
+
+    /// The cancel token of the pool whose result subject is `reply`, for one more chunk of it;
+    /// `None` if that pool was cancelled.
+    fn enter(&self, reply: &str) -> Option<Arc<CancelToken>> {
+        let mut c = lock(&self.cancels);
+        if c.cancelled.contains_key(reply) {
+            return None;
+        }
+        let entry = c
+            .tokens
+            .entry(reply.to_owned())
+            .or_insert_with(|| (CancelToken::new(), 0));
+        entry.1 += 1;
+        Some(entry.0.clone())
+    }
+
+    /// One chunk of the pool `reply` is done with its token.
+    fn leave(&self, reply: &str) {
+        let mut c = lock(&self.cancels);
+        if let Some(entry) = c.tokens.get_mut(reply) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                c.tokens.remove(reply);
+            }
+        }
+    }
+
+    /// Cancels the pools announced on the cancel subject (see "Cancel" in the module docs).
+    async fn listen_for_cancels(self: Arc<Self>, mut cancels: async_nats::Subscriber) {
+        while let Some(msg) = cancels.next().await {
+            let Ok(reply) = std::str::from_utf8(&msg.payload) else {
+                continue;
+            };
+            if !self.is_result_subject(reply) {
+                continue;
+            }
+            let mut c = lock(&self.cancels);
+            let remember = self.remember_cancels;
+            c.cancelled.retain(|_, at| at.elapsed() < remember);
+            if c.cancelled.len() >= MAX_CANCELLED
+                && let Some(oldest) = c
+                    .cancelled
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+            {
+                c.cancelled.remove(&oldest);
+            }
+            c.cancelled.insert(reply.to_owned(), Instant::now());
+            if let Some((token, _)) = c.tokens.get(reply) {
+                // Kills the local workers running the pool's chunks; its queued chunks fail
+                // with `Cancelled` without running.
+                token.cancel();
+            }
+        }
+    }
+
+    /// Whether `subject` is one pool's result subject in this cluster.
+    fn is_result_subject(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.results_prefix.as_str())
+            .is_some_and(|id| {
+                !id.is_empty()
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
     }
 
     /// Publishes this node's [`NodeReport`] (best effort: a lost report only makes the node
@@ -431,6 +541,7 @@ impl Node {
         header: &TaskHeader,
         args: &[u8],
         same: &SameBuild,
+        token: &Arc<CancelToken>,
     ) -> (ResultBody, Vec<u8>) {
         let refuse = |message: String| {
             (
@@ -460,6 +571,7 @@ impl Node {
             header.count,
             header.reslice.resolve(same),
             sink,
+            Some(token.clone()),
         ) {
             return refuse(e.to_string());
         }
