@@ -823,6 +823,7 @@ impl Pool {
         count: u64,
         reslice: crate::job::Reslice,
         sink: Arc<dyn Sink>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Result<(), PoolError> {
         let job = Job::from_encoded(
             self.registry.next_job_id(),
@@ -831,6 +832,7 @@ impl Pool {
             count,
             reslice,
             sink,
+            cancel,
         );
         self.submit(job)
     }

@@ -178,6 +178,7 @@ impl Job {
         count: u64,
         reslice: Reslice,
         sink: Arc<dyn Sink>,
+        cancel: Option<Arc<CancelToken>>,
     ) -> Job {
         Job {
             id,
@@ -191,7 +192,7 @@ impl Job {
             attempts: 0,
             reslice,
             sink,
-            cancel: None,
+            cancel,
         }
     }
 

@@ -7,11 +7,12 @@
 //! otherwise print loudly that they were skipped and why.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use ipc_shm::os;
@@ -174,11 +175,98 @@ child_entry! {
 
 /// A node process (this binary in node mode) of cluster `name`.
 fn start_node(server: &NatsServer, name: &str) -> ChildProcess {
+    start_node_at(&server.url(), name, "node")
+}
+
+/// A node of cluster `name` that reaches the server at `url`; its workers see `tag` in
+/// `TEST_NODE_TAG`.
+fn start_node_at(url: &str, name: &str, tag: &str) -> ChildProcess {
     child!(cluster_node)
-        .env("TEST_NATS_URL", server.url())
+        .env("TEST_NATS_URL", url)
         .env("TEST_CLUSTER", name)
+        .env("TEST_NODE_TAG", tag)
         .watchdog(Duration::from_secs(600))
         .spawn()
+}
+
+/// A TCP forwarder on a free loopback port to the server's port: a real network path between a
+/// node and the server that the test can cut. After [`Forwarder::cut`] every byte either way is
+/// read and dropped and new connections are accepted and never answered, as in a network
+/// partition where packets vanish (no reset, no close: neither end is told).
+struct Forwarder {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    /// Every socket of the path (both sides of each connection), shut down on drop.
+    sockets: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Forwarder {
+    fn start(to: u16) -> Forwarder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let sockets: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (cut2, sockets2) = (cut.clone(), sockets.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let keep = client.try_clone().expect("clone");
+                sockets2.lock().unwrap().push(keep);
+                if cut2.load(Ordering::SeqCst) {
+                    continue; // accepted, never answered
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                sockets2
+                    .lock()
+                    .unwrap()
+                    .push(server.try_clone().expect("clone"));
+                for (from, to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    let cut = cut2.clone();
+                    std::thread::spawn(move || forward(from, to, &cut));
+                }
+            }
+        });
+        Forwarder { port, cut, sockets }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on nothing passes, either way.
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes; drops what it reads once `cut` is set.
+fn forward(mut from: TcpStream, mut to: TcpStream, cut: &AtomicBool) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if !cut.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        for s in self.sockets.lock().unwrap().iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 fn cluster_pool(server: &NatsServer, name: &str, builder: PoolBuilder) -> Pool {
@@ -219,6 +307,45 @@ fn crash(how: String) -> u64 {
         }
         _ => 7,
     }
+}
+
+/// `x * 2`, after 5 ms, and the tag of the node it ran on.
+fn slow_double_where(x: u64) -> (u64, String) {
+    std::thread::sleep(Duration::from_millis(5));
+    (x * 2, std::env::var("TEST_NODE_TAG").unwrap_or_default())
+}
+
+/// Marks `<dir>/started-<pid>`, runs 60 s, then marks `<dir>/finished-<pid>`.
+fn long_marked(dir: String) -> u32 {
+    let pid = os::pid();
+    std::fs::write(format!("{dir}/started-{pid}"), b"").expect("mark the start");
+    std::thread::sleep(Duration::from_secs(60));
+    std::fs::write(format!("{dir}/finished-{pid}"), b"").expect("mark the end");
+    pid
+}
+
+/// Whether process `pid` has ended (gone, or a zombie not reaped yet).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// The pids in the `<prefix>-<pid>` marks in `dir`.
+fn marks(dir: &std::path::Path, prefix: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir(dir)
+        .expect("the marks' directory")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix(&format!("{prefix}-"))?.parse().ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 fn sleep_ms(ms: u64) -> u64 {
@@ -502,6 +629,95 @@ fn a_killed_node_loses_no_work_and_each_result_arrives_once() {
     }
     assert_eq!(seen.len(), n as usize, "every result arrived");
     assert!(victim.is_none(), "the node was killed mid-map");
+}
+
+#[test]
+fn a_node_cut_off_from_the_server_loses_no_work() {
+    let _watchdog = ipc_tests::watchdog("a_node_cut_off", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("cut") else {
+        return;
+    };
+    let name = cluster_name("cut");
+    // The victim reaches the server through a forwarder the test cuts: its process lives on,
+    // with the chunks it holds, but nothing it sends arrives (no result, no ack, no progress
+    // ack) and nothing reaches it.
+    let path = Forwarder::start(server.port);
+    let _victim = start_node_at(&path.url(), &name, "victim");
+    let _other = start_node_at(&server.url(), &name, "other");
+    let pool = cluster_pool(&server, &name, PoolBuilder::new());
+    let n = 800u64;
+    // One task per chunk: the victim holds several chunks (running or queued) when it is cut.
+    let result = pool.map_async(slow_double_where, 0..n, Some(1));
+    let started = Instant::now();
+    while !result.ready() && pool.stats().done < n / 4 {
+        result.wait_timeout(Duration::from_millis(10));
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no progress before the cut"
+        );
+    }
+    assert!(!result.ready(), "the map ended before the cut");
+    path.cut();
+    let values = match result.get_timeout(Duration::from_secs(120)) {
+        Ok(v) => v.expect("every task has a result"),
+        Err(_) => panic!("work held by the cut-off node was lost: the map never ended"),
+    };
+    assert_eq!(values.len(), n as usize);
+    for (i, (v, _)) in values.iter().enumerate() {
+        assert_eq!(*v, i as u64 * 2, "result {i}");
+    }
+    let by_victim = values.iter().filter(|(_, tag)| tag == "victim").count();
+    assert!(by_victim > 0, "the victim ran nothing before the cut");
+    // Exactly one result per task: the caller counted each task once (a second result of a
+    // redelivered chunk, had the victim's arrived, would have been dropped, not counted).
+    let stats = pool.stats();
+    assert_eq!((stats.done, stats.failed), (n, 0), "{stats:?}");
+    eprintln!("cut: {by_victim} of {n} results from the victim (before the cut)");
+}
+
+#[test]
+fn terminate_stops_the_chunks_running_on_nodes() {
+    let _watchdog = ipc_tests::watchdog("terminate_on_nodes", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("terminate") else {
+        return;
+    };
+    let name = cluster_name("terminate");
+    let _node = start_node(&server, &name);
+    let marks_dir = server.dir.join("marks");
+    std::fs::create_dir_all(&marks_dir).expect("a directory for the marks");
+    let dir = marks_dir.to_string_lossy().into_owned();
+    let pool = cluster_pool(&server, &name, PoolBuilder::new());
+    // Two 60 s tasks, one per worker of the node, and a third that waits for a worker.
+    let result = pool.map_async(long_marked, vec![dir.clone(); 3], Some(1));
+    let started = Instant::now();
+    while marks(&marks_dir, "started").len() < 2 {
+        result.wait_timeout(Duration::from_millis(20));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the tasks did not start"
+        );
+    }
+    let running = marks(&marks_dir, "started");
+    pool.terminate();
+    match result.get_timeout(Duration::from_secs(10)) {
+        Ok(r) => assert_eq!(r, Err(TaskError::Terminated)),
+        Err(_) => panic!("terminate did not settle the map"),
+    }
+    // The workers running the pool's tasks on the node are stopped well before their tasks'
+    // 60 s (without the cancel, they would run to the end).
+    let stopping = Instant::now();
+    while !running.iter().all(|&pid| ended(pid)) {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(20),
+            "the node still runs the terminated pool's tasks: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(marks(&marks_dir, "finished"), Vec::<u32>::new());
+    // The queued third task never started, and the node lives on for other pools.
+    let other = cluster_pool(&server, &name, PoolBuilder::new());
+    assert_eq!(other.apply(double, 21), Ok(42));
+    assert_eq!(marks(&marks_dir, "started"), running);
 }
 
 #[test]

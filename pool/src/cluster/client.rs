@@ -182,9 +182,27 @@ impl Dispatcher {
         for job in left {
             registry.finish_job_error(&job, &TaskError::Terminated);
         }
+        if registry.terminated.load(Ordering::SeqCst) {
+            rt.block_on(self.cancel_on_nodes());
+        }
         rt.block_on(self.clean_up());
         rt.shutdown_timeout(Duration::from_secs(1));
         registry.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Tells the nodes that this pool was terminated, so they stop the chunks of it they run or
+    /// hold (bounded like [`Dispatcher::clean_up`]: with the server away, the nodes run them to
+    /// their end and nobody reads the results).
+    async fn cancel_on_nodes(&self) {
+        let client = self.js.client();
+        let subject = super::node::cancel_subject(&self.shared.cluster);
+        let payload = Bytes::from(self.shared.results_subject.clone());
+        let announce = async {
+            if client.publish(subject, payload).await.is_ok() {
+                let _ = client.flush().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), announce).await;
     }
 
     /// Removes this pool's messages from both streams (bounded: a server that is down does not

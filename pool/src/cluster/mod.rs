@@ -51,8 +51,12 @@
 //! - **Same build only.** A node compares the caller's build identity (a hash of its whole
 //!   executable) with its own and refuses a chunk of another build with
 //!   [`ClusterError::BuildMismatch`], which reaches the caller, instead of running the wrong code.
-//! - **`terminate`** fails unfinished tasks with `Terminated` at once and removes the chunks no
-//!   node has taken yet; chunks already running on a node run to their end there.
+//! - **`terminate`** (and dropping a pool that was not closed) fails unfinished tasks with
+//!   `Terminated` at once, removes the chunks no node has taken yet, and tells the nodes on the
+//!   cluster's subject `pool.<name>.cancel`: they kill the local workers running the pool's
+//!   chunks (as a local cancel does; the workers are replaced) and drop the chunks of it they
+//!   hold or receive later, without a result. A node cut off from the server at that moment
+//!   runs its chunks to their end.
 //! - The pool's `initializer`, `processes` and sizing settings do not apply: each node sizes its
 //!   own local pool ([`NodeBuilder::processes`]).
 //!

@@ -10,18 +10,27 @@
 //! | 3    | same build as the caller (content hash of the executable)         | result `Refused(BuildMismatch)` |
 //! | 4    | delivered at most `max_attempts` times                            | result `Refused(AttemptsExhausted)` |
 //! | 5    | the payload is a sequence of exactly `count` arguments            | result `Refused(BadTask)`      |
-//! | 6    | run on the local pool (per-task failures are outcomes), sending in-progress acks every `ack_wait / 3` | |
+//! | 6    | run on the local pool (per-task failures are outcomes), sending in-progress acks every `ack_wait / 3` | the pool was cancelled: `AckTerm`, no result |
 //! | 7    | publish the result to the result stream, and only then ack         | not acked: redelivered after `ack_wait` |
 //!
 //! Step 7's order is what makes a node's death lose nothing: a chunk is acknowledged only once
 //! its result is stored, so a node that dies earlier leaves it to be redelivered (and a node
 //! that dies between the two leaves a duplicate, which the caller drops).
+//!
+//! # Cancel
+//!
+//! A caller's `terminate` (or a pool dropped without `close`) publishes its result subject on
+//! the cluster's core subject `pool.<name>.cancel`. Every node listens there: it marks the pool
+//! cancelled (remembered for the cluster's `ttl`) and cancels the local jobs of the pool's
+//! chunks, which kills the local workers running them (the local pool's cancel; the workers
+//! are replaced as after any cancel). A chunk of a cancelled pool, running, waiting for a local
+//! worker or delivered later, is terminated (`AckTerm`) with no result: nobody reads it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
@@ -33,6 +42,7 @@ use super::wire::{
 };
 use super::{ClusterError, NatsCluster, setup};
 use crate::error::TaskError;
+use crate::job::CancelToken;
 use crate::registry::lock;
 use crate::result::Sink;
 use crate::task::SameBuild;
@@ -89,8 +99,12 @@ impl NodeBuilder {
         self
     }
 
-    /// How many chunks the node holds at once, running or waiting for a local worker
-    /// (default: four per local worker, at least 8), which hides the round trips to the server.
+    /// How many chunks the node holds at once, running or waiting for a local worker, fixed.
+    ///
+    /// By default the node adapts: it holds four chunks per local worker (at least 8) while
+    /// chunks are slow, so that one node does not take work another could start, and up to
+    /// 64 per worker while they are short (about 20 ms of work), which hides the round trips
+    /// to the server and the hand-offs to the local workers.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = Some(n.max(1));
         self
@@ -113,14 +127,26 @@ impl NodeBuilder {
                 message: e.to_string(),
             })?;
         let rt = super::runtime("pool-node", 2)?;
-        let capacity = self.max_in_flight.unwrap_or((processes * 4).max(8));
+        let capacity = match self.max_in_flight {
+            Some(n) => Capacity::fixed(n),
+            None => Capacity::adaptive(processes),
+        };
         rt.block_on(async move {
             let client = setup::connect(&self.cluster, &format!("pool-node-{name}")).await?;
             let js = jetstream::new(client.clone());
+            // Subscribed before the first chunk is pulled, so no cancel is missed; the client
+            // subscribes again by itself after a reconnection.
+            let cancels = client
+                .subscribe(cancel_subject(&self.cluster))
+                .await
+                .map_err(|e| ClusterError::jetstream("subscribing to the cancel subject", e))?;
             let node = Arc::new(Node {
                 client,
+                cancels: Mutex::new(Cancels::default()),
+                remember_cancels: self.cluster.ttl,
                 nodes_subject: format!("pool.{}.nodes", self.cluster.name),
                 in_flight: AtomicU64::new(0),
+                chunks_ran: AtomicU64::new(0),
                 results_prefix: format!("pool.{}.results.", self.cluster.name),
                 name,
                 build: wire::build_id(),
@@ -129,6 +155,7 @@ impl NodeBuilder {
                 pools: Mutex::new(HashMap::from([(None, Arc::new(local))])),
                 ack_wait: self.ack_wait,
             });
+            tokio::spawn(node.clone().listen_for_cancels(cancels));
             let reporter = node.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(REPORT_EVERY);
@@ -142,11 +169,95 @@ impl NodeBuilder {
     }
 }
 
+/// The cluster's core subject on which callers announce that a pool was terminated (the payload
+/// is the pool's result subject).
+pub(crate) fn cancel_subject(cluster: &NatsCluster) -> String {
+    format!("pool.{}.cancel", cluster.name)
+}
+
+/// The pools whose chunks this node holds (one cancel token each, shared by their chunks'
+/// local jobs) and the pools cancelled lately, by result subject.
+#[derive(Default)]
+struct Cancels {
+    /// A pool's token and how many of its chunks hold it.
+    tokens: HashMap<String, (Arc<CancelToken>, usize)>,
+    /// Cancelled pools and when the cancel arrived.
+    cancelled: HashMap<String, Instant>,
+}
+
+/// The most cancelled pools a node remembers (the oldest is forgotten first).
+const MAX_CANCELLED: usize = 4096;
+
 /// This node's name: host name and pid.
 fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}:{}", host.trim(), std::process::id())
 }
+
+/// About how much work (in time) an adaptive node holds beyond what its workers run.
+pub(crate) const QUEUE_TIME: Duration = Duration::from_millis(20);
+
+/// How many chunks a node holds in steps 1-6: between `floor` and `ceiling`, by Little's law
+/// the rate at which chunks complete times [`QUEUE_TIME`].
+#[derive(Debug, Clone, Copy)]
+struct Capacity {
+    floor: usize,
+    ceiling: usize,
+}
+
+impl Capacity {
+    fn fixed(n: usize) -> Capacity {
+        Capacity {
+            floor: n,
+            ceiling: n,
+        }
+    }
+
+    fn adaptive(processes: usize) -> Capacity {
+        Capacity {
+            floor: (processes * 4).max(8),
+            ceiling: (processes * 64).max(64),
+        }
+    }
+
+    /// Every [`ADAPT_EVERY`], sets `permits` (whose total starts at `floor`) to the chunks
+    /// completed per second (up at once, down by [`DECAY`] per tick) times [`QUEUE_TIME`],
+    /// within `floor..=ceiling`.
+    async fn adapt(self, permits: Arc<tokio::sync::Semaphore>, node: Arc<Node>) {
+        let mut every = tokio::time::interval(ADAPT_EVERY);
+        let mut current = self.floor;
+        let mut rate = 0.0f64;
+        let mut last = node.chunks_ran.load(Ordering::Relaxed);
+        loop {
+            every.tick().await;
+            let now = node.chunks_ran.load(Ordering::Relaxed);
+            let window = (now - last) as f64 / ADAPT_EVERY.as_secs_f64();
+            last = now;
+            // Up at once, down slowly: a map's first chunks find the room its last ones had.
+            rate = window.max(rate * DECAY);
+            let target =
+                ((rate * QUEUE_TIME.as_secs_f64()).ceil() as usize).clamp(self.floor, self.ceiling);
+            if target > current {
+                permits.add_permits(target - current);
+                current = target;
+            } else if target < current {
+                // Only permits not held can be taken back; the rest on a later tick.
+                current -= permits.forget_permits(current - target);
+            }
+        }
+    }
+}
+
+/// How much of the completion rate an adaptive node remembers per [`ADAPT_EVERY`] (its room
+/// halves in about 1.3 s once chunks stop or slow down).
+const DECAY: f64 = 0.95;
+
+/// How often an adaptive node resizes what it holds.
+const ADAPT_EVERY: Duration = Duration::from_millis(100);
+
+/// How many chunks a node may have in step 7 (its result being stored) per chunk it may hold
+/// in steps 1-6.
+const STORING_PER_HELD: usize = 4;
 
 /// How often a node reports itself on `pool.<name>.nodes` (for callers' `stats`).
 pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -154,9 +265,14 @@ pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// A running node.
 struct Node {
     client: async_nats::Client,
+    cancels: Mutex<Cancels>,
+    /// How long a cancelled pool is remembered (the cluster's `ttl`: its chunks are gone then).
+    remember_cancels: Duration,
     nodes_subject: String,
     /// Tasks held: running, or waiting for a local worker.
     in_flight: AtomicU64,
+    /// Chunks run so far (for [`Capacity::adapt`]).
+    chunks_ran: AtomicU64,
     name: String,
     build: BuildId,
     js: jetstream::Context,
@@ -173,9 +289,15 @@ impl Node {
     async fn pull(
         self: Arc<Self>,
         cluster: &NatsCluster,
-        capacity: usize,
+        capacity: Capacity,
     ) -> Result<Infallible, ClusterError> {
-        let permits = Arc::new(tokio::sync::Semaphore::new(capacity));
+        let permits = Arc::new(tokio::sync::Semaphore::new(capacity.floor));
+        let storing = Arc::new(tokio::sync::Semaphore::new(
+            capacity.ceiling * STORING_PER_HELD,
+        ));
+        if capacity.ceiling > capacity.floor {
+            tokio::spawn(capacity.adapt(permits.clone(), self.clone()));
+        }
         let mut first = true;
         loop {
             let consumer = async {
@@ -195,7 +317,7 @@ impl Node {
             first = false;
             let messages = consumer
                 .stream()
-                .max_messages_per_batch(capacity)
+                .max_messages_per_batch(capacity.floor)
                 .expires(Duration::from_secs(4))
                 .heartbeat(Duration::from_secs(1))
                 .messages()
@@ -212,10 +334,8 @@ impl Node {
                 match messages.next().await {
                     Some(Ok(msg)) => {
                         let node = self.clone();
-                        tokio::spawn(async move {
-                            node.handle(msg).await;
-                            drop(permit);
-                        });
+                        let storing = storing.clone();
+                        tokio::spawn(node.handle(msg, permit, storing));
                     }
                     Some(Err(_)) | None => break,
                 }
@@ -224,8 +344,17 @@ impl Node {
         }
     }
 
-    /// Steps 1-7 of the module docs for one message.
-    async fn handle(self: Arc<Self>, msg: jetstream::Message) {
+    /// Steps 1-7 of the module docs for one message. `held` (one of the node's capacity)
+    /// is given back once the chunk ran (steps 1-6), after a permit of `storing` is taken for
+    /// step 7: the local workers go on with the next chunks while this result's store waits
+    /// for the server's round trip, and a server that is slow to store still bounds what the
+    /// node holds.
+    async fn handle(
+        self: Arc<Self>,
+        msg: jetstream::Message,
+        held: tokio::sync::OwnedSemaphorePermit,
+        storing: Arc<tokio::sync::Semaphore>,
+    ) {
         let delivered = msg
             .info()
             .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
@@ -235,25 +364,27 @@ impl Node {
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         };
-        let reply_ok = header
-            .reply
-            .strip_prefix(self.results_prefix.as_str())
-            .is_some_and(|id| {
-                !id.is_empty()
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            });
-        if !reply_ok {
+        if !self.is_result_subject(&header.reply) {
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         }
         let (body, payload) = match self.check(&header, args, delivered) {
             Err(refusal) => (ResultBody::Refused(refusal), Vec::new()),
             Ok(same) => {
+                // A chunk of a cancelled pool is dropped: its caller is gone.
+                let Some(token) = self.enter(&header.reply) else {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    return;
+                };
                 self.in_flight.fetch_add(header.count, Ordering::Relaxed);
-                let ran = self.run(&msg, &header, args, &same).await;
+                let ran = self.run(&msg, &header, args, &same, &token).await;
                 self.in_flight.fetch_sub(header.count, Ordering::Relaxed);
+                self.chunks_ran.fetch_add(1, Ordering::Relaxed);
+                self.leave(&header.reply);
+                if token.is_cancelled() {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    return;
+                }
                 ran
             }
         };
@@ -268,10 +399,83 @@ impl Node {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             return;
         }
+        // The semaphore is never closed.
+        let Ok(_storing) = storing.acquire_owned().await else {
+            return;
+        };
+        drop(held);
         if self.publish(header.reply, Bytes::from(frame)).await {
             let _ = msg.ack().await;
         }
         // Not stored: no ack, so the chunk is redelivered after `ack_wait`.
+    }
+
+    /// The cancel token of the pool whose result subject is `reply`, for one more chunk of it;
+    /// `None` if that pool was cancelled.
+    fn enter(&self, reply: &str) -> Option<Arc<CancelToken>> {
+        let mut c = lock(&self.cancels);
+        if c.cancelled.contains_key(reply) {
+            return None;
+        }
+        let entry = c
+            .tokens
+            .entry(reply.to_owned())
+            .or_insert_with(|| (CancelToken::new(), 0));
+        entry.1 += 1;
+        Some(entry.0.clone())
+    }
+
+    /// One chunk of the pool `reply` is done with its token.
+    fn leave(&self, reply: &str) {
+        let mut c = lock(&self.cancels);
+        if let Some(entry) = c.tokens.get_mut(reply) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                c.tokens.remove(reply);
+            }
+        }
+    }
+
+    /// Cancels the pools announced on the cancel subject (see "Cancel" in the module docs).
+    async fn listen_for_cancels(self: Arc<Self>, mut cancels: async_nats::Subscriber) {
+        while let Some(msg) = cancels.next().await {
+            let Ok(reply) = std::str::from_utf8(&msg.payload) else {
+                continue;
+            };
+            if !self.is_result_subject(reply) {
+                continue;
+            }
+            let mut c = lock(&self.cancels);
+            let remember = self.remember_cancels;
+            c.cancelled.retain(|_, at| at.elapsed() < remember);
+            if c.cancelled.len() >= MAX_CANCELLED
+                && let Some(oldest) = c
+                    .cancelled
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+            {
+                c.cancelled.remove(&oldest);
+            }
+            c.cancelled.insert(reply.to_owned(), Instant::now());
+            if let Some((token, _)) = c.tokens.get(reply) {
+                // Kills the local workers running the pool's chunks; its queued chunks fail
+                // with `Cancelled` without running.
+                token.cancel();
+            }
+        }
+    }
+
+    /// Whether `subject` is one pool's result subject in this cluster.
+    fn is_result_subject(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.results_prefix.as_str())
+            .is_some_and(|id| {
+                !id.is_empty()
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
     }
 
     /// Publishes this node's [`NodeReport`] (best effort: a lost report only makes the node
@@ -337,6 +541,7 @@ impl Node {
         header: &TaskHeader,
         args: &[u8],
         same: &SameBuild,
+        token: &Arc<CancelToken>,
     ) -> (ResultBody, Vec<u8>) {
         let refuse = |message: String| {
             (
@@ -366,6 +571,7 @@ impl Node {
             header.count,
             header.reslice.resolve(same),
             sink,
+            Some(token.clone()),
         ) {
             return refuse(e.to_string());
         }
