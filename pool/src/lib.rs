@@ -159,6 +159,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Large arguments
+//!
+//! A job whose encoded arguments take 128 KiB to 64 MiB does not stream them through the
+//! worker's pipe: they are encoded into a recycled buffer, copied once into a shared segment of
+//! the worker's seat (handed to each new worker once, like any other handle) and copied out by
+//! the worker, so neither side waits for the other to drain a ring. Workers keep up to 64 MiB of
+//! freed heap (glibc's trim threshold) so that decoding megabyte arguments task after task does
+//! not fault the same pages in again and again; count it when you set `max_memory_per_child`.
+//! Results travel through the pipe whatever their size.
+//!
 //! # Start methods
 //!
 //! See [`StartMethod`]. `ForkServer` and `Spawn` need [`init`] to run first in the program; with
