@@ -907,25 +907,20 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
         let w = find(id)?;
         Some((w.ours()?, w.median_of(peer)?))
     };
+    // "ours = ratio (peer)".
+    let shown =
+        |o: f64, p: f64, fmt: fn(f64) -> String| format!("{} = {:.2}x ({})", fmt(o), o / p, fmt(p));
     push(
         "apply round trip, hot workers",
         "<= 1.5x std::thread + crossbeam",
-        versus("apply", "std::thread+crossbeam").map(|(o, p)| {
-            (
-                format!("{} = {:.2}x ({})", fmt_time(o), o / p, fmt_time(p)),
-                o / p <= 1.5,
-            )
-        }),
+        versus("apply", "std::thread+crossbeam")
+            .map(|(o, p)| (shown(o, p, fmt_time), o / p <= 1.5)),
     );
     push(
         "map of 1 M trivial tasks, auto chunksize",
         ">= 10x Python's Pool.map",
-        versus("map_trivial", "python Pool.map").map(|(o, p)| {
-            (
-                format!("{} = {:.1}x ({})", fmt_rate(o), o / p, fmt_rate(p)),
-                o / p >= 10.0,
-            )
-        }),
+        versus("map_trivial", "python Pool.map")
+            .map(|(o, p)| (shown(o, p, fmt_rate), o / p >= 10.0)),
     );
     push(
         "map of 1 M trivial tasks (quiet run)",
@@ -961,12 +956,7 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
     push(
         "lock hand-off between two processes",
         "<= 1.0x a process-shared pthread mutex",
-        versus("lock_handoff", "pthread mutex").map(|(o, p)| {
-            (
-                format!("{} = {:.2}x ({})", fmt_time(o), o / p, fmt_time(p)),
-                o / p <= 1.0,
-            )
-        }),
+        versus("lock_handoff", "pthread mutex").map(|(o, p)| (shown(o, p, fmt_time), o / p <= 1.0)),
     );
     for (id, peer, min) in [
         ("queue_spsc/64B", "crossbeam", 2.0),
@@ -983,12 +973,7 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
     push(
         "cluster map on NATS JetStream, 2 nodes",
         ">= 0.67x the raw work queue",
-        versus("cluster_map", "raw JetStream").map(|(o, p)| {
-            (
-                format!("{} = {:.2}x ({})", fmt_rate(o), o / p, fmt_rate(p)),
-                o / p >= 0.67,
-            )
-        }),
+        versus("cluster_map", "raw JetStream").map(|(o, p)| (shown(o, p, fmt_rate), o / p >= 0.67)),
     );
     if let Some(w) = find("crash_recovery") {
         for method in ["fork", "forkserver", "spawn"] {

@@ -132,6 +132,9 @@ mod names {
         "pool/worker-slot/v1",
     ];
 
+    /// How often a lookup tries the lock before it gives up on the name.
+    const LOOKUP_TRIES: u32 = 1000;
+
     /// Names recorded by `TypeTag::named`, by hash.
     static REGISTERED: Mutex<BTreeMap<u64, &'static str>> = Mutex::new(BTreeMap::new());
 
@@ -150,13 +153,18 @@ mod names {
         {
             return Some(name);
         }
-        // `try_lock`: formatting an error never blocks, even in a child forked while another
-        // thread held the lock; at worst the name is missing from that one message.
-        match REGISTERED.try_lock() {
-            Ok(names) => names.get(&hash).copied(),
-            Err(TryLockError::Poisoned(p)) => p.into_inner().get(&hash).copied(),
-            Err(TryLockError::WouldBlock) => None,
+        // `try_lock`, a bounded number of times: formatting an error never blocks for long,
+        // even in a child forked while another thread held the lock (then the name is missing
+        // from that one message), but a thread registering a name at the same moment only
+        // delays the lookup for the few instructions it holds the lock.
+        for _ in 0..LOOKUP_TRIES {
+            match REGISTERED.try_lock() {
+                Ok(names) => return names.get(&hash).copied(),
+                Err(TryLockError::Poisoned(p)) => return p.into_inner().get(&hash).copied(),
+                Err(TryLockError::WouldBlock) => std::thread::yield_now(),
+            }
         }
+        None
     }
 }
 
