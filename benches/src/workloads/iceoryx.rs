@@ -1,7 +1,7 @@
-//! iceoryx2, the strongest Rust IPC peer, in the pipe round trip: publish-subscribe between two
-//! processes, each message copied into a loaned sample (iceoryx2's `send-copy` mode, so both
-//! sides copy the bytes once, as ours do), the receivers polling `receive()` in a busy loop, as
-//! iceoryx2's own benchmark does. Its services live in shared memory of its own; the echo child
+//! iceoryx2, the strongest Rust IPC peer, in the pipe round trip ([`ping_pong`]) and the 1 -> 1
+//! queue stream ([`stream`]): publish-subscribe between two processes, each message copied into a
+//! loaned sample (iceoryx2's `send-copy` mode, so both sides copy the bytes once, as ours do), the
+//! receivers polling `receive()` in a busy loop, as iceoryx2's own benchmark does. Its services live in shared memory of its own; the echo child
 //! is stopped with a message (never killed), so every port and node is dropped and iceoryx2
 //! removes what it created.
 
@@ -23,6 +23,13 @@ const PARENT_READY: u32 = 2;
 const CHILD_FAILED: u32 = 3;
 
 type Service = ipc::Service;
+
+/// Samples a subscriber buffers: one in flight each way for the round trip.
+const PING_PONG_BUFFER: usize = 2;
+/// Samples a subscriber buffers in the stream: enough that the publisher rarely waits for the
+/// subscriber (the thread channels here allow 1024 in flight; 256 samples of 64 KiB already make
+/// a 16 MiB data segment).
+const STREAM_BUFFER: usize = 256;
 type Tx = Publisher<Service, [u8], ()>;
 type Rx = Subscriber<Service, [u8], ()>;
 
@@ -80,6 +87,7 @@ fn names() -> (String, String, String) {
 fn service(
     node: &Node<Service>,
     name: &str,
+    buffer: usize,
 ) -> Result<
     iceoryx2::service::port_factory::publish_subscribe::PortFactory<Service, [u8], ()>,
     String,
@@ -89,7 +97,7 @@ fn service(
         .publish_subscribe::<[u8]>()
         .max_publishers(1)
         .max_subscribers(1)
-        .subscriber_max_buffer_size(2)
+        .subscriber_max_buffer_size(buffer)
         .history_size(0)
         .enable_safe_overflow(false)
         .open_or_create()
@@ -101,14 +109,15 @@ fn ports(
     send_on: &str,
     receive_on: &str,
     size: usize,
+    buffer: usize,
 ) -> Result<(Tx, Rx), String> {
-    let tx = service(node, send_on)?
+    let tx = service(node, send_on, buffer)?
         .publisher_builder()
         .initial_max_slice_len(size.max(1))
         .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
         .create()
         .map_err(|e| format!("iceoryx2 publisher: {e:?}"))?;
-    let rx = service(node, receive_on)?
+    let rx = service(node, receive_on, buffer)?
         .subscriber_builder()
         .create()
         .map_err(|e| format!("iceoryx2 subscriber: {e:?}"))?;
@@ -167,7 +176,7 @@ fn echo(
     flag: &AtomicU32,
 ) -> Result<(), String> {
     let node = node(config)?;
-    let (tx, rx) = ports(&node, pong, ping, size)?;
+    let (tx, rx) = ports(&node, pong, ping, size, PING_PONG_BUFFER)?;
     flag.store(CHILD_READY, Ordering::Release);
     await_change(flag, CHILD_READY)?;
     let mut buf = vec![0u8; size.max(1)];
@@ -225,7 +234,7 @@ pub(crate) fn ping_pong(size: usize) -> ContenderSpec {
                 return Err("the iceoryx2 echo child failed to set up".into());
             }
             let node = node(&config)?;
-            let (tx, rx) = ports(&node, &ping, &pong, size)?;
+            let (tx, rx) = ports(&node, &ping, &pong, size, PING_PONG_BUFFER)?;
             flag.store(PARENT_READY, Ordering::Release);
             let mut pair = Pair {
                 tx,
@@ -242,6 +251,83 @@ pub(crate) fn ping_pong(size: usize) -> ContenderSpec {
                 let start = Instant::now();
                 for _ in 0..iters {
                     send(&pair.tx, &msg)?;
+                    receive(&pair.rx, &mut buf)?;
+                }
+                Ok(start.elapsed())
+            }))
+        },
+    )
+}
+
+/// The stream's consumer child: receives `n` messages (copying each out, as a consumer of ours
+/// decodes it), then answers with a one-byte acknowledgement; again, until an empty message.
+fn drain(
+    config: &Config,
+    data: &str,
+    ack: &str,
+    size: usize,
+    n: u64,
+    flag: &AtomicU32,
+) -> Result<(), String> {
+    let node = node(config)?;
+    let (tx, rx) = ports(&node, ack, data, size, STREAM_BUFFER)?;
+    flag.store(CHILD_READY, Ordering::Release);
+    await_change(flag, CHILD_READY)?;
+    let mut buf = vec![0u8; size.max(1)];
+    loop {
+        for _ in 0..n {
+            if receive(&rx, &mut buf)? == 0 {
+                return Ok(());
+            }
+            std::hint::black_box(&buf);
+        }
+        send(&tx, &[1])?;
+    }
+}
+
+/// 1 -> 1 throughput of `size`-byte messages, `n` per iteration (`queue_spsc`): this process
+/// publishes, a forked subscriber copies each sample out and acknowledges every `n`.
+pub(crate) fn stream(size: usize, n: u64) -> ContenderSpec {
+    ContenderSpec::new(
+        "iceoryx2 publish-subscribe (copy, busy poll)",
+        Kind::Process,
+        move || {
+            set_log_level(LogLevel::Error);
+            let (data, ack, tag) = names();
+            let leftovers = Leftovers(tag.clone());
+            let config = config(&tag)?;
+            let (seg, off) = super::ipc::shared_word()?;
+            let flag = seg.get(off).map_err(|e| e.to_string())?;
+            let (d2, a2) = (data.clone(), ack.clone());
+            let child = fork(|| {
+                if let Err(e) = drain(&config, &d2, &a2, size, n, flag) {
+                    eprintln!("{e}");
+                    flag.store(CHILD_FAILED, Ordering::Release);
+                }
+            });
+            if await_change(flag, 0)? == CHILD_FAILED {
+                return Err("the iceoryx2 consumer child failed to set up".into());
+            }
+            let node = node(&config)?;
+            let (tx, rx) = ports(&node, &data, &ack, size, STREAM_BUFFER)?;
+            flag.store(PARENT_READY, Ordering::Release);
+            let mut pair = Pair {
+                tx,
+                rx,
+                _node: node,
+                child: Some(child),
+                _flag: seg,
+                _leftovers: leftovers,
+            };
+            let msg = vec![7u8; size.max(1)];
+            let mut buf = [0u8; 1];
+            Ok(Runner::new(n, move |iters| {
+                let pair = &mut pair;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    for _ in 0..n {
+                        send(&pair.tx, &msg)?;
+                    }
                     receive(&pair.rx, &mut buf)?;
                 }
                 Ok(start.elapsed())

@@ -237,6 +237,7 @@ pub fn queue_spsc(p: &Params) -> Vec<Workload> {
                     Ok(start.elapsed())
                 }))
             }))
+            .with(super::iceoryx::stream(size, n))
             .with(memcpy_floor(size));
             if p.python {
                 wl = wl.with(python::contender(
