@@ -720,6 +720,68 @@ fn terminate_stops_the_chunks_running_on_nodes() {
     assert_eq!(marks(&marks_dir, "started"), running);
 }
 
+child_entry! {
+    fn doomed_caller() {
+        let url = std::env::var("TEST_NATS_URL").expect("TEST_NATS_URL");
+        let name = std::env::var("TEST_CLUSTER").expect("TEST_CLUSTER");
+        let dir = std::env::var("TEST_MARKS").expect("TEST_MARKS");
+        let pool = PoolBuilder::new()
+            .cluster(NatsCluster::new(url).name(name))
+            .build()
+            .expect("a cluster pool");
+        // Two 60 s tasks, one per worker of the node, and a third that waits for a worker;
+        // the test SIGKILLs this process while they run.
+        let result = pool.map_async(long_marked, vec![dir; 3], Some(1));
+        let _ = result.get();
+        panic!("the caller outlived its tasks");
+    }
+}
+
+#[test]
+fn a_dead_callers_chunks_stop_on_the_nodes() {
+    let _watchdog = ipc_tests::watchdog("dead_caller", Duration::from_secs(240));
+    let Some(server) = NatsServer::start("dead_caller") else {
+        return;
+    };
+    let name = cluster_name("dead_caller");
+    let _node = start_node(&server, &name);
+    let marks_dir = server.dir.join("marks");
+    std::fs::create_dir_all(&marks_dir).expect("a directory for the marks");
+    let caller = child!(doomed_caller)
+        .env("TEST_NATS_URL", server.url())
+        .env("TEST_CLUSTER", &name)
+        .env("TEST_MARKS", &marks_dir)
+        .watchdog(Duration::from_secs(200))
+        .spawn();
+    let started = Instant::now();
+    while marks(&marks_dir, "started").len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the dead caller's tasks did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running = marks(&marks_dir, "started");
+    // SIGKILL: the caller cannot publish a cancel; only its silence tells the node.
+    caller.kill();
+    drop(caller);
+    // The node's workers running the dead caller's tasks are stopped after its heartbeat's
+    // silence window (5 s), well before their tasks' 60 s.
+    let stopping = Instant::now();
+    while !running.iter().all(|&pid| ended(pid)) {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(15),
+            "the node still runs the dead caller's tasks: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(marks(&marks_dir, "finished"), Vec::<u32>::new());
+    // The node lives on for other pools, and the dead caller's queued third task never ran.
+    let other = cluster_pool(&server, &name, PoolBuilder::new());
+    assert_eq!(other.apply(double, 21), Ok(42));
+    assert_eq!(marks(&marks_dir, "started"), running);
+}
+
 #[test]
 fn a_chunk_whose_nodes_die_fails_after_max_attempts() {
     let _watchdog = ipc_tests::watchdog("max_attempts", Duration::from_secs(240));

@@ -104,6 +104,13 @@ pub(crate) fn start(settings: Settings) -> Result<Arc<Registry>, PoolError> {
         pool_id,
     });
     let reader = rt.spawn(read_results(shared.clone(), streams.results.clone()));
+    // Stops with the runtime, when the dispatcher ends (after `close` drained, `terminate`, or
+    // drop); a caller that dies stops it with itself, which is what nodes notice.
+    rt.spawn(heartbeat(
+        client.clone(),
+        super::node::alive_subject(&shared.cluster),
+        shared.results_subject.clone(),
+    ));
     registry.workers.fetch_add(1, Ordering::SeqCst);
     let dispatcher = Dispatcher {
         shared,
@@ -389,6 +396,10 @@ impl Shared {
                         node: header.node.clone(),
                         message,
                     },
+                    wire::Refusal::CallerSilent { silent_ms } => ClusterError::CallerSilent {
+                        node: header.node.clone(),
+                        silent: Duration::from_millis(silent_ms),
+                    },
                 }
                 .into();
                 registry.finish_job_error(&job, &error);
@@ -426,6 +437,18 @@ impl Shared {
             }
         }
         self.notify_if_drained();
+    }
+}
+
+/// Publishes this pool's result subject on the cluster's alive subject every
+/// [`HEARTBEAT_EVERY`](super::node::HEARTBEAT_EVERY), so nodes can tell a live caller from a
+/// dead one (best effort: the nodes allow five missed heartbeats).
+async fn heartbeat(client: async_nats::Client, subject: String, results_subject: String) {
+    let payload = Bytes::from(results_subject);
+    let mut every = tokio::time::interval(super::node::HEARTBEAT_EVERY);
+    loop {
+        every.tick().await;
+        let _ = client.publish(subject.clone(), payload.clone()).await;
     }
 }
 

@@ -121,6 +121,16 @@ pub enum ClusterError {
         /// Its error.
         message: String,
     },
+    /// The node heard no heartbeat from this pool for `silent` (the caller was cut off from the
+    /// server that long, or looked so) and stopped the task, as it stops those of a caller that
+    /// died (see "A caller that dies" in the `cluster` module docs).
+    #[error("node {node} heard nothing from this pool for {silent:?} and stopped the task")]
+    CallerSilent {
+        /// The node (host name and pid).
+        node: String,
+        /// How long the pool's heartbeat had been silent on the node.
+        silent: std::time::Duration,
+    },
     /// The pool's private runtime (the threads that run the NATS client) could not start.
     #[error("cannot start the cluster runtime")]
     Runtime(#[source] NatsError),

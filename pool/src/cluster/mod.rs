@@ -57,6 +57,13 @@
 //!   chunks (as a local cancel does; the workers are replaced) and drop the chunks of it they
 //!   hold or receive later, without a result. A node cut off from the server at that moment
 //!   runs its chunks to their end.
+//! - **A caller that dies** (SIGKILL, power, a network cut), which cannot publish that cancel,
+//!   is noticed by its silence: a live pool publishes a heartbeat on `pool.<name>.alive` every
+//!   second, and a node that has not heard a pool for 5 s (counting only time the node itself
+//!   was in touch with the server, and at least 5 s from its first chunk of the pool) stops the
+//!   pool's chunks as for a cancel: its running tasks' local workers are killed and its held
+//!   and later chunks dropped, each answered with [`ClusterError::CallerSilent`]. A caller that
+//!   was only cut off that long gets that error for those tasks instead of waiting for ever.
 //! - The pool's `initializer`, `processes` and sizing settings do not apply: each node sizes its
 //!   own local pool ([`NodeBuilder::processes`]).
 //!
@@ -73,7 +80,8 @@
 //! Every pool publishes and reads subjects with a name unique to it, purges them on
 //! `close`/`join`/drop, and reads results through an ephemeral consumer that the server removes
 //! 30 s after the pool stops reading. A caller that dies leaves only messages no other pool
-//! reads; the streams' `max_age` ([`NatsCluster::ttl`], default one hour) removes them.
+//! reads (its tasks are not run: see above); the streams' `max_age` ([`NatsCluster::ttl`],
+//! default one hour) removes them.
 //!
 //! # Security
 //!

@@ -25,6 +25,22 @@
 //! chunks, which kills the local workers running them (the local pool's cancel; the workers
 //! are replaced as after any cancel). A chunk of a cancelled pool, running, waiting for a local
 //! worker or delivered later, is terminated (`AckTerm`) with no result: nobody reads it.
+//!
+//! # A caller that dies
+//!
+//! A caller SIGKILLed (or cut off) cannot publish a cancel, so a live pool publishes its result
+//! subject on the cluster's core subject `pool.<name>.alive` every [`HEARTBEAT_EVERY`] (1 s)
+//! instead, and every node remembers when it last heard each pool (a pool is first "heard"
+//! when the node takes its first chunk, so a node that never heard a heartbeat still gives it a
+//! whole window). A pool silent for [`SILENT_AFTER`] (5 s) is stopped like a cancelled one:
+//! its running chunks' local workers are killed and its held and later chunks dropped, but
+//! each with a `Refused(CallerSilent)` result instead of none, so a caller that was only cut
+//! off from the server for that long gets a typed error rather than waiting for ever; and a
+//! heartbeat that comes back makes its later chunks run again. The window counts only time
+//! this node was itself in touch with the server (its clock restarts after each of its own
+//! disconnections, and after any [`ECHO_LOST`] in which its own report did not come back to it
+//! through the server, as in a partition the client has not noticed yet), so a server restart
+//! or a cut of the node's own link does not make every pool look dead.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -140,6 +156,14 @@ impl NodeBuilder {
                 .subscribe(cancel_subject(&self.cluster))
                 .await
                 .map_err(|e| ClusterError::jetstream("subscribing to the cancel subject", e))?;
+            let heartbeats = client
+                .subscribe(alive_subject(&self.cluster))
+                .await
+                .map_err(|e| ClusterError::jetstream("subscribing to the alive subject", e))?;
+            let echoes = client
+                .subscribe(format!("pool.{}.nodes", self.cluster.name))
+                .await
+                .map_err(|e| ClusterError::jetstream("subscribing to the nodes subject", e))?;
             let node = Arc::new(Node {
                 client,
                 cancels: Mutex::new(Cancels::default()),
@@ -156,6 +180,9 @@ impl NodeBuilder {
                 ack_wait: self.ack_wait,
             });
             tokio::spawn(node.clone().listen_for_cancels(cancels));
+            tokio::spawn(node.clone().listen_for_heartbeats(heartbeats));
+            tokio::spawn(node.clone().stop_silent_pools());
+            tokio::spawn(node.clone().listen_for_echoes(echoes));
             let reporter = node.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(REPORT_EVERY);
@@ -175,6 +202,23 @@ pub(crate) fn cancel_subject(cluster: &NatsCluster) -> String {
     format!("pool.{}.cancel", cluster.name)
 }
 
+/// The cluster's core subject on which live pools publish their heartbeat (the payload is the
+/// pool's result subject).
+pub(crate) fn alive_subject(cluster: &NatsCluster) -> String {
+    format!("pool.{}.alive", cluster.name)
+}
+
+/// How often a live pool publishes its heartbeat.
+pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a pool's heartbeat may be silent (while the node is connected) before the node
+/// stops the pool's chunks: five heartbeats.
+pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(5);
+
+/// A node whose own report (published every [`REPORT_EVERY`]) has not come back to it through
+/// the server for this long counts itself cut off, whatever its client says.
+pub(crate) const ECHO_LOST: Duration = Duration::from_millis(2500);
+
 /// The pools whose chunks this node holds (one cancel token each, shared by their chunks'
 /// local jobs) and the pools cancelled lately, by result subject.
 #[derive(Default)]
@@ -183,9 +227,63 @@ struct Cancels {
     tokens: HashMap<String, (Arc<CancelToken>, usize)>,
     /// Cancelled pools and when the cancel arrived.
     cancelled: HashMap<String, Instant>,
+    /// When each pool was last heard (its heartbeat, or the node taking its first chunk).
+    heard: HashMap<String, Instant>,
+    /// The last time this node saw itself disconnected from the server (silence is counted
+    /// from then at the earliest).
+    offline_at: Option<Instant>,
+    /// When this node's own report last came back to it through the server.
+    echo_at: Option<Instant>,
 }
 
-/// The most cancelled pools a node remembers (the oldest is forgotten first).
+/// What [`Node::enter`] decided for a chunk.
+enum Entry {
+    /// Run it, with the pool's cancel token.
+    Run(Arc<CancelToken>),
+    /// The pool was cancelled: drop the chunk without a result.
+    Cancelled,
+    /// The pool's heartbeat has been silent this long: refuse the chunk.
+    Silent(Duration),
+}
+
+impl Cancels {
+    /// How long pool `reply` has been silent beyond [`SILENT_AFTER`], if it has (silence counts
+    /// from its last heartbeat or first chunk, and from this node's last disconnection).
+    fn silence(&self, reply: &str) -> Option<Duration> {
+        let heard = *self.heard.get(reply)?;
+        let since = self.offline_at.map_or(heard, |off| off.max(heard));
+        let silent = since.elapsed();
+        (silent >= SILENT_AFTER).then_some(silent)
+    }
+
+    /// Remembers that `reply` was heard now, forgetting pools unheard for `remember` and the
+    /// oldest beyond [`MAX_CANCELLED`].
+    fn hear(&mut self, reply: &str, remember: Duration) {
+        if let Some(at) = self.heard.get_mut(reply) {
+            *at = Instant::now();
+            return;
+        }
+        remember_bounded(&mut self.heard, reply, remember);
+    }
+}
+
+/// Inserts `key` at now in `map`, first dropping entries older than `remember` and, at
+/// [`MAX_CANCELLED`] entries, the oldest.
+fn remember_bounded(map: &mut HashMap<String, Instant>, key: &str, remember: Duration) {
+    map.retain(|_, at| at.elapsed() < remember);
+    if map.len() >= MAX_CANCELLED
+        && let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(k, _)| k.clone())
+    {
+        map.remove(&oldest);
+    }
+    map.insert(key.to_owned(), Instant::now());
+}
+
+/// The most cancelled pools, and the most heard pools, a node remembers (the oldest is
+/// forgotten first).
 const MAX_CANCELLED: usize = 4096;
 
 /// This node's name: host name and pid.
@@ -371,21 +469,30 @@ impl Node {
         let (body, payload) = match self.check(&header, args, delivered) {
             Err(refusal) => (ResultBody::Refused(refusal), Vec::new()),
             Ok(same) => {
-                // A chunk of a cancelled pool is dropped: its caller is gone.
-                let Some(token) = self.enter(&header.reply) else {
-                    let _ = msg.ack_with(AckKind::Term).await;
-                    return;
-                };
-                self.in_flight.fetch_add(header.count, Ordering::Relaxed);
-                let ran = self.run(&msg, &header, args, &same, &token).await;
-                self.in_flight.fetch_sub(header.count, Ordering::Relaxed);
-                self.chunks_ran.fetch_add(1, Ordering::Relaxed);
-                self.leave(&header.reply);
-                if token.is_cancelled() {
-                    let _ = msg.ack_with(AckKind::Term).await;
-                    return;
+                // A chunk of a cancelled pool is dropped: its caller is gone. One of a silent
+                // pool is refused: its caller is most likely gone too.
+                match self.enter(&header.reply) {
+                    Entry::Cancelled => {
+                        let _ = msg.ack_with(AckKind::Term).await;
+                        return;
+                    }
+                    Entry::Silent(silent) => silent_refusal(silent),
+                    Entry::Run(token) => {
+                        self.in_flight.fetch_add(header.count, Ordering::Relaxed);
+                        let ran = self.run(&msg, &header, args, &same, &token).await;
+                        self.in_flight.fetch_sub(header.count, Ordering::Relaxed);
+                        self.chunks_ran.fetch_add(1, Ordering::Relaxed);
+                        let stopped = self.leave(&header.reply, &token);
+                        match stopped {
+                            None => ran,
+                            Some(Entry::Silent(silent)) => silent_refusal(silent),
+                            Some(_) => {
+                                let _ = msg.ack_with(AckKind::Term).await;
+                                return;
+                            }
+                        }
+                    }
                 }
-                ran
             }
         };
         let result = ResultHeader {
@@ -410,28 +517,93 @@ impl Node {
         // Not stored: no ack, so the chunk is redelivered after `ack_wait`.
     }
 
-    /// The cancel token of the pool whose result subject is `reply`, for one more chunk of it;
-    /// `None` if that pool was cancelled.
-    fn enter(&self, reply: &str) -> Option<Arc<CancelToken>> {
+    /// The cancel token of the pool whose result subject is `reply`, for one more chunk of it,
+    /// unless that pool was cancelled or is silent. A pool not heard before is heard now.
+    fn enter(&self, reply: &str) -> Entry {
         let mut c = lock(&self.cancels);
         if c.cancelled.contains_key(reply) {
-            return None;
+            return Entry::Cancelled;
+        }
+        if let Some(silent) = c.silence(reply) {
+            return Entry::Silent(silent);
+        }
+        if !c.heard.contains_key(reply) {
+            c.hear(reply, self.remember_cancels);
         }
         let entry = c
             .tokens
             .entry(reply.to_owned())
             .or_insert_with(|| (CancelToken::new(), 0));
+        // A token cancelled for a silence that has ended (the heartbeat is back) is not reused.
+        if entry.0.is_cancelled() {
+            entry.0 = CancelToken::new();
+        }
         entry.1 += 1;
-        Some(entry.0.clone())
+        Entry::Run(entry.0.clone())
     }
 
-    /// One chunk of the pool `reply` is done with its token.
-    fn leave(&self, reply: &str) {
+    /// One chunk of the pool `reply` is done with `token`; why it was stopped if `token` was
+    /// cancelled (`Cancelled`, or `Silent` with the silence as it is now).
+    fn leave(&self, reply: &str, token: &CancelToken) -> Option<Entry> {
         let mut c = lock(&self.cancels);
         if let Some(entry) = c.tokens.get_mut(reply) {
             entry.1 -= 1;
             if entry.1 == 0 {
                 c.tokens.remove(reply);
+            }
+        }
+        if !token.is_cancelled() {
+            return None;
+        }
+        if c.cancelled.contains_key(reply) {
+            return Some(Entry::Cancelled);
+        }
+        Some(Entry::Silent(c.silence(reply).unwrap_or(SILENT_AFTER)))
+    }
+
+    /// Remembers when each pool was last heard on the alive subject.
+    async fn listen_for_heartbeats(self: Arc<Self>, mut heartbeats: async_nats::Subscriber) {
+        while let Some(msg) = heartbeats.next().await {
+            let Ok(reply) = std::str::from_utf8(&msg.payload) else {
+                continue;
+            };
+            if self.is_result_subject(reply) {
+                lock(&self.cancels).hear(reply, self.remember_cancels);
+            }
+        }
+    }
+
+    /// Notes when this node's own report comes back to it (the proof that its link to the
+    /// server works both ways).
+    async fn listen_for_echoes(self: Arc<Self>, mut reports: async_nats::Subscriber) {
+        while let Some(msg) = reports.next().await {
+            if let Ok((report, _)) = protocol::unframe::<NodeReport>(&msg.payload)
+                && report.node == self.name
+            {
+                lock(&self.cancels).echo_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Every [`HEARTBEAT_EVERY`]: notes whether this node is cut off, and stops the chunks
+    /// of every pool silent for [`SILENT_AFTER`] (see "A caller that dies" in the module docs).
+    async fn stop_silent_pools(self: Arc<Self>) {
+        let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            every.tick().await;
+            let connected =
+                self.client.connection_state() == async_nats::connection::State::Connected;
+            let mut c = lock(&self.cancels);
+            let echoed = c.echo_at.is_some_and(|at| at.elapsed() < ECHO_LOST);
+            if !connected || !echoed {
+                c.offline_at = Some(Instant::now());
+                continue;
+            }
+            for (reply, (token, _)) in &c.tokens {
+                if !token.is_cancelled() && c.silence(reply).is_some() {
+                    // Kills the local workers running the pool's chunks, as a cancel does.
+                    token.cancel();
+                }
             }
         }
     }
@@ -446,18 +618,7 @@ impl Node {
                 continue;
             }
             let mut c = lock(&self.cancels);
-            let remember = self.remember_cancels;
-            c.cancelled.retain(|_, at| at.elapsed() < remember);
-            if c.cancelled.len() >= MAX_CANCELLED
-                && let Some(oldest) = c
-                    .cancelled
-                    .iter()
-                    .min_by_key(|(_, at)| **at)
-                    .map(|(k, _)| k.clone())
-            {
-                c.cancelled.remove(&oldest);
-            }
-            c.cancelled.insert(reply.to_owned(), Instant::now());
+            remember_bounded(&mut c.cancelled, reply, self.remember_cancels);
             if let Some((token, _)) = c.tokens.get(reply) {
                 // Kills the local workers running the pool's chunks; its queued chunks fail
                 // with `Cancelled` without running.
@@ -623,6 +784,15 @@ impl Node {
             delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// The result of a chunk of a pool silent for `silent`.
+fn silent_refusal(silent: Duration) -> (ResultBody, Vec<u8>) {
+    let silent_ms = silent.as_millis().min(u128::from(u64::MAX)) as u64;
+    (
+        ResultBody::Refused(Refusal::CallerSilent { silent_ms }),
+        Vec::new(),
+    )
 }
 
 /// What a chunk's local job produced so far.

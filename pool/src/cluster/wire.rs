@@ -126,6 +126,8 @@ pub(crate) enum Refusal {
     BadTask { detail: String },
     /// The node's local pool cannot take work.
     NodePool { message: String },
+    /// The node heard no heartbeat from the pool for this long and stopped its chunk.
+    CallerSilent { silent_ms: u64 },
 }
 
 /// A local pool's [`TaskError`] on a node, as it travels back to the caller.
