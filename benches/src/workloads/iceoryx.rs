@@ -201,6 +201,46 @@ struct Pair {
     _leftovers: Leftovers,
 }
 
+impl Pair {
+    /// Forks the child, which runs `role(config, receive_on, reply_on, flag)` (it opens its ports,
+    /// stores `CHILD_READY`, waits for `PARENT_READY`); then opens this process's ports (publishing
+    /// on the child's `receive_on`, subscribing to its `reply_on`), each subscriber buffering
+    /// `buffer` samples of up to `size` bytes.
+    fn start(
+        size: usize,
+        buffer: usize,
+        what: &str,
+        role: impl FnOnce(&Config, &str, &str, &AtomicU32) -> Result<(), String>,
+    ) -> Result<Pair, String> {
+        set_log_level(LogLevel::Error);
+        let (out, back, tag) = names();
+        let leftovers = Leftovers(tag.clone());
+        let config = config(&tag)?;
+        let (seg, off) = super::ipc::shared_word()?;
+        let flag = seg.get(off).map_err(|e| e.to_string())?;
+        let child = fork(|| {
+            if let Err(e) = role(&config, &out, &back, flag) {
+                eprintln!("{e}");
+                flag.store(CHILD_FAILED, Ordering::Release);
+            }
+        });
+        if await_change(flag, 0)? == CHILD_FAILED {
+            return Err(format!("the iceoryx2 {what} child failed to set up"));
+        }
+        let node = node(&config)?;
+        let (tx, rx) = ports(&node, &out, &back, size, buffer)?;
+        flag.store(PARENT_READY, Ordering::Release);
+        Ok(Pair {
+            tx,
+            rx,
+            _node: node,
+            child: Some(child),
+            _flag: seg,
+            _leftovers: leftovers,
+        })
+    }
+}
+
 impl Drop for Pair {
     fn drop(&mut self) {
         if send(&self.tx, &[]).is_ok()
@@ -217,33 +257,10 @@ pub(crate) fn ping_pong(size: usize) -> ContenderSpec {
         "iceoryx2 publish-subscribe (copy, busy poll)",
         Kind::Process,
         move || {
-            set_log_level(LogLevel::Error);
-            let (ping, pong, tag) = names();
-            let leftovers = Leftovers(tag.clone());
-            let config = config(&tag)?;
-            let (seg, off) = super::ipc::shared_word()?;
-            let flag = seg.get(off).map_err(|e| e.to_string())?;
-            let (p2, q2) = (ping.clone(), pong.clone());
-            let child = fork(|| {
-                if let Err(e) = echo(&config, &p2, &q2, size, flag) {
-                    eprintln!("{e}");
-                    flag.store(CHILD_FAILED, Ordering::Release);
-                }
-            });
-            if await_change(flag, 0)? == CHILD_FAILED {
-                return Err("the iceoryx2 echo child failed to set up".into());
-            }
-            let node = node(&config)?;
-            let (tx, rx) = ports(&node, &ping, &pong, size, PING_PONG_BUFFER)?;
-            flag.store(PARENT_READY, Ordering::Release);
-            let mut pair = Pair {
-                tx,
-                rx,
-                _node: node,
-                child: Some(child),
-                _flag: seg,
-                _leftovers: leftovers,
-            };
+            let mut pair =
+                Pair::start(size, PING_PONG_BUFFER, "echo", move |c, out, back, flag| {
+                    echo(c, out, back, size, flag)
+                })?;
             let msg = vec![7u8; size.max(1)];
             let mut buf = vec![0u8; size.max(1)];
             Ok(Runner::new(1, move |iters| {
@@ -292,33 +309,12 @@ pub(crate) fn stream(size: usize, n: u64) -> ContenderSpec {
         "iceoryx2 publish-subscribe (copy, busy poll)",
         Kind::Process,
         move || {
-            set_log_level(LogLevel::Error);
-            let (data, ack, tag) = names();
-            let leftovers = Leftovers(tag.clone());
-            let config = config(&tag)?;
-            let (seg, off) = super::ipc::shared_word()?;
-            let flag = seg.get(off).map_err(|e| e.to_string())?;
-            let (d2, a2) = (data.clone(), ack.clone());
-            let child = fork(|| {
-                if let Err(e) = drain(&config, &d2, &a2, size, n, flag) {
-                    eprintln!("{e}");
-                    flag.store(CHILD_FAILED, Ordering::Release);
-                }
-            });
-            if await_change(flag, 0)? == CHILD_FAILED {
-                return Err("the iceoryx2 consumer child failed to set up".into());
-            }
-            let node = node(&config)?;
-            let (tx, rx) = ports(&node, &data, &ack, size, STREAM_BUFFER)?;
-            flag.store(PARENT_READY, Ordering::Release);
-            let mut pair = Pair {
-                tx,
-                rx,
-                _node: node,
-                child: Some(child),
-                _flag: seg,
-                _leftovers: leftovers,
-            };
+            let mut pair = Pair::start(
+                size,
+                STREAM_BUFFER,
+                "consumer",
+                move |c, out, back, flag| drain(c, out, back, size, n, flag),
+            )?;
             let msg = vec![7u8; size.max(1)];
             let mut buf = [0u8; 1];
             Ok(Runner::new(n, move |iters| {
