@@ -35,6 +35,8 @@
 //! [`encode_frame`] a header and the value; both refuse a value longer than [`MAX_FRAME_LEN`].
 //! [`decode`] decodes a value that must use every byte it is given (trailing bytes are a typed
 //! error, not silently ignored).
+//! [`decode_ring`] decodes the same bytes straight out of a ring in shared memory, and fills byte
+//! strings once instead of zero-filling them first (`codec/from_ring.rs`).
 //!
 //! # Bounded allocation
 //!
@@ -54,6 +56,10 @@
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::ring::ByteRing;
+
+mod from_ring;
 
 /// The largest payload one frame may carry: 1 GiB (the pipe's default maximum message size, and
 /// the queue's largest ring).
@@ -143,6 +149,14 @@ pub enum DecodeError {
         /// [`MAX_FRAME_LEN`].
         max: usize,
     },
+    /// More bytes than the ring holds were asked for ([`decode_ring`]).
+    #[error("{len} bytes asked for from a ring of {cap} bytes")]
+    BeyondRing {
+        /// Bytes asked for.
+        len: usize,
+        /// The ring's capacity.
+        cap: usize,
+    },
 }
 
 /// For crates whose public errors carry bincode's error type (the queue's and the pipe's): the
@@ -169,7 +183,9 @@ impl From<DecodeError> for bincode::error::DecodeError {
                     "{trailing} trailing bytes after the value"
                 ))
             }
-            DecodeError::TooLong { .. } => bincode::error::DecodeError::LimitExceeded,
+            DecodeError::TooLong { .. } | DecodeError::BeyondRing { .. } => {
+                bincode::error::DecodeError::LimitExceeded
+            }
         }
     }
 }
@@ -393,6 +409,68 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
         return Err(DecodeError::TrailingBytes {
             trailing: bytes.len() - used,
             len: bytes.len(),
+        });
+    }
+    Ok(value)
+}
+
+/// Decodes a `T` that must use all of the `len` bytes at position `pos` of `ring` (shared
+/// memory another process wrote), copying straight out of the ring: no intermediate buffer,
+/// and byte strings (`serde_bytes`, `String`) are copied once into their own allocation instead
+/// of bincode's zero-fill then copy. The bytes are the same as [`decode`] takes.
+///
+/// Bounded like [`decode`]: `len` at most the ring's capacity and [`MAX_FRAME_LEN`]
+/// ([`DecodeError::BeyondRing`], [`DecodeError::TooLong`]), every read checked against `len`,
+/// a byte string never longer than the bytes left, everything else within the
+/// [`DECODE_LIMIT`]. A peer writing the ring meanwhile can only change the values decoded.
+///
+/// ```
+/// use ipc_shm::codec::{decode_ring, encode};
+/// use ipc_shm::{ByteRing, HeapRing};
+///
+/// let value = (String::from("job"), vec![7u32; 3]);
+/// let bytes = encode(&value)?;
+/// let ring = HeapRing::new(64)?;
+/// ring.write(60, &bytes); // wraps around the end
+/// assert_eq!(decode_ring::<(String, Vec<u32>), _>(&ring, 60, bytes.len())?, value);
+/// assert!(decode_ring::<(String, Vec<u32>), _>(&ring, 60, bytes.len() - 1).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn decode_ring<T: DeserializeOwned, B: ByteRing + ?Sized>(
+    ring: &B,
+    pos: u64,
+    len: usize,
+) -> Result<T, DecodeError> {
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLong {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len > ring.cap() {
+        return Err(DecodeError::BeyondRing {
+            len,
+            cap: ring.cap(),
+        });
+    }
+    let input = from_ring::RingInput::new(ring, pos, len);
+    let mut decoder = bincode::serde::OwnedSerdeDecoder::from_reader(
+        from_ring::RingReader(&input),
+        BINCODE_CONFIG,
+    );
+    let decoded = T::deserialize(from_ring::Fill {
+        inner: decoder.as_deserializer(),
+        src: &input,
+    });
+    // An error the wrapper found is reported as itself, not as serde's message for it.
+    if let Some(e) = input.error.take() {
+        return Err(DecodeError::Bincode(e));
+    }
+    let value = decoded.map_err(DecodeError::Bincode)?;
+    if input.used() != len {
+        return Err(DecodeError::TrailingBytes {
+            trailing: len - input.used(),
+            len,
         });
     }
     Ok(value)

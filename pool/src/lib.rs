@@ -163,11 +163,12 @@
 //!
 //! A job whose encoded arguments take 128 KiB to 64 MiB does not stream them through the
 //! worker's pipe: they are encoded into a recycled buffer, copied once into a shared segment of
-//! the worker's seat (handed to each new worker once, like any other handle) and copied out by
-//! the worker, so neither side waits for the other to drain a ring. Workers keep up to 64 MiB of
-//! freed heap (glibc's trim threshold) so that decoding megabyte arguments task after task does
-//! not fault the same pages in again and again; count it when you set `max_memory_per_child`.
-//! Results travel through the pipe whatever their size.
+//! the worker's seat (handed to each new worker once, like any other handle) and decoded by the
+//! worker straight out of it (a byte string such as a `serde_bytes::ByteBuf` is copied once into
+//! its own allocation, never zero-filled first), so neither side waits for the other to drain a
+//! ring. Workers keep up to 64 MiB of freed heap (glibc's trim threshold) so that decoding
+//! megabyte arguments task after task does not fault the same pages in again and again; count it
+//! when you set `max_memory_per_child`. Results travel through the pipe whatever their size.
 //!
 //! # Start methods
 //!

@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PanicLocation;
+use crate::wire::bulk::Input;
 use crate::wire::codec;
 use crate::wire::outcome::OkWire;
 
@@ -96,8 +97,12 @@ pub(crate) trait ChunkCtx {
 /// Runs the function at `func` over an encoded chunk of arguments, storing 1 + the index of
 /// the argument about to run into `running` before each (the worker's progress word: a plain
 /// store, not a call through `ctx`, on the path of every task).
-type Trampoline =
-    fn(func: usize, input: &[u8], running: &AtomicU64, ctx: &mut dyn ChunkCtx) -> Result<(), ()>;
+type Trampoline = fn(
+    func: usize,
+    input: Input<'_>,
+    running: &AtomicU64,
+    ctx: &mut dyn ChunkCtx,
+) -> Result<(), ()>;
 
 /// A function located by offsets from the anchor: what the parent sends the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,7 +131,7 @@ impl TaskRef {
     pub(crate) fn run(
         &self,
         build: &SameBuild,
-        input: &[u8],
+        input: Input<'_>,
         running: &AtomicU64,
         ctx: &mut dyn ChunkCtx,
     ) -> Result<(), ()> {
@@ -336,16 +341,17 @@ fn encode_outcome<R: Serialize>(outcome: &Result<R, Failure>, out: &mut Vec<u8>)
 const CHECK_EVERY: usize = 16;
 
 /// The trampoline: decodes the chunk's arguments (all of them before any task runs: a chunk
-/// that does not decode fails whole, unrun), runs the function on each, and encodes each
-/// outcome as soon as it is known, straight into the bytes that go to the pool (no vector of
-/// outcomes in between).
+/// that does not decode fails whole, unrun; and arguments in the bulk area are all out of it
+/// before anything about the job is reported, `wire/bulk.rs`), runs the function on each, and
+/// encodes each outcome as soon as it is known, straight into the bytes that go to the pool (no
+/// vector of outcomes in between).
 fn call_chunk<A: DeserializeOwned, R: Serialize>(
     func: usize,
-    input: &[u8],
+    input: Input<'_>,
     running: &AtomicU64,
     ctx: &mut dyn ChunkCtx,
 ) -> Result<(), ()> {
-    let args: Vec<A> = match codec::decode(input) {
+    let args: Vec<A> = match input.decode() {
         Ok(args) => args,
         Err(e) => return ctx.chunk_failed(Failure::DecodeArgument(e.to_string())),
     };

@@ -29,7 +29,7 @@ use ipc_shm::transfer::{self, FdBatch};
 
 use crate::slot::{ProgressSlot, ProgressWords};
 use crate::task::{ChunkCtx, Failure, SameBuild};
-use crate::wire::bulk::BulkIn;
+use crate::wire::bulk::{BulkIn, Input};
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 use crate::wire::transport::PipeLink;
 
@@ -105,7 +105,8 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                     Ok(batch) => {
                         // The initializer's progress is nobody's business.
                         let running = AtomicU64::new(0);
-                        let _ = with_batch(batch, || task.run(&build, payload, &running, &mut ctx));
+                        let input = Input::Bytes(payload);
+                        let _ = with_batch(batch, || task.run(&build, input, &running, &mut ctx));
                     }
                     Err(failure) => ctx.failure = Some(failure),
                 }
@@ -143,11 +144,12 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                         continue;
                     }
                 };
-                // Large arguments wait in the bulk area: copy them out before anything else.
-                let payload = match in_bulk {
-                    None => payload,
-                    Some(len) => match bulk.take(len) {
-                        Ok(bytes) => bytes,
+                // Large arguments wait in the bulk area: the trampoline decodes them straight
+                // out of it, before it runs or reports anything.
+                let input = match in_bulk {
+                    None => Input::Bytes(payload),
+                    Some(len) => match bulk.input(len) {
+                        Ok(input) => input,
                         Err(failure) => {
                             let header = FromWorker::ChunkFailed { job, failure };
                             if send(link, &header, &[], &mut frame).is_err() {
@@ -167,7 +169,7 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                     last_flush: None,
                     frame: &mut frame,
                 };
-                let sent = with_batch(batch, || task.run(&build, payload, &words.item, &mut ctx));
+                let sent = with_batch(batch, || task.run(&build, input, &words.item, &mut ctx));
                 words.item.store(0, Ordering::Release);
                 if sent.is_err() {
                     return code::LINK;

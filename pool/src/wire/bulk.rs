@@ -7,38 +7,43 @@
 //! them sleeps the hand-off costs a futex wake-up (tens of microseconds on a VM whose idle vCPU
 //! is halted). With more workers than free CPUs that is most of the time. Instead, arguments
 //! of at least [`BULK_MIN`] bytes are copied once into the seat's bulk segment, and the `Run`
-//! frame says how long they are (`ToWorker::Run { bulk: Some(len) }`); the worker copies them
-//! out, once, into a buffer it keeps, whenever it gets to the frame. Nobody waits for anybody.
+//! frame says how long they are (`ToWorker::Run { bulk: Some(len) }`); the worker decodes them
+//! straight out of the area ([`Input::Area`], `ipc_shm::codec::decode_ring`) whenever it gets
+//! to the frame. Nobody waits for anybody.
 //!
 //! | step | who | copies |
 //! |---|---|---|
 //! | submit: encode the arguments | the caller | 1 |
 //! | `offer`: into the bulk segment | the seat's driver | 1 (the link path: into the frame, then into the ring) |
-//! | `take`: out into the worker's buffer | the worker | 1 (the link path: out of the ring into a new `Vec`) |
-//! | decode | the worker | 1 |
+//! | decode out of the area | the worker | 1: byte strings are filled once, not zero-filled first (the link path: out of the ring into the worker's buffer, then decode) |
 //!
 //! The segment is created when a seat first sends a large job (sized to the next power of two,
 //! at least [`BULK_MIN`] and at most [`BULK_MAX`]; larger arguments take the link path), grows
 //! when a larger one comes, and is handed to each new worker of the seat once, as a transferred
 //! [`Segment`] (`ToWorker::Bulk`, its descriptor by `SCM_RIGHTS`, its header validated by the
-//! worker like any other handle's). The buffers on both sides are kept, so a steady stream of
-//! large arguments faults no page after the first.
+//! worker like any other handle's). The caller's buffers are recycled (`wire/recycle.rs`) and the
+//! worker keeps its freed heap, so a steady stream of large arguments faults no page after the
+//! first.
 //!
 //! ## Who may touch the bytes
 //!
 //! The driver writes the area only while its worker holds no job: a driver sends one `Run` and
-//! waits for that job to end before the next (`Driver::run_registered`), and the worker copies
-//! the area out before it reports anything about the job. So the worker never reads bytes being
-//! written. Even if a peer broke that rule, no reference to the shared bytes is ever formed
-//! (both copies go through [`ipc_shm::ShmRing`], bounds-checked against the segment's own
-//! length) and the length in the frame is checked against the area before the copy: a broken
-//! peer can change the values the worker decodes (which the codec then rejects as data), never
-//! make a copy leave the segment.
+//! waits for that job to end before the next (`Driver::run_registered`), and the worker decodes
+//! every argument of a job out of the area before it runs the first or reports anything about
+//! the job (`task::call_chunk`). So the worker never reads bytes being written. Even if a peer
+//! broke that rule, no reference to the shared bytes is ever formed (both copies go through
+//! [`ipc_shm::ShmRing`], bounds-checked against the segment's own length, and the decode reads
+//! at most the announced length) and the length in the frame is checked against the area before
+//! the decode: a broken peer can change the values the worker decodes (which the codec then
+//! rejects as data, or the task sees as wrong values), never make a copy leave the segment.
 
 use ipc_shm::{ByteRing, Segment, SegmentBuilder, ShmRing, TypeTag};
 
+use serde::de::DeserializeOwned;
+
 use crate::task::Failure;
 use crate::wire::args;
+use crate::wire::codec::{self, CodecDecodeError};
 use crate::wire::protocol::{self, Link, ToWorker};
 
 /// Arguments at least this long go through the bulk area (smaller ones fit the ring with room
@@ -95,11 +100,34 @@ impl BulkOut {
     }
 }
 
-/// The worker's side: the segment it was handed, and the buffer it copies arguments into.
+/// Where a job's encoded arguments are, in the worker: in the frame, or in the bulk area.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Input<'a> {
+    /// In the frame's payload.
+    Bytes(&'a [u8]),
+    /// The first `len` bytes of the seat's bulk area (`len` checked against it).
+    Area {
+        ring: ShmRing<&'a Segment>,
+        len: usize,
+    },
+}
+
+impl Input<'_> {
+    /// Decodes the `T` that must use all of these bytes (straight out of the area for
+    /// [`Input::Area`]).
+    #[inline]
+    pub(crate) fn decode<T: DeserializeOwned>(self) -> Result<T, CodecDecodeError> {
+        match self {
+            Input::Bytes(bytes) => codec::decode(bytes),
+            Input::Area { ring, len } => codec::decode_ring(&ring, 0, len),
+        }
+    }
+}
+
+/// The worker's side: the segment it was handed.
 #[derive(Debug, Default)]
 pub(crate) struct BulkIn {
     area: Option<Segment>,
-    buf: Vec<u8>,
 }
 
 impl BulkIn {
@@ -114,9 +142,9 @@ impl BulkIn {
             .filter(|seg| seg.type_tag() == TAG);
     }
 
-    /// The `len` argument bytes the driver placed in the area, copied out into this worker's
-    /// buffer.
-    pub(crate) fn take(&mut self, len: u64) -> Result<&[u8], Failure> {
+    /// The `len` argument bytes the driver placed in the area, to be decoded straight out of
+    /// it.
+    pub(crate) fn input(&self, len: u64) -> Result<Input<'_>, Failure> {
         let missing = || Failure::DecodeArgument("the pool's bulk area is missing".into());
         let seg = self.area.as_ref().ok_or_else(missing)?;
         let ring = ShmRing::new(seg, 0, area_cap(seg)).map_err(|_| missing())?;
@@ -129,9 +157,7 @@ impl BulkIn {
                     ring.cap()
                 ))
             })?;
-        self.buf.clear();
-        ring.append(0, len, &mut self.buf);
-        Ok(&self.buf)
+        Ok(Input::Area { ring, len })
     }
 }
 
@@ -155,22 +181,26 @@ mod tests {
     }
 
     #[test]
-    fn the_worker_copies_out_exactly_what_was_placed_and_refuses_lengths_beyond_the_area() {
+    fn the_worker_decodes_exactly_what_was_placed_and_refuses_lengths_beyond_the_area() {
         let seg = area(300 << 10); // usable: 256 KiB
-        ShmRing::new(&seg, 0, area_cap(&seg))
-            .expect("ring")
-            .write_at(0, &[5u8; 1000]);
-        let mut bulk = BulkIn {
-            area: Some(seg),
-            buf: Vec::new(),
-        };
-        assert_eq!(bulk.take(1000).expect("in the area"), &[5u8; 1000][..]);
+        let value = vec!["a".repeat(1000), "b".into()];
+        let bytes = codec::encode(&value).expect("encodes");
+        let ring = ShmRing::new(&seg, 0, area_cap(&seg)).expect("ring");
+        ring.write_at(0, &bytes);
+        // Garbage after the value: only the announced length is read.
+        ring.write_at(bytes.len(), &[0xff; 64]);
+        let bulk = BulkIn { area: Some(seg) };
+        let input = bulk.input(bytes.len() as u64).expect("in the area");
+        assert_eq!(input.decode::<Vec<String>>().expect("decodes"), value);
+        // One byte more is a trailing garbage byte, refused by the codec.
+        let longer = bulk.input(bytes.len() as u64 + 1).expect("in the area");
+        assert!(longer.decode::<Vec<String>>().is_err());
         assert!(matches!(
-            bulk.take((256 << 10) + 1),
+            bulk.input((256 << 10) + 1),
             Err(Failure::DecodeArgument(m)) if m.contains("bulk area of 262144")
         ));
         assert!(matches!(
-            bulk.take(u64::MAX),
+            bulk.input(u64::MAX),
             Err(Failure::DecodeArgument(_))
         ));
     }
@@ -178,7 +208,7 @@ mod tests {
     #[test]
     fn a_worker_without_an_area_fails_the_job_and_a_foreign_payload_is_not_adopted() {
         let mut bulk = BulkIn::default();
-        assert!(matches!(bulk.take(1), Err(Failure::DecodeArgument(m)) if m.contains("missing")));
+        assert!(matches!(bulk.input(1), Err(Failure::DecodeArgument(m)) if m.contains("missing")));
         bulk.adopt(b"not a segment");
         assert!(bulk.area.is_none());
         assert_eq!(area_cap(&area(1)), 1);

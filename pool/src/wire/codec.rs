@@ -142,3 +142,14 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecE
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecDecodeError> {
     ipc_shm::codec::decode(bytes).map_err(CodecDecodeError::from)
 }
+
+/// Decodes a `T` that must use all of the `len` bytes at position `pos` of `ring`, straight out
+/// of it ([`ipc_shm::codec::decode_ring`]).
+#[inline]
+pub(crate) fn decode_ring<T: DeserializeOwned, B: ipc_shm::ByteRing + ?Sized>(
+    ring: &B,
+    pos: u64,
+    len: usize,
+) -> Result<T, CodecDecodeError> {
+    ipc_shm::codec::decode_ring(ring, pos, len).map_err(CodecDecodeError::from)
+}
