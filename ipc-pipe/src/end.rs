@@ -101,6 +101,11 @@ pub(crate) struct End<C, M, W, L> {
     pub(crate) rx_tail_cache: Cell<u64>,
     /// fd mode (see `readiness.rs`): sleep in `poll(2)` on the link instead of the futex.
     pub(crate) fd_mode: Cell<bool>,
+    /// fd mode: this end set `ARMED` in its incoming ring's `rx_wait` since it last drained its
+    /// socket, so a readiness byte may be waiting there. A wait drains before it arms only
+    /// then: a receiver woken by the byte drains once, after its `poll`, and the next wait
+    /// skips the drain (see `rx.rs`, `wait_rx_sleep`).
+    pub(crate) rx_armed: Cell<bool>,
     /// The process this end last ran in.
     pub(crate) pid: Cell<u32>,
     /// Set after corruption or a message cut short by the peer's death: the stream is no longer
@@ -167,6 +172,7 @@ where
             rx_head: Cell::new(rx_head),
             rx_tail_cache: Cell::new(rx_head),
             fd_mode: Cell::new(false),
+            rx_armed: Cell::new(false),
             pid: Cell::new(pid),
             broken: Cell::new(None),
             partial: RefCell::new(None),

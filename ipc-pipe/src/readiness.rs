@@ -12,9 +12,10 @@
 //! An end switches to fd mode once, for good, with [`Connection::set_pollable`] (or
 //! [`Connection::pollable`]); there is no way back. What fd mode costs: a sleeping receiver is
 //! woken by a socket byte instead of a futex wake, measured 6.9 us against 5.4-6.7 us for a
-//! 64-byte round trip with both peers asleep (see `connection.rs`), and each time the receiver
-//! finds its ring empty it drains its socket (one `recv` system call). Hot peers that never
-//! sleep pay nothing in either mode. What it gives: the descriptor becomes readable when a
+//! 64-byte round trip with both peers asleep (see `connection.rs`), and a receiver woken by
+//! that byte drains its socket once (one `recv` system call; a wait drains before it sleeps
+//! only if it armed since its last drain). Hot peers that never sleep pay nothing in either
+//! mode. What it gives: the descriptor becomes readable when a
 //! message arrives, so it can be registered with poll/epoll/mio/tokio, and a peer's death wakes
 //! a sleeper at once instead of within one futex slice.
 //!

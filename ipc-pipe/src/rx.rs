@@ -241,10 +241,19 @@ where
         if nonblocking {
             self.check_owner()?;
         }
+        // fd mode: the peer's hang-up as the drain after the last `poll` saw it.
+        let mut woke_hung_up = false;
         loop {
-            let mut hung_up = false;
+            let mut hung_up = woke_hung_up;
             let bits = if fd_mode {
-                hung_up = self.link.drain();
+                // A readiness byte can be waiting only if this end armed since it last drained
+                // (`End::rx_armed`); a byte that slips in after all (sent for an arm the peer
+                // consumed just after our drain) only makes one `poll` return at once, and that
+                // loop drains it.
+                if self.rx_armed.get() {
+                    hung_up |= self.link.drain();
+                }
+                self.rx_armed.set(true);
                 ARMED
             } else if nonblocking {
                 0
@@ -291,6 +300,18 @@ where
             }
             if fd_mode {
                 self.link.sleep(remaining);
+                // Woken (by the peer's byte, a hang-up, a descriptor record or the deadline):
+                // drain now and look at the ring before arming again. Woken by the byte, the
+                // peer took `ARMED` out of `rx_wait` when it sent it, so the next wait needs
+                // no drain: two system calls per sleep (`poll`, this drain), not three.
+                woke_hung_up = self.link.drain();
+                self.rx_armed.set(false);
+                let tail = ring::load_tail(ring);
+                let avail = ring::validate_avail(tail, self.rx_head.get(), self.rx.cap())?;
+                self.rx_tail_cache.set(tail);
+                if avail >= need {
+                    return Ok(avail);
+                }
             } else {
                 let outcome = self.waiter.wait(
                     &ring.rx_wait,

@@ -112,8 +112,9 @@ pub(crate) fn run_here(this: &Registry, job: Job) -> Result<(), Job> {
         if d.worker.is_none() {
             continue;
         }
-        this.count_submitted(job.count);
-        d.set_state(WorkerState::Busy);
+        // Counted and shown busy once the job is sent, while the worker runs it (see
+        // `Driver::announce`).
+        d.announce = Some(job.count);
         match d.run_job(job) {
             Ran::Done => d.after_task(),
             // The caller has its outcome: its return must not wait for a new process. The
@@ -274,6 +275,9 @@ pub(crate) struct Driver {
     /// Crashed workers whose job was settled from their `dying` word, not reaped yet
     /// (`bury`, once the replacement is ready).
     dead: Vec<Worker>,
+    /// A job run by `run_here` not yet counted as submitted nor shown busy: done right after
+    /// its frame is sent ([`Driver::announce`]), off the round trip's critical path.
+    announce: Option<u64>,
     /// The driver thread's nudge: `run_here` lost this seat's worker, start a new one.
     wake: (
         crossbeam_channel::Sender<()>,
@@ -294,7 +298,19 @@ impl Driver {
             running: None,
             lost_at: None,
             dead: Vec::new(),
+            announce: None,
             wake: crossbeam_channel::bounded(1),
+        }
+    }
+
+    /// Counts the job `run_here` handed over as submitted and shows the worker busy, if that
+    /// is still to do. Called as soon as the job's frame is in the pipe (or on any path that
+    /// settles the job without sending it, before it is settled): the bookkeeping then runs
+    /// while the worker works instead of before the worker can start.
+    fn announce(&mut self) {
+        if let Some(count) = self.announce.take() {
+            self.registry.count_submitted(count);
+            self.set_state(WorkerState::Busy);
         }
     }
 
@@ -405,6 +421,9 @@ impl Driver {
     /// Runs `job` on the worker, registered with the job's cancel token meanwhile (a job
     /// whose handle is already cancelled fails with `Cancelled`, unrun).
     fn run_job(&mut self, job: Job) -> Ran {
+        if job.cancel.is_some() {
+            self.announce();
+        }
         if let (Some(cancel), Some(worker)) = (&job.cancel, &self.worker) {
             let pid = worker.pid;
             if !cancel.enter(pid) {
@@ -439,6 +458,7 @@ impl Driver {
     fn run_registered(&mut self, mut job: Job) -> Ran {
         let registry = self.registry.clone();
         let Some(worker) = self.worker.as_mut() else {
+            self.announce();
             let _ = registry.tx_requeue(job);
             return Ran::WorkerGone;
         };
@@ -461,6 +481,7 @@ impl Driver {
             Some(_) => protocol::frame(&header, payload, &mut self.frame),
         };
         if let Err(e) = framed {
+            self.announce();
             registry.finish_job_error(&job, &TaskError::Argument(e.to_string()));
             return Ran::Done;
         }
@@ -470,6 +491,7 @@ impl Driver {
             None => worker.link.send_vectored(&[&self.frame, payload], false),
             Some(fds) => worker.link.send_with_fds(&self.frame, Some(fds)),
         };
+        self.announce();
         if sent.is_err() {
             return self.lost(job, reported, None);
         }

@@ -6,7 +6,7 @@
 //! drivers take jobs from it, requeue what a dead worker did not start, and tally outcomes.
 //! Sizing decisions (growing, the restart breaker) are in `sizing`, the drivers in `driver`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -44,7 +44,9 @@ pub(crate) struct Registry {
     pub(crate) outside_failures: Mutex<Vec<Instant>>,
     pub(crate) drivers: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) seats: RwLock<Vec<Seat>>,
-    pub(crate) table: Mutex<HashMap<usize, WorkerStats>>,
+    /// Per-seat statistics by driver id. A `BTreeMap`: a handful of small integer keys, looked
+    /// up several times per `apply`, where a `HashMap`'s SipHash cost more than the search.
+    pub(crate) table: Mutex<BTreeMap<usize, WorkerStats>>,
     /// The warm spare, if the pool keeps one (`settings.warm_spare`).
     pub(crate) spare: Spare,
     submitted: AtomicU64,
@@ -82,7 +84,7 @@ impl Registry {
             outside_failures: Mutex::new(Vec::new()),
             drivers: Mutex::new(Vec::new()),
             seats: RwLock::new(Vec::new()),
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::new(BTreeMap::new()),
             spare: Spare::default(),
             submitted: AtomicU64::new(0),
             done: AtomicU64::new(0),

@@ -98,34 +98,36 @@ impl<T> ResultCell<T> {
     /// Sets the result once (later calls are ignored and return `false`): runs the callback,
     /// then wakes waiters.
     pub(crate) fn complete(&self, result: Result<T, TaskError>) -> bool {
-        let (callback, error_callback) = {
-            let mut s = self.lock();
-            if s.claimed {
-                return false;
-            }
-            s.claimed = true;
-            (s.callback.take(), s.error_callback.take())
-        };
-        // Callbacks run before the result becomes visible, as in Python, and outside the lock.
-        match &result {
-            Ok(v) => {
-                if let Some(cb) = callback {
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(v)));
-                }
-            }
-            Err(e) => {
-                if let Some(cb) = error_callback {
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(e)));
-                }
-            }
+        let mut s = self.lock();
+        if s.claimed {
+            return false;
         }
-        let (waker, waiting) = {
-            let mut s = self.lock();
-            s.success = result.is_ok();
-            s.value = Some(result);
-            s.ready = true;
-            (s.waker.take(), s.waiting > 0)
-        };
+        s.claimed = true;
+        if s.callback.is_some() || s.error_callback.is_some() {
+            let (callback, error_callback) = (s.callback.take(), s.error_callback.take());
+            drop(s);
+            // Callbacks run before the result becomes visible, as in Python, and outside the
+            // lock.
+            match &result {
+                Ok(v) => {
+                    if let Some(cb) = callback {
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(v)));
+                    }
+                }
+                Err(e) => {
+                    if let Some(cb) = error_callback {
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(e)));
+                    }
+                }
+            }
+            s = self.lock();
+        }
+        // Without callbacks (every `apply`) the claim and the result take one lock, not two.
+        s.success = result.is_ok();
+        s.value = Some(result);
+        s.ready = true;
+        let (waker, waiting) = (s.waker.take(), s.waiting > 0);
+        drop(s);
         if waiting {
             self.ready.notify_all();
         }

@@ -114,8 +114,12 @@ impl Driver {
     /// Recycles the worker after a task if it reached its task or memory limit.
     pub(crate) fn after_task(&mut self) {
         let Some(worker) = &self.worker else { return };
-        let done = worker.slot.words().done.load(Ordering::Relaxed);
-        let too_old = self.tasks_limit.is_some_and(|limit| done >= limit);
+        // The worker's `done` word is read only when there is a limit to check it against:
+        // the worker writes it on every report, and reading it here would pull its cache line
+        // across to this CPU and back on every `apply` round trip.
+        let too_old = self
+            .tasks_limit
+            .is_some_and(|limit| worker.slot.words().done.load(Ordering::Relaxed) >= limit);
         let too_big = self
             .registry
             .settings

@@ -92,6 +92,14 @@ pub(crate) trait ChunkCtx {
     fn flush(&mut self, first: usize, count: usize, outcomes: &[u8], done: bool) -> Result<(), ()>;
     /// The chunk's arguments could not be decoded at all.
     fn chunk_failed(&mut self, failure: Failure) -> Result<(), ()>;
+    /// An empty buffer for the chunk's encoded outcomes: one the context kept from an earlier
+    /// chunk ([`keep_buffer`](ChunkCtx::keep_buffer)), so a worker running one small chunk
+    /// after another (every `apply`) does not allocate one per chunk.
+    fn take_buffer(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// The outcome buffer back, once the chunk's last outcomes are sent.
+    fn keep_buffer(&mut self, _buf: Vec<u8>) {}
 }
 
 /// Runs the function at `func` over an encoded chunk of arguments, storing 1 + the index of
@@ -357,7 +365,7 @@ fn call_chunk<A: DeserializeOwned, R: Serialize>(
     };
     let total = args.len();
     ctx.begin(total);
-    let mut out = Vec::new();
+    let mut out = ctx.take_buffer();
     let mut first = 0;
     for (i, arg) in args.into_iter().enumerate() {
         running.store(i as u64 + 1, Ordering::Release);
@@ -372,5 +380,7 @@ fn call_chunk<A: DeserializeOwned, R: Serialize>(
             out.clear();
         }
     }
-    ctx.flush(first, total - first, &out, true)
+    let sent = ctx.flush(first, total - first, &out, true);
+    ctx.keep_buffer(out);
+    sent
 }

@@ -87,6 +87,7 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
         return code::LINK;
     }
     let mut buf = Vec::new();
+    let mut outcomes = Vec::new();
     let mut bulk = BulkIn::default();
     loop {
         match link.recv(&mut buf, None) {
@@ -168,6 +169,7 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                     done: words.done.load(Ordering::Relaxed),
                     last_flush: None,
                     frame: &mut frame,
+                    outcomes: &mut outcomes,
                 };
                 let sent = with_batch(batch, || task.run(&build, input, &words.item, &mut ctx));
                 words.item.store(0, Ordering::Release);
@@ -189,9 +191,26 @@ struct JobCtx<'a> {
     /// one task (a one-task chunk, an `apply`, sends its outcome when done and never asks).
     last_flush: Option<Instant>,
     frame: &'a mut Vec<u8>,
+    /// The outcome buffer kept between chunks (`ChunkCtx::take_buffer`).
+    outcomes: &'a mut Vec<u8>,
 }
 
+/// An outcome buffer larger than this is not kept for the next chunk.
+const KEEP_OUTCOMES: usize = 64 << 10;
+
 impl ChunkCtx for JobCtx<'_> {
+    fn take_buffer(&mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(self.outcomes);
+        buf.clear();
+        buf
+    }
+
+    fn keep_buffer(&mut self, buf: Vec<u8>) {
+        if buf.capacity() <= KEEP_OUTCOMES {
+            *self.outcomes = buf;
+        }
+    }
+
     fn begin(&mut self, tasks: usize) {
         if tasks > 1 {
             self.last_flush = Some(Instant::now());
