@@ -22,11 +22,16 @@
 //! - **put** (one frame or a batch): encode outside any lock; take the put lock; check that the
 //!   queue is open, that the frames fit (bytes and, with a maximum, items); copy them to the ring
 //!   at `tail`; *then* publish them all at once with one release store of `tail`; unlock; notify
-//!   the `data` event count (a system call only if a getter is registered).
+//!   the `data` event count (a system call only if a getter is registered). A large message
+//!   ([`Src::Write`]) is measured outside the lock and serialised straight into the ring at
+//!   `tail` under it instead of being copied from a buffer; the rest is the same.
 //! - **get** (one frame or up to N): take the get lock; read `tail`; validate each header
 //!   between `head` and `tail`; copy the frames out to a private buffer; *then* remove them
 //!   with one release store of `head`; unlock; notify the `space` event count; decode outside
-//!   the lock.
+//!   the lock. A run of large messages ([`Sink::Split`]) is instead deserialised straight from
+//!   the ring under the lock, each header read again just before (it is validated again, and a
+//!   header that changed in between, which only a process breaking the protocol can cause, ends
+//!   the run there); the rest is the same.
 //!
 //! Producers serialise among themselves and consumers among themselves, but a producer and a
 //! consumer never wait for each other's lock: they touch disjoint bytes, so a 64 KiB message
@@ -40,9 +45,9 @@
 //! | state | bytes | who may touch them | entered by | a death here means |
 //! |---|---|---|---|---|
 //! | free | beyond `tail` (up to `head + cap`) | the put-lock holder, writing | a consumer's `head` store | nothing: the space is free |
-//! | being written | `tail ..` written, `tail` not yet moved | the put-lock holder | a producer copying | the lock reports `OwnerDied`; `tail` never moved, so the partial frame is free space again and is overwritten by the next put; the message was never acknowledged (its `put` had not returned) |
+//! | being written | `tail ..` written, `tail` not yet moved | the put-lock holder | a producer copying or serialising in place | the lock reports `OwnerDied`; `tail` never moved, so the partial frame is free space again and is overwritten by the next put; the message was never acknowledged (its `put` had not returned) |
 //! | committed | `head .. tail` | the get-lock holder, reading | the producer's `tail` store | nothing: it stays until got |
-//! | being read | `head ..` copied out, `head` not yet moved | the get-lock holder | a consumer copying | `OwnerDied`; `head` never moved, so the message is still queued and the next consumer gets it |
+//! | being read | `head ..` copied out, `head` not yet moved | the get-lock holder | a consumer copying or deserialising in place | `OwnerDied`; `head` never moved, so the message is still queued and the next consumer gets it |
 //! | delivered | behind `head` | nobody | the consumer's `head` store | a consumer killed after this store and before `get` returns has taken the message with it, exactly as if it had been killed just after `get` returned |
 //!
 //! So the recovery after `OwnerDied` is empty: the commit words are single atomic stores and are
@@ -154,6 +159,8 @@ pub(crate) enum Fail {
     Broken,
     /// `task_done` called more often than items were put.
     NoUnfinished,
+    /// A [`Src::Write`] writer failed (its caller holds the reason); nothing was put.
+    Refused,
 }
 
 impl From<LockFail> for Fail {
@@ -221,21 +228,35 @@ fn word(items: u32, pos: u32) -> u64 {
 }
 
 /// What a put carries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub(crate) enum Src<'b> {
     /// One message: its payload (the header and padding are added).
     One(&'b [u8]),
     /// Complete frames in a private buffer; as many whole frames as fit are put.
     Frames(&'b [u8]),
+    /// One message of this many payload bytes, written in place by the function: it gets the
+    /// ring position of the payload (the header is written for it, the padding after it) and
+    /// must write exactly that many bytes there, through the core's ring, or return `false` to
+    /// put nothing. It runs under the put lock.
+    Write(usize, &'b dyn Fn(u64) -> bool),
 }
 
 /// Where a get puts what it takes.
-#[derive(Debug)]
 pub(crate) enum Sink<'b> {
     /// Append whole frames (headers included), at most this many.
     Frames(&'b mut Vec<u8>, u32),
     /// The payload of exactly one message, into a caller's buffer.
     Slice(&'b mut [u8]),
+    /// At most `max` messages, taken as one *run*: either frames whose payload is shorter than
+    /// `big`, appended whole to `small` (as [`Sink::Frames`]), or frames of at least `big`
+    /// bytes, each handed to `visit` (the ring position of its payload and its length) under the
+    /// get lock, in queue order, to be decoded in place. A run stops where the kind changes.
+    Split {
+        small: &'b mut Vec<u8>,
+        max: u32,
+        big: usize,
+        visit: &'b mut dyn FnMut(u64, usize),
+    },
 }
 
 /// The algorithm over one control block and one ring.
@@ -299,6 +320,7 @@ impl<M: ByteRing, W: Waiter> Core<'_, M, W> {
         // The least that must fit for progress.
         let first = match src {
             Src::One(p) => frame_len(p.len()),
+            Src::Write(len, _) => frame_len(len),
             Src::Frames(f) => match first_frame(f) {
                 Some(n) => n,
                 None => return Ok((0, 0)),
@@ -352,6 +374,25 @@ impl<M: ByteRing, W: Waiter> Core<'_, M, W> {
                 }
                 self.mem.write(u64::from(s.tail_pos), &frames[..n]);
                 (n, items)
+            }
+            Src::Write(len, write) => {
+                let n = frame_len(len);
+                if n > free_bytes || free_items == 0 {
+                    return Err(Fail::Full);
+                }
+                let at = u64::from(s.tail_pos);
+                self.mem.write(at, &header(len));
+                // A refusal (or a panic) leaves `tail` where it was: the bytes written are free
+                // space again, as a dead producer's ("being written" in the state table).
+                if !write(at + HDR as u64) {
+                    return Err(Fail::Refused);
+                }
+                let pad = n - HDR - len;
+                if pad > 0 {
+                    self.mem
+                        .write(at + (HDR + len) as u64, &[0u8; ALIGN][..pad]);
+                }
+                (n, 1)
             }
         };
         let new_tail = word(
@@ -451,13 +492,16 @@ impl<M: ByteRing, W: Waiter> Core<'_, M, W> {
                 return Err(Fail::Closed);
             }
         }
-        let max = match sink {
-            Sink::Frames(_, max) => (*max).max(1),
-            Sink::Slice(_) => 1,
+        let (max, big) = match sink {
+            Sink::Frames(_, max) => ((*max).max(1), usize::MAX),
+            Sink::Slice(_) => (1, usize::MAX),
+            Sink::Split { max, big, .. } => ((*max).max(1), *big),
         };
         let mut pos = s.head_pos;
         let mut n = 0u32;
         let mut last_len = 0usize;
+        // Whether the run taken is of frames of at least `big` bytes (set by the first frame).
+        let mut run_big = None;
         while n < max.min(s.items) {
             let mut h = [0u8; HDR];
             self.mem.read(u64::from(pos), &mut h);
@@ -468,6 +512,9 @@ impl<M: ByteRing, W: Waiter> Core<'_, M, W> {
             let flen = frame_len(len);
             if flen > s.tail_pos.wrapping_sub(pos) as usize {
                 return Err(Fail::Corrupted("frame length"));
+            }
+            if *run_big.get_or_insert(len >= big) != (len >= big) {
+                break;
             }
             pos = pos.wrapping_add(flen as u32);
             n += 1;
@@ -491,12 +538,54 @@ impl<M: ByteRing, W: Waiter> Core<'_, M, W> {
                 };
                 self.mem.read(u64::from(s.head_pos) + HDR as u64, dst);
             }
+            Sink::Split { small, visit, .. } => {
+                if run_big == Some(true) {
+                    (n, pos) = self.visit_run(s.head_pos, pos, n, &mut **visit)?;
+                } else {
+                    self.mem.append(
+                        u64::from(s.head_pos),
+                        pos.wrapping_sub(s.head_pos) as usize,
+                        small,
+                    );
+                }
+            }
         }
         let new_head = word(s.head_items.wrapping_add(n), pos);
         self.ctl.get.head.store(new_head, Ordering::Release);
         drop(guard);
         self.ctl.get.space.notify_with(&self.waiter, u32::MAX);
         Ok((n, last_len))
+    }
+
+    /// Hands the `n` frames of `start .. end` (validated by the caller) to `visit`, re-reading
+    /// each header: only a process breaking the protocol can change one in between, and then the
+    /// run stops there. Returns how many frames were visited and where they end (the new head).
+    fn visit_run(
+        &self,
+        start: u32,
+        end: u32,
+        n: u32,
+        visit: &mut dyn FnMut(u64, usize),
+    ) -> Result<(u32, u32), Fail> {
+        let (mut at, mut done) = (start, 0u32);
+        while done < n {
+            let mut h = [0u8; HDR];
+            self.mem.read(u64::from(at), &mut h);
+            let Ok(len) = codec::frame_len(h, self.cap as usize) else {
+                break;
+            };
+            let flen = frame_len(len);
+            if flen > end.wrapping_sub(at) as usize {
+                break;
+            }
+            visit(u64::from(at) + HDR as u64, len);
+            at = at.wrapping_add(flen as u32);
+            done += 1;
+        }
+        if done == 0 {
+            return Err(Fail::Corrupted("frame header changed while held"));
+        }
+        Ok((done, at))
     }
 
     /// Waits until the queue looks non-empty or closed, or `deadline`.
@@ -824,6 +913,62 @@ mod loom_tests {
             dead.join().unwrap();
             m.ctl.put.data.notify_with(&Futex, u32::MAX);
             assert_eq!(m.ctl.put.data.waiters(), 0);
+        });
+    }
+
+    /// A large message serialised in place (after a refused one, which must leave no trace) and
+    /// deserialised in place, behind a small one: the consumer gets the small one through its
+    /// buffer, then the large one whole through `visit`, in order, and nothing else.
+    #[test]
+    fn in_place_write_and_read() {
+        loom::model(|| {
+            let m = Model::new(64, u32::MAX);
+            let p = Arc::clone(&m);
+            let producer = thread::spawn(move || {
+                let core = p.core();
+                let refuse = |_pos: u64| false;
+                assert_eq!(
+                    core.push(Src::Write(3, &refuse), Wait::Until(None)),
+                    Err(Fail::Refused)
+                );
+                core.push(Src::One(&[1]), Wait::Until(None)).unwrap();
+                let mem = &core.mem;
+                let write = |pos: u64| {
+                    mem.write(pos, &[7, 8, 9]);
+                    true
+                };
+                core.push(Src::Write(3, &write), Wait::Until(None)).unwrap();
+            });
+            let core = m.core();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            while got.len() < 2 {
+                let mem = &core.mem;
+                let (mut small, mut big) = (Vec::new(), Vec::new());
+                let mut visit = |pos: u64, len: usize| {
+                    let mut b = vec![0u8; len];
+                    mem.read(pos, &mut b);
+                    big.push(b);
+                };
+                core.pop(
+                    &mut Sink::Split {
+                        small: &mut small,
+                        max: 4,
+                        big: 2,
+                        visit: &mut visit,
+                    },
+                    Wait::Until(None),
+                )
+                .unwrap();
+                got.extend(frames(&small).map(<[u8]>::to_vec));
+                got.extend(big);
+            }
+            assert_eq!(got, [vec![1], vec![7, 8, 9]]);
+            producer.join().unwrap();
+            let mut out = Vec::new();
+            assert_eq!(
+                core.pop(&mut Sink::Frames(&mut out, 4), Wait::No),
+                Err(Fail::Empty)
+            );
         });
     }
 

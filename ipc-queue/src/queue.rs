@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use crate::control::{CONTROL_MAGIC, Control};
 use crate::core::{Core, Fail, HDR, MAX_CAP, MIN_CAP, Sink, Src, Wait, frame_len, frames};
 use crate::error::*;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU32, Ordering};
 
 /// The type tag of a queue's segment. `v2`: the control block's waits are event counts
 /// (`ipc_sync::EventCount`); a segment of a `v1` build is refused at open (a type-tag mismatch)
@@ -38,6 +38,19 @@ const KEEP_SCRATCH: usize = 4 << 20;
 
 /// How many bytes of frames `put_many` encodes before pushing them.
 const PUT_MANY_CHUNK: usize = 64 << 10;
+
+/// Messages whose encoding is at least this long are encoded straight into the ring and decoded
+/// straight out of it (one copy each way, under the queue's lock), instead of going through this
+/// thread's scratch buffers (two copies each way, the locks held only for one). Below it, the
+/// extra copy costs less than holding a lock while serde runs.
+const DIRECT_MIN: usize = 4 << 10;
+
+/// The freed heap a process that receives large messages keeps (see "Large messages" in the
+/// crate docs): as the pool's workers.
+const KEEP_FREED_HEAP: usize = 64 << 20;
+
+/// The largest ring faulted in ahead ([`Shared::prepare_large`]); larger ones fault page by page.
+const POPULATE_MAX: usize = 64 << 20;
 
 thread_local! {
     static ENCODE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -200,6 +213,8 @@ impl QueueBuilder {
             cap: cap as u32,
             max_items,
             backoff: Backoff::new(),
+            big: AtomicU32::new(0),
+            prepared: AtomicU32::new(0),
         }))
     }
 
@@ -229,6 +244,54 @@ pub(crate) struct Shared {
     max_items: u32,
     /// The spin budget of this process's handles (clones share it).
     backoff: Backoff,
+    /// 1 if the last message put through this process's handles was encoded in place (at
+    /// least [`DIRECT_MIN`] bytes): then the next one is measured first ([`codec::encoded_len`])
+    /// to choose its path, which small messages do not pay for. A hint: either value is correct.
+    big: AtomicU32,
+    /// The process that last prepared this mapping for large messages
+    /// ([`Shared::prepare_large`]); 0 before.
+    prepared: AtomicU32,
+}
+
+impl Shared {
+    /// Before this process's first large message through this mapping (checked by pid, so a
+    /// forked child prepares again): faults the whole ring in with one system call instead of
+    /// one page fault per page as it streams through (a forked child inherits the mapping but
+    /// not its page tables), and, for a receiver, keeps freed heap (see "Large messages" in the
+    /// crate docs).
+    #[inline]
+    fn prepare_large(&self, receiver: bool) {
+        let pid = ipc_shm::os::pid();
+        if self.prepared.load(Ordering::Relaxed) != pid {
+            self.prepare_large_slow(pid, receiver);
+        }
+    }
+
+    #[cold]
+    fn prepare_large_slow(&self, pid: u32, receiver: bool) {
+        if (self.cap as usize) <= POPULATE_MAX {
+            // Best effort: an old kernel refuses, and the pages fault in as before.
+            let _ = self.segment.populate(self.ring_off, self.cap as usize);
+        }
+        if receiver {
+            ipc_shm::os::keep_freed_heap(KEEP_FREED_HEAP);
+        }
+        self.prepared.store(pid, Ordering::Relaxed);
+    }
+
+    /// Whether the next put should measure its value first (see `big`).
+    #[inline]
+    fn big_hint(&self) -> bool {
+        self.big.load(Ordering::Relaxed) != 0
+    }
+
+    /// Records whether the last message was large (written only when it changes).
+    #[inline]
+    fn set_big_hint(&self, big: bool) {
+        if self.big_hint() != big {
+            self.big.store(u32::from(big), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Shared {
@@ -263,6 +326,8 @@ impl Shared {
             cap: cap as u32,
             max_items,
             backoff: Backoff::new(),
+            big: AtomicU32::new(0),
+            prepared: AtomicU32::new(0),
         })
     }
 
@@ -557,8 +622,65 @@ impl<T> Queue<T> {
 /// Messages decoded, messages that failed, and the first error.
 type DecodeFailures = (usize, usize, DecodeError);
 
+/// The core over this process's mapping of a queue.
+type ShmCore<'a> = Core<'a, ShmRing<&'a Segment>, Futex>;
+
+/// Why a put failed: encoding (`Ok`) or the queue (`Err`).
+type PushFail = Result<bincode::error::EncodeError, Fail>;
+
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// Encodes `value` into this thread's scratch buffer and runs `push` on the frame.
+    /// The encoding's length of `value` if it is to be encoded in place (at least
+    /// [`DIRECT_MIN`] bytes), measured only while the hint says messages are large; `None` for
+    /// the scratch path.
+    #[inline]
+    fn direct_len(&self, value: &T) -> Result<Option<usize>, bincode::error::EncodeError> {
+        if !self.shared.big_hint() {
+            return Ok(None);
+        }
+        match codec::encoded_len(value) {
+            Ok(len) if len >= DIRECT_MIN => Ok(Some(len)),
+            Ok(_) => {
+                self.shared.set_big_hint(false);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Puts `value`, whose encoding is `len` bytes long, by encoding it straight into the ring
+    /// under the put lock (one copy).
+    fn push_direct(
+        &self,
+        core: &ShmCore<'_>,
+        value: &T,
+        len: usize,
+        wait: Wait,
+    ) -> Result<(), PushFail> {
+        if len > self.max_message_len() {
+            return Err(Err(Fail::TooLarge));
+        }
+        self.shared.prepare_large(false);
+        let failed = std::cell::Cell::new(None);
+        let mem = &core.mem;
+        let write = |pos: u64| match codec::encode_to_ring(value, mem, pos, len) {
+            Ok(()) => true,
+            Err(e) => {
+                failed.set(Some(e));
+                false
+            }
+        };
+        match core.push(Src::Write(len, &write), wait) {
+            Ok(_) => Ok(()),
+            Err(Fail::Refused) => Err(Ok(failed.take().map_or_else(
+                || bincode::error::EncodeError::Other("the value could not be encoded"),
+                Into::into,
+            ))),
+            Err(f) => Err(Err(f)),
+        }
+    }
+
+    /// Puts one value: encoded in place if it is large ([`DIRECT_MIN`]), otherwise into this
+    /// thread's scratch buffer and pushed as a frame.
     #[inline]
     fn push_value<B: Borrow<T>, E>(
         &self,
@@ -571,19 +693,26 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Ok(c) => c,
             Err(f) => return Err(err(value, f)),
         };
-        let r = with_scratch(&ENCODE, |buf| {
-            match encode_frame(value.borrow(), buf) {
-                Ok(_) => {}
-                Err(FrameFail::Encode(e)) => return Err(Ok(e)),
-                Err(FrameFail::TooLarge) => return Err(Err(Fail::TooLarge)),
-            }
-            if buf.len() > self.capacity() {
-                return Err(Err(Fail::TooLarge));
-            }
-            core.push(Src::Frames(buf), wait).map_err(Err)
-        });
+        let r = match self.direct_len(value.borrow()) {
+            Err(e) => Err(Ok(e)),
+            Ok(Some(len)) => self.push_direct(&core, value.borrow(), len, wait),
+            Ok(None) => with_scratch(&ENCODE, |buf| {
+                match encode_frame(value.borrow(), buf) {
+                    Ok(_) => {}
+                    Err(FrameFail::Encode(e)) => return Err(Ok(e)),
+                    Err(FrameFail::TooLarge) => return Err(Err(Fail::TooLarge)),
+                }
+                if buf.len() >= HDR + DIRECT_MIN {
+                    self.shared.set_big_hint(true);
+                }
+                if buf.len() > self.capacity() {
+                    return Err(Err(Fail::TooLarge));
+                }
+                core.push(Src::Frames(buf), wait).map(|_| ()).map_err(Err)
+            }),
+        };
         match r {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(Ok(e)) => Err(encode_err(value, e)),
             Err(Err(f)) => Err(err(value, f)),
         }
@@ -688,13 +817,46 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(())
             };
             while encoded < items.len() {
+                match self.direct_len(&items[encoded]) {
+                    Ok(None) => {}
+                    Ok(Some(len)) => {
+                        flush(buf, &mut sent)?;
+                        match self.push_direct(&core, &items[encoded], len, FOREVER) {
+                            Ok(()) => {
+                                sent += 1;
+                                encoded += 1;
+                                continue;
+                            }
+                            Err(Ok(error)) => return Err(PutManyError::Encode { sent, error }),
+                            Err(Err(Fail::TooLarge)) => {
+                                return Err(PutManyError::TooLarge { sent });
+                            }
+                            Err(Err(Fail::Closed)) => return Err(PutManyError::Closed { sent }),
+                            Err(Err(f)) => {
+                                return Err(PutManyError::Corrupted {
+                                    sent,
+                                    what: broken(f),
+                                });
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        flush(buf, &mut sent)?;
+                        return Err(PutManyError::Encode { sent, error });
+                    }
+                }
                 match encode_frame(&items[encoded], buf) {
                     Ok(flen) if flen > cap => {
                         buf.truncate(buf.len() - flen);
                         flush(buf, &mut sent)?;
                         return Err(PutManyError::TooLarge { sent });
                     }
-                    Ok(_) => encoded += 1,
+                    Ok(flen) => {
+                        if flen >= HDR + DIRECT_MIN {
+                            self.shared.set_big_hint(true);
+                        }
+                        encoded += 1;
+                    }
                     Err(FrameFail::TooLarge) => {
                         flush(buf, &mut sent)?;
                         return Err(PutManyError::TooLarge { sent });
@@ -722,9 +884,33 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let core = self.shared.core().map_err(|f| (f, None))?;
         with_scratch(&DECODE, |buf| {
             let max = u32::try_from(max).unwrap_or(u32::MAX).max(1);
-            core.pop(&mut Sink::Frames(buf, max), wait)
-                .map_err(|f| (f, None))?;
             let (mut delivered, mut failed, mut first) = (0, 0, None);
+            let mem = &core.mem;
+            // Large messages: decoded in place, under the get lock.
+            let mut visit =
+                |pos: u64, len: usize| match codec::decode_ring::<T, _>(mem, pos, len) {
+                    Ok(v) => {
+                        out.push(v);
+                        delivered += 1;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        first.get_or_insert(e.into());
+                    }
+                };
+            core.pop(
+                &mut Sink::Split {
+                    small: buf,
+                    max,
+                    big: DIRECT_MIN,
+                    visit: &mut visit,
+                },
+                wait,
+            )
+            .map_err(|f| (f, None))?;
+            if delivered + failed > 0 {
+                self.shared.prepare_large(true);
+            }
             for payload in frames(buf) {
                 match decode::<T>(payload) {
                     Ok(v) => {
@@ -749,7 +935,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn pop_one(&self, wait: Wait) -> Result<Result<T, DecodeError>, Fail> {
         let core = self.shared.core()?;
         with_scratch(&DECODE, |buf| {
-            core.pop(&mut Sink::Frames(buf, 1), wait)?;
+            let mem = &core.mem;
+            let mut got = None;
+            // A large message: decoded in place, under the get lock.
+            let mut visit = |pos: u64, len: usize| {
+                got = Some(codec::decode_ring::<T, _>(mem, pos, len).map_err(Into::into));
+            };
+            core.pop(
+                &mut Sink::Split {
+                    small: buf,
+                    max: 1,
+                    big: DIRECT_MIN,
+                    visit: &mut visit,
+                },
+                wait,
+            )?;
+            if let Some(r) = got {
+                self.shared.prepare_large(true);
+                return Ok(r);
+            }
             let payload = frames(buf).next().ok_or(Fail::Corrupted("frame"))?;
             Ok(decode::<T>(payload))
         })

@@ -269,3 +269,110 @@ fn threads_mpmc_exactly_once() {
     all.dedup();
     assert_eq!(all.len(), 3 * N as usize);
 }
+
+/// A byte payload encoded as bytes (`serde_bytes`), as large messages should be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Bytes(#[serde(with = "serde_bytes")] Vec<u8>);
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    Bytes(
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect(),
+    )
+}
+
+/// Large messages (4 KiB and more) are encoded into and decoded out of the ring in place; mixed
+/// with small ones, in single and batch calls, wrapping around the ring many times, every
+/// message arrives whole and in order.
+#[test]
+fn large_and_small_messages_mix_in_order() {
+    let q: Queue<Bytes> = QueueBuilder::new().capacity(64 << 10).build().unwrap();
+    let sizes = [10usize, 5000, 4096, 3, 20_000, 4095, 60_000, 0, 9000];
+    for round in 0..20u8 {
+        for (i, &n) in sizes.iter().enumerate() {
+            let m = pattern(n, round ^ i as u8);
+            q.put(&m).unwrap();
+            assert_eq!(q.get().unwrap(), m, "round {round}, size {n}");
+        }
+        // Batches: a mix of runs of both kinds, taken back in several calls.
+        let batch: Vec<Bytes> = sizes[..6]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| pattern(n, round.wrapping_add(i as u8)))
+            .collect();
+        q.put_many(&batch).unwrap();
+        let mut out = Vec::new();
+        while out.len() < batch.len() {
+            q.get_many(&mut out, 16).unwrap();
+        }
+        assert_eq!(out, batch, "round {round}");
+    }
+    assert!(q.is_empty());
+}
+
+/// A large message that does not decode is an error for that message only, in place as from
+/// the scratch buffer.
+#[test]
+fn undecodable_large_message_is_an_error_for_that_message_only() {
+    let q: Queue<Bytes> = QueueBuilder::new().capacity(64 << 10).build().unwrap();
+    // A length prefix claiming more bytes than the frame holds.
+    let mut bad = vec![0xfb, 0xff, 0xff, 0x00, 0x00];
+    bad.resize(5000, 7);
+    q.put_bytes(&bad).unwrap();
+    q.put(pattern(6000, 1)).unwrap();
+    assert!(matches!(q.get(), Err(GetError::Decode(_))));
+    assert_eq!(q.get().unwrap(), pattern(6000, 1));
+    q.put_bytes(&bad).unwrap();
+    q.put(pattern(7000, 2)).unwrap();
+    let mut out = Vec::new();
+    match q.get_many(&mut out, 10) {
+        Err(GetManyError::Decode {
+            delivered: 1,
+            failed: 1,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out, [pattern(7000, 2)]);
+}
+
+/// A value whose encoding changes length between the counting pass and the write into the ring
+/// (a `Serialize` impl that is not deterministic) is an encode error that hands the value back,
+/// and puts nothing: the queue stays consistent.
+#[test]
+fn unstable_large_encoding_is_an_error_and_puts_nothing() {
+    #[derive(Debug, Deserialize)]
+    struct Unstable(#[serde(with = "serde_bytes")] Vec<u8>);
+    thread_local! {
+        static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+    impl Serialize for Unstable {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            // Every second call is one byte longer.
+            let n = CALLS.with(|c| {
+                c.set(c.get() + 1);
+                c.get()
+            });
+            let len = self.0.len() + n % 2;
+            s.serialize_bytes(&vec![1u8; len])
+        }
+    }
+    let q: Queue<Unstable> = QueueBuilder::new().capacity(64 << 10).build().unwrap();
+    // The first large put goes through the scratch buffer (one pass) and makes the next ones
+    // measure first; the second then sees two different lengths.
+    q.put(Unstable(vec![0; 5000])).unwrap();
+    CALLS.with(|c| c.set(0));
+    match q.put(Unstable(vec![0; 5000])) {
+        Err(PutError::Encode(v, _)) => assert_eq!(v.0.len(), 5000),
+        other => panic!("{other:?}"),
+    }
+    CALLS.with(|c| c.set(0));
+    match q.put_many(&[Unstable(vec![0; 5000])]) {
+        Err(PutManyError::Encode { sent: 0, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(q.len(), 1);
+    assert!(q.get().is_ok());
+    assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
+}

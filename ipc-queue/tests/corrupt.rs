@@ -66,6 +66,41 @@ proptest! {
     }
 }
 
+/// A byte payload encoded as bytes: 4 KiB and more are decoded in place, from the ring.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Big(#[serde(with = "serde_bytes")] Vec<u8>);
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// The same for large messages, which are decoded straight from the scribbled ring: errors
+    /// or wrong values, never a panic, a hang or an unbounded allocation.
+    #[test]
+    fn scribbled_large_messages_never_panic(
+        writes in prop::collection::vec((0usize..(512 + (32 << 10)), prop::collection::vec(any::<u8>(), 1..16)), 1..8),
+        sizes in prop::collection::vec(0usize..9000, 1..6),
+    ) {
+        let _watchdog = ipc_tests::watchdog("scribbled_large_messages_never_panic", std::time::Duration::from_secs(60));
+        let q: Queue<Big> = QueueBuilder::new().capacity(32 << 10).build().unwrap();
+        for (i, n) in sizes.iter().enumerate() {
+            let _ = q.try_put(Big(vec![i as u8; *n]));
+        }
+        let seg = Segment::from_fd(
+            q.fd().try_clone_to_owned().unwrap(),
+            ipc_queue::QUEUE_TAG,
+        ).unwrap();
+        scribble(&seg, &writes);
+        let t = Duration::from_millis(1);
+        let _ = q.try_put(Big(vec![9; 5000]));
+        for _ in 0..4 {
+            let _ = q.try_get();
+            let _ = q.get_timeout(t);
+            let mut out = Vec::new();
+            let _ = q.try_get_many(&mut out, 8);
+        }
+    }
+}
+
 #[test]
 fn corrupted_commit_word_is_an_error() {
     let _watchdog = ipc_tests::watchdog(

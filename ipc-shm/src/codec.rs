@@ -475,3 +475,73 @@ pub fn decode_ring<T: DeserializeOwned, B: ByteRing + ?Sized>(
     }
     Ok(value)
 }
+
+/// bincode's writer into a ring: `left` bytes from position `pos`, copied with
+/// [`ByteRing::write`] (raw copies, the wrap handled; no reference to the ring's bytes).
+struct RingWriter<'r, R: ?Sized> {
+    ring: &'r R,
+    pos: u64,
+    left: usize,
+}
+
+impl<R: crate::ByteRing + ?Sized> bincode::enc::write::Writer for RingWriter<'_, R> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        if bytes.len() > self.left {
+            return Err(bincode::error::EncodeError::UnexpectedEnd);
+        }
+        self.ring.write(self.pos, bytes);
+        self.pos = self.pos.wrapping_add(bytes.len() as u64);
+        self.left -= bytes.len();
+        Ok(())
+    }
+}
+
+/// Encodes `value` straight into `ring`, at positions `pos .. pos + len` (taken modulo the ring's
+/// size, wrapping at its end): one copy, no intermediate buffer. `len` is the encoding's length
+/// as counted by [`encoded_len`] beforehand, and the caller has reserved those bytes (a queue
+/// holds its put lock).
+///
+/// Writes never leave the reserved range: a value whose encoding turns out longer or shorter
+/// than `len` (a `Serialize` impl that is not deterministic) fails with
+/// [`EncodeError::Bincode`], and the bytes written so far are garbage the caller must not
+/// publish. A `len` longer than the ring or than [`MAX_FRAME_LEN`] is [`EncodeError::TooLong`].
+///
+/// ```
+/// use ipc_shm::codec::{decode_ring, encode_to_ring, encoded_len};
+/// use ipc_shm::HeapRing;
+///
+/// let ring = HeapRing::new(64)?;
+/// let value = ("wraps around", 7u32);
+/// let len = encoded_len(&value)?;
+/// encode_to_ring(&value, &ring, 60, len)?; // offsets 60..64, then 0..
+/// assert_eq!(decode_ring::<(String, u32), _>(&ring, 60, len)?, ("wraps around".into(), 7));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn encode_to_ring<T: Serialize + ?Sized, R: crate::ByteRing + ?Sized>(
+    value: &T,
+    ring: &R,
+    pos: u64,
+    len: usize,
+) -> Result<(), EncodeError> {
+    let max = ring.cap().min(MAX_FRAME_LEN);
+    if len > max {
+        return Err(EncodeError::TooLong { len, max });
+    }
+    let mut w = RingWriter {
+        ring,
+        pos,
+        left: len,
+    };
+    bincode::serde::encode_into_writer(value, &mut w, BINCODE_CONFIG)
+        .map_err(EncodeError::Bincode)?;
+    if w.left != 0 {
+        return Err(EncodeError::Bincode(
+            bincode::error::EncodeError::OtherString(format!(
+                "the value's encoding changed length: {len} bytes counted, {} written",
+                len - w.left
+            )),
+        ));
+    }
+    Ok(())
+}

@@ -92,6 +92,21 @@ impl Mapping {
         Ok(unsafe { &*self.payload_ptr().add(offset).cast::<T>() })
     }
 
+    /// Faults in the payload's bytes `offset .. offset + len` for writing, in one system call
+    /// (`MADV_POPULATE_WRITE`). Fails with `InvalidInput` if the range is outside the payload.
+    pub(crate) fn populate(&self, offset: usize, len: usize) -> io::Result<()> {
+        let in_payload = offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.payload_len());
+        if !in_payload {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        // memmap2 checks the range against the mapping and rounds it out to whole pages; the
+        // advice only populates page tables, it never changes the bytes.
+        self.raw
+            .advise_range(memmap2::Advice::PopulateWrite, PAYLOAD_OFFSET + offset, len)
+    }
+
     /// A `&[T]` of `len` elements at `offset` bytes into the payload, checked like [`Mapping::get`].
     pub(crate) fn slice<T: ShmSafe>(&self, offset: usize, len: usize) -> Result<&[T], LayoutError> {
         let bytes = size_of::<T>()

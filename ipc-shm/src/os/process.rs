@@ -303,7 +303,24 @@ pub fn available_cpus() -> usize {
 /// pool worker decoding 1 MiB arguments, task after task) gives the memory back after each
 /// operation and then takes every page fault again on the next one, which costs more than
 /// copying the bytes. A worker process can afford to keep a few tens of MiB.
+///
+/// It only ever raises the thresholds: a call with no more than an earlier successful call of
+/// this process asked for returns `true` and changes nothing (so the crates that call it cannot
+/// undo each other's choice).
 pub fn keep_freed_heap(bytes: usize) -> bool {
+    static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if bytes <= KEPT.load(std::sync::atomic::Ordering::Relaxed) {
+        return true;
+    }
+    let taken = set_freed_heap(bytes);
+    if taken {
+        KEPT.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    taken
+}
+
+/// `keep_freed_heap`'s two `mallopt` calls.
+fn set_freed_heap(bytes: usize) -> bool {
     #[cfg(target_env = "gnu")]
     {
         let Ok(value) = libc::c_int::try_from(bytes) else {
