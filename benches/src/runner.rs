@@ -1044,6 +1044,16 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
         cfg.reps,
         cfg.sample_time.as_millis()
     )?;
+    // Our queue's receivers and pool workers let glibc keep up to 64 MiB of freed heap (see
+    // `ipc_shm::os::keep_freed_heap`); the setting is process-wide, so once one of ours had run
+    // here, the thread contenders that run after it in this process would get it too, and
+    // results would depend on the order. Everybody gets it from the start instead.
+    let heap_kept = ipc_shm::os::keep_freed_heap(64 << 20);
+    writeln!(
+        out,
+        "allocator: glibc keeps up to 64 MiB of freed heap for every contender in this process ({})\n",
+        if heap_kept { "set" } else { "not supported here" }
+    )?;
     let _ = workloads::tasks::spin_rounds_per_us();
     let selected = selected(cfg);
     // The loaded pass measures the same workloads again (set-ups are one-shot, so a second,
