@@ -814,8 +814,10 @@ impl Pool {
     }
 
     /// Queues a job whose arguments are already encoded (a cluster node running a chunk it
-    /// received; `cluster::node`).
+    /// received; `cluster::node`). With `here`, runs it on an idle worker from the calling
+    /// thread first if one is idle (as `apply` does), and queues it only if none is.
     #[cfg(feature = "nats")]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit_encoded(
         &self,
         task: TaskRef,
@@ -824,6 +826,7 @@ impl Pool {
         reslice: crate::job::Reslice,
         sink: Arc<dyn Sink>,
         cancel: Option<Arc<CancelToken>>,
+        here: bool,
     ) -> Result<(), PoolError> {
         let job = Job::from_encoded(
             self.registry.next_job_id(),
@@ -834,7 +837,21 @@ impl Pool {
             sink,
             cancel,
         );
+        let job = if here {
+            match driver::run_here(&self.registry, job) {
+                Ok(()) => return Ok(()),
+                Err(job) => job,
+            }
+        } else {
+            job
+        };
         self.submit(job)
+    }
+
+    /// Whether a worker waits idle for a job (a hint: it may be taken the next instant).
+    #[cfg(feature = "nats")]
+    pub(crate) fn has_idle_worker(&self) -> bool {
+        self.registry.idle.load(Ordering::SeqCst) > 0
     }
 
     pub(crate) fn max_in_flight(&self) -> usize {

@@ -107,8 +107,18 @@ fn our_cluster() -> Result<(Cluster, Pool), String> {
 struct Raw {
     rt: tokio::runtime::Runtime,
     js: jetstream::Context,
-    results: stream::Stream,
+    /// The caller's one ordered consumer of the result stream, made once (as ours keeps one
+    /// per pool), so a round trip does not pay for making a consumer.
+    /// (Dropped inside the runtime: the client needs one to stop it.)
+    reader: tokio::sync::Mutex<Option<consumer::pull::Ordered>>,
     _cluster: Cluster,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _runtime = self.rt.enter();
+        drop(self.reader.get_mut().take());
+    }
 }
 
 /// A batch: its index, then its values, all little-endian `u64`s.
@@ -135,7 +145,7 @@ impl Raw {
             .build()
             .map_err(|e| e.to_string())?;
         let url = cluster.url.clone();
-        let (js, results) = rt.block_on(async move {
+        let (js, reader) = rt.block_on(async move {
             let e = |e: &dyn std::fmt::Display| e.to_string();
             let client = async_nats::connect(&url).await.map_err(|x| e(&x))?;
             let js = jetstream::new(client);
@@ -186,23 +196,7 @@ impl Raw {
                     }
                 });
             }
-            Ok::<_, String>((js, results))
-        })?;
-        Ok(Raw {
-            rt,
-            js,
-            results,
-            _cluster: cluster,
-        })
-    }
-
-    /// Squares `0..n` in batches of `batch`; returns the results in order.
-    fn map(&self, n: u64, batch: usize) -> Result<Vec<u64>, String> {
-        let js = self.js.clone();
-        let results = self.results.clone();
-        self.rt.block_on(async move {
-            let e = |e: &dyn std::fmt::Display| e.to_string();
-            let mut reader = results
+            let reader = results
                 .create_consumer(consumer::pull::OrderedConfig {
                     deliver_policy: consumer::DeliverPolicy::New,
                     ..Default::default()
@@ -212,6 +206,23 @@ impl Raw {
                 .messages()
                 .await
                 .map_err(|x| e(&x))?;
+            Ok::<_, String>((js, reader))
+        })?;
+        Ok(Raw {
+            rt,
+            js,
+            reader: tokio::sync::Mutex::new(Some(reader)),
+            _cluster: cluster,
+        })
+    }
+
+    /// Squares `0..n` in batches of `batch`; returns the results in order.
+    fn map(&self, n: u64, batch: usize) -> Result<Vec<u64>, String> {
+        let js = self.js.clone();
+        self.rt.block_on(async move {
+            let e = |e: &dyn std::fmt::Display| e.to_string();
+            let mut reader = self.reader.lock().await;
+            let reader = reader.as_mut().ok_or("no result reader")?;
             let batches = n.div_ceil(batch as u64);
             // Acknowledgements are awaited in windows, as ours does (the client lets only so
             // many stay pending).
@@ -300,7 +311,7 @@ pub fn cluster(p: &Params) -> Vec<Workload> {
             }))
         },
     ))
-    .note("each NATS contender starts its own nats-server -js on loopback (file store); ours: 2 nodes of 1 worker each, this program in node mode; raw: the same round trip on async-nats alone (publish to a work queue, a consumer publishes the result to a stream, an ordered consumer reads it), its consumers in this process");
+    .note("each NATS contender starts its own nats-server -js on loopback (file store); ours: 2 nodes of 1 worker each, this program in node mode; raw: the same round trip on async-nats alone (publish to a work queue, a consumer publishes the result to a stream, one long-lived ordered consumer reads it), its consumers in this process; both wait for the task's PubAck and store the result before acking the task");
     let map = Workload::new(
         "cluster_map",
         format!("cluster: map of {n} trivial tasks (x*x), {BATCH} per message"),
