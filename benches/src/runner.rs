@@ -1052,7 +1052,11 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
     writeln!(
         out,
         "allocator: glibc keeps up to 64 MiB of freed heap for every contender in this process ({})\n",
-        if heap_kept { "set" } else { "not supported here" }
+        if heap_kept {
+            "set"
+        } else {
+            "not supported here"
+        }
     )?;
     let _ = workloads::tasks::spin_rounds_per_us();
     let selected = selected(cfg);

@@ -887,17 +887,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             let (mut delivered, mut failed, mut first) = (0, 0, None);
             let mem = &core.mem;
             // Large messages: decoded in place, under the get lock.
-            let mut visit =
-                |pos: u64, len: usize| match codec::decode_ring::<T, _>(mem, pos, len) {
-                    Ok(v) => {
-                        out.push(v);
-                        delivered += 1;
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        first.get_or_insert(e.into());
-                    }
-                };
+            let mut visit = |pos: u64, len: usize| match codec::decode_ring::<T, _>(mem, pos, len) {
+                Ok(v) => {
+                    out.push(v);
+                    delivered += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    first.get_or_insert(e.into());
+                }
+            };
             core.pop(
                 &mut Sink::Split {
                     small: buf,
