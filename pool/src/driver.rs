@@ -101,10 +101,15 @@ pub(crate) fn spawn(
 }
 
 /// Runs `job` on an idle worker from the calling thread; gives the job back if no worker is
-/// idle (or the pool cannot take work).
+/// idle (or the pool cannot take work). A cluster pool publishes it from the calling thread
+/// instead, when it can (`Registry::direct`).
 pub(crate) fn run_here(this: &Registry, job: Job) -> Result<(), Job> {
     if !this.takes_work() {
         return Err(job);
+    }
+    #[cfg(feature = "nats")]
+    if let Some(direct) = this.direct.get() {
+        return direct(job);
     }
     let seats = this.seats.read().unwrap_or_else(|p| p.into_inner());
     for seat in seats.iter() {

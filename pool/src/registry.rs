@@ -56,7 +56,15 @@ pub(crate) struct Registry {
     /// A cluster pool's view of its nodes, for `stats` (feature `nats`).
     #[cfg(feature = "nats")]
     pub(crate) nodes: std::sync::OnceLock<Box<dyn Fn() -> Vec<crate::NodeStats> + Send + Sync>>,
+    /// A cluster pool's way to send a lone job from the caller's thread (feature `nats`; see
+    /// `cluster::client`): hands the job back when it cannot.
+    #[cfg(feature = "nats")]
+    pub(crate) direct: std::sync::OnceLock<DirectFn>,
 }
+
+/// See [`Registry::direct`].
+#[cfg(feature = "nats")]
+pub(crate) type DirectFn = Box<dyn Fn(Job) -> Result<(), Job> + Send + Sync>;
 
 /// Locks `m`, ignoring poisoning (every critical section leaves its data consistent).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,6 +100,8 @@ impl Registry {
             in_flight: AtomicU64::new(0),
             #[cfg(feature = "nats")]
             nodes: std::sync::OnceLock::new(),
+            #[cfg(feature = "nats")]
+            direct: std::sync::OnceLock::new(),
             settings,
         }
     }

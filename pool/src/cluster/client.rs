@@ -4,7 +4,11 @@
 //! The seam is the registry's job queue: every `Pool` method makes jobs exactly as for local
 //! workers (with their sinks, callbacks, progress hooks and `imap`'s bound), and this module
 //! takes the place of the local drivers. The dispatcher is the registry's one "worker", so the
-//! pool never grows local ones.
+//! pool never grows local ones. One shortcut: an `apply` that finds nothing queued publishes
+//! its job from the caller's own thread (`Dispatcher::publish_here`, through the registry's
+//! `direct` hook, where a local pool runs a job on an idle worker from the caller's thread),
+//! which saves the hand-off to the dispatcher thread; a job it cannot publish at once goes
+//! back to the queue.
 //!
 //! A job in flight sits in the `in_flight` table from just before its message is published until
 //! its first result arrives; the reader removes it there, so a second result for the same job
@@ -112,13 +116,22 @@ pub(crate) fn start(settings: Settings) -> Result<Arc<Registry>, PoolError> {
         shared.results_subject.clone(),
     ));
     registry.workers.fetch_add(1, Ordering::SeqCst);
-    let dispatcher = Dispatcher {
+    let dispatcher = Arc::new(Dispatcher {
         shared,
         js,
         streams,
         max_payload,
         build: wire::build_id(),
-    };
+    });
+    // Weak: the registry outlives the dispatcher thread, which owns the dispatcher.
+    let here = Arc::downgrade(&dispatcher);
+    let rt_handle = rt.handle().clone();
+    let _ = registry
+        .direct
+        .set(Box::new(move |job| match here.upgrade() {
+            Some(d) => d.publish_here(&rt_handle, job),
+            None => Err(job),
+        }));
     let handle = std::thread::Builder::new()
         .name("pool-cluster".to_owned())
         .spawn(move || dispatcher.run(rt, reader));
@@ -146,30 +159,30 @@ struct Dispatcher {
 impl Dispatcher {
     /// Publishes jobs until the pool is closed and drained (or terminated), waits for the
     /// results of what is in flight, then cleans up.
-    fn run(self, rt: tokio::runtime::Runtime, reader: tokio::task::JoinHandle<()>) {
+    fn run(self: Arc<Self>, rt: tokio::runtime::Runtime, reader: tokio::task::JoinHandle<()>) {
         let registry = self.shared.registry.clone();
         // The dispatcher has no worker of its own to replace: nothing ever nudges it.
         let no_wake = crossbeam_channel::never::<()>();
         loop {
-            if registry.terminated.load(Ordering::SeqCst) {
-                break;
-            }
-            let first = match registry.next_job(Some(Duration::from_millis(50)), &no_wake) {
-                None => break,
-                Some(Err(())) => continue,
-                Some(Ok(job)) => job,
-            };
-            let mut batch = vec![first];
-            while batch.len() < PUBLISH_BATCH {
-                match registry.next_job(Some(Duration::ZERO), &no_wake) {
-                    Some(Ok(job)) => batch.push(job),
-                    _ => break,
+            loop {
+                if registry.terminated.load(Ordering::SeqCst) {
+                    break;
                 }
+                let first = match registry.next_job(Some(Duration::from_millis(50)), &no_wake) {
+                    None => break,
+                    Some(Err(())) => continue,
+                    Some(Ok(job)) => job,
+                };
+                let mut batch = vec![first];
+                while batch.len() < PUBLISH_BATCH {
+                    match registry.next_job(Some(Duration::ZERO), &no_wake) {
+                        Some(Ok(job)) => batch.push(job),
+                        _ => break,
+                    }
+                }
+                rt.block_on(self.publish_all(batch));
             }
-            rt.block_on(self.publish_all(batch));
-        }
-        // Closed: wait for what is in flight (a `terminate` cuts this short).
-        {
+            // Closed: wait for what is in flight (a `terminate` cuts this short).
             let mut in_flight = lock(&self.shared.in_flight);
             while !in_flight.is_empty() && !registry.terminated.load(Ordering::SeqCst) {
                 in_flight = self
@@ -179,8 +192,15 @@ impl Dispatcher {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
+            // A job that a caller's thread failed to publish comes back to the queue (under
+            // this lock, see `publish_here`): it is published as any other.
+            if registry.jobs_waiting() && !registry.terminated.load(Ordering::SeqCst) {
+                continue;
+            }
+            // Under the lock: no caller's thread puts a job in flight after this.
+            self.shared.stopping.store(true, Ordering::SeqCst);
+            break;
         }
-        self.shared.stopping.store(true, Ordering::SeqCst);
         reader.abort();
         let left: Vec<Job> = lock(&self.shared.in_flight)
             .drain()
@@ -230,6 +250,76 @@ impl Dispatcher {
                 .await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(3), purge).await;
+    }
+
+    /// Publishes a lone job from the caller's thread (`apply`), saving the hand-off to the
+    /// dispatcher thread and its wake-up; gives the job back, for the queue, when it should
+    /// wait its turn or go the dispatcher's way (jobs queued, the pool closed or stopping, a
+    /// caller inside an async context, descriptors, a message too large). One attempt: a
+    /// job whose publish failed is put back in the queue, and the dispatcher retries it for
+    /// its own publish timeout (the stream drops a second copy by its message id).
+    fn publish_here(&self, rt: &tokio::runtime::Handle, mut job: Job) -> Result<(), Job> {
+        let registry = &self.shared.registry;
+        if registry.jobs_waiting()
+            || job.fds.is_some()
+            || job.count > wire::MAX_TASKS_PER_MESSAGE
+            || tokio::runtime::Handle::try_current().is_ok()
+        {
+            return Err(job);
+        }
+        let Ok(frame) = self.frame(&job) else {
+            return Err(job);
+        };
+        if frame.len() > self.max_payload {
+            return Err(job);
+        }
+        let id = job.id;
+        let count = job.count;
+        // The arguments now live in the message; kept aside in case it must be queued.
+        let args = std::mem::take(&mut job.args);
+        {
+            let mut in_flight = lock(&self.shared.in_flight);
+            if self.shared.stopping.load(Ordering::SeqCst)
+                || registry.terminated.load(Ordering::SeqCst)
+            {
+                job.args = args;
+                return Err(job);
+            }
+            registry.count_submitted(count);
+            in_flight.insert(id, job);
+        }
+        let headers = self.message_headers(id);
+        let sent = rt.block_on(async {
+            let ack = self
+                .js
+                .publish_with_headers(self.shared.tasks_subject.clone(), headers, frame.into())
+                .await
+                .map_err(drop)?;
+            ack.await.map_err(drop)
+        });
+        if sent.is_err() {
+            // Under the lock, so the dispatcher sees the job queued before it sees it gone
+            // from `in_flight`. Gone already: its result came (or a `terminate` failed it).
+            let mut in_flight = lock(&self.shared.in_flight);
+            if let Some(mut job) = in_flight.remove(&id) {
+                job.args = args;
+                // Fails the job itself if the pool was terminated.
+                let _ = registry.tx_requeue(job);
+            }
+            drop(in_flight);
+            self.shared.notify_if_drained();
+        }
+        Ok(())
+    }
+
+    /// The headers of job `id`'s message: its id, so the stream drops a copy published twice.
+    fn message_headers(&self, id: u64) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}-{id}", self.shared.pool_id).as_str(),
+        );
+        headers
     }
 
     /// Publishes a batch of jobs, splitting those too large for one message, and fails the
@@ -327,11 +417,7 @@ impl Dispatcher {
     /// The message id lets the stream drop a copy that a retry published twice.
     async fn publish_one(&self, id: u64, frame: Bytes) -> (u64, Result<(), NatsError>) {
         let deadline = Instant::now() + self.shared.cluster.publish_timeout;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            format!("{}-{id}", self.shared.pool_id).as_str(),
-        );
+        let headers = self.message_headers(id);
         let mut delay = Duration::from_millis(50);
         loop {
             let sent = self
