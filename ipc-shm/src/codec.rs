@@ -455,7 +455,7 @@ pub fn decode_ring<T: DeserializeOwned, B: ByteRing + ?Sized>(
     }
     let input = from_ring::RingInput::new(ring, pos, len);
     let mut decoder = bincode::serde::OwnedSerdeDecoder::from_reader(
-        from_ring::RingReader(&input),
+        from_ring::RingReader::new(&input),
         BINCODE_CONFIG,
     );
     let decoded = T::deserialize(from_ring::Fill {

@@ -108,13 +108,89 @@ impl<'a, B: ByteRing + ?Sized> RingInput<'a, B> {
     }
 }
 
+/// How many bytes [`RingReader`] copies out of the ring at a time for small reads.
+const WINDOW: usize = 256;
+
 /// bincode's reader over a [`RingInput`].
-pub(super) struct RingReader<'i, 'a, B: ?Sized>(pub(super) &'i RingInput<'a, B>);
+///
+/// bincode reads most values a few bytes at a time (a varint is one byte, then more), and only
+/// takes its fast paths when the reader can lend it the next bytes (`peek_read`). Shared bytes
+/// are never lent: the reader copies the next [`WINDOW`] bytes of the input into a private
+/// window and lends those. The window is a cache of the input at positions `at .. at + filled`:
+/// [`RingInput::used`] stays the one cursor (byte strings taken by [`Fill`] move it without the
+/// window), and a read is served from the window only when the cursor lies inside it. Each
+/// window copy stays within the input's `len`; a writer scribbling meanwhile can only change
+/// the values decoded.
+pub(super) struct RingReader<'i, 'a, B: ?Sized> {
+    input: &'i RingInput<'a, B>,
+    window: [u8; WINDOW],
+    /// The input position (bytes from its start) of `window[0]`.
+    at: usize,
+    /// How many bytes of `window` are valid.
+    filled: usize,
+}
+
+impl<'i, 'a, B: ByteRing + ?Sized> RingReader<'i, 'a, B> {
+    /// A reader of `input`, from its cursor.
+    pub(super) fn new(input: &'i RingInput<'a, B>) -> Self {
+        RingReader {
+            input,
+            window: [0; WINDOW],
+            at: 0,
+            filled: 0,
+        }
+    }
+
+    /// Where the next `n` (at most [`WINDOW`]) bytes of the input sit in the window, copying
+    /// the window afresh from the cursor if they are not all there; `None` if fewer than `n`
+    /// bytes are left in the input.
+    #[inline]
+    fn window_for(&mut self, n: usize) -> Option<usize> {
+        let used = self.input.used();
+        if used >= self.at && used + n <= self.at + self.filled {
+            return Some(used - self.at);
+        }
+        let left = self.input.len - used;
+        if n > left {
+            return None;
+        }
+        let take = left.min(WINDOW);
+        self.input.ring.read(
+            self.input.start.wrapping_add(used as u64),
+            &mut self.window[..take],
+        );
+        self.at = used;
+        self.filled = take;
+        Some(0)
+    }
+}
 
 impl<B: ByteRing + ?Sized> bincode::de::read::Reader for RingReader<'_, '_, B> {
     #[inline]
     fn read(&mut self, bytes: &mut [u8]) -> Result<(), BincodeError> {
-        self.0.read(bytes)
+        if bytes.len() <= WINDOW
+            && let Some(off) = self.window_for(bytes.len())
+        {
+            bytes.copy_from_slice(&self.window[off..off + bytes.len()]);
+            self.input.claim(bytes.len())?;
+            return Ok(());
+        }
+        self.input.read(bytes)
+    }
+
+    #[inline]
+    fn peek_read(&mut self, n: usize) -> Option<&[u8]> {
+        if n > WINDOW {
+            return None;
+        }
+        let off = self.window_for(n)?;
+        Some(&self.window[off..off + n])
+    }
+
+    #[inline]
+    fn consume(&mut self, n: usize) {
+        // Only ever after a `peek_read` of at least `n` bytes, which checked they are there.
+        let _ = self.input.claim(n);
     }
 }
 
