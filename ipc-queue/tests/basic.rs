@@ -162,14 +162,7 @@ fn undecodable_message_is_an_error_for_that_message_only() {
     })
     .unwrap();
     let mut out = Vec::new();
-    match q.get_many(&mut out, 10) {
-        Err(GetManyError::Decode {
-            delivered: 1,
-            failed: 1,
-            ..
-        }) => {}
-        other => panic!("{other:?}"),
-    }
+    expect_one_delivered_one_failed(q.get_many(&mut out, 10));
     assert_eq!(out[0].id, 2);
 }
 
@@ -326,14 +319,7 @@ fn undecodable_large_message_is_an_error_for_that_message_only() {
     q.put_bytes(&bad).unwrap();
     q.put(pattern(7000, 2)).unwrap();
     let mut out = Vec::new();
-    match q.get_many(&mut out, 10) {
-        Err(GetManyError::Decode {
-            delivered: 1,
-            failed: 1,
-            ..
-        }) => {}
-        other => panic!("{other:?}"),
-    }
+    expect_one_delivered_one_failed(q.get_many(&mut out, 10));
     assert_eq!(out, [pattern(7000, 2)]);
 }
 
@@ -375,4 +361,16 @@ fn unstable_large_encoding_is_an_error_and_puts_nothing() {
     assert_eq!(q.len(), 1);
     assert!(q.get().is_ok());
     assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
+}
+
+/// A batch get that delivered one message and failed to decode one, and nothing else.
+fn expect_one_delivered_one_failed<T: std::fmt::Debug>(r: Result<T, GetManyError>) {
+    match r {
+        Err(GetManyError::Decode {
+            delivered: 1,
+            failed: 1,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
 }
