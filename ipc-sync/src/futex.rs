@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::thread::futex as sys;
-use rustix::time::{ClockId, Timespec, clock_gettime};
+use rustix::time::{ClockId, Timespec};
 
 /// How a [`wait`] ended. Every outcome means "re-check the condition".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +61,22 @@ pub struct Deadline {
 
 const NANOS: i64 = 1_000_000_000;
 
+#[cfg(not(loom))]
 fn monotonic_now() -> Timespec {
-    clock_gettime(ClockId::Monotonic)
+    rustix::time::clock_gettime(ClockId::Monotonic)
+}
+
+/// Under loom the clock stands still: whether a deadline has passed must not depend on how long
+/// the checker took to reach a point (a slow run on a loaded machine would take another branch,
+/// which loom reports as "unexpected exploration state"). A deadline has passed only if it was
+/// zero to begin with; time passing is modelled by the futex model instead
+/// ([`crate::waiter::loom_time_passes`], timeouts that fire).
+#[cfg(loom)]
+fn monotonic_now() -> Timespec {
+    Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    }
 }
 
 impl Deadline {
