@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::driver;
+use crate::driver::{self, Applied};
 use crate::error::{ConfigError, PoolError, SpawnErrorKind, TaskError};
 use crate::job::{CancelToken, Job};
 use crate::registry::Registry;
@@ -405,15 +405,25 @@ impl Pool {
     /// Runs `f(arg)` in a worker and waits for the result (Python's `apply`).
     ///
     /// When a worker is idle, the calling thread runs the task on it directly (no hand-off to a
-    /// pool thread), so a round trip to a hot worker costs about one pipe round trip.
+    /// pool thread, and no job, result cell or allocation unless something goes wrong), so a
+    /// round trip to a hot worker costs about one pipe round trip. A worker running an `apply`
+    /// this way shows [`Busy`](crate::WorkerState::Busy) in [`stats`](Pool::stats) at once, and
+    /// its `current_task_runtime` from the first liveness check (100 ms, or a quarter of
+    /// `task_timeout`) on.
     pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        let task = TaskRef::new(f);
+        match driver::apply_here(&self.registry, task, &arg) {
+            Applied::Done(outcome) => return outcome,
+            Applied::Pending(cell) => return AsyncResult::new(cell).get(),
+            Applied::NoSeat => {}
+        }
         let cell = ResultCell::new(None, None);
         let sink: Arc<dyn Sink> = cell.clone();
-        let job = self.new_job(TaskRef::new(f), std::slice::from_ref(&arg), 0, sink, None)?;
+        let job = self.new_job(task, std::slice::from_ref(&arg), 0, sink, None)?;
         if let Err(job) = driver::run_here(&self.registry, job) {
             self.submit(job)?;
         }

@@ -43,24 +43,36 @@
 //! counts it.
 //!
 //! A driver's state sits in a *seat* (a mutex): [`run_here`] lets a caller's thread borrow an
-//! idle seat and run its job on that worker directly.
+//! idle seat and run its job on that worker directly, and [`apply_here`] runs a lone task
+//! (`Pool::apply`) that way without making a job at all unless it has to take the general way
+//! (a death, a timeout, handles, a large argument), at the point it reached.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::error::{Exit, PoolError, TaskError};
 use crate::job::{CancelToken, Job};
 use crate::registry::{Registry, lock};
-use crate::result::failure_to_error;
+use crate::result::{ResultCell, Sink, decode_one, failure_to_error};
 use crate::start::{self, StartFailure, Worker};
 use crate::stats::{WorkerState, WorkerStats};
+use crate::task::TaskRef;
+use crate::wire::args::{self, Args};
+use crate::wire::bulk::BULK_MIN;
 use crate::wire::bulk::BulkOut;
+use crate::wire::header;
 use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
 
 /// How many times a job's worker may die while decoding the job's arguments (before any of its
 /// tasks starts) before the job fails with `WorkerLost` instead of running again.
 const DECODE_DEATHS: u32 = 3;
+
+/// The largest argument buffer a seat keeps for the next `apply` (`Driver::args`).
+const KEEP_ARGS: usize = 64 << 10;
 
 /// A worker seat: the driver's state behind a mutex. The driver thread holds it only while it
 /// starts a worker or runs a job, so a thread calling [`Pool::apply`] can take an idle seat and
@@ -120,18 +132,65 @@ pub(crate) fn run_here(this: &Registry, job: Job) -> Result<(), Job> {
         // Counted and shown busy once the job is sent, while the worker runs it (see
         // `Driver::announce`).
         d.announce = Some(job.count);
-        match d.run_job(job) {
-            Ran::Done => d.after_task(),
-            // The caller has its outcome: its return must not wait for a new process. The
-            // seat's driver thread, woken, starts the replacement now.
-            Ran::WorkerGone => {
-                let _ = d.wake.0.try_send(());
-            }
-        }
-        d.set_state(WorkerState::Idle);
+        let ran = d.run_job(job);
+        d.settle_here(ran);
         return Ok(());
     }
     Err(job)
+}
+
+/// What [`apply_here`] did with an `apply`.
+pub(crate) enum Applied<R> {
+    /// The worker answered: the task's outcome.
+    Done(Result<R, TaskError>),
+    /// The task took the general way part-way (see [`apply_here`]): its outcome comes
+    /// through this cell.
+    Pending(Arc<ResultCell<R>>),
+    /// No idle worker (or the pool takes no work on the caller's thread): submit the task as
+    /// a job.
+    NoSeat,
+}
+
+/// Runs one task (`Pool::apply`) on an idle worker from the calling thread, as [`run_here`]
+/// runs a job, without making a job while all goes well: the argument is encoded into the
+/// seat's buffer and sent, and the caller waits on the seat for the one `Results` frame and
+/// decodes the outcome itself (no result cell, no sink, no allocation). Anything else (the
+/// worker died or did not answer within a receive slice, a frame other than that one,
+/// arguments that hand descriptors over or are large enough for the bulk area) turns the task
+/// into the job it would have been, at the point it reached, and the driver's general code
+/// (`collect`, `lost`) takes it from there: every guarantee of a job holds.
+pub(crate) fn apply_here<A, R>(this: &Registry, task: TaskRef, arg: &A) -> Applied<R>
+where
+    A: Serialize + DeserializeOwned,
+    R: DeserializeOwned + Send + 'static,
+{
+    if !this.takes_work() {
+        return Applied::NoSeat;
+    }
+    #[cfg(feature = "nats")]
+    if this.direct.get().is_some() {
+        return Applied::NoSeat;
+    }
+    let seats = this.seats.read().unwrap_or_else(|p| p.into_inner());
+    for seat in seats.iter() {
+        let Ok(mut d) = seat.try_lock() else { continue };
+        if d.worker.is_none() {
+            continue;
+        }
+        return d.apply(task, arg);
+    }
+    Applied::NoSeat
+}
+
+/// The job an `apply` becomes when it takes the general way, and the cell its outcome goes to.
+fn apply_job<A, R>(id: u64, task: TaskRef, args: Args) -> (Arc<ResultCell<R>>, Job)
+where
+    A: Serialize + DeserializeOwned,
+    R: DeserializeOwned + Send + 'static,
+{
+    let cell = ResultCell::new(None, None);
+    let sink: Arc<dyn Sink> = cell.clone();
+    (cell, Job::encoded::<A>(id, task, args, 0, 1, sink, None))
 }
 
 /// The driver thread of one seat: take jobs, run them, replace the worker when it goes.
@@ -270,6 +329,9 @@ pub(crate) struct Driver {
     pub(crate) worker: Option<Worker>,
     frame: Vec<u8>,
     buf: Vec<u8>,
+    /// The buffer the argument of an `apply` run on a caller's thread is encoded into, kept
+    /// between calls (`Driver::apply`).
+    args: Vec<u8>,
     /// The seat's bulk area, for large arguments (`wire/bulk.rs`).
     bulk: BulkOut,
     pub(crate) tasks_limit: Option<u64>,
@@ -298,6 +360,7 @@ impl Driver {
             worker: None,
             frame: Vec::new(),
             buf: Vec::new(),
+            args: Vec::new(),
             bulk: BulkOut::default(),
             tasks_limit: None,
             running: None,
@@ -305,6 +368,136 @@ impl Driver {
             dead: Vec::new(),
             announce: None,
             wake: crossbeam_channel::bounded(1),
+        }
+    }
+
+    /// After a job or an `apply` ran on a caller's thread: the worker's limits are checked
+    /// (`after_task`) or, if it is gone, the seat's driver thread is woken to replace it (the
+    /// caller has its outcome: its return must not wait for a new process); the seat shows
+    /// idle.
+    fn settle_here(&mut self, ran: Ran) {
+        match ran {
+            Ran::Done => self.after_task(),
+            Ran::WorkerGone => {
+                let _ = self.wake.0.try_send(());
+            }
+        }
+        self.set_state(WorkerState::Idle);
+    }
+
+    /// Runs one task on this seat's worker for [`apply_here`] (see there).
+    fn apply<A, R>(&mut self, task: TaskRef, arg: &A) -> Applied<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let id = self.registry.next_job_id();
+        let scratch = std::mem::take(&mut self.args);
+        let args = match args::encode_reusing(std::slice::from_ref(arg), scratch) {
+            Ok(args) => args,
+            Err(e) => return Applied::Done(Err(e.into_task_error())),
+        };
+        // Handles and large arguments take the job's way (descriptors, the bulk area).
+        if args.fds.is_some() || args.bytes.len() >= BULK_MIN {
+            return self.apply_as_job::<A, R>(id, task, args);
+        }
+        if header::run_head(id, task, None, None, &mut self.frame).is_err() {
+            // The job's way frames it again and reports the error.
+            return self.apply_as_job::<A, R>(id, task, args);
+        }
+        let sent = match self.worker.as_mut() {
+            Some(worker) => worker
+                .link
+                .send_vectored(&[&self.frame, &args.bytes], false),
+            None => Err(LinkError::Disconnected),
+        };
+        // Counted and shown busy while the worker runs it (as `announce` does for a job), but
+        // without reading the clock for `busy_since` (on this path as costly as the rest of
+        // the bookkeeping): a task still running after a receive slice is given its start
+        // then (`mark_busy_since`), when its running time starts to matter.
+        self.registry.count_submitted(1);
+        self.mark_busy();
+        if sent.is_err() {
+            let (cell, job) = apply_job::<A, R>(id, task, args);
+            let ran = self.lost(job, 0, None);
+            self.settle_here(ran);
+            return Applied::Pending(cell);
+        }
+        let slice = self.recv_slice();
+        let got = match self.worker.as_mut() {
+            Some(worker) => worker.link.recv(&mut self.buf, Some(slice)),
+            None => Err(LinkError::Disconnected),
+        };
+        if matches!(got, Err(LinkError::Timeout)) {
+            self.mark_busy_since(slice);
+        }
+        if got.is_ok()
+            && let Some((results, payload)) = header::read_results(&self.buf)
+            && results
+                == (header::Results {
+                    job: id,
+                    first: 0,
+                    count: 1,
+                    done: true,
+                })
+        {
+            let (outcome, ok, failed) = decode_one::<R>(1, payload);
+            let outcome = outcome
+                .unwrap_or_else(|| Err(TaskError::Result("the worker sent no outcome".into())));
+            // Counted before the caller sees the outcome, as a sink's tally is.
+            self.registry.tally(ok, failed);
+            self.task_finished(ok, failed);
+            if args.bytes.capacity() <= KEEP_ARGS {
+                self.args = args.bytes;
+            }
+            self.after_task();
+            return Applied::Done(outcome);
+        }
+        // Anything else is the general code's: the frame received (if any) is still in `buf`.
+        let (cell, job) = apply_job::<A, R>(id, task, args);
+        let ran = self.collect(job, 0, Some(got));
+        self.settle_here(ran);
+        Applied::Pending(cell)
+    }
+
+    /// An `apply` that takes the job's way from the start (see [`apply_here`]).
+    fn apply_as_job<A, R>(&mut self, id: u64, task: TaskRef, args: Args) -> Applied<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let (cell, job) = apply_job::<A, R>(id, task, args);
+        self.announce = Some(1);
+        let ran = self.run_job(job);
+        self.settle_here(ran);
+        Applied::Pending(cell)
+    }
+
+    /// Shows the seat busy, its running time not known yet (see [`Driver::mark_busy_since`]).
+    fn mark_busy(&self) {
+        if let Some(w) = lock(&self.registry.table).get_mut(&self.id) {
+            w.state = WorkerState::Busy;
+            w.busy_since = None;
+        }
+    }
+
+    /// The seat's task, shown busy by [`Driver::mark_busy`], has been running for `running`.
+    fn mark_busy_since(&self, running: Duration) {
+        let since = Instant::now().checked_sub(running);
+        if let Some(w) = lock(&self.registry.table).get_mut(&self.id) {
+            w.busy_since = since;
+        }
+    }
+
+    /// The seat's worker finished a task run on a caller's thread: its counts, and the seat
+    /// shows idle (one look-up in the statistics table).
+    fn task_finished(&self, ok: u64, failed: u64) {
+        if let Some(w) = lock(&self.registry.table).get_mut(&self.id) {
+            w.tasks_done += ok;
+            w.tasks_failed += failed;
+            w.state = WorkerState::Idle;
+            w.busy_since = None;
+            w.current_task = None;
         }
     }
 
@@ -460,7 +653,7 @@ impl Driver {
     }
 
     /// Sends `job` to the worker and collects its outcomes, handling death and timeouts.
-    fn run_registered(&mut self, mut job: Job) -> Ran {
+    fn run_registered(&mut self, job: Job) -> Ran {
         let registry = self.registry.clone();
         let Some(worker) = self.worker.as_mut() else {
             self.announce();
@@ -473,25 +666,26 @@ impl Driver {
             .bulk
             .offer(&mut *worker.link, worker.pid, &job.args, &mut self.frame);
         let payload: &[u8] = if bulk.is_some() { &[] } else { &job.args };
-        let header = ToWorker::Run {
-            job: job.id,
-            task: job.task,
-            fds: job.fds.as_ref().map(|b| b.id()),
-            bulk,
-        };
         // The frame's head is built here; the arguments go from the job straight into the
         // pipe (copied together only in the rare job that hands descriptors over).
         let framed = match job.fds.as_deref() {
-            None => protocol::frame(&header, &[], &mut self.frame),
-            Some(_) => protocol::frame(&header, payload, &mut self.frame),
+            None => header::run_head(job.id, job.task, None, bulk, &mut self.frame),
+            Some(fds) => {
+                let header = ToWorker::Run {
+                    job: job.id,
+                    task: job.task,
+                    fds: Some(fds.id()),
+                    bulk,
+                };
+                protocol::frame(&header, payload, &mut self.frame)
+            }
         };
         if let Err(e) = framed {
             self.announce();
             registry.finish_job_error(&job, &TaskError::Argument(e.to_string()));
             return Ran::Done;
         }
-        let mut reported = job.first; // every index below this has an outcome
-        let end = job.first + job.count;
+        let reported = job.first; // every index below this has an outcome
         let sent = match job.fds.as_deref() {
             None => worker.link.send_vectored(&[&self.frame, payload], false),
             Some(fds) => worker.link.send_with_fds(&self.frame, Some(fds)),
@@ -500,16 +694,43 @@ impl Driver {
         if sent.is_err() {
             return self.lost(job, reported, None);
         }
+        self.collect(job, reported, None)
+    }
+
+    /// How long a receive waits before the driver checks the pool's state and the running
+    /// task's time limit.
+    fn recv_slice(&self) -> Duration {
+        self.registry
+            .settings
+            .task_timeout
+            .map_or(Duration::from_millis(100), |t| {
+                (t / 4).clamp(Duration::from_millis(1), Duration::from_millis(100))
+            })
+    }
+
+    /// Collects the outcomes of `job`, sent to the worker, from argument `reported` on,
+    /// handling death and timeouts. `received`: the outcome of a receive already made (its
+    /// frame, if any, in `self.buf`), handled before receiving anything more.
+    fn collect(
+        &mut self,
+        mut job: Job,
+        mut reported: u64,
+        mut received: Option<Result<(), LinkError>>,
+    ) -> Ran {
+        let registry = self.registry.clone();
+        let end = job.first + job.count;
         let timeout = registry.settings.task_timeout;
-        let slice = timeout.map_or(Duration::from_millis(100), |t| {
-            (t / 4).clamp(Duration::from_millis(1), Duration::from_millis(100))
-        });
+        let slice = self.recv_slice();
         let mut watched: Option<(u64, Instant)> = None;
         loop {
             let Some(worker) = self.worker.as_mut() else {
                 return Ran::WorkerGone;
             };
-            match worker.link.recv(&mut self.buf, Some(slice)) {
+            let got = match received.take() {
+                Some(got) => got,
+                None => worker.link.recv(&mut self.buf, Some(slice)),
+            };
+            match got {
                 Ok(()) => {
                     let (header, payload) = match protocol::unframe::<FromWorker>(&self.buf) {
                         Ok(frame) => frame,

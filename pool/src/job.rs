@@ -153,18 +153,41 @@ impl Job {
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<Job, TaskError> {
         let encoded = args::encode(args).map_err(args::ArgsError::into_task_error)?;
-        Ok(Job {
+        Ok(Job::encoded::<A>(
             id,
             task,
-            args: encoded.bytes,
-            fds: encoded.fds,
+            encoded,
             first,
-            count: args.len() as u64,
+            args.len() as u64,
+            sink,
+            cancel,
+        ))
+    }
+
+    /// The job `id` running `task` over `count` arguments of type `A` already encoded (as
+    /// [`Job::new`] encodes them): how an `apply` run on the caller's thread becomes a job
+    /// when it has to take the general way (`driver::apply_here`), without encoding again.
+    pub(crate) fn encoded<A: Serialize + DeserializeOwned>(
+        id: u64,
+        task: TaskRef,
+        args: Args,
+        first: u64,
+        count: u64,
+        sink: Arc<dyn Sink>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Job {
+        Job {
+            id,
+            task,
+            args: args.bytes,
+            fds: args.fds,
+            first,
+            count,
             attempts: 0,
             reslice: args::reslice::<A>,
             sink,
             cancel,
-        })
+        }
     }
 
     /// A job over arguments that are already encoded (one bincode `Vec<A>` of `count`), with

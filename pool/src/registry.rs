@@ -38,6 +38,9 @@ pub(crate) struct Registry {
     pub(crate) terminated: AtomicBool,
     /// Why the pool stopped taking work (the restart breaker tripped).
     pub(crate) broken: Mutex<Option<PoolError>>,
+    /// Set once `broken` holds an error: what `takes_work` reads on every call made on a
+    /// caller's thread, instead of locking `broken`.
+    pub(crate) is_broken: AtomicBool,
     /// Recent worker start-up failures of the workers' own doing, for the breaker.
     pub(crate) failures: Mutex<Vec<Instant>>,
     /// Recent deaths from outside of starting workers, for the breaker's higher limit.
@@ -88,6 +91,7 @@ impl Registry {
             idle: AtomicUsize::new(0),
             terminated: AtomicBool::new(false),
             broken: Mutex::new(None),
+            is_broken: AtomicBool::new(false),
             failures: Mutex::new(Vec::new()),
             outside_failures: Mutex::new(Vec::new()),
             drivers: Mutex::new(Vec::new()),
@@ -113,7 +117,7 @@ impl Registry {
 
     /// Whether the pool accepts work run from the caller's thread (open and not broken).
     pub(crate) fn takes_work(&self) -> bool {
-        !self.closed.load(Ordering::SeqCst) && lock(&self.broken).is_none()
+        !self.closed.load(Ordering::SeqCst) && !self.is_broken.load(Ordering::SeqCst)
     }
 
     /// Queues a job from the caller, and grows the pool if it should.

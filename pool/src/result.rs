@@ -356,27 +356,47 @@ impl<R: DeserializeOwned + Send> Sink for ResultCell<R> {
     }
 
     fn deliver_encoded(&self, _first: u64, count: u64, payload: &[u8], tally: &dyn Fn(u64, u64)) {
-        let outcome = match codec::decode::<OneRun<R>>(payload) {
-            Ok(run) if run.len == count => {
-                tally(run.len - run.failed, run.failed);
-                match run.first {
-                    Some(outcome) => outcome.map_err(failure_to_error),
-                    None => return,
-                }
-            }
-            Ok(run) => {
-                tally(0, count);
-                Err(TaskError::Result(format!(
-                    "expected {count} outcomes, got {}",
-                    run.len
-                )))
-            }
-            Err(e) => {
-                tally(0, count);
-                Err(TaskError::Result(e.to_string()))
-            }
-        };
-        let _ = self.complete(outcome);
+        let (outcome, ok, failed) = decode_one::<R>(count, payload);
+        tally(ok, failed);
+        if let Some(outcome) = outcome {
+            let _ = self.complete(outcome);
+        }
+    }
+}
+
+/// Decodes the outcome of a one-task job (an `apply`) from a `Results` payload that must hold
+/// `count` outcomes: the first outcome (`None` for an empty run), and how many outcomes to
+/// tally as succeeded and as failed. A payload that does not decode, or holds another number
+/// of outcomes, is the outcome's error (all `count` failed).
+pub(crate) fn decode_one<R: DeserializeOwned>(
+    count: u64,
+    payload: &[u8],
+) -> (Option<Result<R, TaskError>>, u64, u64) {
+    // The usual case, one `Ok`: the sequence's length 1 and `Ok`'s variant index 0 (one byte
+    // each, see `wire/outcome.rs`), then the value, decoded alone (all of the rest, within the
+    // one decode limit). Anything else, or a value that does not decode, takes the general
+    // way below, which says what is wrong.
+    if count == 1
+        && let [1, 0, value @ ..] = payload
+        && let Ok(value) = codec::decode::<R>(value)
+    {
+        return (Some(Ok(value)), 1, 0);
+    }
+    match codec::decode::<OneRun<R>>(payload) {
+        Ok(run) if run.len == count => (
+            run.first.map(|o| o.map_err(failure_to_error)),
+            run.len - run.failed,
+            run.failed,
+        ),
+        Ok(run) => (
+            Some(Err(TaskError::Result(format!(
+                "expected {count} outcomes, got {}",
+                run.len
+            )))),
+            0,
+            count,
+        ),
+        Err(e) => (Some(Err(TaskError::Result(e.to_string()))), 0, count),
     }
 }
 

@@ -79,6 +79,7 @@ impl Registry {
             };
             drop(f);
             lock(&self.broken).get_or_insert(broken.clone());
+            self.is_broken.store(true, Ordering::SeqCst);
             self.close_with(&broken.into());
             return true;
         }

@@ -120,6 +120,20 @@ pub(crate) struct TaskRef {
 }
 
 impl TaskRef {
+    /// Its two offsets (trampoline, function), as its serde encoding carries them (for the
+    /// hand-written frame header, `wire/header.rs`).
+    #[inline]
+    pub(crate) fn offsets(self) -> (i64, i64) {
+        (self.trampoline, self.func)
+    }
+
+    /// The reference with these offsets, as its serde decoding makes it from the wire (a
+    /// worker runs it only under the same-build proof of [`TaskRef::run`]).
+    #[inline]
+    pub(crate) fn from_offsets(trampoline: i64, func: i64) -> TaskRef {
+        TaskRef { trampoline, func }
+    }
+
     /// The reference for running `f` over chunks of arguments.
     pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> TaskRef {
         let trampoline: Trampoline = call_chunk::<A, R>;

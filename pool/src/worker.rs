@@ -30,6 +30,7 @@ use ipc_shm::transfer::{self, FdBatch};
 use crate::slot::{ProgressSlot, ProgressWords};
 use crate::task::{ChunkCtx, Failure, SameBuild};
 use crate::wire::bulk::{BulkIn, Input};
+use crate::wire::header;
 use crate::wire::protocol::{self, FromWorker, Link, LinkError, ToWorker};
 use crate::wire::transport::PipeLink;
 
@@ -95,8 +96,21 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
             Err(LinkError::Disconnected) => return code::OK,
             Err(_) => return code::LINK,
         }
-        let Ok((header, payload)) = protocol::unframe::<ToWorker>(&buf) else {
-            return code::PROTOCOL;
+        // A task's `Run` header is read by hand (`wire/header.rs`), anything else by serde.
+        let (header, payload) = match header::read_run(&buf) {
+            Some((run, payload)) => (
+                ToWorker::Run {
+                    job: run.job,
+                    task: run.task,
+                    fds: run.fds,
+                    bulk: run.bulk,
+                },
+                payload,
+            ),
+            None => match protocol::unframe::<ToWorker>(&buf) {
+                Ok(frame) => frame,
+                Err(_) => return code::PROTOCOL,
+            },
         };
         match header {
             ToWorker::Exit => return code::OK,
@@ -227,13 +241,9 @@ impl ChunkCtx for JobCtx<'_> {
         if !done {
             self.last_flush = Some(Instant::now());
         }
-        let header = FromWorker::Results {
-            job: self.job,
-            first: first as u64,
-            count: count as u64,
-            done,
-        };
-        protocol::seq_frame_head(&header, count, self.frame).map_err(drop)?;
+        // The bytes of `protocol::seq_frame_head` for `FromWorker::Results`, written by hand.
+        header::results_head(self.job, first as u64, count as u64, done, self.frame)
+            .map_err(drop)?;
         // An intermediate report only has to survive this worker's death: it goes into the
         // pipe without waking the driver, which reads it with the job's last report (or after
         // the death). A copy, not a wake-up, per report; the outcomes go from the trampoline's

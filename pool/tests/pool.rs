@@ -620,6 +620,39 @@ fn async_results_are_futures_and_join_closes() {
     ));
 }
 
+/// An `apply` that finds its worker idle runs on the calling thread, without a job: its
+/// worker still shows busy while it runs, with a running time (known from the first liveness
+/// check on, and never longer than the call has lasted), and the counts take it in.
+#[test]
+fn an_apply_run_on_the_callers_thread_shows_in_the_stats() {
+    let pool = build(StartMethod::Fork, 1);
+    assert_eq!(pool.apply(square, 2).unwrap(), 4);
+    std::thread::scope(|s| {
+        let begun = std::time::Instant::now();
+        let runner = s.spawn(|| pool.apply(sleep_ms, 1_000));
+        let deadline = begun + Duration::from_secs(20);
+        let runtime = loop {
+            let w = pool.stats().workers[0].clone();
+            if w.state == WorkerState::Busy
+                && let Some(runtime) = w.current_task_runtime
+            {
+                break runtime;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never showed busy with a running time: {w:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(runtime <= begun.elapsed(), "{runtime:?}");
+        assert_eq!(runner.join().unwrap(), Ok(1_000));
+    });
+    let stats = pool.stats();
+    assert_eq!(stats.workers[0].state, WorkerState::Idle);
+    assert_eq!(stats.workers[0].tasks_done, 2);
+    assert_eq!((stats.submitted, stats.done, stats.in_flight), (2, 2, 0));
+}
+
 #[test]
 fn configuration_errors_are_typed() {
     let err = PoolBuilder::new()

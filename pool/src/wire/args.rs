@@ -78,8 +78,18 @@ impl ArgsError {
 /// given away, too many descriptors) fails here, at submit time, with the transfer error that
 /// says why.
 pub(crate) fn encode<A: Serialize>(args: &[A]) -> Result<Args, ArgsError> {
+    encode_reusing(args, Vec::new())
+}
+
+/// [`encode`] into `buf` (emptied first) rather than into a new buffer, unless a recycled one
+/// is due (large arguments, `wire/recycle.rs`): a caller that encodes often keeps one buffer.
+pub(crate) fn encode_reusing<A: Serialize>(args: &[A], buf: Vec<u8>) -> Result<Args, ArgsError> {
     let (bytes, batch, handle) = transfer::encode(|| {
         let mut bytes = recycle::buffer_for(args);
+        if bytes.capacity() == 0 {
+            bytes = buf;
+            bytes.clear();
+        }
         codec::encode_into(args, &mut bytes).map(|()| bytes)
     });
     if let Some(e) = handle {

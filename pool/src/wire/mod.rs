@@ -1,7 +1,8 @@
 //! The wire between the pool and its workers: the [`protocol`] (frames and messages), the
 //! [`codec`] (the workspace's one codec, `ipc_shm::codec`: bincode over serde with one decode
-//! limit), the [`transport`] (an `ipc_pipe` connection behind the `Link` boundary) and the
-//! [`bulk`] area that large arguments take instead of the transport's ring (encoded into
+//! limit; the round trip's two headers are also written and read by hand, in [`header`], to
+//! the same bytes), the [`transport`] (an `ipc_pipe` connection behind the `Link` boundary)
+//! and the [`bulk`] area that large arguments take instead of the transport's ring (encoded into
 //! [`recycle`]d buffers of earlier jobs).
 //!
 //! Everything a data path sends to a worker goes down through here; nothing in this module
@@ -10,6 +11,7 @@
 pub(crate) mod args;
 pub(crate) mod bulk;
 pub(crate) mod codec;
+pub(crate) mod header;
 pub(crate) mod outcome;
 pub(crate) mod protocol;
 pub(crate) mod recycle;

@@ -7,6 +7,10 @@
 //! | FrameHeader (8 bytes: header length, check word) | bincode header | payload ... |
 //! ```
 //!
+//! The two headers of every task's round trip, `Run` and `Results`, are also written and read
+//! by hand, to the same bytes (`wire/header.rs`); serde reads every other header, and any
+//! header the hand reader does not take whole.
+//!
 //! The header length is validated ([`ipc_shm::codec::frame_len`]: check word intact, at most
 //! the bytes that follow it) before anything is decoded, and the header decodes within the one
 //! decode limit, so a corrupt or hostile frame is a typed error, never an unbounded allocation.
@@ -139,7 +143,9 @@ pub(crate) fn frame<H: Serialize>(
 /// Builds in `out` (replacing its contents) the head of a frame whose payload is a sequence of
 /// `count` values encoded one after the other: the header as one codec frame, then the
 /// sequence's length. Sent in front of those encodings, it makes the same frame as [`frame`]
-/// with the sequence encoded as one value.
+/// with the sequence encoded as one value. (Workers write the `Results` head by hand,
+/// `wire/header.rs`, whose tests check it against this.)
+#[cfg(test)]
 pub(crate) fn seq_frame_head<H: Serialize>(
     header: &H,
     count: usize,
