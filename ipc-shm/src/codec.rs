@@ -382,6 +382,32 @@ pub fn encode_frame<T: Serialize + ?Sized>(
     Ok(len)
 }
 
+/// Decodes a `T` from the front of `bytes` and says how many bytes it used, with the
+/// [`DECODE_LIMIT`] on what it may claim: for a caller that walks a sequence of values itself
+/// (reading some of its bytes by hand), one value at a time. Bytes after the value are left
+/// alone, so the caller checks that the whole input was used.
+///
+/// ```
+/// use ipc_shm::codec::{decode_prefix, encode};
+///
+/// let mut bytes = encode(&300u32)?;
+/// bytes.extend(encode(&"next")?);
+/// let (first, used) = decode_prefix::<u32>(&bytes)?;
+/// assert_eq!((first, used), (300, 3));
+/// assert_eq!(decode_prefix::<String>(&bytes[used..])?.0, "next");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[inline]
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLong {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    bincode::serde::decode_from_slice::<T, _>(bytes, BINCODE_CONFIG).map_err(DecodeError::Bincode)
+}
+
 /// Decodes a `T` that must use all of `bytes`, with the [`DECODE_LIMIT`] on what it may claim.
 ///
 /// Garbage is a typed error and never a panic or an unbounded allocation: see the module docs.

@@ -16,6 +16,7 @@ use crate::error::{TaskError, WorkerBacktrace};
 use crate::job::CancelToken;
 use crate::task::Failure;
 use crate::wire::codec;
+use crate::wire::outcome::read_outcomes;
 
 /// A callback run with a task's result, on a pool thread in the parent.
 pub(crate) type Callback<T> = Box<dyn FnOnce(&T) + Send>;
@@ -560,10 +561,46 @@ struct MapRun<R> {
     failed: u64,
 }
 
+impl<R> MapRun<R> {
+    /// Adds the next outcome: a value is kept while no failure came before it.
+    #[inline]
+    fn push(&mut self, outcome: Result<R, Failure>) {
+        self.len += 1;
+        match outcome {
+            Ok(v) if self.failure.is_none() => self.values.push(v),
+            Ok(_) => {}
+            Err(f) => {
+                self.failed += 1;
+                self.failure.get_or_insert(f);
+            }
+        }
+    }
+}
+
 impl<R: DeserializeOwned> MapRun<R> {
     /// Decodes a `Results` payload that must hold `count` outcomes; the error says what was
     /// wrong with it.
     fn decode(count: u64, payload: &[u8]) -> Result<MapRun<R>, TaskError> {
+        // The fast reader first (`wire::outcome`); bytes it gives up on get the full decode,
+        // which says what is wrong with them.
+        let mut run = MapRun {
+            values: Vec::with_capacity(
+                usize::try_from(count)
+                    .unwrap_or(usize::MAX)
+                    .min((1 << 20) / std::mem::size_of::<R>().max(1)),
+            ),
+            failure: None,
+            len: 0,
+            failed: 0,
+        };
+        if let Some(len) = read_outcomes::<R>(payload, |outcome| run.push(outcome)) {
+            if len == count {
+                return Ok(run);
+            }
+            return Err(TaskError::Result(format!(
+                "expected {count} outcomes, got {len}"
+            )));
+        }
         match codec::decode::<MapRun<R>>(payload) {
             Ok(run) if run.len == count => Ok(run),
             Ok(run) => Err(TaskError::Result(format!(
@@ -599,15 +636,7 @@ impl<'de, R: Deserialize<'de>> Deserialize<'de> for MapRun<R> {
                     failed: 0,
                 };
                 while let Some(outcome) = seq.next_element::<Result<R, Failure>>()? {
-                    run.len += 1;
-                    match outcome {
-                        Ok(v) if run.failure.is_none() => run.values.push(v),
-                        Ok(_) => {}
-                        Err(f) => {
-                            run.failed += 1;
-                            run.failure.get_or_insert(f);
-                        }
-                    }
+                    run.push(outcome);
                 }
                 Ok(run)
             }

@@ -17,6 +17,13 @@
 //! | `offer`: into the bulk segment | the seat's driver | 1 (the link path: into the frame, then into the ring) |
 //! | decode out of the area | the worker | 1: byte strings are filled once, not zero-filled first (the link path: out of the ring into the worker's buffer, then decode) |
 //!
+//! A chunk of many small arguments (under [`COPY_BELOW_PER_ITEM`] bytes each on average, read
+//! from the sequence's length in front) is the exception: the worker copies its bytes out of the
+//! area in one go and decodes the copy, because decoding small values one read at a time out of
+//! the area costs more than that copy (a map of 1 M trivial tasks: 68-74 M tasks/s against
+//! 56-67 M/s decoding in place, interleaved A/B on the 2-vCPU VM; the 1 MiB payloads keep the
+//! in-place decode).
+//!
 //! The segment is created when a seat first sends a large job (sized to the next power of two,
 //! at least [`BULK_MIN`] and at most [`BULK_MAX`]; larger arguments take the link path), grows
 //! when a larger one comes, and is handed to each new worker of the seat once, as a transferred
@@ -112,16 +119,46 @@ pub(crate) enum Input<'a> {
     },
 }
 
+/// A chunk in the area whose arguments average fewer bytes than this is copied out and decoded
+/// from the copy: with many small arguments the decoder's per-read cost out of the area (a
+/// bounds-checked window per read) outweighs one copy of the whole chunk, while large byte
+/// strings are still filled straight from the area.
+const COPY_BELOW_PER_ITEM: usize = 64;
+
 impl Input<'_> {
-    /// Decodes the `T` that must use all of these bytes (straight out of the area for
-    /// [`Input::Area`]).
+    /// Decodes the `T` that must use all of these bytes (for [`Input::Area`], straight out of
+    /// the area, or from a copy when the bytes are a sequence of small items).
     #[inline]
     pub(crate) fn decode<T: DeserializeOwned>(self) -> Result<T, CodecDecodeError> {
         match self {
             Input::Bytes(bytes) => codec::decode(bytes),
+            Input::Area { ring, len } if small_items(&ring, len) => {
+                let mut copy = Vec::with_capacity(len);
+                ring.append(0, len, &mut copy);
+                codec::decode(&copy)
+            }
             Input::Area { ring, len } => codec::decode_ring(&ring, 0, len),
         }
     }
+}
+
+/// Whether the `len` bytes at the start of `ring`, read as a sequence (bincode's varint length
+/// first), average fewer than [`COPY_BELOW_PER_ITEM`] bytes per item. Only a hint: bytes that
+/// are no sequence answer anything, and the decode judges them.
+fn small_items(ring: &ShmRing<&Segment>, len: usize) -> bool {
+    let mut head = [0u8; 9];
+    let n = head.len().min(len);
+    ring.read_at(0, &mut head[..n]);
+    let count = match head[0] {
+        b @ 0..=250 => u64::from(b),
+        251 => u64::from(u16::from_le_bytes([head[1], head[2]])),
+        252 => u64::from(u32::from_le_bytes([head[1], head[2], head[3], head[4]])),
+        253 => u64::from_le_bytes([
+            head[1], head[2], head[3], head[4], head[5], head[6], head[7], head[8],
+        ]),
+        _ => return false,
+    };
+    count > 0 && (len as u64) / count < COPY_BELOW_PER_ITEM as u64
 }
 
 /// The worker's side: the segment it was handed.
@@ -203,6 +240,37 @@ mod tests {
             bulk.input(u64::MAX),
             Err(Failure::DecodeArgument(_))
         ));
+    }
+
+    /// Many small arguments are decoded from a copy, large byte strings straight from the
+    /// area; both give the values placed.
+    #[test]
+    fn small_items_are_copied_out_and_large_ones_decoded_in_place_alike() {
+        let seg = area(300 << 10);
+        let ring = ShmRing::new(&seg, 0, area_cap(&seg)).expect("ring");
+        let small: Vec<u64> = (0..40_000).collect();
+        let bytes = codec::encode(&small).expect("encodes");
+        ring.write_at(0, &bytes);
+        assert!(small_items(&ring, bytes.len()));
+        let bulk = BulkIn { area: Some(seg) };
+        let input = bulk.input(bytes.len() as u64).expect("in the area");
+        assert_eq!(input.decode::<Vec<u64>>().expect("decodes"), small);
+
+        let large = vec!["x".repeat(100 << 10)];
+        let bytes = codec::encode(&large).expect("encodes");
+        let seg = area(300 << 10);
+        let ring = ShmRing::new(&seg, 0, area_cap(&seg)).expect("ring");
+        ring.write_at(0, &bytes);
+        assert!(!small_items(&ring, bytes.len()));
+        // An empty sequence and bytes that are no sequence length are no small items.
+        ring.write_at(0, &[0]);
+        assert!(!small_items(&ring, 1));
+        ring.write_at(0, &[0xff; 9]);
+        assert!(!small_items(&ring, 9));
+        ring.write_at(0, &bytes);
+        let bulk = BulkIn { area: Some(seg) };
+        let input = bulk.input(bytes.len() as u64).expect("in the area");
+        assert_eq!(input.decode::<Vec<String>>().expect("decodes"), large);
     }
 
     #[test]
