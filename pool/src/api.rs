@@ -690,17 +690,10 @@ impl Pool {
         let mut first = 0u64;
         for chunk_args in args.chunks(chunk) {
             let n = chunk_args.len() as u64;
-            match self.new_job(task, chunk_args, first, sink.clone(), Some(cancel.clone())) {
-                Ok(job) => {
-                    if let Err(e) = self.submit(job) {
-                        let _ = cell.complete(Err(e.into()));
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = cell.complete(Err(e));
-                    break;
-                }
+            if let Err(refused) = self.submit_chunk(task, chunk_args, first, sink.clone(), &cancel)
+            {
+                let _ = cell.complete(Err(refused.error));
+                break;
             }
             first += n;
         }
@@ -811,6 +804,11 @@ impl Pool {
         crate::imap::Imap::new(self, f, args.into_iter(), false, chunksize)
     }
 
+    /// Submits the tasks `args` (indexes `first..`) as one job, or as several when their IPC
+    /// handles are more than one message may carry ([`ipc_shm::transfer::MAX_FDS`]): a chunk
+    /// size is a performance hint, so a map of many segments or queues never fails for it.
+    /// On a refusal, says how many of the tasks were submitted before it (each of those will
+    /// get its outcome as usual; the rest must be failed by the caller).
     pub(crate) fn submit_chunk<A: Serialize + DeserializeOwned>(
         &self,
         task: TaskRef,
@@ -818,9 +816,54 @@ impl Pool {
         first: u64,
         sink: Arc<dyn Sink>,
         cancel: &Arc<CancelToken>,
+    ) -> Result<(), ChunkRefused> {
+        let mut jobs = Vec::new();
+        self.chunk_jobs(task, args, first, &sink, cancel, &mut jobs)
+            .map_err(|error| ChunkRefused {
+                submitted: 0,
+                error,
+            })?;
+        let mut submitted = 0;
+        for job in jobs {
+            let n = job.count as usize;
+            self.submit(job).map_err(|e| ChunkRefused {
+                submitted,
+                error: e.into(),
+            })?;
+            submitted += n;
+        }
+        Ok(())
+    }
+
+    /// Encodes `args` as one job, or, if they carry more descriptors than one message may, as
+    /// the jobs of its two halves (recursively). Nothing is submitted here.
+    fn chunk_jobs<A: Serialize + DeserializeOwned>(
+        &self,
+        task: TaskRef,
+        args: &[A],
+        first: u64,
+        sink: &Arc<dyn Sink>,
+        cancel: &Arc<CancelToken>,
+        jobs: &mut Vec<Job>,
     ) -> Result<(), TaskError> {
-        let job = self.new_job(task, args, first, sink, Some(cancel.clone()))?;
-        self.submit(job).map_err(TaskError::from)
+        match self.new_job(task, args, first, sink.clone(), Some(cancel.clone())) {
+            Ok(job) => {
+                jobs.push(job);
+                Ok(())
+            }
+            Err(TaskError::Unsendable(e))
+                if args.len() > 1
+                    && matches!(
+                        e.transfer_error(),
+                        ipc_shm::transfer::TransferError::TooMany { .. }
+                    ) =>
+            {
+                let (a, b) = args.split_at(args.len() / 2);
+                self.chunk_jobs(task, a, first, sink, cancel, jobs)?;
+                self.chunk_jobs(task, b, first + a.len() as u64, sink, cancel, jobs)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Queues a job whose arguments are already encoded (a cluster node running a chunk it
@@ -925,4 +968,12 @@ impl Drop for Pool {
         self.terminate();
         self.join();
     }
+}
+
+/// A chunk the pool did not take whole ([`Pool::submit_chunk`]): the first `submitted` tasks
+/// went in (each gets its outcome as usual), the rest failed with `error`.
+#[derive(Debug)]
+pub(crate) struct ChunkRefused {
+    pub(crate) submitted: usize,
+    pub(crate) error: TaskError,
 }

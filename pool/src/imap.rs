@@ -146,8 +146,8 @@ where
                 self.sink.clone(),
                 &self.cancel,
             ) {
-                for i in 0..n as u64 {
-                    self.sink.fail(self.next_index + i, e.clone());
+                for i in e.submitted as u64..n as u64 {
+                    self.sink.fail(self.next_index + i, e.error.clone());
                 }
             }
             self.next_index += n as u64;

@@ -183,6 +183,58 @@ fn pool_tasks_receive_a_queue_on_each_start_method() {
     }
 }
 
+/// A task: stores `i + 1` in the value it was handed (its own segment) and returns `i`.
+fn store_own((v, i): (SharedValue<AtomicU64>, u64)) -> u64 {
+    v.store(i + 1, Ordering::Relaxed);
+    i
+}
+
+/// More distinct handles in a chunk than one message may carry (`transfer::MAX_FDS`): the pool
+/// splits the chunk instead of refusing the map (a chunk size is a hint), for `map` with the
+/// automatic chunk size, `map_chunked` and `imap_chunked`, and every task runs once.
+#[test]
+fn a_chunk_with_more_handles_than_a_message_carries_is_split() {
+    let _w = ipc_tests::watchdog("many handles", WATCHDOG);
+    let n = (transfer::MAX_FDS * 5) as u64;
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .start_method(StartMethod::ForkServer)
+        .build()
+        .expect("pool");
+    let values: Vec<SharedValue<AtomicU64>> = (0..n)
+        .map(|_| SharedValue::new_anonymous().expect("segment"))
+        .collect();
+    let args = || values.iter().cloned().zip(0..n).collect::<Vec<_>>();
+    let want: Vec<u64> = (0..n).collect();
+    // One worker, so the automatic chunk is a quarter of the tasks: more than MAX_FDS.
+    assert_eq!(pool.map(store_own, args()).expect("map"), want);
+    assert!(
+        values
+            .iter()
+            .zip(1..)
+            .all(|(v, i)| v.load(Ordering::Relaxed) == i)
+    );
+    for v in &values {
+        v.store(0, Ordering::Relaxed);
+    }
+    assert_eq!(
+        pool.map_chunked(store_own, args(), n as usize)
+            .expect("map_chunked"),
+        want
+    );
+    assert!(
+        values
+            .iter()
+            .zip(1..)
+            .all(|(v, i)| v.load(Ordering::Relaxed) == i)
+    );
+    let got: Vec<u64> = pool
+        .imap_chunked(store_own, args(), n as usize)
+        .collect::<Result<_, _>>()
+        .expect("imap_chunked");
+    assert_eq!(got, want);
+}
+
 /// A task: marks its slot of the handed slice and puts its index on the handed joinable queue;
 /// also checks the bare segment it was handed.
 fn mark(
