@@ -319,7 +319,7 @@ pub(crate) struct Settings {
 
 /// A pool of worker processes, like Python's `multiprocessing.Pool`.
 ///
-/// Build one with [`PoolBuilder`](crate::PoolBuilder). All methods take `&self`, so one pool
+/// Build one with [`PoolBuilder`]. All methods take `&self`, so one pool
 /// serves many threads of the parent at once.
 ///
 /// ```
@@ -355,7 +355,7 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool of `processes` workers with default settings (see [`PoolBuilder`](crate::PoolBuilder)).
+    /// A pool of `processes` workers with default settings (see [`PoolBuilder`]).
     pub fn new(processes: usize) -> Result<Pool, PoolError> {
         crate::PoolBuilder::new().processes(processes).build()
     }

@@ -75,7 +75,7 @@ const DECODE_DEATHS: u32 = 3;
 const KEEP_ARGS: usize = 64 << 10;
 
 /// A worker seat: the driver's state behind a mutex. The driver thread holds it only while it
-/// starts a worker or runs a job, so a thread calling [`Pool::apply`] can take an idle seat and
+/// starts a worker or runs a job, so a thread calling [`Pool::apply`](crate::Pool::apply) can take an idle seat and
 /// run its task on that worker directly, with no hand-off between threads.
 pub(crate) type Seat = Arc<Mutex<Driver>>;
 
