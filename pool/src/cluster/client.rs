@@ -78,7 +78,7 @@ pub(crate) fn start(settings: Settings) -> Result<Arc<Registry>, PoolError> {
         .into());
     };
     cluster.check()?;
-    let rt = super::runtime("pool-cluster")?;
+    let rt = super::runtime("pool-cluster", 2)?;
     let pool_id = unique_id();
     let (client, js, streams) = rt.block_on(async {
         let client = setup::connect(&cluster, &format!("pool-caller-{pool_id}")).await?;

@@ -148,7 +148,7 @@ impl NodeBuilder {
                 node: name.clone(),
                 message: e.to_string(),
             })?;
-        let rt = super::runtime("pool-node")?;
+        let rt = super::runtime("pool-node", 1)?;
         let capacity = match self.max_in_flight {
             Some(n) => Capacity::fixed(n),
             None => Capacity::adaptive(processes),
