@@ -256,8 +256,9 @@ impl Dispatcher {
     /// dispatcher thread and its wake-up; gives the job back, for the queue, when it should
     /// wait its turn or go the dispatcher's way (jobs queued, the pool closed or stopping, a
     /// caller inside an async context, descriptors, a message too large). One attempt: a
-    /// job whose publish failed is put back in the queue, and the dispatcher retries it for
-    /// its own publish timeout (the stream drops a second copy by its message id).
+    /// job whose publish failed (or whose acknowledgement, awaited on the runtime, reports a
+    /// failure) is put back in the queue, and the dispatcher retries it for its own publish
+    /// timeout (the stream drops a second copy by its message id).
     fn publish_here(&self, rt: &tokio::runtime::Handle, mut job: Job) -> Result<(), Job> {
         let registry = &self.shared.registry;
         if registry.jobs_waiting()
@@ -289,25 +290,26 @@ impl Dispatcher {
             in_flight.insert(id, job);
         }
         let headers = self.message_headers(id);
-        let sent = rt.block_on(async {
-            let ack = self
-                .js
-                .publish_with_headers(self.shared.tasks_subject.clone(), headers, frame.into())
-                .await
-                .map_err(drop)?;
-            ack.await.map_err(drop)
-        });
-        if sent.is_err() {
-            // Under the lock, so the dispatcher sees the job queued before it sees it gone
-            // from `in_flight`. Gone already: its result came (or a `terminate` failed it).
-            let mut in_flight = lock(&self.shared.in_flight);
-            if let Some(mut job) = in_flight.remove(&id) {
-                job.args = args;
-                // Fails the job itself if the pool was terminated.
-                let _ = registry.tx_requeue(job);
+        let sent = rt.block_on(self.js.publish_with_headers(
+            self.shared.tasks_subject.clone(),
+            headers,
+            frame.into(),
+        ));
+        match sent {
+            // The server's acknowledgement is awaited on the runtime, not here: the caller's
+            // thread goes straight to waiting for the result, and sleeps once per round trip
+            // instead of twice (the acknowledgement comes first, and its wake-up was one more
+            // thread switch on the round trip's path). The job stays in flight meanwhile, so
+            // the dispatcher's close-drain waits for it as before.
+            Ok(ack) => {
+                let shared = self.shared.clone();
+                rt.spawn(async move {
+                    if ack.await.is_err() {
+                        shared.requeue(id, args);
+                    }
+                });
             }
-            drop(in_flight);
-            self.shared.notify_if_drained();
+            Err(_) => self.shared.requeue(id, args),
         }
         Ok(())
     }
@@ -446,6 +448,21 @@ impl Dispatcher {
 }
 
 impl Shared {
+    /// Puts job `id`, whose publish from a caller's thread failed, back in the queue with its
+    /// arguments `args`, for the dispatcher to publish. Under the `in_flight` lock, so the
+    /// dispatcher sees the job queued before it sees it gone from `in_flight`. Gone already:
+    /// its result came (the message was stored after all), or a `terminate` failed it.
+    fn requeue(&self, id: u64, args: Vec<u8>) {
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(mut job) = in_flight.remove(&id) {
+            job.args = args;
+            // Fails the job itself if the pool was terminated.
+            let _ = self.registry.tx_requeue(job);
+        }
+        drop(in_flight);
+        self.notify_if_drained();
+    }
+
     fn notify_if_drained(&self) {
         if lock(&self.in_flight).is_empty() {
             self.drained.notify_all();

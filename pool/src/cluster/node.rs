@@ -148,7 +148,7 @@ impl NodeBuilder {
                 node: name.clone(),
                 message: e.to_string(),
             })?;
-        let rt = super::runtime("pool-node", 2)?;
+        let rt = super::runtime("pool-node", 1)?;
         let capacity = match self.max_in_flight {
             Some(n) => Capacity::fixed(n),
             None => Capacity::adaptive(processes),
@@ -199,7 +199,15 @@ impl NodeBuilder {
                     reporter.report().await;
                 }
             });
-            node.pull(&self.cluster, capacity).await
+            // The pull loop runs on the runtime's worker, not on this thread (`block_on`'s):
+            // there, a message's arrival wakes it and the chunk's task starts with no thread
+            // switch (the client's connection task, the loop and the chunk's task take turns
+            // on one thread), where from here each message cost two (a wake-up of this thread,
+            // and one of the worker for the spawned task).
+            match tokio::spawn(node.pull(self.cluster.clone(), capacity)).await {
+                Ok(r) => r,
+                Err(e) => Err(ClusterError::Runtime(super::NatsError::new(e))),
+            }
         })
     }
 }
@@ -418,7 +426,7 @@ impl Node {
     /// server went away.
     async fn pull(
         self: Arc<Self>,
-        cluster: &NatsCluster,
+        cluster: NatsCluster,
         capacity: Capacity,
     ) -> Result<Infallible, ClusterError> {
         let permits = Arc::new(tokio::sync::Semaphore::new(capacity.floor));
@@ -431,7 +439,7 @@ impl Node {
         let mut first = true;
         loop {
             let consumer = async {
-                let streams = setup::streams(&self.js, cluster).await?;
+                let streams = setup::streams(&self.js, &cluster).await?;
                 setup::node_consumer(&streams.tasks, self.ack_wait).await
             }
             .await;
