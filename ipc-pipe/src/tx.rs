@@ -382,13 +382,36 @@ where
 
     /// Publishes the tail without waking a sleeping consumer, unless the ring is more than
     /// half full (a consumer left asleep must never leave the producer waiting for space).
+    ///
+    /// The fill is judged by the consumer's head as last read, which only grows stale (too
+    /// full); past half it is read afresh before the consumer is woken for it. Without that
+    /// re-read, a producer whose sends all fit never reloads the head (`tx_free` does only
+    /// when short of room), and once the stale fill passed half every quiet send woke the
+    /// consumer: a CPU-bound map's driver was woken after about every other task report,
+    /// preempting the other worker (thousands of wake-ups per second per driver).
+    #[inline]
     pub(crate) fn publish_tx_quiet(&self) {
         let tail = self.tx_tail.get();
-        let used = tail.wrapping_sub(self.tx_head_cache.get());
-        if used > self.tx.cap() as u64 / 2 {
+        let half = self.tx.cap() as u64 / 2;
+        if tail.wrapping_sub(self.tx_head_cache.get()) > half && self.tx_fill_fresh(tail) > half {
             self.publish_tx();
         } else {
             ring::publish_tail_quiet(self.tx_ring(), tail);
+        }
+    }
+
+    /// The outgoing ring's fill up to `tail` by the consumer's head read now (cached for the
+    /// next sends). A head the ring cannot hold counts as full, which wakes the consumer (its
+    /// receive reports the corruption).
+    #[cold]
+    fn tx_fill_fresh(&self, tail: u64) -> u64 {
+        let head = self.tx_ring().head.load(Ordering::Acquire);
+        match ring::validate_used(tail, head, self.tx.cap()) {
+            Ok(used) => {
+                self.tx_head_cache.set(head);
+                used
+            }
+            Err(_) => u64::MAX,
         }
     }
 

@@ -578,6 +578,40 @@ fn quiet_messages_survive_the_senders_death() {
 }
 
 #[test]
+fn quiet_sends_stay_quiet_while_the_receiver_keeps_up() {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    let readable = |c: &Connection| {
+        let mut fds = [PollFd::new(c.readiness_fd(), PollFlags::POLLIN)];
+        nix::poll::poll(&mut fds, PollTimeout::ZERO).unwrap() > 0
+    };
+    // A 4 KiB ring; the receiver drains after every batch of quiet sends (a quarter of the
+    // ring each), so the ring is never half full. Many batches push the sender's view of the
+    // receiver's head far behind: the sender must read it afresh rather than wake the
+    // receiver as if the ring were filling up.
+    let (a, b) = PipeBuilder::new().capacity(4096).duplex().unwrap();
+    b.set_pollable();
+    assert!(matches!(b.try_recv::<u8>(), Err(TryRecvError::Empty)));
+    for batch in 0..64u8 {
+        for i in 0..4u8 {
+            a.send_bytes_quiet(&[batch ^ i; 248]).unwrap();
+        }
+        assert!(
+            !readable(&b),
+            "batch {batch}: a quiet send woke the receiver"
+        );
+        for i in 0..4u8 {
+            assert_eq!(b.recv_bytes().unwrap(), vec![batch ^ i; 248]);
+        }
+        // Empty: the receiver arms its readiness descriptor again.
+        assert!(matches!(b.try_recv::<u8>(), Err(TryRecvError::Empty)));
+    }
+    // A loud send still wakes it.
+    a.send_bytes(b"wake").unwrap();
+    assert!(readable(&b));
+    assert_eq!(b.recv_bytes().unwrap(), b"wake");
+}
+
+#[test]
 fn explicit_pollable_switch_and_side_effect_free_fd() {
     use nix::poll::{PollFd, PollFlags, PollTimeout};
     let readable = |c: &Connection| {
