@@ -687,15 +687,20 @@ impl Pool {
         let chunk = chunksize.unwrap_or_else(|| self.auto_chunksize(len)).max(1);
         let task = TaskRef::new(f);
         let cancel = CancelToken::new();
+        // Every chunk is encoded before any is queued, and all are queued at once (see
+        // `registry`'s doorbell): a map starts on every worker together.
+        let mut jobs = Vec::with_capacity(len.div_ceil(chunk));
         let mut first = 0u64;
         for chunk_args in args.chunks(chunk) {
-            let n = chunk_args.len() as u64;
-            if let Err(refused) = self.submit_chunk(task, chunk_args, first, sink.clone(), &cancel)
+            if let Err(error) = self.chunk_jobs(task, chunk_args, first, &sink, &cancel, &mut jobs)
             {
-                let _ = cell.complete(Err(refused.error));
-                break;
+                let _ = cell.complete(Err(error));
+                return AsyncResult::cancellable(cell, cancel);
             }
-            first += n;
+            first += chunk_args.len() as u64;
+        }
+        if let Err(e) = Registry::submit_all(&self.registry, jobs) {
+            let _ = cell.complete(Err(e.into()));
         }
         AsyncResult::cancellable(cell, cancel)
     }
