@@ -77,6 +77,12 @@ fn children_of(parents: &[u32]) -> Vec<u32> {
     found
 }
 
+/// Whether `pid` is a fork server's blank child: a process forked ahead of the next worker
+/// request, named `pool-blank` while it waits (`pool/src/start/forkserver.rs`).
+fn is_blank(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "pool-blank")
+}
+
 /// A small deterministic generator for kill pacing (xorshift).
 fn next_random(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -159,6 +165,70 @@ child_entry! {
 #[test]
 fn a_killed_fork_server_is_restarted_and_its_workers_are_lost_workers() {
     run_child(child!(fork_server_killed));
+}
+
+/// The fork server's blank child (forked ahead of the next request), once there is one; fails
+/// after 10 s without.
+fn blank_of(server: u32, pool: &Pool) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers: Vec<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
+        let others: Vec<u32> = children_of(&[server])
+            .into_iter()
+            .filter(|&p| !workers.contains(&p) && is_blank(p))
+            .collect();
+        match others[..] {
+            [blank] => return blank,
+            [] => assert!(
+                Instant::now() < deadline,
+                "the fork server made no blank child"
+            ),
+            _ => panic!("the fork server has several idle children: {others:?}"),
+        }
+        // Pacing of the look at /proc, not synchronisation: the loop ends on what it sees.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+child_entry! {
+    fn fork_server_blank() {
+        let pool = PoolBuilder::new()
+            .processes(1)
+            .start_method(StartMethod::ForkServer)
+            .build()
+            .expect("pool");
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+        let server = pool::__fork_server_pid().expect("a fork server runs");
+        // A replacement is the blank the server forked ahead, not a fork made on demand.
+        let blank = blank_of(server, &pool);
+        let worker = pool.stats().workers[0].pid;
+        os::kill(worker, os::Signal::SIGKILL).unwrap();
+        wait_gone(worker, Duration::from_secs(10));
+        assert_eq!(pool.apply(square, 4).unwrap(), 16);
+        assert_eq!(pool.stats().workers[0].pid, blank, "the replacement is the blank");
+        // A blank killed from outside costs nothing: the next replacement is forked on demand,
+        // and the server makes a new blank after it.
+        let blank = blank_of(server, &pool);
+        os::kill(blank, os::Signal::SIGKILL).unwrap();
+        wait_gone(blank, Duration::from_secs(10));
+        let worker = pool.stats().workers[0].pid;
+        os::kill(worker, os::Signal::SIGKILL).unwrap();
+        wait_gone(worker, Duration::from_secs(10));
+        assert_eq!(pool.apply(square, 5).unwrap(), 25);
+        let replacement = pool.stats().workers[0].pid;
+        assert_ne!(replacement, blank);
+        let next = blank_of(server, &pool);
+        assert_ne!(next, blank);
+        assert_eq!(pool.map(square, 0..100u64).unwrap(), squares(100));
+        // Closing the pool leaves the blank to the server, which ends it with itself.
+        drop(pool);
+        println!("fault: fork server blank handed over, then killed and replaced: all Ok");
+    }
+}
+
+#[test]
+fn a_replacement_is_the_fork_servers_blank_and_a_killed_blank_costs_nothing() {
+    run_child(child!(fork_server_blank));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -688,7 +758,7 @@ fn spares(method: StartMethod, workers: &[u32]) -> Vec<u32> {
     };
     children_of(&parents)
         .into_iter()
-        .filter(|p| Some(*p) != server && !workers.contains(p))
+        .filter(|&p| Some(p) != server && !workers.contains(&p) && !is_blank(p))
         .collect()
 }
 

@@ -263,6 +263,17 @@ pub fn exe_identity() -> io::Result<(u64, u64, u64, i64)> {
     Ok((m.dev(), m.ino(), m.size(), m.mtime()))
 }
 
+/// The calling thread's name (its `comm`, at most 15 bytes): for a single-threaded process, the
+/// name `/proc/<pid>/comm` and `ps` show.
+pub fn thread_name() -> io::Result<std::ffi::CString> {
+    Ok(rustix::thread::name()?)
+}
+
+/// Names the calling thread (`prctl(PR_SET_NAME)`; the kernel keeps the first 15 bytes).
+pub fn set_thread_name(name: &std::ffi::CStr) -> io::Result<()> {
+    Ok(rustix::thread::set_name(name)?)
+}
+
 /// Resident set size in bytes and CPU time (user + system) of `pid`, from `/proc/<pid>/stat`.
 pub fn usage(pid: u32) -> Option<(u64, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
