@@ -1,9 +1,8 @@
 //! The registry: what the pool handle and its driver threads share.
 //!
-//! It holds the job queue (one crossbeam channel; workers never touch it) and its doorbell, the
-//! seats of the
-//! drivers, the per-worker statistics table, the pool's counters, and its closed, terminated
-//! and broken states. The handle ([`crate::Pool`]) submits jobs and closes the queue here;
+//! It holds the job queue (one crossbeam channel; workers never touch it) and its doorbell,
+//! the seats of the drivers, the per-worker statistics table, the pool's counters, and its
+//! closed, terminated and broken states. The handle ([`crate::Pool`]) submits jobs and closes the queue here;
 //! drivers take jobs from it, requeue what a dead worker did not start, and tally outcomes.
 //! Sizing decisions (growing, the restart breaker) are in `sizing`, the drivers in `driver`.
 //!

@@ -16,7 +16,7 @@
 //! descriptors on a socket of its own and then becomes that worker. A request is then served
 //! by handing the descriptors over (a `sendmsg`) rather than by a fork (300 us of the server's
 //! time on the 2-vCPU VM, on the path from a worker's death to its replacement), and the next
-//! blank is forked after the reply. A blank that died meanwhile (SIGKILL from outside) is
+//! blank is forked once the server has been quiet for [`BLANK_AFTER`] after the reply. A blank that died meanwhile (SIGKILL from outside) is
 //! reaped silently and the request served by a fork, as before; the blank is made only once a
 //! first worker was asked for, so a server costs one idle process at most. While it waits, a
 //! blank is named [`BLANK_NAME`] (what `ps` and `/proc/<pid>/comm` show); it takes the
