@@ -687,20 +687,31 @@ impl Pool {
         let chunk = chunksize.unwrap_or_else(|| self.auto_chunksize(len)).max(1);
         let task = TaskRef::new(f);
         let cancel = CancelToken::new();
-        // Every chunk is encoded before any is queued, and all are queued at once (see
-        // `registry`'s doorbell): a map starts on every worker together.
-        let mut jobs = Vec::with_capacity(len.div_ceil(chunk));
+        // The first chunk of every worker is encoded before any is queued, and they are queued
+        // at once (see `registry`'s doorbell), so that a map starts on every worker together;
+        // the others are queued as they are encoded, while the workers run the first ones.
+        // Chunks of large arguments are queued at once: encoding the next one takes long
+        // enough that the first worker should be under way meanwhile (1 MiB arguments: 16.2%
+        // of memcpy queued one by one, 13.5% when every worker's first chunk waited).
+        let mut together = self.registry.settings.max_workers.max(1);
+        let mut jobs = Vec::new();
         let mut first = 0u64;
-        for chunk_args in args.chunks(chunk) {
+        let chunks = len.div_ceil(chunk);
+        for (i, chunk_args) in args.chunks(chunk).enumerate() {
             if let Err(error) = self.chunk_jobs(task, chunk_args, first, &sink, &cancel, &mut jobs)
             {
                 let _ = cell.complete(Err(error));
                 return AsyncResult::cancellable(cell, cancel);
             }
             first += chunk_args.len() as u64;
-        }
-        if let Err(e) = Registry::submit_all(&self.registry, jobs) {
-            let _ = cell.complete(Err(e.into()));
+            let large = jobs.iter().map(|j| j.args.len()).sum::<usize>() >= QUEUE_AT_ONCE;
+            if jobs.len() >= together || large || i + 1 == chunks {
+                if let Err(e) = Registry::submit_all(&self.registry, std::mem::take(&mut jobs)) {
+                    let _ = cell.complete(Err(e.into()));
+                    return AsyncResult::cancellable(cell, cancel);
+                }
+                together = 1;
+            }
         }
         AsyncResult::cancellable(cell, cancel)
     }
@@ -982,3 +993,7 @@ pub(crate) struct ChunkRefused {
     pub(crate) submitted: usize,
     pub(crate) error: TaskError,
 }
+
+/// Encoded arguments of at least this many bytes are queued as soon as they are encoded, without
+/// waiting to be queued together with the first chunks of the other workers (`map_async_inner`).
+const QUEUE_AT_ONCE: usize = 64 << 10;
