@@ -692,7 +692,8 @@ impl Pool {
         // the others are queued as they are encoded, while the workers run the first ones.
         // Chunks of large arguments are queued at once: encoding the next one takes long
         // enough that the first worker should be under way meanwhile (1 MiB arguments: 16.2%
-        // of memcpy queued one by one, 13.5% when every worker's first chunk waited).
+        // of memcpy queued one by one, 13.5% when every chunk was encoded before any was
+        // queued).
         let mut together = self.registry.settings.max_workers.max(1);
         let mut jobs = Vec::new();
         let mut first = 0u64;

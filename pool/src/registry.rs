@@ -9,7 +9,8 @@
 //! ## The doorbell
 //!
 //! Idle drivers do not wait on the job queue itself but on a doorbell rung after jobs are
-//! queued, so that a map's chunks are all queued before the first driver wakes. Waiting on the
+//! queued, so that a map's first chunk for every worker is queued before the first driver
+//! wakes (`Pool::map_async_inner` queues them together, the rest as they come). Waiting on the
 //! queue, each chunk's `send` woke a driver at once; on a busy machine that driver (and the
 //! worker it woke) preempted the caller's thread before it queued the next chunk, and with
 //! every CPU looking busy the scheduler left that thread waiting for a time slice (3 ms on the
