@@ -66,6 +66,7 @@ use crate::wire::bulk::BULK_MIN;
 use crate::wire::bulk::BulkOut;
 use crate::wire::header;
 use crate::wire::protocol::{self, FromWorker, LinkError, ToWorker};
+use crate::wire::shared_args::SharedArgs;
 
 /// How many times a job's worker may die while decoding the job's arguments (before any of its
 /// tasks starts) before the job fails with `WorkerLost` instead of running again.
@@ -595,6 +596,8 @@ impl Driver {
             .max_tasks_per_child
             .map(|n| crate::sizing::jitter(n, pid));
         self.worker = Some(worker);
+        // A new worker keeps no bulk area yet (even one whose pid was reused).
+        self.bulk.forget();
         self.bury();
     }
 
@@ -660,12 +663,27 @@ impl Driver {
             let _ = registry.tx_requeue(job);
             return Ran::WorkerGone;
         };
-        // Large arguments go through the bulk area. It is rewritten only here, and a job is
-        // sent only once the last one has ended, so the worker never reads it mid-write.
-        let bulk = self
-            .bulk
-            .offer(&mut *worker.link, worker.pid, &job.args, &mut self.frame);
-        let payload: &[u8] = if bulk.is_some() { &[] } else { &job.args };
+        // Large arguments go through a bulk area: the one the caller encoded them into, or the
+        // seat's own, rewritten only here; a job is sent only once the last one has ended, so
+        // the worker never reads an area mid-write.
+        let filled = job.shared.as_deref().and_then(SharedArgs::filled);
+        let bulk = self.bulk.offer(
+            &mut *worker.link,
+            worker.pid,
+            &job.args,
+            filled,
+            &mut self.frame,
+        );
+        let copied;
+        let payload: &[u8] = match (bulk, &job.shared) {
+            (Some(_), _) => &[],
+            // The area could not be handed over: the bytes take the link.
+            (None, Some(shared)) => {
+                copied = shared.to_vec();
+                &copied
+            }
+            (None, None) => &job.args,
+        };
         // The frame's head is built here; the arguments go from the job straight into the
         // pipe (copied together only in the rare job that hands descriptors over).
         let framed = match job.fds.as_deref() {

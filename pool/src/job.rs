@@ -30,6 +30,7 @@
 //! canceller's lock, and the driver's insertion precedes its flag load, so (with the mutex's
 //! total order) at least one side sees the other.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -41,14 +42,18 @@ use crate::registry::lock;
 use crate::result::Sink;
 use crate::task::TaskRef;
 use crate::wire::args::{self, Args};
+use crate::wire::shared_args::SharedArgs;
 use ipc_shm::transfer::FdBatch;
 
 /// A job: one task function over a chunk of arguments.
 pub(crate) struct Job {
     pub(crate) id: u64,
     pub(crate) task: TaskRef,
-    /// The arguments, one bincode sequence (`Vec<A>`).
+    /// The arguments, one bincode sequence (`Vec<A>`); empty when they are in `shared`.
     pub(crate) args: Vec<u8>,
+    /// Large arguments the caller encoded into a bulk area of their own
+    /// (`wire/shared_args.rs`), instead of into `args`.
+    pub(crate) shared: Option<Box<SharedArgs>>,
     /// The descriptors of the IPC handles among the arguments, if any (`wire/args.rs`).
     pub(crate) fds: Option<Arc<FdBatch>>,
     /// The global index of the first argument.
@@ -152,16 +157,10 @@ impl Job {
         sink: Arc<dyn Sink>,
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<Job, TaskError> {
-        let encoded = args::encode(args).map_err(args::ArgsError::into_task_error)?;
-        Ok(Job::encoded::<A>(
-            id,
-            task,
-            encoded,
-            first,
-            args.len() as u64,
-            sink,
-            cancel,
-        ))
+        let (encoded, shared) = args::encode_job(args).map_err(args::ArgsError::into_task_error)?;
+        let mut job = Job::encoded::<A>(id, task, encoded, first, args.len() as u64, sink, cancel);
+        job.shared = shared.map(Box::new);
+        Ok(job)
     }
 
     /// The job `id` running `task` over `count` arguments of type `A` already encoded (as
@@ -180,6 +179,7 @@ impl Job {
             id,
             task,
             args: args.bytes,
+            shared: None,
             fds: args.fds,
             first,
             count,
@@ -207,6 +207,7 @@ impl Job {
             id,
             task,
             args,
+            shared: None,
             // A cluster message carries no descriptors (handles do not travel between
             // machines): a handle in a cluster task's argument fails to encode at submit.
             fds: None,
@@ -224,6 +225,24 @@ impl Job {
     #[cfg(feature = "nats")]
     pub(crate) fn reslice_fn(&self) -> Reslice {
         self.reslice
+    }
+
+    /// The encoded arguments (copied out of their area if the caller encoded them into one).
+    pub(crate) fn args_bytes(&self) -> Cow<'_, [u8]> {
+        match &self.shared {
+            Some(shared) => Cow::Owned(shared.to_vec()),
+            None => Cow::Borrowed(&self.args),
+        }
+    }
+
+    /// Takes the encoded arguments out of the job, as one buffer (copied out of their area,
+    /// which goes back to the free list, if the caller encoded them into one).
+    #[cfg(feature = "nats")]
+    pub(crate) fn take_args(&mut self) -> Vec<u8> {
+        match self.shared.take() {
+            Some(shared) => shared.to_vec(),
+            None => std::mem::take(&mut self.args),
+        }
     }
 
     /// Fails every argument of the job with `error`.
@@ -252,7 +271,7 @@ impl Job {
             return None;
         }
         let whole = Args {
-            bytes: self.args.clone(),
+            bytes: self.args_bytes().into_owned(),
             fds: self.fds.clone(),
         };
         let part = (self.reslice)(&whole, skip as usize, (end - skip) as usize)?;
@@ -260,6 +279,7 @@ impl Job {
             id: self.id,
             task: self.task,
             args: part.bytes,
+            shared: None,
             fds: part.fds,
             first: from,
             count: end - skip,

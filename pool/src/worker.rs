@@ -137,11 +137,12 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
                     }
                 }
             }
-            ToWorker::Bulk { fds } => match take_batch(link, fds) {
-                Ok(batch) => with_batch(batch, || bulk.adopt(payload)),
+            ToWorker::Bulk { fds, id } => match take_batch(link, fds) {
+                Ok(batch) => with_batch(batch, || bulk.adopt(id, payload)),
                 // Without its descriptor the area stays missing: the job that needs it fails.
-                Err(_) => bulk.adopt(&[]),
+                Err(_) => bulk.adopt(id, &[]),
             },
+            ToWorker::UseBulk { id } => bulk.select(id),
             ToWorker::Run {
                 job,
                 task,

@@ -493,6 +493,50 @@ fn a_chunk_that_kills_its_decoder_fails_instead_of_looping() {
     assert_eq!(restarts, 3);
 }
 
+fn length_unless_poisoned(arg: (Vec<u8>, Option<Poison>)) -> u64 {
+    arg.0.iter().map(|&b| u64::from(b)).sum::<u64>() + arg.0.len() as u64
+}
+
+/// A chunk of large arguments is encoded by the caller into a bulk area of its own
+/// (pool/src/wire/shared_args.rs). When its decoding kills workers, the driver splits the job
+/// out of that area (in the parent), and after three deaths it fails; the areas go on serving
+/// the maps that follow, on the replacement worker.
+#[test]
+fn a_large_chunk_that_kills_its_decoder_fails_and_large_maps_go_on() {
+    let _watchdog = ipc_tests::watchdog("the large decoder-death test", Duration::from_secs(60));
+    TEST_PID.get_or_init(os::pid);
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .build()
+        .unwrap();
+    let large = |seed: u8| (vec![seed; 300 << 10], None::<Poison>);
+    let expected = |seed: u8| length_unless_poisoned((vec![seed; 300 << 10], None));
+    // Large arguments seen once: later large chunks take areas of their own.
+    assert_eq!(
+        pool.apply(length_unless_poisoned, large(1)).unwrap(),
+        expected(1)
+    );
+    let poisoned = vec![large(2), (vec![3; 300 << 10], Some(Poison)), large(4)];
+    match pool.map_chunked(length_unless_poisoned, poisoned, 3) {
+        Err(TaskError::WorkerLost { exit, .. }) => {
+            assert_eq!(exit, pool::Exit::Signal(os::Signal::SIGABRT as i32))
+        }
+        other => panic!("expected WorkerLost, got {other:?}"),
+    }
+    // Several large chunks in flight at once, each in its own area, on the replacement.
+    for round in 0..3u8 {
+        let args: Vec<_> = (0..6).map(|i| large(10 * round + i)).collect();
+        let want: Vec<u64> = (0..6).map(|i| expected(10 * round + i)).collect();
+        assert_eq!(
+            pool.map_chunked(length_unless_poisoned, args, 2).unwrap(),
+            want
+        );
+    }
+    let restarts: u64 = pool.stats().workers.iter().map(|w| w.restarts).sum();
+    assert_eq!(restarts, 3, "three decoder deaths, then the job failed");
+}
+
 /// Started flags of `a_kill_storm_during_a_queued_map_fails_only_started_tasks`.
 static STARTED_STORM: std::sync::OnceLock<ipc_shm::Segment> = std::sync::OnceLock::new();
 

@@ -722,4 +722,17 @@ fn large_arguments_arrive_whole_across_growth_and_replacement(method: StartMetho
     let arg = pattern(1 << 20, 99);
     assert_eq!(pool.apply(checksum, arg.clone()).unwrap(), checksum(arg));
     assert_ne!(pool.stats().workers[0].pid, before);
+    // A map's large chunks are encoded into areas of their own (pool/src/wire/shared_args.rs),
+    // handed to the worker one by one: mixed with small ones (the link path) and with a larger
+    // one (a larger area), twice, so the second map reuses the areas of the first.
+    for round in 0..2u8 {
+        let lens = [300 << 10, 64, 3 << 20, 200 << 10, 10, 130 << 10];
+        let args: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| pattern(n, 50 + 10 * round + i as u8))
+            .collect();
+        let expected: Vec<_> = args.iter().cloned().map(checksum).collect();
+        assert_eq!(pool.map_chunked(checksum, args, 1).unwrap(), expected);
+    }
 }

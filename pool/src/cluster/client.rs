@@ -277,7 +277,7 @@ impl Dispatcher {
         let id = job.id;
         let count = job.count;
         // The arguments now live in the message; kept aside in case it must be queued.
-        let args = std::mem::take(&mut job.args);
+        let args = job.take_args();
         {
             let mut in_flight = lock(&self.shared.in_flight);
             if self.shared.stopping.load(Ordering::SeqCst)
@@ -376,7 +376,7 @@ impl Dispatcher {
             }
             let id = job.id;
             // The arguments now live in the message; the job keeps its sink.
-            job.args = Vec::new();
+            drop(job.take_args());
             lock(&self.shared.in_flight).insert(id, job);
             sends.push(self.publish_one(id, Bytes::from(frame)));
         }
@@ -409,8 +409,9 @@ impl Dispatcher {
                 .map(|t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
             reply: self.shared.results_subject.clone(),
         };
-        let mut out = Vec::with_capacity(job.args.len() + 128);
-        protocol::frame(&header, &job.args, &mut out)
+        let args = job.args_bytes();
+        let mut out = Vec::with_capacity(args.len() + 128);
+        protocol::frame(&header, &args, &mut out)
             .map_err(|e| TaskError::Argument(e.to_string()))?;
         Ok(out)
     }

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 
 use crate::wire::codec::{self, CodecEncodeError};
 use crate::wire::recycle;
+use crate::wire::shared_args::{self, SharedArgs};
 
 /// Encoded arguments: one bincode sequence, and the descriptors their handles put in a batch
 /// (`None` when they carry none, the common case).
@@ -90,7 +91,10 @@ pub(crate) fn encode_reusing<A: Serialize>(args: &[A], buf: Vec<u8>) -> Result<A
             bytes = buf;
             bytes.clear();
         }
-        codec::encode_into(args, &mut bytes).map(|()| bytes)
+        codec::encode_into(args, &mut bytes).map(|()| {
+            shared_args::saw(bytes.len());
+            bytes
+        })
     });
     if let Some(e) = handle {
         return Err(ArgsError::Handle(e));
@@ -98,6 +102,34 @@ pub(crate) fn encode_reusing<A: Serialize>(args: &[A], buf: Vec<u8>) -> Result<A
     let bytes = bytes.map_err(ArgsError::Codec)?;
     let fds = (!batch.is_empty()).then(|| Arc::new(batch));
     Ok(Args { bytes, fds })
+}
+
+/// [`encode`] for a job: large arguments go into a bulk area of their own when this process
+/// has sent large arguments before (`wire/shared_args.rs`; `bytes` is then empty).
+pub(crate) fn encode_job<A: Serialize>(
+    args: &[A],
+) -> Result<(Args, Option<SharedArgs>), ArgsError> {
+    let (encoded, batch, handle) = transfer::encode(|| match shared_args::encode(args) {
+        Some(shared) => shared.map(|s| (Vec::new(), Some(s))),
+        None => {
+            // Once large arguments were seen, `shared_args` sized these already: small.
+            let mut bytes = if shared_args::seen_large() {
+                Vec::new()
+            } else {
+                recycle::buffer_for(args)
+            };
+            codec::encode_into(args, &mut bytes).map(|()| {
+                shared_args::saw(bytes.len());
+                (bytes, None)
+            })
+        }
+    });
+    if let Some(e) = handle {
+        return Err(ArgsError::Handle(e));
+    }
+    let (bytes, shared) = encoded.map_err(ArgsError::Codec)?;
+    let fds = (!batch.is_empty()).then(|| Arc::new(batch));
+    Ok((Args { bytes, fds }, shared))
 }
 
 /// Re-encodes arguments `skip..skip + take` of `args` (for a job split after its worker

@@ -14,7 +14,7 @@
 //! | step | who | copies |
 //! |---|---|---|
 //! | submit: encode the arguments | the caller | 1 |
-//! | `offer`: into the bulk segment | the seat's driver | 1 (the link path: into the frame, then into the ring) |
+//! | `offer`: into the bulk segment | the seat's driver | 1 (the link path: into the frame, then into the ring); 0 when the caller encoded them into an area of their own (`wire/shared_args.rs`, a map's large chunks once the process has seen large arguments) |
 //! | decode out of the area | the worker | 1: byte strings are filled once, not zero-filled first (the link path: out of the ring into the worker's buffer, then decode) |
 //!
 //! A chunk of many small arguments (under [`COPY_BELOW_PER_ITEM`] bytes each on average, read
@@ -24,17 +24,25 @@
 //! 56-67 M/s decoding in place, interleaved A/B on the 2-vCPU VM; the 1 MiB payloads keep the
 //! in-place decode).
 //!
-//! The segment is created when a seat first sends a large job (sized to the next power of two,
-//! at least [`BULK_MIN`] and at most [`BULK_MAX`]; larger arguments take the link path), grows
-//! when a larger one comes, and is handed to each new worker of the seat once, as a transferred
-//! [`Segment`] (`ToWorker::Bulk`, its descriptor by `SCM_RIGHTS`, its header validated by the
-//! worker like any other handle's). The caller's buffers are recycled (`wire/recycle.rs`) and the
-//! worker keeps its freed heap, so a steady stream of large arguments faults no page after the
-//! first.
+//! The seat's segment is created when a seat first sends a large job (sized to the next power
+//! of two, at least [`BULK_MIN`] and at most [`BULK_MAX`]; larger arguments take the link path),
+//! and grows when a larger one comes. Every area (the seat's, or one a caller encoded into) is
+//! handed to a worker once, as a transferred [`Segment`] (`ToWorker::Bulk { id }`, its
+//! descriptor by `SCM_RIGHTS`, its header validated by the worker like any other handle's), and
+//! the worker keeps it mapped ([`KEPT_AREAS`] areas, [`KEPT_BYTES`] bytes at most, the least
+//! recently used dropped first); the driver keeps the same account by the same rule, so an area
+//! the worker has is named by id (`ToWorker::UseBulk`), not handed again. Mapping an area anew
+//! for every job (a `mmap`, a page fault per 16 pages on first read, a `munmap`) cost the
+//! worker almost what the driver's copy it replaced had cost: a map of 16 x 1 MiB arguments
+//! took 352 us per task before areas of their own, 256 us with them and kept mappings (medians
+//! of 8 interleaved pairs on the 2-vCPU VM; no gain without keeping them). The caller's
+//! buffers and areas are recycled (`wire/recycle.rs`, `wire/shared_args.rs`) and the worker
+//! keeps its freed heap, so a steady stream of large arguments faults no page after the first.
 //!
 //! ## Who may touch the bytes
 //!
-//! The driver writes the area only while its worker holds no job: a driver sends one `Run` and
+//! The driver writes the seat's area only while its worker holds no job (and a caller writes
+//! its own area only while no job holds it: `wire/shared_args.rs`): a driver sends one `Run` and
 //! waits for that job to end before the next (`Driver::run_registered`), and the worker decodes
 //! every argument of a job out of the area before it runs the first or reports anything about
 //! the job (`task::call_chunk`). So the worker never reads bytes being written. Even if a peer
@@ -43,6 +51,8 @@
 //! at most the announced length) and the length in the frame is checked against the area before
 //! the decode: a broken peer can change the values the worker decodes (which the codec then
 //! rejects as data, or the task sees as wrong values), never make a copy leave the segment.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipc_shm::{ByteRing, Segment, SegmentBuilder, ShmRing, TypeTag};
 
@@ -62,48 +72,180 @@ pub(crate) const BULK_MAX: usize = 64 << 20;
 /// The type tag of bulk segments.
 const TAG: TypeTag = TypeTag::from_name("pool-bulk/v1");
 
-/// The driver's side: the seat's segment, and which worker has it.
+/// One bulk segment, with a process-unique id that tells a driver whether its worker was
+/// already handed this very segment.
+#[derive(Debug)]
+pub(crate) struct Area {
+    seg: Segment,
+    id: u64,
+}
+
+impl Area {
+    /// A new area of at least `len` bytes (the next power of two), or `None` if the segment
+    /// could not be made.
+    pub(crate) fn new(len: usize) -> Option<Area> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let cap = len.checked_next_power_of_two()?;
+        let seg = SegmentBuilder::new(cap).type_tag(TAG).create().ok()?;
+        Some(Area {
+            seg,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Its process-unique id.
+    #[cfg(test)]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// How many bytes it holds.
+    pub(crate) fn cap(&self) -> usize {
+        area_cap(&self.seg)
+    }
+
+    /// Its bytes, as a ring (bounds-checked copies; no reference to the shared bytes).
+    pub(crate) fn ring(&self) -> Option<ShmRing<&Segment>> {
+        ShmRing::new(&self.seg, 0, self.cap()).ok()
+    }
+}
+
+/// How many areas a worker keeps mapped at most (the driver keeps the same account of them).
+const KEPT_AREAS: usize = 32;
+/// How many bytes of areas a worker keeps mapped at most.
+const KEPT_BYTES: usize = 64 << 20;
+
+/// The areas a worker keeps mapped, least recently used first: the worker's own list, and
+/// the driver's account of it, kept by the same rule from the same frames, so the driver
+/// knows which areas it need not hand over again. An area that falls out is unmapped by the
+/// worker; if the caller has dropped it too, its memory goes back to the system.
+#[derive(Debug)]
+struct Kept<T> {
+    areas: Vec<(u64, usize, T)>,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Kept { areas: Vec::new() }
+    }
+}
+
+impl<T> Kept<T> {
+    /// Adds area `id` of `cap` bytes as the most recently used, dropping the least recently
+    /// used ones beyond the limits.
+    fn add(&mut self, id: u64, cap: usize, area: T) {
+        self.areas.retain(|(i, _, _)| *i != id);
+        self.areas.push((id, cap, area));
+        while self.areas.len() > KEPT_AREAS
+            || self.areas.iter().map(|(_, c, _)| c).sum::<usize>() > KEPT_BYTES
+        {
+            self.areas.remove(0);
+        }
+    }
+
+    /// Area `id`, now the most recently used, if it is kept.
+    fn touch(&mut self, id: u64) -> Option<&T> {
+        let at = self.areas.iter().position(|(i, _, _)| *i == id)?;
+        let entry = self.areas.remove(at);
+        self.areas.push(entry);
+        self.areas.last().map(|(_, _, a)| a)
+    }
+
+    /// The most recently used area's id.
+    fn current(&self) -> Option<u64> {
+        self.areas.last().map(|(id, _, _)| *id)
+    }
+}
+
+/// The driver's side: the seat's own area, and its account of the areas its worker keeps.
 #[derive(Debug, Default)]
 pub(crate) struct BulkOut {
-    area: Option<Segment>,
-    /// The worker (by pid) that was handed the current segment.
-    sent_to: Option<u32>,
+    area: Option<Area>,
+    /// The worker (by pid) the account is of.
+    worker: Option<u32>,
+    /// The areas that worker keeps; the last one is the one it reads from.
+    kept: Kept<()>,
 }
 
 impl BulkOut {
-    /// Places `bytes` in the bulk area for the worker `pid` at the other end of `link`,
-    /// handing it the segment first if it does not have it (a `Bulk` frame built in `frame`).
-    /// Returns the length to put in the `Run` frame, or `None`: the arguments take the link
-    /// path (short, too long, or the area could not be made or handed over; the link path
-    /// always works, and a broken link shows on the `Run` frame that follows).
+    /// Makes the arguments of a job readable by the worker `pid` at the other end of `link`
+    /// in a bulk area, handing it the area first if it does not have it (a `Bulk` frame built
+    /// in `frame`), or telling it to read from an area it keeps (`UseBulk`): `filled`, the area
+    /// the caller encoded them into (`wire/shared_args.rs`), or else the seat's own area, into
+    /// which `bytes` are copied. Returns the length to put in the `Run` frame, or `None`: the
+    /// arguments take the link path (short, too long, or the area could not be made or handed
+    /// over; the link path always works, and a broken link shows on the `Run` frame that
+    /// follows).
     pub(crate) fn offer(
         &mut self,
         link: &mut dyn Link,
         pid: u32,
         bytes: &[u8],
+        filled: Option<(&Area, usize)>,
         frame: &mut Vec<u8>,
     ) -> Option<u64> {
+        if let Some((area, len)) = filled {
+            self.hand(link, pid, area, frame)?;
+            return u64::try_from(len).ok();
+        }
         if !(BULK_MIN..=BULK_MAX).contains(&bytes.len()) {
             return None;
         }
-        let cap = bytes.len().next_power_of_two();
-        if self.area.as_ref().is_none_or(|seg| area_cap(seg) < cap) {
+        if self.area.as_ref().is_none_or(|a| a.cap() < bytes.len()) {
             self.area = None;
-            self.sent_to = None;
-            self.area = Some(SegmentBuilder::new(cap).type_tag(TAG).create().ok()?);
+            self.area = Some(Area::new(bytes.len())?);
         }
-        let seg = self.area.as_ref()?;
-        if self.sent_to != Some(pid) {
-            let handed = args::encode(std::slice::from_ref(seg)).ok()?;
+        let area = self.area.take()?;
+        let handed = self.hand(link, pid, &area, frame);
+        if handed.is_some() {
+            area.ring()?.write_at(0, bytes);
+        }
+        self.area = Some(area);
+        handed?;
+        u64::try_from(bytes.len()).ok()
+    }
+
+    /// Forgets what the worker keeps: a new worker starts with no area.
+    pub(crate) fn forget(&mut self) {
+        self.worker = None;
+        self.kept = Kept::default();
+    }
+
+    /// Makes `area` the one the worker `pid` reads from: nothing if it is already, `UseBulk`
+    /// if the worker keeps it, else a `Bulk` frame that hands it over.
+    fn hand(
+        &mut self,
+        link: &mut dyn Link,
+        pid: u32,
+        area: &Area,
+        frame: &mut Vec<u8>,
+    ) -> Option<()> {
+        if self.worker != Some(pid) {
+            self.worker = Some(pid);
+            self.kept = Kept::default();
+        }
+        if self.kept.current() == Some(area.id) {
+            return Some(());
+        }
+        let sent = if self.kept.touch(area.id).is_some() {
+            protocol::frame(&ToWorker::UseBulk { id: area.id }, &[], frame).ok()?;
+            link.send_with_fds(frame, None)
+        } else {
+            let handed = args::encode(std::slice::from_ref(&area.seg)).ok()?;
             let header = ToWorker::Bulk {
                 fds: handed.batch_id(),
+                id: area.id,
             };
             protocol::frame(&header, &handed.bytes, frame).ok()?;
-            link.send_with_fds(frame, handed.fds.as_deref()).ok()?;
-            self.sent_to = Some(pid);
+            self.kept.add(area.id, area.cap(), ());
+            link.send_with_fds(frame, handed.fds.as_deref())
+        };
+        if sent.is_err() {
+            // The worker's state is unknown now (the link is likely broken): start over.
+            self.worker = None;
+            return None;
         }
-        ShmRing::new(seg, 0, area_cap(seg)).ok()?.write_at(0, bytes);
-        u64::try_from(bytes.len()).ok()
+        Some(())
     }
 }
 
@@ -161,29 +303,44 @@ fn small_items(ring: &ShmRing<&Segment>, len: usize) -> bool {
     count > 0 && (len as u64) / count < COPY_BELOW_PER_ITEM as u64
 }
 
-/// The worker's side: the segment it was handed.
+/// The worker's side: the areas it was handed and keeps, the last one the one it reads from.
 #[derive(Debug, Default)]
 pub(crate) struct BulkIn {
-    area: Option<Segment>,
+    kept: Kept<Option<Segment>>,
 }
 
 impl BulkIn {
-    /// Adopts the segment of a `Bulk` frame's payload (decoded with its descriptors in force:
-    /// the caller runs this inside the frame's transfer context). A payload that is not one
-    /// bulk segment leaves the worker without an area: the next `Run` that needs it fails
-    /// alone, with `DecodeArgument`.
-    pub(crate) fn adopt(&mut self, payload: &[u8]) {
-        self.area = crate::wire::codec::decode::<Vec<Segment>>(payload)
+    /// Adopts the area `id` of a `Bulk` frame's payload (decoded with its descriptors in
+    /// force: the caller runs this inside the frame's transfer context) as the one to read
+    /// from. A payload that is not one bulk segment is kept as a missing area (so the driver's
+    /// account still matches): the `Run` frames that need it fail alone, with `DecodeArgument`.
+    pub(crate) fn adopt(&mut self, id: u64, payload: &[u8]) {
+        let seg = crate::wire::codec::decode::<Vec<Segment>>(payload)
             .ok()
             .and_then(|mut v| v.pop())
             .filter(|seg| seg.type_tag() == TAG);
+        let cap = seg.as_ref().map_or(0, area_cap);
+        self.kept.add(id, cap, seg);
+    }
+
+    /// Reads from the kept area `id` from now on (`UseBulk`); one the worker does not keep
+    /// leaves it without an area, so the next `Run` that needs one fails alone.
+    pub(crate) fn select(&mut self, id: u64) {
+        if self.kept.touch(id).is_none() {
+            self.kept.add(id, 0, None);
+        }
     }
 
     /// The `len` argument bytes the driver placed in the area, to be decoded straight out of
     /// it.
     pub(crate) fn input(&self, len: u64) -> Result<Input<'_>, Failure> {
         let missing = || Failure::DecodeArgument("the pool's bulk area is missing".into());
-        let seg = self.area.as_ref().ok_or_else(missing)?;
+        let seg = self
+            .kept
+            .areas
+            .last()
+            .and_then(|(_, _, seg)| seg.as_ref())
+            .ok_or_else(missing)?;
         let ring = ShmRing::new(seg, 0, area_cap(seg)).map_err(|_| missing())?;
         let len = usize::try_from(len)
             .ok()
@@ -210,6 +367,13 @@ fn area_cap(seg: &Segment) -> usize {
 mod tests {
     use super::*;
 
+    /// A worker's side that reads from `seg`.
+    fn bulk_in(seg: Segment) -> BulkIn {
+        let mut bulk = BulkIn::default();
+        bulk.kept.add(1, area_cap(&seg), Some(seg));
+        bulk
+    }
+
     fn area(len: usize) -> Segment {
         SegmentBuilder::new(len)
             .type_tag(TAG)
@@ -226,7 +390,7 @@ mod tests {
         ring.write_at(0, &bytes);
         // Garbage after the value: only the announced length is read.
         ring.write_at(bytes.len(), &[0xff; 64]);
-        let bulk = BulkIn { area: Some(seg) };
+        let bulk = bulk_in(seg);
         let input = bulk.input(bytes.len() as u64).expect("in the area");
         assert_eq!(input.decode::<Vec<String>>().expect("decodes"), value);
         // One byte more is a trailing garbage byte, refused by the codec.
@@ -252,7 +416,7 @@ mod tests {
         let bytes = codec::encode(&small).expect("encodes");
         ring.write_at(0, &bytes);
         assert!(small_items(&ring, bytes.len()));
-        let bulk = BulkIn { area: Some(seg) };
+        let bulk = bulk_in(seg);
         let input = bulk.input(bytes.len() as u64).expect("in the area");
         assert_eq!(input.decode::<Vec<u64>>().expect("decodes"), small);
 
@@ -268,17 +432,73 @@ mod tests {
         ring.write_at(0, &[0xff; 9]);
         assert!(!small_items(&ring, 9));
         ring.write_at(0, &bytes);
-        let bulk = BulkIn { area: Some(seg) };
+        let bulk = bulk_in(seg);
         let input = bulk.input(bytes.len() as u64).expect("in the area");
         assert_eq!(input.decode::<Vec<String>>().expect("decodes"), large);
+    }
+
+    /// The driver's account and the worker's list follow one rule: the least recently used
+    /// area goes first, past a number of areas or of bytes; a kept area comes back by id.
+    #[test]
+    fn kept_areas_are_bounded_and_the_least_recently_used_goes_first() {
+        let mut kept = Kept::default();
+        for id in 0..KEPT_AREAS as u64 {
+            kept.add(id, 4096, id);
+        }
+        assert_eq!(
+            kept.touch(0),
+            Some(&0),
+            "kept, and now the most recently used"
+        );
+        kept.add(100, 4096, 100);
+        assert_eq!(kept.areas.len(), KEPT_AREAS);
+        assert!(kept.touch(1).is_none(), "the least recently used went");
+        assert_eq!(kept.touch(0), Some(&0));
+        assert_eq!(kept.current(), Some(0));
+        // Bytes: one area as large as the limit leaves room for nothing else.
+        kept.add(200, KEPT_BYTES, 200);
+        assert_eq!(kept.areas.len(), 1);
+        assert_eq!(kept.current(), Some(200));
+        // Re-adding an id replaces it rather than keeping two.
+        kept.add(200, 4096, 201);
+        assert_eq!(kept.areas.len(), 1);
+        assert_eq!(kept.touch(200), Some(&201));
+    }
+
+    /// A worker reads from the area it was told to: handed over, then selected again by id
+    /// after another one came between.
+    #[test]
+    fn a_worker_reads_from_the_area_selected_by_id() {
+        let (a, b) = (area(4096), area(4096));
+        ShmRing::new(&a, 0, 4096)
+            .expect("ring")
+            .write_at(0, &codec::encode(&1u32).unwrap());
+        ShmRing::new(&b, 0, 4096)
+            .expect("ring")
+            .write_at(0, &codec::encode(&2u32).unwrap());
+        let mut bulk = BulkIn::default();
+        bulk.kept.add(10, 4096, Some(a));
+        bulk.kept.add(11, 4096, Some(b));
+        let read = |bulk: &BulkIn| {
+            bulk.input(1).and_then(|i| {
+                i.decode::<u32>()
+                    .map_err(|e| Failure::DecodeArgument(e.to_string()))
+            })
+        };
+        assert_eq!(read(&bulk).expect("decodes"), 2);
+        bulk.select(10);
+        assert_eq!(read(&bulk).expect("decodes"), 1);
+        // An id it never kept: no area, the job fails alone.
+        bulk.select(12);
+        assert!(read(&bulk).is_err());
     }
 
     #[test]
     fn a_worker_without_an_area_fails_the_job_and_a_foreign_payload_is_not_adopted() {
         let mut bulk = BulkIn::default();
         assert!(matches!(bulk.input(1), Err(Failure::DecodeArgument(m)) if m.contains("missing")));
-        bulk.adopt(b"not a segment");
-        assert!(bulk.area.is_none());
+        bulk.adopt(1, b"not a segment");
+        assert!(matches!(bulk.input(1), Err(Failure::DecodeArgument(m)) if m.contains("missing")));
         assert_eq!(area_cap(&area(1)), 1);
     }
 }

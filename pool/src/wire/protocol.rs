@@ -49,13 +49,17 @@ pub(crate) enum ToWorker {
         fds: Option<u64>,
         bulk: Option<u64>,
     },
-    /// The payload is the seat's bulk area (one transferred `Segment`, its descriptor in the
-    /// batch `fds`): keep it for the `Run` frames that name it (`wire/bulk.rs`).
-    Bulk { fds: Option<u64> },
+    /// The payload is a bulk area (one transferred `Segment`, its descriptor in the batch
+    /// `fds`), known as `id` from now on: keep it mapped, and read the `Run` frames' bulk
+    /// arguments from it until told otherwise (`wire/bulk.rs`).
+    Bulk { fds: Option<u64>, id: u64 },
     /// Run the initializer on the payload's single argument (`fds` as for `Run`).
     Init { task: TaskRef, fds: Option<u64> },
     /// Finish and exit with status 0.
     Exit,
+    /// Read the `Run` frames' bulk arguments from the area `id`, handed over earlier and still
+    /// kept (`wire/bulk.rs`).
+    UseBulk { id: u64 },
 }
 
 /// Worker → pool.

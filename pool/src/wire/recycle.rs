@@ -9,6 +9,10 @@
 //! back here when it is dropped, and the next large encode takes it (the best fit that is large
 //! enough), sized beforehand with [`ipc_shm::codec::encoded_len`].
 //!
+//! Since a job's large arguments are encoded into an area of their own once the process has
+//! seen large arguments (`wire/shared_args.rs`), these buffers serve what still takes the
+//! driver's copy: the first large job, and a large `apply` encoded on the caller's thread.
+//!
 //! Sizing costs a second serialisation pass (byte strings are counted, not copied), so it is
 //! done only while kept_bufs are kept, that is, once this process has sent large arguments: a
 //! program that never does pays nothing. At most [`MAX_BUFS`] buffers and [`MAX_KEPT`] bytes
