@@ -471,22 +471,32 @@ fn swallow(_: Poison) -> u64 {
     0
 }
 
-#[test]
-fn a_chunk_that_kills_its_decoder_fails_instead_of_looping() {
-    let _watchdog = ipc_tests::watchdog("the decoder-death test", Duration::from_secs(60));
+/// A one-worker pool whose workers `Poison` kills (the test process decodes it safely).
+fn poisonable_pool() -> Pool {
     TEST_PID.get_or_init(os::pid);
-    let pool = PoolBuilder::new()
+    PoolBuilder::new()
         .processes(1)
         .start_method(StartMethod::Fork)
         .build()
-        .unwrap();
-    // Three workers die decoding it (the job reached them, no task started): it fails.
-    match pool.apply(swallow, Poison) {
+        .unwrap()
+}
+
+/// The outcome of a job whose decoding aborted its workers.
+fn assert_decoder_died<T: std::fmt::Debug>(outcome: Result<T, TaskError>) {
+    match outcome {
         Err(TaskError::WorkerLost { exit, .. }) => {
             assert_eq!(exit, pool::Exit::Signal(os::Signal::SIGABRT as i32))
         }
         other => panic!("expected WorkerLost, got {other:?}"),
     }
+}
+
+#[test]
+fn a_chunk_that_kills_its_decoder_fails_instead_of_looping() {
+    let _watchdog = ipc_tests::watchdog("the decoder-death test", Duration::from_secs(60));
+    let pool = poisonable_pool();
+    // Three workers die decoding it (the job reached them, no task started): it fails.
+    assert_decoder_died(pool.apply(swallow, Poison));
     // The pool goes on.
     assert_eq!(pool.apply(square, 5).unwrap(), 25);
     let restarts: u64 = pool.stats().workers.iter().map(|w| w.restarts).sum();
@@ -504,12 +514,7 @@ fn length_unless_poisoned(arg: (Vec<u8>, Option<Poison>)) -> u64 {
 #[test]
 fn a_large_chunk_that_kills_its_decoder_fails_and_large_maps_go_on() {
     let _watchdog = ipc_tests::watchdog("the large decoder-death test", Duration::from_secs(60));
-    TEST_PID.get_or_init(os::pid);
-    let pool = PoolBuilder::new()
-        .processes(1)
-        .start_method(StartMethod::Fork)
-        .build()
-        .unwrap();
+    let pool = poisonable_pool();
     let large = |seed: u8| (vec![seed; 300 << 10], None::<Poison>);
     let expected = |seed: u8| length_unless_poisoned((vec![seed; 300 << 10], None));
     // Large arguments seen once: later large chunks take areas of their own.
@@ -518,12 +523,7 @@ fn a_large_chunk_that_kills_its_decoder_fails_and_large_maps_go_on() {
         expected(1)
     );
     let poisoned = vec![large(2), (vec![3; 300 << 10], Some(Poison)), large(4)];
-    match pool.map_chunked(length_unless_poisoned, poisoned, 3) {
-        Err(TaskError::WorkerLost { exit, .. }) => {
-            assert_eq!(exit, pool::Exit::Signal(os::Signal::SIGABRT as i32))
-        }
-        other => panic!("expected WorkerLost, got {other:?}"),
-    }
+    assert_decoder_died(pool.map_chunked(length_unless_poisoned, poisoned, 3));
     // Several large chunks in flight at once, each in its own area, on the replacement.
     for round in 0..3u8 {
         let args: Vec<_> = (0..6).map(|i| large(10 * round + i)).collect();
