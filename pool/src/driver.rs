@@ -394,17 +394,17 @@ impl Driver {
     {
         let id = self.registry.next_job_id();
         let scratch = std::mem::take(&mut self.args);
-        let args = match args::encode_reusing(std::slice::from_ref(arg), scratch) {
-            Ok(args) => args,
+        let (args, shared) = match args::encode_job(std::slice::from_ref(arg), scratch) {
+            Ok(encoded) => encoded,
             Err(e) => return Applied::Done(Err(e.into_task_error())),
         };
-        // Handles and large arguments take the job's way (descriptors, the bulk area).
-        if args.fds.is_some() || args.bytes.len() >= BULK_MIN {
-            return self.apply_as_job::<A, R>(id, task, args);
+        // Handles and large arguments take the job's way (descriptors, a bulk area).
+        if args.fds.is_some() || shared.is_some() || args.bytes.len() >= BULK_MIN {
+            return self.apply_as_job::<A, R>(id, task, args, shared);
         }
         if header::run_head(id, task, None, None, &mut self.frame).is_err() {
             // The job's way frames it again and reports the error.
-            return self.apply_as_job::<A, R>(id, task, args);
+            return self.apply_as_job::<A, R>(id, task, args, None);
         }
         let sent = match self.worker.as_mut() {
             Some(worker) => worker
@@ -462,12 +462,19 @@ impl Driver {
     }
 
     /// An `apply` that takes the job's way from the start (see [`apply_here`]).
-    fn apply_as_job<A, R>(&mut self, id: u64, task: TaskRef, args: Args) -> Applied<R>
+    fn apply_as_job<A, R>(
+        &mut self,
+        id: u64,
+        task: TaskRef,
+        args: Args,
+        shared: Option<SharedArgs>,
+    ) -> Applied<R>
     where
         A: Serialize + DeserializeOwned,
         R: DeserializeOwned + Send + 'static,
     {
-        let (cell, job) = apply_job::<A, R>(id, task, args);
+        let (cell, mut job) = apply_job::<A, R>(id, task, args);
+        job.shared = shared.map(Box::new);
         self.announce = Some(1);
         let ran = self.run_job(job);
         self.settle_here(ran);

@@ -157,7 +157,8 @@ impl Job {
         sink: Arc<dyn Sink>,
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<Job, TaskError> {
-        let (encoded, shared) = args::encode_job(args).map_err(args::ArgsError::into_task_error)?;
+        let (encoded, shared) =
+            args::encode_job(args, Vec::new()).map_err(args::ArgsError::into_task_error)?;
         let mut job = Job::encoded::<A>(id, task, encoded, first, args.len() as u64, sink, cancel);
         job.shared = shared.map(Box::new);
         Ok(job)

@@ -104,10 +104,11 @@ pub(crate) fn encode_reusing<A: Serialize>(args: &[A], buf: Vec<u8>) -> Result<A
     Ok(Args { bytes, fds })
 }
 
-/// [`encode`] for a job: large arguments go into a bulk area of their own when this process
-/// has sent large arguments before (`wire/shared_args.rs`; `bytes` is then empty).
+/// [`encode_reusing`] for a job: large arguments go into a bulk area of their own when this
+/// process has sent large arguments before (`wire/shared_args.rs`; `bytes` is then empty).
 pub(crate) fn encode_job<A: Serialize>(
     args: &[A],
+    buf: Vec<u8>,
 ) -> Result<(Args, Option<SharedArgs>), ArgsError> {
     let (encoded, batch, handle) = transfer::encode(|| match shared_args::encode(args) {
         Some(shared) => shared.map(|s| (Vec::new(), Some(s))),
@@ -118,6 +119,10 @@ pub(crate) fn encode_job<A: Serialize>(
             } else {
                 recycle::buffer_for(args)
             };
+            if bytes.capacity() == 0 {
+                bytes = buf;
+                bytes.clear();
+            }
             codec::encode_into(args, &mut bytes).map(|()| {
                 shared_args::saw(bytes.len());
                 (bytes, None)
