@@ -399,7 +399,16 @@ impl Pool {
         sink: Arc<dyn Sink>,
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<Job, TaskError> {
-        Job::new(self.registry.next_job_id(), task, args, first, sink, cancel)
+        let areas = !self.registry.is_cluster();
+        Job::new(
+            self.registry.next_job_id(),
+            task,
+            args,
+            first,
+            sink,
+            cancel,
+            areas,
+        )
     }
 
     /// Runs `f(arg)` in a worker and waits for the result (Python's `apply`).

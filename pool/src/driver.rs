@@ -394,7 +394,7 @@ impl Driver {
     {
         let id = self.registry.next_job_id();
         let scratch = std::mem::take(&mut self.args);
-        let (args, shared) = match args::encode_job(std::slice::from_ref(arg), scratch) {
+        let (args, shared) = match args::encode_job(std::slice::from_ref(arg), scratch, true) {
             Ok(encoded) => encoded,
             Err(e) => return Applied::Done(Err(e.into_task_error())),
         };

@@ -148,7 +148,8 @@ pub(crate) type Reslice = fn(&Args, usize, usize) -> Option<Args>;
 
 impl Job {
     /// The job `id` running `task` over `args`, the first of which has global index `first`;
-    /// outcomes go to `sink`.
+    /// outcomes go to `sink`. With `areas`, large arguments may be encoded into a bulk area of
+    /// their own (`wire/shared_args.rs`; not for a job that leaves as a cluster message).
     pub(crate) fn new<A: Serialize + DeserializeOwned>(
         id: u64,
         task: TaskRef,
@@ -156,9 +157,10 @@ impl Job {
         first: u64,
         sink: Arc<dyn Sink>,
         cancel: Option<Arc<CancelToken>>,
+        areas: bool,
     ) -> Result<Job, TaskError> {
         let (encoded, shared) =
-            args::encode_job(args, Vec::new()).map_err(args::ArgsError::into_task_error)?;
+            args::encode_job(args, Vec::new(), areas).map_err(args::ArgsError::into_task_error)?;
         let mut job = Job::encoded::<A>(id, task, encoded, first, args.len() as u64, sink, cancel);
         job.shared = shared.map(Box::new);
         Ok(job)

@@ -87,6 +87,17 @@ pub(crate) struct Registry {
     pub(crate) direct: std::sync::OnceLock<DirectFn>,
 }
 
+impl Registry {
+    /// Whether this pool runs its jobs on a cluster (feature `nats`): they leave as messages,
+    /// so large arguments are not encoded into bulk areas (`wire/shared_args.rs`).
+    pub(crate) fn is_cluster(&self) -> bool {
+        #[cfg(feature = "nats")]
+        return self.nodes.get().is_some();
+        #[cfg(not(feature = "nats"))]
+        false
+    }
+}
+
 /// See [`Registry::direct`].
 #[cfg(feature = "nats")]
 pub(crate) type DirectFn = Box<dyn Fn(Job) -> Result<(), Job> + Send + Sync>;

@@ -104,17 +104,20 @@ pub(crate) fn encode_reusing<A: Serialize>(args: &[A], buf: Vec<u8>) -> Result<A
     Ok(Args { bytes, fds })
 }
 
-/// [`encode_reusing`] for a job: large arguments go into a bulk area of their own when this
-/// process has sent large arguments before (`wire/shared_args.rs`; `bytes` is then empty).
+/// [`encode_reusing`] for a job: with `areas`, large arguments go into a bulk area of their own
+/// when this process has sent large arguments before (`wire/shared_args.rs`; `bytes` is then
+/// empty). A job that leaves as a message (a cluster pool's) has no use for one.
 pub(crate) fn encode_job<A: Serialize>(
     args: &[A],
     buf: Vec<u8>,
+    areas: bool,
 ) -> Result<(Args, Option<SharedArgs>), ArgsError> {
-    let (encoded, batch, handle) = transfer::encode(|| match shared_args::encode(args) {
+    let in_area = |args: &[A]| areas.then(|| shared_args::encode(args)).flatten();
+    let (encoded, batch, handle) = transfer::encode(|| match in_area(args) {
         Some(shared) => shared.map(|s| (Vec::new(), Some(s))),
         None => {
             // Once large arguments were seen, `shared_args` sized these already: small.
-            let mut bytes = if shared_args::seen_large() {
+            let mut bytes = if areas && shared_args::seen_large() {
                 Vec::new()
             } else {
                 recycle::buffer_for(args)
