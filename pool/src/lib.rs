@@ -162,13 +162,16 @@
 //! # Large arguments
 //!
 //! A job whose encoded arguments take 128 KiB to 64 MiB does not stream them through the
-//! worker's pipe: they are encoded into a recycled buffer, copied once into a shared segment of
-//! the worker's seat (handed to each new worker once, like any other handle) and decoded by the
-//! worker straight out of it (a byte string such as a `serde_bytes::ByteBuf` is copied once into
-//! its own allocation, never zero-filled first), so neither side waits for the other to drain a
-//! ring. Workers keep up to 64 MiB of freed heap (glibc's trim threshold) so that decoding
-//! megabyte arguments task after task does not fault the same pages in again and again; count it
-//! when you set `max_memory_per_child`. Results travel through the pipe whatever their size.
+//! worker's pipe: the caller encodes them straight into a shared segment (one of a few it
+//! recycles) that the worker is handed like any other handle and decodes straight out of, so a
+//! megabyte argument is copied twice in all, and neither side waits for the other to drain a
+//! ring (a byte string such as a `serde_bytes::ByteBuf` is copied once into its own allocation,
+//! never zero-filled first). The first large job of a process takes one copy more (into the
+//! seat's own segment): only then does the pool start sizing arguments before it encodes them.
+//! Each worker keeps up to 64 MiB of these segments mapped, and up to 64 MiB of freed heap
+//! (glibc's trim threshold) so that decoding megabyte arguments task after task does not fault
+//! the same pages in again and again; count both when you set `max_memory_per_child`. Results
+//! travel through the pipe whatever their size.
 //!
 //! # Start methods
 //!
