@@ -114,7 +114,7 @@ pub(crate) fn encode_job<A: Serialize>(
 ) -> Result<(Args, Option<SharedArgs>), ArgsError> {
     let in_area = |args: &[A]| areas.then(|| shared_args::encode(args)).flatten();
     let (encoded, batch, handle) = transfer::encode(|| match in_area(args) {
-        Some(shared) => shared.map(|s| (Vec::new(), Some(s))),
+        Some(shared) => Ok((Vec::new(), Some(shared))),
         None => {
             // Once large arguments were seen, `shared_args` sized these already: small.
             let mut bytes = if areas && shared_args::seen_large() {

@@ -42,7 +42,6 @@ use ipc_shm::ByteRing;
 use serde::Serialize;
 
 use crate::wire::bulk::{Area, BULK_MAX, BULK_MIN};
-use crate::wire::codec::CodecEncodeError;
 
 /// How many free areas are kept at most (a map queues one large chunk per task at once: up to
 /// this many in flight find an area ready).
@@ -106,11 +105,11 @@ pub(crate) fn seen_large() -> bool {
 
 /// Encodes `value` into an area of its own if this process has seen large arguments and
 /// `value`'s encoding is large too (at least [`BULK_MIN`], at most [`BULK_MAX`] bytes). `None`:
-/// encode it the ordinary way (small, never seen large ones, or no area could be made).
+/// encode it the ordinary way (small, never seen large ones, no area could be made, or the
+/// encode failed: the ordinary encode then says why, or succeeds where a `Serialize` that is
+/// not deterministic wrote another length than sizing counted).
 #[inline]
-pub(crate) fn encode<T: Serialize + ?Sized>(
-    value: &T,
-) -> Option<Result<SharedArgs, CodecEncodeError>> {
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Option<SharedArgs> {
     if !SEEN_LARGE.load(Ordering::Relaxed) {
         return None;
     }
@@ -118,19 +117,21 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
 }
 
 #[cold]
-fn encode_slow<T: Serialize + ?Sized>(value: &T) -> Option<Result<SharedArgs, CodecEncodeError>> {
+fn encode_slow<T: Serialize + ?Sized>(value: &T) -> Option<SharedArgs> {
     let len = ipc_shm::codec::encoded_len(value).ok()?;
     if !(BULK_MIN..=BULK_MAX).contains(&len) {
         return None;
     }
     let area = FREE.take(len).or_else(|| Area::new(len))?;
-    let ring = area.ring()?;
-    let written = ipc_shm::codec::encode_to_ring(value, &ring, 0, len);
+    let written = area
+        .ring()
+        .is_some_and(|ring| ipc_shm::codec::encode_to_ring(value, &ring, 0, len).is_ok());
     let shared = SharedArgs {
         area: Some(area),
         len,
     };
-    Some(written.map(|()| shared).map_err(CodecEncodeError::from))
+    // Dropped, a failed one goes back to the free list.
+    written.then_some(shared)
 }
 
 /// Areas no job holds, ready to be written over.
@@ -173,7 +174,7 @@ mod tests {
         saw(BULK_MIN);
         assert!(SEEN_LARGE.load(Ordering::Relaxed));
         let value = vec!["e".repeat(BULK_MIN + 10)];
-        let shared = encode(&value).expect("large").expect("encodes");
+        let shared = encode(&value).expect("large, and encodes");
         let (area, len) = shared.filled().expect("an area");
         assert_eq!(len, ipc_shm::codec::encoded_len(&value).expect("sized"));
         assert!(area.cap() >= len);
@@ -187,6 +188,21 @@ mod tests {
             encode(&too_large).is_none(),
             "beyond BULK_MAX: the ordinary way"
         );
+        // A value whose encoding changes length between sizing and encoding takes the
+        // ordinary way, which encodes it as it is then.
+        let fickle = Fickle(std::cell::Cell::new(0));
+        assert!(encode(&fickle).is_none());
+        assert_eq!(fickle.0.get(), 2, "sized, then encoded");
+    }
+
+    /// Serialises a longer string each time.
+    struct Fickle(std::cell::Cell<usize>);
+
+    impl Serialize for Fickle {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            self.0.set(self.0.get() + 1);
+            s.serialize_str(&"f".repeat(BULK_MIN + self.0.get()))
+        }
     }
 
     #[test]
