@@ -312,8 +312,11 @@ pub(crate) struct BulkIn {
 impl BulkIn {
     /// Adopts the area `id` of a `Bulk` frame's payload (decoded with its descriptors in
     /// force: the caller runs this inside the frame's transfer context) as the one to read
-    /// from. A payload that is not one bulk segment is kept as a missing area (so the driver's
-    /// account still matches): the `Run` frames that need it fail alone, with `DecodeArgument`.
+    /// from. A payload that is not one bulk segment is kept as a missing area of no bytes: the
+    /// `Run` frames that need it fail alone, with `DecodeArgument`. The driver counted it at its
+    /// real size, so it drops areas from its account no later than the worker does from its
+    /// list: at worst it hands over again an area the worker still has, never names one the
+    /// worker dropped.
     pub(crate) fn adopt(&mut self, id: u64, payload: &[u8]) {
         let seg = crate::wire::codec::decode::<Vec<Segment>>(payload)
             .ok()
