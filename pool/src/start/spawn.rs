@@ -74,7 +74,8 @@ pub(super) fn run_spawned_worker() -> i32 {
     }
 }
 
-#[cfg(test)]
+/// Needs the `ctor` feature: the re-run test binary gets its worker role before `main`.
+#[cfg(all(test, feature = "ctor"))]
 mod tests {
     use std::process::Command;
 
@@ -96,7 +97,6 @@ mod tests {
     /// parent is the pool's gets past that check (and, with no pipe to serve here, exits with
     /// the link's code).
     #[test]
-    #[cfg(feature = "ctor")]
     fn spawned_worker_whose_pool_is_gone_exits() {
         // A pool process that is gone: a process that ended and was reaped.
         let mut gone = Command::new("/bin/true").spawn().expect("/bin/true");
