@@ -260,7 +260,7 @@ where
         false
     }
 
-    /// Misuse detection (slow paths only; one `getpid`).
+    /// Misuse detection (slow paths only; the pid comes from the OS layer's cache).
     pub(crate) fn check_owner(&self) -> Result<(), Fail> {
         let me = self.link.pid();
         let slot = &self.ctl.user_pid[self.side];

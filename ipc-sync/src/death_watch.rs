@@ -133,7 +133,7 @@ mod imp {
 
         /// This process's service, started on first use; `None` if it cannot be started.
         fn get() -> Option<&'static Service> {
-            let generation = crate::os::FORK_GENERATION.load(Ordering::Relaxed);
+            let generation = os::fork_generation();
             let pid = os::pid();
             let current = SERVICE.load(Ordering::Acquire);
             // SAFETY: a non-null `SERVICE` comes from `Box::leak` below and is never freed (a

@@ -84,10 +84,11 @@
 //! # Dependencies
 //!
 //! - `ipc-shm`: the [`ShmSafe`](ipc_shm::ShmSafe) contract the types implement, and the
-//!   workspace's OS layer [`ipc_shm::os`] for `pthread_atfork` (to invalidate the cached thread
-//!   id in a forked child), and pidfds and an epoll set for the death watch.
+//!   workspace's OS layer [`ipc_shm::os`] for the fork generation and the cached pid (to
+//!   invalidate the cached thread id in a forked child), and pidfds and an epoll set for the
+//!   death watch.
 //! - `rustix`: safe `futex` (the futex wrapper is this crate's own mechanism),
-//!   `clock_gettime(CLOCK_MONOTONIC)`, `gettid` and `getpid`.
+//!   `clock_gettime(CLOCK_MONOTONIC)` and `gettid`.
 //! - `thiserror`: `Display` for the error enums.
 //! - `loom` (only under `--cfg loom`): the model checker.
 #![deny(unsafe_code)]
@@ -101,7 +102,6 @@ pub mod eventcount;
 pub mod futex;
 pub mod lock;
 pub mod mutex;
-mod os;
 mod owner;
 pub mod raw_lock;
 pub mod rlock;

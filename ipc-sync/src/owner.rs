@@ -7,8 +7,8 @@
 //! recorded owner is dead.
 //!
 //! The calling thread's identity is cached in a thread-local. A forked child inherits that cache
-//! but runs on a new thread id, so the cache is tagged with a fork generation that a
-//! `pthread_atfork` child handler bumps (see `os`).
+//! but runs on a new thread id, so the cache is tagged with the fork generation that the OS
+//! layer's `pthread_atfork` child handler bumps ([`ipc_shm::os::fork_generation`]).
 //!
 //! The algorithms reach identity, liveness and the death watch (`crate::death_watch`, which
 //! wakes a sleeper when a watched owner exits) through the [`Env`] trait, so the loom model
@@ -17,8 +17,9 @@
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
+use ipc_shm::os::{self, ForkTracking};
+
 use crate::death_watch::Watch;
-use crate::os;
 
 /// The identity of a (would-be) lock owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +56,7 @@ pub(crate) trait Env {
     }
 }
 
-/// The real environment: `gettid`, `getpid`, procfs.
+/// The real environment: `gettid`, the OS layer's cached pid, procfs.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Sys;
 
@@ -81,7 +82,7 @@ thread_local! {
 /// The calling thread's identity, from the thread-local cache.
 #[inline]
 pub(crate) fn current() -> Me {
-    let generation = os::FORK_GENERATION.load(Ordering::Relaxed);
+    let generation = os::fork_generation();
     if let Some((g, me)) = CACHED.with(Cell::get)
         && g == generation
     {
@@ -92,11 +93,11 @@ pub(crate) fn current() -> Me {
 
 #[cold]
 fn current_slow(generation: u64) -> Me {
-    let cacheable = os::fork_handler_ready();
-    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    let tracking = os::fork_tracking();
+    let pid = os::pid();
     if let Some((_, me)) = CACHED.with(Cell::get) {
         // Only reachable without the fork handler, or after a fork: a same pid is still us.
-        if me.pid == pid && os::ATFORK_MISSING.load(Ordering::Relaxed) {
+        if me.pid == pid && tracking == ForkTracking::Unavailable {
             return me;
         }
     }
@@ -105,17 +106,14 @@ fn current_slow(generation: u64) -> Me {
         .and_then(|s| s.start)
         .unwrap_or(0);
     let me = Me { tid, pid, start };
-    if !cacheable {
-        // Another thread is registering the fork handler right now (or was, when this
-        // process was forked): answer without caching.
-        return me;
-    }
-    // Without the fork handler the cache is stored under a generation that never matches, so
-    // every lookup takes this path and re-checks the pid above.
-    let tag = if os::ATFORK_MISSING.load(Ordering::Relaxed) {
-        !generation
-    } else {
-        generation
+    let tag = match tracking {
+        // Another thread is registering the fork handler right now (or was, when this process
+        // was forked): answer without caching.
+        ForkTracking::Busy => return me,
+        ForkTracking::Ready => generation,
+        // Without the fork handler the cache is stored under a generation that never matches,
+        // so every lookup takes this path and re-checks the pid above.
+        ForkTracking::Unavailable => !generation,
     };
     CACHED.with(|c| c.set(Some((tag, me))));
     me

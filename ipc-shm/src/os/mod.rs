@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`shm`] | POSIX shared-memory names, memfd, seals, size |
 //! | [`fd`] | descriptors: ownership of inherited numbers, close-on-exec in a child, dup |
+//! | [`identity`] | this process's id, cached, and the fork generation (a `pthread_atfork` child handler) that every identity cache checks against |
 //! | [`process`] | ids, fork, die-with-parent, pidfd (process or thread), signals, reaping, `/proc` figures, how much freed heap the allocator keeps |
 //! | [`poll`](mod@poll) | waiting for readability: `poll`, and an [`Epoll`] set other threads add to |
 //! | [`socket`] | socketpairs, readiness bytes, `SCM_RIGHTS` |
@@ -21,11 +22,12 @@
 //! crash handler, `shutdown`, `signal` and `raise`.
 //!
 //! Safe functions return typed `io::Result`s; the few `unsafe fn`s carry `# Safety` sections.
-//! Only [`fd`], [`process`] and [`fatal`] allow `unsafe` (borrowing raw numbers, `pre_exec`,
+//! Only [`fd`], [`identity`], [`process`] and [`fatal`] allow `unsafe` (borrowing raw numbers, `pre_exec`,
 //! `fork`, `_exit`, `pthread_atfork`, `sigaction` and the crash handler); the other files are safe code over rustix and nix.
 
 pub mod fatal;
 pub mod fd;
+pub mod identity;
 pub mod poll;
 pub mod process;
 pub mod shm;
@@ -35,6 +37,7 @@ pub mod spawn;
 
 pub use fatal::*;
 pub use fd::*;
+pub use identity::*;
 pub use poll::*;
 pub use process::*;
 pub use shm::*;

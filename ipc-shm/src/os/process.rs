@@ -1,4 +1,4 @@
-//! Processes: ids, fork, die-with-parent, pidfds, signals, reaping, and the `/proc` figures the
+//! Processes: ids (this one's cached pid is in [`identity`](super::identity)), fork, die-with-parent, pidfds, signals, reaping, and the `/proc` figures the
 //! pool reads. The one fork/pidfd/wait helper that the pool and the test harness share.
 #![allow(unsafe_code)]
 
@@ -33,14 +33,6 @@ fn to_pid(pid: u32) -> io::Result<Pid> {
 /// spinning decisions, never for correctness.
 pub fn current_cpu() -> u32 {
     u32::try_from(rustix::thread::sched_getcpu()).unwrap_or(u32::MAX)
-}
-
-/// This process's id.
-pub fn pid() -> u32 {
-    rustix::process::getpid()
-        .as_raw_nonzero()
-        .get()
-        .unsigned_abs()
 }
 
 /// This process's effective user id (the owner its new files get, and the one its opens check
@@ -82,7 +74,7 @@ pub fn fork_then(
     close_in_child: &[BorrowedFd<'_>],
     child: impl FnOnce() -> i32,
 ) -> io::Result<u32> {
-    let parent = pid();
+    let parent = super::pid();
     // SAFETY: fork(2)'s contract (nix): in the child of a multi-threaded process only
     // async-signal-safe work is sound unless no other thread holds a lock the child needs. The
     // child below makes raw system calls (close, prctl, getppid) and runs `child`, whose
