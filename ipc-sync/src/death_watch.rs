@@ -58,16 +58,16 @@
 #![allow(unsafe_code)] // The thread forms `&AtomicU32` from a registered word's address.
 
 #[cfg(not(loom))]
-pub(crate) use imp::{Slept, Watch, arm};
+pub(crate) use imp::{Slept, Watch, arm, exits_seen};
 
 #[cfg(loom)]
-pub(crate) use model::{Slept, Watch, arm};
+pub(crate) use model::{Slept, Watch, arm, exits_seen};
 
 #[cfg(not(loom))]
 mod imp {
     use std::collections::HashMap;
     use std::os::fd::{AsFd, OwnedFd};
-    use std::sync::atomic::{AtomicPtr, Ordering};
+    use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
     use std::sync::{Mutex, MutexGuard, PoisonError};
 
     use ipc_shm::os;
@@ -123,6 +123,16 @@ mod imp {
 
     /// The current process's service (a leaked `Box`; replaced after a fork).
     static SERVICE: AtomicPtr<Service> = AtomicPtr::new(std::ptr::null_mut());
+
+    /// Watched owners whose exit the thread saw (each woke its sleepers): see
+    /// [`exits_seen`].
+    static EXITS_SEEN: AtomicU64 = AtomicU64::new(0);
+
+    /// How many watched lock owners this process's death watch has seen exit (a diagnostic,
+    /// [`crate::lock::owner_exits_seen`]).
+    pub(crate) fn exits_seen() -> u64 {
+        EXITS_SEEN.load(Ordering::Relaxed)
+    }
 
     impl Service {
         fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -200,6 +210,7 @@ mod imp {
                         continue; // dropped in the meantime
                     };
                     entry.fired = true;
+                    EXITS_SEEN.fetch_add(1, Ordering::Relaxed);
                     for &(_, addr) in &entry.sleepers {
                         // SAFETY: `addr` was registered by `Watch::sleep` from a live
                         // `&AtomicU32` and is removed, under this same mutex (held here), before
@@ -333,6 +344,11 @@ mod model {
     /// Under loom: never armed.
     pub(crate) fn arm(_owner: OwnerRecord, _my_pid: u32) -> Option<Watch> {
         None
+    }
+
+    /// Under loom: nothing is watched, so nothing is seen.
+    pub(crate) fn exits_seen() -> u64 {
+        0
     }
 
     impl Watch {

@@ -131,6 +131,20 @@ use crate::waiter::{Futex, Waiter};
 /// a dead owner goes unnoticed (plus one procfs read per slice, only while waiting).
 pub const LIVENESS_SLICE: Duration = Duration::from_millis(20);
 
+/// How many lock owners this process's death watch has seen exit while a waiter of this
+/// process watched them (see [`Lock`]'s "Owner death" docs); each such exit woke that lock's
+/// sleepers at once, in every process. A diagnostic: a waiter whose owner was watched learns of
+/// its death within microseconds; one whose owner could not be watched learns of it at the end
+/// of a [`LIVENESS_SLICE`], and is not counted here.
+///
+/// ```
+/// // Nothing has been watched in this process yet.
+/// assert_eq!(ipc_sync::lock::owner_exits_seen(), 0);
+/// ```
+pub fn owner_exits_seen() -> u64 {
+    crate::death_watch::exits_seen()
+}
+
 /// A waiter's sleeps on an owner until one of them times out: short, so that hand-offs after
 /// short critical sections never pay for arming a death watch; a sleep that outlasts it arms one.
 #[cfg(not(loom))]
