@@ -1,9 +1,28 @@
 //! iceoryx2, the strongest Rust IPC peer, in the pipe round trip ([`ping_pong`]) and the 1 -> 1
 //! queue stream ([`stream`]): publish-subscribe between two processes, each message copied into a
 //! loaned sample (iceoryx2's `send-copy` mode, so both sides copy the bytes once, as ours do), the
-//! receivers polling `receive()` in a busy loop, as iceoryx2's own benchmark does. Its services live in shared memory of its own; the echo child
-//! is stopped with a message (never killed), so every port and node is dropped and iceoryx2
-//! removes what it created.
+//! receivers polling `receive()` in a busy loop, as iceoryx2's own benchmark does. Its services
+//! live in shared memory of its own; the child is stopped through the gate (below), never
+//! killed, so every port and node is dropped and iceoryx2 removes what it created.
+//!
+//! ## The gate
+//!
+//! The child busy-polls only while its contender is being measured. The runner interleaves the
+//! contenders of a workload, and a child that polled all the time took most of one of the two
+//! vCPUs away from every other contender's samples (`ps`: the drain child at 73-80% CPU through
+//! a whole `queue_spsc/64KiB` run, where ours measured 8.0-9.5 GB/s against 16.7 GB/s with no
+//! iceoryx2 contender set up, same hour). Between samples the child sleeps on a futex word in
+//! shared memory:
+//!
+//! | word | set by | the child |
+//! |---|---|---|
+//! | `IDLE` | the parent, after a sample | finishes what it holds, then sleeps on the word |
+//! | `RUN` | the parent, before a sample (and wakes the word) | stores `RUNNING`, wakes the word, polls |
+//! | `RUNNING` | the child | polls `receive()` until the word leaves `RUNNING` |
+//! | `STOP` | the parent, when dropped | returns (its ports and node are dropped) |
+//!
+//! The parent starts its clock only once the child says `RUNNING`, so no sample pays for the
+//! child's wake-up.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -11,6 +30,8 @@ use std::time::{Duration, Instant};
 use iceoryx2::port::publisher::Publisher;
 use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
+
+use ipc_sync::futex;
 
 use super::{ContenderSpec, Kind, Runner};
 use crate::proc::{Child, fork};
@@ -21,6 +42,15 @@ const CHILD_READY: u32 = 1;
 const PARENT_READY: u32 = 2;
 /// The child could not set up (its error went to stderr).
 const CHILD_FAILED: u32 = 3;
+/// Between samples: the child sleeps (see the module's gate). The parent's `PARENT_READY` means
+/// the same.
+const IDLE: u32 = PARENT_READY;
+/// A sample starts: the child is to poll.
+const RUN: u32 = 4;
+/// The child polls.
+const RUNNING: u32 = 5;
+/// The contender is dropped: the child returns.
+const STOP: u32 = 6;
 
 type Service = ipc::Service;
 
@@ -180,12 +210,51 @@ fn echo(
     flag.store(CHILD_READY, Ordering::Release);
     await_change(flag, CHILD_READY)?;
     let mut buf = vec![0u8; size.max(1)];
-    loop {
-        let n = receive(&rx, &mut buf)?;
-        if n == 0 {
-            return Ok(());
+    while gate_open(flag) {
+        while let Some(n) = receive_while_running(&rx, &mut buf, flag)? {
+            send(&tx, &buf[..n])?;
         }
-        send(&tx, &buf[..n])?;
+    }
+    Ok(())
+}
+
+/// The child's side of the gate: sleeps while the word says `IDLE`; on `RUN` says `RUNNING`
+/// and returns `true`; on `STOP` returns `false`.
+fn gate_open(flag: &AtomicU32) -> bool {
+    loop {
+        match flag.load(Ordering::Acquire) {
+            STOP => return false,
+            RUN => {
+                flag.store(RUNNING, Ordering::Release);
+                futex::wake_all(flag);
+                return true;
+            }
+            v => {
+                futex::wait(flag, v, None);
+            }
+        }
+    }
+}
+
+/// Like [`receive`], but gives up (`None`) once the word leaves `RUNNING` with nothing to
+/// receive.
+fn receive_while_running(
+    rx: &Rx,
+    buf: &mut [u8],
+    flag: &AtomicU32,
+) -> Result<Option<usize>, String> {
+    loop {
+        match rx.receive() {
+            Ok(Some(sample)) => {
+                let p = sample.payload();
+                let n = p.len().min(buf.len());
+                buf[..n].copy_from_slice(&p[..n]);
+                return Ok(Some(p.len()));
+            }
+            Ok(None) if flag.load(Ordering::Acquire) != RUNNING => return Ok(None),
+            Ok(None) => std::hint::spin_loop(),
+            Err(e) => return Err(format!("iceoryx2 receive: {e:?}")),
+        }
     }
 }
 
@@ -195,8 +264,9 @@ struct Pair {
     rx: Rx,
     _node: Node<Service>,
     child: Option<Child>,
-    /// The set-up flag's segment, kept until the child is gone.
-    _flag: ipc_shm::Segment,
+    /// The set-up flag's segment (the gate's word after set-up), kept until the child is gone.
+    flag: ipc_shm::Segment,
+    flag_at: ipc_shm::Offset<AtomicU32>,
     /// Dropped last, once both processes' nodes are gone.
     _leftovers: Leftovers,
 }
@@ -235,18 +305,55 @@ impl Pair {
             rx,
             _node: node,
             child: Some(child),
-            _flag: seg,
+            flag: seg,
+            flag_at: off,
             _leftovers: leftovers,
         })
+    }
+
+    /// The gate's word (see the module docs).
+    fn word(&self) -> Result<&AtomicU32, String> {
+        self.flag.get(self.flag_at).map_err(|e| e.to_string())
+    }
+
+    /// Before a sample: lets the child poll, and waits until it does (not timed).
+    fn open(&self) -> Result<(), String> {
+        let word = self.word()?;
+        word.store(RUN, Ordering::Release);
+        futex::wake_all(word);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match word.load(Ordering::Acquire) {
+                RUNNING => return Ok(()),
+                v => {
+                    if Instant::now() > deadline {
+                        return Err("the iceoryx2 child did not wake up".into());
+                    }
+                    futex::wait(
+                        word,
+                        v,
+                        Some(futex::Deadline::after(Duration::from_millis(10))),
+                    );
+                }
+            }
+        }
+    }
+
+    /// After a sample: the child sleeps once it holds nothing more.
+    fn close(&self) -> Result<(), String> {
+        self.word()?.store(IDLE, Ordering::Release);
+        Ok(())
     }
 }
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        if send(&self.tx, &[]).is_ok()
-            && let Some(child) = self.child.take()
-        {
-            child.wait();
+        if let Ok(word) = self.word() {
+            word.store(STOP, Ordering::Release);
+            futex::wake_all(word);
+            if let Some(child) = self.child.take() {
+                child.wait();
+            }
         }
     }
 }
@@ -265,12 +372,15 @@ pub(crate) fn ping_pong(size: usize) -> ContenderSpec {
             let mut buf = vec![0u8; size.max(1)];
             Ok(Runner::new(1, move |iters| {
                 let pair = &mut pair;
+                pair.open()?;
                 let start = Instant::now();
                 for _ in 0..iters {
                     send(&pair.tx, &msg)?;
                     receive(&pair.rx, &mut buf)?;
                 }
-                Ok(start.elapsed())
+                let took = start.elapsed();
+                pair.close()?;
+                Ok(took)
             }))
         },
     )
@@ -291,15 +401,18 @@ fn drain(
     flag.store(CHILD_READY, Ordering::Release);
     await_change(flag, CHILD_READY)?;
     let mut buf = vec![0u8; size.max(1)];
-    loop {
-        for _ in 0..n {
-            if receive(&rx, &mut buf)? == 0 {
-                return Ok(());
-            }
+    let mut got = 0u64;
+    while gate_open(flag) {
+        while receive_while_running(&rx, &mut buf, flag)?.is_some() {
             std::hint::black_box(&buf);
+            got += 1;
+            if got == n {
+                got = 0;
+                send(&tx, &[1])?;
+            }
         }
-        send(&tx, &[1])?;
     }
+    Ok(())
 }
 
 /// 1 -> 1 throughput of `size`-byte messages, `n` per iteration (`queue_spsc`): this process
@@ -319,6 +432,7 @@ pub(crate) fn stream(size: usize, n: u64) -> ContenderSpec {
             let mut buf = [0u8; 1];
             Ok(Runner::new(n, move |iters| {
                 let pair = &mut pair;
+                pair.open()?;
                 let start = Instant::now();
                 for _ in 0..iters {
                     for _ in 0..n {
@@ -326,7 +440,9 @@ pub(crate) fn stream(size: usize, n: u64) -> ContenderSpec {
                     }
                     receive(&pair.rx, &mut buf)?;
                 }
-                Ok(start.elapsed())
+                let took = start.elapsed();
+                pair.close()?;
+                Ok(took)
             }))
         },
     )
