@@ -504,10 +504,45 @@ pub fn decode_ring<T: DeserializeOwned, B: ByteRing + ?Sized>(
 
 /// bincode's writer into a ring: `left` bytes from position `pos`, copied with
 /// [`ByteRing::write`] (raw copies, the wrap handled; no reference to the ring's bytes).
+///
+/// bincode writes most values a few bytes at a time (a varint, a length); a ring copy per write
+/// made a sequence of 125 000 `u64`s encode 3.2x slower than into a `Vec` (2.8 ms against 0.88 ms).
+/// So short writes are staged in a private buffer and copied into the ring [`STAGE`] bytes at a
+/// time; a long write (a byte string) flushes the stage and goes straight into the ring, copied
+/// once as before.
 struct RingWriter<'r, R: ?Sized> {
     ring: &'r R,
+    /// The ring position of the first staged byte (of the next write, if none is staged).
     pos: u64,
+    /// Bytes still to write, staged ones not counted.
     left: usize,
+    stage: [u8; STAGE],
+    staged: usize,
+}
+
+/// The size of [`RingWriter`]'s stage; writes at least half as long bypass it.
+const STAGE: usize = 512;
+
+impl<'r, R: crate::ByteRing + ?Sized> RingWriter<'r, R> {
+    fn new(ring: &'r R, pos: u64, left: usize) -> Self {
+        RingWriter {
+            ring,
+            pos,
+            left,
+            stage: [0; STAGE],
+            staged: 0,
+        }
+    }
+
+    /// Copies the staged bytes into the ring.
+    #[inline]
+    fn flush(&mut self) {
+        if self.staged > 0 {
+            self.ring.write(self.pos, &self.stage[..self.staged]);
+            self.pos = self.pos.wrapping_add(self.staged as u64);
+            self.staged = 0;
+        }
+    }
 }
 
 impl<R: crate::ByteRing + ?Sized> bincode::enc::write::Writer for RingWriter<'_, R> {
@@ -516,9 +551,18 @@ impl<R: crate::ByteRing + ?Sized> bincode::enc::write::Writer for RingWriter<'_,
         if bytes.len() > self.left {
             return Err(bincode::error::EncodeError::UnexpectedEnd);
         }
-        self.ring.write(self.pos, bytes);
-        self.pos = self.pos.wrapping_add(bytes.len() as u64);
         self.left -= bytes.len();
+        if bytes.len() >= STAGE / 2 {
+            self.flush();
+            self.ring.write(self.pos, bytes);
+            self.pos = self.pos.wrapping_add(bytes.len() as u64);
+            return Ok(());
+        }
+        if self.staged + bytes.len() > STAGE {
+            self.flush();
+        }
+        self.stage[self.staged..self.staged + bytes.len()].copy_from_slice(bytes);
+        self.staged += bytes.len();
         Ok(())
     }
 }
@@ -554,13 +598,10 @@ pub fn encode_to_ring<T: Serialize + ?Sized, R: crate::ByteRing + ?Sized>(
     if len > max {
         return Err(EncodeError::TooLong { len, max });
     }
-    let mut w = RingWriter {
-        ring,
-        pos,
-        left: len,
-    };
+    let mut w = RingWriter::new(ring, pos, len);
     bincode::serde::encode_into_writer(value, &mut w, BINCODE_CONFIG)
         .map_err(EncodeError::Bincode)?;
+    w.flush();
     if w.left != 0 {
         return Err(EncodeError::Bincode(
             bincode::error::EncodeError::OtherString(format!(

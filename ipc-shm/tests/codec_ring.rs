@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use ipc_shm::codec::{DecodeError, MAX_FRAME_LEN, decode, decode_ring, encode};
+use ipc_shm::codec::{
+    DecodeError, EncodeError, MAX_FRAME_LEN, decode, decode_ring, encode, encode_to_ring,
+    encoded_len,
+};
 use ipc_shm::{ByteRing, HeapRing, SegmentBuilder, ShmRing};
 use ipc_tests::alloc::{CountingAllocator, largest_allocation};
 use proptest::prelude::*;
@@ -145,6 +148,44 @@ fn a_byte_string_longer_than_the_input_and_bad_utf8_keep_bincodes_error() {
             bincode::error::DecodeError::Utf8 { .. }
         ))
     ));
+}
+
+/// The writer into a ring stages short writes (varints, lengths) and copies long ones straight
+/// in: the bytes in the ring are `encode`'s, wherever they start (across the end of the ring
+/// too), whatever the mix of short and long writes around the stage's size.
+fn encodes_like_encode<T: Serialize>(value: &T, cap: usize, pos: u64) {
+    let want = encode(value).unwrap();
+    let len = encoded_len(value).unwrap();
+    assert_eq!(len, want.len());
+    let ring = HeapRing::new(cap).unwrap();
+    encode_to_ring(value, &ring, pos, len).unwrap();
+    let mut got = vec![0u8; len];
+    ring.read(pos, &mut got);
+    assert_eq!(got, want);
+    // A reserved length that is not the encoding's is refused, never written past.
+    assert!(matches!(
+        encode_to_ring(value, &ring, pos, len - 1),
+        Err(EncodeError::Bincode(_))
+    ));
+}
+
+#[test]
+fn a_ring_holds_exactly_what_encode_makes() {
+    let varints: Vec<u64> = (0..5000u64).map(|i| i * i * 7919).collect();
+    encodes_like_encode(&varints, 1 << 16, (1 << 16) - 100);
+    for long in [255, 256, 257, 511, 512, 513, 4000] {
+        let mixed: Vec<(u32, ByteBuf, String)> = (0..40u32)
+            .map(|i| {
+                (
+                    i,
+                    ByteBuf::from(vec![i as u8; long + i as usize]),
+                    "x".repeat(i as usize * 13),
+                )
+            })
+            .collect();
+        encodes_like_encode(&mixed, 1 << 20, (1 << 20) - 1000);
+        encodes_like_encode(&samples(), 8192, 8000 + long as u64);
+    }
 }
 
 proptest! {
