@@ -183,6 +183,35 @@ fn wait_for_watch(waiter: u32, holder: u32, inherited: usize) {
     }
 }
 
+/// A waiter's body in a forked child: blocks in `lock()` until the holder dies; exits 0 if it
+/// got `OwnerDied` with one more owner exit seen by this process's death watch, 3 if it found
+/// the death some other way, 1 if it got no `OwnerDied`.
+fn watched_waiter(s: &Shared) -> i32 {
+    // Inherited from the test process, whose other tests may have watched owners.
+    let before = ipc_sync::lock::owner_exits_seen();
+    match s.lock().lock() {
+        Err(LockError::OwnerDied(mut g)) => {
+            g.mark_consistent();
+            if ipc_sync::lock::owner_exits_seen() == before + 1 {
+                0
+            } else {
+                3
+            }
+        }
+        _ => 1,
+    }
+}
+
+/// Forks a [`watched_waiter`] on the lock `holder` holds, and returns once its death watch on
+/// `holder` is armed (a pidfd beside those it inherited from this process, which arms once the
+/// waiter's first short sleep ends).
+fn watched_waiter_of(s: &Shared, holder: &ChildProcess) -> ChildProcess {
+    let inherited = pidfds_on(ipc_shm::os::pid(), holder.pid());
+    let w = fork_child(WATCHDOG, || watched_waiter(s));
+    wait_for_watch(w.pid(), holder.pid(), inherited);
+    w
+}
+
 /// What this mechanism exists for, shown by the mechanism rather than by a clock (before it, a
 /// waiter noticed after a median 13.6 ms, at the end of a 20 ms liveness slice; a timed check
 /// failed on a loaded machine): a waiter asleep on a watched owner is woken by its death watch,
@@ -193,26 +222,7 @@ fn a_sleeping_waiter_is_woken_by_its_death_watch() {
         let s = Shared::new();
         let h = holder(&s);
         wait_until(s.ready(), |v| v == 1);
-        let inherited = pidfds_on(ipc_shm::os::pid(), h.pid());
-        let w = fork_child(WATCHDOG, || {
-            // Inherited from this process, whose other tests may have watched owners.
-            let before = ipc_sync::lock::owner_exits_seen();
-            match s.lock().lock() {
-                Err(LockError::OwnerDied(mut g)) => {
-                    g.mark_consistent();
-                    // 0: the watch saw the exit; 3: the waiter found it some other way.
-                    if ipc_sync::lock::owner_exits_seen() == before + 1 {
-                        0
-                    } else {
-                        3
-                    }
-                }
-                _ => 1,
-            }
-        });
-        // The waiter arms its watch (a pidfd on the holder, beside those it inherited from
-        // this process) once its first short sleep ends.
-        wait_for_watch(w.pid(), h.pid(), inherited);
+        let w = watched_waiter_of(&s, &h);
         h.kill();
         h.wait();
         let outcome = w.wait();
@@ -263,23 +273,8 @@ fn a_forked_child_of_a_watching_process_gets_its_own_watch() {
         wait_for_watch(ipc_shm::os::pid(), live_holder.pid(), 1);
         let doomed = holder(&child_side);
         wait_until(child_side.ready(), |v| v == 1);
-        let inherited = pidfds_on(ipc_shm::os::pid(), doomed.pid());
-        let child = fork_child(WATCHDOG, || {
-            let before = ipc_sync::lock::owner_exits_seen();
-            match child_side.lock().lock() {
-                Err(LockError::OwnerDied(mut g)) => {
-                    g.mark_consistent();
-                    // The child's own watch saw the exit (not the 250 ms fallback slice).
-                    if ipc_sync::lock::owner_exits_seen() == before + 1 {
-                        0
-                    } else {
-                        2
-                    }
-                }
-                _ => 1,
-            }
-        });
-        wait_for_watch(child.pid(), doomed.pid(), inherited);
+        // The child's own watch must see the exit (not the 250 ms fallback slice).
+        let child = watched_waiter_of(&child_side, &doomed);
         doomed.kill();
         child.wait().assert_success();
         doomed.wait();

@@ -168,14 +168,25 @@ fn send(tx: &Tx, bytes: &[u8]) -> Result<(), String> {
 
 /// Busy-polls `rx` for the next sample and copies it into `buf`; returns its length.
 fn receive(rx: &Rx, buf: &mut [u8]) -> Result<usize, String> {
+    Ok(poll_receive(rx, buf, || false)?.unwrap_or(0))
+}
+
+/// Busy-polls `rx` for the next sample and copies it into `buf`; returns its length, or `None`
+/// once `give_up()` says so with nothing to receive.
+fn poll_receive(
+    rx: &Rx,
+    buf: &mut [u8],
+    give_up: impl Fn() -> bool,
+) -> Result<Option<usize>, String> {
     loop {
         match rx.receive() {
             Ok(Some(sample)) => {
                 let p = sample.payload();
                 let n = p.len().min(buf.len());
                 buf[..n].copy_from_slice(&p[..n]);
-                return Ok(p.len());
+                return Ok(Some(p.len()));
             }
+            Ok(None) if give_up() => return Ok(None),
             Ok(None) => std::hint::spin_loop(),
             Err(e) => return Err(format!("iceoryx2 receive: {e:?}")),
         }
@@ -243,19 +254,7 @@ fn receive_while_running(
     buf: &mut [u8],
     flag: &AtomicU32,
 ) -> Result<Option<usize>, String> {
-    loop {
-        match rx.receive() {
-            Ok(Some(sample)) => {
-                let p = sample.payload();
-                let n = p.len().min(buf.len());
-                buf[..n].copy_from_slice(&p[..n]);
-                return Ok(Some(p.len()));
-            }
-            Ok(None) if flag.load(Ordering::Acquire) != RUNNING => return Ok(None),
-            Ok(None) => std::hint::spin_loop(),
-            Err(e) => return Err(format!("iceoryx2 receive: {e:?}")),
-        }
-    }
+    poll_receive(rx, buf, || flag.load(Ordering::Acquire) != RUNNING)
 }
 
 /// The parent's side and the child, stopped by a message on drop.
