@@ -568,9 +568,11 @@ impl<R: crate::ByteRing + ?Sized> bincode::enc::write::Writer for RingWriter<'_,
 }
 
 /// Encodes `value` straight into `ring`, at positions `pos .. pos + len` (taken modulo the ring's
-/// size, wrapping at its end): one copy, no intermediate buffer. `len` is the encoding's length
-/// as counted by [`encoded_len`] beforehand, and the caller has reserved those bytes (a queue
-/// holds its put lock).
+/// size, wrapping at its end): byte strings of 256 bytes or more are copied in once, with no
+/// intermediate buffer; shorter writes (varints, lengths, small fields) gather in a 512-byte
+/// stage first, one ring copy per stage. `len` is the encoding's length as counted by
+/// [`encoded_len`] beforehand, and the caller has reserved those bytes (a queue holds its put
+/// lock).
 ///
 /// Writes never leave the reserved range: a value whose encoding turns out longer or shorter
 /// than `len` (a `Serialize` impl that is not deterministic) fails with
