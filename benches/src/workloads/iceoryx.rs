@@ -16,13 +16,17 @@
 //!
 //! | word | set by | the child |
 //! |---|---|---|
-//! | `IDLE` | the parent, after a sample | finishes what it holds, then sleeps on the word |
+//! | `CHILD_READY` | the child, in set-up | has its ports, waits for the parent's |
+//! | `PARENT_READY` | the parent, in set-up | attaches its subscriber to the parent's publisher |
+//! | `IDLE` | the child, attached (end of set-up); the parent, after a sample | finishes what it holds, then sleeps on the word |
 //! | `RUN` | the parent, before a sample (and wakes the word) | stores `RUNNING`, wakes the word, polls |
 //! | `RUNNING` | the child | polls `receive()` until the word leaves `RUNNING` |
 //! | `STOP` | the parent, when dropped | returns (its ports and node are dropped) |
 //!
 //! The parent starts its clock only once the child says `RUNNING`, so no sample pays for the
-//! child's wake-up.
+//! child's wake-up. Set-up ends only once the child's subscriber is attached: iceoryx2 drops a
+//! sample sent into a full buffer whose subscriber has not attached yet, and a child that first
+//! attached in its first sample lost the start of the stream and hung the run (1 run in 3).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -42,9 +46,9 @@ const CHILD_READY: u32 = 1;
 const PARENT_READY: u32 = 2;
 /// The child could not set up (its error went to stderr).
 const CHILD_FAILED: u32 = 3;
-/// Between samples: the child sleeps (see the module's gate). The parent's `PARENT_READY` means
-/// the same.
-const IDLE: u32 = PARENT_READY;
+/// The child's subscriber is connected to the parent's publisher; between samples: the child
+/// sleeps (see the module's gate).
+const IDLE: u32 = 7;
 /// A sample starts: the child is to poll.
 const RUN: u32 = 4;
 /// The child polls.
@@ -166,9 +170,31 @@ fn send(tx: &Tx, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("iceoryx2 send: {e:?}"))
 }
 
-/// Busy-polls `rx` for the next sample and copies it into `buf`; returns its length.
+/// How long the parent polls for a sample before it calls the contender failed (a watchdog: a
+/// lost sample must fail the contender, not hang the run).
+const RECEIVE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Busy-polls `rx` for the next sample and copies it into `buf`; returns its length. Fails after
+/// [`RECEIVE_LIMIT`] without one (the clock is read every 4096 polls).
 fn receive(rx: &Rx, buf: &mut [u8]) -> Result<usize, String> {
-    Ok(poll_receive(rx, buf, || false)?.unwrap_or(0))
+    let start = Instant::now();
+    let polls = std::cell::Cell::new(0u32);
+    let late = || {
+        polls.set(polls.get().wrapping_add(1));
+        polls.get().is_multiple_of(4096) && start.elapsed() > RECEIVE_LIMIT
+    };
+    poll_receive(rx, buf, late)?.ok_or_else(|| {
+        format!("iceoryx2: no sample within {RECEIVE_LIMIT:?} (the peer lost one or died)")
+    })
+}
+
+/// Attaches `rx` to the publishers that exist now. Until a subscriber has attached, iceoryx2
+/// drops what a publisher sends into its full buffer ("no connected receiver and the buffer is
+/// full"), and a stream whose child connected late lost samples and hung the run.
+fn connect(rx: &Rx) -> Result<(), String> {
+    rx.has_samples()
+        .map(|_| ())
+        .map_err(|e| format!("iceoryx2 connect: {e:?}"))
 }
 
 /// Busy-polls `rx` for the next sample and copies it into `buf`; returns its length, or `None`
@@ -218,14 +244,23 @@ fn echo(
 ) -> Result<(), String> {
     let node = node(config)?;
     let (tx, rx) = ports(&node, pong, ping, size, PING_PONG_BUFFER)?;
-    flag.store(CHILD_READY, Ordering::Release);
-    await_change(flag, CHILD_READY)?;
+    handshake(&rx, flag)?;
     let mut buf = vec![0u8; size.max(1)];
     while gate_open(flag) {
         while let Some(n) = receive_while_running(&rx, &mut buf, flag)? {
             send(&tx, &buf[..n])?;
         }
     }
+    Ok(())
+}
+
+/// The child's side of set-up, once its ports exist: says `CHILD_READY`, waits for the parent's
+/// ports (`PARENT_READY`), attaches its subscriber to the parent's publisher and says `IDLE`.
+fn handshake(rx: &Rx, flag: &AtomicU32) -> Result<(), String> {
+    flag.store(CHILD_READY, Ordering::Release);
+    await_change(flag, CHILD_READY)?;
+    connect(rx)?;
+    flag.store(IDLE, Ordering::Release);
     Ok(())
 }
 
@@ -272,9 +307,9 @@ struct Pair {
 
 impl Pair {
     /// Forks the child, which runs `role(config, receive_on, reply_on, flag)` (it opens its ports,
-    /// stores `CHILD_READY`, waits for `PARENT_READY`); then opens this process's ports (publishing
-    /// on the child's `receive_on`, subscribing to its `reply_on`), each subscriber buffering
-    /// `buffer` samples of up to `size` bytes.
+    /// then [`handshake`]s); opens this process's ports (publishing on the child's `receive_on`,
+    /// subscribing to its `reply_on`), each subscriber buffering `buffer` samples of up to `size`
+    /// bytes; returns once the child's subscriber is attached (`IDLE`).
     fn start(
         size: usize,
         buffer: usize,
@@ -298,8 +333,9 @@ impl Pair {
         }
         let node = node(&config)?;
         let (tx, rx) = ports(&node, &out, &back, size, buffer)?;
+        connect(&rx)?;
         flag.store(PARENT_READY, Ordering::Release);
-        Ok(Pair {
+        let pair = Pair {
             tx,
             rx,
             _node: node,
@@ -307,7 +343,12 @@ impl Pair {
             flag: seg,
             flag_at: off,
             _leftovers: leftovers,
-        })
+        };
+        // The child attaches its subscriber before the first sample can send to it.
+        match await_change(pair.word()?, PARENT_READY)? {
+            IDLE => Ok(pair),
+            _ => Err(format!("the iceoryx2 {what} child failed to connect")),
+        }
     }
 
     /// The gate's word (see the module docs).
@@ -397,8 +438,7 @@ fn drain(
 ) -> Result<(), String> {
     let node = node(config)?;
     let (tx, rx) = ports(&node, ack, data, size, STREAM_BUFFER)?;
-    flag.store(CHILD_READY, Ordering::Release);
-    await_change(flag, CHILD_READY)?;
+    handshake(&rx, flag)?;
     let mut buf = vec![0u8; size.max(1)];
     let mut got = 0u64;
     while gate_open(flag) {
