@@ -41,7 +41,8 @@
 //! - **The frame codec** (feature `codec`, off by default so that segments alone do not pull in
 //!   serde and bincode): `ipc_shm::codec` holds the one frame header (8 bytes: a `u32` length and
 //!   a check word), the one bincode configuration, and the one limit: no frame longer than
-//!   `codec::MAX_FRAME_LEN` (1 GiB), no decode claiming more than `codec::DECODE_LIMIT`, no
+//!   `codec::MAX_FRAME_LEN` (1 GiB), no decode
+//!   allocating more than its input for a length it reads (`codec::DECODE_LIMIT` at most), no
 //!   trailing bytes. Lengths read from shared memory go through `codec::frame_len` before anyone
 //!   allocates for them.
 //!

@@ -52,6 +52,55 @@ fn values_round_trip() {
     }
 }
 
+/// Byte strings and strings anywhere in a value (an option, a tuple, a sequence, a map's keys
+/// and values, enum variants, a newtype) are decoded through the slice's lending path
+/// (`codec/fill.rs`) exactly as encoded, and one nested in a sequence that claims more than the
+/// input is bincode's `UnexpectedEnd`, with nothing near the claim allocated.
+#[test]
+fn nested_byte_strings_are_lent_by_the_slice_and_bounded_by_it() {
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Named(String);
+    type Nested = (
+        Option<(String, serde_bytes::ByteBuf)>,
+        Vec<Named>,
+        BTreeMap<String, Vec<serde_bytes::ByteBuf>>,
+        Vec<Msg>,
+        char,
+    );
+    let value: Nested = (
+        Some(("é∂".into(), serde_bytes::ByteBuf::from(vec![1, 2, 3]))),
+        vec![Named("a".into()), Named(String::new())],
+        [("k".into(), vec![serde_bytes::ByteBuf::from(vec![9; 300])])].into(),
+        vec![
+            Msg::Job {
+                id: 1,
+                name: "x".repeat(1000),
+                args: vec![],
+            },
+            Msg::Map([("m".to_string(), None)].into()),
+        ],
+        'z',
+    );
+    let bytes = encode(&value).unwrap();
+    assert_eq!(decode::<Nested>(&bytes).unwrap(), value);
+    assert_eq!(
+        codec::decode_prefix::<Nested>(&[&bytes[..], &[7, 7]].concat()).unwrap(),
+        (value, bytes.len())
+    );
+
+    // Two strings, the second claiming 2^60 bytes.
+    let hostile = [&[2u8, 2, b'o', b'k'][..], &varint_u64(1 << 60)].concat();
+    let (r, largest) = largest_allocation(|| decode::<Vec<String>>(&hostile));
+    let Err(DecodeError::Bincode(e)) = r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        matches!(e, bincode::error::DecodeError::UnexpectedEnd { .. }),
+        "{e:?}"
+    );
+    assert!(largest < 4096, "allocated {largest} bytes");
+}
+
 #[test]
 fn encode_into_appends_and_frames_carry_their_length() {
     let mut buf = b"prefix".to_vec();
@@ -112,7 +161,10 @@ fn errors_convert_to_bincode_errors() {
     let e: bincode::error::DecodeError = decode::<u8>(&bytes).unwrap_err().into();
     assert!(e.to_string().contains("1 trailing bytes"), "{e}");
     let e: bincode::error::DecodeError = decode::<String>(&varint_u64(1 << 60)).unwrap_err().into();
-    assert!(matches!(e, bincode::error::DecodeError::LimitExceeded));
+    assert!(
+        matches!(e, bincode::error::DecodeError::UnexpectedEnd { additional } if additional == 1 << 60),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -185,9 +237,11 @@ fn oversized_length_headers_are_refused() {
     }
 }
 
-/// Payloads whose container lengths claim 2^60 (and other absurd sizes) are refused by the decode
-/// limit before anything is allocated: had bincode tried, the allocation would have aborted the
-/// process instead of returning.
+/// Payloads whose container lengths claim 2^60 (and other absurd sizes) are refused before
+/// anything near the claim is allocated: a byte string longer than the input is bincode's
+/// `UnexpectedEnd` (the slice lends it, `codec/fill.rs`), a sequence preallocates at most serde's
+/// cautious hint. Had bincode allocated the claim, the process would have aborted instead of
+/// returning.
 #[test]
 fn hostile_container_lengths_are_refused_before_allocating() {
     for claim in [1u64 << 60, u64::MAX, (DECODE_LIMIT as u64) + 1, 1 << 40] {
@@ -205,12 +259,11 @@ fn hostile_container_lengths_are_refused_before_allocating() {
     // Refused before allocating: nothing near the claimed size was asked of the allocator.
     let (r, largest) = largest_allocation(|| decode::<String>(&varint_u64(1 << 60)));
     assert!(largest < 4096, "allocated {largest} bytes");
-    let limit = r.unwrap_err();
-    let DecodeError::Bincode(inner) = limit else {
+    let DecodeError::Bincode(inner) = r.unwrap_err() else {
         panic!()
     };
     assert!(
-        matches!(inner, bincode::error::DecodeError::LimitExceeded),
+        matches!(inner, bincode::error::DecodeError::UnexpectedEnd { additional } if additional == 1 << 60),
         "{inner:?}"
     );
 }

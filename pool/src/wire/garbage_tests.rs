@@ -30,7 +30,8 @@ const NOTHING: usize = 4096;
 /// The most a tiny input claiming a huge *sequence* makes serde allocate: serde's `Vec`
 /// deserializer trusts a length hint only up to 1 MiB of elements (`size_hint::cautious`) and
 /// grows from there as elements actually arrive, so the claim costs at most that before the input
-/// runs out. (Strings and byte strings are refused by the decode limit before allocating.)
+/// runs out. (A string or byte string longer than the input is refused before allocating:
+/// `ipc_shm::codec` reads it within the bytes left.)
 const SEQUENCE_PREALLOCATION: usize = 1 << 20;
 
 fn task() -> TaskRef {
