@@ -37,7 +37,7 @@
 //! error, not silently ignored); its byte strings are lent by the slice and copied once, instead
 //! of bincode's zero-fill then copy (`codec/fill.rs`).
 //! [`decode_ring`] decodes the same bytes straight out of a ring in shared memory, and fills byte
-//! strings once too (`codec/from_ring.rs`).
+//! strings once too (`codec/from_ring.rs`); a short value is copied out first.
 //!
 //! # Bounded allocation
 //!
@@ -474,7 +474,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// Decodes a `T` that must use all of the `len` bytes at position `pos` of `ring` (shared
 /// memory another process wrote), copying straight out of the ring: no intermediate buffer,
 /// and byte strings (`serde_bytes`, `String`) are copied once into their own allocation instead
-/// of bincode's zero-fill then copy. The bytes are the same as [`decode`] takes.
+/// of bincode's zero-fill then copy. A short value (at most 512 bytes) is copied out onto the
+/// stack once and decoded from there, which is cheaper than reading it piecemeal. The bytes are
+/// the same as [`decode`] takes.
 ///
 /// Bounded like [`decode`]: `len` at most the ring's capacity and [`MAX_FRAME_LEN`]
 /// ([`DecodeError::BeyondRing`], [`DecodeError::TooLong`]), every read checked against `len`,
@@ -509,6 +511,9 @@ pub fn decode_ring<T: DeserializeOwned, B: ByteRing + ?Sized>(
             cap: ring.cap(),
         });
     }
+    if len <= SMALL_FROM_RING {
+        return decode_small_from_ring(ring, pos, len);
+    }
     let input = from_ring::RingInput::new(ring, pos, len);
     let mut decoder = bincode::serde::OwnedSerdeDecoder::from_reader(
         from_ring::RingReader::new(&input),
@@ -530,6 +535,27 @@ pub fn decode_ring<T: DeserializeOwned, B: ByteRing + ?Sized>(
         });
     }
     Ok(value)
+}
+
+/// Values encoded in at most this many bytes are copied out of a ring onto the stack and decoded
+/// from the copy ([`decode_small_from_ring`]).
+const SMALL_FROM_RING: usize = 512;
+
+/// [`decode_ring`] of a short value: one bounded copy out of the ring into a private buffer,
+/// then the slice decoder. The ring decoder's reader pays a window and bounds checks per read
+/// and its byte strings a ring copy each: a 64-byte `serde_bytes` message decoded in 89-94 ns
+/// out of a ring against 32 ns from a slice (same run). The copy is private, so the bytes cannot
+/// change while they are decoded.
+#[cold]
+fn decode_small_from_ring<T: DeserializeOwned, B: ByteRing + ?Sized>(
+    ring: &B,
+    pos: u64,
+    len: usize,
+) -> Result<T, DecodeError> {
+    let mut buf = [0u8; SMALL_FROM_RING];
+    let bytes = &mut buf[..len];
+    ring.read(pos, bytes);
+    decode(bytes)
 }
 
 /// bincode's writer into a ring: `left` bytes from position `pos`, copied with

@@ -77,6 +77,25 @@ fn values_decode_as_from_a_slice_wherever_they_sit_in_the_ring() {
     }
 }
 
+/// Values around the size below which `decode_ring` copies the bytes out and decodes them as a
+/// slice (512 bytes) decode the same either way, across the ring's end too.
+#[test]
+fn short_and_long_values_decode_alike_around_the_copy_out_size() {
+    for payload in [0, 1, 300, 507, 508, 509, 510, 600] {
+        let value = (ByteBuf::from(vec![0x5A; payload]), Some('λ'));
+        let bytes = encode(&value).unwrap();
+        for pos in [0, 1024 - 7, 2048 - bytes.len() as u64 / 2] {
+            let ring = ring_with(&bytes, 1024, pos);
+            let got: (ByteBuf, Option<char>) = decode_ring(&ring, pos, bytes.len()).unwrap();
+            assert_eq!(got, value, "{payload} bytes at {pos}");
+            assert!(matches!(
+                decode_ring::<(ByteBuf, Option<char>), _>(&ring, pos, bytes.len() - 1),
+                Err(DecodeError::Bincode(_))
+            ));
+        }
+    }
+}
+
 #[test]
 fn a_shared_segment_ring_decodes_too() {
     let bytes = encode(&(ByteBuf::from(vec![5u8; 100_000]), "tail".to_string())).unwrap();
@@ -129,17 +148,23 @@ fn short_input_trailing_bytes_and_oversized_lengths_are_typed_errors() {
 
 #[test]
 fn a_byte_string_longer_than_the_input_and_bad_utf8_keep_bincodes_error() {
-    // A byte string claiming 2^40 bytes, followed by 3.
-    let bytes = [encode(&(1u64 << 40)).unwrap(), vec![1, 2, 3]].concat();
-    let ring = ring_with(&bytes, 64, 0);
-    let (r, largest) = largest_allocation(|| decode_ring::<ByteBuf, _>(&ring, 0, bytes.len()));
-    assert!(matches!(
-        r,
-        Err(DecodeError::Bincode(
-            bincode::error::DecodeError::UnexpectedEnd { .. }
-        ))
-    ));
-    assert!(largest < 4096, "allocated {largest} bytes");
+    // A byte string claiming 2^40 bytes, followed by 3 (a short input, copied out and decoded
+    // as a slice) or by 3000 (decoded in the ring).
+    for tail in [3, 3000] {
+        let bytes = [encode(&(1u64 << 40)).unwrap(), vec![1; tail]].concat();
+        let ring = ring_with(&bytes, 4096, 0);
+        let (r, largest) = largest_allocation(|| decode_ring::<ByteBuf, _>(&ring, 0, bytes.len()));
+        assert!(
+            matches!(
+                r,
+                Err(DecodeError::Bincode(
+                    bincode::error::DecodeError::UnexpectedEnd { .. }
+                ))
+            ),
+            "{tail}: {r:?}"
+        );
+        assert!(largest < 4096, "allocated {largest} bytes");
+    }
     let bytes = encode(&ByteBuf::from(vec![0xC3, 0x28])).unwrap(); // not UTF-8
     let ring = ring_with(&bytes, 64, 0);
     assert!(matches!(
@@ -192,10 +217,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     /// Garbage gives the same verdict as `decode` of the same bytes, and never allocates more
-    /// than the decode limit.
+    /// than the decode limit: short inputs (copied out of the ring and decoded as a slice) and
+    /// longer ones (decoded in the ring).
     #[test]
-    fn garbage_is_refused_like_decode_refuses_it(bytes in proptest::collection::vec(any::<u8>(), 0..256), pos in any::<u64>()) {
-        let ring = ring_with(&bytes, 256, pos);
+    fn garbage_is_refused_like_decode_refuses_it(bytes in proptest::collection::vec(any::<u8>(), 0..1200), pos in any::<u64>()) {
+        let ring = ring_with(&bytes, 2048, pos);
         let (r, largest) = largest_allocation(|| {
             (
                 decode_ring::<Msg, _>(&ring, pos, bytes.len()).ok(),
