@@ -332,13 +332,25 @@ fn panic_failure(payload: &(dyn Any + Send)) -> Failure {
     }
 }
 
+/// Forgets what the hook recorded of an earlier panic on this thread, before a chunk runs.
+///
+/// A task's caught panic takes its record ([`panic_failure`]); a record is left behind only by
+/// a panic that a task caught itself, and the next panic the hook records replaces it. So it
+/// is cleared once per chunk, not before every task: a thread-local access per task was ~3% of
+/// a map of trivial tasks (perf). Only a task that panics after the user replaced the hook,
+/// in a chunk where an earlier task caught a panic of its own, could be given that panic's
+/// location.
+fn forget_last_panic() {
+    LAST_PANIC.with(|last| last.borrow_mut().take());
+}
+
 /// Calls one function on one argument, catching its panic.
+#[inline]
 fn invoke<A, R>(func: usize, arg: A) -> Result<R, Failure> {
     // SAFETY: `func` is `base + offset` of an `fn(A) -> R` of this same executable, paired with
     // this very monomorphisation of the trampoline by `TaskRef::new` (the same build is what
     // `TaskRef::run`'s `SameBuild` proves); fn pointers and usize have the same size.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    LAST_PANIC.with(|last| last.borrow_mut().take());
     catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|payload| panic_failure(&*payload))
 }
 
@@ -386,6 +398,7 @@ fn call_chunk<A: DeserializeOwned, R: Serialize>(
     };
     let total = args.len();
     ctx.begin(total);
+    forget_last_panic();
     let mut out = ctx.take_buffer();
     let mut first = 0;
     // Check after the first task, then after gaps that adapt (see MAX_CHECK_GAP).

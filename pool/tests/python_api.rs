@@ -41,6 +41,16 @@ fn explode_here(x: u64) -> u64 {
     panic!("exploded on {x}")
 }
 
+/// Catches a panic of its own for 0 (the hook records it, nobody takes it); panics for others.
+fn catch_own_panic_or_explode(x: u64) -> u64 {
+    if x == 0 {
+        let caught = std::panic::catch_unwind(|| panic!("caught inside the task"));
+        assert!(caught.is_err());
+        return 0;
+    }
+    explode_here(x)
+}
+
 fn build(method: StartMethod, processes: usize) -> Pool {
     PoolBuilder::new()
         .processes(processes)
@@ -377,6 +387,16 @@ fn panicked_points_at_the_panicking_line(method: StartMethod) {
         .spawn(explode_here, 8)
         .unwrap();
     let error = child.join().result.unwrap_err();
+    assert_eq!(error.panic_location().map(|l| l.line), Some(PANIC_LINE));
+    // In one chunk, a task that caught a panic of its own, then one that panics: the second is
+    // given its own location, not the one the first left behind.
+    let outcomes: Vec<_> = pool
+        .imap_chunked(catch_own_panic_or_explode, [0, 3], 2)
+        .collect();
+    assert!(matches!(outcomes[0], Ok(0)), "{outcomes:?}");
+    let Err(error) = &outcomes[1] else {
+        panic!("{outcomes:?}")
+    };
     assert_eq!(error.panic_location().map(|l| l.line), Some(PANIC_LINE));
 }
 
