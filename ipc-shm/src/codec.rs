@@ -359,6 +359,68 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeErro
     Ok(size.bytes_written)
 }
 
+/// Writes at least this long are *long* for [`encoded_len_coarse`]: byte strings and strings
+/// of this size, which bincode writes in one piece (and [`encode_to_ring`] copies straight
+/// into the ring, unstaged).
+pub const LONG_WRITE: usize = STAGE / 2;
+
+/// [`encoded_len`], for a caller that chooses where to encode by what a value is made of: gives
+/// up (`Ok(None)`) as soon as more than `max_fine` bytes of the encoding are *fine-grained*,
+/// written in pieces shorter than [`LONG_WRITE`] (integers, lengths, short strings), and
+/// otherwise returns the whole length.
+///
+/// Encoding straight into shared memory ([`encode_to_ring`]) pays for long byte strings once
+/// and saves a copy; a value of many small fields encodes faster into a `Vec` (one copy of the
+/// result afterwards is cheap next to encoding it): 125 000 `u64`s took 1.1-1.3 ms into a ring
+/// against 0.8-1.0 ms into a `Vec`, plus 0.19 ms to size them first. This tells the two apart
+/// without sizing all of a value made of small fields.
+///
+/// ```
+/// use ipc_shm::codec::{encoded_len, encoded_len_coarse};
+///
+/// let blob = (7u32, serde_bytes::ByteBuf::from(vec![0u8; 1 << 20]));
+/// assert_eq!(encoded_len_coarse(&blob, 4096)?, Some(encoded_len(&blob)?));
+/// let many = vec![300u64; 100_000];
+/// assert_eq!(encoded_len_coarse(&many, 4096)?, None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn encoded_len_coarse<T: Serialize + ?Sized>(
+    value: &T,
+    max_fine: usize,
+) -> Result<Option<usize>, EncodeError> {
+    let mut size = CoarseSize {
+        len: 0,
+        fine: 0,
+        max_fine,
+    };
+    match bincode::serde::encode_into_writer(value, &mut size, BINCODE_CONFIG) {
+        Ok(()) => Ok(Some(size.len)),
+        Err(_) if size.fine > max_fine => Ok(None),
+        Err(e) => Err(EncodeError::Bincode(e)),
+    }
+}
+
+/// bincode's writer for [`encoded_len_coarse`]: counts, and stops at too many fine bytes.
+struct CoarseSize {
+    len: usize,
+    fine: usize,
+    max_fine: usize,
+}
+
+impl bincode::enc::write::Writer for CoarseSize {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.len += bytes.len();
+        if bytes.len() < LONG_WRITE {
+            self.fine += bytes.len();
+            if self.fine > self.max_fine {
+                return Err(bincode::error::EncodeError::Other("mostly small fields"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The encoding of `value` in a new vector.
 #[inline]
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {

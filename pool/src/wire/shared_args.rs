@@ -20,6 +20,9 @@
 //! Finding whether arguments are large costs a sizing pass (byte strings are counted, not
 //! copied), so it is done only once this process has encoded large arguments at all: a program
 //! that never does pays nothing, and the first large job of a process takes the seat's area.
+//! Only arguments made mostly of long byte strings take an area: the sizing pass gives up on
+//! arguments with many small fields (a map's chunk of integers), which encode faster into a
+//! `Vec` that the driver copies into the seat's area ([`MAX_FINE`]).
 //! Arguments that carry descriptors (IPC handles) are sized and encoded in their transfer
 //! context like any others (a handle already in the batch reuses its entry, so sizing adds
 //! none).
@@ -48,6 +51,13 @@ use crate::wire::bulk::{Area, BULK_MAX, BULK_MIN};
 const MAX_FREE: usize = 32;
 /// How many bytes (of capacity) the free areas hold at most.
 const MAX_FREE_BYTES: usize = 64 << 20;
+
+/// Arguments with more than this many bytes of small fields (integers, lengths, short strings:
+/// [`ipc_shm::codec::encoded_len_coarse`]) take the ordinary way even when large: they encode
+/// faster into a `Vec`, which the driver then copies into the seat's area in one go. A 2-worker
+/// map of 1 M `u64`s (chunks of 125 000, ~600 KB each): 0.86-0.88x the time with its chunks
+/// encoded the ordinary way (scratch probe, interleaved pairs).
+const MAX_FINE: usize = BULK_MIN / 2;
 
 /// The free areas, process-wide.
 static FREE: FreeAreas = FreeAreas(Mutex::new(Vec::new()));
@@ -104,9 +114,10 @@ pub(crate) fn seen_large() -> bool {
 }
 
 /// Encodes `value` into an area of its own if this process has seen large arguments and
-/// `value`'s encoding is large too (at least [`BULK_MIN`], at most [`BULK_MAX`] bytes). `None`:
-/// encode it the ordinary way (small, never seen large ones, no area could be made, or the
-/// encode failed: the ordinary encode then says why, or succeeds where a `Serialize` that is
+/// `value`'s encoding is large too (at least [`BULK_MIN`], at most [`BULK_MAX`] bytes) and made
+/// mostly of long byte strings (at most [`MAX_FINE`] bytes of small fields). `None`: encode it
+/// the ordinary way (small, many small fields, never seen large ones, no area could be made, or
+/// the encode failed: the ordinary encode then says why, or succeeds where a `Serialize` that is
 /// not deterministic wrote another length than sizing counted).
 #[inline]
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Option<SharedArgs> {
@@ -118,7 +129,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Option<SharedArgs> {
 
 #[cold]
 fn encode_slow<T: Serialize + ?Sized>(value: &T) -> Option<SharedArgs> {
-    let len = ipc_shm::codec::encoded_len(value).ok()?;
+    let len = ipc_shm::codec::encoded_len_coarse(value, MAX_FINE).ok()??;
     if !(BULK_MIN..=BULK_MAX).contains(&len) {
         return None;
     }
@@ -183,6 +194,12 @@ mod tests {
             ipc_shm::codec::encode(&value).expect("encodes")
         );
         assert!(encode(&7u64).is_none(), "small values never take an area");
+        let fields = vec![300u64; BULK_MIN];
+        assert!(ipc_shm::codec::encoded_len(&fields).expect("sized") > BULK_MIN);
+        assert!(
+            encode(&fields).is_none(),
+            "large, but of small fields: the ordinary way"
+        );
         let too_large = "z".repeat(BULK_MAX + 1);
         assert!(
             encode(&too_large).is_none(),
