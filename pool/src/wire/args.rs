@@ -116,7 +116,8 @@ pub(crate) fn encode_job<A: Serialize>(
     let (encoded, batch, handle) = transfer::encode(|| match in_area(args) {
         Some(shared) => Ok((Vec::new(), Some(shared))),
         None => {
-            // Once large arguments were seen, `shared_args` sized these already: small.
+            // Once large arguments were seen, `shared_args` sized these already: small, or
+            // made of small fields (no recycled buffer: it would size them again).
             let mut bytes = if areas && shared_args::seen_large() {
                 Vec::new()
             } else {
