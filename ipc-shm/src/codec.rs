@@ -62,7 +62,7 @@
 
 use bincode::config::{Configuration, Limit, LittleEndian, NoLimit, Varint};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 
 use crate::ring::ByteRing;
 
@@ -490,11 +490,62 @@ pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), De
     decode_slice(bytes)
 }
 
+/// [`decode_prefix`] for a [`DeserializeSeed`]: decodes what `seed` reads from the front of
+/// `bytes` and says how many bytes it used, bounded like [`decode`]. For a caller that reads a
+/// run of values with one decoder (a seed that asks for a tuple and reads its elements one by
+/// one, choosing each one's type as it goes) instead of one [`decode_prefix`] per value.
+///
+/// ```
+/// use ipc_shm::codec::{decode_prefix_seed, encode};
+/// use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+///
+/// /// A count, then that many `u32`s: their sum.
+/// struct Sum;
+/// impl<'de> DeserializeSeed<'de> for Sum {
+///     type Value = u64;
+///     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+///         d.deserialize_tuple(usize::MAX, self)
+///     }
+/// }
+/// impl<'de> Visitor<'de> for Sum {
+///     type Value = u64;
+///     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("a count and values")
+///     }
+///     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+///         let count: u64 = seq.next_element()?.unwrap_or(0);
+///         let mut sum = 0;
+///         for _ in 0..count {
+///             sum += u64::from(seq.next_element::<u32>()?.unwrap_or(0));
+///         }
+///         Ok(sum)
+///     }
+/// }
+///
+/// let bytes = encode(&vec![1u32, 2, 300])?;
+/// assert_eq!(decode_prefix_seed(Sum, &bytes)?, (303, bytes.len()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[inline]
+pub fn decode_prefix_seed<'de, S: DeserializeSeed<'de>>(
+    seed: S,
+    bytes: &'de [u8],
+) -> Result<(S::Value, usize), DecodeError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLong {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    bincode::serde::seed_decode_from_slice(fill::Lent(seed), bytes, UNLIMITED)
+        .map_err(DecodeError::Bincode)
+}
+
 /// bincode's slice decoder, through `fill::Fill` (byte strings lent by the slice).
 #[inline]
 fn decode_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
     bincode::serde::seed_decode_from_slice(
-        fill::Lent::<T>(std::marker::PhantomData),
+        fill::Lent(std::marker::PhantomData::<T>),
         bytes,
         UNLIMITED,
     )

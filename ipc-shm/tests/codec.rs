@@ -99,6 +99,20 @@ fn nested_byte_strings_are_lent_by_the_slice_and_bounded_by_it() {
         "{e:?}"
     );
     assert!(largest < 4096, "allocated {largest} bytes");
+    // The same through a seed (`decode_prefix_seed` wraps the seed's deserializer alike).
+    let (r, largest) = largest_allocation(|| {
+        codec::decode_prefix_seed(std::marker::PhantomData::<Vec<String>>, &hostile)
+    });
+    assert!(
+        matches!(
+            r,
+            Err(DecodeError::Bincode(
+                bincode::error::DecodeError::UnexpectedEnd { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+    assert!(largest < 4096, "allocated {largest} bytes");
 }
 
 #[test]

@@ -67,15 +67,16 @@ impl ByteStrings for Lend {
     }
 }
 
-/// A seed that deserializes a `T` through [`Fill`] with [`Lend`]: for bincode's slice decoder.
-pub(super) struct Lent<T>(pub(super) std::marker::PhantomData<T>);
+/// A seed whose deserializer is wrapped in [`Fill`] with [`Lend`]: for bincode's slice decoder
+/// (`Lent(PhantomData::<T>)` decodes a `T`).
+pub(super) struct Lent<S>(pub(super) S);
 
-impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Lent<T> {
-    type Value = T;
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Lent<S> {
+    type Value = S::Value;
 
     #[inline]
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
-        T::deserialize(Fill {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
+        self.0.deserialize(Fill {
             inner: d,
             src: &Lend,
         })

@@ -13,14 +13,18 @@
 //! not inlined).
 //!
 //! The pool's own reader of a run ([`read_outcomes`]) skips the enum path altogether: it reads
-//! the sequence's length, then for each outcome the variant byte by hand and the value alone
-//! (`ipc_shm::codec::decode_prefix`). Serde's enum access (bincode's `variant_seed`, a varint
+//! the sequence's length, then for each outcome the variant byte and the value, all with one
+//! decoder (`ipc_shm::codec::decode_prefix_seed`). Serde's enum access (bincode's `variant_seed`, a varint
 //! `u32` and its error's drop glue, the `Result` visitor) was about half of what the pool's
 //! threads spent on a map of 1 M trivial tasks (perf, 2-vCPU VM). Bytes that are not such a
 //! run (a variant byte other than 0 or 1, a value that does not decode, bytes left over) make it
 //! give up, and the caller decodes them as a `Vec<Result<R, Failure>>` for the error.
 
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+
+use serde::de::{
+    self, Deserialize, DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor,
+};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 
 use crate::task::Failure;
@@ -48,31 +52,68 @@ const ERR: u8 = 1;
 /// to `each`; returns how many there were, or `None` if the bytes are not exactly such a run
 /// (`each` may have been called for the outcomes before the fault: the caller starts over with
 /// the usual decode, which says what is wrong).
+///
+/// One decoder reads the whole run ([`ipc_shm::codec::decode_prefix_seed`]): the run's bytes
+/// are read as one tuple of the count, then each outcome's variant byte and its value, each
+/// element's type chosen as it comes. A decoder per value (`decode_prefix` for each) cost a
+/// decoder's set-up per outcome.
 #[inline]
 pub(crate) fn read_outcomes<R: DeserializeOwned>(
     payload: &[u8],
-    mut each: impl FnMut(Result<R, Failure>),
+    each: impl FnMut(Result<R, Failure>),
 ) -> Option<u64> {
-    let (count, mut pos) = ipc_shm::codec::decode_prefix::<u64>(payload).ok()?;
-    // Every outcome takes at least its variant byte, so a hostile count ends with the bytes.
-    for _ in 0..count {
-        let variant = *payload.get(pos)?;
-        let rest = payload.get(pos + 1..)?;
-        let (outcome, used) = match variant {
-            OK => {
-                let (value, used) = ipc_shm::codec::decode_prefix::<R>(rest).ok()?;
-                (Ok(value), used)
-            }
-            ERR => {
-                let (failure, used) = ipc_shm::codec::decode_prefix::<Failure>(rest).ok()?;
-                (Err(failure), used)
-            }
-            _ => return None,
-        };
-        pos += 1 + used;
-        each(outcome);
+    let run = Run {
+        each,
+        _values: PhantomData,
+    };
+    let (count, used) = ipc_shm::codec::decode_prefix_seed(run, payload).ok()?;
+    (used == payload.len()).then_some(count)
+}
+
+/// The seed and visitor of [`read_outcomes`].
+struct Run<R, F> {
+    each: F,
+    _values: PhantomData<fn() -> R>,
+}
+
+impl<'de, R: DeserializeOwned, F: FnMut(Result<R, Failure>)> DeserializeSeed<'de> for Run<R, F> {
+    type Value = u64;
+
+    #[inline]
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        // As many elements as the bytes hold: the count says how many outcomes to read.
+        d.deserialize_tuple(usize::MAX, self)
     }
-    (pos == payload.len()).then_some(count)
+}
+
+impl<'de, R: DeserializeOwned, F: FnMut(Result<R, Failure>)> Visitor<'de> for Run<R, F> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a run of outcomes")
+    }
+
+    #[inline]
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<u64, A::Error> {
+        let count: u64 = next(&mut seq)?;
+        // Every outcome takes at least its variant byte, so a hostile count ends with the bytes.
+        for _ in 0..count {
+            let outcome = match next::<u8, A>(&mut seq)? {
+                OK => Ok(next::<R, A>(&mut seq)?),
+                ERR => Err(next::<Failure, A>(&mut seq)?),
+                _ => return Err(de::Error::custom("not an outcome's variant")),
+            };
+            (self.each)(outcome);
+        }
+        Ok(count)
+    }
+}
+
+/// The next element of the run, which must be there.
+#[inline]
+fn next<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A) -> Result<T, A::Error> {
+    seq.next_element()?
+        .ok_or_else(|| de::Error::custom("the run ended early"))
 }
 
 #[cfg(test)]
