@@ -110,7 +110,7 @@ impl<'a, B: ByteRing + ?Sized> RingInput<'a, B> {
 impl<B: ByteRing + ?Sized> RingInput<'_, B> {
     /// The next byte string (its bincode length, read by `d`, then its bytes), copied once.
     #[inline]
-    fn byte_buf<'de, D: Deserializer<'de>>(&self, d: D) -> Result<Vec<u8>, D::Error> {
+    fn next_byte_buf<'de, D: Deserializer<'de>>(&self, d: D) -> Result<Vec<u8>, D::Error> {
         let len = <u64 as de::Deserialize>::deserialize(d)?;
         self.take_vec(len).map_err(|e| self.fail(e))
     }
@@ -125,7 +125,7 @@ impl<B: ByteRing + ?Sized> ByteStrings for RingInput<'_, B> {
         d: D,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        visitor.visit_byte_buf(self.byte_buf(d)?)
+        visitor.visit_byte_buf(self.next_byte_buf(d)?)
     }
 
     /// A byte string that must be UTF-8 (bincode's own check and error).
@@ -135,7 +135,7 @@ impl<B: ByteRing + ?Sized> ByteStrings for RingInput<'_, B> {
         d: D,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let s = String::from_utf8(self.byte_buf(d)?).map_err(|e| {
+        let s = String::from_utf8(self.next_byte_buf(d)?).map_err(|e| {
             self.fail(BincodeError::Utf8 {
                 inner: e.utf8_error(),
             })
