@@ -377,8 +377,9 @@ fn encode_outcome<R: Serialize>(outcome: &Result<R, Failure>, out: &mut Vec<u8>)
 /// due and halves after a flush, from 1 up to this. Trivial tasks (a few nanoseconds) then read
 /// the clock about once per this many, where a fixed 16 made the clock (`clock_gettime`, ~25 ns
 /// on a VM) 13% of a worker's time in a map of 1 M trivial tasks (perf); slow tasks are checked
-/// after each one. A flush falls due at most about twice its interval late when tasks take
-/// similar times: the check before found it not yet due after half as many tasks.
+/// after each one. When tasks take similar times a flush is sent before about three times its
+/// interval has passed: successive checks are at most 3x apart in tasks (a halved gap `g/2`,
+/// then `g/2 + g`), and the check before found it not yet due.
 const MAX_CHECK_GAP: usize = 256;
 
 /// The trampoline: decodes the chunk's arguments (all of them before any task runs: a chunk
