@@ -481,13 +481,7 @@ pub fn encode_frame<T: Serialize + ?Sized>(
 /// ```
 #[inline]
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
-    if bytes.len() > MAX_FRAME_LEN {
-        return Err(DecodeError::TooLong {
-            len: bytes.len(),
-            max: MAX_FRAME_LEN,
-        });
-    }
-    decode_slice(bytes)
+    decode_prefix_seed(std::marker::PhantomData::<T>, bytes)
 }
 
 /// [`decode_prefix`] for a [`DeserializeSeed`]: decodes what `seed` reads from the front of
@@ -541,17 +535,6 @@ pub fn decode_prefix_seed<'de, S: DeserializeSeed<'de>>(
         .map_err(DecodeError::Bincode)
 }
 
-/// bincode's slice decoder, through `fill::Fill` (byte strings lent by the slice).
-#[inline]
-fn decode_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
-    bincode::serde::seed_decode_from_slice(
-        fill::Lent(std::marker::PhantomData::<T>),
-        bytes,
-        UNLIMITED,
-    )
-    .map_err(DecodeError::Bincode)
-}
-
 /// Decodes a `T` that must use all of `bytes`; no byte string in it allocates more than
 /// `bytes` holds.
 ///
@@ -568,13 +551,7 @@ fn decode_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), DecodeE
 /// ```
 #[inline]
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    if bytes.len() > MAX_FRAME_LEN {
-        return Err(DecodeError::TooLong {
-            len: bytes.len(),
-            max: MAX_FRAME_LEN,
-        });
-    }
-    let (value, used) = decode_slice::<T>(bytes)?;
+    let (value, used) = decode_prefix::<T>(bytes)?;
     if used != bytes.len() {
         return Err(DecodeError::TrailingBytes {
             trailing: bytes.len() - used,
@@ -593,7 +570,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 ///
 /// Bounded like [`decode`]: `len` at most the ring's capacity and [`MAX_FRAME_LEN`]
 /// ([`DecodeError::BeyondRing`], [`DecodeError::TooLong`]), every read checked against `len`,
-/// a byte string never longer than the bytes left. A peer writing the ring meanwhile can only change the values decoded.
+/// a byte string never longer than the bytes left. A peer writing the ring meanwhile can only
+/// change the values decoded.
 ///
 /// ```
 /// use ipc_shm::codec::{decode_ring, encode};
@@ -689,7 +667,7 @@ struct RingWriter<'r, R: ?Sized> {
     staged: usize,
 }
 
-/// The size of [`RingWriter`]'s stage; writes at least half as long bypass it.
+/// The size of [`RingWriter`]'s stage; writes of at least [`LONG_WRITE`] (half of it) bypass it.
 const STAGE: usize = 512;
 
 impl<'r, R: crate::ByteRing + ?Sized> RingWriter<'r, R> {
@@ -721,7 +699,7 @@ impl<R: crate::ByteRing + ?Sized> bincode::enc::write::Writer for RingWriter<'_,
             return Err(bincode::error::EncodeError::UnexpectedEnd);
         }
         self.left -= bytes.len();
-        if bytes.len() >= STAGE / 2 {
+        if bytes.len() >= LONG_WRITE {
             self.flush();
             self.ring.write(self.pos, bytes);
             self.pos = self.pos.wrapping_add(bytes.len() as u64);
