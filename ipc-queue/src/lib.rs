@@ -78,7 +78,7 @@
 //! # Encoding
 //!
 //! Messages are encoded with bincode 2's serde support in the workspace's one configuration,
-//! `ipc_shm::codec` (standard: variable-length integers; one decode bound, so a hostile length
+//! `ipc_shm::codec` (standard, with fixed-width integers; one decode bound, so a hostile length
 //! inside a message cannot make a consumer allocate more than the message holds), and framed with that module's
 //! 8-byte header, which the pipe and the pool use too. Note that serde encodes `Vec<u8>` element
 //! by element: wrap byte payloads in `serde_bytes` (7-10x faster for large payloads) or use the

@@ -310,7 +310,7 @@ fn large_and_small_messages_mix_in_order() {
 fn undecodable_large_message_is_an_error_for_that_message_only() {
     let q: Queue<Bytes> = QueueBuilder::new().capacity(64 << 10).build().unwrap();
     // A length prefix claiming more bytes than the frame holds.
-    let mut bad = vec![0xfb, 0xff, 0xff, 0x00, 0x00];
+    let mut bad = (1u64 << 40).to_le_bytes().to_vec();
     bad.resize(5000, 7);
     q.put_bytes(&bad).unwrap();
     q.put(pattern(6000, 1)).unwrap();

@@ -150,7 +150,7 @@ fn foreign_segment_is_refused() {
 /// Where the ring starts in a queue's payload: after the 512-byte control block.
 const RING_OFFSET: usize = 512;
 
-/// A queue of capacity 1024 holding one message, `7u32` (a 1-byte payload), plus a second
+/// A queue of capacity 1024 holding one message, `7u32` (a 4-byte payload), plus a second
 /// mapping of its segment through which the test scribbles, and the ring's first header.
 fn one_message_queue() -> (Queue<u32>, Segment) {
     let q: Queue<u32> = QueueBuilder::new().capacity(1024).build().unwrap();
@@ -159,7 +159,7 @@ fn one_message_queue() -> (Queue<u32>, Segment) {
     let header: &[std::sync::atomic::AtomicU8] = seg
         .slice(ipc_shm::SliceOffset::from_raw(RING_OFFSET, 8))
         .unwrap();
-    let expected = ipc_shm::codec::FrameHeader::new(1).unwrap().to_bytes();
+    let expected = ipc_shm::codec::FrameHeader::new(4).unwrap().to_bytes();
     let found: Vec<u8> = header
         .iter()
         .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
@@ -236,7 +236,7 @@ proptest! {
         );
         let (q, seg) = one_message_queue();
         scribble(&seg, &[(RING_OFFSET, header.clone())]);
-        let original = ipc_shm::codec::FrameHeader::new(1).unwrap().to_bytes();
+        let original = ipc_shm::codec::FrameHeader::new(4).unwrap().to_bytes();
         match q.try_get() {
             Ok(v) => {
                 prop_assert_eq!(&header[..], &original[..]);
@@ -245,13 +245,14 @@ proptest! {
             Err(ipc_queue::TryGetError::Corrupted(_)) => {
                 prop_assert_ne!(&header[..], &original[..]);
             }
-            // A valid header whose length still ends inside the original frame's padding
-            // (2 to 8 bytes): the frame is well formed, its payload (the value and zeros) is
-            // not a `u32`. Payload bytes are not checksummed (crate docs); a typed error.
+            // A valid header whose length is not the value's 4 bytes but still ends inside the
+            // original frame and its padding (1 to 8 bytes): the frame is well formed, its
+            // payload (part of the value, or the value and zeros) is not a `u32`. Payload bytes
+            // are not checksummed (crate docs); a typed error.
             Err(ipc_queue::TryGetError::Decode(_)) => {
                 let h: [u8; 8] = header[..].try_into().unwrap();
                 let len = ipc_shm::codec::frame_len(h, 1024);
-                prop_assert!(matches!(len, Ok(2..=8)), "{len:?}");
+                prop_assert!(matches!(len, Ok(1..=3 | 5..=8)), "{len:?}");
             }
             Err(e) => prop_assert!(false, "unexpected {e:?}"),
         }

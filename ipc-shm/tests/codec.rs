@@ -31,7 +31,8 @@ enum Msg {
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
 
-fn varint_u64(n: u64) -> Vec<u8> {
+/// `n` as the codec writes a `u64` (and a length).
+fn encoded_u64(n: u64) -> Vec<u8> {
     encode(&n).unwrap()
 }
 
@@ -89,7 +90,13 @@ fn nested_byte_strings_are_lent_by_the_slice_and_bounded_by_it() {
     );
 
     // Two strings, the second claiming 2^60 bytes.
-    let hostile = [&[2u8, 2, b'o', b'k'][..], &varint_u64(1 << 60)].concat();
+    let hostile = [
+        encoded_u64(2),
+        encoded_u64(2),
+        b"ok".to_vec(),
+        encoded_u64(1 << 60),
+    ]
+    .concat();
     let (r, largest) = largest_allocation(|| decode::<Vec<String>>(&hostile));
     let Err(DecodeError::Bincode(e)) = r else {
         panic!("{r:?}")
@@ -163,7 +170,7 @@ fn trailing_bytes_are_refused() {
         decode::<Msg>(&bytes),
         Err(DecodeError::TrailingBytes {
             trailing: 3,
-            len: 4
+            len: 7
         })
     ));
 }
@@ -174,7 +181,8 @@ fn errors_convert_to_bincode_errors() {
     bytes.push(0);
     let e: bincode::error::DecodeError = decode::<u8>(&bytes).unwrap_err().into();
     assert!(e.to_string().contains("1 trailing bytes"), "{e}");
-    let e: bincode::error::DecodeError = decode::<String>(&varint_u64(1 << 60)).unwrap_err().into();
+    let e: bincode::error::DecodeError =
+        decode::<String>(&encoded_u64(1 << 60)).unwrap_err().into();
     assert!(
         matches!(e, bincode::error::DecodeError::UnexpectedEnd { additional } if additional == 1 << 60),
         "{e:?}"
@@ -259,19 +267,19 @@ fn oversized_length_headers_are_refused() {
 #[test]
 fn hostile_container_lengths_are_refused_before_allocating() {
     for claim in [1u64 << 60, u64::MAX, (DECODE_LIMIT as u64) + 1, 1 << 40] {
-        let prefix = varint_u64(claim);
+        let prefix = encoded_u64(claim);
         for err in [
             decode::<String>(&prefix).unwrap_err(),
             decode::<Vec<u8>>(&prefix).unwrap_err(),
             decode::<Vec<u64>>(&prefix).unwrap_err(),
-            decode::<Msg>(&[&[2u8][..], &prefix].concat()).unwrap_err(),
+            decode::<Msg>(&[&encode(&2u32).unwrap()[..], &prefix].concat()).unwrap_err(),
             decode::<BTreeMap<String, u64>>(&prefix).unwrap_err(),
         ] {
             assert!(matches!(err, DecodeError::Bincode(_)), "{claim}: {err:?}");
         }
     }
     // Refused before allocating: nothing near the claimed size was asked of the allocator.
-    let (r, largest) = largest_allocation(|| decode::<String>(&varint_u64(1 << 60)));
+    let (r, largest) = largest_allocation(|| decode::<String>(&encoded_u64(1 << 60)));
     assert!(largest < 4096, "allocated {largest} bytes");
     let DecodeError::Bincode(inner) = r.unwrap_err() else {
         panic!()
@@ -293,11 +301,19 @@ fn padded_lengths() {
 
 #[test]
 fn the_configuration_is_the_limited_standard_one() {
-    // Variable-length integers: a small u64 takes one byte.
-    assert_eq!(encode(&5u64).unwrap(), [5]);
+    // Fixed-width little-endian integers: a u64 is 8 bytes, an enum's variant index 4, a
+    // sequence starts with its length as a u64.
+    assert_eq!(encode(&5u64).unwrap(), [5, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(encode(&Some(1u8)).unwrap(), [1, 1]);
+    assert_eq!(encode(&Err::<u8, u8>(9)).unwrap(), [1, 0, 0, 0, 9]);
+    let bytes = encode(&vec![7u16; 3]).unwrap();
+    assert_eq!(bytes[..8], [3, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(codec::sequence_len(&bytes), Some(3));
+    assert_eq!(codec::sequence_len(&bytes[..7]), None);
     let (v, used): (u64, usize) =
-        bincode::serde::decode_from_slice(&[5], codec::BINCODE_CONFIG).unwrap();
-    assert_eq!((v, used), (5, 1));
+        bincode::serde::decode_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0], codec::BINCODE_CONFIG)
+            .unwrap();
+    assert_eq!((v, used), (5, 8));
 }
 
 proptest! {
@@ -324,7 +340,7 @@ proptest! {
     /// A valid value's encoding with a hostile length spliced in front of its container.
     #[test]
     fn hostile_lengths_never_allocate_unboundedly(claim in (MAX_FRAME_LEN as u64)..=u64::MAX, tail in proptest::collection::vec(any::<u8>(), 0..64)) {
-        let bytes = [varint_u64(claim), tail].concat();
+        let bytes = [encoded_u64(claim), tail].concat();
         let (r, largest) = largest_allocation(|| {
             (
                 decode::<String>(&bytes).is_err(),

@@ -175,7 +175,7 @@ fn a_byte_string_longer_than_the_input_and_bad_utf8_keep_bincodes_error() {
     ));
 }
 
-/// The writer into a ring stages short writes (varints, lengths) and copies long ones straight
+/// The writer into a ring stages short writes (integers, lengths) and copies long ones straight
 /// in: the bytes in the ring are `encode`'s, wherever they start (across the end of the ring
 /// too), whatever the mix of short and long writes around the stage's size.
 fn encodes_like_encode<T: Serialize>(value: &T, cap: usize, pos: u64) {
@@ -196,8 +196,8 @@ fn encodes_like_encode<T: Serialize>(value: &T, cap: usize, pos: u64) {
 
 #[test]
 fn a_ring_holds_exactly_what_encode_makes() {
-    let varints: Vec<u64> = (0..5000u64).map(|i| i * i * 7919).collect();
-    encodes_like_encode(&varints, 1 << 16, (1 << 16) - 100);
+    let integers: Vec<u64> = (0..5000u64).map(|i| i * i * 7919).collect();
+    encodes_like_encode(&integers, 1 << 16, (1 << 16) - 100);
     for long in [255, 256, 257, 511, 512, 513, 4000] {
         let mixed: Vec<(u32, ByteBuf, String)> = (0..40u32)
             .map(|i| {

@@ -16,7 +16,7 @@ use crate::error::{TaskError, WorkerBacktrace};
 use crate::job::CancelToken;
 use crate::task::Failure;
 use crate::wire::codec;
-use crate::wire::outcome::read_outcomes;
+use crate::wire::outcome::{ONE_OK, read_outcomes};
 
 /// A callback run with a task's result, on a pool thread in the parent.
 pub(crate) type Callback<T> = Box<dyn FnOnce(&T) + Send>;
@@ -373,12 +373,12 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
     count: u64,
     payload: &[u8],
 ) -> (Option<Result<R, TaskError>>, u64, u64) {
-    // The usual case, one `Ok`: the sequence's length 1 and `Ok`'s variant index 0 (one byte
-    // each, see `wire/outcome.rs`), then the value, decoded alone (all of the rest, within the
-    // one decode limit). Anything else, or a value that does not decode, takes the general
-    // way below, which says what is wrong.
+    // The usual case, one `Ok`: the sequence's length 1 and `Ok`'s variant index 0
+    // (`outcome::ONE_OK`), then the value, decoded alone (all of the rest, within the one
+    // decode limit). Anything else, or a value that does not decode, takes the general way
+    // below, which says what is wrong.
     if count == 1
-        && let [1, 0, value @ ..] = payload
+        && let Some(value) = payload.strip_prefix(&ONE_OK[..])
         && let Ok(value) = codec::decode::<R>(value)
     {
         return (Some(Ok(value)), 1, 0);

@@ -7,7 +7,7 @@
 //! owned decoder) into a `vec![0u8; len]` and then copies into it: for a megabyte argument the
 //! zero-fill costs as much as the copy. So the deserializer is wrapped
 //! ([`Fill`](super::fill::Fill)) with a [`RingInput`] as its source of byte strings: those four
-//! calls read the length with bincode (`u64`, the same varint bincode writes) and append exactly
+//! calls read the length with bincode (`u64`, as bincode writes it) and append exactly
 //! that many bytes from the ring into a vector's spare capacity ([`ByteRing::append`]).
 //!
 //! ## Bounds
@@ -149,7 +149,7 @@ const WINDOW: usize = 256;
 
 /// bincode's reader over a [`RingInput`].
 ///
-/// bincode reads most values a few bytes at a time (a varint is one byte, then more), and only
+/// bincode reads most values a few bytes at a time (an integer is one to eight bytes), and only
 /// takes its fast paths when the reader can lend it the next bytes (`peek_read`). Shared bytes
 /// are never lent: the reader copies the next [`WINDOW`] bytes of the input into a private
 /// window and lends those. The window is a cache of the input at positions `at .. at + filled`:

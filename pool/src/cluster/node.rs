@@ -742,7 +742,7 @@ impl Node {
         }
         if header.count == 0
             || header.count > wire::MAX_TASKS_PER_MESSAGE
-            || wire::sequence_len(args) != Some(header.count)
+            || ipc_shm::codec::sequence_len(args) != Some(header.count)
         {
             return Err(Refusal::BadTask {
                 detail: format!("the payload does not hold {} arguments", header.count),

@@ -266,19 +266,6 @@ pub(crate) fn validate(
     Ok(offsets)
 }
 
-/// The element count a bincode `Vec<_>` encoding starts with (bincode 2's varint), if `bytes`
-/// starts with one.
-pub(crate) fn sequence_len(bytes: &[u8]) -> Option<u64> {
-    let (&tag, rest) = bytes.split_first()?;
-    match tag {
-        0..=250 => Some(u64::from(tag)),
-        251 => Some(u64::from(u16::from_le_bytes(*rest.first_chunk::<2>()?))),
-        252 => Some(u64::from(u32::from_le_bytes(*rest.first_chunk::<4>()?))),
-        253 => Some(u64::from_le_bytes(*rest.first_chunk::<8>()?)),
-        _ => None,
-    }
-}
-
 /// Node → every caller, once a second on the cluster's core subject `pool.<name>.nodes`: what
 /// the node is doing, for `Pool::stats`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,17 +347,6 @@ impl WorkerReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sequence_lengths_match_the_codec() {
-        for n in [0usize, 1, 250, 251, 300, 65_535, 65_536, 100_000] {
-            let bytes = ipc_shm::codec::encode(&vec![0u8; n]).expect("encodes");
-            assert_eq!(sequence_len(&bytes), Some(n as u64), "{n}");
-        }
-        assert_eq!(sequence_len(&[]), None);
-        assert_eq!(sequence_len(&[251, 1]), None);
-        assert_eq!(sequence_len(&[255]), None);
-    }
 
     #[test]
     fn results_must_cover_the_chunk_once() {

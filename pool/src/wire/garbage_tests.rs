@@ -38,7 +38,8 @@ fn task() -> TaskRef {
     TaskRef::new::<u64, u64>(|x| x)
 }
 
-fn varint(n: u64) -> Vec<u8> {
+/// `n` as the codec writes a `u64` (and a length).
+fn encoded_u64(n: u64) -> Vec<u8> {
     ipc_shm::codec::encode(&n).expect("a u64 encodes")
 }
 
@@ -60,8 +61,14 @@ fn frame_claiming(claim: u64, tail: &[u8]) -> Vec<u8> {
         failure: Failure::Panicked(String::new()),
     };
     let mut value = codec::encode(&header).expect("encodes");
-    assert_eq!(value.pop(), Some(0), "the empty string's length comes last");
-    value.extend_from_slice(&varint(claim));
+    let len_at = value.len() - ipc_shm::codec::SEQUENCE_LEN_BYTES;
+    assert_eq!(
+        value[len_at..],
+        encoded_u64(0),
+        "the empty string's length comes last"
+    );
+    value.truncate(len_at);
+    value.extend_from_slice(&encoded_u64(claim));
     value.extend_from_slice(tail);
     let mut out = FrameHeader::new(value.len())
         .expect("small")
@@ -168,7 +175,8 @@ fn corrupted_frame_headers_are_refused() {
     // Trailing bytes after the header's value are refused, not ignored: the header length says
     // where the payload starts, and the value must fill it.
     let mut bytes = out.clone();
-    let header = hostile_header(2);
+    // `InitDone` is its variant index (4 bytes): one byte of the payload more is trailing.
+    let header = hostile_header(5);
     bytes[..HEADER_LEN].copy_from_slice(&header);
     assert!(matches!(
         unframe::<FromWorker>(&bytes),
@@ -211,7 +219,7 @@ fn hostile_container_lengths_allocate_nothing() {
         );
         assert!(largest < NOTHING, "{claim}: allocated {largest} bytes");
 
-        let payload = varint(claim);
+        let payload = encoded_u64(claim);
         let (outcomes, largest) = largest_allocation(|| decode_outcomes::<String>(2, &payload));
         assert_eq!(outcomes.len(), 2);
         assert!(
@@ -283,7 +291,7 @@ proptest! {
         prop_assert!(matches!(r, Err(CodecDecodeError::Value(_))), "{:?}", r);
         prop_assert!(largest < NOTHING, "allocated {} bytes", largest);
 
-        let payload = [varint(claim), tail].concat();
+        let payload = [encoded_u64(claim), tail].concat();
         let (outcomes, largest) = largest_allocation(|| decode_outcomes::<Vec<u64>>(1, &payload));
         prop_assert!(matches!(outcomes.as_slice(), [Err(TaskError::Result(_))]), "{:?}", outcomes);
         prop_assert!(largest <= SEQUENCE_PREALLOCATION, "allocated {} bytes", largest);

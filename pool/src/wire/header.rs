@@ -4,14 +4,13 @@
 //! `apply`'s own work on each side).
 //!
 //! The format is the one of [`ipc_shm::codec`] (bincode, the workspace's configuration), and it
-//! is defined by the serde decoder alone. Variant indexes and integers are varints: a value up
-//! to 250 is that one byte; 251, 252 or 253 announce a little-endian `u16`, `u32` or `u64`. A
-//! signed integer is zig-zagged first; an `Option` is a `0` or `1` byte, then its value; a
-//! `bool` is one `0` or `1` byte.
+//! is defined by the serde decoder alone. Integers are fixed-width little-endian: a variant
+//! index is a `u32` (4 bytes), a `u64` and an `i64` 8 bytes; an `Option` is a `0` or `1` byte,
+//! then its value; a `bool` is one `0` or `1` byte.
 //!
 //! Writing produces exactly serde's bytes (the tests compare them over the whole range of each
-//! field). Reading recognises only a header it can take whole: the expected message, varints
-//! of the forms bincode accepts, a `bool` that is `0` or `1`, and nothing after it. Anything
+//! field). Reading recognises only a header it can take whole: the expected message, an
+//! `Option` tag and a `bool` that are `0` or `1`, and nothing after it. Anything
 //! else ([`None`]) goes to the serde decoder ([`protocol::unframe`]), which reads it or says
 //! why it is wrong, so a header is never read differently here than there. Every read is
 //! bounds-checked against the header's bytes, whose length the frame header gave and
@@ -25,36 +24,14 @@ use crate::wire::codec::CodecEncodeError;
 use crate::wire::protocol;
 
 /// `ToWorker::Run`'s variant index.
-const RUN: u8 = 0;
+const RUN: u32 = 0;
 /// `FromWorker::Results`' variant index.
-const RESULTS: u8 = 1;
-/// The largest varint that is its own single byte.
-const SINGLE_BYTE_MAX: u64 = 250;
-const U16_BYTE: u8 = 251;
-const U32_BYTE: u8 = 252;
-const U64_BYTE: u8 = 253;
+const RESULTS: u32 = 1;
 
-/// Appends `v` as a varint.
+/// Appends `v` as the codec writes a `u64` (or a sequence's length).
 #[inline]
-fn put_varint(out: &mut Vec<u8>, v: u64) {
-    if v <= SINGLE_BYTE_MAX {
-        out.push(v as u8);
-    } else if let Ok(v) = u16::try_from(v) {
-        out.push(U16_BYTE);
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Ok(v) = u32::try_from(v) {
-        out.push(U32_BYTE);
-        out.extend_from_slice(&v.to_le_bytes());
-    } else {
-        out.push(U64_BYTE);
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-}
-
-/// Appends `v` zig-zagged, as a varint.
-#[inline]
-fn put_signed(out: &mut Vec<u8>, v: i64) {
-    put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
 }
 
 /// Appends an `Option<u64>`.
@@ -64,7 +41,7 @@ fn put_option(out: &mut Vec<u8>, v: Option<u64>) {
         None => out.push(0),
         Some(v) => {
             out.push(1);
-            put_varint(out, v);
+            put_u64(out, v);
         }
     }
 }
@@ -96,11 +73,11 @@ pub(crate) fn run_head(
 ) -> Result<(), CodecEncodeError> {
     out.clear();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    out.push(RUN);
-    put_varint(out, job);
+    out.extend_from_slice(&RUN.to_le_bytes());
+    put_u64(out, job);
     let (trampoline, func) = task.offsets();
-    put_signed(out, trampoline);
-    put_signed(out, func);
+    out.extend_from_slice(&trampoline.to_le_bytes());
+    out.extend_from_slice(&func.to_le_bytes());
     put_option(out, fds);
     put_option(out, bulk);
     seal(out, 0)
@@ -119,14 +96,14 @@ pub(crate) fn results_head(
 ) -> Result<(), CodecEncodeError> {
     out.clear();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    out.push(RESULTS);
-    put_varint(out, job);
-    put_varint(out, first);
-    put_varint(out, count);
+    out.extend_from_slice(&RESULTS.to_le_bytes());
+    put_u64(out, job);
+    put_u64(out, first);
+    put_u64(out, count);
     out.push(u8::from(done));
     seal(out, 0)?;
     // The sequence's length, which belongs to the payload.
-    put_varint(out, count);
+    put_u64(out, count);
     Ok(())
 }
 
@@ -148,29 +125,26 @@ impl Reader<'_> {
         Some(*a)
     }
 
-    /// A varint, in any of the forms bincode reads.
     #[inline]
-    fn varint(&mut self) -> Option<u64> {
-        match self.byte()? {
-            b if u64::from(b) <= SINGLE_BYTE_MAX => Some(u64::from(b)),
-            U16_BYTE => Some(u64::from(u16::from_le_bytes(self.array()?))),
-            U32_BYTE => Some(u64::from(u32::from_le_bytes(self.array()?))),
-            U64_BYTE => Some(u64::from_le_bytes(self.array()?)),
-            _ => None,
-        }
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_le_bytes)
     }
 
     #[inline]
-    fn signed(&mut self) -> Option<i64> {
-        let v = self.varint()?;
-        Some(((v >> 1) as i64) ^ -((v & 1) as i64))
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    #[inline]
+    fn i64(&mut self) -> Option<i64> {
+        self.array().map(i64::from_le_bytes)
     }
 
     #[inline]
     fn option(&mut self) -> Option<Option<u64>> {
         match self.byte()? {
             0 => Some(None),
-            1 => Some(Some(self.varint()?)),
+            1 => Some(Some(self.u64()?)),
             _ => None,
         }
     }
@@ -209,12 +183,12 @@ pub(crate) struct Run {
 pub(crate) fn read_run(frame: &[u8]) -> Option<(Run, &[u8])> {
     let (header, payload) = split(frame)?;
     let mut r = Reader(header);
-    if r.byte()? != RUN {
+    if r.u32()? != RUN {
         return None;
     }
-    let job = r.varint()?;
-    let trampoline = r.signed()?;
-    let func = r.signed()?;
+    let job = r.u64()?;
+    let trampoline = r.i64()?;
+    let func = r.i64()?;
     let fds = r.option()?;
     let bulk = r.option()?;
     if !r.0.is_empty() {
@@ -247,13 +221,13 @@ pub(crate) struct Results {
 pub(crate) fn read_results(frame: &[u8]) -> Option<(Results, &[u8])> {
     let (header, payload) = split(frame)?;
     let mut r = Reader(header);
-    if r.byte()? != RESULTS {
+    if r.u32()? != RESULTS {
         return None;
     }
     let results = Results {
-        job: r.varint()?,
-        first: r.varint()?,
-        count: r.varint()?,
+        job: r.u64()?,
+        first: r.u64()?,
+        count: r.u64()?,
         done: r.boolean()?,
     };
     if !r.0.is_empty() {
@@ -268,7 +242,7 @@ mod tests {
     use crate::wire::protocol::{self, FromWorker, ToWorker};
     use proptest::prelude::*;
 
-    /// Values at every varint boundary, and arbitrary ones from proptest.
+    /// Values at the boundaries of every integer width, and arbitrary ones from proptest.
     const EDGES: [u64; 12] = [
         0,
         1,
@@ -339,13 +313,13 @@ mod tests {
             }
         );
         let mut len = Vec::new();
-        put_varint(&mut len, count);
+        put_u64(&mut len, count);
         assert_eq!(payload, len);
         assert!(read_run(&ours).is_none());
     }
 
     #[test]
-    fn headers_are_serdes_bytes_at_every_varint_boundary() {
+    fn headers_are_serdes_bytes_at_every_integer_boundary() {
         for &v in &EDGES {
             let s = v as i64;
             check_run(v, s, s.wrapping_neg(), None, None);
@@ -384,7 +358,8 @@ mod tests {
         assert!(read_results(&frame).is_none());
         // A `bool` other than 0 or 1, and a byte after the header, are serde's to refuse.
         results_head(1, 0, 1, true, &mut frame).unwrap();
-        let done_at = frame.len() - 2;
+        // The `done` byte, before the payload's sequence length.
+        let done_at = frame.len() - 9;
         frame[done_at] = 2;
         assert!(read_results(&frame).is_none());
         assert!(protocol::unframe::<FromWorker>(&frame).is_err());
@@ -413,7 +388,7 @@ mod tests {
         ) {
             let mut frame = Vec::new();
             frame.extend_from_slice(&[0; HEADER_LEN]);
-            frame.push(variant);
+            frame.extend_from_slice(&u32::from(variant).to_le_bytes());
             frame.extend_from_slice(&body);
             let len = frame.len() - HEADER_LEN;
             let header = FrameHeader::new(len).unwrap().to_bytes();
