@@ -22,6 +22,12 @@
 //! blank is named [`BLANK_NAME`] (what `ps` and `/proc/<pid>/comm` show); it takes the
 //! server's name back when it becomes a worker.
 //!
+//! With `RUST_BACKTRACE` set, a worker takes a backtrace of every panicking task, and the first
+//! one in a process loads the program's debug information (180-240 ms on the 2-vCPU VM). The
+//! server loads it once, when it has been idle for [`WARM_AFTER`] after serving a request, and
+//! replaces its blank: every worker forked afterwards (replacements, later pools, recycled
+//! workers) inherits it, and its first panic costs what the later ones do.
+//!
 //! A server that dies (SIGKILL from outside, a crash) takes its workers with it
 //! (`PR_SET_PDEATHSIG`): the pools see them as lost workers, as for any death, and the next
 //! request for a worker, from any pool of the process, starts a new server.
@@ -100,8 +106,17 @@ pub(super) fn run_server() -> i32 {
     let mut blank: Option<Blank> = None;
     // A blank is wanted (one was handed out, or could not be made) but not forked yet.
     let mut blank_due = false;
+    // Backtrace symbols to load once the server has served a request and is idle (see
+    // `WARM_AFTER`); `false` once loaded, or if `RUST_BACKTRACE` does not ask for backtraces.
+    let mut symbols_due = crate::task::backtraces_wanted();
     loop {
-        let quiet = blank_due.then_some(BLANK_AFTER);
+        let quiet = if blank_due {
+            Some(BLANK_AFTER)
+        } else if symbols_due && !children.is_empty() {
+            Some(WARM_AFTER)
+        } else {
+            None
+        };
         let Ok(ready) = ipc_shm::os::wait_readable(&[sock.as_fd(), sigfd.as_fd()], quiet) else {
             break;
         };
@@ -110,6 +125,17 @@ pub(super) fn run_server() -> i32 {
             // a process now, the next request forks as it comes.
             blank = Blank::fork(&sock, &sigfd).ok();
             blank_due = false;
+            continue;
+        }
+        if quiet.is_some() && !ready[0] && !ready[1] {
+            // Idle since the last workers started: load the symbols, then replace the blank
+            // forked before, so that it has them too.
+            crate::task::load_backtrace_symbols();
+            symbols_due = false;
+            if let Some(stale) = blank.take() {
+                stale.discard();
+                blank = Blank::fork(&sock, &sigfd).ok();
+            }
             continue;
         }
         if ready[1] {
@@ -176,6 +202,12 @@ pub(super) fn run_server() -> i32 {
 /// with the dead worker's teardown), which then greeted its pool 300 us later.
 const BLANK_AFTER: std::time::Duration = std::time::Duration::from_micros(300);
 
+/// How long the server must have been idle, after serving its first request, before it loads
+/// the program's backtrace symbols (only with `RUST_BACKTRACE` set, once): it takes 180-240 ms,
+/// during which requests wait, so not in the middle of a pool's start-up, whose requests come
+/// a few hundred microseconds apart. See `task::load_backtrace_symbols`.
+const WARM_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The name of a blank child while it waits (see the module docs).
 pub(crate) const BLANK_NAME: &std::ffi::CStr = c"pool-blank";
 
@@ -210,6 +242,12 @@ impl Blank {
         Ok(Blank { pid, sock: ours })
     }
 
+    /// Ends a blank that will not be used (killed and reaped here, not reported).
+    fn discard(self) {
+        let _ = ipc_shm::os::kill(self.pid, Signal::SIGKILL);
+        let _ = ipc_shm::os::reap(self.pid);
+    }
+
     /// Hands a request to the blank; gives the descriptors back if it cannot take them (it
     /// died), and the caller forks instead.
     fn hand_over(self, side: u32, fds: Vec<OwnedFd>) -> Result<u32, Vec<OwnedFd>> {
@@ -221,8 +259,7 @@ impl Blank {
             Ok(()) => Ok(self.pid),
             Err(_) => {
                 // Dead (or unable to take descriptors): make sure, and reap it, silently.
-                let _ = ipc_shm::os::kill(self.pid, Signal::SIGKILL);
-                let _ = ipc_shm::os::reap(self.pid);
+                self.discard();
                 Err(fds)
             }
         }
