@@ -228,7 +228,57 @@ child_entry! {
 
 #[test]
 fn a_replacement_is_the_fork_servers_blank_and_a_killed_blank_costs_nothing() {
-    run_child(child!(fork_server_blank));
+    // Without backtraces: with them, the server replaces its blank once it has been idle a
+    // while (see the next test), which would race with this test's look at the blank.
+    run_child(child!(fork_server_blank).env("RUST_BACKTRACE", "0"));
+}
+
+fn explode(_: u64) -> u64 {
+    panic!("explode")
+}
+
+child_entry! {
+    fn fork_server_warms_backtraces() {
+        let pool = PoolBuilder::new()
+            .processes(1)
+            .start_method(StartMethod::ForkServer)
+            .build()
+            .expect("pool");
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+        let server = pool::__fork_server_pid().expect("a fork server runs");
+        let first = blank_of(server, &pool);
+        // Idle after serving a request, the server loads the backtrace symbols and then
+        // replaces the blank it had forked before, so that the next worker has them too.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let warmed = loop {
+            let blank = blank_of(server, &pool);
+            if blank != first {
+                break blank;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the fork server kept its first blank: no backtrace symbols loaded"
+            );
+            // Pacing of the look at /proc, not synchronisation: the loop ends on what it sees.
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        wait_gone(first, Duration::from_secs(10));
+        // The new blank becomes the next worker, and its backtraces are whole.
+        let worker = pool.stats().workers[0].pid;
+        os::kill(worker, os::Signal::SIGKILL).unwrap();
+        wait_gone(worker, Duration::from_secs(10));
+        let error = pool.apply(explode, 1).unwrap_err();
+        assert_eq!(pool.stats().workers[0].pid, warmed, "the replacement is the new blank");
+        let trace = error.backtrace().expect("a backtrace");
+        assert!(trace.contains("explode"), "{trace}");
+        assert_eq!(pool.map(square, 0..100u64).unwrap(), squares(100));
+        println!("fault: fork server loaded backtrace symbols when idle and replaced its blank: Ok");
+    }
+}
+
+#[test]
+fn with_backtraces_the_idle_fork_server_loads_their_symbols_for_later_workers() {
+    run_child(child!(fork_server_warms_backtraces).env("RUST_BACKTRACE", "1"));
 }
 
 // ---------------------------------------------------------------------------------------------
