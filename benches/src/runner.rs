@@ -970,10 +970,65 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
             versus(id, peer).map(|(o, p)| (format!("{:.2}x", o / p), o / p >= min)),
         );
     }
+    // The pipe's floors are compared under the placement ours runs with (the scheduler's).
+    push(
+        "ipc-pipe 64 B round trip, hot peers",
+        "<= 2x the spin round-trip floor (scheduler's placement)",
+        versus(
+            "pipe_rtt_hot/64B",
+            "floor: spin ping-pong (shared word, scheduler's",
+        )
+        .map(|(o, p)| (shown(o, p, fmt_time), o / p <= 2.0)),
+    );
+    for size in ["64B", "64KiB"] {
+        let hot = find(&format!("pipe_rtt_hot/{size}")).and_then(|w| w.ours());
+        let asleep = find(&format!("pipe_rtt_asleep/{size}")).and_then(|w| w.ours());
+        push(
+            &format!("ipc-pipe {size} round trip, hot against asleep"),
+            "hot never slower than asleep",
+            hot.zip(asleep).map(|(h, a)| {
+                (
+                    format!(
+                        "hot {} = {:.2}x asleep ({})",
+                        fmt_time(h),
+                        h / a,
+                        fmt_time(a)
+                    ),
+                    h <= a,
+                )
+            }),
+        );
+    }
+    push(
+        "ipc-pipe 64 B round trip, peers asleep",
+        "<= 1.1x the futex round-trip floor (scheduler's placement)",
+        versus(
+            "pipe_rtt_asleep/64B",
+            "floor: futex ping-pong (shared word, scheduler's",
+        )
+        .map(|(o, p)| (shown(o, p, fmt_time), o / p <= 1.1)),
+    );
+    push(
+        "ipc-pipe 64 B round trip, peers asleep",
+        "faster than a socketpair",
+        versus("pipe_rtt_asleep/64B", "socketpair").map(|(o, p)| (shown(o, p, fmt_time), o < p)),
+    );
+    push(
+        "ipc-pipe 64 KiB round trip, hot peers",
+        "<= 2x iceoryx2 publish-subscribe sending a copy",
+        versus("pipe_rtt_hot/64KiB", "iceoryx2")
+            .map(|(o, p)| (shown(o, p, fmt_time), o / p <= 2.0)),
+    );
     push(
         "cluster map on NATS JetStream, 2 nodes",
         ">= 0.67x the raw work queue",
         versus("cluster_map", "raw JetStream").map(|(o, p)| (shown(o, p, fmt_rate), o / p >= 0.67)),
+    );
+    push(
+        "cluster apply on NATS JetStream, 2 nodes",
+        "<= 1.5x the raw work queue",
+        versus("cluster_apply", "raw JetStream")
+            .map(|(o, p)| (shown(o, p, fmt_time), o / p <= 1.5)),
     );
     if let Some(w) = find("crash_recovery") {
         for method in ["fork", "forkserver", "spawn"] {

@@ -90,7 +90,21 @@ fn compare_smoke_prints_every_row_and_valid_json() {
         assert!(ours["summary"]["median"].as_f64().unwrap() > 0.0);
         assert_eq!(ours["speed_vs_ours"].as_f64().unwrap(), 1.0);
     }
-    assert!(!v["targets"].as_array().unwrap().is_empty());
+    let targets = v["targets"].as_array().unwrap();
+    assert!(!targets.is_empty());
+    // The pipe's targets are judged from its rows (met or not, never "not measured").
+    for measure in [
+        "ipc-pipe 64 B round trip, hot peers",
+        "ipc-pipe 64B round trip, hot against asleep",
+        "ipc-pipe 64 B round trip, peers asleep",
+    ] {
+        assert!(
+            targets
+                .iter()
+                .any(|t| t["measure"] == measure && t["met"].is_boolean()),
+            "no judged target row {measure:?}: {targets:?}"
+        );
+    }
     assert!(plots.join("workers.svg").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
