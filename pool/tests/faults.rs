@@ -190,20 +190,31 @@ fn blank_of(server: u32, pool: &Pool) -> u32 {
     }
 }
 
+/// A one-worker fork-server pool that has served a task, and its fork server's pid.
+fn served_fork_server_pool() -> (Pool, u32) {
+    let pool = PoolBuilder::new()
+        .processes(1)
+        .start_method(StartMethod::ForkServer)
+        .build()
+        .expect("pool");
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    let server = pool::__fork_server_pid().expect("a fork server runs");
+    (pool, server)
+}
+
+/// SIGKILLs the worker of a one-worker pool and waits until it is gone.
+fn kill_the_worker(pool: &Pool) {
+    let worker = pool.stats().workers[0].pid;
+    os::kill(worker, os::Signal::SIGKILL).unwrap();
+    wait_gone(worker, Duration::from_secs(10));
+}
+
 child_entry! {
     fn fork_server_blank() {
-        let pool = PoolBuilder::new()
-            .processes(1)
-            .start_method(StartMethod::ForkServer)
-            .build()
-            .expect("pool");
-        assert_eq!(pool.apply(square, 3).unwrap(), 9);
-        let server = pool::__fork_server_pid().expect("a fork server runs");
+        let (pool, server) = served_fork_server_pool();
         // A replacement is the blank the server forked ahead, not a fork made on demand.
         let blank = blank_of(server, &pool);
-        let worker = pool.stats().workers[0].pid;
-        os::kill(worker, os::Signal::SIGKILL).unwrap();
-        wait_gone(worker, Duration::from_secs(10));
+        kill_the_worker(&pool);
         assert_eq!(pool.apply(square, 4).unwrap(), 16);
         assert_eq!(pool.stats().workers[0].pid, blank, "the replacement is the blank");
         // A blank killed from outside costs nothing: the next replacement is forked on demand,
@@ -211,9 +222,7 @@ child_entry! {
         let blank = blank_of(server, &pool);
         os::kill(blank, os::Signal::SIGKILL).unwrap();
         wait_gone(blank, Duration::from_secs(10));
-        let worker = pool.stats().workers[0].pid;
-        os::kill(worker, os::Signal::SIGKILL).unwrap();
-        wait_gone(worker, Duration::from_secs(10));
+        kill_the_worker(&pool);
         assert_eq!(pool.apply(square, 5).unwrap(), 25);
         let replacement = pool.stats().workers[0].pid;
         assert_ne!(replacement, blank);
@@ -239,13 +248,7 @@ fn explode(_: u64) -> u64 {
 
 child_entry! {
     fn fork_server_warms_backtraces() {
-        let pool = PoolBuilder::new()
-            .processes(1)
-            .start_method(StartMethod::ForkServer)
-            .build()
-            .expect("pool");
-        assert_eq!(pool.apply(square, 3).unwrap(), 9);
-        let server = pool::__fork_server_pid().expect("a fork server runs");
+        let (pool, server) = served_fork_server_pool();
         let first = blank_of(server, &pool);
         // Idle after serving a request, the server loads the backtrace symbols and then
         // replaces the blank it had forked before, so that the next worker has them too.
@@ -264,9 +267,7 @@ child_entry! {
         };
         wait_gone(first, Duration::from_secs(10));
         // The new blank becomes the next worker, and its backtraces are whole.
-        let worker = pool.stats().workers[0].pid;
-        os::kill(worker, os::Signal::SIGKILL).unwrap();
-        wait_gone(worker, Duration::from_secs(10));
+        kill_the_worker(&pool);
         let error = pool.apply(explode, 1).unwrap_err();
         assert_eq!(pool.stats().workers[0].pid, warmed, "the replacement is the new blank");
         let trace = error.backtrace().expect("a backtrace");
