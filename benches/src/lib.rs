@@ -29,6 +29,7 @@ static PROCSPAWN_READY: AtomicBool = AtomicBool::new(false);
 /// never returns).
 pub fn init() {
     pool::init();
+    workloads::serve_raw_consumer_if_asked();
     procspawn::init();
     proc::allow_procspawn();
     PROCSPAWN_READY.store(true, Ordering::SeqCst);

@@ -4,15 +4,26 @@
 //! pool. Each contender starts its own `nats-server -js` on a free loopback port with a
 //! temporary store; without `nats-server` on PATH the contenders fail to set up and the table
 //! says why.
+//!
+//! The floor's consumers run where our nodes run: in 2 processes of their own (this program
+//! re-run in raw-consumer mode, see [`serve_raw_consumer_if_asked`]), so the two are measured
+//! under the same placement (`TARGETS.md`). On a 2-vCPU VM that placement matters: a message
+//! for another process wakes that process from sleep, while consumers inside the caller's
+//! process are often still awake from the caller's own publish acknowledgement (traced: the
+//! task's way from publish to consumer took 154 us in-process against 203 us to a node
+//! process, and the result's way back 118 us against 170 us). The in-process variant stays
+//! beside it in the apply table, as a reference.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use pool::cluster::{NODE_ENV, NatsCluster};
+
+/// Set (to the server's URL) in the environment of a raw-consumer process.
+const RAW_CONSUMER_ENV: &str = "COMPARE_RAW_CONSUMER";
 use pool::{Pool, PoolBuilder, StartMethod};
 
 use super::pooled::our_pool;
@@ -101,9 +112,80 @@ fn our_cluster() -> Result<(Cluster, Pool), String> {
     Ok((cluster, pool))
 }
 
-/// The raw engine: a work-queue stream, two consumers (each on its own connection) that
-/// square the batch they pull and publish it to a result stream, and a caller that publishes
-/// batches and reads results through an ordered consumer.
+/// Where the raw engine's two consumers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Consumers {
+    /// In 2 processes of their own, as our nodes: the floor our targets are set against.
+    Processes,
+    /// As tasks in the caller's own process (its runtime), for reference.
+    InProcess,
+}
+
+/// In a process started as one of the raw engine's consumers (its environment names the
+/// server), serves the raw work queue until killed and never returns; otherwise returns at
+/// once. [`crate::init`] calls it first.
+pub fn serve_raw_consumer_if_asked() {
+    let Ok(url) = std::env::var(RAW_CONSUMER_ENV) else {
+        return;
+    };
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async move {
+            let consumer = async {
+                let client = async_nats::connect(&url).await.map_err(|e| e.to_string())?;
+                let js = jetstream::new(client);
+                let stream = js
+                    .get_stream("RAW_TASKS")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let consumer: consumer::PullConsumer = stream
+                    .get_consumer("raw")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((js, consumer))
+            };
+            match consumer.await {
+                Ok((js, consumer)) => {
+                    consume(js, consumer).await;
+                    0
+                }
+                Err(e) => {
+                    eprintln!("raw consumer: {e}");
+                    1
+                }
+            }
+        }),
+        Err(e) => {
+            eprintln!("raw consumer: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// One raw consumer: squares each batch it pulls, publishes it to the result stream, waits for
+/// the server's acknowledgement and only then acks the task (as our nodes do).
+async fn consume(js: jetstream::Context, consumer: consumer::PullConsumer) {
+    let Ok(mut messages) = consumer.messages().await else {
+        return;
+    };
+    while let Some(Ok(msg)) = messages.next().await {
+        let mut w = words(&msg.payload);
+        let index = w.next().unwrap_or(0);
+        let out = encode(index, w.map(square));
+        if let Ok(ack) = js.publish("raw.results", out).await {
+            let _ = ack.await;
+        }
+        let _ = msg.ack().await;
+    }
+}
+
+/// The raw engine: a work-queue stream, two consumers (each on its own connection, see
+/// [`Consumers`]) that square the batch they pull and publish it to a result stream, and a
+/// caller that publishes batches and reads results through an ordered consumer.
 struct Raw {
     rt: tokio::runtime::Runtime,
     js: jetstream::Context,
@@ -137,15 +219,15 @@ fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
 }
 
 impl Raw {
-    fn start() -> Result<Raw, String> {
-        let cluster = start_server()?;
+    fn start(consumers: Consumers) -> Result<Raw, String> {
+        let mut cluster = start_server()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
         let url = cluster.url.clone();
-        let (js, reader) = rt.block_on(async move {
+        let (js, reader) = rt.block_on(async {
             let e = |e: &dyn std::fmt::Display| e.to_string();
             let client = async_nats::connect(&url).await.map_err(|x| e(&x))?;
             let js = jetstream::new(client);
@@ -178,23 +260,21 @@ impl Raw {
                 .await
                 .map_err(|x| e(&x))?;
             for _ in 0..2 {
-                let client = async_nats::connect(&url).await.map_err(|x| e(&x))?;
-                let js = jetstream::new(client);
-                let consumer = consumer.clone();
-                tokio::spawn(async move {
-                    let Ok(mut messages) = consumer.messages().await else {
-                        return;
-                    };
-                    while let Some(Ok(msg)) = messages.next().await {
-                        let mut w = words(&msg.payload);
-                        let index = w.next().unwrap_or(0);
-                        let out = encode(index, w.map(square));
-                        if let Ok(ack) = js.publish("raw.results", out).await {
-                            let _ = ack.await;
-                        }
-                        let _ = msg.ack().await;
+                match consumers {
+                    Consumers::InProcess => {
+                        let client = async_nats::connect(&url).await.map_err(|x| e(&x))?;
+                        tokio::spawn(consume(jetstream::new(client), consumer.clone()));
                     }
-                });
+                    Consumers::Processes => {
+                        let exe = std::env::current_exe().map_err(|x| e(&x))?;
+                        let mut cmd = Command::new(exe);
+                        cmd.env(RAW_CONSUMER_ENV, &url)
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null());
+                        ipc_shm::os::command_dies_with_parent(&mut cmd);
+                        cluster.children.push(cmd.spawn().map_err(|x| e(&x))?);
+                    }
+                }
             }
             let reader = results
                 .create_consumer(consumer::pull::OrderedConfig {
@@ -208,18 +288,31 @@ impl Raw {
                 .map_err(|x| e(&x))?;
             Ok::<_, String>((js, reader))
         })?;
-        Ok(Raw {
+        let raw = Raw {
             rt,
             js,
             reader: tokio::sync::Mutex::new(Some(reader)),
             _cluster: cluster,
-        })
+        };
+        // Warm up: both consumers connected (a consumer process that failed to start leaves
+        // the round trip unanswered: an error, not a hang).
+        for _ in 0..16 {
+            let warm = raw.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), raw.map_async(1, 1)).await
+            });
+            warm.map_err(|_| "the raw consumers did not answer within 20 s".to_owned())??;
+        }
+        Ok(raw)
     }
 
     /// Squares `0..n` in batches of `batch`; returns the results in order.
     fn map(&self, n: u64, batch: usize) -> Result<Vec<u64>, String> {
+        self.rt.block_on(self.map_async(n, batch))
+    }
+
+    async fn map_async(&self, n: u64, batch: usize) -> Result<Vec<u64>, String> {
         let js = self.js.clone();
-        self.rt.block_on(async move {
+        {
             let e = |e: &dyn std::fmt::Display| e.to_string();
             let mut reader = self.reader.lock().await;
             let reader = reader.as_mut().ok_or("no result reader")?;
@@ -255,8 +348,28 @@ impl Raw {
                 }
             }
             Ok(out)
-        })
+        }
     }
+}
+
+/// The raw engine's row with its consumers in processes of their own (the targets' floor).
+pub const RAW_PROCESSES: &str = "raw JetStream, consumers in 2 processes";
+
+/// The raw engine's row with its consumers in the caller's process (a reference).
+const RAW_IN_PROCESS: &str = "raw JetStream, consumers in the caller's process";
+
+/// The raw engine's `apply`-like round trip: one task of one value.
+fn raw_apply(name: &'static str, consumers: Consumers) -> ContenderSpec {
+    ContenderSpec::new(name, Kind::Floor, move || {
+        let raw = Raw::start(consumers)?;
+        Ok(Runner::new(1, move |iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                raw.map(1, 1)?;
+            }
+            Ok(start.elapsed())
+        }))
+    })
 }
 
 /// The cluster family for `p`: `apply` round trip and `map` throughput.
@@ -283,20 +396,8 @@ pub fn cluster(p: &Params) -> Vec<Workload> {
             }))
         },
     ))
-    .with(ContenderSpec::new(
-        "raw JetStream work queue",
-        Kind::Floor,
-        || {
-            let raw = Arc::new(Raw::start()?);
-            Ok(Runner::new(1, move |iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    raw.map(1, 1)?;
-                }
-                Ok(start.elapsed())
-            }))
-        },
-    ))
+    .with(raw_apply(RAW_PROCESSES, Consumers::Processes))
+    .with(raw_apply(RAW_IN_PROCESS, Consumers::InProcess))
     .with(ContenderSpec::new(
         "pool apply (local, forkserver)",
         Kind::Ours,
@@ -311,7 +412,7 @@ pub fn cluster(p: &Params) -> Vec<Workload> {
             }))
         },
     ))
-    .note("each NATS contender starts its own nats-server -js on loopback (file store); ours: 2 nodes of 1 worker each, this program in node mode; raw: the same round trip on async-nats alone (publish to a work queue, a consumer publishes the result to a stream, one long-lived ordered consumer reads it), its consumers in this process; both wait for the task's PubAck and store the result before acking the task");
+    .note("each NATS contender starts its own nats-server -js on loopback (file store); ours: 2 nodes of 1 worker each, this program in node mode; raw: the same round trip on async-nats alone (publish to a work queue, a consumer publishes the result to a stream, one long-lived ordered consumer reads it); both wait for the task's PubAck and store the result before acking the task. The target is set against the raw consumers in 2 processes of their own, the placement of our nodes; consumers in the caller's process are shown for reference (a message to another process wakes it from sleep)");
     let map = Workload::new(
         "cluster_map",
         format!("cluster: map of {n} trivial tasks (x*x), {BATCH} per message"),
@@ -336,10 +437,10 @@ pub fn cluster(p: &Params) -> Vec<Workload> {
         },
     ))
     .with(ContenderSpec::new(
-        "raw JetStream work queue",
+        RAW_PROCESSES,
         Kind::Floor,
         move || {
-            let raw = Raw::start()?;
+            let raw = Raw::start(Consumers::Processes)?;
             Ok(Runner::new(n, move |iters| {
                 let start = Instant::now();
                 for _ in 0..iters {

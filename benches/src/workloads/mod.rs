@@ -24,7 +24,7 @@ mod pooled;
 pub mod python;
 pub mod tasks;
 
-pub use cluster::cluster;
+pub use cluster::{RAW_PROCESSES, cluster, serve_raw_consumer_if_asked};
 pub use ipc::{
     Payload, Placement, floor_ping_pong, lock_handoff, pipe_round_trip, queue_mpmc, queue_spsc,
 };
