@@ -433,7 +433,7 @@ impl Pool {
         let cell = ResultCell::new(None, None);
         let sink: Arc<dyn Sink> = cell.clone();
         let job = self.new_job(task, std::slice::from_ref(&arg), 0, sink, None)?;
-        if let Err(job) = driver::run_here(&self.registry, job) {
+        if let Err(job) = driver::run_here(&self.registry, job, driver::Blocking::Freely) {
             self.submit(job)?;
         }
         AsyncResult::new(cell).get()
@@ -894,7 +894,8 @@ impl Pool {
 
     /// Queues a job whose arguments are already encoded (a cluster node running a chunk it
     /// received; `cluster::node`). With `here`, runs it on an idle worker from the calling
-    /// thread first if one is idle (as `apply` does), and queues it only if none is.
+    /// thread first if one is idle (as `apply` does), blocking as `here` allows, and queues it
+    /// only if none is.
     #[cfg(feature = "nats")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit_encoded(
@@ -905,7 +906,7 @@ impl Pool {
         reslice: crate::job::Reslice,
         sink: Arc<dyn Sink>,
         cancel: Option<Arc<CancelToken>>,
-        here: bool,
+        here: Option<driver::Blocking<'_>>,
     ) -> Result<(), PoolError> {
         let job = Job::from_encoded(
             self.registry.next_job_id(),
@@ -916,8 +917,8 @@ impl Pool {
             sink,
             cancel,
         );
-        let job = if here {
-            match driver::run_here(&self.registry, job) {
+        let job = if let Some(blocking) = here {
+            match driver::run_here(&self.registry, job, blocking) {
                 Ok(()) => return Ok(()),
                 Err(job) => job,
             }

@@ -45,7 +45,10 @@
 //! A driver's state sits in a *seat* (a mutex): [`run_here`] lets a caller's thread borrow an
 //! idle seat and run its job on that worker directly, and [`apply_here`] runs a lone task
 //! (`Pool::apply`) that way without making a job at all unless it has to take the general way
-//! (a death, a timeout, handles, a large argument), at the point it reached.
+//! (a death, a timeout, handles, a large argument), at the point it reached. A caller's thread
+//! that must not block for long (a cluster node's runtime thread) runs its job
+//! [`Blocking::Briefly`]: past a deadline, the rest of its wait goes through a function of its
+//! choosing (the node's `tokio::task::block_in_place`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -113,10 +116,37 @@ pub(crate) fn spawn(
     Ok(())
 }
 
-/// Runs `job` on an idle worker from the calling thread; gives the job back if no worker is
-/// idle (or the pool cannot take work). A cluster pool publishes it from the calling thread
-/// instead, when it can (`Registry::direct`).
-pub(crate) fn run_here(this: &Registry, job: Job) -> Result<(), Job> {
+/// How long the thread collecting a job's outcomes may block in its wait for the worker.
+pub(crate) enum Blocking<'a> {
+    /// As long as the job runs (a driver thread, or a caller's thread that may block).
+    Freely,
+    /// Until `until`; from then on the rest of the wait runs inside `aside`, which must call the
+    /// function it is given (once). A cluster node's runtime thread passes
+    /// `tokio::task::block_in_place`: a chunk that ends within a short while costs no thread
+    /// hand-off, and one that runs long stops holding the node's runtime.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Briefly {
+        until: Instant,
+        aside: &'a mut dyn FnMut(&mut dyn FnMut()),
+    },
+}
+
+impl Blocking<'_> {
+    /// The limit of the next receive: the receive slice, or less, up to `until`.
+    fn slice(&self, slice: Duration) -> Duration {
+        match self {
+            Blocking::Freely => slice,
+            Blocking::Briefly { until, .. } => {
+                slice.min(until.saturating_duration_since(Instant::now()))
+            }
+        }
+    }
+}
+
+/// Runs `job` on an idle worker from the calling thread (blocking as `blocking` allows); gives
+/// the job back if no worker is idle (or the pool cannot take work). A cluster pool publishes
+/// it from the calling thread instead, when it can (`Registry::direct`).
+pub(crate) fn run_here(this: &Registry, job: Job, blocking: Blocking<'_>) -> Result<(), Job> {
     if !this.takes_work() {
         return Err(job);
     }
@@ -133,7 +163,7 @@ pub(crate) fn run_here(this: &Registry, job: Job) -> Result<(), Job> {
         // Counted and shown busy once the job is sent, while the worker runs it (see
         // `Driver::announce`).
         d.announce = Some(job.count);
-        let ran = d.run_job(job);
+        let ran = d.run_job(job, blocking);
         d.settle_here(ran);
         return Ok(());
     }
@@ -256,7 +286,7 @@ fn drive(
                 d.set_state(WorkerState::Busy);
                 // Jobs still waiting and nobody idle: time to grow (if allowed).
                 Registry::maybe_grow(&registry);
-                match d.run_job(job) {
+                match d.run_job(job, Blocking::Freely) {
                     Ran::Done => d.after_task(),
                     Ran::WorkerGone => {}
                 }
@@ -456,7 +486,7 @@ impl Driver {
         }
         // Anything else is the general code's: the frame received (if any) is still in `buf`.
         let (cell, job) = apply_job::<A, R>(id, task, args);
-        let ran = self.collect(job, 0, Some(got));
+        let ran = self.collect(job, 0, Some(got), None, Blocking::Freely);
         self.settle_here(ran);
         Applied::Pending(cell)
     }
@@ -476,7 +506,7 @@ impl Driver {
         let (cell, mut job) = apply_job::<A, R>(id, task, args);
         job.shared = shared.map(Box::new);
         self.announce = Some(1);
-        let ran = self.run_job(job);
+        let ran = self.run_job(job, Blocking::Freely);
         self.settle_here(ran);
         Applied::Pending(cell)
     }
@@ -628,7 +658,7 @@ impl Driver {
 
     /// Runs `job` on the worker, registered with the job's cancel token meanwhile (a job
     /// whose handle is already cancelled fails with `Cancelled`, unrun).
-    fn run_job(&mut self, job: Job) -> Ran {
+    fn run_job(&mut self, job: Job, blocking: Blocking<'_>) -> Ran {
         if job.cancel.is_some() {
             self.announce();
         }
@@ -640,7 +670,7 @@ impl Driver {
             }
             self.running = Some((cancel.clone(), pid));
         }
-        let ran = self.run_registered(job);
+        let ran = self.run_registered(job, blocking);
         if self.leave_cancel() && matches!(ran, Ran::Done) {
             // A cancel may have sent this worker SIGKILL just after its job ended: never hand
             // it another job (which its death would then fail); replace it.
@@ -663,7 +693,7 @@ impl Driver {
     }
 
     /// Sends `job` to the worker and collects its outcomes, handling death and timeouts.
-    fn run_registered(&mut self, job: Job) -> Ran {
+    fn run_registered(&mut self, job: Job, blocking: Blocking<'_>) -> Ran {
         let registry = self.registry.clone();
         let Some(worker) = self.worker.as_mut() else {
             self.announce();
@@ -719,7 +749,7 @@ impl Driver {
         if sent.is_err() {
             return self.lost(job, reported, None);
         }
-        self.collect(job, reported, None)
+        self.collect(job, reported, None, None, blocking)
     }
 
     /// How long a receive waits before the driver checks the pool's state and the running
@@ -735,25 +765,27 @@ impl Driver {
 
     /// Collects the outcomes of `job`, sent to the worker, from argument `reported` on,
     /// handling death and timeouts. `received`: the outcome of a receive already made (its
-    /// frame, if any, in `self.buf`), handled before receiving anything more.
+    /// frame, if any, in `self.buf`), handled before receiving anything more. `watched`: the
+    /// item the time limit watches, and since when. Blocks as `blocking` allows.
     fn collect(
         &mut self,
         mut job: Job,
         mut reported: u64,
         mut received: Option<Result<(), LinkError>>,
+        mut watched: Option<(u64, Instant)>,
+        mut blocking: Blocking<'_>,
     ) -> Ran {
         let registry = self.registry.clone();
         let end = job.first + job.count;
         let timeout = registry.settings.task_timeout;
         let slice = self.recv_slice();
-        let mut watched: Option<(u64, Instant)> = None;
         loop {
             let Some(worker) = self.worker.as_mut() else {
                 return Ran::WorkerGone;
             };
             let got = match received.take() {
                 Some(got) => got,
-                None => worker.link.recv(&mut self.buf, Some(slice)),
+                None => worker.link.recv(&mut self.buf, Some(blocking.slice(slice))),
             };
             match got {
                 Ok(()) => {
@@ -832,6 +864,25 @@ impl Driver {
                             }
                             _ => watched = Some((item, Instant::now())),
                         }
+                    }
+                    if let Blocking::Briefly { until, aside } = &mut blocking
+                        && Instant::now() >= *until
+                    {
+                        // The rest of the wait, inside `aside` (which should call it; if it
+                        // does not, the wait goes on here).
+                        let mut rest = Some(job);
+                        let mut ran = Ran::Done;
+                        aside(&mut || {
+                            if let Some(job) = rest.take() {
+                                ran = self.collect(job, reported, None, watched, Blocking::Freely);
+                            }
+                        });
+                        return match rest {
+                            Some(job) => {
+                                self.collect(job, reported, None, watched, Blocking::Freely)
+                            }
+                            None => ran,
+                        };
                     }
                 }
                 Err(LinkError::Disconnected) | Err(LinkError::Broken) => {
