@@ -111,8 +111,14 @@ fn compare_smoke_prints_every_row_and_valid_json() {
 
 /// Runs the runner with `args` under a 120 s watchdog; returns its stdout (fails on failure).
 fn run_compare(args: &[&std::ffi::OsStr]) -> String {
+    run_compare_with_path(args, &std::env::var_os("PATH").unwrap_or_default())
+}
+
+/// [`run_compare`] with `PATH` set to `path` in the runner's environment.
+fn run_compare_with_path(args: &[&std::ffi::OsStr], path: &std::ffi::OsStr) -> String {
     let child = Command::new(env!("CARGO_BIN_EXE_compare"))
         .args(args)
+        .env("PATH", path)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -191,4 +197,76 @@ fn compare_load_pass_prints_quiet_and_loaded_side_by_side() {
         v["workloads"].as_array().unwrap().len()
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Where `nats-server` is, if installed (on PATH, or where Debian puts it).
+fn nats_server_dir() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([
+            std::path::PathBuf::from("/usr/sbin"),
+            std::path::PathBuf::from("/usr/local/bin"),
+        ])
+        .find(|dir| dir.join("nats-server").is_file())
+}
+
+/// The cluster workload's contenders all set up and measure: ours on two node processes, the
+/// raw engine with its consumers in two processes of their own (this runner re-run in
+/// raw-consumer mode) and in the caller's process; and the targets table judges the cluster
+/// `apply` against the floor placed as our nodes.
+#[test]
+fn compare_cluster_apply_measures_every_contender() {
+    let Some(dir) = nats_server_dir() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is not installed, and CI is set: the cluster workload must run \
+             (.ci/run installs it with apt-get install nats-server)"
+        );
+        eprintln!(
+            "\n**********\nSKIPPED compare_cluster_apply_measures_every_contender: nats-server \
+             is not on PATH. Install it (apt-get install nats-server).\n**********\n"
+        );
+        return;
+    };
+    let path = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let stdout = run_compare_with_path(
+        &[
+            "--workloads".as_ref(),
+            "cluster_apply".as_ref(),
+            "--reps".as_ref(),
+            "2".as_ref(),
+            "--sample-ms".as_ref(),
+            "5".as_ref(),
+            "--no-python".as_ref(),
+            "--no-crash-demo".as_ref(),
+            "--no-progress".as_ref(),
+        ],
+        &path,
+    );
+    for (name, kind) in [
+        ("pool apply on NATS (2 nodes)", "ours"),
+        ("raw JetStream, consumers in 2 processes", "floor"),
+        ("raw JetStream, consumers in the caller's process", "floor"),
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} | {kind} |")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"));
+        let median = row.split('|').nth(3).unwrap_or_default();
+        assert!(
+            median.trim().ends_with("us") || median.trim().ends_with("ms"),
+            "{name} not measured: {row}"
+        );
+    }
+    let target = stdout
+        .lines()
+        .find(|l| l.starts_with("| cluster apply on NATS JetStream, 2 nodes |"))
+        .unwrap_or_else(|| panic!("no cluster apply target row:\n{stdout}"));
+    assert!(
+        target.contains("consumers placed as our nodes") && !target.contains("not measured"),
+        "the target is not judged against the placed floor: {target}"
+    );
 }
