@@ -164,8 +164,12 @@ child_entry! {
     fn cluster_node() {
         let url = std::env::var("TEST_NATS_URL").expect("TEST_NATS_URL");
         let name = std::env::var("TEST_CLUSTER").expect("TEST_CLUSTER");
+        let processes = std::env::var("TEST_NODE_PROCESSES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2);
         let err = NodeBuilder::new(NatsCluster::new(url).name(name))
-            .processes(2)
+            .processes(processes)
             .ack_wait(Duration::from_secs(1))
             .serve()
             .unwrap_err();
@@ -173,9 +177,20 @@ child_entry! {
     }
 }
 
-/// A node process (this binary in node mode) of cluster `name`.
+/// A node process (this binary in node mode) of cluster `name`, with 2 local workers.
 fn start_node(server: &NatsServer, name: &str) -> ChildProcess {
     start_node_at(&server.url(), name, "node")
+}
+
+/// [`start_node`] with `processes` local workers.
+fn start_node_of(server: &NatsServer, name: &str, processes: usize) -> ChildProcess {
+    child!(cluster_node)
+        .env("TEST_NATS_URL", server.url())
+        .env("TEST_CLUSTER", name)
+        .env("TEST_NODE_TAG", "node")
+        .env("TEST_NODE_PROCESSES", processes.to_string())
+        .watchdog(Duration::from_secs(600))
+        .spawn()
 }
 
 /// A node of cluster `name` that reaches the server at `url`; its workers see `tag` in
@@ -835,12 +850,29 @@ fn a_chunk_whose_nodes_die_fails_after_max_attempts() {
 
 #[test]
 fn a_task_longer_than_ack_wait_is_not_redelivered() {
+    long_task_on_nodes_of(2);
+}
+
+/// A node of one local worker runs a lone chunk without stepping aside from its runtime at
+/// first (`LONE_CHUNK_BLOCKS`): a long one must still step aside, or no in-progress ack is
+/// sent and the chunk is redelivered (this test fails if it does not).
+#[test]
+fn a_task_longer_than_ack_wait_is_not_redelivered_on_nodes_of_one_worker() {
+    long_task_on_nodes_of(1);
+}
+
+/// A 3.5 s task on two nodes of `processes` local workers each, acked in progress.
+fn long_task_on_nodes_of(processes: usize) {
     let _watchdog = ipc_tests::watchdog("long_task", Duration::from_secs(240));
-    let Some(server) = NatsServer::start("long") else {
+    let label = format!("long{processes}");
+    let Some(server) = NatsServer::start(&label) else {
         return;
     };
-    let name = cluster_name("long");
-    let _nodes = [start_node(&server, &name), start_node(&server, &name)];
+    let name = cluster_name(&label);
+    let _nodes = [
+        start_node_of(&server, &name, processes),
+        start_node_of(&server, &name, processes),
+    ];
     // The nodes' ack_wait is 1 s: without in-progress acks, this 3.5 s task would be redelivered
     // to the other node, whose delivery count (2) exceeds max_attempts(1).
     let pool = PoolBuilder::new()

@@ -21,10 +21,10 @@
 //! blocking section of the node's runtime, as a local `apply` runs on its caller's thread;
 //! one node-wide ticker sends the in-progress acks of such chunks), and queues it in the local
 //! pool otherwise. The first way skips two thread hand-offs (to the local pool's driver
-//! thread and back into the runtime), which were most of a lone `apply`'s time on a node. A
-//! lone chunk (the node holds no other) enters the blocking section only once it has run for
-//! [`LONE_CHUNK_BLOCKS`] (1 ms): entering it hands the runtime to another thread, one more
-//! thread switch on every short round trip.
+//! thread and back into the runtime), which were most of a lone `apply`'s time on a node. On a
+//! node of one local worker, a lone chunk (the node holds no other) enters the blocking
+//! section only once it has run for [`LONE_CHUNK_BLOCKS`] (1 ms): entering it hands the
+//! runtime to another thread, one more thread switch on every short round trip.
 //!
 //! # Cancel
 //!
@@ -820,12 +820,15 @@ impl Node {
         // the runtime that cost up to a millisecond per chunk). The node-wide ticker sends its
         // in-progress acks meanwhile. Otherwise the chunk waits in the local pool's queue.
         //
-        // A lone chunk (none other held) enters the blocking section only if it runs longer
-        // than [`LONE_CHUNK_BLOCKS`]: entering it hands the runtime to another thread, a
-        // wake-up and a thread switch on the round trip of every short `apply` (traced on a
-        // 2-vCPU VM: the node's part of a cluster `apply` 64 -> 47 us, its thread switches per
-        // chunk 2.2 -> 1.05), while the runtime has nothing else to do for that while. With
-        // other chunks held it enters at once, so they go on meanwhile.
+        // On a node of one local worker, a lone chunk (none other held) enters the blocking
+        // section only if it runs longer than [`LONE_CHUNK_BLOCKS`]: entering it hands the
+        // runtime to another thread, a wake-up and a thread switch on the round trip of every
+        // short `apply` (traced on a 2-vCPU VM: the node's part of a cluster `apply` 64 -> 47
+        // us, its thread switches per chunk 2.2 -> 1.05), while the runtime has nothing else
+        // to do for that while: no other chunk could run meanwhile. With other chunks held it
+        // enters at once, so their results are stored meanwhile; and on a node of several
+        // local workers always, since a runtime held up could not receive the next chunks of a
+        // map for the idle workers (chunks shorter than the window would run one at a time).
         let submit = |here: Option<Blocking<'_>>| {
             pool.submit_encoded(
                 header.task,
@@ -840,7 +843,7 @@ impl Node {
         let inline = pool.has_idle_worker();
         let submitted = if inline {
             let key = self.progress.start(msg);
-            let r = if self.held.load(Ordering::Relaxed) <= 1 {
+            let r = if self.processes == 1 && self.held.load(Ordering::Relaxed) <= 1 {
                 submit(Some(Blocking::Briefly {
                     until: Instant::now() + LONE_CHUNK_BLOCKS,
                     aside: &mut |rest| tokio::task::block_in_place(rest),
