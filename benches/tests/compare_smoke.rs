@@ -37,10 +37,7 @@ fn compare_smoke_prints_every_row_and_valid_json() {
         "pipe_rtt_asleep/64B",
         "lock_handoff",
     ] {
-        let row = headline
-            .lines()
-            .find(|l| l.starts_with(&format!("| {id} |")))
-            .unwrap_or_else(|| panic!("no headline row for {id}:\n{headline}"));
+        let row = row_of(headline, &format!("| {id} |"));
         assert!(
             !row.starts_with(&format!("| {id} | - |")),
             "ours not measured: {row}"
@@ -107,6 +104,13 @@ fn compare_smoke_prints_every_row_and_valid_json() {
     }
     assert!(plots.join("workers.svg").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The first line of the table `text` that starts with `start` (fails, showing `text`, if none).
+fn row_of<'a>(text: &'a str, start: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no row starting {start:?} in:\n{text}"))
 }
 
 /// Runs the runner with `args` under a 120 s watchdog; returns its stdout (fails on failure).
@@ -176,10 +180,7 @@ fn compare_load_pass_prints_quiet_and_loaded_side_by_side() {
         ("lock_handoff", "ipc-sync Lock"),
         ("pipe_rtt_hot/64B", "ipc-pipe"),
     ] {
-        let row = table
-            .lines()
-            .find(|l| l.starts_with(&format!("| {id} | {ours}")))
-            .unwrap_or_else(|| panic!("no loaded row for ours in {id}:\n{table}"));
+        let row = row_of(table, &format!("| {id} | {ours}"));
         assert!(
             row.contains("yes (") || row.contains("NO ("),
             "no verdict for {id}: {row}"
@@ -251,20 +252,14 @@ fn compare_cluster_apply_measures_every_contender() {
         ("raw JetStream, consumers in 2 processes", "floor"),
         ("raw JetStream, consumers in the caller's process", "floor"),
     ] {
-        let row = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("| {name} | {kind} |")))
-            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"));
+        let row = row_of(&stdout, &format!("| {name} | {kind} |"));
         let median = row.split('|').nth(3).unwrap_or_default();
         assert!(
             median.trim().ends_with("us") || median.trim().ends_with("ms"),
             "{name} not measured: {row}"
         );
     }
-    let target = stdout
-        .lines()
-        .find(|l| l.starts_with("| cluster apply on NATS JetStream, 2 nodes |"))
-        .unwrap_or_else(|| panic!("no cluster apply target row:\n{stdout}"));
+    let target = row_of(&stdout, "| cluster apply on NATS JetStream, 2 nodes |");
     assert!(
         target.contains("consumers placed as our nodes") && !target.contains("not measured"),
         "the target is not judged against the placed floor: {target}"
