@@ -37,13 +37,32 @@ fn slow_init(ms: u64) {
 }
 
 /// Waits (on a pidfd, no polling) until `pid` has ended; a pid already gone counts as ended.
+/// A process still there after `limit` fails the test with what `/proc` says of it (its name,
+/// state, parent and kernel wait channel), so a rare failure can be diagnosed from the log.
 fn wait_gone(pid: u32, limit: Duration) {
     if let Ok(fd) = os::pidfd(pid) {
         assert!(
             os::wait_exit(&fd, limit).expect("waiting on a pidfd"),
-            "process {pid} did not end within {limit:?}"
+            "process {pid} did not end within {limit:?}: {}",
+            describe(pid)
         );
     }
+}
+
+/// What `/proc` says of `pid`: its name, state and parent (from `status`), and where it waits
+/// in the kernel (`wchan`).
+fn describe(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let fields: Vec<&str> = status
+        .lines()
+        .filter(|l| {
+            ["Name:", "State:", "PPid:", "SigPnd:", "ShdPnd:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect();
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    format!("{} wchan: {wchan}", fields.join(", "))
 }
 
 /// The processes whose parent is one of `parents` (from `/proc`; the name field may hold spaces
