@@ -225,10 +225,15 @@ impl Blank {
     fn fork(server_sock: &OwnedFd, sigfd: &ChildSignals) -> io::Result<Blank> {
         let (ours, theirs) = ipc_shm::os::seqpacket_pair()?;
         let close = [server_sock.as_fd(), sigfd.as_fd(), ours.as_fd()];
-        let pid = ipc_shm::os::fork_then(&close, move || {
-            let own = ipc_shm::os::thread_name().ok();
-            let _ = ipc_shm::os::set_thread_name(BLANK_NAME);
-            match recv_msg::<ToServer>(theirs.as_fd()) {
+        // The server takes the blank's name for the instant of the fork, so the child is born
+        // with it: a blank is never seen under the server's (and its workers') name, not even
+        // before its first instruction (a scan of /proc that caught one then took it for a
+        // worker: the fault suite's warm-spare test, about once in 60 runs).
+        let own = ipc_shm::os::thread_name().ok();
+        let _ = ipc_shm::os::set_thread_name(BLANK_NAME);
+        let restore = own.clone();
+        let forked =
+            ipc_shm::os::fork_then(&close, move || match recv_msg::<ToServer>(theirs.as_fd()) {
                 Ok(Some((ToServer::Fork { side }, fds))) => {
                     drop(theirs);
                     if let Some(name) = own {
@@ -237,9 +242,14 @@ impl Blank {
                     become_worker(side, fds)
                 }
                 _ => crate::worker::code::LINK,
-            }
-        })?;
-        Ok(Blank { pid, sock: ours })
+            });
+        if let Some(name) = restore {
+            let _ = ipc_shm::os::set_thread_name(&name);
+        }
+        Ok(Blank {
+            pid: forked?,
+            sock: ours,
+        })
     }
 
     /// Ends a blank that will not be used (killed and reaped here, not reported).
