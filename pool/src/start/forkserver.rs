@@ -18,9 +18,10 @@
 //! time on the 2-vCPU VM, on the path from a worker's death to its replacement), and the next
 //! blank is forked once the server has been quiet for [`BLANK_AFTER`] after the reply. A blank that died meanwhile (SIGKILL from outside) is
 //! reaped silently and the request served by a fork, as before; the blank is made only once a
-//! first worker was asked for, so a server costs one idle process at most. While it waits, a
-//! blank is named [`BLANK_NAME`] (what `ps` and `/proc/<pid>/comm` show); it takes the
-//! server's name back when it becomes a worker.
+//! first worker was asked for, so a server costs one idle process at most. From its fork
+//! until it becomes a worker, a blank is named [`BLANK_NAME`] (what `ps` and
+//! `/proc/<pid>/comm` show; it is born with that name); it takes the server's name back when
+//! it becomes a worker.
 //!
 //! With `RUST_BACKTRACE` set, a worker takes a backtrace of every panicking task, and the first
 //! one in a process loads the program's debug information (180-240 ms on the 2-vCPU VM). The
