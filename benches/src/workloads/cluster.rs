@@ -21,14 +21,17 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use pool::cluster::{NODE_ENV, NatsCluster};
-
-/// Set (to the server's URL) in the environment of a raw-consumer process.
-const RAW_CONSUMER_ENV: &str = "COMPARE_RAW_CONSUMER";
 use pool::{Pool, PoolBuilder, StartMethod};
 
 use super::pooled::our_pool;
 use super::tasks::{noop, square};
 use super::{ContenderSpec, Kind, Metric, Params, Runner, Workload};
+
+/// Set (to the server's URL) in the environment of a raw-consumer process.
+const RAW_CONSUMER_ENV: &str = "COMPARE_RAW_CONSUMER";
+
+/// The raw engine's work-queue stream, which its consumer processes look up by name.
+const RAW_TASKS: &str = "RAW_TASKS";
 
 /// Tasks per message in the cluster map (ours and the raw engine alike).
 const BATCH: usize = 100;
@@ -137,10 +140,7 @@ pub fn serve_raw_consumer_if_asked() {
             let consumer = async {
                 let client = async_nats::connect(&url).await.map_err(|e| e.to_string())?;
                 let js = jetstream::new(client);
-                let stream = js
-                    .get_stream("RAW_TASKS")
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let stream = js.get_stream(RAW_TASKS).await.map_err(|e| e.to_string())?;
                 let consumer: consumer::PullConsumer = stream
                     .get_consumer("raw")
                     .await
@@ -233,7 +233,7 @@ impl Raw {
             let js = jetstream::new(client);
             let tasks = js
                 .get_or_create_stream(stream::Config {
-                    name: "RAW_TASKS".into(),
+                    name: RAW_TASKS.into(),
                     subjects: vec!["raw.tasks".into()],
                     retention: stream::RetentionPolicy::WorkQueue,
                     ..Default::default()
@@ -310,45 +310,44 @@ impl Raw {
         self.rt.block_on(self.map_async(n, batch))
     }
 
+    /// [`Raw::map`], awaited (the warm-up runs it under a time limit).
     async fn map_async(&self, n: u64, batch: usize) -> Result<Vec<u64>, String> {
         let js = self.js.clone();
-        {
-            let e = |e: &dyn std::fmt::Display| e.to_string();
-            let mut reader = self.reader.lock().await;
-            let reader = reader.as_mut().ok_or("no result reader")?;
-            let batches = n.div_ceil(batch as u64);
-            // Acknowledgements are awaited in windows, as ours does (the client lets only so
-            // many stay pending).
-            let mut acks = Vec::new();
-            for b in 0..batches {
-                let lo = b * batch as u64;
-                let hi = (lo + batch as u64).min(n);
-                let ack = js
-                    .publish("raw.tasks", encode(b, lo..hi))
-                    .await
-                    .map_err(|x| e(&x))?;
-                acks.push(ack.into_future());
-                if acks.len() == 256 || b + 1 == batches {
-                    for r in futures_util::future::join_all(acks.drain(..)).await {
-                        r.map_err(|x| e(&x))?;
-                    }
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let mut reader = self.reader.lock().await;
+        let reader = reader.as_mut().ok_or("no result reader")?;
+        let batches = n.div_ceil(batch as u64);
+        // Acknowledgements are awaited in windows, as ours does (the client lets only so
+        // many stay pending).
+        let mut acks = Vec::new();
+        for b in 0..batches {
+            let lo = b * batch as u64;
+            let hi = (lo + batch as u64).min(n);
+            let ack = js
+                .publish("raw.tasks", encode(b, lo..hi))
+                .await
+                .map_err(|x| e(&x))?;
+            acks.push(ack.into_future());
+            if acks.len() == 256 || b + 1 == batches {
+                for r in futures_util::future::join_all(acks.drain(..)).await {
+                    r.map_err(|x| e(&x))?;
                 }
             }
-            let mut out = vec![0u64; n as usize];
-            for _ in 0..batches {
-                let msg = reader
-                    .next()
-                    .await
-                    .ok_or("results ended")?
-                    .map_err(|x| e(&x))?;
-                let mut w = words(&msg.payload);
-                let lo = w.next().unwrap_or(0) as usize * batch;
-                for (slot, v) in out.iter_mut().skip(lo).zip(w) {
-                    *slot = v;
-                }
-            }
-            Ok(out)
         }
+        let mut out = vec![0u64; n as usize];
+        for _ in 0..batches {
+            let msg = reader
+                .next()
+                .await
+                .ok_or("results ended")?
+                .map_err(|x| e(&x))?;
+            let mut w = words(&msg.payload);
+            let lo = w.next().unwrap_or(0) as usize * batch;
+            for (slot, v) in out.iter_mut().skip(lo).zip(w) {
+                *slot = v;
+            }
+        }
+        Ok(out)
     }
 }
 
