@@ -184,24 +184,24 @@ fn start_node(server: &NatsServer, name: &str) -> ChildProcess {
 
 /// [`start_node`] with `processes` local workers.
 fn start_node_of(server: &NatsServer, name: &str, processes: usize) -> ChildProcess {
-    child!(cluster_node)
-        .env("TEST_NATS_URL", server.url())
-        .env("TEST_CLUSTER", name)
-        .env("TEST_NODE_TAG", "node")
+    node_command(&server.url(), name, "node")
         .env("TEST_NODE_PROCESSES", processes.to_string())
-        .watchdog(Duration::from_secs(600))
         .spawn()
 }
 
 /// A node of cluster `name` that reaches the server at `url`; its workers see `tag` in
 /// `TEST_NODE_TAG`.
 fn start_node_at(url: &str, name: &str, tag: &str) -> ChildProcess {
+    node_command(url, name, tag).spawn()
+}
+
+/// The command of a node of cluster `name` at `url` (see [`start_node_at`]), under a watchdog.
+fn node_command(url: &str, name: &str, tag: &str) -> ChildCommand {
     child!(cluster_node)
         .env("TEST_NATS_URL", url)
         .env("TEST_CLUSTER", name)
         .env("TEST_NODE_TAG", tag)
         .watchdog(Duration::from_secs(600))
-        .spawn()
 }
 
 /// A TCP forwarder on a free loopback port to the server's port: a real network path between a
