@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::chunking::ChunkPlan;
 use crate::driver::{self, Applied};
 use crate::error::{ConfigError, PoolError, SpawnErrorKind, TaskError};
 use crate::job::{CancelToken, Job};
@@ -502,9 +503,9 @@ impl Pool {
     }
 
     /// Applies `f` to every argument in workers and returns the results in order (Python's
-    /// `map`). The arguments are sent in chunks of `chunksize` (see
-    /// [`map_chunked`](Pool::map_chunked)); here the size is chosen automatically. The first
-    /// failed task fails the whole map.
+    /// `map`). The arguments are sent in chunks (see [`map_chunked`](Pool::map_chunked) for a
+    /// size of your own); here the sizes are chosen automatically, shrinking toward the end of
+    /// the map (see [`map_async`](Pool::map_async)). The first failed task fails the whole map.
     pub fn map<A, R, I>(&self, f: fn(A) -> R, args: I) -> Result<Vec<R>, TaskError>
     where
         A: Serialize + DeserializeOwned,
@@ -611,7 +612,10 @@ impl Pool {
     }
 
     /// Starts a map; the results come later, in order, through the [`AsyncResult`]. `chunksize`
-    /// `None` picks one automatically (as Python: about four chunks per worker).
+    /// `None` picks the sizes automatically: chunks that shrink toward the end of the map (half
+    /// of an even share of what is left per worker, down to 1/64 of a share), so the workers
+    /// finish together even when later tasks take longer. Python uses one size, about four
+    /// chunks per worker; pass `Some(size)` for that behaviour.
     /// [`AsyncResult::cancel`] cancels every chunk of the map.
     pub fn map_async<A, R, I>(
         &self,
@@ -693,7 +697,10 @@ impl Pool {
         let cell = ResultCell::new(callback, error_callback);
         let len = args.len();
         let sink: Arc<dyn Sink> = Arc::new(MapSink::new(cell.clone(), len, progress));
-        let chunk = chunksize.unwrap_or_else(|| self.auto_chunksize(len)).max(1);
+        let plan = match chunksize {
+            Some(size) => ChunkPlan::Fixed(size),
+            None => self.auto_chunks(len),
+        };
         let task = TaskRef::new(f);
         let cancel = CancelToken::new();
         // The first chunk of every worker is encoded before any is queued, and they are queued
@@ -705,17 +712,18 @@ impl Pool {
         // queued).
         let mut together = self.registry.settings.max_workers.max(1);
         let mut jobs = Vec::new();
-        let mut first = 0u64;
-        let chunks = len.div_ceil(chunk);
-        for (i, chunk_args) in args.chunks(chunk).enumerate() {
-            if let Err(error) = self.chunk_jobs(task, chunk_args, first, &sink, &cancel, &mut jobs)
+        let mut first = 0usize;
+        for size in plan.sizes(len) {
+            let chunk_args = &args[first..first + size];
+            if let Err(error) =
+                self.chunk_jobs(task, chunk_args, first as u64, &sink, &cancel, &mut jobs)
             {
                 let _ = cell.complete(Err(error));
                 return AsyncResult::cancellable(cell, cancel);
             }
-            first += chunk_args.len() as u64;
+            first += size;
             let large = jobs.iter().map(|j| j.args.len()).sum::<usize>() >= QUEUE_AT_ONCE;
-            if jobs.len() >= together || large || i + 1 == chunks {
+            if jobs.len() >= together || large || first == len {
                 if let Err(e) = Registry::submit_all(&self.registry, std::mem::take(&mut jobs)) {
                     let _ = cell.complete(Err(e.into()));
                     return AsyncResult::cancellable(cell, cancel);
@@ -726,18 +734,18 @@ impl Pool {
         AsyncResult::cancellable(cell, cancel)
     }
 
-    /// Python's heuristic: about four chunks per worker; one per task when a task timeout is
-    /// set (a timeout is per task).
-    pub(crate) fn auto_chunksize(&self, len: usize) -> usize {
+    /// The chunks a map of `len` arguments is cut into when the caller gives no size: one task
+    /// each when a task timeout is set (a timeout is per task); on a cluster, its own fixed
+    /// size; otherwise guided chunks (see `chunking`), shrinking toward the end of the map.
+    pub(crate) fn auto_chunks(&self, len: usize) -> ChunkPlan {
         if self.registry.settings.task_timeout.is_some() {
-            return 1;
+            return ChunkPlan::Fixed(1);
         }
         #[cfg(feature = "nats")]
         if let Some(cluster) = &self.registry.settings.cluster {
-            return cluster.auto_chunksize(len);
+            return ChunkPlan::Fixed(cluster.auto_chunksize(len));
         }
-        let workers = self.registry.settings.max_workers.max(1);
-        len.div_ceil(workers * 4).max(1)
+        ChunkPlan::guided(len, self.registry.settings.max_workers)
     }
 
     /// Lazily applies `f` to the arguments, yielding results in argument order (Python's

@@ -203,6 +203,7 @@
 #![deny(unsafe_code)]
 
 mod api;
+mod chunking;
 #[cfg(feature = "nats")]
 pub mod cluster;
 mod driver;

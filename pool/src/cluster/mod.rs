@@ -294,7 +294,8 @@ impl NatsCluster {
     }
 
     /// How many workers the cluster is expected to have in all (default 8), for the automatic
-    /// chunk size of `map`: about four chunks per worker, as locally.
+    /// chunk size of `map`: about four chunks per worker (Python's rule; a local pool cuts
+    /// shrinking chunks instead, where a message costs far less).
     pub fn expected_workers(mut self, workers: usize) -> Self {
         self.slots = workers.max(1);
         self
