@@ -68,9 +68,10 @@ OPTIONS:
   --quick               smaller sizes, 3 repetitions (about 30 s)
   --smoke               tiny sizes, 2 repetitions, no Python (a few seconds; for tests)
   --workloads A,B,..    only workloads whose id or family starts with these
-                        (apply, map_trivial, cpu_10us, cpu_100us, payload_1MiB,
-                        crash_recovery, queue_spsc, queue_mpmc, pipe_rtt_hot,
-                        pipe_rtt_asleep, lock_handoff, cluster_apply, cluster_map;
+                        (apply, map_trivial, cpu_10us, cpu_100us, cpu_growing,
+                        payload_1MiB, crash_recovery, queue_spsc, queue_mpmc,
+                        pipe_rtt_hot, pipe_rtt_asleep, lock_handoff, cluster_apply,
+                        cluster_map;
                         `--list` shows every id)
   --sizes 64,4096,..    message sizes in bytes for the queue and pipe workloads
                         (suffixes k/K = KiB, m/M = MiB; default 64,64k)

@@ -28,7 +28,7 @@ pub use cluster::{RAW_PROCESSES, cluster, serve_raw_consumer_if_asked};
 pub use ipc::{
     Payload, Placement, floor_ping_pong, lock_handoff, pipe_round_trip, queue_mpmc, queue_spsc,
 };
-pub use pooled::{cpu_tasks, crash_recovery, map_trivial, payload_tasks, pool_apply};
+pub use pooled::{cpu_growing, cpu_tasks, crash_recovery, map_trivial, payload_tasks, pool_apply};
 
 /// One iteration count in, the time those iterations took out (or why it failed).
 pub type RunFn = Box<dyn FnMut(u64) -> Result<Duration, String>>;
@@ -247,6 +247,7 @@ pub fn all(p: &Params) -> Vec<Workload> {
     let mut w = vec![pool_apply(p), map_trivial(p)];
     w.extend(cpu_tasks(p, 10));
     w.extend(cpu_tasks(p, 100));
+    w.push(cpu_growing(p, 10, 1000));
     w.push(payload_tasks(p));
     w.push(crash_recovery(p));
     w.extend(queue_spsc(p));

@@ -314,6 +314,75 @@ pub fn cpu_tasks(p: &Params, us: u64) -> Vec<Workload> {
         .collect()
 }
 
+/// CPU-bound tasks that grow along the map, from `from_us` to `to_us` (sorted inputs, growing
+/// problem sizes), on the pools' worker count: how well the work is spread to the end, where
+/// the last chunk of a map of equal chunks runs alone.
+pub fn cpu_growing(p: &Params, from_us: u64, to_us: u64) -> Workload {
+    let w = p.pool_workers;
+    let (first, last) = (spin_rounds_for(from_us), spin_rounds_for(to_us));
+    // About `cpu_budget` per worker per iteration, at least 16 tasks per worker.
+    let n = (p.cpu_budget.as_micros() as u64 * w as u64 * 2 / (from_us + to_us)).max(w as u64 * 16);
+    let args = move || -> Vec<u64> {
+        (0..n)
+            .map(|i| first + (last - first) * i / (n - 1))
+            .collect()
+    };
+    let total: u64 = args().iter().sum();
+    let (us, to) = (from_us, to_us);
+    Workload::new(
+        format!("cpu_growing/w{w}"),
+        format!("CPU-bound tasks growing from {us} us to {to} us along the map, {w} workers, {n} per map"),
+        Metric::Throughput,
+    )
+    .with(ContenderSpec::new("pool map", Kind::Ours, move || {
+        let pool = our_pool(w, StartMethod::ForkServer)?;
+        Ok(Runner::new(n, move |iters| {
+            timed_loop(iters, args, |args| {
+                let v = pool.map(spin, args).map_err(|e| e.to_string())?;
+                check_len(&v, n as usize)
+            })
+        }))
+    }))
+    .with(ContenderSpec::new("pool map, Python's equal chunks", Kind::Ours, move || {
+        let pool = our_pool(w, StartMethod::ForkServer)?;
+        let chunk = (n as usize).div_ceil(w * 4);
+        Ok(Runner::new(n, move |iters| {
+            timed_loop(iters, args, |args| {
+                let v = pool.map_chunked(spin, args, chunk).map_err(|e| e.to_string())?;
+                check_len(&v, n as usize)
+            })
+        }))
+    }))
+    .with(ContenderSpec::new("rayon par_iter", Kind::Thread, move || {
+        let pool = rayon_pool(w)?;
+        Ok(Runner::new(n, move |iters| {
+            timed_loop(iters, args, |args| Ok(map_rayon(&pool, spin, args)))
+        }))
+    }))
+    .with(ContenderSpec::new("std::thread+crossbeam", Kind::Thread, move || {
+        let pool = CrossbeamPool::new(w);
+        Ok(Runner::new(n, move |iters| {
+            timed_loop(iters, args, |args| map_crossbeam(&pool, spin, args))
+        }))
+    }))
+    .with(ContenderSpec::new(
+        format!("ideal: the same work / {w}, one thread, no pool"),
+        Kind::Floor,
+        move || {
+            Ok(Runner::new(n, move |iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(spin(total));
+                }
+                Ok(start.elapsed() / w as u32)
+            }))
+        },
+    ))
+    .note(format!(
+        "spin calibrated here: {first} rounds = {us} us, {last} = {to} us; our pool's default chunks shrink toward the end of the map, the second row cuts Python's four equal chunks per worker; 'ideal' runs all the tasks' rounds in one thread and divides the time by {w}"
+    ))
+}
+
 const MIB: usize = 1 << 20;
 
 /// Tasks with a 1 MiB argument (`serde_bytes`), each reading it and returning a checksum.
