@@ -910,6 +910,13 @@ child_entry! {
         assert_eq!(stats.workers[0].restarts, 1);
         assert!(stats.workers[0].replaced_in.is_some());
         wait_gone(old, Duration::from_secs(10));
+        // Two crashes in a row, the second while the keeper lets the pool settle before it
+        // starts the next spare: that replacement waits for it (or starts its own), and every
+        // task still gets its right outcome.
+        assert!(matches!(pool.apply(abort_task, 0), Err(TaskError::WorkerLost { .. })));
+        assert!(matches!(pool.apply(abort_task, 0), Err(TaskError::WorkerLost { .. })));
+        assert_eq!(pool.apply(square, 8).unwrap(), 64);
+        assert_eq!(pool.stats().workers[0].restarts, 3);
         // A spare killed while it waits is never handed a task: the next replacement is a
         // fresh worker (or the next spare), and every task still gets its right outcome.
         let dead = the_spare(method, &pool);

@@ -538,7 +538,7 @@ pub fn crash_recovery(_p: &Params) -> Workload {
         },
     ));
     wl.note("'death seen -> replacement ready' is measured inside the pool (PoolStats' `replaced_in`: from the driver seeing the death to the new worker's handshake); a thread pool cannot survive an abort at all (see the crash table)")
-        .note("'+ warm spare': `PoolBuilder::warm_spare(true)` keeps one more worker started and greeted, which takes a dead worker's seat at once (the next spare starts in the background; the crashes of these rows are 50 ms apart, untimed: crashes closer together than one start wait for the spare being started, up to 100 ms, before starting their own)")
+        .note("'+ warm spare': `PoolBuilder::warm_spare(true)` keeps one more worker started and greeted, which takes a dead worker's seat at once (the next spare starts in the background, 5 ms later; the crashes of these rows are 50 ms apart, untimed: crashes closer together than one start wait for the spare being started, up to 100 ms, before starting their own)")
 }
 
 /// The untimed pause between two crashes of a pool with a warm spare.
