@@ -43,6 +43,13 @@ fn compare_smoke_prints_every_row_and_valid_json() {
             "ours not measured: {row}"
         );
     }
+    // The growing tasks run on the pools' worker count, which is the machine's.
+    let row = row_of(headline, "| cpu_growing/w");
+    assert_ne!(
+        row.split('|').nth(2).map(str::trim),
+        Some("-"),
+        "ours not measured: {row}"
+    );
     // The peers and the floor appear in the detailed tables.
     for name in [
         "rayon par_iter",
@@ -75,7 +82,7 @@ fn compare_smoke_prints_every_row_and_valid_json() {
     assert!(v["system"]["cores"].as_u64().unwrap() >= 1);
     assert!(!v["system"]["kernel"].as_str().unwrap().is_empty());
     let workloads = v["workloads"].as_array().unwrap();
-    assert_eq!(workloads.len(), 11);
+    assert_eq!(workloads.len(), 12);
     for w in workloads {
         let ours = w["contenders"]
             .as_array()
