@@ -6,6 +6,8 @@
 //! - [`spin_ping_pong`]: the same round trip with both processes spinning (with `PAUSE`) on one
 //!   shared cache line: the fastest a cross-process round trip can be (hot peers are compared
 //!   against it).
+//! - [`spin_ping_pong_two_lines`]: the spinning round trip with one word per direction, each on
+//!   its own cache line: the least any duplex channel with memory per direction can cost.
 //! - [`memcpy_once`] / [`memcpy_bandwidth`]: copying bytes in one process, the ceiling for any
 //!   transport that copies a message in and out of shared memory.
 //!
@@ -95,6 +97,58 @@ pub fn spin_ping_pong(word: &AtomicU32, side: Side, rounds: u64) {
 /// Tells the responder of a [`spin_ping_pong`] on `word` to return.
 pub fn spin_ping_pong_stop(word: &AtomicU32) {
     word.store(STOP, Ordering::Release);
+}
+
+/// [`spin_ping_pong`] with one word per direction, each on a cache line of its own: the
+/// initiator writes round `n` to `ping` and waits for it on `pong`; the responder waits for it
+/// on `ping` and writes it to `pong` (both words zero initially). This is the least a duplex
+/// channel costs when each direction has its own memory, as every pipe and queue does (the
+/// one-word floor bounces a single line, which no channel carrying messages both ways can):
+/// a round trip moves at least two lines, each twice. The responder returns when the initiator
+/// calls [`spin_ping_pong_two_lines_stop`].
+pub fn spin_ping_pong_two_lines(ping: &AtomicU32, pong: &AtomicU32, side: Side, rounds: u64) {
+    match side {
+        Side::Initiator => {
+            let mut n = ping.load(Ordering::Relaxed);
+            for _ in 0..rounds {
+                n = next_round(n);
+                ping.store(n, Ordering::Release);
+                while pong.load(Ordering::Acquire) != n {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        Side::Responder => {
+            let mut seen = 0;
+            loop {
+                let mut n = ping.load(Ordering::Acquire);
+                while n == seen {
+                    std::hint::spin_loop();
+                    n = ping.load(Ordering::Acquire);
+                }
+                if n == STOP {
+                    return;
+                }
+                pong.store(n, Ordering::Release);
+                seen = n;
+            }
+        }
+    }
+}
+
+/// The round after `n` for [`spin_ping_pong_two_lines`]: never 0 (the words' start) nor
+/// [`STOP`].
+fn next_round(n: u32) -> u32 {
+    match n.wrapping_add(1) {
+        0 => 1,
+        STOP => STOP + 1,
+        m => m,
+    }
+}
+
+/// Tells the responder of a [`spin_ping_pong_two_lines`] to return.
+pub fn spin_ping_pong_two_lines_stop(ping: &AtomicU32) {
+    ping.store(STOP, Ordering::Release);
 }
 
 /// Copies `src` into `dst` (same length) so that the compiler cannot elide the copy.

@@ -21,6 +21,7 @@ use super::tasks::noop;
 use super::{ContenderSpec, Kind, Metric, Params, Runner, Workload};
 use crate::floor::{
     Side, futex_ping_pong, futex_ping_pong_stop, memcpy_once, spin_ping_pong, spin_ping_pong_stop,
+    spin_ping_pong_two_lines, spin_ping_pong_two_lines_stop,
 };
 use crate::proc::{Child, PthreadMutex, PthreadTurn, fork, fork_closing};
 
@@ -422,6 +423,36 @@ pub(crate) fn shared_word() -> Result<(ipc_shm::Segment, ipc_shm::Offset<AtomicU
     Ok((seg, off))
 }
 
+/// The spinning round trip with one word per direction, each on its own cache line
+/// ([`crate::floor::spin_ping_pong_two_lines`]), wherever the scheduler puts the two processes.
+pub fn floor_spin_two_lines() -> ContenderSpec {
+    ContenderSpec::new(
+        "floor: spin ping-pong (a word per direction, scheduler's placement)",
+        Kind::Floor,
+        move || {
+            // Two words 128 bytes apart: never on one cache line (nor one adjacent-line pair).
+            let mut layout = Layout::new();
+            let off = layout.add::<[AtomicU32; 64]>().map_err(|e| e.to_string())?;
+            let seg = SegmentBuilder::new(layout.size())
+                .create()
+                .map_err(|e| e.to_string())?;
+            Ok(Runner::new(1, move |iters| {
+                let words = seg.get(off).map_err(|e| e.to_string())?;
+                let (ping, pong) = (&words[0], &words[32]);
+                ping.store(0, Ordering::Release);
+                pong.store(0, Ordering::Release);
+                let child = fork(|| spin_ping_pong_two_lines(ping, pong, Side::Responder, 0));
+                let start = Instant::now();
+                spin_ping_pong_two_lines(ping, pong, Side::Initiator, iters);
+                let t = start.elapsed();
+                spin_ping_pong_two_lines_stop(ping);
+                child.wait();
+                Ok(t)
+            }))
+        },
+    )
+}
+
 /// Where the two processes of a floor ping-pong run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
@@ -559,6 +590,9 @@ pub fn pipe_round_trip(p: &Params, hot: bool) -> Vec<Workload> {
                 },
             ))
             .with(floor_ping_pong(hot, Placement::Scheduler));
+            if hot {
+                wl = wl.with(floor_spin_two_lines());
+            }
             if !hot {
                 wl = wl
                     .with(floor_ping_pong(false, Placement::SameCore))

@@ -26,7 +26,8 @@ pub mod tasks;
 
 pub use cluster::{RAW_PROCESSES, cluster, serve_raw_consumer_if_asked};
 pub use ipc::{
-    Payload, Placement, floor_ping_pong, lock_handoff, pipe_round_trip, queue_mpmc, queue_spsc,
+    Payload, Placement, floor_ping_pong, floor_spin_two_lines, lock_handoff, pipe_round_trip,
+    queue_mpmc, queue_spsc,
 };
 pub use pooled::{cpu_growing, cpu_tasks, crash_recovery, map_trivial, payload_tasks, pool_apply};
 
