@@ -32,7 +32,7 @@
 //!   that started it, so the keeper thread lives until every driver has ended (`Pool::join`
 //!   stops it last), and the workers it started die with the pool's process as any other.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -74,8 +74,29 @@ struct SpareState {
 }
 
 impl Spare {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SpareState> {
+    fn lock(&self) -> MutexGuard<'_, SpareState> {
         lock(&self.state)
+    }
+
+    /// Waits on `changed` while `waiting(&state)` holds, until `until` at the latest.
+    fn wait_while<'a>(
+        &self,
+        mut state: MutexGuard<'a, SpareState>,
+        until: Instant,
+        waiting: impl Fn(&SpareState) -> bool,
+    ) -> MutexGuard<'a, SpareState> {
+        while waiting(&state) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state
     }
 
     /// Starts the keeper thread of `registry`'s spare.
@@ -94,18 +115,9 @@ impl Spare {
     pub(crate) fn take(&self, wait: bool) -> Option<Worker> {
         let mut state = self.lock();
         if wait {
-            let deadline = std::time::Instant::now() + WAIT;
-            while state.ready.is_none() && state.in_progress && !state.stopped {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = self
-                    .changed
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
+            state = self.wait_while(state, Instant::now() + WAIT, |s| {
+                s.ready.is_none() && s.in_progress && !s.stopped
+            });
         }
         let mut worker = state.ready.take()?;
         drop(state);
@@ -175,18 +187,7 @@ fn keep(registry: &Registry) {
             state.in_progress = true;
             if !first {
                 // Drivers that lose a worker meanwhile wait for this spare (`in_progress`).
-                let until = Instant::now() + SETTLE;
-                while !state.stopped {
-                    let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    state = spare
-                        .changed
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
+                state = spare.wait_while(state, Instant::now() + SETTLE, |s| !s.stopped);
                 if state.stopped {
                     state.in_progress = false;
                     drop(state);

@@ -31,6 +31,34 @@ fn check_len<R>(v: &[R], n: usize) -> Result<(), String> {
     }
 }
 
+/// Our pool's `map` of `f` over `make()` (`n` tasks per iteration) on `w` fork-server workers,
+/// in chunks of `chunk` (`None`: the pool's own chunks).
+fn ours_map<A, R>(
+    label: &str,
+    w: usize,
+    f: fn(A) -> R,
+    make: impl Fn() -> Vec<A> + Copy + 'static,
+    n: u64,
+    chunk: Option<usize>,
+) -> ContenderSpec
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + 'static,
+    R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    ContenderSpec::new(label, Kind::Ours, move || {
+        let pool = our_pool(w, StartMethod::ForkServer)?;
+        Ok(Runner::new(n, move |iters| {
+            timed_loop(iters, make, |args| {
+                let v = match chunk {
+                    Some(size) => pool.map_chunked(f, args, size),
+                    None => pool.map(f, args),
+                };
+                check_len(&v.map_err(|e| e.to_string())?, n as usize)
+            })
+        }))
+    })
+}
+
 /// `apply(noop, x)` round trip on a hot pool, against the same round trip on the peers.
 pub fn pool_apply(p: &Params) -> Workload {
     let w = p.pool_workers;
@@ -239,19 +267,14 @@ pub fn cpu_tasks(p: &Params, us: u64) -> Vec<Workload> {
                 format!("{us} us CPU-bound tasks, {w} worker(s), {n} per map"),
                 Metric::Throughput,
             )
-            .with(ContenderSpec::new("pool map", Kind::Ours, move || {
-                let pool = our_pool(w, StartMethod::ForkServer)?;
-                Ok(Runner::new(n, move |iters| {
-                    timed_loop(
-                        iters,
-                        || vec![rounds; n as usize],
-                        |args| {
-                            let v = pool.map(spin, args).map_err(|e| e.to_string())?;
-                            check_len(&v, n as usize)
-                        },
-                    )
-                }))
-            }))
+            .with(ours_map(
+                "pool map",
+                w,
+                spin,
+                move || vec![rounds; n as usize],
+                n,
+                None,
+            ))
             .with(ContenderSpec::new("rayon par_iter", Kind::Thread, move || {
                 let pool = rayon_pool(w)?;
                 Ok(Runner::new(n, move |iters| {
@@ -334,25 +357,15 @@ pub fn cpu_growing(p: &Params, from_us: u64, to_us: u64) -> Workload {
         format!("CPU-bound tasks growing from {us} us to {to} us along the map, {w} workers, {n} per map"),
         Metric::Throughput,
     )
-    .with(ContenderSpec::new("pool map", Kind::Ours, move || {
-        let pool = our_pool(w, StartMethod::ForkServer)?;
-        Ok(Runner::new(n, move |iters| {
-            timed_loop(iters, args, |args| {
-                let v = pool.map(spin, args).map_err(|e| e.to_string())?;
-                check_len(&v, n as usize)
-            })
-        }))
-    }))
-    .with(ContenderSpec::new("pool map, Python's equal chunks", Kind::Ours, move || {
-        let pool = our_pool(w, StartMethod::ForkServer)?;
-        let chunk = (n as usize).div_ceil(w * 4);
-        Ok(Runner::new(n, move |iters| {
-            timed_loop(iters, args, |args| {
-                let v = pool.map_chunked(spin, args, chunk).map_err(|e| e.to_string())?;
-                check_len(&v, n as usize)
-            })
-        }))
-    }))
+    .with(ours_map("pool map", w, spin, args, n, None))
+    .with(ours_map(
+        "pool map, Python's equal chunks",
+        w,
+        spin,
+        args,
+        n,
+        Some((n as usize).div_ceil(w * 4)),
+    ))
     .with(ContenderSpec::new("rayon par_iter", Kind::Thread, move || {
         let pool = rayon_pool(w)?;
         Ok(Runner::new(n, move |iters| {
@@ -395,15 +408,7 @@ pub fn payload_tasks(p: &Params) -> Workload {
         format!("tasks with a 1 MiB argument, {n} per map"),
         Metric::Throughput,
     )
-    .with(ContenderSpec::new("pool map", Kind::Ours, move || {
-        let pool = our_pool(w, StartMethod::ForkServer)?;
-        Ok(Runner::new(n, move |iters| {
-            timed_loop(iters, make, |args| {
-                let v = pool.map(touch, args).map_err(|e| e.to_string())?;
-                check_len(&v, n as usize)
-            })
-        }))
-    }))
+    .with(ours_map("pool map", w, touch, make, n, None))
     .with(ContenderSpec::new(
         "rayon (moves a pointer)",
         Kind::Thread,
