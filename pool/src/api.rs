@@ -203,9 +203,10 @@ impl PoolBuilder {
     /// worker that dies (a crash, a kill, a timeout, a cancel) or is recycled
     /// (`max_tasks_per_child`, `max_memory_per_child`) is replaced by it at once, and the next
     /// spare is started in the background 5 ms later (so that its start does not slow the
-    /// replacement's first tasks; a worker lost meanwhile waits for it). Replacing a worker then costs microseconds instead
-    /// of a start (a `fork` of the pool's process grows with its size; `Spawn` pays the
-    /// program's start-up). The price: one more idle process, all the time. Default: off.
+    /// replacement's first tasks; a worker lost meanwhile waits for it). Replacing a worker
+    /// then costs microseconds instead of a start (a `fork` of the pool's process grows with
+    /// its size; `Spawn` pays the program's start-up). The price: one more idle process, all
+    /// the time. Default: off.
     ///
     /// A spare runs no task until it replaces a worker, and then is exactly that worker; one
     /// found dead when needed is reaped and a worker is started as without a spare. The

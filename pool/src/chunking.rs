@@ -46,7 +46,7 @@ impl ChunkPlan {
 
     /// The size of the next chunk when `remaining` arguments are left (at least 1 and at most
     /// `remaining`, when any are left).
-    pub(crate) fn next(&self, remaining: usize) -> usize {
+    fn next(&self, remaining: usize) -> usize {
         let size = match *self {
             ChunkPlan::Fixed(size) => size,
             ChunkPlan::Guided { workers, floor } => {

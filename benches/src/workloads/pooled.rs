@@ -351,10 +351,9 @@ pub fn cpu_growing(p: &Params, from_us: u64, to_us: u64) -> Workload {
             .collect()
     };
     let total: u64 = args().iter().sum();
-    let (us, to) = (from_us, to_us);
     Workload::new(
         format!("cpu_growing/w{w}"),
-        format!("CPU-bound tasks growing from {us} us to {to} us along the map, {w} workers, {n} per map"),
+        format!("CPU-bound tasks growing from {from_us} us to {to_us} us along the map, {w} workers, {n} per map"),
         Metric::Throughput,
     )
     .with(ours_map("pool map", w, spin, args, n, None))
@@ -392,7 +391,7 @@ pub fn cpu_growing(p: &Params, from_us: u64, to_us: u64) -> Workload {
         },
     ))
     .note(format!(
-        "spin calibrated here: {first} rounds = {us} us, {last} = {to} us; our pool's default chunks shrink toward the end of the map, the second row cuts Python's four equal chunks per worker; 'ideal' runs all the tasks' rounds in one thread and divides the time by {w}"
+        "spin calibrated here: {first} rounds = {from_us} us, {last} = {to_us} us; our pool's default chunks shrink toward the end of the map, the second row cuts Python's four equal chunks per worker; 'ideal' runs all the tasks' rounds in one thread and divides the time by {w}"
     ))
 }
 
