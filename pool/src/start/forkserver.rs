@@ -27,7 +27,14 @@
 //! one in a process loads the program's debug information (180-240 ms on the 2-vCPU VM). The
 //! server loads it once, when it has been idle for [`WARM_AFTER`] after serving a request, and
 //! replaces its blank: every worker forked afterwards (replacements, later pools, recycled
-//! workers) inherits it, and its first panic costs what the later ones do.
+//! workers) inherits it, and its first panic costs what the later ones do. That information
+//! is tens of MiB of heap (66 MiB for the benchmark runner), and `fork` copies a page-table
+//! entry per 4 KiB page: each fork of the server then took 1.5-2.3 ms instead of 0.15 ms, and
+//! a request that came during a blank's fork waited for it. So the server moves its anonymous
+//! memory to huge pages right after loading (`ipc_shm::os::collapse_to_huge_pages`): a fork
+//! then took 0.46 ms (median of 351, `compare --workloads crash_recovery`), and the runner's
+//! fork-server replacement (death seen -> replacement ready) went from 1.78-2.18 ms to
+//! 0.64-0.79 ms (three interleaved pairs).
 //!
 //! A server that dies (SIGKILL from outside, a crash) takes its workers with it
 //! (`PR_SET_PDEATHSIG`): the pools see them as lost workers, as for any death, and the next
@@ -132,6 +139,9 @@ pub(super) fn run_server() -> i32 {
             // Idle since the last workers started: load the symbols, then replace the blank
             // forked before, so that it has them too.
             crate::task::load_backtrace_symbols();
+            // Tens of MiB of them: in huge pages, every later fork copies a few dozen
+            // page-table entries instead of thousands (see the module docs).
+            let _ = ipc_shm::os::collapse_to_huge_pages();
             symbols_due = false;
             if let Some(stale) = blank.take() {
                 stale.discard();
