@@ -616,8 +616,10 @@ impl Pool {
     /// Starts a map; the results come later, in order, through the [`AsyncResult`]. `chunksize`
     /// `None` picks the sizes automatically: chunks that shrink toward the end of the map (half
     /// of an even share of what is left per worker, down to 1/64 of a share), so the workers
-    /// finish together even when later tasks take longer. Python uses one size, about four
-    /// chunks per worker; pass `Some(size)` for that behaviour.
+    /// finish together even when later tasks take longer, and that hold about a mebibyte of
+    /// encoded arguments at most (one argument at least; the first argument's size decides),
+    /// so that copying large arguments in and out overlaps with running them. Python uses one
+    /// size, about four chunks per worker; pass `Some(size)` for that behaviour.
     /// [`AsyncResult::cancel`] cancels every chunk of the map.
     pub fn map_async<A, R, I>(
         &self,
@@ -701,7 +703,7 @@ impl Pool {
         let sink: Arc<dyn Sink> = Arc::new(MapSink::new(cell.clone(), len, progress));
         let plan = match chunksize {
             Some(size) => ChunkPlan::Fixed(size),
-            None => self.auto_chunks(len),
+            None => self.auto_chunks(&args),
         };
         let task = TaskRef::new(f);
         let cancel = CancelToken::new();
@@ -736,10 +738,13 @@ impl Pool {
         AsyncResult::cancellable(cell, cancel)
     }
 
-    /// The chunks a map of `len` arguments is cut into when the caller gives no size: one task
-    /// each when a task timeout is set (a timeout is per task); on a cluster, its own fixed
-    /// size; otherwise guided chunks (see `chunking`), shrinking toward the end of the map.
-    pub(crate) fn auto_chunks(&self, len: usize) -> ChunkPlan {
+    /// The chunks a map of `args` is cut into when the caller gives no size: one task each
+    /// when a task timeout is set (a timeout is per task); on a cluster, its own fixed size;
+    /// otherwise guided chunks (see `chunking`), shrinking toward the end of the map and
+    /// holding about a mebibyte of arguments at most, as the first argument's encoded size
+    /// tells (counted, not written: a byte string costs nothing to size).
+    pub(crate) fn auto_chunks<A: Serialize>(&self, args: &[A]) -> ChunkPlan {
+        let len = args.len();
         if self.registry.settings.task_timeout.is_some() {
             return ChunkPlan::Fixed(1);
         }
@@ -747,7 +752,12 @@ impl Pool {
         if let Some(cluster) = &self.registry.settings.cluster {
             return ChunkPlan::Fixed(cluster.auto_chunksize(len));
         }
-        ChunkPlan::guided(len, self.registry.settings.max_workers)
+        // An argument that cannot be encoded fails the map when its chunk is encoded.
+        let arg_bytes = args
+            .first()
+            .and_then(|a| ipc_shm::codec::encoded_len(a).ok())
+            .unwrap_or(0);
+        ChunkPlan::guided(len, self.registry.settings.max_workers, arg_bytes)
     }
 
     /// Lazily applies `f` to the arguments, yielding results in argument order (Python's
