@@ -442,6 +442,8 @@ pub fn floor_spin_two_lines() -> ContenderSpec {
                 ping.store(0, Ordering::Release);
                 pong.store(0, Ordering::Release);
                 let child = fork(|| spin_ping_pong_two_lines(ping, pong, Side::Responder, 0));
+                // Untimed: the first round waits for the child to run (see `WARM_ROUNDS`).
+                spin_ping_pong_two_lines(ping, pong, Side::Initiator, WARM_ROUNDS);
                 let start = Instant::now();
                 spin_ping_pong_two_lines(ping, pong, Side::Initiator, iters);
                 let t = start.elapsed();
@@ -512,6 +514,12 @@ pub fn floor_ping_pong(spin: bool, placement: Placement) -> ContenderSpec {
                 && !crate::proc::pin_to_cpu(cpu)
             {
                 return Err(format!("cannot pin to CPU {cpu}"));
+            }
+            // Untimed: the first round waits for the child to run (see `WARM_ROUNDS`).
+            if spin {
+                spin_ping_pong(word, Side::Initiator, WARM_ROUNDS);
+            } else {
+                futex_ping_pong(word, Side::Initiator, WARM_ROUNDS);
             }
             let start = Instant::now();
             if spin {
@@ -615,10 +623,17 @@ pub fn pipe_round_trip(p: &Params, hot: bool) -> Vec<Workload> {
                                 }
                             });
                             let mut msg = vec![7u8; size];
+                            let round = |msg: Vec<u8>| -> Result<Vec<u8>, String> {
+                                tx1.send(msg).map_err(|e| e.to_string())?;
+                                rx2.recv().map_err(|e| e.to_string())
+                            };
+                            // Untimed: the first round waits for the thread to run.
+                            for _ in 0..WARM_ROUNDS {
+                                msg = round(msg)?;
+                            }
                             let start = Instant::now();
                             for _ in 0..iters {
-                                tx1.send(msg).map_err(|e| e.to_string())?;
-                                msg = rx2.recv().map_err(|e| e.to_string())?;
+                                msg = round(msg)?;
                             }
                             let el = start.elapsed();
                             drop(tx1);
@@ -716,6 +731,7 @@ pub fn lock_handoff(_p: &Params) -> Workload {
                 let turn = seg.get(turn_off).map_err(|e| e.to_string())?;
                 turn.store(0, Ordering::Relaxed);
                 let child = fork(|| turn_taker(|| lock.lock().ok(), turn));
+                turn_giver(|| lock.lock().map_err(|e| e.to_string()), turn, WARM_ROUNDS)?;
                 let start = Instant::now();
                 turn_giver(|| lock.lock().map_err(|e| e.to_string()), turn, iters)?;
                 let t = start.elapsed();
@@ -739,6 +755,7 @@ pub fn lock_handoff(_p: &Params) -> Workload {
                     Ok(PthreadGuard(m))
                 };
                 let child = fork(|| turn_taker(|| lock().ok(), turn_word));
+                turn_giver(lock, turn_word, WARM_ROUNDS)?;
                 let start = Instant::now();
                 turn_giver(lock, turn_word, iters)?;
                 let t = start.elapsed();
@@ -757,6 +774,7 @@ pub fn lock_handoff(_p: &Params) -> Workload {
                 let turn = Arc::new(AtomicU32::new(0));
                 let (m2, t2) = (m.clone(), turn.clone());
                 let th = std::thread::spawn(move || turn_taker(|| m2.lock().ok(), &t2));
+                turn_giver(|| m.lock().map_err(|e| e.to_string()), &turn, WARM_ROUNDS)?;
                 let start = Instant::now();
                 turn_giver(|| m.lock().map_err(|e| e.to_string()), &turn, iters)?;
                 let t = start.elapsed();
@@ -781,6 +799,17 @@ impl Drop for PthreadGuard<'_> {
 }
 
 const TURN_STOP: u32 = 2;
+
+/// Rounds done before the clock starts, in each sample of a contender that starts its other
+/// party (a forked child, a thread) in the sample: timing starts once that party runs. (For
+/// the lock hand-off, the second hand-off waits for the other party's first.) Started inside
+/// the timed region, a child
+/// forked from the runner's large process (its page faults, copy-on-write faults and first
+/// scheduling: milliseconds once earlier workloads had grown the runner) was charged to the
+/// first rounds; with the few iterations per sample that such a slow start makes the
+/// calibration choose, that start dominated the figure (ours 35-51 us a round after the
+/// `cpu` or `crash_recovery` workloads, 0.7-0.9 us alone).
+const WARM_ROUNDS: u64 = 2;
 
 fn turn_taker<G>(mut lock: impl FnMut() -> Option<G>, turn: &AtomicU32) {
     loop {
