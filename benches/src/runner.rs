@@ -497,23 +497,29 @@ pub fn measure(w: Workload, cfg: &Config, bar: &indicatif::ProgressBar) -> Workl
         }
         results.push(r);
     }
-    // Warm-up and calibration: grow the iteration count until a run takes a quarter of a
-    // sample, then scale it to a whole sample.
+    // Warm-up and calibration: grow the iteration count until the timed part of a run takes a
+    // quarter of a sample (or the whole run a sample), then scale it to a whole sample.
     for (r, runner) in results.iter_mut().zip(runners.iter_mut()) {
         let Some(run) = runner.as_mut() else { continue };
         let mut iters = 1u64;
         let target = cfg.sample_time.as_secs_f64();
-        // Wall time, not the measured time: a sample's untimed preparation (building
-        // arguments, a crash before the timed part) counts against the budget too.
+        // Both the timed part and the wall time: a run's untimed part (building arguments, a
+        // crash before the timed part, forking the other party) counts against the budget,
+        // but a large fixed untimed cost must not stop the growth while the timed part is
+        // still short. Judged by wall time alone, a lock hand-off whose child is forked from
+        // the runner's large process (about 10 ms late in a run) stopped at one iteration and
+        // took samples of 3 rounds, a few microseconds each: noise.
         let outcome = loop {
             let wall = Instant::now();
             match (run.run)(iters) {
-                Ok(_) => {
-                    let t = wall.elapsed();
-                    if t.as_secs_f64() >= target / 4.0 || iters >= 1 << 30 {
-                        break Ok(t);
+                Ok(timed) => {
+                    let (t, w) = (timed.as_secs_f64(), wall.elapsed().as_secs_f64());
+                    if t >= target / 4.0 || w >= target || iters >= 1 << 30 {
+                        break Ok(w);
                     }
-                    let grow = (target / 2.0 / t.as_secs_f64().max(1e-9)).clamp(2.0, 100.0);
+                    let grow = (target / 2.0 / t.max(1e-9))
+                        .min(target / w.max(1e-9))
+                        .clamp(2.0, 100.0);
                     iters = ((iters as f64) * grow).ceil() as u64;
                 }
                 Err(e) => break Err(e),
@@ -521,8 +527,10 @@ pub fn measure(w: Workload, cfg: &Config, bar: &indicatif::ProgressBar) -> Workl
         };
         bar.inc(1);
         match outcome {
-            Ok(t) => {
-                let per_iter = t.as_secs_f64() / iters as f64;
+            Ok(w) => {
+                // A sample's wall time stays about one sample: the untimed part is spread over
+                // the iterations of the last calibration run.
+                let per_iter = w / iters as f64;
                 r.iters_per_sample = ((target / per_iter.max(1e-12)).round() as u64).max(1);
             }
             Err(e) => {
