@@ -801,14 +801,13 @@ impl Drop for PthreadGuard<'_> {
 const TURN_STOP: u32 = 2;
 
 /// Rounds done before the clock starts, in each sample of a contender that starts its other
-/// party (a forked child, a thread) in the sample: timing starts once that party runs. (For
-/// the lock hand-off, the second hand-off waits for the other party's first.) Started inside
-/// the timed region, a child
-/// forked from the runner's large process (its page faults, copy-on-write faults and first
-/// scheduling: milliseconds once earlier workloads had grown the runner) was charged to the
-/// first rounds; with the few iterations per sample that such a slow start makes the
-/// calibration choose, that start dominated the figure (ours 35-51 us a round after the
-/// `cpu` or `crash_recovery` workloads, 0.7-0.9 us alone).
+/// party (a forked child, a thread) in the sample: timing starts once that party runs (in the
+/// lock hand-off, the second hand-off waits for the other party's first). Started inside the
+/// timed region, a child forked from the runner's large process (its page faults,
+/// copy-on-write faults and first scheduling: milliseconds once earlier workloads had grown
+/// the runner) was charged to the first rounds; with the few iterations per sample that such
+/// a slow start made the calibration choose, it dominated the figure (ours 35-51 us a round
+/// after the `cpu` or `crash_recovery` workloads, 0.7-0.9 us alone).
 const WARM_ROUNDS: u64 = 2;
 
 fn turn_taker<G>(mut lock: impl FnMut() -> Option<G>, turn: &AtomicU32) {
