@@ -12,7 +12,9 @@
 //!
 //! The floor bounds the count of chunks (so of messages per map): with 2 workers about 15,
 //! whatever the map's length (8 with Python's equal chunks), and about 9 per worker with
-//! more; it grows with the logarithm of the floor divisor, not with the map.
+//! more; it grows with the logarithm of the floor divisor, not with the map. The byte ceiling
+//! below adds chunks only where arguments are large: a map of 1 M `u64`s on 2 workers is cut
+//! into 18 chunks (17 without the ceiling), one of 16 arguments of 1 MiB into 16.
 //!
 //! Guided chunks also hold at most about [`CHUNK_BYTES`] of encoded arguments (one argument
 //! at least), judged by the map's first argument. The caller encodes a chunk before any
