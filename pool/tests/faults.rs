@@ -456,7 +456,8 @@ fn mark_started(i: u64) -> u64 {
     if let Some(flags) = STARTED.get().and_then(|s| s.slice(FLAGS).ok())
         && let Some(flag) = flags.get(i as usize)
     {
-        flag.store(1, Ordering::Release);
+        // A count, not a mark: a task that ran twice shows as 2.
+        flag.fetch_add(1, Ordering::AcqRel);
     }
     i
 }
@@ -499,7 +500,7 @@ fn chunks_bounced_by_dead_workers_all_run() {
         for (i, r) in results.iter().enumerate() {
             match r {
                 Ok(v) => assert_eq!(*v, i as u64),
-                Err(TaskError::WorkerLost { .. }) if flags[i].load(Ordering::Acquire) == 1 => {
+                Err(TaskError::WorkerLost { .. }) if flags[i].load(Ordering::Acquire) >= 1 => {
                     lost_started += 1
                 }
                 Err(e) => {
@@ -507,6 +508,12 @@ fn chunks_bounced_by_dead_workers_all_run() {
                     eprintln!("round {round}: task {i} never started and failed: {e}");
                 }
             }
+        }
+        for (i, f) in flags.iter().take(n as usize).enumerate() {
+            assert!(
+                f.load(Ordering::Acquire) <= 1,
+                "round {round}: task {i} ran twice"
+            );
         }
         tasks += n;
     }
@@ -614,7 +621,8 @@ fn mark_and_work(i: u64) -> u64 {
     if let Some(flags) = STARTED_STORM.get().and_then(|s| s.slice(FLAGS).ok())
         && let Some(flag) = flags.get(i as usize)
     {
-        flag.store(1, Ordering::Release);
+        // A count, not a mark: a task that ran twice shows as 2.
+        flag.fetch_add(1, Ordering::AcqRel);
     }
     // Work long enough (200 us) for kills to land inside tasks as well as between them.
     let until = Instant::now() + Duration::from_micros(200);
@@ -670,7 +678,8 @@ fn a_kill_storm_during_a_queued_map_fails_only_started_tasks() {
     assert_eq!(results.len() as u64, N);
     let (mut ok, mut lost_started, mut lost_at_kill_point, mut lost_never_started) = (0, 0, 0, 0);
     for (i, r) in results.iter().enumerate() {
-        let flagged = |i: usize| flags[i].load(Ordering::Acquire) == 1;
+        let flagged = |i: usize| flags[i].load(Ordering::Acquire) >= 1;
+        assert!(flags[i].load(Ordering::Acquire) <= 1, "task {i} ran twice");
         match r {
             Ok(v) => {
                 assert_eq!(*v, i as u64);
