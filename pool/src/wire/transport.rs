@@ -31,11 +31,20 @@ pub(crate) fn pair() -> Result<(PipeLink, PipeLink), PoolError> {
     // The pool's end sleeps in poll(2) on its socket (ipc-pipe's fd mode) rather than in timed
     // futex slices: the kernel reports a dead worker's hang-up at once, so a crash reaches its
     // task in microseconds instead of after a 20 ms slice. Hot exchanges spin and never sleep.
+    // The worker switches its own end in the worker process (`worker::serve`).
     a.set_pollable();
     Ok((PipeLink(a), PipeLink(b)))
 }
 
 impl PipeLink {
+    /// Switches this end to ipc-pipe's fd mode (`Connection::set_pollable`): a receive that
+    /// has to sleep waits in `poll(2)` on the end's socket, and a sender wakes it with a byte
+    /// on that socket. Called in the process that uses the end (the mode belongs to this
+    /// process's handle, not to the shared pipe); see `worker::serve` for the worker's end.
+    pub(crate) fn set_pollable(&self) {
+        self.0.set_pollable();
+    }
+
     /// Gives up this process's copy of an end that another process now uses (after `fork`, or
     /// after passing it to a spawned child): closes its descriptors without telling the peer.
     pub(crate) fn handed_over(self) {
