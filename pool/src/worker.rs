@@ -7,7 +7,8 @@
 //!
 //! ## Waiting for a job
 //!
-//! The worker's end of its pipe is in ipc-pipe's fd mode, like the pool's: when no job is there
+//! A spawned or fork-server worker's end of its pipe is in ipc-pipe's fd mode, like the pool's
+//! end (a `Fork` worker's is not: see below): when no job is there
 //! after the pipe's brief spin, the worker sleeps in `poll(2)` on the pipe's socket, and the
 //! driver that sends the next job wakes it with a byte on that socket. Two things follow. An
 //! idle worker never wakes until there is work (a futex-mode end wakes every 20 ms to check
@@ -20,6 +21,14 @@
 //! 97.6% with this, and no spell above 0.3 ms). The runner's `cpu_10us/w2` and
 //! `cpu_100us/w2`, six interleaved pairs each: median 94.0% and 94.6% of rayon with this,
 //! 87.9% and 91.2% without.
+//!
+//! `Fork` workers wait on the futex as before: with them in fd mode, a crash reached its task
+//! later after a run of other workloads (`compare --workloads
+//! apply,map_trivial,payload,crash_recovery`, seven runs each way, alternating: crash -> `WorkerLost`
+//! 0.78-1.59 ms against 0.21-0.74 ms), while run alone it made no difference. A `Fork` worker
+//! is a copy of the caller's whole process, and its death tears that copy down; why the wake-up
+//! placement makes that slower to report is not established. Spawned and fork-server workers
+//! (small processes; the fork server is the default) showed no such cost.
 //!
 //! Before it greets the pool, the worker installs the early death notice
 //! (`ipc_shm::os::install_death_notice`): a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT,
@@ -72,15 +81,26 @@ const FLUSH_BYTES: usize = 1 << 20;
 /// (`ipc_shm::os::keep_freed_heap`).
 const KEEP_FREED_HEAP: usize = 64 << 20;
 
+/// How a worker sleeps while it waits for a job (module docs, "Waiting for a job").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobWait {
+    /// In `poll(2)` on the pipe's socket, woken synchronously by the driver's send.
+    Poll,
+    /// On the pipe's futex (in 20 ms slices). For `Fork` workers: see the module docs.
+    Futex,
+}
+
 /// Serves the pool on `link` in a new worker process: installs the death notice (on the slot's
-/// `dying` word and the link's socket), then runs the worker loop; returns the exit code.
-pub(crate) fn serve(mut link: PipeLink, slot: &ProgressSlot) -> i32 {
+/// `dying` word and the link's socket), then runs the worker loop, waiting for jobs as `wait`
+/// says; returns the exit code.
+pub(crate) fn serve(mut link: PipeLink, slot: &ProgressSlot, wait: JobWait) -> i32 {
     // Large arguments are decoded into fresh allocations task after task; without this, glibc
     // hands each one back to the kernel and the next task faults it in again (module docs).
     ipc_shm::os::keep_freed_heap(KEEP_FREED_HEAP);
-    // Waits for the next job in poll(2) on the link's socket rather than in futex slices (see
-    // the module docs, "Waiting for a job").
-    link.set_pollable();
+    // How it waits for the next job: see the module docs, "Waiting for a job".
+    if wait == JobWait::Poll {
+        link.set_pollable();
+    }
     // The handler needs the word for the rest of the process: this process ends with the loop.
     let kept: &'static ProgressSlot = Box::leak(Box::new(slot.clone()));
     // Without the notice (a descriptor limit) a crash is still seen, by the reap.

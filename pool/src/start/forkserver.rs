@@ -325,7 +325,11 @@ fn become_worker(side: u32, fds: Vec<OwnedFd>) -> i32 {
         .ok()
         .and_then(ProgressSlot::from_segment);
     match (link, slot) {
-        (Ok(conn), Some(slot)) => crate::worker::serve(PipeLink::from_connection(conn), &slot),
+        (Ok(conn), Some(slot)) => crate::worker::serve(
+            PipeLink::from_connection(conn),
+            &slot,
+            crate::worker::JobWait::Poll,
+        ),
         _ => crate::worker::code::LINK,
     }
 }

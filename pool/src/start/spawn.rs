@@ -69,7 +69,7 @@ pub(super) fn run_spawned_worker() -> i32 {
         .ok()
         .and_then(ProgressSlot::from_segment);
     match (link, slot) {
-        (Ok(link), Some(slot)) => crate::worker::serve(link, &slot),
+        (Ok(link), Some(slot)) => crate::worker::serve(link, &slot, crate::worker::JobWait::Poll),
         _ => crate::worker::code::LINK,
     }
 }
