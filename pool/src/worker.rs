@@ -8,27 +8,27 @@
 //! ## Waiting for a job
 //!
 //! A spawned or fork-server worker's end of its pipe is in ipc-pipe's fd mode, like the pool's
-//! end (a `Fork` worker's is not: see below): when no job is there
-//! after the pipe's brief spin, the worker sleeps in `poll(2)` on the pipe's socket, and the
-//! driver that sends the next job wakes it with a byte on that socket. Two things follow. An
-//! idle worker never wakes until there is work (a futex-mode end wakes every 20 ms to check
-//! that its peer lives; here the kernel reports the pool's hang-up). And the kernel's wake-up
-//! of a socket reader is a *synchronous* one: it prefers the waker's CPU, which the driver
-//! leaves at once to wait for the results. Woken through a futex, a worker was often queued
-//! behind the other worker on a busy CPU while its driver's CPU went idle: on the 2-vCPU
-//! reference machine `perf sched timehist` showed spells of 1-4 ms with one worker running
-//! inside 2-worker maps of CPU-bound tasks (91.4% of both workers' time used inside the maps;
-//! 97.6% with this, and no spell above 0.3 ms). The runner's `cpu_10us/w2` and
-//! `cpu_100us/w2`, six interleaved pairs each: median 94.0% and 94.6% of rayon with this,
-//! 87.9% and 91.2% without.
+//! end (a `Fork` worker's is not: see below): when no job is there after the pipe's brief spin,
+//! the worker sleeps in `poll(2)` on the pipe's socket, and the driver that sends the next job
+//! wakes it with a byte on that socket. Two things follow. An idle worker never wakes until
+//! there is work (a futex-mode end wakes every 20 ms to check that its peer lives; here the
+//! kernel reports the pool's hang-up). And the kernel's wake-up of a socket reader is a
+//! *synchronous* one: it prefers the waker's CPU, which the driver leaves at once to wait for
+//! the results. Woken through a futex, a worker was often queued behind the other worker on a
+//! busy CPU while its driver's CPU went idle: on the 2-vCPU reference machine
+//! `perf sched timehist` showed spells of 1-4 ms with one worker running inside 2-worker maps
+//! of CPU-bound tasks (91.4% of both workers' time used inside the maps; 97.6% with this, and
+//! no spell above 0.3 ms). The runner's `cpu_10us/w2` and `cpu_100us/w2` (fork-server pools),
+//! six interleaved pairs each: median 94.0% and 94.6% of rayon with this, 87.9% and 91.2%
+//! without.
 //!
 //! `Fork` workers wait on the futex as before: with them in fd mode, a crash reached its task
 //! later after a run of other workloads (`compare --workloads
-//! apply,map_trivial,payload,crash_recovery`, seven runs each way, alternating: crash -> `WorkerLost`
-//! 0.78-1.59 ms against 0.21-0.74 ms), while run alone it made no difference. A `Fork` worker
-//! is a copy of the caller's whole process, and its death tears that copy down; why the wake-up
-//! placement makes that slower to report is not established. Spawned and fork-server workers
-//! (small processes; the fork server is the default) showed no such cost.
+//! apply,map_trivial,payload,crash_recovery`, seven runs each way, alternating: crash ->
+//! `WorkerLost` 0.78-1.59 ms against 0.21-0.74 ms), while run alone it made no difference. A
+//! `Fork` worker is a copy of the caller's whole process, and its death tears that copy down;
+//! why the wake-up placement makes that slower to report is not established. Spawned and
+//! fork-server workers (small processes; the fork server is the default) showed no such cost.
 //!
 //! Before it greets the pool, the worker installs the early death notice
 //! (`ipc_shm::os::install_death_notice`): a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT,

@@ -31,7 +31,7 @@ pub(crate) fn pair() -> Result<(PipeLink, PipeLink), PoolError> {
     // The pool's end sleeps in poll(2) on its socket (ipc-pipe's fd mode) rather than in timed
     // futex slices: the kernel reports a dead worker's hang-up at once, so a crash reaches its
     // task in microseconds instead of after a 20 ms slice. Hot exchanges spin and never sleep.
-    // The worker switches its own end in the worker process (`worker::serve`).
+    // A fork-server or spawned worker switches its own end in its process (`worker::serve`).
     a.set_pollable();
     Ok((PipeLink(a), PipeLink(b)))
 }
