@@ -30,8 +30,6 @@ use ipc_shm::ByteRing;
 pub(crate) const SLICE: Duration = Duration::from_millis(20);
 /// Default maximum message size: the largest frame of the shared codec (1 GiB).
 pub(crate) const MAX_MESSAGE_DEFAULT: usize = ipc_shm::codec::MAX_FRAME_LEN;
-/// Messages at least this long make an end sleep instead of spinning (see [`End::large`]).
-pub(crate) const LARGE_MESSAGE: usize = 16 * 1024;
 
 /// The per-end settings a builder hands to both ends (each end gets its own clone, so its
 /// backoff adapts to its own peer).
@@ -118,14 +116,6 @@ pub(crate) struct End<C, M, W, L> {
     /// The peer's drop count (`Control::dropped`) when this end last checked its socket for
     /// hang-up (see `peer_dropped`).
     pub(crate) peer_drops_seen: Cell<u32>,
-    /// Whether the last message this end sent or received was at least [`LARGE_MESSAGE`]
-    /// bytes. While it is, waits skip the spin and sleep at once. Spinning keeps both peers on
-    /// their own cores, so every byte of a large message crosses between caches. Sleeping lets
-    /// the scheduler run the woken peer on the waker's core, where the bytes already are.
-    /// Measured with `compare --workloads pipe_rtt_hot,pipe_rtt_asleep --sizes 64,64k`:
-    /// 64 KiB round trips took 20-22 us hot and 9 us asleep, while 64 B took 0.6 us hot and
-    /// 2.3 us asleep.
-    pub(crate) large: Cell<bool>,
 }
 
 impl<C, M, W, L> End<C, M, W, L>
@@ -178,25 +168,31 @@ where
             partial: RefCell::new(None),
             // Zero, not the current count: a drop before this end was attached is checked once.
             peer_drops_seen: Cell::new(0),
-            large: Cell::new(false),
             ctl,
             link,
         })
     }
 
-    /// The wait policy of both directions, once: unless the last message was large (see
-    /// [`End::large`]), spin through the end's `Backoff` until `count()` reaches `need`; then
+    /// The wait policy of both directions, once: spin through the end's `Backoff` until
+    /// `count()` reaches `need` (not at all for a peer that last waited on this CPU); then
     /// `sleep()`, whose length tunes the backoff (it grows after a short sleep, where the peer
     /// was busy rather than idle, and shrinks after a long one).
+    ///
+    /// Large messages wait the same way. An earlier rule slept at once after a message of
+    /// 16 KiB or more, so that a woken peer would run on the waker's core, where the bytes are;
+    /// but the scheduler often leaves the two ends on their own cores, and then every wait of
+    /// a round trip paid a cross-core wake-up (the idle vCPU is halted): a hot 64 KiB round trip
+    /// took 50-66 us that way, 9 us when the ends shared a core, and 3.7-4.9 us spinning. In
+    /// three interleaved A/B rounds of `compare --workloads pipe_rtt_hot,pipe_rtt_asleep --sizes
+    /// 64,64k --reps 5 --load 2` (2026-12-04), the hot 64 KiB round trip went from 8.9-27 us to
+    /// 4.2-4.3 us quiet (11 us in a busy spell where iceoryx2's took 65 us), and from 9.1-74 us
+    /// to 9.1-23 us beside two CPU hogs; 64 B is unaffected.
     pub(crate) fn spin_then_sleep(
         &self,
         need: u64,
         count: impl Fn() -> Result<u64, Fail>,
         sleep: impl FnOnce() -> Result<u64, Fail>,
     ) -> Result<u64, Fail> {
-        if self.large.get() {
-            return sleep();
-        }
         let mut spun = Ok(0);
         // Record where we wait, and do not spin for a peer that last waited on this CPU: it
         // cannot answer before we stop (both on one core, as on a busy machine).

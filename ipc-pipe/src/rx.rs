@@ -13,7 +13,7 @@ use ipc_sync::{Deadline, WaitOutcome, Waiter};
 
 #[cfg(not(loom))]
 use crate::connection::Connection;
-use crate::end::{End, LARGE_MESSAGE, Link, SLICE};
+use crate::end::{End, Link, SLICE};
 use crate::error::Fail;
 #[cfg(not(loom))]
 use crate::error::{DecodeFail, RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
@@ -382,7 +382,6 @@ where
                 })));
             }
         };
-        self.large.set(len >= LARGE_MESSAGE as u64);
         // A message that fits is waited for whole (so `try_recv` and timeouts never stop half-way
         // through one); a larger one is streamed from its first bytes.
         let whole = HEADER as u64 + len;

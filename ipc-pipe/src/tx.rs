@@ -18,7 +18,7 @@ use ipc_sync::{Deadline, WaitOutcome, Waiter};
 
 #[cfg(not(loom))]
 use crate::connection::Connection;
-use crate::end::{End, LARGE_MESSAGE, Link, SLICE};
+use crate::end::{End, Link, SLICE};
 use crate::error::{Fail, SendError};
 #[cfg(not(loom))]
 use crate::error::{SendTimeoutError, TrySendError};
@@ -578,7 +578,6 @@ where
         if self.closed_flag() || self.peer_dropped() {
             return Err(SendError::Disconnected);
         }
-        self.large.set(vectored_len(parts) >= LARGE_MESSAGE);
         self.write_stream(&head)?;
         for part in parts {
             self.write_stream(part)?;
@@ -605,7 +604,6 @@ where
         if self.closed_flag() || self.peer_dropped() {
             return Err(Fail::Disconnected);
         }
-        self.large.set(body.len() >= LARGE_MESSAGE);
         let whole = (HEADER + body.len()) as u64;
         if self.tx_free(whole)? < whole {
             self.publish_tx();
