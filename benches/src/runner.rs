@@ -979,6 +979,20 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
             versus(id, peer).map(|(o, p)| (format!("{:.2}x", o / p), o / p >= min)),
         );
     }
+    // The zero-copy path: the bytes are written once into an arena both processes map, and
+    // only a token crosses the queue.
+    push(
+        "ipc-queue queue_spsc/64KiB, ShmVec tokens (zero copy)",
+        ">= 1x std sync_channel",
+        find("queue_spsc/64KiB")
+            .and_then(|w| {
+                Some((
+                    w.median_of(crate::workloads::SHM_VEC_LABEL)?,
+                    w.median_of("std sync_channel")?,
+                ))
+            })
+            .map(|(o, p)| (format!("{:.2}x", o / p), o / p >= 1.0)),
+    );
     // The pipe's floors are compared under the placement ours runs with (the scheduler's).
     push(
         "ipc-pipe 64 B round trip, hot peers",

@@ -15,6 +15,11 @@
 //! | [`BoundedSemaphore`] | `BoundedSemaphore` | value and bound 0 (call `configure`) | as `Semaphore` |
 //! | [`Barrier`] | `Barrier` | no parties (call `configure`) | a dead registered process breaks it |
 //!
+//! Beside them, [`ShmArena`] and [`ShmVec`]: large payloads written once into a block of a
+//! shared segment and handed between processes as a small [`ShmToken`] (through a queue, a
+//! pipe or a pool task), read in place by the receiver; a dead owner's blocks are reclaimed
+//! (see [`shm_vec`] and the block table's algorithm in [`arena`]).
+//!
 //! # Owner death
 //!
 //! [`Lock`], [`Mutex`] and [`RLock`] record their owner (thread id, process id, thread start
@@ -90,9 +95,13 @@
 //! - `rustix`: safe `futex` (the futex wrapper is this crate's own mechanism),
 //!   `clock_gettime(CLOCK_MONOTONIC)` and `gettid`.
 //! - `thiserror`: `Display` for the error enums.
+//! - `serde` (feature `serde`, which ipc-queue, ipc-pipe and the pool turn on): a
+//!   [`ShmToken`] is plain data in a message, and a [`ShmArena`] travels as its segment's
+//!   descriptor (ipc-shm's transfer context).
 //! - `loom` (only under `--cfg loom`): the model checker.
 #![deny(unsafe_code)]
 
+pub mod arena;
 pub mod backoff;
 pub mod barrier;
 pub mod condition;
@@ -107,6 +116,8 @@ pub mod raw_lock;
 pub mod rlock;
 pub mod semaphore;
 mod shm;
+#[cfg(not(loom))]
+pub mod shm_vec;
 pub mod sync;
 pub mod waiter;
 
@@ -121,6 +132,11 @@ pub use mutex::{Mutex, MutexGuard};
 pub use raw_lock::{LockFail, RawGuard, RawLock, SharedLock};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, ReleaseError, Semaphore};
+#[cfg(not(loom))]
+pub use shm_vec::{
+    AdoptError, AllocError, ArenaCreateError, ArenaOpenError, IntoTokenError, ShmArena,
+    ShmArenaBuilder, ShmToken, ShmVec,
+};
 pub use waiter::{Futex, Waiter};
 
 // The README's code blocks are compiled and run as doctests, so they cannot rot.

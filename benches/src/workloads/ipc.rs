@@ -13,7 +13,7 @@ use std::time::Instant;
 use ipc_pipe::PipeBuilder;
 use ipc_queue::{Queue, QueueBuilder};
 use ipc_shm::{Layout, SegmentBuilder};
-use ipc_sync::Lock;
+use ipc_sync::{Lock, ShmArena, ShmToken};
 use serde::{Deserialize, Serialize};
 
 use super::python;
@@ -77,6 +77,56 @@ fn consume(q: &Queue<Payload>, n: u64, size: usize) -> Result<(), String> {
             .get_many(&mut out, batch_len.min((n - got) as usize))
             .map_err(|e| e.to_string())? as u64;
         black_box(&out);
+    }
+    Ok(())
+}
+
+/// The label of the zero-copy contender (the targets table finds it by this prefix).
+pub(crate) const SHM_VEC_LABEL: &str =
+    "ipc-queue of ShmVec tokens (bytes written once, read in place)";
+/// Blocks of the zero-copy contender's arena: in flight at most, as the thread channels' 1024
+/// slots bound theirs.
+const SHM_VEC_BLOCKS: usize = 256;
+
+/// The zero-copy producer: each message is a fresh block filled as the thread contenders fill a
+/// fresh `Vec` (`vec![7u8; size]`), sent as a token; tokens go in batches, as `produce` does.
+fn produce_shm_vecs(
+    q: &Queue<ShmToken<u8>>,
+    arena: &ShmArena,
+    size: usize,
+    n: u64,
+) -> Result<(), String> {
+    let batch_len = 64usize;
+    let mut batch = Vec::with_capacity(batch_len);
+    let mut left = n as usize;
+    while left > 0 {
+        let k = left.min(batch_len);
+        batch.clear();
+        for _ in 0..k {
+            let mut v = arena.alloc::<u8>(size).map_err(|e| e.to_string())?;
+            v.fill(7);
+            batch.push(v.into_token().map_err(|e| e.to_string())?);
+        }
+        q.put_many(&batch).map_err(|e| e.to_string())?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// The zero-copy consumer: adopts each token (the block, read in place) and drops it (freed), as
+/// the thread contenders drop each received `Vec`.
+fn consume_shm_vecs(q: &Queue<ShmToken<u8>>, arena: &ShmArena, n: u64) -> Result<(), String> {
+    let mut out = Vec::with_capacity(64);
+    let mut got = 0u64;
+    while got < n {
+        out.clear();
+        got += q
+            .get_many(&mut out, 64.min((n - got) as usize))
+            .map_err(|e| e.to_string())? as u64;
+        for token in out.drain(..) {
+            let v = arena.adopt(token).map_err(|e| e.to_string())?;
+            black_box(&*v);
+        }
     }
     Ok(())
 }
@@ -212,6 +262,28 @@ pub fn queue_spsc(p: &Params) -> Vec<Workload> {
                     for _ in 0..iters {
                         producer.go(n)?;
                         consume(&q, n, size)?;
+                        producer.done()?;
+                    }
+                    Ok(start.elapsed())
+                }))
+            }))
+            .with(ContenderSpec::new(SHM_VEC_LABEL, Kind::Ours, move || {
+                let arena = ShmArena::builder()
+                    .block_size(size)
+                    .blocks(SHM_VEC_BLOCKS)
+                    .create()
+                    .map_err(|e| e.to_string())?;
+                let q: Queue<ShmToken<u8>> = QueueBuilder::new()
+                    .capacity(1 << 20)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let (pq, pa) = (q.clone(), arena.clone());
+                let mut producer = Driven::start(move |n| produce_shm_vecs(&pq, &pa, size, n))?;
+                Ok(Runner::new(n, move |iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        producer.go(n)?;
+                        consume_shm_vecs(&q, &arena, n)?;
                         producer.done()?;
                     }
                     Ok(start.elapsed())

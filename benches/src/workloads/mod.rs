@@ -25,6 +25,7 @@ pub mod python;
 pub mod tasks;
 
 pub use cluster::{RAW_PROCESSES, cluster, serve_raw_consumer_if_asked};
+pub(crate) use ipc::SHM_VEC_LABEL;
 pub use ipc::{
     Payload, Placement, floor_ping_pong, floor_spin_two_lines, lock_handoff, pipe_round_trip,
     queue_mpmc, queue_spsc,
