@@ -173,6 +173,39 @@
 //! the same pages in again and again; count both when you set `max_memory_per_child`. Results
 //! travel through the pipe whatever their size.
 //!
+//! To copy large data no more than once, put it in an [`ipc_sync::ShmArena`]'s block (a
+//! [`ipc_sync::ShmVec`]) and pass its token: the worker reads the block in place, and freeing it
+//! (dropping the vector) hands the block back to the caller's next allocation. The arena
+//! travels like any handle (here through the initializer), so this works on every start method:
+//!
+//! ```
+//! use std::sync::OnceLock;
+//! use ipc_sync::{ShmArena, ShmToken, ShmVec};
+//!
+//! static ARENA: OnceLock<ShmArena> = OnceLock::new();
+//!
+//! fn keep(arena: ShmArena) {
+//!     let _ = ARENA.set(arena);
+//! }
+//!
+//! fn checksum(token: ShmToken<u8>) -> u64 {
+//!     let block = ARENA.get().expect("initialised").adopt(token).expect("adopt");
+//!     block.iter().map(|&b| u64::from(b)).sum() // read in place; the block is freed after
+//! }
+//!
+//! let arena = ShmArena::builder().block_size(1 << 20).blocks(8).create()?;
+//! let pool = pool::PoolBuilder::new().processes(2).initializer(keep, arena.clone()).build()?;
+//! let mut tokens = Vec::new();
+//! for i in 0..4u8 {
+//!     let mut v: ShmVec<u8> = arena.alloc(1 << 20)?; // waits while all blocks are in use
+//!     v.fill(i);
+//!     tokens.push(v.into_token()?);
+//! }
+//! assert_eq!(pool.map(checksum, tokens)?, [0, 1 << 20, 2 << 20, 3 << 20]);
+//! assert_eq!(arena.counts().free, 8); // every worker freed its block
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Start methods
 //!
 //! See [`StartMethod`]. `ForkServer` and `Spawn` need [`init`] to run first in the program; with

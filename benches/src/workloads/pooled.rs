@@ -11,7 +11,7 @@ use super::peers::{
     rayon_pool,
 };
 use super::python;
-use super::tasks::{crash, noop, spin, spin_rounds_for, square, touch};
+use super::tasks::{crash, keep_arena, noop, spin, spin_rounds_for, square, touch, touch_shm};
 use super::{ContenderSpec, Kind, Metric, Params, Runner, Workload, timed_loop};
 use crate::floor::memcpy_once;
 
@@ -408,6 +408,45 @@ pub fn payload_tasks(p: &Params) -> Workload {
         Metric::Throughput,
     )
     .with(ours_map("pool map", w, touch, make, n, None))
+    .with(ContenderSpec::new(
+        "pool map of ShmVec tokens (bytes written once, read in place)",
+        Kind::Ours,
+        move || {
+            let arena = ipc_sync::ShmArena::builder()
+                .block_size(MIB)
+                .blocks(n as usize)
+                .create()
+                .map_err(|e| e.to_string())?;
+            let pool = PoolBuilder::new()
+                .processes(w)
+                .start_method(StartMethod::ForkServer)
+                .initializer(keep_arena, arena.clone())
+                .build()
+                .map_err(|e| format!("pool: {e}"))?;
+            // The arguments are made untimed, as the other contenders' are: a block each, filled
+            // as `make` fills a fresh buffer.
+            let make_blocks = move || -> Result<Vec<ipc_sync::ShmToken<u8>>, String> {
+                (0..n)
+                    .map(|_| {
+                        let mut v = arena.alloc::<u8>(MIB).map_err(|e| e.to_string())?;
+                        v.fill(7);
+                        v.into_token().map_err(|e| e.to_string())
+                    })
+                    .collect()
+            };
+            let expected = (MIB / 4096 * 7 + MIB) as u64;
+            Ok(Runner::new(n, move |iters| {
+                timed_loop(iters, &make_blocks, |args| {
+                    let sums = pool.map(touch_shm, args?).map_err(|e| e.to_string())?;
+                    check_len(&sums, n as usize)?;
+                    match sums.iter().all(|&s| s == expected) {
+                        true => Ok(()),
+                        false => Err("a worker could not adopt its block".to_string()),
+                    }
+                })
+            }))
+        },
+    ))
     .with(ContenderSpec::new(
         "rayon (moves a pointer)",
         Kind::Thread,

@@ -65,6 +65,29 @@ pub fn touch(buf: ByteBuf) -> u64 {
     buf.iter().step_by(4096).map(|&b| u64::from(b)).sum::<u64>() + buf.len() as u64
 }
 
+/// The arena of the zero-copy argument contender, handed to each worker by its initializer.
+static ARENA: OnceLock<ipc_sync::ShmArena> = OnceLock::new();
+
+/// The zero-copy contender's initializer: keeps the arena for [`touch_shm`].
+pub fn keep_arena(arena: ipc_sync::ShmArena) {
+    let _ = ARENA.set(arena);
+}
+
+/// [`touch`] on a block of the arena: adopts the token, reads the block in place, and frees it
+/// (as `touch` drops its buffer). A token that cannot be adopted counts as an empty argument,
+/// which the caller's check of the sums reports.
+pub fn touch_shm(token: ipc_sync::ShmToken<u8>) -> u64 {
+    let Some(block) = ARENA.get().and_then(|a| a.adopt(token).ok()) else {
+        return 0;
+    };
+    block
+        .iter()
+        .step_by(4096)
+        .map(|&b| u64::from(b))
+        .sum::<u64>()
+        + block.len() as u64
+}
+
 /// A task that crashes its process (`abort`, no core dump).
 pub fn crash(_: u64) -> u64 {
     crate::proc::abort_without_core()
