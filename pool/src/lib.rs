@@ -173,8 +173,8 @@
 //! the same pages in again and again; count both when you set `max_memory_per_child`. Results
 //! travel through the pipe whatever their size.
 //!
-//! To copy large data no more than once, put it in an [`ipc_sync::ShmArena`]'s block (a
-//! [`ipc_sync::ShmVec`]) and pass its token: the worker reads the block in place, and freeing it
+//! To copy large data no more than once, put it in an `ipc_sync::ShmArena`'s block (an
+//! `ipc_sync::ShmVec`) and pass its token: the worker reads the block in place, and freeing it
 //! (dropping the vector) hands the block back to the caller's next allocation. The arena
 //! travels like any handle (here through the initializer), so this works on every start method:
 //!
@@ -298,6 +298,13 @@ pub(crate) fn deadline_after(timeout: std::time::Duration) -> std::time::Instant
 #[doc(hidden)]
 pub fn __fork_server_pid() -> Option<u32> {
     start::fork_server_pid()
+}
+
+/// Test support, not part of the API: the pid of this process's ready `Spawn` standby, if one
+/// waits (a scan of `/proc` for workers must leave it out; call it after the scan).
+#[doc(hidden)]
+pub fn __spawn_standby_pid() -> Option<u32> {
+    start::spawn_standby_pid()
 }
 
 /// The start method used when none is given: `ForkServer` when [`init`] has run (always, with

@@ -879,9 +879,14 @@ fn spares(method: StartMethod, workers: &[u32]) -> Vec<u32> {
         Some(s) if method == StartMethod::ForkServer => vec![s],
         _ => vec![os::pid()],
     };
-    children_of(&parents)
+    let found = children_of(&parents);
+    // After the scan: a standby that existed during it is known by now.
+    let standby = pool::__spawn_standby_pid();
+    found
         .into_iter()
-        .filter(|&p| Some(p) != server && !workers.contains(&p) && !is_blank(p))
+        .filter(|&p| {
+            Some(p) != server && Some(p) != standby && !workers.contains(&p) && !is_blank(p)
+        })
         .collect()
 }
 

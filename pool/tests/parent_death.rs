@@ -32,6 +32,19 @@ child_entry! {
         for (slot, pid) in slots.iter().zip(&pids) {
             slot.store(*pid, Ordering::Release);
         }
+        if method == StartMethod::Spawn {
+            // The standby executed ahead of the next worker must die with us too.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let standby = loop {
+                if let Some(pid) = pool::__spawn_standby_pid() {
+                    break pid;
+                }
+                assert!(Instant::now() < deadline, "no standby appeared");
+                // Polling for a process the keeper starts (no event to wait on).
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            slots[3].store(standby, Ordering::Release);
+        }
         slots[7].store(pids.len() as u32, Ordering::Release);
         sleep_forever(0);
     }
@@ -59,10 +72,15 @@ fn parent_killed_leaves_nothing(method: &str) {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    let pids: Vec<u32> = slots[..3]
+    let mut pids: Vec<u32> = slots[..3]
         .iter()
         .map(|p| p.load(Ordering::Acquire))
         .collect();
+    // Spawn: the standby, too.
+    match slots[3].load(Ordering::Acquire) {
+        0 => assert_ne!(method, "spawn", "the spawn pool published no standby"),
+        standby => pids.push(standby),
+    }
     assert!(
         pids.iter().all(|&p| p != 0 && process_is_running(p)),
         "{pids:?}"

@@ -549,11 +549,11 @@ pub fn crash_recovery(_p: &Params) -> Workload {
                 Ok(Runner::new(1, move |iters| {
                     let mut total = Duration::ZERO;
                     for i in 0..iters {
-                        if spare {
-                            // Crashes apart (untimed): the spare taken by the last one is
-                            // replaced in the background (one start: a few ms, more on a busy machine).
-                            std::thread::sleep(SPARE_PAUSE);
-                        }
+                        // Crashes apart (untimed), as crashes are exceptions in real use: what
+                        // the last one used up is made again in the background (the spare, the
+                        // fork server's blank, the spawn standby: one start each, a few ms,
+                        // more on a busy machine).
+                        std::thread::sleep(CRASH_PAUSE);
                         let c = crash_once(&pool, i)?;
                         total += match row {
                             Row::Lost => c.to_lost,
@@ -581,11 +581,12 @@ pub fn crash_recovery(_p: &Params) -> Workload {
         },
     ));
     wl.note("'death seen -> replacement ready' is measured inside the pool (PoolStats' `replaced_in`: from the driver seeing the death to the new worker's handshake); a thread pool cannot survive an abort at all (see the crash table)")
-        .note("'+ warm spare': `PoolBuilder::warm_spare(true)` keeps one more worker started and greeted, which takes a dead worker's seat at once (the next spare starts in the background, 5 ms later; the crashes of these rows are 50 ms apart, untimed: crashes closer together than one start wait for the spare being started, up to 100 ms, before starting their own)")
+        .note("crashes are 50 ms apart (untimed), so each finds what the pool keeps ready: the fork server's blank child, the spawn standby (a program executed ahead, see pool's `StartMethod::Spawn`), the warm spare; back to back, a crash can find them still being made")
+        .note("'+ warm spare': `PoolBuilder::warm_spare(true)` keeps one more worker started and greeted, which takes a dead worker's seat at once (the next spare starts in the background, 5 ms later: crashes closer together than one start wait for the spare being started, up to 100 ms, before starting their own)")
 }
 
-/// The untimed pause between two crashes of a pool with a warm spare.
-const SPARE_PAUSE: Duration = Duration::from_millis(50);
+/// The untimed pause between two crashes of one pool.
+const CRASH_PAUSE: Duration = Duration::from_millis(50);
 
 /// Which figure of a crash a `crash_recovery` row reports.
 #[derive(Debug, Clone, Copy)]

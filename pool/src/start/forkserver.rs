@@ -64,7 +64,7 @@ const ENV_SERVER_SOCK: &str = "IPC_POOL_SERVER_SOCK";
 // The server.
 
 #[derive(Debug, Serialize, Deserialize)]
-enum ToServer {
+pub(super) enum ToServer {
     /// Fork a worker; the message carries [pipe shm, pipe socket, slot] descriptors.
     Fork { side: u32 },
 }
@@ -85,13 +85,17 @@ enum FromServer {
     },
 }
 
-fn send_msg(sock: BorrowedFd<'_>, msg: &impl Serialize, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+pub(super) fn send_msg(
+    sock: BorrowedFd<'_>,
+    msg: &impl Serialize,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let bytes = codec::encode(msg).map_err(|e| io::Error::other(e.to_string()))?;
     ipc_shm::os::send_with_fds(sock, &bytes, fds)
 }
 
 /// Receives one message and the descriptors it carries; `Ok(None)` at end of stream.
-fn recv_msg<T: serde::de::DeserializeOwned>(
+pub(super) fn recv_msg<T: serde::de::DeserializeOwned>(
     sock: BorrowedFd<'_>,
 ) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = [0u8; 512];
@@ -311,7 +315,7 @@ fn server_fork_one(
 /// In a child of the server (forked for the request, or a blank handed it): drops the server's
 /// signal mask, then serves the pool over the request's pipe (`fds`: its segment and socket,
 /// then the progress slot).
-fn become_worker(side: u32, fds: Vec<OwnedFd>) -> i32 {
+pub(super) fn become_worker(side: u32, fds: Vec<OwnedFd>) -> i32 {
     let _ = ipc_shm::os::unblock_all_signals();
     let mut fds = fds.into_iter();
     let (Some(shm), Some(pipe_sock), Some(slot_fd), None) =

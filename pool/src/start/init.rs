@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::forkserver::ROLE_SERVER;
-use super::spawn::ROLE_SPAWN;
+use super::spawn::{ROLE_SPAWN, ROLE_STANDBY};
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 
@@ -33,6 +33,7 @@ pub fn init() {
     let role = std::env::args_os().nth(1);
     match role.as_ref().and_then(|r| r.to_str()) {
         Some(ROLE_SPAWN) => std::process::exit(super::spawn::run_spawned_worker()),
+        Some(ROLE_STANDBY) => std::process::exit(super::spawn::run_standby()),
         Some(ROLE_SERVER) => std::process::exit(super::forkserver::run_server()),
         _ => {
             // Before any other thread exists: Fork workers must never call `set_hook` (see
