@@ -106,8 +106,8 @@
 //! To copy a large payload no more than once, do not put it in the message: write it into a
 //! block of an `ipc_sync::ShmArena` (an `ipc_sync::ShmVec`) and put the block's `ShmToken`, a
 //! few words; the consumer adopts the token and reads the block in place. 64 KiB messages moved
-//! that way at 2.5-2.9x the speed of the copying path in the runner's reference run (about a
-//! memcpy's speed, 1.2-2.5x std's `sync_channel` between threads): see the root README.
+//! that way at 1.8-2.9x the speed of the copying path in four runs of the comparison runner
+//! (about a memcpy's speed; 1.2-2.5x std's `sync_channel` between threads): see the root README.
 //!
 //! # Dependencies
 //!
