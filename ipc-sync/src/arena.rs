@@ -17,7 +17,9 @@
 //! - **alloc**: scan from a shared hint for a FREE word and CAS it to OWNED with the next
 //!   generation (no system call). None free: reclaim blocks whose owner died, then wait on the
 //!   [`EventCount`] `freed` (the workspace's one wake protocol: `listen`, scan again, `wait`), in
-//!   slices of [`RECLAIM_SLICE`] so that an owner's death while we sleep is noticed.
+//!   slices of [`RECLAIM_SLICE`]; after a slice without a free, reclaim again, so that an
+//!   owner's death while we sleep is noticed (a free's wake-up only scans again: a reclaim
+//!   reads procfs for each owner).
 //! - **free**: CAS OWNED(`gen`, my pid) -> FREE(`gen`), then notify one waiter (a system call only
 //!   if somebody is registered). A forked child that inherited a handle has another pid: its CAS
 //!   fails and the block stays its parent's.
@@ -186,11 +188,17 @@ impl<'a> BlockTable<'a> {
         deadline: Option<Deadline>,
         alive: &dyn Fn(u32) -> bool,
     ) -> Option<Held> {
+        // Dead owners are looked for when the wait starts and after each slice that passed
+        // without a free; a free's wake-up only retries (a reclaim reads procfs per owner).
+        let mut look_for_dead = true;
         loop {
-            if self.reclaim(pid, alive) > 0
-                && let Some(held) = self.try_alloc(pid)
-            {
-                return Some(held);
+            if look_for_dead {
+                look_for_dead = false;
+                if self.reclaim(pid, alive) > 0
+                    && let Some(held) = self.try_alloc(pid)
+                {
+                    return Some(held);
+                }
             }
             let token = self.freed.listen();
             if let Some(held) = self.try_alloc(pid) {
@@ -201,15 +209,15 @@ impl<'a> BlockTable<'a> {
                 self.freed.cancel(token);
                 return None;
             }
-            let slice = Deadline::after(RECLAIM_SLICE);
             let until = match deadline {
                 Some(d) if d.remaining() < RECLAIM_SLICE => d,
-                _ => slice,
+                _ => Deadline::after(RECLAIM_SLICE),
             };
-            if self.freed.wait(token, Some(until)) == EventWait::TimedOut
-                && deadline.as_ref().is_some_and(Deadline::has_passed)
-            {
-                return self.try_alloc(pid);
+            if self.freed.wait(token, Some(until)) == EventWait::TimedOut {
+                if deadline.as_ref().is_some_and(Deadline::has_passed) {
+                    return self.try_alloc(pid);
+                }
+                look_for_dead = true;
             }
         }
     }

@@ -465,14 +465,22 @@ impl ShmArena {
         self.alloc_within(len, None)
     }
 
-    /// A block for `len` elements if one is free right now (no system call), else
-    /// [`AllocError::NoFreeBlock`].
+    /// A block for `len` elements if one is free right now, else
+    /// [`AllocError::NoFreeBlock`]. No system call when a block is free; when none is, the
+    /// blocks of dead owners are reclaimed first (procfs reads), as [`alloc`](ShmArena::alloc)
+    /// does.
     pub fn try_alloc<T: ShmSafe>(&self, len: usize) -> Result<ShmVec<T>, AllocError> {
         self.check::<T>(len)?;
-        let held = self
-            .inner
-            .table()
-            .try_alloc(ipc_shm::os::pid())
+        let table = self.inner.table();
+        let me = ipc_shm::os::pid();
+        let held = table
+            .try_alloc(me)
+            .or_else(|| {
+                let alive = |pid| crate::owner::process_alive(pid, 0);
+                (table.reclaim(me, &alive) > 0)
+                    .then(|| table.try_alloc(me))
+                    .flatten()
+            })
             .ok_or(AllocError::NoFreeBlock)?;
         Ok(self.vec(held, len))
     }
