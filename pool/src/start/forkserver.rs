@@ -16,7 +16,16 @@
 //! descriptors on a socket of its own and then becomes that worker. A request is then served
 //! by handing the descriptors over (a `sendmsg`) rather than by a fork (300 us of the server's
 //! time on the 2-vCPU VM, on the path from a worker's death to its replacement), and the next
-//! blank is forked once the server has been quiet for [`BLANK_AFTER`] after the reply. A blank that died meanwhile (SIGKILL from outside) is
+//! blank is forked once the server has been quiet for [`BLANK_AFTER`] after the reply.
+//!
+//! The server *offers* each blank to the pool (`FromServer::Blank`, with a copy of the blank's
+//! socket), and the pool hands it a seat itself, without waking the server, then tells it
+//! (`ToServer::Used`): one process fewer on the path from a death to the replacement (the
+//! fork-server replacement went from 530-691 us to 439-516 us in four interleaved pairs of
+//! `compare --workloads crash_recovery`, crashes 50 ms apart). The server then never hands an
+//! offered blank a request itself, and reports its end like a worker's (the pool may have
+//! handed it a seat before its `Used` arrived). To replace an offered blank (below), the server
+//! asks (`Retire`); the pool gives it back (`Unused`) unless a driver has just taken it. A blank that died meanwhile (SIGKILL from outside) is
 //! reaped silently and the request served by a fork, as before; the blank is made only once a
 //! first worker was asked for, so a server costs one idle process at most. From its fork
 //! until it becomes a worker, a blank is named [`BLANK_NAME`] (what `ps` and
@@ -65,8 +74,13 @@ const ENV_SERVER_SOCK: &str = "IPC_POOL_SERVER_SOCK";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum ToServer {
-    /// Fork a worker; the message carries [pipe shm, pipe socket, slot] descriptors.
+    /// Fork a worker; the message carries [pipe shm, pipe socket, slot] descriptors. (Also what
+    /// a blank, or a spawn standby, receives from the pool when it is handed a worker's seat.)
     Fork { side: u32 },
+    /// The pool handed a worker's seat to the advertised blank `pid` itself: it is a worker now.
+    Used { pid: u32 },
+    /// The pool dropped the advertised blank `pid` without using it (asked by `Retire`).
+    Unused { pid: u32 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +96,16 @@ enum FromServer {
     Exited {
         pid: u32,
         exit: Exit,
+    },
+    /// A blank child `pid`, forked ahead; the message carries the server's end of its socket,
+    /// through which the pool hands it a worker's seat itself (then sends `Used`).
+    Blank {
+        pid: u32,
+    },
+    /// The server wants to replace the advertised blank `pid`: the pool answers `Unused` if it
+    /// has not handed it a seat (else it has sent, or is sending, `Used`).
+    Retire {
+        pid: u32,
     },
 }
 
@@ -135,7 +159,7 @@ pub(super) fn run_server() -> i32 {
         if blank_due && !ready[0] && !ready[1] {
             // Quiet for a while: the worker just handed out is under way. Without memory for
             // a process now, the next request forks as it comes.
-            blank = Blank::fork(&sock, &sigfd).ok();
+            blank = Blank::fork_advertised(&sock, &sigfd);
             blank_due = false;
             continue;
         }
@@ -147,19 +171,44 @@ pub(super) fn run_server() -> i32 {
             // page-table entries instead of thousands (see the module docs).
             let _ = ipc_shm::os::collapse_to_huge_pages();
             symbols_due = false;
-            if let Some(stale) = blank.take() {
-                stale.discard();
-                blank = Blank::fork(&sock, &sigfd).ok();
+            match blank.take() {
+                // The pool may be handing it a seat right now: it says whether it did (`Used`)
+                // or not (`Unused`), and either way the next blank is forked then.
+                Some(b) if b.advertised => {
+                    let retire = FromServer::Retire { pid: b.pid };
+                    if send_msg(sock.as_fd(), &retire, &[]).is_err() {
+                        break;
+                    }
+                    blank = Some(b);
+                }
+                Some(stale) => {
+                    stale.discard();
+                    blank = Blank::fork_advertised(&sock, &sigfd);
+                }
+                None => {}
             }
             continue;
         }
         if ready[1] {
             sigfd.drain();
-            // A blank that died is nobody's worker: reaped, not reported.
-            if let Some(b) = &blank
-                && !matches!(ipc_shm::os::try_reap(b.pid), Ok(None))
-            {
-                blank = None;
+            // A blank that died is nobody's worker, unless the pool had handed it a seat
+            // before its `Used` arrived: an advertised blank's end is reported, a silent one's
+            // only reaped.
+            if let Some(b) = &blank {
+                match ipc_shm::os::try_reap(b.pid) {
+                    Ok(None) => {}
+                    Ok(Some(exit)) => {
+                        if b.advertised {
+                            let exit = FromServer::Exited {
+                                pid: b.pid,
+                                exit: exit.into(),
+                            };
+                            let _ = send_msg(sock.as_fd(), &exit, &[]);
+                        }
+                        blank = None;
+                    }
+                    Err(_) => blank = None,
+                }
             }
             // Reap every child that ended and report it.
             children.retain(|&pid| match ipc_shm::os::try_reap(pid) {
@@ -174,8 +223,23 @@ pub(super) fn run_server() -> i32 {
         }
         if ready[0] {
             match recv_msg::<ToServer>(sock.as_fd()) {
+                Ok(Some((ToServer::Used { pid }, _))) => {
+                    if blank.as_ref().is_some_and(|b| b.pid == pid) {
+                        blank = None;
+                        children.push(pid);
+                        blank_due = true;
+                    }
+                }
+                Ok(Some((ToServer::Unused { pid }, _))) => {
+                    if let Some(b) = blank.take_if(|b| b.pid == pid) {
+                        b.discard();
+                        blank_due = true;
+                    }
+                }
                 Ok(Some((ToServer::Fork { side }, fds))) => {
-                    let handed = match blank.take() {
+                    // An advertised blank is the pool's to hand a seat to (it asks here only
+                    // when it had none, or it was dead): fork; a silent one is used here.
+                    let handed = match blank.take_if(|b| !b.advertised) {
                         Some(b) => b.hand_over(side, fds),
                         None => Err(fds),
                     };
@@ -198,7 +262,7 @@ pub(super) fn run_server() -> i32 {
                     }
                     // The next request's process, forked once the server has been quiet a
                     // moment: forking now would take a CPU from the worker just started.
-                    blank_due = true;
+                    blank_due = blank.is_none();
                 }
                 // The pool's process is gone (or broke the protocol): end our workers too.
                 Ok(None) | Err(_) => break,
@@ -231,9 +295,21 @@ struct Blank {
     pid: u32,
     /// The server's end of the blank's socket: the request's descriptors go through it.
     sock: OwnedFd,
+    /// The pool holds a copy of `sock` (`FromServer::Blank`) and may hand the blank a seat
+    /// itself; the server then never does, and reports the blank's end.
+    advertised: bool,
 }
 
 impl Blank {
+    /// Forks a blank and offers it to the pool (see the module docs); `None` if no process
+    /// could be made (the next request then forks as it comes).
+    fn fork_advertised(server_sock: &OwnedFd, sigfd: &ChildSignals) -> Option<Blank> {
+        let mut blank = Blank::fork(server_sock, sigfd).ok()?;
+        let offer = FromServer::Blank { pid: blank.pid };
+        blank.advertised = send_msg(server_sock.as_fd(), &offer, &[blank.sock.as_fd()]).is_ok();
+        Some(blank)
+    }
+
     /// Forks a blank child: it waits for one request (`side` and the three descriptors) on a
     /// socket of its own, then serves the pool as a freshly forked worker would; it exits if
     /// the socket closes instead.
@@ -264,6 +340,7 @@ impl Blank {
         Ok(Blank {
             pid: forked?,
             sock: ours,
+            advertised: false,
         })
     }
 
@@ -359,6 +436,11 @@ struct ForkServerState {
     reply: Option<io::Result<u32>>,
     exits: HashMap<u32, Exit>,
     dead: bool,
+    /// The blank the server offered: its pid and a copy of the server's end of its socket.
+    blank: Option<(u32, OwnedFd)>,
+    /// Blanks this process dropped after a hand-over failed (dead): their reported end is
+    /// nobody's to collect.
+    dropped_blanks: Vec<u32>,
 }
 
 /// The current fork server of this process: started by the first pool that needs it, and
@@ -473,7 +555,23 @@ fn read_server(sock: OwnedFd, client: &ForkServerClient) {
                 }));
             }
             Ok(Some((FromServer::Exited { pid, exit }, _))) => {
-                state.exits.insert(pid, exit);
+                if state.blank.as_ref().is_some_and(|(b, _)| *b == pid) {
+                    // The offered blank died before anybody used it.
+                    state.blank = None;
+                } else if let Some(at) = state.dropped_blanks.iter().position(|&b| b == pid) {
+                    state.dropped_blanks.swap_remove(at);
+                } else {
+                    state.exits.insert(pid, exit);
+                }
+            }
+            Ok(Some((FromServer::Blank { pid }, fds))) => {
+                state.blank = fds.into_iter().next().map(|fd| (pid, fd));
+            }
+            Ok(Some((FromServer::Retire { pid }, _))) => {
+                // Unless a driver has just taken it (its `Used` is on the way), give it back.
+                if state.blank.take_if(|(b, _)| *b == pid).is_some() {
+                    let _ = send_msg(sock.as_fd(), &ToServer::Unused { pid }, &[]);
+                }
             }
             Ok(None) | Err(_) => {
                 state.dead = true;
@@ -504,6 +602,23 @@ pub(crate) fn server_fork(
     let mut last = PoolError::from(SpawnErrorKind::ForkServerGone);
     for _ in 0..SERVER_TRIES {
         let client = client()?;
+        // The blank the server offered takes the seat without waking the server (one process
+        // fewer on the path from a worker's death to its replacement); the server learns it
+        // afterwards and forks the next blank.
+        let offered = client.lock().blank.take();
+        if let Some((pid, blank)) = offered {
+            let fork = ToServer::Fork { side: side as u32 };
+            if send_msg(blank.as_fd(), &fork, &fds).is_ok() {
+                let _ = send_msg(client.sock.as_fd(), &ToServer::Used { pid }, &[]);
+                return Ok((pid, client));
+            }
+            // It died: its end, reported or about to be, is nobody's; ask the server.
+            let mut state = client.lock();
+            if state.exits.remove(&pid).is_none() {
+                state.dropped_blanks.push(pid);
+            }
+            drop(state);
+        }
         let _one_at_a_time = client.request.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = send_msg(
             client.sock.as_fd(),
