@@ -494,6 +494,21 @@ impl ShmArena {
         self.alloc_within(len, Some(Deadline::after(timeout)))
     }
 
+    /// A block holding a copy of `src`, waiting for a free block as [`alloc`](ShmArena::alloc)
+    /// does: the one copy a payload needs on its way to another process.
+    ///
+    /// ```
+    /// let arena = ipc_sync::ShmArena::builder().block_size(4096).blocks(2).create()?;
+    /// let frame = arena.alloc_copy(&[1u32, 2, 3])?;
+    /// assert_eq!(&frame[..], &[1, 2, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn alloc_copy<T: ShmSafe + Copy>(&self, src: &[T]) -> Result<ShmVec<T>, AllocError> {
+        let mut v = self.alloc(src.len())?;
+        v.copy_from_slice(src);
+        Ok(v)
+    }
+
     fn alloc_within<T: ShmSafe>(
         &self,
         len: usize,

@@ -50,11 +50,10 @@ fn check(v: &ShmVec<u64>) -> u64 {
 fn produce((arena, q, n): (ShmArena, Queue<ShmToken<u64>>, u64)) -> u64 {
     let mut buf = vec![0u64; LEN];
     for seq in 0..n {
-        let mut v: ShmVec<u64> = arena.alloc(LEN).expect("alloc");
         for (j, x) in buf.iter_mut().enumerate() {
             *x = pattern(seq, j);
         }
-        v.copy_from_slice(&buf);
+        let v: ShmVec<u64> = arena.alloc_copy(&buf).expect("alloc");
         q.put(v.into_token().expect("token")).expect("put");
     }
     n
