@@ -93,6 +93,23 @@ pub(crate) enum JobWait {
 /// Serves the pool on `link` in a new worker process: installs the death notice (on the slot's
 /// `dying` word and the link's socket), then runs the worker loop, waiting for jobs as `wait`
 /// says; returns the exit code.
+/// In a process made ahead of the worker it will become (the fork server's blank, the spawn
+/// standby), while it waits: the first-time work of [`serve`] and [`run`] that needs no request,
+/// so that the seat, once handed over, greets its pool sooner. A forked blank shares its pages
+/// with the server until it writes them (each first write copies one), an executed standby has
+/// never touched most of its pages: the heap settings, the panic hook, the executable's
+/// identity and a first use of the heap and the stack take those faults now.
+pub(crate) fn prewarm() {
+    ipc_shm::os::keep_freed_heap(KEEP_FREED_HEAP);
+    crate::task::install_panic_hook();
+    let _ = std::hint::black_box(ipc_shm::os::exe_identity());
+    // The frame and receive buffers' first sizes, and some stack for the loop's calls.
+    let heap = std::hint::black_box(vec![1u8; 64 << 10]);
+    drop(heap);
+    let stack = std::hint::black_box([1u8; 32 << 10]);
+    std::hint::black_box(&stack);
+}
+
 pub(crate) fn serve(mut link: PipeLink, slot: &ProgressSlot, wait: JobWait) -> i32 {
     // Large arguments are decoded into fresh allocations task after task; without this, glibc
     // hands each one back to the kernel and the next task faults it in again (module docs).

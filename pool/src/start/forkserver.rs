@@ -323,8 +323,9 @@ impl Blank {
         let own = ipc_shm::os::thread_name().ok();
         let _ = ipc_shm::os::set_thread_name(BLANK_NAME);
         let restore = own.clone();
-        let forked =
-            ipc_shm::os::fork_then(&close, move || match recv_msg::<ToServer>(theirs.as_fd()) {
+        let forked = ipc_shm::os::fork_then(&close, move || {
+            crate::worker::prewarm();
+            match recv_msg::<ToServer>(theirs.as_fd()) {
                 Ok(Some((ToServer::Fork { side }, fds))) => {
                     drop(theirs);
                     if let Some(name) = own {
@@ -333,7 +334,8 @@ impl Blank {
                     become_worker(side, fds)
                 }
                 _ => crate::worker::code::LINK,
-            });
+            }
+        });
         if let Some(name) = restore {
             let _ = ipc_shm::os::set_thread_name(&name);
         }

@@ -233,6 +233,7 @@ pub(super) fn run_standby() -> i32 {
     let Ok(sock) = ipc_shm::take_inherited_fd(ENV_STANDBY) else {
         return crate::worker::code::LINK;
     };
+    crate::worker::prewarm();
     match forkserver::recv_msg::<ToServer>(sock.as_fd()) {
         Ok(Some((ToServer::Fork { side }, fds))) => {
             drop(sock);
