@@ -44,7 +44,9 @@
 //! checked in procfs; a reused pid keeps the block until that process exits too, which wastes a
 //! block but never hands out one that is in use). A block in SENT has no owner to check: if the
 //! message carrying its token is lost (a queue dropped unread, a receiver killed before
-//! adopting), the block stays SENT until the arena is recreated; [`BlockTable::counts`] shows it.
+//! adopting), the block stays SENT ([`BlockTable::counts`] shows it) until someone who knows no
+//! token is in flight takes the SENT blocks back ([`BlockTable::reclaim_sent`]); a token that
+//! was in flight after all then fails to adopt, on its generation, and nothing is corrupted.
 
 use std::time::Duration;
 
@@ -312,6 +314,28 @@ impl<'a> BlockTable<'a> {
         freed
     }
 
+    /// Frees every block in SENT: the blocks of tokens that will never be adopted (lost with a
+    /// queue or a receiver). Safe at any time: a token whose block was taken back finds it FREE
+    /// or of another generation, and its adoption fails. Returns how many, and wakes that many
+    /// waiters.
+    pub fn reclaim_sent(&self) -> usize {
+        let mut freed = 0;
+        for word in self.words {
+            let w = word.load(Ordering::Relaxed);
+            if w & STATE_MASK == SENT
+                && word
+                    .compare_exchange(w, w & GEN_MASK, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            {
+                freed += 1;
+            }
+        }
+        if freed > 0 {
+            self.freed.notify(freed as u32);
+        }
+        freed
+    }
+
     /// How many blocks are in each state now.
     pub fn counts(&self) -> BlockCounts {
         let mut c = BlockCounts::default();
@@ -363,6 +387,13 @@ mod tests {
         assert_ne!(again.generation, a.generation);
         assert!(t.send(again, 12));
         assert_eq!(t.adopt(a.index, a.generation, 13), Err(AdoptFail::NotSent));
+        // A token lost in flight: its block taken back, the token refused afterwards.
+        assert_eq!(t.reclaim_sent(), 1);
+        assert_eq!(
+            t.adopt(again.index, again.generation, 13),
+            Err(AdoptFail::NotSent)
+        );
+        assert_eq!(t.counts().free, 1);
     }
 
     #[test]

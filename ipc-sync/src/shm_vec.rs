@@ -35,8 +35,9 @@
 //! A process killed while it owns blocks loses them only until an allocator finds no free block:
 //! it then frees every block whose owner is dead (see [`arena`](crate::arena)). A token lost in
 //! flight (a queue dropped unread, a receiver killed between receiving and adopting) keeps its
-//! block until the arena is recreated; [`ShmArena::counts`] shows how many blocks travel.
-//! Nobody ever gets a block another live handle uses.
+//! block ([`ShmArena::counts`] shows how many blocks travel) until [`ShmArena::reclaim_sent`]
+//! is called where no token is in flight. Nobody ever gets a block another live handle uses,
+//! and a token whose block was taken back fails to adopt.
 //!
 //! # Why not `&mut [T]`
 //!
@@ -456,6 +457,24 @@ impl ShmArena {
     /// How many blocks are free, owned and travelling (a snapshot).
     pub fn counts(&self) -> BlockCounts {
         self.inner.table().counts()
+    }
+
+    /// Takes back every block whose token is travelling, and returns how many: for tokens that
+    /// will never be adopted (a queue dropped unread, a receiver killed between receiving and
+    /// adopting). Call it where you know no token is in flight (a quiescent point); one that was
+    /// after all fails to adopt with [`AdoptError::NotSent`], and nothing else happens.
+    ///
+    /// ```
+    /// let arena = ipc_sync::ShmArena::builder().block_size(4096).blocks(2).create()?;
+    /// let lost = arena.alloc_copy(&[7u8; 100])?.into_token()?;
+    /// assert_eq!(arena.counts().sent, 1);
+    /// assert_eq!(arena.reclaim_sent(), 1);
+    /// assert_eq!(arena.adopt(lost).unwrap_err(), ipc_sync::AdoptError::NotSent);
+    /// assert_eq!(arena.counts().free, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reclaim_sent(&self) -> usize {
+        self.inner.table().reclaim_sent()
     }
 
     /// A block for `len` elements, waiting as long as it takes for one to be free (a dead

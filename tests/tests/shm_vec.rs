@@ -288,3 +288,24 @@ fn a_killed_owners_blocks_are_reclaimed_by_the_next_allocator_that_needs_them() 
     drop((mine, theirs));
     assert_eq!(arena.counts().free, BLOCKS);
 }
+
+#[test]
+fn tokens_lost_with_a_dropped_queue_are_taken_back_by_reclaim_sent() {
+    let _w = ipc_tests::watchdog("shm_vec lost tokens", WATCHDOG);
+    let (arena, q) = (arena(), queue());
+    // A producer in another process fills every block and sends every token; nobody reads them.
+    let producer = ProcessBuilder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn(produce, (arena.clone(), q.clone(), BLOCKS as u64))
+        .expect("spawn producer");
+    assert_eq!(producer.join().result.expect("producer"), BLOCKS as u64);
+    drop(q);
+    let c = arena.counts();
+    assert_eq!((c.sent, c.free), (BLOCKS, 0));
+    // Where no token is in flight any more, the blocks come back.
+    assert_eq!(arena.reclaim_sent(), BLOCKS);
+    let all: Vec<ShmVec<u64>> = (0..BLOCKS)
+        .map(|_| arena.try_alloc(LEN).expect("a block taken back"))
+        .collect();
+    assert_eq!(all.len(), BLOCKS);
+}
