@@ -280,18 +280,13 @@ impl<'a> BlockTable<'a> {
     /// Frees every block owned by a process that `alive` says is gone (never `me`'s); returns how
     /// many, and wakes that many waiters.
     pub fn reclaim(&self, me: u32, alive: &dyn Fn(u32) -> bool) -> usize {
-        let mut freed = 0;
+        // Blocks of one owner tend to come in runs: one check per run.
         let mut checked: Option<(u32, bool)> = None;
-        for word in self.words {
-            let w = word.load(Ordering::Relaxed);
-            if w & STATE_MASK != OWNED {
-                continue;
-            }
+        self.free_where(|w| {
             let pid = (w >> PID_SHIFT) as u32;
-            if pid == me & MAX_PID {
-                continue;
+            if w & STATE_MASK != OWNED || pid == me & MAX_PID {
+                return false;
             }
-            // Blocks of one owner tend to come in runs: one check per run.
             let is_alive = match checked {
                 Some((p, a)) if p == pid => a,
                 _ => {
@@ -300,18 +295,8 @@ impl<'a> BlockTable<'a> {
                     a
                 }
             };
-            if !is_alive
-                && word
-                    .compare_exchange(w, w & GEN_MASK, Ordering::SeqCst, Ordering::Relaxed)
-                    .is_ok()
-            {
-                freed += 1;
-            }
-        }
-        if freed > 0 {
-            self.freed.notify(freed as u32);
-        }
-        freed
+            !is_alive
+        })
     }
 
     /// Frees every block in SENT: the blocks of tokens that will never be adopted (lost with a
@@ -319,10 +304,16 @@ impl<'a> BlockTable<'a> {
     /// or of another generation, and its adoption fails. Returns how many, and wakes that many
     /// waiters.
     pub fn reclaim_sent(&self) -> usize {
+        self.free_where(|w| w & STATE_MASK == SENT)
+    }
+
+    /// Frees (CAS to FREE, keeping the generation) every block whose word `pick` chooses, unless
+    /// the word changed meanwhile; returns how many, and wakes that many waiters.
+    fn free_where(&self, mut pick: impl FnMut(u64) -> bool) -> usize {
         let mut freed = 0;
         for word in self.words {
             let w = word.load(Ordering::Relaxed);
-            if w & STATE_MASK == SENT
+            if pick(w)
                 && word
                     .compare_exchange(w, w & GEN_MASK, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
