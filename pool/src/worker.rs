@@ -90,9 +90,6 @@ pub(crate) enum JobWait {
     Futex,
 }
 
-/// Serves the pool on `link` in a new worker process: installs the death notice (on the slot's
-/// `dying` word and the link's socket), then runs the worker loop, waiting for jobs as `wait`
-/// says; returns the exit code.
 /// In a process made ahead of the worker it will become (the fork server's blank, the spawn
 /// standby), while it waits: the first-time work of [`serve`] and [`run`] that needs no request,
 /// so that the seat, once handed over, greets its pool sooner. A forked blank shares its pages
@@ -110,7 +107,19 @@ pub(crate) fn prewarm() {
     std::hint::black_box(&stack);
 }
 
-pub(crate) fn serve(mut link: PipeLink, slot: &ProgressSlot, wait: JobWait) -> i32 {
+/// Serves the pool on `link` in a new worker process: installs the death notice (on the slot's
+/// `dying` word and the link's socket), then runs the worker loop, waiting for jobs as `wait`
+/// says; returns the exit code.
+///
+/// `name`: the name this process takes when its first request comes (a fork server's blank
+/// that greeted its pool ahead keeps the blank's name until a seat is its); `None` keeps the
+/// current one.
+pub(crate) fn serve(
+    mut link: PipeLink,
+    slot: &ProgressSlot,
+    wait: JobWait,
+    name: Option<std::ffi::CString>,
+) -> i32 {
     // Large arguments are decoded into fresh allocations task after task; without this, glibc
     // hands each one back to the kernel and the next task faults it in again (module docs).
     ipc_shm::os::keep_freed_heap(KEEP_FREED_HEAP);
@@ -124,11 +133,15 @@ pub(crate) fn serve(mut link: PipeLink, slot: &ProgressSlot, wait: JobWait) -> i
     if let Ok(socket) = link.hangup_fd() {
         let _ = ipc_shm::os::install_death_notice(&kept.words().dying, socket);
     }
-    run(&mut link, slot)
+    run(&mut link, slot, name)
 }
 
 /// Runs the worker loop on `link`; returns the process exit code.
-pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
+pub(crate) fn run(
+    link: &mut dyn Link,
+    slot: &ProgressSlot,
+    mut name: Option<std::ffi::CString>,
+) -> i32 {
     // A task's panic is caught and sent to the caller (message, location, and the backtrace
     // when RUST_BACKTRACE is set); the hook prints nothing in the worker.
     crate::task::install_panic_hook();
@@ -152,6 +165,9 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
             Err(LinkError::Disconnected) => return code::OK,
             Err(_) => return code::LINK,
         }
+        if let Some(name) = name.take() {
+            let _ = ipc_shm::os::set_thread_name(&name);
+        }
         // A task's `Run` header is read by hand (`wire/header.rs`), anything else by serde.
         let (header, payload) = match header::read_run(&buf) {
             Some((run, payload)) => (
@@ -170,6 +186,8 @@ pub(crate) fn run(link: &mut dyn Link, slot: &ProgressSlot) -> i32 {
         };
         match header {
             ToWorker::Exit => return code::OK,
+            // Renamed above, as at any first request.
+            ToWorker::Seated => {}
             ToWorker::Init { task, fds } => {
                 let mut ctx = InitCtx { failure: None };
                 match take_batch(link, fds) {

@@ -19,7 +19,7 @@ pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
             ours.forget_in_child();
         }
         match theirs.take() {
-            Some(link) => crate::worker::serve(link, &slot, crate::worker::JobWait::Futex),
+            Some(link) => crate::worker::serve(link, &slot, crate::worker::JobWait::Futex, None),
             None => crate::worker::code::LINK,
         }
     })

@@ -25,12 +25,23 @@
 //! `compare --workloads crash_recovery`, crashes 50 ms apart). The server then never hands an
 //! offered blank a request itself, and reports its end like a worker's (the pool may have
 //! handed it a seat before its `Used` arrived). To replace an offered blank (below), the server
-//! asks (`Retire`); the pool gives it back (`Unused`) unless a driver has just taken it. A blank that died meanwhile (SIGKILL from outside) is
-//! reaped silently and the request served by a fork, as before; the blank is made only once a
-//! first worker was asked for, so a server costs one idle process at most. From its fork
-//! until it becomes a worker, a blank is named [`BLANK_NAME`] (what `ps` and
-//! `/proc/<pid>/comm` show; it is born with that name); it takes the server's name back when
-//! it becomes a worker.
+//! asks (`Retire`); the pool gives it back (`Unused`) unless a driver has just taken it. A
+//! blank that died meanwhile (SIGKILL from outside) is reaped silently and the request served
+//! by a fork, as before; the blank is made only once a first worker was asked for, so a server
+//! costs one idle process at most. From its fork until it becomes a worker, a blank is named
+//! [`BLANK_NAME`] (what `ps` and `/proc/<pid>/comm` show; it is born with that name); it takes
+//! the server's name back when it becomes a worker.
+//!
+//! The pool *primes* each offered blank at once ([`prime`], on the client's reader thread): it
+//! makes a worker's pipe and progress slot and hands them over (`ToServer::Prime`), and the
+//! blank greets the pool on that pipe and waits there, still named as a blank. A seat's start
+//! then takes a worker that is already up ([`take_primed`]: `Used` to the server, `Seated` to
+//! the worker, which takes a worker's name): no pipe to make, no process to wake, its
+//! greeting already waiting. The replacement (death seen -> replacement ready) went from
+//! 365-515 us to 88-176 us (20 crashes of a scratch probe, medians 500 -> 115 us), and
+//! `compare --workloads crash_recovery` shows 102 us (428-484 us before, slower spells). Until a
+//! seat takes it, a primed blank is still the server's advertised blank: `Retire` gets it back
+//! (`Unused`, the pool drops its pipe), and its death is reported and forgets it.
 //!
 //! With `RUST_BACKTRACE` set, a worker takes a backtrace of every panicking task, and the first
 //! one in a process loads the program's debug information (180-240 ms on the 2-vCPU VM). The
@@ -50,18 +61,21 @@
 //! request for a worker, from any pool of the process, starts a new server.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use ipc_shm::os::{ChildSignals, Signal};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Exit, PoolError, SpawnError, SpawnErrorKind};
 use crate::slot::{PROGRESS_SLOT_TAG, ProgressSlot};
-use crate::start::{Reaper, Worker};
+use crate::start::{FORK_LOCK, Reaper, Worker};
 use crate::wire::codec;
+use crate::wire::protocol::{self, ToWorker};
 use crate::wire::transport::{self, PipeLink};
 
 /// The role argument (`argv[1]`) of the fork server (see `spawn::ROLE_SPAWN` for why an argument).
@@ -81,6 +95,10 @@ pub(super) enum ToServer {
     Used { pid: u32 },
     /// The pool dropped the advertised blank `pid` without using it (asked by `Retire`).
     Unused { pid: u32 },
+    /// To an advertised blank, from the pool, as soon as it is offered: take these [pipe shm,
+    /// pipe socket, slot] descriptors, greet the pool on the pipe and wait there for a seat,
+    /// under the blank's name (the pool says `Used` once a seat takes it: see [`prime`]).
+    Prime { side: u32 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -265,7 +283,7 @@ pub(super) fn run_server() -> i32 {
                     blank_due = blank.is_none();
                 }
                 // The pool's process is gone (or broke the protocol): end our workers too.
-                Ok(None) | Err(_) => break,
+                Ok(Some((ToServer::Prime { .. }, _))) | Ok(None) | Err(_) => break,
             }
         }
     }
@@ -331,7 +349,12 @@ impl Blank {
                     if let Some(name) = own {
                         let _ = ipc_shm::os::set_thread_name(&name);
                     }
-                    become_worker(side, fds)
+                    become_worker(side, fds, None)
+                }
+                // Primed: greets the pool now, takes its name once a seat's first request comes.
+                Ok(Some((ToServer::Prime { side }, fds))) => {
+                    drop(theirs);
+                    become_worker(side, fds, own)
                 }
                 _ => crate::worker::code::LINK,
             }
@@ -386,15 +409,16 @@ fn server_fork_one(
     };
     // The worker: the server's descriptors are closed in the child (it never touches them).
     ipc_shm::os::fork_then(&[sock.as_fd(), sigfd.as_fd()], move || {
-        become_worker(side, vec![shm, pipe_sock, slot_fd])
+        become_worker(side, vec![shm, pipe_sock, slot_fd], None)
     })
     // In the server, the descriptors were moved into the closure and are dropped here.
 }
 
 /// In a child of the server (forked for the request, or a blank handed it): drops the server's
 /// signal mask, then serves the pool over the request's pipe (`fds`: its segment and socket,
-/// then the progress slot).
-pub(super) fn become_worker(side: u32, fds: Vec<OwnedFd>) -> i32 {
+/// then the progress slot). `name`: the name to take at the first request (see
+/// [`crate::worker::serve`]).
+pub(super) fn become_worker(side: u32, fds: Vec<OwnedFd>, name: Option<CString>) -> i32 {
     let _ = ipc_shm::os::unblock_all_signals();
     let mut fds = fds.into_iter();
     let (Some(shm), Some(pipe_sock), Some(slot_fd), None) =
@@ -412,6 +436,7 @@ pub(super) fn become_worker(side: u32, fds: Vec<OwnedFd>) -> i32 {
             PipeLink::from_connection(conn),
             &slot,
             crate::worker::JobWait::Poll,
+            name,
         ),
         _ => crate::worker::code::LINK,
     }
@@ -438,8 +463,12 @@ struct ForkServerState {
     reply: Option<io::Result<u32>>,
     exits: HashMap<u32, Exit>,
     dead: bool,
-    /// The blank the server offered: its pid and a copy of the server's end of its socket.
+    /// The blank the server offered: its pid and a copy of the server's end of its socket
+    /// (when it could not be primed).
     blank: Option<(u32, OwnedFd)>,
+    /// The blank the server offered, primed (see [`prime`]): a started worker that has
+    /// greeted this process, waiting for a seat.
+    primed: Option<Worker>,
     /// Blanks this process dropped after a hand-over failed (dead): their reported end is
     /// nobody's to collect.
     dropped_blanks: Vec<u32>,
@@ -544,10 +573,28 @@ fn start_server() -> io::Result<Arc<ForkServerClient>> {
     Ok(client)
 }
 
-fn read_server(sock: OwnedFd, client: &ForkServerClient) {
+fn read_server(sock: OwnedFd, client: &Arc<ForkServerClient>) {
     loop {
         let msg = recv_msg::<FromServer>(sock.as_fd());
+        // A blank is primed at once, off the lock (its pipe is made and handed over here).
+        let msg = match msg {
+            Ok(Some((FromServer::Blank { pid }, fds))) => {
+                let fd = fds.into_iter().next();
+                let primed = fd.as_ref().and_then(|fd| prime(client, pid, fd.as_fd()));
+                let mut state = client.lock();
+                match primed {
+                    Some(worker) => state.primed = Some(worker),
+                    None => state.blank = fd.map(|fd| (pid, fd)),
+                }
+                drop(state);
+                client.changed.notify_all();
+                continue;
+            }
+            other => other,
+        };
         let mut state = client.lock();
+        // A primed blank given back or dead is dropped off the lock (its pipe closes).
+        let mut stale = None;
         match msg {
             Ok(Some((FromServer::Forked { pid }, _))) => state.reply = Some(Ok(pid)),
             Ok(Some((FromServer::ForkFailed { errno, message }, _))) => {
@@ -557,7 +604,10 @@ fn read_server(sock: OwnedFd, client: &ForkServerClient) {
                 }));
             }
             Ok(Some((FromServer::Exited { pid, exit }, _))) => {
-                if state.blank.as_ref().is_some_and(|(b, _)| *b == pid) {
+                if state.primed.as_ref().is_some_and(|w| w.pid == pid) {
+                    // The primed blank died before any seat took it.
+                    stale = state.primed.take();
+                } else if state.blank.as_ref().is_some_and(|(b, _)| *b == pid) {
                     // The offered blank died before anybody used it.
                     state.blank = None;
                 } else if let Some(at) = state.dropped_blanks.iter().position(|&b| b == pid) {
@@ -566,23 +616,26 @@ fn read_server(sock: OwnedFd, client: &ForkServerClient) {
                     state.exits.insert(pid, exit);
                 }
             }
-            Ok(Some((FromServer::Blank { pid }, fds))) => {
-                state.blank = fds.into_iter().next().map(|fd| (pid, fd));
-            }
+            Ok(Some((FromServer::Blank { .. }, _))) => {}
             Ok(Some((FromServer::Retire { pid }, _))) => {
                 // Unless a driver has just taken it (its `Used` is on the way), give it back.
-                if state.blank.take_if(|(b, _)| *b == pid).is_some() {
+                stale = state.primed.take_if(|w| w.pid == pid);
+                if stale.is_some() || state.blank.take_if(|(b, _)| *b == pid).is_some() {
                     let _ = send_msg(sock.as_fd(), &ToServer::Unused { pid }, &[]);
                 }
             }
             Ok(None) | Err(_) => {
                 state.dead = true;
+                // It died with the server; its pipe is nobody's.
+                let stale = state.primed.take();
                 drop(state);
+                drop(stale);
                 client.changed.notify_all();
                 return;
             }
         }
         drop(state);
+        drop(stale);
         client.changed.notify_all();
     }
 }
@@ -653,8 +706,66 @@ pub(crate) fn server_fork(
     Err(last)
 }
 
-/// Starts a worker through the fork server, serving a new pipe and `slot`.
-pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
+/// Primes the blank `pid` the server just offered (`blank`: a copy of the server's end of its
+/// socket): makes a worker's pipe and progress slot and hands them to the blank, which greets
+/// this process on the pipe and waits there. A seat's start then takes a worker that is
+/// already up ([`take_primed`]): no process to wake, no pipe to make, its greeting waiting.
+/// `None` if the pipe or slot cannot be made or the blank is dead: the blank is then offered
+/// unprimed, as before.
+///
+/// The blank stays the server's advertised blank until a seat takes it (`Used`): the server
+/// may still ask for it back (`Retire`, answered `Unused`) and reports its end if it dies.
+fn prime(client: &Arc<ForkServerClient>, pid: u32, blank: BorrowedFd<'_>) -> Option<Worker> {
+    let slot = ProgressSlot::new().ok()?;
+    // As for any worker's pipe: no `Fork` pool's worker may inherit the blank's end.
+    let _no_fork = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let (ours, theirs) = transport::pair().ok()?;
+    let (shm, sock, side) = theirs.into_raw_parts().ok()?;
+    let prime = ToServer::Prime { side: side as u32 };
+    send_msg(
+        blank,
+        &prime,
+        &[shm.as_fd(), sock.as_fd(), slot.segment().fd()],
+    )
+    .ok()?;
+    Some(Worker::new(pid, ours, slot, Reaper::Server(client.clone())))
+}
+
+/// The primed blank, if the current server offered one and it still runs: told `Used`, it
+/// is the caller's worker (its greeting waits on its pipe).
+fn take_primed(client: &Arc<ForkServerClient>) -> Option<Worker> {
+    let mut worker = client.lock().primed.take()?;
+    if worker.wait_exit(Duration::ZERO) {
+        // Dead (killed from outside): its end, reported or about to be, is nobody's.
+        let mut state = client.lock();
+        if state.exits.remove(&worker.pid).is_none() {
+            state.dropped_blanks.push(worker.pid);
+        }
+        return None;
+    }
+    let used = ToServer::Used { pid: worker.pid };
+    if send_msg(client.sock.as_fd(), &used, &[]).is_err() {
+        // The server is gone, and the blank with it.
+        client.mark_dead();
+        return None;
+    }
+    // It takes a worker's name now (until then `ps` shows it as the blank it was). Not waited
+    // for; if it died meanwhile, the handshake finds out.
+    let mut frame = Vec::new();
+    if protocol::frame(&ToWorker::Seated, &[], &mut frame).is_ok() {
+        let _ = worker.link.send(&frame);
+    }
+    Some(worker)
+}
+
+/// Starts a worker through the fork server: its primed blank if there is one, else a new
+/// pipe and progress slot handed to a blank or to a fork by the server.
+pub(super) fn start() -> Result<Worker, PoolError> {
+    let client = client()?;
+    if let Some(worker) = take_primed(&client) {
+        return Ok(worker);
+    }
+    let slot = ProgressSlot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)))?;
     let (ours, theirs) = transport::pair()?;
     let (pid, server) = server_fork(theirs, &slot)?;
     Ok(Worker::new(pid, ours, slot, Reaper::Server(server)))

@@ -176,11 +176,15 @@ pub(crate) static FORK_LOCK: Mutex<()> = Mutex::new(());
 
 /// Starts one worker with `method` (the caller then runs [`handshake`]).
 pub(crate) fn start(method: StartMethod) -> Result<Worker, PoolError> {
+    // The fork server's primed blank has its slot already.
+    if method == StartMethod::ForkServer {
+        return forkserver::start();
+    }
     let slot = ProgressSlot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)))?;
     match method {
         StartMethod::Fork => fork::start(slot),
         StartMethod::Spawn => spawn::start(slot),
-        StartMethod::ForkServer => forkserver::start(slot),
+        StartMethod::ForkServer => forkserver::start(),
     }
 }
 

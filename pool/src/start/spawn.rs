@@ -240,7 +240,7 @@ pub(super) fn run_standby() -> i32 {
             if let Some(name) = own {
                 let _ = ipc_shm::os::set_thread_name(&name);
             }
-            forkserver::become_worker(side, fds)
+            forkserver::become_worker(side, fds, None)
         }
         _ => crate::worker::code::LINK,
     }
@@ -305,7 +305,9 @@ pub(super) fn run_spawned_worker() -> i32 {
         .ok()
         .and_then(ProgressSlot::from_segment);
     match (link, slot) {
-        (Ok(link), Some(slot)) => crate::worker::serve(link, &slot, crate::worker::JobWait::Poll),
+        (Ok(link), Some(slot)) => {
+            crate::worker::serve(link, &slot, crate::worker::JobWait::Poll, None)
+        }
         _ => crate::worker::code::LINK,
     }
 }

@@ -60,6 +60,9 @@ pub(crate) enum ToWorker {
     /// Read the `Run` frames' bulk arguments from the area `id`, handed over earlier and still
     /// kept (`wire/bulk.rs`).
     UseBulk { id: u64 },
+    /// A seat took this worker, which waited as the fork server's primed blank: nothing to
+    /// answer (the worker takes its own name, see `worker::serve`).
+    Seated,
 }
 
 /// Worker → pool.
