@@ -45,7 +45,7 @@ pub enum StartMethod {
     /// in the `ctor` constructor) before `main` runs. Safest and slowest. Once a first worker
     /// has been spawned, the process keeps one *standby*: the program executed ahead of the next
     /// worker (named `pool-blank` while it waits), which a new or replacement worker's start
-    /// takes over instead of waiting for an `exec` (a dead worker's replacement in about 0.3-0.4
+    /// takes over instead of waiting for an `exec` (a dead worker's replacement in about 0.2
     /// ms instead of 1.1-1.2 ms on the reference VM). One idle process at most, shared by every
     /// pool of the process; it dies with the process.
     Spawn,
@@ -176,14 +176,14 @@ pub(crate) static FORK_LOCK: Mutex<()> = Mutex::new(());
 
 /// Starts one worker with `method` (the caller then runs [`handshake`]).
 pub(crate) fn start(method: StartMethod) -> Result<Worker, PoolError> {
-    // The fork server's primed blank has its slot already.
-    if method == StartMethod::ForkServer {
-        return forkserver::start();
-    }
-    let slot = ProgressSlot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)))?;
     match method {
-        StartMethod::Fork => fork::start(slot),
-        StartMethod::Spawn => spawn::start(slot),
+        StartMethod::Fork => {
+            let slot =
+                ProgressSlot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)))?;
+            fork::start(slot)
+        }
+        // A primed blank or standby has its pipe and slot already: they make their own.
+        StartMethod::Spawn => spawn::start(),
         StartMethod::ForkServer => forkserver::start(),
     }
 }
