@@ -236,6 +236,8 @@ child_entry! {
         kill_the_worker(&pool);
         assert_eq!(pool.apply(square, 4).unwrap(), 16);
         assert_eq!(pool.stats().workers[0].pid, blank, "the replacement is the blank");
+        // Primed ahead, it kept the blank's name until the seat took it; a worker's now.
+        assert!(!is_blank(blank), "the seated blank still has the blank's name");
         // A blank killed from outside costs nothing: the next replacement is forked on demand,
         // and the server makes a new blank after it.
         let blank = blank_of(server, &pool);
