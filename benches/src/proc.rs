@@ -258,3 +258,96 @@ pub fn pin_to_cpu(cpu: usize) -> bool {
     // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
     unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0 }
 }
+
+/// The floor of a copying queue between two processes: a ring of fixed slots in shared memory,
+/// one process copying each message into the next free slot, the other copying it out of it
+/// into a buffer of its own. No framing, encoding, allocation or sleeping: only the two copies,
+/// the cache lines they move between the CPUs, and two spinning counters. A queue that copies
+/// in and out (as every process queue of owned messages does) cannot beat it.
+#[derive(Debug)]
+pub struct CopyRing {
+    mem: SharedAnon,
+    /// Bytes a message takes: the message size rounded up to a cache line.
+    slot: usize,
+    slots: usize,
+    size: usize,
+}
+
+/// Where the slots start: the counters have the first page, on cache lines of their own.
+const COPY_RING_DATA: usize = 4096;
+
+impl CopyRing {
+    /// A ring of `ring_bytes` (at least two slots) for messages of `size` bytes, shared with
+    /// children forked after this call.
+    pub fn new(size: usize, ring_bytes: usize) -> CopyRing {
+        let slot = size.max(1).next_multiple_of(64);
+        let slots = (ring_bytes / slot).max(2);
+        CopyRing {
+            mem: SharedAnon::new(COPY_RING_DATA + slot * slots),
+            slot,
+            slots,
+            size,
+        }
+    }
+
+    /// Messages written so far (offset 0), and read so far (offset 128).
+    fn counter(&self, read: bool) -> &std::sync::atomic::AtomicU64 {
+        let at = if read { 128 } else { 0 };
+        // SAFETY: offsets 0 and 128 are 8-byte aligned and inside the mapping's first page,
+        // which `self.mem` keeps mapped for the returned lifetime; it was zeroed (a valid
+        // AtomicU64) and the counters are only ever accessed atomically.
+        unsafe {
+            &*self
+                .mem
+                .as_ptr()
+                .add(at)
+                .cast::<std::sync::atomic::AtomicU64>()
+        }
+    }
+
+    fn slot_ptr(&self, n: u64) -> *mut u8 {
+        let index = (n % self.slots as u64) as usize;
+        // SAFETY: `index < slots`, so the slot lies inside the mapping (COPY_RING_DATA + slot *
+        // slots bytes).
+        unsafe { self.mem.as_ptr().add(COPY_RING_DATA + index * self.slot) }
+    }
+
+    /// In the producing process: copies `src` (`size` bytes) into the next `n` slots, each
+    /// once it is free.
+    pub fn produce(&self, src: &[u8], n: u64) {
+        use std::sync::atomic::Ordering;
+        assert_eq!(src.len(), self.size);
+        let (written, read) = (self.counter(false), self.counter(true));
+        let first = written.load(Ordering::Relaxed);
+        for i in first..first + n {
+            while read.load(Ordering::Acquire) + self.slots as u64 <= i {
+                std::hint::spin_loop();
+            }
+            // SAFETY: `src` is valid for `size` bytes; the slot holds `size` bytes of the
+            // mapping, which only this process writes until the counter below publishes it (the
+            // consumer has read the slot's previous message: `read` is past it), and the two
+            // never overlap (the mapping is not `src`'s memory).
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.slot_ptr(i), self.size) };
+            written.store(i + 1, Ordering::Release);
+        }
+    }
+
+    /// In the consuming process: copies the next `n` messages out into `dst` (`size` bytes),
+    /// each once it is there.
+    pub fn consume(&self, dst: &mut [u8], n: u64) {
+        use std::sync::atomic::Ordering;
+        assert_eq!(dst.len(), self.size);
+        let (written, read) = (self.counter(false), self.counter(true));
+        let first = read.load(Ordering::Relaxed);
+        for i in first..first + n {
+            while written.load(Ordering::Acquire) <= i {
+                std::hint::spin_loop();
+            }
+            // SAFETY: the slot holds `size` bytes of the mapping, published by the producer's
+            // Release store that the Acquire load above saw, and not written again until the
+            // counter below frees it; `dst` is valid for `size` bytes and is not in the mapping.
+            unsafe { std::ptr::copy_nonoverlapping(self.slot_ptr(i), dst.as_mut_ptr(), self.size) };
+            read.store(i + 1, Ordering::Release);
+        }
+    }
+}

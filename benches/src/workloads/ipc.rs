@@ -23,7 +23,7 @@ use crate::floor::{
     Side, futex_ping_pong, futex_ping_pong_stop, memcpy_once, spin_ping_pong, spin_ping_pong_stop,
     spin_ping_pong_two_lines, spin_ping_pong_two_lines_stop,
 };
-use crate::proc::{Child, PthreadMutex, PthreadTurn, fork, fork_closing};
+use crate::proc::{Child, CopyRing, PthreadMutex, PthreadTurn, fork, fork_closing};
 
 /// A message of `size` bytes, serialised as bytes (not element by element).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,6 +153,35 @@ fn memcpy_floor(size: usize) -> ContenderSpec {
                 for _ in 0..iters {
                     memcpy_once(&mut dst, &src);
                 }
+                Ok(start.elapsed())
+            }))
+        },
+    )
+}
+
+/// The label of the two-copy floor (the targets table finds it by this prefix).
+pub(crate) const TWO_COPY_LABEL: &str = "floor: copy in + copy out, shared ring";
+
+/// The floor of a copying process queue ([`CopyRing`]): a producer process copies each message
+/// into a 1 MiB shared ring (the queue's default ring), this one copies it out, nothing else.
+fn two_copy_floor(size: usize) -> ContenderSpec {
+    ContenderSpec::new(
+        format!("{TWO_COPY_LABEL} of 1 MiB, two processes"),
+        Kind::Floor,
+        move || {
+            let ring = std::sync::Arc::new(CopyRing::new(size, ipc_queue::DEFAULT_CAPACITY));
+            let theirs = ring.clone();
+            let src = vec![7u8; size];
+            let mut producer = Driven::start(move |n| {
+                theirs.produce(&src, n);
+                Ok(())
+            })?;
+            let mut dst = vec![0u8; size];
+            Ok(Runner::new(1, move |iters| {
+                let start = Instant::now();
+                producer.go(iters)?;
+                ring.consume(&mut dst, iters);
+                producer.done()?;
                 Ok(start.elapsed())
             }))
         },
@@ -368,7 +397,8 @@ pub fn queue_spsc(p: &Params) -> Vec<Workload> {
                 }))
             }))
             .with(super::iceoryx::stream(size, n))
-            .with(memcpy_floor(size));
+            .with(memcpy_floor(size))
+            .with(two_copy_floor(size));
             if p.python {
                 wl = wl.with(python::contender(
                     "python mp.Queue",

@@ -25,11 +25,11 @@ pub mod python;
 pub mod tasks;
 
 pub use cluster::{RAW_PROCESSES, cluster, serve_raw_consumer_if_asked};
-pub(crate) use ipc::SHM_VEC_LABEL;
 pub use ipc::{
     Payload, Placement, floor_ping_pong, floor_spin_two_lines, lock_handoff, pipe_round_trip,
     queue_mpmc, queue_spsc,
 };
+pub(crate) use ipc::{SHM_VEC_LABEL, TWO_COPY_LABEL};
 pub use pooled::{cpu_growing, cpu_tasks, crash_recovery, map_trivial, payload_tasks, pool_apply};
 
 /// One iteration count in, the time those iterations took out (or why it failed).
