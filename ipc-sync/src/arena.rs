@@ -15,7 +15,11 @@
 //! | SENT | `gen` | the bytes are final and travel as a token in some message | whoever presents the token first: CAS to OWNED(`gen`, its pid) |
 //!
 //! - **alloc**: scan from a shared hint for a FREE word and CAS it to OWNED with the next
-//!   generation (no system call). None free: reclaim blocks whose owner died, then wait on the
+//!   generation (no system call). The hint is the block freed last (its bytes are the likeliest
+//!   to be in a cache still), else the one after the block taken last. Taking the block after
+//!   the last one taken, as before, walked the whole arena: a loop of alloc, fill and drop of 64
+//!   KiB blocks in an arena of 256 ran at 107-112 GB/s against 152-153 GB/s reusing the block
+//!   just freed (a scratch probe on the 2-vCPU reference VM). None free: reclaim blocks whose owner died, then wait on the
 //!   [`EventCount`] `freed` (the workspace's one wake protocol: `listen`, scan again, `wait`), in
 //!   slices of [`RECLAIM_SLICE`]; after a slice without a free, reclaim again, so that an
 //!   owner's death while we sleep is noticed (a free's wake-up only scans again: a reclaim
@@ -240,6 +244,8 @@ impl<'a> BlockTable<'a> {
             )
             .is_ok();
         if freed {
+            // The next alloc starts here: the warmest block (module docs).
+            self.hint.store(held.index, Ordering::Relaxed);
             self.freed.notify(1);
         }
         freed
