@@ -99,7 +99,8 @@ fn produce_shm_vecs(
     size: usize,
     n: u64,
 ) -> Result<(), String> {
-    let batch_len = 64usize;
+    // Batched as `produce` batches the copying contender's messages (1 MiB at most).
+    let batch_len = batch_for(size);
     let mut batch = Vec::with_capacity(batch_len);
     let mut left = n as usize;
     while left > 0 {
@@ -118,13 +119,19 @@ fn produce_shm_vecs(
 
 /// The zero-copy consumer: adopts each token (the block, read in place) and drops it (freed), as
 /// the thread contenders drop each received `Vec`.
-fn consume_shm_vecs(q: &Queue<ShmToken<u8>>, arena: &ShmArena, n: u64) -> Result<(), String> {
-    let mut out = Vec::with_capacity(64);
+fn consume_shm_vecs(
+    q: &Queue<ShmToken<u8>>,
+    arena: &ShmArena,
+    size: usize,
+    n: u64,
+) -> Result<(), String> {
+    let batch_len = batch_for(size);
+    let mut out = Vec::with_capacity(batch_len);
     let mut got = 0u64;
     while got < n {
         out.clear();
         got += q
-            .get_many(&mut out, 64.min((n - got) as usize))
+            .get_many(&mut out, batch_len.min((n - got) as usize))
             .map_err(|e| e.to_string())? as u64;
         for token in out.drain(..) {
             let v = arena.adopt(token).map_err(|e| e.to_string())?;
@@ -315,7 +322,7 @@ pub fn queue_spsc(p: &Params) -> Vec<Workload> {
                     let start = Instant::now();
                     for _ in 0..iters {
                         producer.go(n)?;
-                        consume_shm_vecs(&q, &arena, n)?;
+                        consume_shm_vecs(&q, &arena, size, n)?;
                         producer.done()?;
                     }
                     Ok(start.elapsed())
