@@ -256,6 +256,54 @@ child_entry! {
     }
 }
 
+/// A task of a `Fork` worker that makes a fork-server pool of its own: its square from that
+/// pool, and the fork server that pool used.
+fn square_on_a_nested_fork_server_pool(x: u64) -> (u64, u32) {
+    let inner = PoolBuilder::new()
+        .processes(1)
+        .start_method(StartMethod::ForkServer)
+        .build()
+        .expect("the nested pool");
+    let y = inner.apply(square, x).expect("the nested pool's task");
+    (
+        y,
+        pool::__fork_server_pid().expect("the nested pool's fork server"),
+    )
+}
+
+child_entry! {
+    fn nested_fork_server_pool() {
+        // A fork-server pool whose blank has been offered and primed (a worker greeted ahead).
+        let (pool, server) = served_fork_server_pool();
+        let blank = blank_of(server, &pool);
+        // A `Fork` worker, a copy of this process (its connection to the server included),
+        // makes a fork-server pool: it gets a server of its own, not this one nor its blank.
+        let forked = PoolBuilder::new()
+            .processes(1)
+            .start_method(StartMethod::Fork)
+            .build()
+            .expect("the fork pool");
+        let (y, inner_server) = forked
+            .apply(square_on_a_nested_fork_server_pool, 6)
+            .expect("the nested pool ran");
+        assert_eq!(y, 36);
+        assert_ne!(inner_server, server, "the nested pool used its parent's fork server");
+        drop(forked);
+        // This process's server and primed blank are intact: the next replacement is the blank.
+        assert_eq!(pool::__fork_server_pid(), Some(server));
+        kill_the_worker(&pool);
+        assert_eq!(pool.apply(square, 7).unwrap(), 49);
+        assert_eq!(pool.stats().workers[0].pid, blank, "the replacement is the blank");
+        assert_eq!(pool.map(square, 0..100u64).unwrap(), squares(100));
+        println!("fault: a pool made in a forked worker starts its own fork server: Ok");
+    }
+}
+
+#[test]
+fn a_pool_made_in_a_forked_worker_uses_a_fork_server_of_its_own() {
+    run_child(child!(nested_fork_server_pool).env("RUST_BACKTRACE", "0"));
+}
+
 #[test]
 fn a_replacement_is_the_fork_servers_blank_and_a_killed_blank_costs_nothing() {
     // Without backtraces: with them, the server replaces its blank once it has been idle a

@@ -451,6 +451,9 @@ pub(super) fn become_worker(side: u32, fds: Vec<OwnedFd>, name: Option<CString>)
 pub(crate) struct ForkServerClient {
     sock: OwnedFd,
     server_pid: u32,
+    /// The process that started the server: the only one whose reader thread gets the replies
+    /// (a forked child inherits a copy of this record, but not the thread).
+    owner: u32,
     request: Mutex<()>,
     state: Mutex<ForkServerState>,
     changed: Condvar,
@@ -522,6 +525,16 @@ impl ForkServerClient {
 /// The live fork server, started (again) if there is none.
 fn client() -> Result<Arc<ForkServerClient>, PoolError> {
     let mut current = CLIENT.lock().unwrap_or_else(|p| p.into_inner());
+    if current
+        .as_ref()
+        .is_some_and(|c| c.owner != ipc_shm::os::pid())
+    {
+        // In a forked child (a `Fork` worker whose task makes a pool): the parent's connection,
+        // its offered blank and its primed worker are the parent's, to use nor to drop here
+        // (dropping a primed worker's pipe end could disturb the parent's). Forgotten; this
+        // process starts a server of its own.
+        std::mem::forget(current.take());
+    }
     if let Some(client) = current.as_ref()
         && !client.is_dead()
     {
@@ -538,7 +551,7 @@ pub(crate) fn server_pid() -> Option<u32> {
     let current = CLIENT.lock().unwrap_or_else(|p| p.into_inner());
     current
         .as_ref()
-        .filter(|c| !c.is_dead())
+        .filter(|c| c.owner == ipc_shm::os::pid() && !c.is_dead())
         .map(|c| c.server_pid)
 }
 
@@ -562,6 +575,7 @@ fn start_server() -> io::Result<Arc<ForkServerClient>> {
     let client = Arc::new(ForkServerClient {
         sock: ours,
         server_pid,
+        owner: ipc_shm::os::pid(),
         request: Mutex::new(()),
         state: Mutex::new(ForkServerState::default()),
         changed: Condvar::new(),
@@ -717,8 +731,14 @@ pub(crate) fn server_fork(
 /// may still ask for it back (`Retire`, answered `Unused`) and reports its end if it dies.
 fn prime(client: &Arc<ForkServerClient>, pid: u32, blank: BorrowedFd<'_>) -> Option<Worker> {
     let slot = ProgressSlot::new().ok()?;
-    // As for any worker's pipe: no `Fork` pool's worker may inherit the blank's end.
-    let _no_fork = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    // As for any worker's pipe: no `Fork` pool's worker may inherit the blank's end. Not waited
+    // for: it may be held by a `Fork` pool's start right now, or for good in a `Fork` worker
+    // (the copy of its parent's lock, taken for the fork); the blank is then offered unprimed.
+    let _no_fork = match FORK_LOCK.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
     let (ours, theirs) = transport::pair().ok()?;
     let (shm, sock, side) = theirs.into_raw_parts().ok()?;
     let prime = ToServer::Prime { side: side as u32 };
