@@ -271,6 +271,25 @@ fn square_on_a_nested_fork_server_pool(x: u64) -> (u64, u32) {
     )
 }
 
+/// A task of a `Fork` worker that makes a pool of each start method: the square from each.
+fn squares_on_nested_pools(x: u64) -> Vec<u64> {
+    [
+        StartMethod::Fork,
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+    ]
+    .into_iter()
+    .map(|method| {
+        let inner = PoolBuilder::new()
+            .processes(1)
+            .start_method(method)
+            .build()
+            .expect("the nested pool");
+        inner.apply(square, x).expect("the nested pool's task")
+    })
+    .collect()
+}
+
 child_entry! {
     fn nested_fork_server_pool() {
         // A fork-server pool whose blank has been offered and primed (a worker greeted ahead).
@@ -288,6 +307,11 @@ child_entry! {
             .expect("the nested pool ran");
         assert_eq!(y, 36);
         assert_ne!(inner_server, server, "the nested pool used its parent's fork server");
+        // Pools of every method in a forked worker (its copy of the fork lock was held).
+        let nested = forked
+            .apply(squares_on_nested_pools, 5)
+            .expect("the nested pools ran");
+        assert_eq!(nested, vec![25, 25, 25]);
         drop(forked);
         // This process's server and primed blank are intact: the next replacement is the blank.
         assert_eq!(pool::__fork_server_pid(), Some(server));
@@ -295,12 +319,12 @@ child_entry! {
         assert_eq!(pool.apply(square, 7).unwrap(), 49);
         assert_eq!(pool.stats().workers[0].pid, blank, "the replacement is the blank");
         assert_eq!(pool.map(square, 0..100u64).unwrap(), squares(100));
-        println!("fault: a pool made in a forked worker starts its own fork server: Ok");
+        println!("fault: pools made in a forked worker (own fork server, fork lock free): Ok");
     }
 }
 
 #[test]
-fn a_pool_made_in_a_forked_worker_uses_a_fork_server_of_its_own() {
+fn pools_made_in_a_forked_worker_work_and_use_a_fork_server_of_their_own() {
     run_child(child!(nested_fork_server_pool).env("RUST_BACKTRACE", "0"));
 }
 

@@ -9,11 +9,14 @@ use crate::wire::transport;
 pub(super) fn start(slot: ProgressSlot) -> Result<Worker, PoolError> {
     // Before the fork, in the parent: the child must not call `set_hook` (see there).
     crate::task::install_forwarding_hook();
-    let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut guard = Some(FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner()));
     let (ours, theirs) = transport::pair()?;
     // The closure runs only in the child; the parent keeps both ends (the closure borrows them).
     let (mut ours, mut theirs) = (Some(ours), Some(theirs));
     let pid = ipc_shm::os::fork_then(&[], || {
+        // The child's copy of the lock, held by this very thread: released, or a pool this
+        // worker's task makes would wait for it forever (nobody else here holds it).
+        drop(guard.take());
         // The child: the pool's end is not ours to use here.
         if let Some(ours) = ours.take() {
             ours.forget_in_child();

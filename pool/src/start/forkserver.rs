@@ -732,8 +732,8 @@ pub(crate) fn server_fork(
 fn prime(client: &Arc<ForkServerClient>, pid: u32, blank: BorrowedFd<'_>) -> Option<Worker> {
     let slot = ProgressSlot::new().ok()?;
     // As for any worker's pipe: no `Fork` pool's worker may inherit the blank's end. Not waited
-    // for: it may be held by a `Fork` pool's start right now, or for good in a `Fork` worker
-    // (the copy of its parent's lock, taken for the fork); the blank is then offered unprimed.
+    // for (the reader thread has replies to deliver): held by a `Fork` pool's start right now,
+    // the blank is offered unprimed.
     let _no_fork = match FORK_LOCK.try_lock() {
         Ok(guard) => guard,
         Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),

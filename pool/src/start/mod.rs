@@ -171,7 +171,9 @@ impl Worker {
 }
 
 /// Serialises pipe creation with forking, so that a worker forked by one driver never inherits
-/// the worker-side end of another worker's pipe (it would hide that worker's death).
+/// the worker-side end of another worker's pipe (it would hide that worker's death). A `Fork`
+/// worker is born holding its copy (its thread forked holding it) and releases it first thing
+/// (`fork::start`), so that pools its tasks make can take it.
 pub(crate) static FORK_LOCK: Mutex<()> = Mutex::new(());
 
 /// Starts one worker with `method` (the caller then runs [`handshake`]).
