@@ -75,7 +75,6 @@ use crate::error::{Exit, PoolError, SpawnError, SpawnErrorKind};
 use crate::slot::{PROGRESS_SLOT_TAG, ProgressSlot};
 use crate::start::{FORK_LOCK, Reaper, Worker};
 use crate::wire::codec;
-use crate::wire::protocol::{self, ToWorker};
 use crate::wire::transport::{self, PipeLink};
 
 /// The role argument (`argv[1]`) of the fork server (see `spawn::ROLE_SPAWN` for why an argument).
@@ -730,7 +729,6 @@ pub(crate) fn server_fork(
 /// The blank stays the server's advertised blank until a seat takes it (`Used`): the server
 /// may still ask for it back (`Retire`, answered `Unused`) and reports its end if it dies.
 fn prime(client: &Arc<ForkServerClient>, pid: u32, blank: BorrowedFd<'_>) -> Option<Worker> {
-    let slot = ProgressSlot::new().ok()?;
     // As for any worker's pipe: no `Fork` pool's worker may inherit the blank's end. Not waited
     // for (the reader thread has replies to deliver): held by a `Fork` pool's start right now,
     // the blank is offered unprimed.
@@ -739,16 +737,27 @@ fn prime(client: &Arc<ForkServerClient>, pid: u32, blank: BorrowedFd<'_>) -> Opt
         Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
         Err(std::sync::TryLockError::WouldBlock) => return None,
     };
+    let (ours, slot) = prime_over(blank)?;
+    Some(Worker::new(pid, ours, slot, Reaper::Server(client.clone())))
+}
+
+/// Primes the process waiting for a request on `sock` (the fork server's blank, or a spawn
+/// standby): makes a worker's pipe and progress slot and hands them over (`ToServer::Prime`);
+/// it greets this process on the pipe and waits there. This process's end of the pipe and the
+/// slot, or `None` if they cannot be made or the process cannot take them (it died). The caller
+/// holds [`FORK_LOCK`].
+pub(super) fn prime_over(sock: BorrowedFd<'_>) -> Option<(PipeLink, ProgressSlot)> {
+    let slot = ProgressSlot::new().ok()?;
     let (ours, theirs) = transport::pair().ok()?;
-    let (shm, sock, side) = theirs.into_raw_parts().ok()?;
+    let (shm, pipe_sock, side) = theirs.into_raw_parts().ok()?;
     let prime = ToServer::Prime { side: side as u32 };
     send_msg(
-        blank,
+        sock,
         &prime,
-        &[shm.as_fd(), sock.as_fd(), slot.segment().fd()],
+        &[shm.as_fd(), pipe_sock.as_fd(), slot.segment().fd()],
     )
     .ok()?;
-    Some(Worker::new(pid, ours, slot, Reaper::Server(client.clone())))
+    Some((ours, slot))
 }
 
 /// The primed blank, if the current server offered one and it still runs: told `Used`, it
@@ -769,12 +778,7 @@ fn take_primed(client: &Arc<ForkServerClient>) -> Option<Worker> {
         client.mark_dead();
         return None;
     }
-    // It takes a worker's name now (until then `ps` shows it as the blank it was). Not waited
-    // for; if it died meanwhile, the handshake finds out.
-    let mut frame = Vec::new();
-    if protocol::frame(&ToWorker::Seated, &[], &mut frame).is_ok() {
-        let _ = worker.link.send(&frame);
-    }
+    worker.seated();
     Some(worker)
 }
 

@@ -149,6 +149,16 @@ impl Worker {
         self.reap().ok()
     }
 
+    /// Tells a primed worker (a fork-server blank or spawn standby that greeted ahead) that a
+    /// seat took it: it takes a worker's name (until then `ps` shows it as the blank it was). Not
+    /// waited for; if it died meanwhile, the handshake finds out.
+    pub(crate) fn seated(&mut self) {
+        let mut frame = Vec::new();
+        if protocol::frame(&ToWorker::Seated, &[], &mut frame).is_ok() {
+            let _ = self.link.send(&frame);
+        }
+    }
+
     /// Sends SIGKILL.
     pub(crate) fn kill(&self) {
         if self.exit.is_none() {

@@ -40,7 +40,6 @@ use crate::error::{PoolError, SpawnErrorKind};
 use crate::slot::{PROGRESS_SLOT_TAG, ProgressSlot};
 use crate::start::forkserver::{self, BLANK_NAME, ToServer};
 use crate::start::{FORK_LOCK, Reaper, Worker, theirs_handed_over};
-use crate::wire::protocol::{self, ToWorker};
 use crate::wire::transport::{self, PipeLink};
 
 /// The role argument (`argv[1]`) of a spawned worker. A role travels as an argument, not as an
@@ -61,7 +60,7 @@ const ENV_STANDBY: &str = "IPC_POOL_STANDBY";
 /// How long no worker must have started before the keeper executes the next standby.
 const STANDBY_AFTER: Duration = Duration::from_millis(2);
 
-/// Starts a worker: the ready standby, primed (see [`prime`]); else one serving a new pipe and
+/// Starts a worker: the ready standby, primed (see [`Standby::prime`]); else one serving a new pipe and
 /// progress slot, on an unprimed standby or spawned; then asks the keeper for the next standby.
 pub(super) fn start() -> Result<Worker, PoolError> {
     let standby = take_standby();
@@ -77,11 +76,7 @@ pub(super) fn start() -> Result<Worker, PoolError> {
                 let _ = worker.reap();
                 spawn_new()?
             } else {
-                // It takes a worker's name now; if it died meanwhile, the handshake finds out.
-                let mut frame = Vec::new();
-                if protocol::frame(&ToWorker::Seated, &[], &mut frame).is_ok() {
-                    let _ = worker.link.send(&frame);
-                }
+                worker.seated();
                 worker
             }
         }
@@ -120,7 +115,7 @@ struct Standby {
     /// child inherits this record, not the standby).
     owner: u32,
     /// The pool's end of the pipe and the progress slot the standby was primed with, if it
-    /// was (see [`prime`]).
+    /// was (see [`Standby::prime`]).
     primed: Option<(PipeLink, ProgressSlot)>,
 }
 
@@ -149,20 +144,7 @@ impl Standby {
     /// greeting waiting (as the fork server's blanks, `forkserver::prime`). Left unprimed if
     /// the pipe or slot cannot be made, or the standby cannot take them.
     fn prime(&mut self) {
-        let Ok(slot) = ProgressSlot::new() else {
-            return;
-        };
-        let Ok((ours, theirs)) = transport::pair() else {
-            return;
-        };
-        let Ok((shm, sock, side)) = theirs.into_raw_parts() else {
-            return;
-        };
-        let fds: [BorrowedFd<'_>; 3] = [shm.as_fd(), sock.as_fd(), slot.segment().fd()];
-        let prime = ToServer::Prime { side: side as u32 };
-        if forkserver::send_msg(self.sock.as_fd(), &prime, &fds).is_ok() {
-            self.primed = Some((ours, slot));
-        }
+        self.primed = forkserver::prime_over(self.sock.as_fd());
     }
 
     /// Ends a standby that will not be used (killed and reaped, silently).
