@@ -118,14 +118,13 @@ fn produce_shm_vecs(
 }
 
 /// The zero-copy consumer: adopts each token (the block, read in place) and drops it (freed), as
-/// the thread contenders drop each received `Vec`.
+/// the thread contenders drop each received `Vec`; takes `batch_len` tokens at a time.
 fn consume_shm_vecs(
     q: &Queue<ShmToken<u8>>,
     arena: &ShmArena,
-    size: usize,
+    batch_len: usize,
     n: u64,
 ) -> Result<(), String> {
-    let batch_len = batch_for(size);
     let mut out = Vec::with_capacity(batch_len);
     let mut got = 0u64;
     while got < n {
@@ -322,7 +321,7 @@ pub fn queue_spsc(p: &Params) -> Vec<Workload> {
                     let start = Instant::now();
                     for _ in 0..iters {
                         producer.go(n)?;
-                        consume_shm_vecs(&q, &arena, size, n)?;
+                        consume_shm_vecs(&q, &arena, batch_for(size), n)?;
                         producer.done()?;
                     }
                     Ok(start.elapsed())
