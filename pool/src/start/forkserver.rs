@@ -789,7 +789,7 @@ pub(super) fn start() -> Result<Worker, PoolError> {
     if let Some(worker) = take_primed(&client) {
         return Ok(worker);
     }
-    let slot = ProgressSlot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)))?;
+    let slot = super::new_slot()?;
     let (ours, theirs) = transport::pair()?;
     let (pid, server) = server_fork(theirs, &slot)?;
     Ok(Worker::new(pid, ours, slot, Reaper::Server(server)))

@@ -189,15 +189,16 @@ pub(crate) static FORK_LOCK: Mutex<()> = Mutex::new(());
 /// Starts one worker with `method` (the caller then runs [`handshake`]).
 pub(crate) fn start(method: StartMethod) -> Result<Worker, PoolError> {
     match method {
-        StartMethod::Fork => {
-            let slot =
-                ProgressSlot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)))?;
-            fork::start(slot)
-        }
+        StartMethod::Fork => fork::start(new_slot()?),
         // A primed blank or standby has its pipe and slot already: they make their own.
         StartMethod::Spawn => spawn::start(),
         StartMethod::ForkServer => forkserver::start(),
     }
+}
+
+/// A new worker's progress slot (the start methods make one unless a primed process has it).
+pub(super) fn new_slot() -> Result<ProgressSlot, PoolError> {
+    ProgressSlot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)).into())
 }
 
 /// The pool's copy of a worker-side end, after the worker took it over.

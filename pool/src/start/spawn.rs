@@ -33,13 +33,13 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::error::{PoolError, SpawnErrorKind};
+use crate::error::PoolError;
 use crate::slot::{PROGRESS_SLOT_TAG, ProgressSlot};
 use crate::start::forkserver::{self, BLANK_NAME, ToServer};
-use crate::start::{FORK_LOCK, Reaper, Worker, theirs_handed_over};
+use crate::start::{FORK_LOCK, Reaper, Worker, new_slot, theirs_handed_over};
 use crate::wire::transport::{self, PipeLink};
 
 /// The role argument (`argv[1]`) of a spawned worker. A role travels as an argument, not as an
@@ -94,11 +94,6 @@ pub(super) fn start() -> Result<Worker, PoolError> {
     };
     want_standby();
     Ok(worker)
-}
-
-/// A new worker's progress slot.
-fn new_slot() -> Result<ProgressSlot, PoolError> {
-    ProgressSlot::new().map_err(|e| SpawnErrorKind::ProgressSlot(Arc::new(e)).into())
 }
 
 /// Spawns a worker on a new progress slot.
