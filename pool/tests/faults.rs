@@ -328,6 +328,58 @@ fn pools_made_in_a_forked_worker_work_and_use_a_fork_server_of_their_own() {
     run_child(child!(nested_fork_server_pool).env("RUST_BACKTRACE", "0"));
 }
 
+/// Forks this many `Fork` workers while another thread keeps taking the pool's process-wide
+/// locks.
+const FORKS_UNDER_HAMMER: usize = 12;
+
+child_entry! {
+    fn nested_pools_while_another_thread_holds_the_pools_locks() {
+        // Another thread of this process takes the spawn keeper's lock and the fork-server
+        // client's lock over and over (the test-support lookups take them, as pool starts do).
+        // A `Fork` worker forked while that thread held one was born with it locked for good
+        // (the thread is not copied), so a pool made by its task hung; the fork now holds
+        // both itself across the fork.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut rounds = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::black_box(pool::__spawn_standby_pid());
+                    std::hint::black_box(pool::__fork_server_pid());
+                    rounds += 1;
+                }
+                rounds
+            })
+        };
+        for round in 0..FORKS_UNDER_HAMMER {
+            let forked = PoolBuilder::new()
+                .processes(1)
+                .start_method(StartMethod::Fork)
+                .build()
+                .expect("the fork pool");
+            let x = round as u64 + 2;
+            let nested = forked
+                .apply(squares_on_nested_pools, x)
+                .expect("the nested pools ran");
+            assert_eq!(nested, vec![x * x; 3], "round {round}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = hammer.join().expect("the hammering thread");
+        assert!(rounds > 0, "the other thread never took the locks");
+        println!(
+            "fault: {FORKS_UNDER_HAMMER} Fork workers forked while another thread took the pool's locks ({rounds} times) made pools of every method: Ok"
+        );
+    }
+}
+
+#[test]
+fn pools_made_in_a_forked_worker_never_find_the_pools_locks_held() {
+    run_child(
+        child!(nested_pools_while_another_thread_holds_the_pools_locks).env("RUST_BACKTRACE", "0"),
+    );
+}
+
 #[test]
 fn a_replacement_is_the_fork_servers_blank_and_a_killed_blank_costs_nothing() {
     // Without backtraces: with them, the server replaces its blank once it has been idle a

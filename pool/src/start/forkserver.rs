@@ -521,6 +521,14 @@ impl ForkServerClient {
     }
 }
 
+/// The client record held across a `Fork` worker's fork (see `fork::start`): the child's
+/// copy is then held only by the forking thread, which drops it, so a fork-server pool made by
+/// one of the worker's tasks can take it (and then forgets the parent's record, see
+/// [`client`]). Taken after [`FORK_LOCK`]: nothing holds this lock while it takes that one.
+pub(super) fn hold_for_fork() -> impl Drop {
+    CLIENT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The live fork server, started (again) if there is none.
 fn client() -> Result<Arc<ForkServerClient>, PoolError> {
     let mut current = CLIENT.lock().unwrap_or_else(|p| p.into_inner());

@@ -182,8 +182,9 @@ impl Worker {
 
 /// Serialises pipe creation with forking, so that a worker forked by one driver never inherits
 /// the worker-side end of another worker's pipe (it would hide that worker's death). A `Fork`
-/// worker is born holding its copy (its thread forked holding it) and releases it first thing
-/// (`fork::start`), so that pools its tasks make can take it.
+/// worker is born holding its copy (its thread forked holding it, with the spawn keeper's and
+/// the fork-server client's locks: `fork::start`) and releases them first thing, so that pools
+/// its tasks make can take them. Order: keeper state, then this lock, then the client.
 pub(crate) static FORK_LOCK: Mutex<()> = Mutex::new(());
 
 /// Starts one worker with `method` (the caller then runs [`handshake`]).

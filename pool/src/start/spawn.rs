@@ -205,6 +205,13 @@ fn keeper_state() -> std::sync::MutexGuard<'static, Keeper> {
     KEEPER.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The keeper's state held across a `Fork` worker's fork (see `fork::start`): the child's copy
+/// is then held only by the forking thread, which drops it, so a `Spawn` pool made by one of
+/// the worker's tasks can take it. Taken before [`FORK_LOCK`], the keeper's own order.
+pub(super) fn hold_for_fork() -> impl Drop {
+    keeper_state()
+}
+
 /// The ready standby, if this process made one.
 fn take_standby() -> Option<Standby> {
     let standby = keeper_state().ready.take()?;
