@@ -250,8 +250,12 @@ pub(super) fn run_server() -> i32 {
                 Ok(Some((ToServer::Unused { pid }, _))) => {
                     if let Some(b) = blank.take_if(|b| b.pid == pid) {
                         b.discard();
-                        blank_due = true;
                     }
+                    // The blank given back may be gone already: a primed one exits when the
+                    // pool drops its pipe, and its exit can be reaped (above) before this
+                    // message is read. Either way a new blank is due, or the server would
+                    // have none until the next request.
+                    blank_due = blank.is_none();
                 }
                 Ok(Some((ToServer::Fork { side }, fds))) => {
                     // An advertised blank is the pool's to hand a seat to (it asks here only
