@@ -15,18 +15,27 @@
 //! | SENT | `gen` | the bytes are final and travel as a token in some message | whoever presents the token first: CAS to OWNED(`gen`, its pid) |
 //!
 //! - **alloc**: scan from a shared hint for a FREE word and CAS it to OWNED with the next
-//!   generation (no system call). The hint is the block freed last (its bytes are the likeliest
-//!   to be in a cache still), else the one after the block taken last. Taking the block after
-//!   the last one taken, as before, walked the whole arena: a loop of alloc, fill and drop of 64
-//!   KiB blocks in an arena of 256 ran at 107-112 GB/s against 152-153 GB/s reusing the block
-//!   just freed (a scratch probe on the 2-vCPU reference VM). None free: reclaim blocks whose owner died, then wait on the
+//!   generation (no system call). The hint is a low-water mark, so allocation is first fit:
+//!   a free lowers it to the freed block (`fetch_min`, only when that is lower), and an alloc
+//!   that had to pass blocks in use moves it past the block it took (a CAS from the value it
+//!   started at, so a free in between wins). The blocks in use therefore stay the lowest ones
+//!   of the arena, as few as are in flight, and their bytes stay in the caches. Earlier hints
+//!   walked the arena: "the block after the last one taken" walked all of it (alloc, fill and
+//!   drop of 64 KiB blocks in an arena of 256, one process: 107-112 GB/s against 152-153
+//!   reusing the block just freed); "the block freed last" fixed that loop but not a queue of
+//!   tokens, where the producer takes a batch while the consumer frees the previous one: it
+//!   took the last block freed and then went on *past* it, so the working set drifted through
+//!   the whole 16 MiB arena and the runner's zero-copy 64 KiB queue row ran at 39-84 GB/s,
+//!   bimodal; first fit, 103-120 GB/s in five runs (`compare --workloads queue_spsc --sizes
+//!   64k`, three interleaved pairs plus two, 2-vCPU reference VM; `std::sync_channel` of the
+//!   same runs 36-58 GB/s). None free: reclaim blocks whose owner died, then wait on the
 //!   [`EventCount`] `freed` (the workspace's one wake protocol: `listen`, scan again, `wait`), in
 //!   slices of [`RECLAIM_SLICE`]; after a slice without a free, reclaim again, so that an
 //!   owner's death while we sleep is noticed (a free's wake-up only scans again: a reclaim
 //!   reads procfs for each owner).
-//! - **free**: CAS OWNED(`gen`, my pid) -> FREE(`gen`), then notify one waiter (a system call only
-//!   if somebody is registered). A forked child that inherited a handle has another pid: its CAS
-//!   fails and the block stays its parent's.
+//! - **free**: CAS OWNED(`gen`, my pid) -> FREE(`gen`), lower the hint to it, then notify one
+//!   waiter (a system call only if somebody is registered). A forked child that inherited a
+//!   handle has another pid: its CAS fails and the block stays its parent's.
 //! - **send**: CAS OWNED(`gen`, my pid) -> SENT(`gen`); the token carries `gen`.
 //! - **adopt**: CAS SENT(`gen`) -> OWNED(`gen`, my pid). A token presented twice, or one whose
 //!   block was freed and reused since (another generation), fails the CAS: one block, one owner.
@@ -160,7 +169,17 @@ impl<'a> BlockTable<'a> {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
-                        self.hint.store(((index + 1) % n) as u32, Ordering::Relaxed);
+                        // Past the blocks found in use, unless a free moved the hint meanwhile.
+                        // The block at the hint itself keeps it: it is likely freed next (a
+                        // loop of alloc and drop then touches the hint not at all).
+                        if index != start {
+                            let _ = self.hint.compare_exchange(
+                                start as u32,
+                                ((index + 1) % n) as u32,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            );
+                        }
                         return Some(Held {
                             index: index as u32,
                             generation,
@@ -244,8 +263,10 @@ impl<'a> BlockTable<'a> {
             )
             .is_ok();
         if freed {
-            // The next alloc starts here: the warmest block (module docs).
-            self.hint.store(held.index, Ordering::Relaxed);
+            // First fit: the next alloc starts at the lowest free block (module docs).
+            if self.hint.load(Ordering::Relaxed) > held.index {
+                self.hint.fetch_min(held.index, Ordering::Relaxed);
+            }
             self.freed.notify(1);
         }
         freed
