@@ -1292,3 +1292,122 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
     writeln!(out, "total time {:.1} s", report.wall_seconds)?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A workload of `metric` whose contenders have these medians (`(name, kind, median)`).
+    fn result(metric: Metric, contenders: &[(&str, Kind, f64)]) -> WorkloadResult {
+        let ours = contenders
+            .iter()
+            .find(|c| c.1 == Kind::Ours)
+            .map(|c| c.2)
+            .unwrap_or(f64::NAN);
+        WorkloadResult {
+            id: "w".into(),
+            family: "w".into(),
+            param: None,
+            title: "w".into(),
+            metric,
+            unit: "s",
+            bytes_per_op: 0,
+            contenders: contenders
+                .iter()
+                .map(|&(name, kind, median)| ContenderResult {
+                    name: name.into(),
+                    kind,
+                    ops_per_iter: 1,
+                    iters_per_sample: 1,
+                    samples: vec![median],
+                    summary: Some(Summary {
+                        median,
+                        p10: median,
+                        p90: median,
+                        spread: 0.0,
+                    }),
+                    speed_vs_ours: Some(match metric {
+                        Metric::Latency => ours / median,
+                        Metric::Throughput => median / ours,
+                    }),
+                    error: None,
+                })
+                .collect(),
+            notes: Vec::new(),
+            seconds: 0.0,
+        }
+    }
+
+    fn row<'a>(table: &'a str, contender: &str) -> &'a str {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| w | {contender} |")))
+            .unwrap_or_else(|| panic!("no row for {contender}:\n{table}"))
+    }
+
+    #[test]
+    fn the_loaded_verdict_is_each_contenders_own_and_counts_still_being_faster() {
+        // Latency. A sleeping peer that gets faster under load (50 us -> 12 us) is the fastest
+        // loaded peer; `fast` degrades 10x but is still faster than it loaded (yes), `slow`
+        // degrades 20x and is slower than it loaded (NO), `steady` degrades less (yes).
+        let quiet = result(
+            Metric::Latency,
+            &[
+                ("fast", Kind::Ours, 1e-6),
+                ("slow", Kind::Ours, 1e-6),
+                ("steady", Kind::Ours, 100e-6),
+                ("sleeper", Kind::Process, 50e-6),
+                ("spinner", Kind::Thread, 2e-6),
+                ("floor", Kind::Floor, 0.1e-6),
+            ],
+        );
+        let loaded = result(
+            Metric::Latency,
+            &[
+                ("fast", Kind::Ours, 10e-6),
+                ("slow", Kind::Ours, 20e-6),
+                ("steady", Kind::Ours, 20e-6),
+                ("sleeper", Kind::Process, 12e-6),
+                ("spinner", Kind::Thread, 40e-6),
+                ("floor", Kind::Floor, 0.01e-6),
+            ],
+        );
+        let table = load_table(&[quiet], &[loaded]);
+        assert!(
+            row(&table, "fast").contains("| yes (10x vs sleeper 0.24x;"),
+            "{table}"
+        );
+        assert!(
+            row(&table, "slow").contains("| NO (20x vs sleeper 0.24x;"),
+            "{table}"
+        );
+        assert!(
+            row(&table, "steady").contains("| yes (0.20x vs sleeper"),
+            "{table}"
+        );
+        // Peers and floors get no verdict, and a floor is never the peer compared against.
+        assert!(row(&table, "sleeper").ends_with("|  |"), "{table}");
+        assert!(row(&table, "floor").ends_with("|  |"), "{table}");
+
+        // Throughput: higher is better when loaded too.
+        let quiet = result(
+            Metric::Throughput,
+            &[
+                ("ahead", Kind::Ours, 10e6),
+                ("behind", Kind::Ours, 10e6),
+                ("peer", Kind::Thread, 4e6),
+            ],
+        );
+        let loaded = result(
+            Metric::Throughput,
+            &[
+                ("ahead", Kind::Ours, 7e6),
+                ("behind", Kind::Ours, 5e6),
+                ("peer", Kind::Thread, 6e6),
+            ],
+        );
+        let table = load_table(&[quiet], &[loaded]);
+        assert!(row(&table, "ahead").contains("| yes ("), "{table}");
+        assert!(row(&table, "behind").contains("| NO ("), "{table}");
+    }
+}
