@@ -414,6 +414,38 @@ mod tests {
         assert_eq!(t.counts().free, 1);
     }
 
+    /// First fit: the blocks in use stay the lowest ones, so a producer taking a batch while a
+    /// consumer frees the last one reuses the same few blocks (module docs, "alloc").
+    #[test]
+    fn allocation_is_first_fit_so_a_batch_reuses_the_blocks_freed_before_it() {
+        let (w, h, e) = table(64);
+        let t = BlockTable::new(&w, &h, &e);
+        let first: Vec<Held> = (0..8).map(|_| t.try_alloc(10).expect("free")).collect();
+        assert_eq!(
+            first.iter().map(|b| b.index).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
+        // A second batch is taken while the first is still out; then the first comes back,
+        // in order, as a consumer frees it.
+        let second: Vec<Held> = (0..8).map(|_| t.try_alloc(10).expect("free")).collect();
+        assert_eq!(second[0].index, 8);
+        for b in first {
+            assert!(t.free(b, 10));
+        }
+        // The next batch is the first one's blocks again, lowest first, not blocks 16.. (the
+        // block freed last, 7, and on past it, was the old rule).
+        let third: Vec<u32> = (0..8)
+            .map(|_| t.try_alloc(10).expect("free").index)
+            .collect();
+        assert_eq!(third, (0..8).collect::<Vec<_>>());
+        // A block freed below the others is the next one taken.
+        assert!(t.free(second[3], 10));
+        assert_eq!(t.try_alloc(10).expect("free").index, second[3].index);
+        // Blocks in use at the hint are passed over; the hint then moves past them.
+        assert_eq!(t.try_alloc(10).expect("free").index, 16);
+        assert_eq!(t.try_alloc(10).expect("free").index, 17);
+    }
+
     #[test]
     fn dead_owners_blocks_are_reclaimed_and_live_ones_kept() {
         let (w, h, e) = table(3);
