@@ -1104,6 +1104,12 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
             ("pool spawn + warm spare", 400e-6),
         ] {
             let replaced = w.median_of(&format!("{name}: death seen -> replacement ready"));
+            // A `Fork` replacement is a fork of this process: its floor, measured in this run.
+            let floor = if name == "pool fork" {
+                w.median_of(crate::workloads::FORK_FLOOR)
+            } else {
+                None
+            };
             // A spare does not change detection: its rows share the plain method's.
             let method = name.trim_end_matches(" + warm spare");
             let lost = w.median_of(&format!("{method}: crash -> WorkerLost"));
@@ -1116,9 +1122,16 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
                 replaced.map(|r| {
                     (
                         format!(
-                            "{} (death seen -> replacement ready, measured in the pool); detecting the death took {}",
+                            "{} (death seen -> replacement ready, measured in the pool); detecting the death took {}{}",
                             fmt_time(r),
-                            lost.map(fmt_time).unwrap_or_else(|| "?".into())
+                            lost.map(fmt_time).unwrap_or_else(|| "?".into()),
+                            floor
+                                .map(|f| format!(
+                                    "; a bare fork() of this process until its child runs: {} ({:.1}x)",
+                                    fmt_time(f),
+                                    r / f
+                                ))
+                                .unwrap_or_default()
                         ),
                         r <= limit,
                     )

@@ -30,6 +30,7 @@ pub use ipc::{
     queue_mpmc, queue_spsc,
 };
 pub(crate) use ipc::{SHM_VEC_LABEL, TWO_COPY_LABEL};
+pub(crate) use pooled::FORK_FLOOR;
 pub use pooled::{cpu_growing, cpu_tasks, crash_recovery, map_trivial, payload_tasks, pool_apply};
 
 /// One iteration count in, the time those iterations took out (or why it failed).

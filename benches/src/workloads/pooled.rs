@@ -580,9 +580,44 @@ pub fn crash_recovery(_p: &Params) -> Workload {
             }))
         },
     ));
+    wl = wl.with(ContenderSpec::new(FORK_FLOOR, Kind::Floor, || {
+        Ok(Runner::new(1, |iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += fork_and_hear_back()?;
+            }
+            Ok(total)
+        }))
+    }));
     wl.note("'death seen -> replacement ready' is measured inside the pool (PoolStats' `replaced_in`: from the driver seeing the death to the new worker's handshake); a thread pool cannot survive an abort at all (see the crash table)")
         .note("crashes are 50 ms apart (untimed), so each finds what the pool keeps ready: the fork server's blank child, the spawn standby (a program executed ahead, see pool's `StartMethod::Spawn`), the warm spare; back to back, a crash can find them still being made")
         .note("'+ warm spare': `PoolBuilder::warm_spare(true)` keeps one more worker started and greeted, which takes a dead worker's seat at once (the next spare starts in the background, 5 ms later: crashes closer together than one start wait for the spare being started, up to 100 ms, before starting their own)")
+}
+
+/// The floor of a `Fork` replacement: what a bare `fork()` of this very process costs until
+/// the child runs (its first byte back), measured in the same run. A fork copies the page tables
+/// of its parent, so the figure grows with the parent's resident memory: late in a full run the
+/// runner holds the peers' leftovers, and a user's large process pays the same.
+pub(crate) const FORK_FLOOR: &str = "floor: fork() of this process until the child's first byte";
+
+/// One fork of this process whose child writes one byte and leaves: the time from the call to
+/// the byte (the reap is not timed).
+fn fork_and_hear_back() -> Result<Duration, String> {
+    use std::io::{Read, Write};
+    let (mut ours, mut theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let start = Instant::now();
+    let child = crate::proc::fork(move || {
+        let _ = theirs.write_all(&[1]);
+    });
+    let mut byte = [0u8];
+    let heard = ours.read_exact(&mut byte);
+    let took = start.elapsed();
+    heard.map_err(|e| format!("the forked child sent nothing: {e}"))?;
+    match child.wait() {
+        crate::proc::Status::Code(0) => Ok(took),
+        other => Err(format!("the forked child ended with {other:?}")),
+    }
 }
 
 /// The untimed pause between two crashes of one pool.
