@@ -4,8 +4,8 @@
 //!
 //! | method       | how                                                       | cost (ref. machine) | caveat |
 //! |--------------|-----------------------------------------------------------|---------------------|--------|
-//! | `Fork`       | `fork()` of the calling (driver) thread                    | ~40 us              | the parent has threads: a lock another thread held at the fork stays held in the child |
-//! | `ForkServer` | a single-threaded server, forked by `init()` before any thread, forks each worker | ~100 us | needs `init()` (or the `ctor` feature) |
+//! | `Fork`       | `fork()` of the calling (driver) thread                    | a fork of the pool's process: 0.4 ms for a small one, 4.6 ms for one holding ~200 MB; a replacement 1.2-2.5x that | the parent has threads: a lock another thread held at the fork stays held in the child |
+//! | `ForkServer` | a single-threaded server, forked by `init()` before any thread, forks each worker | ~0.2 ms for a replacement, whatever the pool's process holds | needs `init()` (or the `ctor` feature) |
 //! | `Spawn`      | `exec` of `/proc/self/exe`, which becomes a worker in `init()`; or the *standby*, a program executed ahead (see [`spawn`]) | ~1 ms + program start-up; on the standby a `sendmsg` | needs `init()` (or the `ctor` feature) |
 //!
 //! Every worker gets `PR_SET_PDEATHSIG(SIGKILL)`: if the pool's process dies, even by SIGKILL,
@@ -30,15 +30,28 @@ mod spawn;
 /// How worker processes are created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum StartMethod {
-    /// `fork()` the parent. Fastest, and works anywhere (inside `cargo test` too) with no
-    /// set-up. But the parent of a pool has threads, and `fork` copies only the calling one: a
-    /// lock held by another thread at that instant (in a library, in the allocator) stays held
-    /// forever in the child. Workers of this crate only run your task functions; avoid this
-    /// method if those take locks that other threads of the parent may hold.
+    /// `fork()` the parent. Works anywhere (inside `cargo test` too) with no set-up. But the
+    /// parent of a pool has threads, and `fork` copies only the calling one: a lock held by
+    /// another thread at that instant (in a library, in the allocator) stays held forever in
+    /// the child. Workers of this crate only run your task functions; avoid this method if
+    /// those take locks that other threads of the parent may hold.
+    ///
+    /// Every start, a dead worker's replacement included, is a fork of the pool's process, and
+    /// a fork copies the page tables of everything that process has resident: its cost grows
+    /// with the parent. On the reference VM a bare `fork()` until the child runs took 0.4 ms
+    /// for a small process and 4.6 ms for one holding about 200 MB, and a replacement 1.2-2.5x
+    /// that (benches' `crash_recovery`, whose floor row is that bare fork); after each fork the
+    /// parent also takes a copy-on-write fault on the first write to every page it shares
+    /// with the child. `ForkServer` forks from a small server instead (a replacement in about
+    /// 0.2 ms, whatever the parent holds), and [`PoolBuilder::warm_spare`] makes a replacement
+    /// take a worker started ahead (about 25 us with any method).
+    ///
+    /// [`PoolBuilder::warm_spare`]: crate::PoolBuilder::warm_spare
     Fork,
     /// A fork server: `init()` (or the `ctor` feature, before `main`) starts a single-threaded
-    /// server process; each worker is forked from it on request. As safe as `Spawn`, nearly as
-    /// fast as `Fork`. The default where available.
+    /// server process; each worker is forked from it on request. As safe as `Spawn`, and the
+    /// fastest to replace a dead worker in a process of any size (the server stays small and
+    /// keeps a child forked ahead). The default where available.
     #[default]
     ForkServer,
     /// Re-execute the current program (`/proc/self/exe`); it becomes a worker in `init()` (or
