@@ -61,6 +61,7 @@ fn compare_smoke_prints_every_row_and_valid_json() {
         "iceoryx2 publish-subscribe",
         "floor: spin ping-pong",
         "floor: futex ping-pong",
+        "floor: fork() of this process",
         "memcpy",
     ] {
         assert!(stdout.contains(&format!("| {name}")), "no row for {name}");
@@ -74,6 +75,12 @@ fn compare_smoke_prints_every_row_and_valid_json() {
     assert!(
         stdout.contains("crash -> WorkerLost"),
         "no crash recovery rows"
+    );
+    // The Fork replacement's target row reads against the bare fork measured in the same run.
+    let fork_row = row_of(&stdout, "| replacing a dead worker (fork) |");
+    assert!(
+        fork_row.contains("a bare fork() of this process until its child runs"),
+        "the fork row shows no floor: {fork_row}"
     );
 
     // The JSON parses and has samples, medians and the system description.
