@@ -1359,6 +1359,58 @@ mod tests {
     }
 
     #[test]
+    fn the_fork_replacement_reads_against_the_bare_fork_and_only_it() {
+        let mut crash = result(
+            Metric::Latency,
+            &[
+                ("pool fork: crash -> WorkerLost", Kind::Ours, 200e-6),
+                (
+                    "pool fork: death seen -> replacement ready",
+                    Kind::Ours,
+                    6e-3,
+                ),
+                (
+                    "pool fork + warm spare: death seen -> replacement ready",
+                    Kind::Ours,
+                    20e-6,
+                ),
+                ("pool forkserver: crash -> WorkerLost", Kind::Ours, 200e-6),
+                (
+                    "pool forkserver: death seen -> replacement ready",
+                    Kind::Ours,
+                    200e-6,
+                ),
+                (crate::workloads::FORK_FLOOR, Kind::Floor, 4e-3),
+            ],
+        );
+        crash.id = "crash_recovery".into();
+        let checks = check_targets(&[crash]);
+        let check = |measure: &str| {
+            checks
+                .iter()
+                .find(|c| c.measure == measure)
+                .unwrap_or_else(|| panic!("no check {measure}: {checks:?}"))
+        };
+        let fork = check("replacing a dead worker (fork)");
+        assert!(
+            fork.measured
+                .ends_with("a bare fork() of this process until its child runs: 4.00 ms (1.5x)"),
+            "{fork:?}"
+        );
+        // The floor explains the figure; the target stays the target.
+        assert_eq!(fork.met, Some(false));
+        // A spare's replacement and the fork server's are no fork of this process.
+        for other in [
+            "replacing a dead worker (fork + warm spare)",
+            "replacing a dead worker (forkserver)",
+        ] {
+            let c = check(other);
+            assert!(!c.measured.contains("bare fork"), "{c:?}");
+            assert_eq!(c.met, Some(true), "{c:?}");
+        }
+    }
+
+    #[test]
     fn the_loaded_verdict_is_each_contenders_own_and_counts_still_being_faster() {
         // Latency. A sleeping peer that gets faster under load (50 us -> 12 us) is the fastest
         // loaded peer; `fast` degrades 10x but is still faster than it loaded (yes), `slow`
