@@ -24,6 +24,9 @@ pub struct Config {
     pub params: Params,
     /// Keep workloads whose id or family starts with one of these (all when empty).
     pub only: Vec<String>,
+    /// Keep contenders whose kind is one of these or whose name starts with one of them, case
+    /// ignored (all when empty); see [`keeps_contender`].
+    pub contenders: Vec<String>,
     /// Samples per contender.
     pub reps: usize,
     /// Target duration of one sample.
@@ -46,6 +49,7 @@ impl Default for Config {
         Config {
             params: Params::default(),
             only: Vec::new(),
+            contenders: Vec::new(),
             reps: 9,
             sample_time: Duration::from_millis(50),
             crash_demo: true,
@@ -73,6 +77,9 @@ OPTIONS:
                         pipe_rtt_hot, pipe_rtt_asleep, lock_handoff, cluster_apply,
                         cluster_map;
                         `--list` shows every id)
+  --contenders A,B,..   only contenders of these kinds (ours, thread, process, python,
+                        floor) or whose name starts with these, case ignored
+                        (`--contenders ours,rayon`: our pool beside rayon alone)
   --sizes 64,4096,..    message sizes in bytes for the queue and pipe workloads
                         (suffixes k/K = KiB, m/M = MiB; default 64,64k)
   --workers 1,2,..      worker counts for the CPU-bound workloads (default 1..CPUs)
@@ -158,8 +165,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
             "--no-python" => later.push((a, String::new())),
             "--no-crash-demo" => cfg.crash_demo = false,
             "--no-progress" => cfg.progress = false,
-            "--workloads" | "--sizes" | "--workers" | "--pool-workers" | "--map-tasks"
-            | "--reps" | "--sample-ms" | "--load" => {
+            "--workloads" | "--contenders" | "--sizes" | "--workers" | "--pool-workers"
+            | "--map-tasks" | "--reps" | "--sample-ms" | "--load" => {
                 let v = value(&a)?;
                 later.push((a, v));
             }
@@ -176,6 +183,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
                     .split(',')
                     .filter(|s| !s.is_empty())
                     .map(String::from)
+                    .collect()
+            }
+            "--contenders" => {
+                cfg.contenders = v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_lowercase)
                     .collect()
             }
             "--sizes" => cfg.params.sizes = parse_list(&v)?,
@@ -209,7 +223,28 @@ pub fn selected(cfg: &Config) -> Vec<Workload> {
                     .iter()
                     .any(|o| w.id.starts_with(o.as_str()) || w.family == *o)
         })
+        .filter_map(|mut w| {
+            w.contenders
+                .retain(|c| keeps_contender(&cfg.contenders, c.kind, &c.name));
+            (!w.contenders.is_empty()).then_some(w)
+        })
         .collect()
+}
+
+/// Whether `--contenders` (`filter`, lower case) keeps a contender of this kind and name: an
+/// empty filter keeps all; otherwise an entry naming its kind (`ours`, `thread`, `process`,
+/// `python`, `floor`) or a prefix of its name, case ignored.
+///
+/// Why a report says it was filtered: ratios move with what else a run measures.
+/// `cpu_100us/w2`, 15 samples a contender: our map at 98.0-101.6% of rayon with `--contenders
+/// ours,rayon` against 94.1-96.4% with all six contenders (six interleaved pairs; benches'
+/// README, "Reading the `cpu_*` rows").
+pub fn keeps_contender(filter: &[String], kind: Kind, name: &str) -> bool {
+    let name = name.to_lowercase();
+    filter.is_empty()
+        || filter
+            .iter()
+            .any(|f| f == kind.label() || name.starts_with(f.as_str()))
 }
 
 /// Median and spread of a contender's samples.
@@ -1172,6 +1207,14 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
     // `ipc_shm::os::keep_freed_heap`); the setting is process-wide, so once one of ours had run
     // here, the thread contenders that run after it in this process would get it too, and
     // results would depend on the order. Everybody gets it from the start instead.
+    if !cfg.contenders.is_empty() {
+        // Ratios move with what else a run measures (see `keeps_contender`): say so.
+        writeln!(
+            out,
+            "contenders: only {} (--contenders; the other contenders are not measured)\n",
+            cfg.contenders.join(", ")
+        )?;
+    }
     let heap_kept = ipc_shm::os::keep_freed_heap(64 << 20);
     writeln!(
         out,
@@ -1356,6 +1399,49 @@ mod tests {
             .lines()
             .find(|l| l.starts_with(&format!("| w | {contender} |")))
             .unwrap_or_else(|| panic!("no row for {contender}:\n{table}"))
+    }
+
+    #[test]
+    fn contenders_are_kept_by_kind_or_name_prefix_case_ignored() {
+        let Ok(Command::Run(cfg)) = parse_args(
+            [
+                "--contenders",
+                "ours,Rayon,,floor",
+                "--workloads",
+                "cpu_100us",
+            ]
+            .map(String::from),
+        ) else {
+            panic!("the options parse");
+        };
+        assert_eq!(cfg.contenders, ["ours", "rayon", "floor"]);
+        let keeps = |kind, name| keeps_contender(&cfg.contenders, kind, name);
+        assert!(keeps(Kind::Ours, "pool map"));
+        assert!(keeps(Kind::Thread, "rayon par_iter"));
+        assert!(keeps(Kind::Floor, "ideal: 2 x one thread, no pool"));
+        assert!(!keeps(Kind::Thread, "std::thread+crossbeam"));
+        assert!(!keeps(Kind::Process, "procspawn pool"));
+        assert!(keeps_contender(&[], Kind::Process, "procspawn pool"));
+        // The selection applies it: only the kept contenders are set up and measured, and a
+        // workload left with none is dropped.
+        let picked = selected(&cfg);
+        assert!(!picked.is_empty());
+        for w in &picked {
+            assert!(w.id.starts_with("cpu_100us"));
+            let names: Vec<&str> = w.contenders.iter().map(|c| c.name.as_str()).collect();
+            assert!(names.contains(&"pool map"), "{names:?}");
+            assert!(names.contains(&"rayon par_iter"), "{names:?}");
+            assert!(
+                !names.iter().any(|n| n.starts_with("procspawn")),
+                "{names:?}"
+            );
+        }
+        let Ok(Command::Run(none)) =
+            parse_args(["--contenders", "no-such-contender"].map(String::from))
+        else {
+            panic!("the options parse");
+        };
+        assert!(selected(&none).is_empty());
     }
 
     #[test]
