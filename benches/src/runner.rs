@@ -482,6 +482,8 @@ pub struct Report {
     pub workloads: Vec<WorkloadResult>,
     /// Hog processes beside the loaded pass (`--load N`; 0: no loaded pass).
     pub load: usize,
+    /// The `--contenders` filter (empty: every contender was measured).
+    pub contenders: Vec<String>,
     /// Every workload again, measured beside `load` CPU-bound hogs (empty without `--load`).
     pub loaded: Vec<WorkloadResult>,
     /// The crash demonstration.
@@ -1203,10 +1205,6 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
         cfg.reps,
         cfg.sample_time.as_millis()
     )?;
-    // Our queue's receivers and pool workers let glibc keep up to 64 MiB of freed heap (see
-    // `ipc_shm::os::keep_freed_heap`); the setting is process-wide, so once one of ours had run
-    // here, the thread contenders that run after it in this process would get it too, and
-    // results would depend on the order. Everybody gets it from the start instead.
     if !cfg.contenders.is_empty() {
         // Ratios move with what else a run measures (see `keeps_contender`): say so.
         writeln!(
@@ -1215,6 +1213,10 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
             cfg.contenders.join(", ")
         )?;
     }
+    // Our queue's receivers and pool workers let glibc keep up to 64 MiB of freed heap (see
+    // `ipc_shm::os::keep_freed_heap`); the setting is process-wide, so once one of ours had run
+    // here, the thread contenders that run after it in this process would get it too, and
+    // results would depend on the order. Everybody gets it from the start instead.
     let heap_kept = ipc_shm::os::keep_freed_heap(64 << 20);
     writeln!(
         out,
@@ -1330,6 +1332,7 @@ pub fn run(cfg: &Config, out: &mut dyn std::io::Write) -> std::io::Result<Report
         sample_seconds: cfg.sample_time.as_secs_f64(),
         workloads: results,
         load: cfg.load,
+        contenders: cfg.contenders.clone(),
         loaded,
         crash,
         targets,

@@ -214,6 +214,54 @@ fn compare_load_pass_prints_quiet_and_loaded_side_by_side() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn compare_contenders_filter_measures_only_those_and_says_so() {
+    let dir = std::env::temp_dir().join(format!("compare-contenders-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let stdout = run_compare(&[
+        "--smoke".as_ref(),
+        "--no-progress".as_ref(),
+        "--no-crash-demo".as_ref(),
+        "--workloads".as_ref(),
+        "lock_handoff".as_ref(),
+        "--contenders".as_ref(),
+        "ours,PTHREAD".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    assert!(
+        stdout.contains("contenders: only ours, pthread (--contenders"),
+        "{stdout}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["contenders"], serde_json::json!(["ours", "pthread"]));
+    let workloads = v["workloads"].as_array().unwrap();
+    assert_eq!(workloads.len(), 1, "{stdout}");
+    let measured: Vec<(&str, &str)> = workloads[0]["contenders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["kind"].as_str().unwrap()))
+        .collect();
+    assert!(
+        measured.iter().any(|(_, kind)| *kind == "ours"),
+        "{measured:?}"
+    );
+    assert!(
+        measured.iter().any(|(name, _)| name.starts_with("pthread")),
+        "{measured:?}"
+    );
+    assert!(
+        measured
+            .iter()
+            .all(|(name, kind)| *kind == "ours" || name.starts_with("pthread")),
+        "{measured:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Where `nats-server` is, if installed (on PATH, or where Debian puts it).
 fn nats_server_dir() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
