@@ -760,15 +760,20 @@ pub fn workload_table(w: &WorkloadResult) -> String {
     s
 }
 
+/// The fastest contender of `kind` by its own median (the lowest latency or the highest
+/// rate), so that it is found also when ours was not measured (filtered out, or failed).
 fn best(w: &WorkloadResult, kind: Kind) -> Option<&ContenderResult> {
+    let speed = |c: &ContenderResult| {
+        let m = c.summary.as_ref().map_or(f64::NAN, |s| s.median);
+        match w.metric {
+            Metric::Latency => -m,
+            Metric::Throughput => m,
+        }
+    };
     w.contenders
         .iter()
         .filter(|c| c.kind == kind && c.summary.is_some())
-        .max_by(|a, b| {
-            a.speed_vs_ours
-                .unwrap_or(0.0)
-                .total_cmp(&b.speed_vs_ours.unwrap_or(0.0))
-        })
+        .max_by(|a, b| speed(a).total_cmp(&speed(b)))
 }
 
 /// The headline table: per workload, ours and the best of each kind of peer (markdown).
@@ -790,15 +795,15 @@ pub fn headline(ws: &[WorkloadResult]) -> String {
         let cell = |kind| {
             best(w, kind)
                 .map(|c| {
-                    format!(
-                        "{}: {} ({} ours)",
-                        c.name,
-                        c.summary
-                            .as_ref()
-                            .map(|m| fmt_value(w, m.median))
-                            .unwrap_or_default(),
-                        c.speed_vs_ours.map(fmt_ratio).unwrap_or_default()
-                    )
+                    let median = c
+                        .summary
+                        .as_ref()
+                        .map(|m| fmt_value(w, m.median))
+                        .unwrap_or_default();
+                    match c.speed_vs_ours {
+                        Some(r) => format!("{}: {median} ({} ours)", c.name, fmt_ratio(r)),
+                        None => format!("{}: {median}", c.name),
+                    }
                 })
                 .unwrap_or_else(|| "-".into())
         };
@@ -1402,6 +1407,50 @@ mod tests {
             .lines()
             .find(|l| l.starts_with(&format!("| w | {contender} |")))
             .unwrap_or_else(|| panic!("no row for {contender}:\n{table}"))
+    }
+
+    #[test]
+    fn the_headline_names_each_kinds_fastest_peer_with_or_without_ours() {
+        // Without ours (filtered out, or failed) there is no ratio to rank by: the medians
+        // decide, the lowest latency and the highest rate, and no ratio is printed.
+        for (metric, fast, slow) in [
+            (Metric::Latency, 1e-5, 3e-3),
+            (Metric::Throughput, 3e6, 1e4),
+        ] {
+            let mut w = result(
+                metric,
+                // The fastest first: ranked by a missing ratio, the last would win.
+                &[
+                    ("fast pool", Kind::Thread, fast),
+                    ("slow pool", Kind::Thread, slow),
+                ],
+            );
+            for c in &mut w.contenders {
+                c.speed_vs_ours = None;
+            }
+            let h = headline(std::slice::from_ref(&w));
+            let line = row(&h, "-");
+            assert!(line.contains("| fast pool: "), "{metric:?}: {line}");
+            assert!(
+                !line.contains("slow pool") && !line.contains("ours"),
+                "{line}"
+            );
+        }
+        // With ours, the same peer, and its ratio against ours.
+        let w = result(
+            Metric::Latency,
+            &[
+                ("pool", Kind::Ours, 2e-5),
+                ("slow pool", Kind::Thread, 3e-3),
+                ("fast pool", Kind::Thread, 1e-5),
+            ],
+        );
+        let h = headline(std::slice::from_ref(&w));
+        let line = h.lines().find(|l| l.starts_with("| w |")).unwrap();
+        assert!(
+            line.contains("| fast pool: ") && line.contains("(2.00x ours)"),
+            "{line}"
+        );
     }
 
     #[test]
