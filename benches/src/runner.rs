@@ -760,9 +760,18 @@ pub fn workload_table(w: &WorkloadResult) -> String {
     s
 }
 
-/// The fastest contender of `kind` by its own median (the lowest latency or the highest
-/// rate), so that it is found also when ours was not measured (filtered out, or failed).
+/// The fastest contender of `kind` (see [`fastest`]).
 fn best(w: &WorkloadResult, kind: Kind) -> Option<&ContenderResult> {
+    fastest(w, |c| c.kind == kind)
+}
+
+/// The fastest measured contender that `keep` accepts, by its own median (the lowest latency or
+/// the highest rate): the same order as the ratios to ours, and found also when ours was not
+/// measured (filtered out, or failed), where every ratio is missing.
+fn fastest(
+    w: &WorkloadResult,
+    keep: impl Fn(&ContenderResult) -> bool,
+) -> Option<&ContenderResult> {
     let speed = |c: &ContenderResult| {
         let m = c.summary.as_ref().map_or(f64::NAN, |s| s.median);
         match w.metric {
@@ -772,7 +781,7 @@ fn best(w: &WorkloadResult, kind: Kind) -> Option<&ContenderResult> {
     };
     w.contenders
         .iter()
-        .filter(|c| c.kind == kind && c.summary.is_some())
+        .filter(|c| c.summary.is_some() && keep(c))
         .max_by(|a, b| speed(a).total_cmp(&speed(b)))
 }
 
@@ -878,16 +887,8 @@ pub fn load_table(quiet: &[WorkloadResult], loaded: &[WorkloadResult]) -> String
                 .and_then(|c| c.summary.as_ref().map(|m| m.median))
         };
         // The peer fastest when loaded: its name, loaded median and slowdown.
-        let best_peer = l
-            .contenders
-            .iter()
-            .filter(|c| c.kind != Kind::Ours && c.kind != Kind::Floor && c.summary.is_some())
-            .max_by(|a, b| {
-                a.speed_vs_ours
-                    .unwrap_or(0.0)
-                    .total_cmp(&b.speed_vs_ours.unwrap_or(0.0))
-            })
-            .and_then(|c| {
+        let best_peer =
+            fastest(l, |c| c.kind != Kind::Ours && c.kind != Kind::Floor).and_then(|c| {
                 let lm = median(l, &c.name)?;
                 Some((
                     c.name.as_str(),
