@@ -122,6 +122,11 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("not a size: {s:?}"))
 }
 
+/// The non-empty names of a comma-separated list.
+fn names(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').filter(|s| !s.is_empty())
+}
+
 fn parse_list(s: &str) -> Result<Vec<usize>, String> {
     s.split(',')
         .filter(|x| !x.is_empty())
@@ -178,20 +183,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
     for (k, v) in later {
         match k.as_str() {
             "--no-python" => cfg.params.python = false,
-            "--workloads" => {
-                cfg.only = v
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            }
-            "--contenders" => {
-                cfg.contenders = v
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_lowercase)
-                    .collect()
-            }
+            "--workloads" => cfg.only = names(&v).map(String::from).collect(),
+            "--contenders" => cfg.contenders = names(&v).map(str::to_lowercase).collect(),
             "--sizes" => cfg.params.sizes = parse_list(&v)?,
             "--workers" => cfg.params.workers = parse_list(&v)?,
             "--pool-workers" => cfg.params.pool_workers = parse_size(&v)?.max(1),

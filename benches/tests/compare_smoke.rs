@@ -132,6 +132,24 @@ fn run_compare(args: &[&std::ffi::OsStr]) -> String {
     run_compare_with_path(args, &std::env::var_os("PATH").unwrap_or_default())
 }
 
+/// Runs the runner with `--smoke --no-progress --no-crash-demo`, `args` and a `--json` report
+/// in a temporary directory of its own (`tag` names it); returns its stdout and the report.
+fn run_compare_json(tag: &str, args: &[&str]) -> (String, serde_json::Value) {
+    let dir = std::env::temp_dir().join(format!("compare-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let mut all: Vec<&std::ffi::OsStr> = ["--smoke", "--no-progress", "--no-crash-demo"]
+        .iter()
+        .chain(args)
+        .map(|a| a.as_ref())
+        .collect();
+    all.extend(["--json".as_ref(), json.as_os_str()]);
+    let stdout = run_compare(&all);
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (stdout, report)
+}
+
 /// [`run_compare`] with `PATH` set to `path` in the runner's environment.
 fn run_compare_with_path(args: &[&std::ffi::OsStr], path: &std::ffi::OsStr) -> String {
     let child = Command::new(env!("CARGO_BIN_EXE_compare"))
@@ -172,20 +190,10 @@ fn run_compare_with_path(args: &[&std::ffi::OsStr], path: &std::ffi::OsStr) -> S
 
 #[test]
 fn compare_load_pass_prints_quiet_and_loaded_side_by_side() {
-    let dir = std::env::temp_dir().join(format!("compare-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("report.json");
-    let stdout = run_compare(&[
-        "--smoke".as_ref(),
-        "--no-progress".as_ref(),
-        "--no-crash-demo".as_ref(),
-        "--workloads".as_ref(),
-        "lock_handoff,pipe_rtt_hot".as_ref(),
-        "--load".as_ref(),
-        "1".as_ref(),
-        "--json".as_ref(),
-        json.as_os_str(),
-    ]);
+    let (stdout, v) = run_compare_json(
+        "load",
+        &["--workloads", "lock_handoff,pipe_rtt_hot", "--load", "1"],
+    );
     let table = stdout
         .split("## Quiet vs beside 1 CPU hogs")
         .nth(1)
@@ -204,38 +212,28 @@ fn compare_load_pass_prints_quiet_and_loaded_side_by_side() {
         stdout.contains("beside 1 CPU hogs (`lock_handoff`"),
         "{stdout}"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["load"].as_u64(), Some(1));
     assert_eq!(
         v["loaded"].as_array().unwrap().len(),
         v["workloads"].as_array().unwrap().len()
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn compare_contenders_filter_measures_only_those_and_says_so() {
-    let dir = std::env::temp_dir().join(format!("compare-contenders-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("report.json");
-    let stdout = run_compare(&[
-        "--smoke".as_ref(),
-        "--no-progress".as_ref(),
-        "--no-crash-demo".as_ref(),
-        "--workloads".as_ref(),
-        "lock_handoff".as_ref(),
-        "--contenders".as_ref(),
-        "ours,PTHREAD".as_ref(),
-        "--json".as_ref(),
-        json.as_os_str(),
-    ]);
+    let (stdout, v) = run_compare_json(
+        "contenders",
+        &[
+            "--workloads",
+            "lock_handoff",
+            "--contenders",
+            "ours,PTHREAD",
+        ],
+    );
     assert!(
         stdout.contains("contenders: only ours, pthread (--contenders"),
         "{stdout}"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["contenders"], serde_json::json!(["ours", "pthread"]));
     let workloads = v["workloads"].as_array().unwrap();
     assert_eq!(workloads.len(), 1, "{stdout}");
@@ -259,7 +257,6 @@ fn compare_contenders_filter_measures_only_those_and_says_so() {
             .all(|(name, kind)| *kind == "ours" || name.starts_with("pthread")),
         "{measured:?}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Where `nats-server` is, if installed (on PATH, or where Debian puts it).
