@@ -891,12 +891,24 @@ fn a_node_of_another_build_refuses_the_task() {
     let name = cluster_name("build");
     // Another build: this binary with bytes appended (its content hash differs), started in node
     // mode through the environment (`pool::init` sees POOL_CLUSTER_NODE before `main`).
+    //
+    // A shell writes the copy, not this process: a file this process held open for writing
+    // could not be executed (ETXTBSY, "Text file busy") while any child forked meanwhile by
+    // another test's thread still held its inherited copy of that descriptor (until it
+    // execs, or for its whole life: a `Fork` pool worker). Seen once in CI.
     let copy = server.dir.join("other-build");
-    let mut bytes = std::fs::read(std::env::current_exe().expect("this binary")).expect("read");
-    bytes.extend_from_slice(b"another build");
-    std::fs::write(&copy, bytes).expect("write the copy");
-    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let exe = std::env::current_exe().expect("this binary");
+    let written = Command::new("sh")
+        .args([
+            "-c",
+            r#"cat "$1" > "$2" && printf 'another build' >> "$2" && chmod 755 "$2""#,
+            "sh",
+        ])
+        .arg(&exe)
+        .arg(&copy)
+        .status()
+        .expect("sh");
+    assert!(written.success(), "writing the copy: {written}");
     let mut cmd = Command::new(&copy);
     cmd.env(pool::cluster::NODE_ENV, server.url())
         .env("POOL_CLUSTER_NAME", &name)
