@@ -1017,7 +1017,10 @@ mod tests {
         std::thread::spawn(move || std::mem::forget(l2.lock().unwrap()))
             .join()
             .unwrap();
-        let mut guard = lock.try_lock().unwrap_err().into_guard().unwrap();
+        // The blocking lock, not `try_lock`: `join` returns once the thread's exit cleared its
+        // id word, a moment before procfs stops listing it as running, and `try_lock` in that
+        // moment rightly answers `WouldBlock` (it failed so in CI); `lock` waits for the death.
+        let mut guard = lock.lock().unwrap_err().into_guard().unwrap();
         guard.mark_consistent();
         drop(guard);
         assert!(!lock.is_locked());
