@@ -469,7 +469,10 @@ impl Lock {
     /// Acquires the lock if it is free right now.
     ///
     /// When the lock is held, checks whether its owner is alive (one procfs read, a few
-    /// microseconds), so that polling with `try_lock` also recovers a dead owner's lock.
+    /// microseconds), so that polling with `try_lock` also recovers a dead owner's lock. An
+    /// owner still in the middle of exiting counts as alive (a thread whose `join` has just
+    /// returned may be, for a moment): that call says `WouldBlock`, a later one or a blocking
+    /// [`lock`](Lock::lock) sees the death.
     #[inline]
     pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError<LockGuard<'_>>> {
         match self.raw_lock(&Sys, Wait::No) {
