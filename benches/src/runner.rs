@@ -1107,7 +1107,7 @@ pub fn check_targets(ws: &[WorkloadResult]) -> Vec<TargetCheck> {
     push(
         "ipc-pipe 64 KiB round trip, hot peers",
         "<= 2x iceoryx2 publish-subscribe sending a copy",
-        versus("pipe_rtt_hot/64KiB", "iceoryx2")
+        versus("pipe_rtt_hot/64KiB", "iceoryx2 publish-subscribe (copy")
             .map(|(o, p)| (shown(o, p, fmt_time), o / p <= 2.0)),
     );
     push(

@@ -1,9 +1,18 @@
-//! iceoryx2, the strongest Rust IPC peer, in the pipe round trip ([`ping_pong`]) and the 1 -> 1
-//! queue stream ([`stream`]): publish-subscribe between two processes, each message copied into a
-//! loaned sample (iceoryx2's `send-copy` mode, so both sides copy the bytes once, as ours do), the
-//! receivers polling `receive()` in a busy loop, as iceoryx2's own benchmark does. Its services
-//! live in shared memory of its own; the child is stopped through the gate (below), never
-//! killed, so every port and node is dropped and iceoryx2 removes what it created.
+//! iceoryx2, the strongest Rust IPC peer, in the pipe round trips and the 1 -> 1 queue stream,
+//! in each of the messaging patterns it offers for them, with the settings its own benchmarks
+//! use:
+//!
+//! | contender | workload | pattern |
+//! |---|---|---|
+//! | [`ping_pong`] | `pipe_rtt_hot` | publish-subscribe, receivers polling `receive()` in a busy loop |
+//! | [`request_response`] | `pipe_rtt_hot` | request-response: the client polls its pending response, the server its requests |
+//! | [`ping_pong_notified`] | `pipe_rtt_asleep` | publish-subscribe with an event service beside it: each sample is followed by a notification, and a receiver with nothing to take sleeps in its listener's wait (iceoryx2's blocking pattern; on Linux the listener sleeps on a Unix datagram socket) |
+//! | [`stream`] | `queue_spsc` | publish-subscribe, the consumer polling in a busy loop |
+//!
+//! Every message is copied into a loaned sample (iceoryx2's `send-copy` mode) and out of the
+//! received one, so both sides copy the bytes once, as ours do. Its services live in shared
+//! memory of its own; the child is stopped through the gate (below), never killed, so every
+//! port and node is dropped and iceoryx2 removes what it created.
 //!
 //! ## The gate
 //!
@@ -23,6 +32,9 @@
 //! | `RUNNING` | the child | polls `receive()` until the word leaves `RUNNING` |
 //! | `STOP` | the parent, when dropped | returns (its ports and node are dropped) |
 //!
+//! The event contender's child sleeps in its listener while `RUNNING` (in slices of
+//! [`WAIT_SLICE`], so that it sees the word change), where the others poll.
+//!
 //! The parent starts its clock only once the child says `RUNNING`, so no sample pays for the
 //! child's wake-up. Set-up ends only once the child's subscriber is attached: iceoryx2 drops a
 //! sample sent into a full buffer whose subscriber has not attached yet, and a child that first
@@ -31,7 +43,11 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use iceoryx2::port::client::Client;
+use iceoryx2::port::listener::Listener;
+use iceoryx2::port::notifier::Notifier;
 use iceoryx2::port::publisher::Publisher;
+use iceoryx2::port::server::Server;
 use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
 
@@ -66,6 +82,13 @@ const PING_PONG_BUFFER: usize = 2;
 const STREAM_BUFFER: usize = 256;
 type Tx = Publisher<Service, [u8], ()>;
 type Rx = Subscriber<Service, [u8], ()>;
+type Requester = Client<Service, [u8], (), [u8], ()>;
+type Responder = Server<Service, [u8], (), [u8], ()>;
+type RequestService =
+    iceoryx2::service::port_factory::request_response::PortFactory<Service, [u8], (), [u8], ()>;
+/// How long a listener sleeps at most before its owner looks at the gate's word again (a
+/// notification ends the sleep at once).
+const WAIT_SLICE: Duration = Duration::from_millis(10);
 
 /// iceoryx2's configuration for one contender: its files (shared memory in `/dev/shm`, node and
 /// service records under a root directory) carry a prefix of our own, so that [`Leftovers`]
@@ -197,6 +220,20 @@ fn connect(rx: &Rx) -> Result<(), String> {
         .map_err(|e| format!("iceoryx2 connect: {e:?}"))
 }
 
+/// The parent's publish-subscribe ports ([`ports`]), its subscriber attached to the child's
+/// publisher.
+fn pub_sub(
+    node: &Node<Service>,
+    send_on: &str,
+    receive_on: &str,
+    size: usize,
+    buffer: usize,
+) -> Result<(Tx, Rx), String> {
+    let (tx, rx) = ports(node, send_on, receive_on, size, buffer)?;
+    connect(&rx)?;
+    Ok((tx, rx))
+}
+
 /// Busy-polls `rx` for the next sample and copies it into `buf`; returns its length, or `None`
 /// once `give_up()` says so with nothing to receive.
 fn poll_receive(
@@ -205,18 +242,28 @@ fn poll_receive(
     give_up: impl Fn() -> bool,
 ) -> Result<Option<usize>, String> {
     loop {
-        match rx.receive() {
-            Ok(Some(sample)) => {
-                let p = sample.payload();
-                let n = p.len().min(buf.len());
-                buf[..n].copy_from_slice(&p[..n]);
-                return Ok(Some(p.len()));
-            }
-            Ok(None) if give_up() => return Ok(None),
-            Ok(None) => std::hint::spin_loop(),
-            Err(e) => return Err(format!("iceoryx2 receive: {e:?}")),
+        match take(rx, buf)? {
+            Some(n) => return Ok(Some(n)),
+            None if give_up() => return Ok(None),
+            None => std::hint::spin_loop(),
         }
     }
+}
+
+/// Takes the next sample of `rx`, if one is there, and copies it into `buf`; returns its length.
+fn take(rx: &Rx, buf: &mut [u8]) -> Result<Option<usize>, String> {
+    match rx.receive() {
+        Ok(Some(sample)) => Ok(Some(copy_out(sample.payload(), buf))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(format!("iceoryx2 receive: {e:?}")),
+    }
+}
+
+/// Copies a received payload into `buf` (as much as fits); returns the payload's length.
+fn copy_out(payload: &[u8], buf: &mut [u8]) -> usize {
+    let n = payload.len().min(buf.len());
+    buf[..n].copy_from_slice(&payload[..n]);
+    payload.len()
 }
 
 /// Waits (polling, in set-up only: nothing is timed here) until `flag` leaves `from`.
@@ -244,7 +291,7 @@ fn echo(
 ) -> Result<(), String> {
     let node = node(config)?;
     let (tx, rx) = ports(&node, pong, ping, size, PING_PONG_BUFFER)?;
-    handshake(&rx, flag)?;
+    handshake(flag, || connect(&rx))?;
     let mut buf = vec![0u8; size.max(1)];
     while gate_open(flag) {
         while let Some(n) = receive_while_running(&rx, &mut buf, flag)? {
@@ -255,11 +302,12 @@ fn echo(
 }
 
 /// The child's side of set-up, once its ports exist: says `CHILD_READY`, waits for the parent's
-/// ports (`PARENT_READY`), attaches its subscriber to the parent's publisher and says `IDLE`.
-fn handshake(rx: &Rx, flag: &AtomicU32) -> Result<(), String> {
+/// ports (`PARENT_READY`), attaches its receiving port to the parent's sending one (`connect`)
+/// and says `IDLE`.
+fn handshake(flag: &AtomicU32, connect: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     flag.store(CHILD_READY, Ordering::Release);
     await_change(flag, CHILD_READY)?;
-    connect(rx)?;
+    connect()?;
     flag.store(IDLE, Ordering::Release);
     Ok(())
 }
@@ -292,10 +340,9 @@ fn receive_while_running(
     poll_receive(rx, buf, || flag.load(Ordering::Acquire) != RUNNING)
 }
 
-/// The parent's side and the child, stopped by a message on drop.
-struct Pair {
-    tx: Tx,
-    rx: Rx,
+/// The parent's side (its ports `P`) and the child, stopped through the gate on drop.
+struct Pair<P> {
+    ports: P,
     _node: Node<Service>,
     child: Option<Child>,
     /// The set-up flag's segment (the gate's word after set-up), kept until the child is gone.
@@ -305,17 +352,16 @@ struct Pair {
     _leftovers: Leftovers,
 }
 
-impl Pair {
+impl<P> Pair<P> {
     /// Forks the child, which runs `role(config, receive_on, reply_on, flag)` (it opens its ports,
-    /// then [`handshake`]s); opens this process's ports (publishing on the child's `receive_on`,
-    /// subscribing to its `reply_on`), each subscriber buffering `buffer` samples of up to `size`
-    /// bytes; returns once the child's subscriber is attached (`IDLE`).
+    /// then [`handshake`]s); opens this process's ports with `parent(node, send_on, receive_on)`
+    /// (sending on the child's `receive_on`, receiving on its `reply_on`, attached to the
+    /// child's ports that exist); returns once the child's ports are attached to them (`IDLE`).
     fn start(
-        size: usize,
-        buffer: usize,
         what: &str,
         role: impl FnOnce(&Config, &str, &str, &AtomicU32) -> Result<(), String>,
-    ) -> Result<Pair, String> {
+        parent: impl FnOnce(&Node<Service>, &str, &str) -> Result<P, String>,
+    ) -> Result<Pair<P>, String> {
         set_log_level(LogLevel::Error);
         let (out, back, tag) = names();
         let leftovers = Leftovers(tag.clone());
@@ -332,19 +378,17 @@ impl Pair {
             return Err(format!("the iceoryx2 {what} child failed to set up"));
         }
         let node = node(&config)?;
-        let (tx, rx) = ports(&node, &out, &back, size, buffer)?;
-        connect(&rx)?;
+        let ports = parent(&node, &out, &back)?;
         flag.store(PARENT_READY, Ordering::Release);
         let pair = Pair {
-            tx,
-            rx,
+            ports,
             _node: node,
             child: Some(child),
             flag: seg,
             flag_at: off,
             _leftovers: leftovers,
         };
-        // The child attaches its subscriber before the first sample can send to it.
+        // The child attaches its receiving port before the first sample can send to it.
         match await_change(pair.word()?, PARENT_READY)? {
             IDLE => Ok(pair),
             _ => Err(format!("the iceoryx2 {what} child failed to connect")),
@@ -386,7 +430,7 @@ impl Pair {
     }
 }
 
-impl Drop for Pair {
+impl<P> Drop for Pair<P> {
     fn drop(&mut self) {
         if let Ok(word) = self.word() {
             word.store(STOP, Ordering::Release);
@@ -404,19 +448,21 @@ pub(crate) fn ping_pong(size: usize) -> ContenderSpec {
         "iceoryx2 publish-subscribe (copy, busy poll)",
         Kind::Process,
         move || {
-            let mut pair =
-                Pair::start(size, PING_PONG_BUFFER, "echo", move |c, out, back, flag| {
-                    echo(c, out, back, size, flag)
-                })?;
+            let mut pair = Pair::start(
+                "echo",
+                move |c, out, back, flag| echo(c, out, back, size, flag),
+                move |node, out, back| pub_sub(node, out, back, size, PING_PONG_BUFFER),
+            )?;
             let msg = vec![7u8; size.max(1)];
             let mut buf = vec![0u8; size.max(1)];
             Ok(Runner::new(1, move |iters| {
                 let pair = &mut pair;
                 pair.open()?;
                 let start = Instant::now();
+                let (tx, rx) = &pair.ports;
                 for _ in 0..iters {
-                    send(&pair.tx, &msg)?;
-                    receive(&pair.rx, &mut buf)?;
+                    send(tx, &msg)?;
+                    receive(rx, &mut buf)?;
                 }
                 let took = start.elapsed();
                 pair.close()?;
@@ -438,7 +484,7 @@ fn drain(
 ) -> Result<(), String> {
     let node = node(config)?;
     let (tx, rx) = ports(&node, ack, data, size, STREAM_BUFFER)?;
-    handshake(&rx, flag)?;
+    handshake(flag, || connect(&rx))?;
     let mut buf = vec![0u8; size.max(1)];
     let mut got = 0u64;
     while gate_open(flag) {
@@ -462,10 +508,9 @@ pub(crate) fn stream(size: usize, n: u64) -> ContenderSpec {
         Kind::Process,
         move || {
             let mut pair = Pair::start(
-                size,
-                STREAM_BUFFER,
                 "consumer",
                 move |c, out, back, flag| drain(c, out, back, size, n, flag),
+                move |node, out, back| pub_sub(node, out, back, size, STREAM_BUFFER),
             )?;
             let msg = vec![7u8; size.max(1)];
             let mut buf = [0u8; 1];
@@ -473,11 +518,268 @@ pub(crate) fn stream(size: usize, n: u64) -> ContenderSpec {
                 let pair = &mut pair;
                 pair.open()?;
                 let start = Instant::now();
+                let (tx, rx) = &pair.ports;
                 for _ in 0..iters {
                     for _ in 0..n {
-                        send(&pair.tx, &msg)?;
+                        send(tx, &msg)?;
                     }
-                    receive(&pair.rx, &mut buf)?;
+                    receive(rx, &mut buf)?;
+                }
+                let took = start.elapsed();
+                pair.close()?;
+                Ok(took)
+            }))
+        },
+    )
+}
+
+/// One side of the event contender: publish-subscribe ports with an event service beside
+/// each direction, named after the data service (`<name>/event`).
+struct Notified {
+    tx: Tx,
+    rx: Rx,
+    notifier: Notifier<Service>,
+    listener: Listener<Service>,
+}
+
+impl Notified {
+    /// Publishes on `send_on` and notifies its event; subscribes to `receive_on` and listens on
+    /// its event. Attaches nothing: see [`Notified::connect`].
+    fn open(
+        node: &Node<Service>,
+        send_on: &str,
+        receive_on: &str,
+        size: usize,
+    ) -> Result<Notified, String> {
+        let (tx, rx) = ports(node, send_on, receive_on, size, PING_PONG_BUFFER)?;
+        let event = |name: &str| {
+            let name: ServiceName = format!("{name}/event")
+                .as_str()
+                .try_into()
+                .map_err(|e| format!("{e:?}"))?;
+            node.service_builder(&name)
+                .event()
+                .max_notifiers(1)
+                .max_listeners(1)
+                .open_or_create()
+                .map_err(|e| format!("iceoryx2 event service {name}: {e:?}"))
+        };
+        let notifier = event(send_on)?
+            .notifier_builder()
+            .create()
+            .map_err(|e| format!("iceoryx2 notifier: {e:?}"))?;
+        let listener = event(receive_on)?
+            .listener_builder()
+            .create()
+            .map_err(|e| format!("iceoryx2 listener: {e:?}"))?;
+        Ok(Notified {
+            tx,
+            rx,
+            notifier,
+            listener,
+        })
+    }
+
+    /// Attaches the subscriber to the publishers that exist now (see [`connect`]); a notifier
+    /// finds the listeners that exist each time it notifies.
+    fn connect(&self) -> Result<(), String> {
+        connect(&self.rx)
+    }
+
+    /// Copies `bytes` into a sample, sends it, then wakes the peer's listener.
+    fn send(&self, bytes: &[u8]) -> Result<(), String> {
+        send(&self.tx, bytes)?;
+        self.notifier
+            .notify()
+            .map(|_| ())
+            .map_err(|e| format!("iceoryx2 notify: {e:?}"))
+    }
+
+    /// Takes the next sample into `buf` (its length), sleeping in the listener while there is
+    /// none, in slices of [`WAIT_SLICE`]; `None` once `give_up()` says so with none there.
+    fn receive(&self, buf: &mut [u8], give_up: impl Fn() -> bool) -> Result<Option<usize>, String> {
+        loop {
+            if let Some(n) = take(&self.rx, buf)? {
+                return Ok(Some(n));
+            }
+            if give_up() {
+                return Ok(None);
+            }
+            self.listener
+                .timed_wait(|_| {}, WAIT_SLICE)
+                .map_err(|e| format!("iceoryx2 listener wait: {e:?}"))?;
+        }
+    }
+}
+
+/// The event contender's echo child: sleeps in its listener until a sample comes, answers it
+/// with its copy and a notification.
+fn echo_notified(
+    config: &Config,
+    ping: &str,
+    pong: &str,
+    size: usize,
+    flag: &AtomicU32,
+) -> Result<(), String> {
+    let node = node(config)?;
+    let side = Notified::open(&node, pong, ping, size)?;
+    handshake(flag, || side.connect())?;
+    let mut buf = vec![0u8; size.max(1)];
+    while gate_open(flag) {
+        while let Some(n) = side.receive(&mut buf, || flag.load(Ordering::Acquire) != RUNNING)? {
+            side.send(&buf[..n])?;
+        }
+    }
+    Ok(())
+}
+
+/// The round trip of `size` bytes with both sides asleep (`pipe_rtt_asleep`): publish-subscribe
+/// with a notification after each sample, each side sleeping in its listener until the answer
+/// comes.
+pub(crate) fn ping_pong_notified(size: usize) -> ContenderSpec {
+    ContenderSpec::new(
+        "iceoryx2 publish-subscribe + event (copy, listener sleeps)",
+        Kind::Process,
+        move || {
+            let mut pair = Pair::start(
+                "echo",
+                move |c, out, back, flag| echo_notified(c, out, back, size, flag),
+                move |node, out, back| {
+                    let side = Notified::open(node, out, back, size)?;
+                    side.connect()?;
+                    Ok(side)
+                },
+            )?;
+            let msg = vec![7u8; size.max(1)];
+            let mut buf = vec![0u8; size.max(1)];
+            Ok(Runner::new(1, move |iters| {
+                let pair = &mut pair;
+                pair.open()?;
+                let side = &pair.ports;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    side.send(&msg)?;
+                    let sent = Instant::now();
+                    side.receive(&mut buf, || sent.elapsed() > RECEIVE_LIMIT)?
+                        .ok_or_else(|| {
+                            format!(
+                                "iceoryx2: no answer within {RECEIVE_LIMIT:?} (the peer lost one or died)"
+                            )
+                        })?;
+                }
+                let took = start.elapsed();
+                pair.close()?;
+                Ok(took)
+            }))
+        },
+    )
+}
+
+/// The request-response service `name`: one client, one server, one request in flight and one
+/// response buffered, as iceoryx2's own request-response benchmark sets it up.
+fn request_service(node: &Node<Service>, name: &str) -> Result<RequestService, String> {
+    let name: ServiceName = name.try_into().map_err(|e| format!("{e:?}"))?;
+    node.service_builder(&name)
+        .request_response::<[u8], [u8]>()
+        .max_clients(1)
+        .max_servers(1)
+        .max_active_requests_per_client(1)
+        .max_response_buffer_size(1)
+        .open_or_create()
+        .map_err(|e| format!("iceoryx2 request-response service {name}: {e:?}"))
+}
+
+/// The request-response contender's child: busy-polls its server for requests and answers each
+/// with a copy of its bytes.
+fn serve(config: &Config, name: &str, size: usize, flag: &AtomicU32) -> Result<(), String> {
+    let node = node(config)?;
+    let server: Responder = request_service(&node, name)?
+        .server_builder()
+        .initial_max_slice_len(size.max(1))
+        .create()
+        .map_err(|e| format!("iceoryx2 server: {e:?}"))?;
+    handshake(flag, || {
+        server
+            .has_requests()
+            .map(|_| ())
+            .map_err(|e| format!("iceoryx2 server connect: {e:?}"))
+    })?;
+    let mut buf = vec![0u8; size.max(1)];
+    while gate_open(flag) {
+        while flag.load(Ordering::Acquire) == RUNNING {
+            let request = match server.receive() {
+                Ok(Some(request)) => request,
+                Ok(None) => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                Err(e) => return Err(format!("iceoryx2 server receive: {e:?}")),
+            };
+            let n = copy_out(request.payload(), &mut buf);
+            let n = n.min(buf.len());
+            request
+                .loan_slice_uninit(n)
+                .map_err(|e| format!("iceoryx2 response loan: {e:?}"))?
+                .write_from_slice(&buf[..n])
+                .send()
+                .map_err(|e| format!("iceoryx2 response send: {e:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The round trip of `size` bytes as a request and its response (`pipe_rtt_hot`): this process
+/// sends a request and polls its pending response; a forked server polls for requests.
+pub(crate) fn request_response(size: usize) -> ContenderSpec {
+    ContenderSpec::new(
+        "iceoryx2 request-response (copy, busy poll)",
+        Kind::Process,
+        move || {
+            let mut pair = Pair::start(
+                "server",
+                move |c, out, _back, flag| serve(c, out, size, flag),
+                move |node, out, _back| -> Result<Requester, String> {
+                    request_service(node, out)?
+                        .client_builder()
+                        .initial_max_slice_len(size.max(1))
+                        .create()
+                        .map_err(|e| format!("iceoryx2 client: {e:?}"))
+                },
+            )?;
+            let msg = vec![7u8; size.max(1)];
+            let mut buf = vec![0u8; size.max(1)];
+            Ok(Runner::new(1, move |iters| {
+                let pair = &mut pair;
+                pair.open()?;
+                let client = &pair.ports;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let pending = client
+                        .loan_slice_uninit(msg.len())
+                        .map_err(|e| format!("iceoryx2 request loan: {e:?}"))?
+                        .write_from_slice(&msg)
+                        .send()
+                        .map_err(|e| format!("iceoryx2 request send: {e:?}"))?;
+                    let sent = Instant::now();
+                    let mut polls = 0u32;
+                    loop {
+                        match pending.receive() {
+                            Ok(Some(response)) => {
+                                copy_out(response.payload(), &mut buf);
+                                break;
+                            }
+                            Ok(None) => {
+                                polls = polls.wrapping_add(1);
+                                if polls.is_multiple_of(4096) && sent.elapsed() > RECEIVE_LIMIT {
+                                    return Err(format!(
+                                        "iceoryx2: no response within {RECEIVE_LIMIT:?} (the server lost the request or died)"
+                                    ));
+                                }
+                                std::hint::spin_loop();
+                            }
+                            Err(e) => return Err(format!("iceoryx2 response receive: {e:?}")),
+                        }
+                    }
                 }
                 let took = start.elapsed();
                 pair.close()?;

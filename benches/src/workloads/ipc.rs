@@ -715,10 +715,13 @@ pub fn pipe_round_trip(p: &Params, hot: bool) -> Vec<Workload> {
             if !hot {
                 wl = wl
                     .with(floor_ping_pong(false, Placement::SameCore))
-                    .with(floor_ping_pong(false, Placement::CrossCore));
+                    .with(floor_ping_pong(false, Placement::CrossCore))
+                    .with(super::iceoryx::ping_pong_notified(size));
             }
             if hot {
-                wl = wl.with(super::iceoryx::ping_pong(size));
+                wl = wl
+                    .with(super::iceoryx::ping_pong(size))
+                    .with(super::iceoryx::request_response(size));
                 wl = wl.with(ContenderSpec::new(
                     "crossbeam ping-pong, threads",
                     Kind::Thread,
