@@ -200,15 +200,22 @@ const RECEIVE_LIMIT: Duration = Duration::from_secs(10);
 /// Busy-polls `rx` for the next sample and copies it into `buf`; returns its length. Fails after
 /// [`RECEIVE_LIMIT`] without one (the clock is read every 4096 polls).
 fn receive(rx: &Rx, buf: &mut [u8]) -> Result<usize, String> {
-    let start = Instant::now();
+    poll_receive(rx, buf, past_limit(Instant::now()))?.ok_or_else(no_answer)
+}
+
+/// The give-up test of a busy poll that started at `since`: true once [`RECEIVE_LIMIT`] has
+/// passed, the clock read every 4096 calls.
+fn past_limit(since: Instant) -> impl Fn() -> bool {
     let polls = std::cell::Cell::new(0u32);
-    let late = || {
+    move || {
         polls.set(polls.get().wrapping_add(1));
-        polls.get().is_multiple_of(4096) && start.elapsed() > RECEIVE_LIMIT
-    };
-    poll_receive(rx, buf, late)?.ok_or_else(|| {
-        format!("iceoryx2: no sample within {RECEIVE_LIMIT:?} (the peer lost one or died)")
-    })
+        polls.get().is_multiple_of(4096) && since.elapsed() > RECEIVE_LIMIT
+    }
+}
+
+/// The error of a wait that reached [`RECEIVE_LIMIT`].
+fn no_answer() -> String {
+    format!("iceoryx2: no answer within {RECEIVE_LIMIT:?} (the peer lost a message or died)")
 }
 
 /// Attaches `rx` to the publishers that exist now. Until a subscriber has attached, iceoryx2
@@ -428,6 +435,23 @@ impl<P> Pair<P> {
         self.word()?.store(IDLE, Ordering::Release);
         Ok(())
     }
+
+    /// One sample: opens the gate, times `iters` calls of `round` with this process's ports,
+    /// closes the gate.
+    fn sample(
+        &mut self,
+        iters: u64,
+        mut round: impl FnMut(&P) -> Result<(), String>,
+    ) -> Result<Duration, String> {
+        self.open()?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            round(&self.ports)?;
+        }
+        let took = start.elapsed();
+        self.close()?;
+        Ok(took)
+    }
 }
 
 impl<P> Drop for Pair<P> {
@@ -456,17 +480,10 @@ pub(crate) fn ping_pong(size: usize) -> ContenderSpec {
             let msg = vec![7u8; size.max(1)];
             let mut buf = vec![0u8; size.max(1)];
             Ok(Runner::new(1, move |iters| {
-                let pair = &mut pair;
-                pair.open()?;
-                let start = Instant::now();
-                let (tx, rx) = &pair.ports;
-                for _ in 0..iters {
+                pair.sample(iters, |(tx, rx)| {
                     send(tx, &msg)?;
-                    receive(rx, &mut buf)?;
-                }
-                let took = start.elapsed();
-                pair.close()?;
-                Ok(took)
+                    receive(rx, &mut buf).map(drop)
+                })
             }))
         },
     )
@@ -515,19 +532,12 @@ pub(crate) fn stream(size: usize, n: u64) -> ContenderSpec {
             let msg = vec![7u8; size.max(1)];
             let mut buf = [0u8; 1];
             Ok(Runner::new(n, move |iters| {
-                let pair = &mut pair;
-                pair.open()?;
-                let start = Instant::now();
-                let (tx, rx) = &pair.ports;
-                for _ in 0..iters {
+                pair.sample(iters, |(tx, rx)| {
                     for _ in 0..n {
                         send(tx, &msg)?;
                     }
-                    receive(rx, &mut buf)?;
-                }
-                let took = start.elapsed();
-                pair.close()?;
-                Ok(took)
+                    receive(rx, &mut buf).map(drop)
+                })
             }))
         },
     )
@@ -653,23 +663,14 @@ pub(crate) fn ping_pong_notified(size: usize) -> ContenderSpec {
             let msg = vec![7u8; size.max(1)];
             let mut buf = vec![0u8; size.max(1)];
             Ok(Runner::new(1, move |iters| {
-                let pair = &mut pair;
-                pair.open()?;
-                let side = &pair.ports;
-                let start = Instant::now();
-                for _ in 0..iters {
+                pair.sample(iters, |side| {
                     side.send(&msg)?;
+                    // Each check follows a sleep of up to `WAIT_SLICE`: read the clock every time.
                     let sent = Instant::now();
                     side.receive(&mut buf, || sent.elapsed() > RECEIVE_LIMIT)?
-                        .ok_or_else(|| {
-                            format!(
-                                "iceoryx2: no answer within {RECEIVE_LIMIT:?} (the peer lost one or died)"
-                            )
-                        })?;
-                }
-                let took = start.elapsed();
-                pair.close()?;
-                Ok(took)
+                        .ok_or_else(no_answer)
+                        .map(drop)
+                })
             }))
         },
     )
@@ -749,41 +750,26 @@ pub(crate) fn request_response(size: usize) -> ContenderSpec {
             let msg = vec![7u8; size.max(1)];
             let mut buf = vec![0u8; size.max(1)];
             Ok(Runner::new(1, move |iters| {
-                let pair = &mut pair;
-                pair.open()?;
-                let client = &pair.ports;
-                let start = Instant::now();
-                for _ in 0..iters {
+                pair.sample(iters, |client| {
                     let pending = client
                         .loan_slice_uninit(msg.len())
                         .map_err(|e| format!("iceoryx2 request loan: {e:?}"))?
                         .write_from_slice(&msg)
                         .send()
                         .map_err(|e| format!("iceoryx2 request send: {e:?}"))?;
-                    let sent = Instant::now();
-                    let mut polls = 0u32;
+                    let late = past_limit(Instant::now());
                     loop {
                         match pending.receive() {
                             Ok(Some(response)) => {
                                 copy_out(response.payload(), &mut buf);
-                                break;
+                                return Ok(());
                             }
-                            Ok(None) => {
-                                polls = polls.wrapping_add(1);
-                                if polls.is_multiple_of(4096) && sent.elapsed() > RECEIVE_LIMIT {
-                                    return Err(format!(
-                                        "iceoryx2: no response within {RECEIVE_LIMIT:?} (the server lost the request or died)"
-                                    ));
-                                }
-                                std::hint::spin_loop();
-                            }
+                            Ok(None) if late() => return Err(no_answer()),
+                            Ok(None) => std::hint::spin_loop(),
                             Err(e) => return Err(format!("iceoryx2 response receive: {e:?}")),
                         }
                     }
-                }
-                let took = start.elapsed();
-                pair.close()?;
-                Ok(took)
+                })
             }))
         },
     )
