@@ -2,8 +2,9 @@
 //!
 //! For each selected [`Workload`]: set up every contender, warm
 //! each up while choosing how many iterations make one sample (about `--sample-ms`), then take
-//! `--reps` samples of every contender in an interleaved, rotating order (so that drift, such as
-//! the two vCPUs of the reference VM moving apart, hits every contender alike). Report the
+//! `--reps` samples of every contender, interleaved in a new shuffled order every repetition (so
+//! that drift, such as the two vCPUs of the reference VM moving apart, and whatever state one
+//! sample leaves for the next hit every contender alike; see [`sample_order`]). Report the
 //! median and the p10..p90 spread of the samples, each contender's speed relative to ours,
 //! and a note where the spread is too wide to trust. Then the crash demonstration, the
 //! targets of `TARGETS.md` checked against this run, `--json` and `--plot` output.
@@ -228,10 +229,10 @@ pub fn selected(cfg: &Config) -> Vec<Workload> {
 /// empty filter keeps all; otherwise an entry naming its kind (`ours`, `thread`, `process`,
 /// `python`, `floor`) or a prefix of its name, case ignored.
 ///
-/// Why a report says it was filtered: ratios move with what else a run measures.
-/// `cpu_100us/w2`, 15 samples a contender: our map at 98.0-101.6% of rayon with `--contenders
-/// ours,rayon` against 94.1-96.4% with all six contenders (six interleaved pairs; benches'
-/// README, "Reading the `cpu_*` rows").
+/// Why a report says it was filtered: ratios can move with what else a run measures. Under
+/// the runner's earlier sample order, `cpu_100us/w2` read 98.0-101.6% of rayon with
+/// `--contenders ours,rayon` against 94.1-96.4% with all six contenders, because one of them
+/// (`ideal`) always came right before ours ([`sample_order`] says why and how that was fixed).
 pub fn keeps_contender(filter: &[String], kind: Kind, name: &str) -> bool {
     let name = name.to_lowercase();
     filter.is_empty()
@@ -496,6 +497,35 @@ fn to_value(metric: Metric, ops: u64, iters: u64, t: Duration) -> f64 {
     }
 }
 
+/// The order in which repetition `rep` samples `n` contenders: a shuffle seeded by `rep`
+/// (Fisher-Yates over a xorshift generator), the same in every run.
+///
+/// Why shuffled: a contender can leave the machine in a state that the next sample pays for.
+/// The CPU-bound workloads' `ideal` floor runs one thread for a whole sample while the other vCPU
+/// of the reference VM idles, and whichever contender comes next starts on a vCPU that was
+/// halted. The earlier order (rotate every repetition, reverse every other one) gave every
+/// contender the same two predecessors in every run, and put our pool after `ideal` in 40 of 56
+/// samples: `cpu_100us/w2` read 94.8-97.2% of rayon with `ideal` in the workload against
+/// 97.7-100.1% without it (`--contenders`, four-contender sets, three rounds, 2026-12-04).
+/// Shuffled, such a carry-over falls on every contender alike, and drift still does (each
+/// contender takes every position about equally often over the repetitions).
+pub fn sample_order(n: usize, rep: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    // xorshift64*, seeded so that repetition 0 is not the identity order either.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ ((rep as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
 /// Measures one workload (see the module docs for the method).
 pub fn measure(w: Workload, cfg: &Config, bar: &indicatif::ProgressBar) -> WorkloadResult {
     let started = Instant::now();
@@ -570,14 +600,10 @@ pub fn measure(w: Workload, cfg: &Config, bar: &indicatif::ProgressBar) -> Workl
             }
         }
     }
-    // Interleaved samples: rotate the order every repetition, reverse it every other one.
+    // Interleaved samples, in a new order every repetition (see `sample_order`).
     let n = results.len();
     for rep in 0..cfg.reps {
-        let mut order: Vec<usize> = (0..n).map(|i| (i + rep) % n.max(1)).collect();
-        if rep % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
+        for i in sample_order(n, rep) {
             let Some(run) = runners[i].as_mut() else {
                 continue;
             };
@@ -1445,6 +1471,35 @@ mod tests {
             line.contains("| fast pool: ") && line.contains("(2.00x ours)"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn every_repetition_samples_each_contender_once_after_varied_predecessors() {
+        for n in 0..9 {
+            for rep in 0..20 {
+                let mut order = sample_order(n, rep);
+                assert_eq!(order, sample_order(n, rep), "the same in every run");
+                order.sort_unstable();
+                assert_eq!(order, (0..n).collect::<Vec<_>>(), "n {n} rep {rep}");
+            }
+        }
+        // Six contenders (a CPU-bound workload's set), nine repetitions (the default): the old
+        // rotate-and-reverse order gave each contender two predecessors; now each has several
+        // and takes several positions, so neither a carry-over nor drift falls on one alone.
+        let seq: Vec<usize> = (0..9).flat_map(|rep| sample_order(6, rep)).collect();
+        for c in 0..6 {
+            let mut before: Vec<usize> =
+                seq.windows(2).filter(|w| w[1] == c).map(|w| w[0]).collect();
+            before.sort_unstable();
+            before.dedup();
+            assert!(before.len() >= 4, "contender {c} follows only {before:?}");
+            let mut at: Vec<usize> = (0..9)
+                .map(|rep| sample_order(6, rep).iter().position(|&x| x == c).unwrap())
+                .collect();
+            at.sort_unstable();
+            at.dedup();
+            assert!(at.len() >= 4, "contender {c} only at positions {at:?}");
+        }
     }
 
     #[test]
