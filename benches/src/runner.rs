@@ -505,8 +505,10 @@ fn to_value(metric: Metric, ops: u64, iters: u64, t: Duration) -> f64 {
 /// of the reference VM idles, and whichever contender comes next starts on a vCPU that was
 /// halted. The earlier order (rotate every repetition, reverse every other one) gave every
 /// contender the same two predecessors in every run, and put our pool after `ideal` in 40 of 56
-/// samples: `cpu_100us/w2` read 94.8-97.2% of rayon with `ideal` in the workload against
-/// 97.7-100.1% without it (`--contenders`, four-contender sets, three rounds, 2026-12-04).
+/// samples: `cpu_100us/w2` read 94.8-97.2% of rayon with all six contenders (seven runs)
+/// against 97.7-100.1% without `ideal` (`--contenders`, four- and five-contender sets, nine
+/// runs; 2026-12-04). Shuffled, five interleaved pairs of full runs: 95.6-100.2% against
+/// 94.4-96.1%.
 /// Shuffled, such a carry-over falls on every contender alike, and drift still does (each
 /// contender takes every position about equally often over the repetitions).
 pub fn sample_order(n: usize, rep: usize) -> Vec<usize> {
